@@ -1,0 +1,61 @@
+/**
+ * The seam between the executor and durability.
+ *
+ * Owns: the `CommitLog` interface that every commit goes through, and the
+ * no-op log used by `--in-memory`. The journal/snapshot implementation lives
+ * in `lib/persistence/`; the executor only ever sees this interface.
+ * Must not: touch sockets or the disk.
+ */
+
+/** A stored value: the JSON text of the value (already encoded once, at write time). */
+export type EncodedValue = string;
+
+/** One change of a commit: `[key, encodedValue]` for a put, `[key, null]` for a delete. */
+export type CommitOp = readonly [key: string, value: EncodedValue | null];
+
+/** One committed transaction (or one auto-committed PUT/DEL): all or nothing, in commit order. */
+export interface CommitRecord {
+  readonly seq: number;
+  readonly ops: readonly CommitOp[];
+}
+
+export interface CommitLog {
+  /** False for `--in-memory`: the executor may skip building records. */
+  readonly enabled: boolean;
+  /**
+   * Why writes must be refused right now (disk full, directory gone, ...),
+   * or null when the log accepts writes. Writes then answer `PERSISTENCE`.
+   */
+  readonly unavailableReason: string | null;
+  /**
+   * Record one commit. Called synchronously, in commit order, right after the
+   * store applied it. Returns the seq the Ok reply must wait for (fsync
+   * `always`), or 0 when the reply may leave at once.
+   */
+  append(record: CommitRecord): number;
+  /** The server subscribes here: called with the highest seq now durable. */
+  onDurable: ((durableSeq: number) => void) | null;
+  /** SAVE: compact now; resolves when the snapshot is durable. Rejects with the reason on failure. */
+  save(): Promise<void>;
+  /** Flush and fsync everything, release the lock. */
+  close(): Promise<void>;
+  /** Persistence fields for STATS. */
+  stats(): Record<string, unknown>;
+}
+
+/** `--in-memory`: nothing is written, every reply may leave at once. */
+export class MemoryOnlyLog implements CommitLog {
+  readonly enabled = false;
+  readonly unavailableReason = null;
+  onDurable: ((durableSeq: number) => void) | null = null;
+  append(_record: CommitRecord): number {
+    return 0;
+  }
+  save(): Promise<void> {
+    return Promise.reject(new Error("persistence is off (--in-memory): nothing to save"));
+  }
+  async close(): Promise<void> {}
+  stats(): Record<string, unknown> {
+    return { mode: "in-memory" };
+  }
+}
