@@ -407,12 +407,23 @@ export class TxkvClient {
 
   private async open(options: ClientOptions): Promise<void> {
     const where = `${this.host}:${this.port}`;
+    const tls = tlsConfig(options.tls);
+    let handshakeDone!: () => void;
+    const handshake = new Promise<void>((resolve) => (handshakeDone = resolve));
     try {
       this.socket = await Bun.connect({
         hostname: this.host,
         port: this.port,
-        tls: tlsConfig(options.tls),
+        tls,
         socket: {
+          // With this handler Bun reports why verification failed; it still closes the socket itself.
+          handshake: tls
+            ? (_socket, success, authorizationError) => {
+                if (success) return handshakeDone();
+                const reason = authorizationError?.message ?? "handshake failed";
+                this.closeError ??= new TxkvConnectionError(`TLS connection to ${where} refused: ${reason}`);
+              }
+            : undefined,
           data: (_socket, chunk) => this.onData(chunk),
           drain: () => this.flush(),
           close: (_socket, error) =>
@@ -425,6 +436,10 @@ export class TxkvClient {
       const reason = error instanceof Error ? error.message : String(error);
       this.fail(new TxkvConnectionError(`cannot connect to ${where}: ${reason}`));
       throw this.closeError;
+    }
+    if (tls) {
+      await Promise.race([handshake, this.closed]);
+      if (this.isClosed) throw this.closeError;
     }
     if (options.password !== undefined) {
       const reply = await this.sendNow(`AUTH ${options.password}`);

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { runTxkv, spawnServer, type ServerProcess } from "./server-process.ts";
+import { makeTestCertificates, runTxkv, spawnServer, tlsPongServer, type ServerProcess } from "./server-process.ts";
 
 let server: ServerProcess;
 let port: string;
@@ -131,6 +131,17 @@ describe("options and failures", () => {
     const run = await runTxkv(["cli", "-p", String(closedPort), "PING"]);
     expect(run.code).toBe(1);
     expect(run.stderr).toContain(`127.0.0.1:${closedPort}`);
+  });
+
+  test("--tls-ca trusts the given CA; --tls alone refuses an unknown certificate (TLS stand-in server)", async () => {
+    const certs = makeTestCertificates();
+    const fake = tlsPongServer(certs);
+    const fakePort = String(fake.port);
+    expect(await runTxkv(["cli", "-p", fakePort, "--tls-ca", certs.caFile, "PING"])).toMatchObject({ code: 0, stdout: "PONG\n" });
+    const refused = await runTxkv(["cli", "-p", fakePort, "--tls", "PING"]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("TLS connection to 127.0.0.1:" + fakePort + " refused");
+    fake.stop(true);
   });
 
   test("a bad option or port: exit 2 with one line naming it", async () => {

@@ -16,7 +16,7 @@ import {
   TxkvOutcomeUnknownError,
   type JsonValue,
 } from "../lib/client.ts";
-import { spawnServer } from "./server-process.ts";
+import { makeTestCertificates, spawnServer, tlsPongServer } from "./server-process.ts";
 
 async function inProcessServer(args: string[] = []): Promise<RunningServer> {
   const parsed = parseConfig(["--port", "0", "--in-memory", ...args], {});
@@ -383,5 +383,30 @@ describe("when the connection goes away", () => {
     expect(await Promise.all(inFlight)).toEqual([undefined, 1]);
     await closing;
     await expect(c.ping()).rejects.toBeInstanceOf(TxkvConnectionError);
+  });
+});
+
+describe("TLS", () => {
+  // txkv's own TLS listener is not built yet: a TLS stand-in server answers PONG.
+  test("connects with a custom CA; refuses a server whose certificate it cannot verify", async () => {
+    const certs = makeTestCertificates();
+    const fake = tlsPongServer(certs);
+    const trusted = await connect({ port: fake.port, tls: { ca: certs.ca, serverName: "localhost" } });
+    expect(await trusted.ping()).toBe("PONG");
+    await trusted.close();
+
+    const untrusted = await connect({ port: fake.port, tls: true }).catch((e) => e);
+    expect(untrusted).toBeInstanceOf(TxkvConnectionError);
+    expect(untrusted.message).toContain("unable to verify");
+
+    const wrongName = await connect({ port: fake.port, tls: { ca: certs.ca, serverName: "other.example" } }).catch((e) => e);
+    expect(wrongName).toBeInstanceOf(TxkvConnectionError);
+    expect(wrongName.message).toContain("other.example");
+
+    const plain = await connect({ port: fake.port })
+      .then(async (c) => c.ping())
+      .catch((e) => e);
+    expect(plain).toBeInstanceOf(TxkvConnectionError);
+    fake.stop(true);
   });
 });
