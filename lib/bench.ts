@@ -289,12 +289,12 @@ function keyName(n: number): string {
 }
 
 const encoder = new TextEncoder();
-const ERROR_MARK = encoder.encode('"status":"Error"');
+const ERROR_MARK = Buffer.from('"status":"Error"');
 
 /**
  * A connection that sends a batch of request lines and reports when the same
  * number of reply lines came back, with how many were Error replies. Replies
- * are scanned byte by byte, never decoded or parsed.
+ * are searched natively for newlines and the Error status, never decoded or parsed.
  */
 class LineConnection {
   /** Called when the connection closes while a batch waits for replies. */
@@ -302,7 +302,7 @@ class LineConnection {
   private socket!: Bun.Socket<undefined>;
   private expected = 0;
   private batchErrors = 0;
-  private errorMatch = 0; // bytes of ERROR_MARK matched so far in the current line
+  private carry: Buffer | null = null;
   private outQueue: Uint8Array | null = null;
   private done: ((errors: number) => void) | null = null;
   private closing = false;
@@ -365,19 +365,19 @@ class LineConnection {
     this.outQueue = written >= 0 && written < this.outQueue.length ? this.outQueue.subarray(written) : null;
   }
 
-  private onData(chunk: Uint8Array): void {
-    for (let i = 0; i < chunk.length; i++) {
-      const byte = chunk[i]!;
-      if (byte === 10) {
-        this.errorMatch = 0;
-        if (--this.expected === 0) {
-          const done = this.done!;
-          this.done = null;
-          done(this.batchErrors);
-        }
-      } else if (this.errorMatch < ERROR_MARK.length) {
-        this.errorMatch = byte === ERROR_MARK[this.errorMatch] ? this.errorMatch + 1 : byte === ERROR_MARK[0] ? 1 : 0;
-        if (this.errorMatch === ERROR_MARK.length) this.batchErrors++;
+  /** One chunk holds replies of the current batch only (the next is sent after it completes). */
+  private onData(chunk: Buffer): void {
+    const scanned = this.carry === null ? chunk : Buffer.concat([this.carry, chunk]);
+    for (let at = scanned.indexOf(ERROR_MARK); at !== -1; at = scanned.indexOf(ERROR_MARK, at + ERROR_MARK.length)) {
+      this.batchErrors++;
+    }
+    // A mark split between two chunks is found with the end of this one prepended to the next.
+    this.carry = chunk[chunk.length - 1] === 10 ? null : Buffer.from(chunk.subarray(-(ERROR_MARK.length - 1)));
+    for (let at = chunk.indexOf(10); at !== -1; at = chunk.indexOf(10, at + 1)) {
+      if (--this.expected === 0) {
+        const done = this.done!;
+        this.done = null;
+        done(this.batchErrors);
       }
     }
   }
