@@ -3,7 +3,7 @@
  * shape of the report (text and --json), request counting and option errors.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { runTxkv, spawnServer, type ServerProcess } from "./server-process.ts";
+import { runIndex, spawnServer, type ServerProcess } from "./helpers.ts";
 
 let server: ServerProcess;
 let port: string;
@@ -13,7 +13,13 @@ beforeAll(async () => {
   port = String(server.port);
 });
 
-afterAll(() => server.kill());
+afterAll(async () => {
+  await server.kill();
+});
+
+/** Runs `index.ts` with stdin from a string; no history file, no colours. */
+const runTxkv = (args: string[], stdin = "", env: Record<string, string> = {}) =>
+  runIndex(args, { stdin, env: { TXKV_HISTFILE: "", NO_COLOR: "1", ...env } });
 
 const bench = (args: string[]) => runTxkv(["bench", "-p", port, "--keys", "500", ...args]);
 
@@ -67,7 +73,7 @@ test("Error replies are counted", async () => {
   expect(JSON.parse(denied.stdout)).toMatchObject({ ops: 50, errors: 50 });
   const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "pw", "--requests", "50", "--json"]);
   expect(JSON.parse(allowed.stdout)).toMatchObject({ ops: 50, errors: 0 });
-  guarded.kill();
+  await guarded.kill();
 });
 
 test("bad options exit 2 naming the option", async () => {

@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { makeTestCertificates, runTxkv, spawnServer, tlsPongServer, type ServerProcess } from "./server-process.ts";
+import { runIndex, spawnServer, type ServerProcess } from "./helpers.ts";
+import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 let server: ServerProcess;
 let port: string;
@@ -16,7 +17,13 @@ beforeAll(async () => {
   port = String(server.port);
 });
 
-afterAll(() => server.kill());
+afterAll(async () => {
+  await server.kill();
+});
+
+/** Runs `index.ts` with stdin from a string; no history file, no colours. */
+const runTxkv = (args: string[], stdin = "", env: Record<string, string> = {}) =>
+  runIndex(args, { stdin, env: { TXKV_HISTFILE: "", NO_COLOR: "1", ...env } });
 
 const cli = (args: string[], stdin = "", env: Record<string, string> = {}) =>
   runTxkv(["cli", "-p", port, ...args], stdin, env);
@@ -121,7 +128,7 @@ describe("options and failures", () => {
     const wrong = await runTxkv(["cli", "-p", guardedPort, "-a", "nope", "PING"]);
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toContain("AUTH_FAILED");
-    guarded.kill();
+    await guarded.kill();
   });
 
   test("no server on the port: exit 1 with a message naming the address", async () => {

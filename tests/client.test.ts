@@ -5,9 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Socket, TCPSocketListener } from "bun";
-import { startServer, type RunningServer } from "../lib/app.ts";
-import { parseConfig } from "../lib/config.ts";
-import { Logger } from "../lib/log.ts";
+import type { RunningServer } from "../lib/app.ts";
 import {
   connect,
   TxkvClient,
@@ -16,13 +14,8 @@ import {
   TxkvOutcomeUnknownError,
   type JsonValue,
 } from "../lib/client.ts";
-import { makeTestCertificates, spawnServer, tlsPongServer } from "./server-process.ts";
-
-async function inProcessServer(args: string[] = []): Promise<RunningServer> {
-  const parsed = parseConfig(["--port", "0", "--in-memory", ...args], {});
-  if (parsed.kind !== "serve") throw new Error("bad test config");
-  return startServer(parsed.config, "test", new Logger("error"));
-}
+import { spawnServer, startInProcess as inProcessServer } from "./helpers.ts";
+import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 /**
  * A fake server: `answer(line)` returns the reply object to send, or "close"
@@ -311,10 +304,10 @@ describe("when the connection goes away", () => {
     const proc = await spawnServer(["--in-memory"]);
     const c = await connect({ port: proc.port });
     await c.put("a", 1);
-    proc.kill("SIGSTOP"); // frozen: the next request stays unanswered
+    void proc.kill("SIGSTOP"); // frozen: the next request stays unanswered
     const inFlight = c.get("a").catch((e) => e);
     await Bun.sleep(10);
-    proc.kill("SIGKILL");
+    void proc.kill("SIGKILL");
     expect(await inFlight).toBeInstanceOf(TxkvConnectionError);
     await c.closed;
     expect(c.isOpen).toBe(false);
