@@ -3,7 +3,7 @@
  * shape of the report (text and --json), request counting and option errors.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { runIndex, spawnServer, type ServerProcess } from "./helpers.ts";
+import { BUN, INDEX, runIndex, spawnServer, type ServerProcess } from "./helpers.ts";
 
 let server: ServerProcess;
 let port: string;
@@ -85,4 +85,20 @@ test("bad options exit 2 naming the option", async () => {
   expect(conns.stderr).toContain("--conns 0");
   const both = await bench(["--secs", "1", "--requests", "5"]);
   expect(both.code).toBe(2);
+});
+
+test("on a terminal, a progress line is rewritten in place while it runs, then the report", async () => {
+  let output = "";
+  const proc = Bun.spawn([BUN, "run", INDEX, "bench", "-p", port, "--secs", "0.7", "--conns", "2", "--keys", "100"], {
+    terminal: {
+      cols: 200,
+      data(_terminal, data) {
+        output += new TextDecoder().decode(data);
+      },
+    },
+  });
+  expect(await proc.exited).toBe(0);
+  proc.terminal!.close();
+  expect(output).toMatch(/\r\x1b\[K\d+\.\d s: \d+ ops, \d+ ops\/s, 0 errors/);
+  expect(output).toMatch(/\r\x1b\[K\d+ ops in \d+\.\d\d s, 0 error replies\r\nthroughput: /);
 });
