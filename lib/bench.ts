@@ -13,6 +13,7 @@
  * `START`, `GET`, `PUT`, `COMMIT` as one request and counts a transaction as one op.
  */
 
+import * as fs from "node:fs";
 import { parseArgs } from "node:util";
 import * as v from "valibot";
 
@@ -21,6 +22,7 @@ const BENCH_OPTIONS = {
   port: { type: "string", short: "p", default: "8080" },
   password: { type: "string", short: "a" },
   tls: { type: "boolean" },
+  "tls-ca": { type: "string" },
   conns: { type: "string", short: "c", default: "50" },
   pipeline: { type: "string", short: "P", default: "1" },
   workload: { type: "string", short: "w", default: "mix" },
@@ -40,6 +42,7 @@ Options:
   -p, --port <n>           server port (default 8080)
   -a, --password <pw>      send AUTH first on every connection (or TXKV_PASSWORD)
       --tls                connect with TLS
+      --tls-ca <file>      trust this CA certificate (PEM); implies --tls
   -c, --conns <n>          connections (default 50)
   -P, --pipeline <n>       requests in flight per connection (default 1)
   -w, --workload <w>       get | put | mix (80 % GET, 20 % PUT) | tx | ping (default mix)
@@ -72,7 +75,8 @@ const BenchSchema = v.object({
 
 export type BenchConfig = v.InferOutput<typeof BenchSchema> & {
   password?: string;
-  tls: boolean;
+  /** `true`: system CAs; a string: the PEM of the CA to trust. */
+  tls: boolean | string;
   preload: boolean;
   json: boolean;
 };
@@ -133,10 +137,18 @@ function toConfig(values: Record<string, string | boolean | undefined>): BenchCo
     ...parsed.output,
     secs: parsed.output.requests === undefined ? (parsed.output.secs ?? 5) : undefined,
     password: password === "" ? undefined : password,
-    tls: values.tls === true,
+    tls: values["tls-ca"] !== undefined ? readCa(values["tls-ca"] as string) : values.tls === true,
     preload: values["no-preload"] !== true && parsed.output.workload !== "put" && parsed.output.workload !== "ping",
     json: values.json === true,
   };
+}
+
+function readCa(file: string): string {
+  try {
+    return fs.readFileSync(file, "utf8");
+  } catch (error) {
+    throw new Error(`--tls-ca ${file}: ${(error as Error).message}`);
+  }
 }
 
 function describe(config: BenchConfig): string {
@@ -313,7 +325,7 @@ class LineConnection {
     connection.socket = await Bun.connect({
       hostname: config.host,
       port: config.port,
-      tls: config.tls ? true : undefined,
+      tls: typeof config.tls === "string" ? { ca: config.tls } : config.tls || undefined,
       socket: {
         data: (_socket, chunk) => connection.onData(chunk),
         drain: () => connection.flush(),

@@ -4,6 +4,7 @@
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { BUN, INDEX, runIndex, spawnServer, type ServerProcess } from "./helpers.ts";
+import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 let server: ServerProcess;
 let port: string;
@@ -74,6 +75,17 @@ test("Error replies are counted", async () => {
   const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "pw", "--requests", "50", "--json"]);
   expect(JSON.parse(allowed.stdout)).toMatchObject({ ops: 50, errors: 0 });
   await guarded.kill();
+});
+
+test("--tls-ca connects over TLS (TLS stand-in server answering PONG)", async () => {
+  const certs = makeTestCertificates();
+  const fake = tlsPongServer(certs);
+  const run = await runTxkv(["bench", "-p", String(fake.port), "--tls-ca", certs.caFile, "--workload", "ping", "--requests", "100", "--conns", "2", "--json"]);
+  expect(run.code).toBe(0);
+  expect(JSON.parse(run.stdout)).toMatchObject({ ops: 100, errors: 0 });
+  const refused = await runTxkv(["bench", "-p", String(fake.port), "--tls", "--workload", "ping", "--requests", "10"]);
+  expect(refused.code).toBe(1);
+  fake.stop(true);
 });
 
 test("bad options exit 2 naming the option", async () => {
