@@ -90,7 +90,7 @@ async function oneShot(settings: CliSettings, line: string): Promise<number> {
   if (!client) return 1;
   try {
     const reply = await client.send(line);
-    const style = { json: settings.json, color: colorFor(process.stderr), multiline: true, tty: !!process.stdout.isTTY };
+    const style = { json: settings.json, color: colorFor(process.stderr), multiline: true, quoteStrings: false };
     if (reply.status === "Error" && !settings.json) {
       process.stderr.write(formatReply(line, reply, style) + "\n");
       return 1;
@@ -109,7 +109,7 @@ async function oneShot(settings: CliSettings, line: string): Promise<number> {
 async function scripted(settings: CliSettings): Promise<number> {
   const client = await connectOrReport(settings.client);
   if (!client) return 1;
-  const style = { json: settings.json, color: false, multiline: false, tty: false };
+  const style = { json: settings.json, color: false, multiline: false, quoteStrings: false };
   const maxInFlight = 4096;
   let sawError = false;
   let lost: unknown = null;
@@ -156,7 +156,7 @@ async function repl(settings: CliSettings): Promise<number> {
     historySize: 1000,
     removeHistoryDuplicates: true,
   });
-  const style = { json: settings.json, color: colorFor(process.stdout), multiline: true, tty: true };
+  const style = { json: settings.json, color: colorFor(process.stdout), multiline: true, quoteStrings: true };
   let client: TxkvClient | null = null;
   const reconnect = async (): Promise<TxkvClient | null> => {
     if (client?.isOpen) return client;
@@ -197,8 +197,8 @@ type Style = {
   color: boolean;
   /** Lists and objects may span lines (false in scripted mode: one line per reply). */
   multiline: boolean;
-  /** A person is reading: quote string values so their type shows (as redis-cli does). */
-  tty: boolean;
+  /** Interactive: show string values quoted so their type shows (as redis-cli does). */
+  quoteStrings: boolean;
 };
 
 const RED = "\x1b[31m";
@@ -222,7 +222,7 @@ export function formatReply(request: string, reply: Reply, style: Style): string
 
 function formatValue(value: unknown, style: Style): string {
   if (typeof value !== "string") return JSON.stringify(value);
-  if (style.tty) return JSON.stringify(value);
+  if (style.quoteStrings) return JSON.stringify(value);
   return style.multiline ? value : oneLine(value);
 }
 

@@ -163,10 +163,10 @@ describe("options and failures", () => {
 
 describe("interactive REPL (on a pseudo-terminal)", () => {
   /** Spawns the cli on a PTY; `until(text)` waits for output containing text. */
-  function startRepl(env: Record<string, string> = {}) {
+  function startRepl(env: Record<string, string> = {}, replPort = port) {
     let output = "";
     let waiter: { text: string; resolve: () => void } | null = null;
-    const proc = Bun.spawn([process.execPath, "run", path.resolve(import.meta.dir, "../index.ts"), "cli", "-p", port], {
+    const proc = Bun.spawn([process.execPath, "run", path.resolve(import.meta.dir, "../index.ts"), "cli", "-p", replPort], {
       env: { ...process.env, TXKV_HISTFILE: "", ...env },
       terminal: {
         cols: 200,
@@ -227,5 +227,22 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     expect(await repl.proc.exited).toBe(0);
     repl.proc.terminal!.close();
     expect(fs.readFileSync(historyFile, "utf8")).toBe("PING\n");
+  });
+
+  test("when the server goes away: the error is shown, the prompt says not connected, the REPL stays usable", async () => {
+    const doomed = await spawnServer(["--in-memory"]);
+    const repl = startRepl({}, String(doomed.port));
+    await repl.until(`127.0.0.1:${doomed.port}> `);
+    await doomed.kill("SIGKILL");
+    repl.type("PING\r");
+    await repl.until("not connected> ");
+    expect(repl.since(0)).toContain(`127.0.0.1:${doomed.port}`);
+    const mark = repl.length;
+    repl.type("PING\r"); // reconnecting fails too: reported, and the REPL goes on
+    await repl.until(`cannot connect to 127.0.0.1:${doomed.port}`);
+    expect(repl.since(mark)).not.toContain("PONG");
+    repl.type("QUIT\r");
+    expect(await repl.proc.exited).toBe(0);
+    repl.proc.terminal!.close();
   });
 });
