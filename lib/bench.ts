@@ -196,7 +196,7 @@ type Totals = { ops: number; errors: number; latencies: Latencies; stop: boolean
 export async function bench(config: BenchConfig, progress: Progress | null = null): Promise<BenchResult> {
   const value = "x".repeat(config.vsize);
   if (config.preload) await preload(config, value);
-  const connections = await Promise.all(Array.from({ length: config.conns }, () => LineConnection.open(config)));
+  const connections = await openAll(config);
   const totals: Totals = { ops: 0, errors: 0, latencies: new Latencies(), stop: false, issued: 0 };
   const started = performance.now();
   const ticker = progress ? setInterval(() => progress.show(totals, performance.now() - started), 250) : null;
@@ -225,6 +225,18 @@ export async function bench(config: BenchConfig, progress: Progress | null = nul
     p999_us: pct(0.999),
     max_us: sorted.length === 0 ? 0 : sorted[sorted.length - 1]!,
   };
+}
+
+/** Opens every connection, or none: a failure closes the ones already open. */
+async function openAll(config: BenchConfig): Promise<LineConnection[]> {
+  const settled = await Promise.allSettled(Array.from({ length: config.conns }, () => LineConnection.open(config)));
+  const opened = settled.flatMap((outcome) => (outcome.status === "fulfilled" ? [outcome.value] : []));
+  const failure = settled.find((outcome) => outcome.status === "rejected");
+  if (failure) {
+    for (const connection of opened) connection.close();
+    throw failure.reason;
+  }
+  return opened;
 }
 
 /** One connection's closed loop: send a batch, wait for all its replies, record, repeat. */
@@ -338,7 +350,10 @@ class LineConnection {
     });
     if (config.password !== undefined) {
       const errors = await connection.roundTrip(`AUTH ${config.password}\n`, 1);
-      if (errors > 0) throw new Error(`AUTH to ${where} failed`);
+      if (errors > 0) {
+        connection.close();
+        throw new Error(`AUTH to ${where} failed`);
+      }
     }
     return connection;
   }

@@ -68,12 +68,15 @@ test("a duration run stops by itself", async () => {
   expect(result.errors).toBe(0);
 });
 
-test("Error replies are counted", async () => {
+test("Error replies are counted; a wrong password stops the run with status 1", async () => {
   const guarded = await spawnServer(["--in-memory", "--password", "pw"]);
   const denied = await runTxkv(["bench", "-p", String(guarded.port), "--requests", "50", "--workload", "ping", "--json"]);
   expect(JSON.parse(denied.stdout)).toMatchObject({ ops: 50, errors: 50 });
   const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "pw", "--requests", "50", "--json"]);
   expect(JSON.parse(allowed.stdout)).toMatchObject({ ops: 50, errors: 0 });
+  const wrong = await runTxkv(["bench", "-p", String(guarded.port), "-a", "nope", "--requests", "50", "--conns", "3"]);
+  expect(wrong.code).toBe(1);
+  expect(wrong.stderr).toContain("AUTH");
   await guarded.kill();
 });
 
