@@ -146,7 +146,7 @@ async function scripted(settings: CliSettings): Promise<number> {
 }
 
 async function repl(settings: CliSettings): Promise<number> {
-  const { host, port } = { host: settings.client.host ?? "127.0.0.1", port: settings.client.port ?? 8080 };
+  const address = `${settings.client.host}:${settings.client.port}`;
   const historyFile = historyPath();
   const history = loadHistory(historyFile);
   const rl = readline.createInterface({
@@ -161,7 +161,7 @@ async function repl(settings: CliSettings): Promise<number> {
   const reconnect = async (): Promise<TxkvClient | null> => {
     if (client?.isOpen) return client;
     client = await connectOrReport(settings.client);
-    rl.setPrompt(client ? `${host}:${port}> ` : "not connected> ");
+    rl.setPrompt(client ? `${address}> ` : "not connected> ");
     return client;
   };
   rl.on("SIGINT", () => rl.close());
