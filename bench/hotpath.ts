@@ -43,7 +43,7 @@ function run(kind: "get" | "mix", pipeline: number, rounds: number): number {
       const reply = executor.execute(commandFromFrame(f, 1024), session);
       out += reply as string;
     }
-    bytes += Buffer.byteLength(out);
+    bytes += Buffer.from(out).length;
     framer.retain();
   }
   const ns = Bun.nanoseconds() - start;

@@ -8,7 +8,7 @@
  * Must not: decide what a command means or touch sockets.
  */
 import type { EncodedValue } from "./commit-log.ts";
-import { jsonString } from "./json.ts";
+import { jsonString } from "./text.ts";
 
 export type ErrorCode =
   | "BAD_REQUEST"
