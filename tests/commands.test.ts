@@ -99,3 +99,12 @@ describe("framing errors and the HTTP guard", () => {
     expect(isCrossProtocolLine("GET / HTTP/1.1")).toBe(false);
   });
 });
+
+describe("jsonString", () => {
+  test("equals JSON.stringify for plain, escaped, control, unicode and lone-surrogate strings", async () => {
+    const { jsonString } = await import("../lib/json.ts");
+    for (const s of ["", "key:1", 'a"b', "a\\b", "tab\there", "nl\n", "\u0000\u001f", "é✓", "😀", "\ud800x", "x\udc00"]) {
+      expect(jsonString(s)).toBe(JSON.stringify(s));
+    }
+  });
+});
