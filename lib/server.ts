@@ -166,12 +166,13 @@ export class TxkvServer {
       stats.connectionsRejected++;
       stats.countError("BUSY");
       socket.data = null;
-      socket.write(error("BUSY", `Too many connections (the limit is ${this.options.maxConnections}); try again later`));
-      socket.end();
+      // Read the address before end(): afterwards the socket no longer has one.
       this.log.limited("warn", "connection-refused", "connection refused", {
         reason: `too many connections (--max-connections ${this.options.maxConnections})`,
-        remote: socket.remoteAddress,
+        remote: `${socket.remoteAddress}:${socket.remotePort}`,
       });
+      socket.write(error("BUSY", `Too many connections (the limit is ${this.options.maxConnections}); try again later`));
+      socket.end();
       return;
     }
     const conn: Connection = {

@@ -353,7 +353,11 @@ describe("operational log events", () => {
     }
     const refusedLines = entries().filter((e) => e.msg === "connection refused");
     expect(refusedLines).toHaveLength(2);
-    expect(refusedLines[0]).toMatchObject({ level: "warn", reason: "too many connections (--max-connections 1)" });
+    expect(refusedLines[0]).toMatchObject({
+      level: "warn",
+      reason: "too many connections (--max-connections 1)",
+      remote: expect.stringMatching(/^127\.0\.0\.1:\d+$/),
+    });
     log.flushSuppressed();
     expect(entries().filter((e) => String(e.msg).startsWith("connection refused: "))).toEqual([
       expect.objectContaining({ msg: "connection refused: 4 similar events suppressed", suppressed: 4 }),
