@@ -82,6 +82,7 @@ async function serve(argv: string[]): Promise<void> {
     }, config.shutdownTimeoutMs + FLUSH_GRACE_MS).unref();
     running.shutdown().then(
       (report) => {
+        log.flushSuppressed();
         log.info("stopped", {
           ms: report.ms,
           connections_closed: report.connectionsClosed,
