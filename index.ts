@@ -101,4 +101,18 @@ async function serve(argv: string[]): Promise<void> {
   process.on("SIGTERM", onSignal);
 }
 
-await serve(process.argv.slice(2));
+/** `txkv cli …` and `txkv bench …` are the client tools; anything else serves. */
+async function main(argv: string[]): Promise<void> {
+  const [job, ...rest] = argv;
+  if (job === "cli") {
+    const { runCli } = await import("./lib/cli.ts");
+    process.exitCode = await runCli(rest);
+  } else if (job === "bench") {
+    const { runBench } = await import("./lib/bench.ts");
+    process.exitCode = await runBench(rest);
+  } else {
+    await serve(argv);
+  }
+}
+
+await main(process.argv.slice(2));

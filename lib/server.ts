@@ -327,14 +327,15 @@ export class TxkvServer {
   /** Writes text now, or queues what the kernel does not take; order is kept. */
   private send(socket: Socket<SocketData>, conn: Connection, text: string): void {
     if (text === "" || conn.closed) return;
+    // Encoding once here gives the exact byte count for a short write (and Bun writes bytes faster than strings).
+    const bytes = Buffer.from(text);
     if (conn.queue.length !== 0) {
-      this.enqueue(conn, Buffer.from(text));
+      this.enqueue(conn, bytes);
       return;
     }
-    const written = socket.write(text);
-    if (written < 0) return; // closed: nobody to send to
-    if (written === Buffer.byteLength(text)) return; // the common case: all taken
-    this.enqueue(conn, Buffer.from(text).subarray(written));
+    const written = socket.write(bytes);
+    if (written < 0 || written === bytes.length) return; // closed, or all taken
+    this.enqueue(conn, bytes.subarray(written));
   }
 
   private enqueue(conn: Connection, bytes: Uint8Array): void {
