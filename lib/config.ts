@@ -40,6 +40,8 @@ export const OPTIONS = {
   "partial-request-ms": { kind: "string", env: "TXKV_PARTIAL_REQUEST_MS", arg: "<ms>", default: "10", help: "run a request without LF after this pause (0: never)" },
   password: { kind: "string", env: "TXKV_PASSWORD", arg: "<pw>", help: "require AUTH <pw> on every connection" },
   "log-level": { kind: "string", env: "TXKV_LOG_LEVEL", arg: "debug|info|warn|error", default: "info", help: "least severe log level printed" },
+  "metrics-port": { kind: "string", env: "TXKV_METRICS_PORT", arg: "<n>", help: "serve GET /metrics and /health over HTTP on this port (0: any free port) [default: off]" },
+  "shutdown-timeout-ms": { kind: "string", env: "TXKV_SHUTDOWN_TIMEOUT_MS", arg: "<ms>", default: "10000", help: "on SIGINT/SIGTERM, wait this long for replies to go out before closing connections" },
   help: { kind: "boolean", env: "", arg: "", help: "print this help and exit" },
   version: { kind: "boolean", env: "", arg: "", help: "print the version and exit" },
 } as const satisfies Record<string, OptionSpec>;
@@ -76,6 +78,8 @@ const ConfigSchema = v.object({
   "partial-request-ms": integer(0, 60_000),
   password: v.optional(v.pipe(v.string(), v.minLength(1, "expected a non-empty password"))),
   "log-level": v.picklist(LOG_LEVELS, `expected one of ${LOG_LEVELS.join(", ")}`),
+  "metrics-port": v.optional(integer(0, 65535)),
+  "shutdown-timeout-ms": integer(0, 3_600_000),
 });
 
 export type Config = {
@@ -92,6 +96,9 @@ export type Config = {
   partialRequestMs: number;
   password: string | undefined;
   logLevel: (typeof LOG_LEVELS)[number];
+  /** Port of the HTTP metrics endpoint, or null when it is off. */
+  metricsPort: number | null;
+  shutdownTimeoutMs: number;
 };
 
 export type ParsedArgs =
@@ -130,6 +137,8 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
       partialRequestMs: c["partial-request-ms"],
       password: c.password,
       logLevel: c["log-level"],
+      metricsPort: c["metrics-port"] ?? null,
+      shutdownTimeoutMs: c["shutdown-timeout-ms"],
     },
   };
 }

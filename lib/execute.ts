@@ -304,6 +304,7 @@ export class Executor {
       server: { version: this.options.version, uptime_seconds: uptime, pid: process.pid, bun: Bun.version },
       clients: { connected: s.connectionsCurrent, total: s.connectionsTotal, rejected: s.connectionsRejected },
       stats: {
+        keys: this.store.size,
         commands: s.commands,
         ops_per_sec: s.opsPerSecond(),
         commands_by_type: s.commandsByType,

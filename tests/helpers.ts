@@ -52,6 +52,8 @@ export interface ServerProcess {
   readonly port: number;
   /** Everything the process printed on stderr so far. */
   stderr(): string;
+  /** Everything the process printed on stdout so far. */
+  stdout(): string;
   /** Sends a signal and resolves with the exit code. */
   kill(signal?: NodeJS.Signals | number): Promise<number>;
   readonly exited: Promise<number>;
@@ -73,9 +75,9 @@ export async function spawnServer(
   void (async () => {
     for await (const chunk of proc.stderr as ReadableStream<Uint8Array>) stderrText += new TextDecoder().decode(chunk);
   })();
+  let stdoutText = "";
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start: ${stderrText}`)), options.timeoutMs ?? 15000);
-    let stdoutText = "";
     void (async () => {
       for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) {
         stdoutText += new TextDecoder().decode(chunk);
@@ -93,6 +95,7 @@ export async function spawnServer(
     proc,
     port,
     stderr: () => stderrText,
+    stdout: () => stdoutText,
     exited: proc.exited,
     kill(signal = "SIGTERM") {
       proc.kill(signal);
