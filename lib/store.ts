@@ -9,9 +9,12 @@
  * prefix, every other watching transaction is marked conflicted at once
  * (as Redis WATCH does). Nothing is kept for conflict checks beyond the open
  * transactions' own watches, which are dropped when they end.
+ * The data lives in a CompactMap (bytes in typed arrays, not JS strings): a
+ * million keys cost tens of bytes each instead of hundreds (issue 6).
  * Must not: know about sockets, replies, sessions or the disk.
  */
 import type { CommitOp, EncodedValue } from "./commit-log.ts";
+import { CompactMap } from "./compact-map.ts";
 
 /** Something that can be marked conflicted: an open transaction. */
 export interface Watcher {
@@ -19,14 +22,15 @@ export interface Watcher {
 }
 
 export class Store {
-  private readonly data: Map<string, EncodedValue>;
+  private readonly data = new CompactMap();
   /** Number of the last commit. */
   seq: number;
   private readonly keyWatchers = new Map<string, Set<Watcher>>();
   private readonly prefixWatchers = new Map<Watcher, string[]>();
 
-  constructor(initial: Map<string, EncodedValue> = new Map(), seq = 0) {
-    this.data = initial;
+  /** Starts from initial's entries (a Map, or any iterable of pairs, so a loader need not build a Map). */
+  constructor(initial: Iterable<readonly [string, EncodedValue]> = [], seq = 0) {
+    for (const [key, value] of initial) this.data.set(key, value);
     this.seq = seq;
   }
 
@@ -38,27 +42,24 @@ export class Store {
     return this.data.get(key);
   }
 
-  /** Live iteration over the committed entries (snapshots read this). */
+  /**
+   * Live iteration over the committed entries (snapshots read this across
+   * many event-loop turns while commits go on): an entry present throughout
+   * is visited once, with a value it had meanwhile; others may or may not be.
+   */
   entries(): IterableIterator<[string, EncodedValue]> {
     return this.data.entries();
   }
 
   /** Keys starting with prefix, unsorted. O(keys): like Redis KEYS, not for hot paths. */
   keysWithPrefix(prefix: string): string[] {
-    const out: string[] = [];
-    if (prefix === "") {
-      for (const key of this.data.keys()) out.push(key);
-    } else {
-      for (const key of this.data.keys()) if (key.startsWith(prefix)) out.push(key);
-    }
-    return out;
+    return this.data.keysWithPrefix(prefix);
   }
 
   /** Auto-committed PUT. Returns the commit's seq. */
   put(key: string, value: EncodedValue): number {
-    const existed = this.hasWatches() ? this.data.has(key) : true;
-    this.data.set(key, value);
-    this.changed(key, !existed, null);
+    const created = this.data.set(key, value);
+    this.changed(key, created, null);
     return ++this.seq;
   }
 
@@ -76,8 +77,7 @@ export class Store {
       if (value === null) {
         existenceChanged = this.data.delete(key);
       } else {
-        existenceChanged = !this.data.has(key);
-        this.data.set(key, value);
+        existenceChanged = this.data.set(key, value);
       }
       this.changed(key, existenceChanged, committer);
     }
@@ -117,10 +117,6 @@ export class Store {
   /** Watch entries held, for STATS and for tests that check bookkeeping is freed. */
   get watchCounts(): { keys: number; prefixes: number } {
     return { keys: this.keyWatchers.size, prefixes: this.prefixWatchers.size };
-  }
-
-  private hasWatches(): boolean {
-    return this.keyWatchers.size !== 0 || this.prefixWatchers.size !== 0;
   }
 
   private changed(key: string, existenceChanged: boolean, committer: Watcher | null): void {

@@ -1,0 +1,136 @@
+/**
+ * Memory and speed of the store's data map for a large data set, in-process:
+ * the Store (CompactMap) against the Map<string, string> it replaced.
+ * Each variant runs in its own subprocess so RSS deltas do not mix.
+ *
+ *   bun run bench/memory.ts [--keys 1000000] [--rounds 3]
+ *
+ * Per variant: RSS after loading minus RSS before (bytes/key), load time,
+ * GET and PUT (overwrite) ns/op on keys sliced fresh from a request-like line
+ * (as the server sees them), a full entries() walk, KEYS without a prefix and
+ * with a selective prefix, and rebuilding a Store from a Map (a reload).
+ * Not a test: nothing here asserts a time. Medians over --rounds subprocesses.
+ */
+import { spawnSync } from "bun";
+import { parseArgs } from "node:util";
+import { Store } from "../lib/store.ts";
+
+const { values: opts } = parseArgs({
+  options: {
+    keys: { type: "string", default: "1000000" },
+    rounds: { type: "string", default: "3" },
+    /** Internal: run one measurement of this variant and print JSON. */
+    child: { type: "string" },
+  },
+});
+const KEYS = Number(opts.keys);
+
+interface DataMap {
+  get(key: string): string | undefined;
+  put(key: string, value: string): void;
+  entries(): Iterable<[string, string]>;
+  keysWithPrefix(prefix: string): string[];
+}
+
+function mapVariant(): DataMap {
+  const map = new Map<string, string>();
+  return {
+    get: (key) => map.get(key),
+    put: (key, value) => void map.set(key, value),
+    entries: () => map.entries(),
+    keysWithPrefix(prefix) {
+      const out: string[] = [];
+      for (const key of map.keys()) if (key.startsWith(prefix)) out.push(key);
+      return out;
+    },
+  };
+}
+
+function storeVariant(): DataMap {
+  const store = new Store();
+  return {
+    get: (key) => store.get(key),
+    put: (key, value) => void store.put(key, value),
+    entries: () => store.entries(),
+    keysWithPrefix: (prefix) => store.keysWithPrefix(prefix),
+  };
+}
+
+const rss = () => process.memoryUsage().rss;
+const keyName = (i: number) => `key:${String(i).padStart(8, "0")}`;
+/** A fresh 32-character value per key, JSON-encoded as the server stores it. */
+const valueFor = (i: number) => JSON.stringify(`v${String(i).padStart(8, "0")}`.padEnd(32, "x"));
+
+function nsPerOp(ops: number, run: () => void): number {
+  const start = Bun.nanoseconds();
+  run();
+  return (Bun.nanoseconds() - start) / ops;
+}
+
+function child(variant: string): Record<string, number> {
+  Bun.gc(true);
+  const before = rss();
+  const data = variant === "map" ? mapVariant() : storeVariant();
+  const loadStart = performance.now();
+  for (let i = 0; i < KEYS; i++) data.put(keyName(i), valueFor(i));
+  const loadMs = performance.now() - loadStart;
+  Bun.gc(true);
+  const bytesPerKey = (rss() - before) / KEYS;
+
+  // Keys sliced out of a longer line, like the parser's: fresh strings with no cached hash.
+  const lines = Array.from({ length: 4096 }, (_, i) => `GET ${keyName((i * 104729) % KEYS)}\n`);
+  const ops = 2_000_000;
+  let found = 0;
+  const getNs = nsPerOp(ops, () => {
+    for (let i = 0; i < ops; i++) if (data.get(lines[i & 4095]!.slice(4, 16)) !== undefined) found++;
+  });
+  const newValue = valueFor(7);
+  const putNs = nsPerOp(ops / 4, () => {
+    for (let i = 0; i < ops / 4; i++) data.put(lines[i & 4095]!.slice(4, 16), newValue);
+  });
+  if (found !== ops) throw new Error("lookups missed");
+
+  const scanStart = performance.now();
+  let bytes = 0;
+  for (const [key, value] of data.entries()) bytes += key.length + value.length;
+  const entriesMs = performance.now() - scanStart;
+  const keysAllStart = performance.now();
+  const all = data.keysWithPrefix("").length;
+  const keysAllMs = performance.now() - keysAllStart;
+  const keysSomeStart = performance.now();
+  const some = data.keysWithPrefix("key:0000").length;
+  const keysPrefixMs = performance.now() - keysSomeStart;
+  if (all !== KEYS || some === 0 || bytes === 0) throw new Error("scan miscounted");
+
+  let reloadMs = 0;
+  if (variant === "store") {
+    const map = new Map<string, string>();
+    for (const [key, value] of data.entries()) map.set(key, value);
+    const reloadStart = performance.now();
+    const reloaded = new Store(map, 1);
+    reloadMs = performance.now() - reloadStart;
+    if (reloaded.size !== KEYS) throw new Error("reload miscounted");
+  }
+  return { bytesPerKey, loadMs, getNs, putNs, entriesMs, keysAllMs, keysPrefixMs, reloadMs };
+}
+
+if (opts.child !== undefined) {
+  console.log(JSON.stringify(child(opts.child)));
+} else {
+  const results: Record<string, Record<string, number>[]> = { map: [], store: [] };
+  for (let round = 0; round < Number(opts.rounds); round++) {
+    for (const variant of ["map", "store"]) {
+      const run = spawnSync([process.execPath, "run", import.meta.path, "--child", variant, "--keys", String(KEYS)], { stderr: "inherit" });
+      if (run.exitCode !== 0) throw new Error(`${variant} run failed`);
+      results[variant]!.push(JSON.parse(run.stdout.toString()));
+    }
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  console.log(`${KEYS} keys, 32-character values, median of ${opts.rounds} runs each`);
+  console.log(`| metric | Map<string,string> | Store (CompactMap) |`);
+  console.log(`|---|---|---|`);
+  for (const metric of Object.keys(results.map![0]!)) {
+    const cell = (variant: string) => median(results[variant]!.map((r) => r[metric]!)).toFixed(metric.endsWith("Key") ? 0 : 1);
+    console.log(`| ${metric} | ${cell("map")} | ${cell("store")} |`);
+  }
+}

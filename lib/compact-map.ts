@@ -1,0 +1,415 @@
+/**
+ * CompactMap: a string → string map kept in a few typed arrays instead of
+ * JS strings, so a million entries cost tens of bytes each instead of hundreds
+ * and give the garbage collector nothing to trace.
+ *
+ * Owns: the byte layout of entries, hashing and probing, growth and
+ * compaction, and iteration that tolerates changes between steps.
+ * Must not: know about JSON, watches, commits or anything above a plain map.
+ *
+ * Layout
+ * - Strings are stored as code units: "narrow" (one byte per unit, Latin-1)
+ *   when every unit is below 256, otherwise "wide" (two bytes per unit,
+ *   UTF-16LE). Both round-trip every JS string exactly, lone surrogates included.
+ * - arena: one growable buffer of records, each starting on a 4-byte word:
+ *     word 0  key length in code units << 1, | 1 when the key is wide
+ *     word 1  value length in code units << 1, | 1 when the value is wide
+ *     word 2  value capacity in bytes (the value may grow in place up to it)
+ *     then the key bytes, then the value bytes, padded to a whole word.
+ *   A value that no longer fits moves to a new record; the old one becomes
+ *   garbage. When garbage outgrows the live records (and room is needed, or
+ *   on delete), the live records are copied into a fresh arena.
+ * - entry ids: every entry has an id that stays the same while it lives, across
+ *   compactions and index resizes. `offsets[id]` is the word where its record
+ *   starts; a free id holds -2 - (next free id) instead, a linked free list.
+ *   Iterators walk ids, re-reading `offsets` at each step, so they survive changes.
+ * - index: open addressing with linear probing; pairs (id + 1, hash) with 0 for
+ *   an empty slot; a power-of-two slot count kept at load ≤ 0.6. Deletion
+ *   shifts the following entries back instead of leaving tombstones.
+ *   The hash is FNV-1a over code units with a per-process random seed and a
+ *   final mix (murmur3 fmix32), so colliding keys cannot be precomputed.
+ */
+
+/** The few Node Buffer methods used here that @types/node leaves out (Bun implements them). */
+interface RawBuffer extends Buffer {
+  latin1Slice(start: number, end: number): string;
+  ucs2Slice(start: number, end: number): string;
+  latin1Write(text: string, offset: number, length: number): number;
+  ucs2Write(text: string, offset: number, length: number): number;
+}
+
+const HEADER_WORDS = 3;
+const MIN_ARENA_WORDS = 1024;
+const MIN_SLOTS = 16;
+const MIN_IDS = 16;
+const FREE_END = -1;
+const HASH_SEED = (Math.random() * 0x100000000) | 0;
+
+/** Hash of a string's code units (the same whether it is stored narrow or wide). */
+function hashString(text: string): number {
+  let h = HASH_SEED ^ text.length;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return h ^ (h >>> 16);
+}
+
+/** 1 when text needs two bytes per code unit, else 0. */
+function wideFlag(text: string): number {
+  let all = 0;
+  for (let i = 0; i < text.length; i++) all |= text.charCodeAt(i);
+  return all > 0xff ? 1 : 0;
+}
+
+function wordsFor(bytes: number): number {
+  return (bytes + 3) >>> 2;
+}
+
+export class CompactMap {
+  private words!: Int32Array;
+  private bytes!: Uint8Array;
+  private text!: RawBuffer;
+  /** Words of the arena in use, live records and garbage. */
+  private usedWords = 0;
+  private garbageWords = 0;
+
+  /** Per id: record word offset, or -2 - next free id. */
+  private offsets = new Int32Array(MIN_IDS);
+  /** Ids below this have been handed out at least once. */
+  private idLimit = 0;
+  private freeHead = FREE_END;
+
+  /** Pairs (id + 1, hash); 0 marks an empty slot. */
+  private index = new Int32Array(MIN_SLOTS * 2);
+  private mask = MIN_SLOTS - 1;
+  private count = 0;
+
+  constructor() {
+    this.useArena(new Int32Array(MIN_ARENA_WORDS));
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  get(key: string): string | undefined {
+    const slot = this.probe(key, hashString(key));
+    const entry = this.index[slot << 1]!;
+    return entry === 0 ? undefined : this.valueAt(this.offsets[entry - 1]!);
+  }
+
+  has(key: string): boolean {
+    return this.index[this.probe(key, hashString(key)) << 1] !== 0;
+  }
+
+  /** Sets key to value. Returns true when the key was not present before. */
+  set(key: string, value: string): boolean {
+    const hash = hashString(key);
+    const slot = this.probe(key, hash);
+    const entry = this.index[slot << 1]!;
+    if (entry !== 0) {
+      this.replaceValue(entry - 1, value);
+      return false;
+    }
+    const id = this.takeId();
+    this.offsets[id] = this.appendRecord(key, value);
+    // appendRecord never touches the index, so slot is still the right empty slot.
+    this.index[slot << 1] = id + 1;
+    this.index[(slot << 1) + 1] = hash;
+    if (++this.count > this.maxLoad()) this.growIndex();
+    return true;
+  }
+
+  /** Removes key. Returns true when it was present. */
+  delete(key: string): boolean {
+    const slot = this.probe(key, hashString(key));
+    const entry = this.index[slot << 1]!;
+    if (entry === 0) return false;
+    const id = entry - 1;
+    this.garbageWords += this.recordWords(this.offsets[id]!);
+    this.offsets[id] = -2 - this.freeHead;
+    this.freeHead = id;
+    this.count--;
+    this.removeSlot(slot);
+    if (this.garbageWords > this.usedWords - this.garbageWords && this.usedWords > MIN_ARENA_WORDS) this.compact(0);
+    return true;
+  }
+
+  /**
+   * Live iteration. Changes between steps are allowed: an entry present for
+   * the whole iteration is visited exactly once, with a value it had meanwhile;
+   * entries added or removed meanwhile may or may not be visited.
+   */
+  *entries(): Generator<[string, string], undefined, undefined> {
+    for (let id = 0; id < this.idLimit; id++) {
+      const at = this.offsets[id]!;
+      if (at >= 0) yield [this.keyAt(at), this.valueAt(at)];
+    }
+    return undefined;
+  }
+
+  /** Live iteration over the keys, with the same guarantee as entries(). */
+  *keys(): Generator<string, undefined, undefined> {
+    for (let id = 0; id < this.idLimit; id++) {
+      const at = this.offsets[id]!;
+      if (at >= 0) yield this.keyAt(at);
+    }
+    return undefined;
+  }
+
+  [Symbol.iterator](): Generator<[string, string], undefined, undefined> {
+    return this.entries();
+  }
+
+  /** Keys that start with prefix, in no particular order; only matching keys are decoded. */
+  keysWithPrefix(prefix: string): string[] {
+    const out: string[] = [];
+    const offsets = this.offsets;
+    for (let id = 0; id < this.idLimit; id++) {
+      const at = offsets[id]!;
+      if (at >= 0 && this.keyStartsWith(at, prefix)) out.push(this.keyAt(at));
+    }
+    return out;
+  }
+
+  /** Bytes held by the arrays (arena, ids, index), for tests and STATS. */
+  get allocatedBytes(): number {
+    return this.words.byteLength + this.offsets.byteLength + this.index.byteLength;
+  }
+
+  // ---- index ----
+
+  /** The slot holding key, or the empty slot where it would be inserted. */
+  private probe(key: string, hash: number): number {
+    const index = this.index;
+    const mask = this.mask;
+    let slot = hash & mask;
+    for (;;) {
+      const entry = index[slot << 1]!;
+      if (entry === 0) return slot;
+      if (index[(slot << 1) + 1] === hash && this.keyEquals(this.offsets[entry - 1]!, key)) return slot;
+      slot = (slot + 1) & mask;
+    }
+  }
+
+  private maxLoad(): number {
+    return (this.mask + 1) * 0.6;
+  }
+
+  /** Empties slot, then moves back each following entry that may not stay behind the gap (no tombstones). */
+  private removeSlot(slot: number): void {
+    const index = this.index;
+    const mask = this.mask;
+    let gap = slot;
+    let next = (slot + 1) & mask;
+    for (;;) {
+      const entry = index[next << 1]!;
+      if (entry === 0) break;
+      const home = index[(next << 1) + 1]! & mask;
+      // The entry may move into the gap unless its home lies cyclically in (gap, next].
+      const stays = gap <= next ? gap < home && home <= next : gap < home || home <= next;
+      if (!stays) {
+        index[gap << 1] = entry;
+        index[(gap << 1) + 1] = index[(next << 1) + 1]!;
+        gap = next;
+      }
+      next = (next + 1) & mask;
+    }
+    index[gap << 1] = 0;
+    index[(gap << 1) + 1] = 0;
+  }
+
+  /** Rebuilds the index with twice the slots (from the stored hashes: no key is read). */
+  private growIndex(): void {
+    const old = this.index;
+    const slots = (this.mask + 1) * 2;
+    const index = new Int32Array(slots * 2);
+    const mask = slots - 1;
+    for (let i = 0; i < old.length; i += 2) {
+      const entry = old[i]!;
+      if (entry === 0) continue;
+      const hash = old[i + 1]!;
+      let slot = hash & mask;
+      while (index[slot << 1] !== 0) slot = (slot + 1) & mask;
+      index[slot << 1] = entry;
+      index[(slot << 1) + 1] = hash;
+    }
+    this.index = index;
+    this.mask = mask;
+  }
+
+  // ---- ids ----
+
+  private takeId(): number {
+    if (this.freeHead !== FREE_END) {
+      const id = this.freeHead;
+      this.freeHead = -2 - this.offsets[id]!;
+      return id;
+    }
+    if (this.idLimit === this.offsets.length) {
+      const grown = new Int32Array(this.offsets.length * 2);
+      grown.set(this.offsets);
+      this.offsets = grown;
+    }
+    return this.idLimit++;
+  }
+
+  // ---- records ----
+
+  private keyEquals(at: number, key: string): boolean {
+    const head = this.words[at]!;
+    const length = key.length;
+    if (head >>> 1 !== length) return false;
+    const bytes = this.bytes;
+    const start = (at + HEADER_WORDS) << 2;
+    if ((head & 1) === 0) {
+      for (let i = 0; i < length; i++) if (bytes[start + i] !== key.charCodeAt(i)) return false;
+    } else {
+      for (let i = 0; i < length; i++) {
+        const p = start + 2 * i;
+        if ((bytes[p]! | (bytes[p + 1]! << 8)) !== key.charCodeAt(i)) return false;
+      }
+    }
+    return true;
+  }
+
+  private keyStartsWith(at: number, prefix: string): boolean {
+    const head = this.words[at]!;
+    const length = prefix.length;
+    if (head >>> 1 < length) return false;
+    const bytes = this.bytes;
+    const start = (at + HEADER_WORDS) << 2;
+    if ((head & 1) === 0) {
+      for (let i = 0; i < length; i++) if (bytes[start + i] !== prefix.charCodeAt(i)) return false;
+    } else {
+      for (let i = 0; i < length; i++) {
+        const p = start + 2 * i;
+        if ((bytes[p]! | (bytes[p + 1]! << 8)) !== prefix.charCodeAt(i)) return false;
+      }
+    }
+    return true;
+  }
+
+  private keyAt(at: number): string {
+    const head = this.words[at]!;
+    const start = (at + HEADER_WORDS) << 2;
+    const end = start + ((head >>> 1) << (head & 1));
+    return (head & 1) === 0 ? this.text.latin1Slice(start, end) : this.text.ucs2Slice(start, end);
+  }
+
+  private valueAt(at: number): string {
+    const keyHead = this.words[at]!;
+    const head = this.words[at + 1]!;
+    const start = ((at + HEADER_WORDS) << 2) + ((keyHead >>> 1) << (keyHead & 1));
+    const end = start + ((head >>> 1) << (head & 1));
+    return (head & 1) === 0 ? this.text.latin1Slice(start, end) : this.text.ucs2Slice(start, end);
+  }
+
+  private recordWords(at: number): number {
+    const keyHead = this.words[at]!;
+    return HEADER_WORDS + wordsFor(((keyHead >>> 1) << (keyHead & 1)) + this.words[at + 2]!);
+  }
+
+  /** Writes value into the record of id, in place when it fits, else into a new record. */
+  private replaceValue(id: number, value: string): void {
+    const wide = wideFlag(value);
+    const valueBytes = value.length << wide;
+    let at = this.offsets[id]!;
+    if (valueBytes <= this.words[at + 2]!) {
+      const keyHead = this.words[at]!;
+      this.writeString(value, wide, ((at + HEADER_WORDS) << 2) + ((keyHead >>> 1) << (keyHead & 1)));
+      this.words[at + 1] = (value.length << 1) | wide;
+      return;
+    }
+    const keyHead = this.words[at]!;
+    const keyBytes = (keyHead >>> 1) << (keyHead & 1);
+    const size = HEADER_WORDS + wordsFor(keyBytes + valueBytes);
+    const fresh = this.reserve(size);
+    at = this.offsets[id]!; // reserve may have compacted the arena and moved the record
+    const keyStart = (at + HEADER_WORDS) << 2;
+    this.bytes.copyWithin((fresh + HEADER_WORDS) << 2, keyStart, keyStart + keyBytes);
+    this.fillRecord(fresh, keyHead, keyBytes, value, wide, size);
+    this.garbageWords += this.recordWords(at);
+    this.offsets[id] = fresh;
+  }
+
+  /** Appends a record for key and value; returns its word offset. Leaves the index alone. */
+  private appendRecord(key: string, value: string): number {
+    const keyWide = wideFlag(key);
+    const keyBytes = key.length << keyWide;
+    const valueWide = wideFlag(value);
+    const size = HEADER_WORDS + wordsFor(keyBytes + (value.length << valueWide));
+    const at = this.reserve(size);
+    const keyHead = (key.length << 1) | keyWide;
+    this.writeString(key, keyWide, (at + HEADER_WORDS) << 2);
+    this.fillRecord(at, keyHead, keyBytes, value, valueWide, size);
+    return at;
+  }
+
+  /** Writes the header and value of a record whose key bytes are in place. */
+  private fillRecord(at: number, keyHead: number, keyBytes: number, value: string, wide: number, size: number): void {
+    const words = this.words;
+    words[at] = keyHead;
+    words[at + 1] = (value.length << 1) | wide;
+    // The padding up to the next word is capacity the value may grow into.
+    words[at + 2] = ((size - HEADER_WORDS) << 2) - keyBytes;
+    this.writeString(value, wide, ((at + HEADER_WORDS) << 2) + keyBytes);
+  }
+
+  private writeString(text: string, wide: number, byteOffset: number): void {
+    if (text.length === 0) return;
+    if (wide === 0) this.text.latin1Write(text, byteOffset, text.length);
+    else this.text.ucs2Write(text, byteOffset, text.length * 2);
+  }
+
+  // ---- arena ----
+
+  /** Room for a record of size words at the end of the arena; returns its word offset. */
+  private reserve(size: number): number {
+    if (this.usedWords + size > this.words.length) {
+      if (this.garbageWords > this.usedWords - this.garbageWords) this.compact(size);
+      if (this.usedWords + size > this.words.length) {
+        const grown = new Int32Array(Math.max(this.words.length * 2, this.usedWords + size));
+        grown.set(this.words.subarray(0, this.usedWords));
+        this.useArena(grown);
+      }
+    }
+    const at = this.usedWords;
+    this.usedWords += size;
+    return at;
+  }
+
+  /**
+   * Copies the live records, in id order, into a fresh arena with room for
+   * about half as much again plus `room` words. O(live), run only once the
+   * garbage outweighs the live records, so its cost is amortised over the
+   * writes that made the garbage.
+   */
+  private compact(room: number): void {
+    const live = this.usedWords - this.garbageWords;
+    const capacity = Math.max(MIN_ARENA_WORDS, Math.ceil((live + room) * 1.5));
+    const old = this.words;
+    const target = new Int32Array(capacity);
+    const offsets = this.offsets;
+    let used = 0;
+    for (let id = 0; id < this.idLimit; id++) {
+      const at = offsets[id]!;
+      if (at < 0) continue;
+      const size = this.recordWords(at);
+      target.set(old.subarray(at, at + size), used);
+      offsets[id] = used;
+      used += size;
+    }
+    this.useArena(target);
+    this.usedWords = used;
+    this.garbageWords = 0;
+  }
+
+  private useArena(words: Int32Array): void {
+    this.words = words;
+    this.bytes = new Uint8Array(words.buffer);
+    this.text = Buffer.from(words.buffer) as RawBuffer;
+  }
+}
