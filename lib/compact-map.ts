@@ -4,7 +4,8 @@
  * and give the garbage collector nothing to trace.
  *
  * Owns: the byte layout of entries, hashing and probing, growth and
- * compaction, and iteration that tolerates changes between steps.
+ * compaction, iteration that tolerates changes between steps, and a small
+ * cache of recently used values as strings.
  * Must not: know about JSON, watches, commits or anything above a plain map.
  *
  * Layout
@@ -14,20 +15,25 @@
  * - arena: one growable buffer of records, each starting on a 4-byte word:
  *     word 0  key length in code units << 1, | 1 when the key is wide
  *     word 1  value length in code units << 1, | 1 when the value is wide
- *     word 2  value capacity in bytes (the value may grow in place up to it)
+ *     word 2  value capacity in bytes (the value may change in place up to it)
+ *     word 3  the entry's id
  *     then the key bytes, then the value bytes, padded to a whole word.
  *   A value that no longer fits moves to a new record; the old one becomes
- *   garbage. When garbage outgrows the live records (and room is needed, or
- *   on delete), the live records are copied into a fresh arena.
+ *   garbage. Once garbage outweighs the live records (checked when room is
+ *   needed and on delete), the live records are copied into a fresh arena.
+ * - index: open addressing with linear probing; pairs (record word + 1, hash),
+ *   0 for an empty slot; a power-of-two slot count kept at load ≤ 0.6.
+ *   Deletion shifts the following entries back instead of leaving tombstones.
+ *   The hash is FNV-1a over code units with a per-process random seed and a
+ *   final mix (murmur3 fmix32), so colliding keys cannot be precomputed.
  * - entry ids: every entry has an id that stays the same while it lives, across
  *   compactions and index resizes. `offsets[id]` is the word where its record
  *   starts; a free id holds -2 - (next free id) instead, a linked free list.
  *   Iterators walk ids, re-reading `offsets` at each step, so they survive changes.
- * - index: open addressing with linear probing; pairs (id + 1, hash) with 0 for
- *   an empty slot; a power-of-two slot count kept at load ≤ 0.6. Deletion
- *   shifts the following entries back instead of leaving tombstones.
- *   The hash is FNV-1a over code units with a per-process random seed and a
- *   final mix (murmur3 fmix32), so colliding keys cannot be precomputed.
+ * - recent values: decoding a value makes a new string (≈30-50 ns with the
+ *   collector's share), which a Map of strings never paid. A direct-mapped
+ *   cache of RECENT_SLOTS short values, by id, keeps hot keys as cheap to read
+ *   as before, for a bounded, small amount of memory.
  */
 
 /** The few Node Buffer methods used here that @types/node leaves out (Bun implements them). */
@@ -38,12 +44,20 @@ interface RawBuffer extends Buffer {
   ucs2Write(text: string, offset: number, length: number): number;
 }
 
-const HEADER_WORDS = 3;
+const HEADER_WORDS = 4;
+const KEY_HEAD = 0;
+const VALUE_HEAD = 1;
+const VALUE_CAPACITY = 2;
+const ID = 3;
 const MIN_ARENA_WORDS = 1024;
 const MIN_SLOTS = 16;
 const MIN_IDS = 16;
 const FREE_END = -1;
 const HASH_SEED = (Math.random() * 0x100000000) | 0;
+/** Slots of the recent-values cache (a power of two). */
+const RECENT_SLOTS = 1 << 14;
+/** Longer values are not cached: the cache must stay small whatever is stored. */
+const RECENT_MAX_LENGTH = 256;
 
 /** Hash of a string's code units (the same whether it is stored narrow or wide). */
 function hashString(text: string): number {
@@ -75,16 +89,20 @@ export class CompactMap {
   private usedWords = 0;
   private garbageWords = 0;
 
-  /** Per id: record word offset, or -2 - next free id. */
+  /** Pairs (record word + 1, hash); 0 marks an empty slot. */
+  private index = new Int32Array(MIN_SLOTS * 2);
+  private mask = MIN_SLOTS - 1;
+  private count = 0;
+
+  /** Per id: record word, or -2 - next free id. */
   private offsets = new Int32Array(MIN_IDS);
   /** Ids below this have been handed out at least once. */
   private idLimit = 0;
   private freeHead = FREE_END;
 
-  /** Pairs (id + 1, hash); 0 marks an empty slot. */
-  private index = new Int32Array(MIN_SLOTS * 2);
-  private mask = MIN_SLOTS - 1;
-  private count = 0;
+  /** Direct-mapped by id: recentIds[id & mask] === id + 1 when recent[...] holds id's value. */
+  private readonly recent: (string | undefined)[] = new Array<string | undefined>(RECENT_SLOTS).fill(undefined);
+  private readonly recentIds = new Int32Array(RECENT_SLOTS);
 
   constructor() {
     this.useArena(new Int32Array(MIN_ARENA_WORDS));
@@ -95,9 +113,15 @@ export class CompactMap {
   }
 
   get(key: string): string | undefined {
-    const slot = this.probe(key, hashString(key));
-    const entry = this.index[slot << 1]!;
-    return entry === 0 ? undefined : this.valueAt(this.offsets[entry - 1]!);
+    const entry = this.index[this.probe(key, hashString(key)) << 1]!;
+    if (entry === 0) return undefined;
+    const at = entry - 1;
+    const id = this.words[at + ID]!;
+    const cached = id & (RECENT_SLOTS - 1);
+    if (this.recentIds[cached] === id + 1) return this.recent[cached];
+    const value = this.valueAt(at);
+    if (value.length <= RECENT_MAX_LENGTH) this.remember(id, value);
+    return value;
   }
 
   has(key: string): boolean {
@@ -109,17 +133,22 @@ export class CompactMap {
     const hash = hashString(key);
     const slot = this.probe(key, hash);
     const entry = this.index[slot << 1]!;
+    let id: number;
     if (entry !== 0) {
-      this.replaceValue(entry - 1, value);
-      return false;
+      id = this.words[entry - 1 + ID]!;
+      this.replaceValue(slot, value);
+    } else {
+      id = this.takeId();
+      const at = this.appendRecord(key, value, id);
+      // appendRecord may compact the arena, which rewrites slots' words but moves no slot.
+      this.index[slot << 1] = at + 1;
+      this.index[(slot << 1) + 1] = hash;
+      this.offsets[id] = at;
+      if (++this.count > (this.mask + 1) * 0.6) this.growIndex();
     }
-    const id = this.takeId();
-    this.offsets[id] = this.appendRecord(key, value);
-    // appendRecord never touches the index, so slot is still the right empty slot.
-    this.index[slot << 1] = id + 1;
-    this.index[(slot << 1) + 1] = hash;
-    if (++this.count > this.maxLoad()) this.growIndex();
-    return true;
+    if (value.length <= RECENT_MAX_LENGTH) this.remember(id, value);
+    else this.forget(id);
+    return entry === 0;
   }
 
   /** Removes key. Returns true when it was present. */
@@ -127,8 +156,10 @@ export class CompactMap {
     const slot = this.probe(key, hashString(key));
     const entry = this.index[slot << 1]!;
     if (entry === 0) return false;
-    const id = entry - 1;
-    this.garbageWords += this.recordWords(this.offsets[id]!);
+    const at = entry - 1;
+    const id = this.words[at + ID]!;
+    this.forget(id);
+    this.garbageWords += this.recordWords(at);
     this.offsets[id] = -2 - this.freeHead;
     this.freeHead = id;
     this.count--;
@@ -174,9 +205,9 @@ export class CompactMap {
     return out;
   }
 
-  /** Bytes held by the arrays (arena, ids, index), for tests and STATS. */
+  /** Bytes held by the typed arrays (arena, index, ids), for tests and STATS. */
   get allocatedBytes(): number {
-    return this.words.byteLength + this.offsets.byteLength + this.index.byteLength;
+    return this.words.byteLength + this.index.byteLength + this.offsets.byteLength + this.recentIds.byteLength;
   }
 
   // ---- index ----
@@ -189,13 +220,9 @@ export class CompactMap {
     for (;;) {
       const entry = index[slot << 1]!;
       if (entry === 0) return slot;
-      if (index[(slot << 1) + 1] === hash && this.keyEquals(this.offsets[entry - 1]!, key)) return slot;
+      if (index[(slot << 1) + 1] === hash && this.keyEquals(entry - 1, key)) return slot;
       slot = (slot + 1) & mask;
     }
-  }
-
-  private maxLoad(): number {
-    return (this.mask + 1) * 0.6;
   }
 
   /** Empties slot, then moves back each following entry that may not stay behind the gap (no tombstones). */
@@ -208,7 +235,7 @@ export class CompactMap {
       const entry = index[next << 1]!;
       if (entry === 0) break;
       const home = index[(next << 1) + 1]! & mask;
-      // The entry may move into the gap unless its home lies cyclically in (gap, next].
+      // The entry must stay when its home lies cyclically in (gap, next]: moving it would hide it.
       const stays = gap <= next ? gap < home && home <= next : gap < home || home <= next;
       if (!stays) {
         index[gap << 1] = entry;
@@ -240,7 +267,7 @@ export class CompactMap {
     this.mask = mask;
   }
 
-  // ---- ids ----
+  // ---- ids and recent values ----
 
   private takeId(): number {
     if (this.freeHead !== FREE_END) {
@@ -256,105 +283,135 @@ export class CompactMap {
     return this.idLimit++;
   }
 
+  private remember(id: number, value: string): void {
+    const slot = id & (RECENT_SLOTS - 1);
+    this.recentIds[slot] = id + 1;
+    this.recent[slot] = value;
+  }
+
+  private forget(id: number): void {
+    const slot = id & (RECENT_SLOTS - 1);
+    if (this.recentIds[slot] !== id + 1) return;
+    this.recentIds[slot] = 0;
+    this.recent[slot] = undefined;
+  }
+
   // ---- records ----
 
   private keyEquals(at: number, key: string): boolean {
-    const head = this.words[at]!;
+    const words = this.words;
+    const head = words[at + KEY_HEAD]!;
     const length = key.length;
     if (head >>> 1 !== length) return false;
-    const bytes = this.bytes;
-    const start = (at + HEADER_WORDS) << 2;
     if ((head & 1) === 0) {
-      for (let i = 0; i < length; i++) if (bytes[start + i] !== key.charCodeAt(i)) return false;
-    } else {
-      for (let i = 0; i < length; i++) {
-        const p = start + 2 * i;
-        if ((bytes[p]! | (bytes[p + 1]! << 8)) !== key.charCodeAt(i)) return false;
+      // Four code units per word; `all` catches a unit above 255, which a narrow key cannot hold.
+      let w = at + HEADER_WORDS;
+      let i = 0;
+      let all = 0;
+      for (; i + 3 < length; i += 4, w++) {
+        const a = key.charCodeAt(i);
+        const b = key.charCodeAt(i + 1);
+        const c = key.charCodeAt(i + 2);
+        const d = key.charCodeAt(i + 3);
+        all |= a | b | c | d;
+        if (words[w] !== (a | (b << 8) | (c << 16) | (d << 24))) return false;
       }
+      const bytes = this.bytes;
+      for (let p = w << 2; i < length; i++, p++) {
+        const c = key.charCodeAt(i);
+        all |= c;
+        if (bytes[p] !== c) return false;
+      }
+      return all <= 0xff;
     }
-    return true;
+    return this.wideEquals((at + HEADER_WORDS) << 2, key, length);
   }
 
   private keyStartsWith(at: number, prefix: string): boolean {
-    const head = this.words[at]!;
+    const head = this.words[at + KEY_HEAD]!;
     const length = prefix.length;
     if (head >>> 1 < length) return false;
-    const bytes = this.bytes;
     const start = (at + HEADER_WORDS) << 2;
-    if ((head & 1) === 0) {
-      for (let i = 0; i < length; i++) if (bytes[start + i] !== prefix.charCodeAt(i)) return false;
-    } else {
-      for (let i = 0; i < length; i++) {
-        const p = start + 2 * i;
-        if ((bytes[p]! | (bytes[p + 1]! << 8)) !== prefix.charCodeAt(i)) return false;
-      }
+    if ((head & 1) !== 0) return this.wideEquals(start, prefix, length);
+    const bytes = this.bytes;
+    for (let i = 0; i < length; i++) if (bytes[start + i] !== prefix.charCodeAt(i)) return false;
+    return true;
+  }
+
+  /** Whether the first `length` code units stored wide at byte `start` are text's. */
+  private wideEquals(start: number, text: string, length: number): boolean {
+    const bytes = this.bytes;
+    for (let i = 0; i < length; i++) {
+      const p = start + 2 * i;
+      if ((bytes[p]! | (bytes[p + 1]! << 8)) !== text.charCodeAt(i)) return false;
     }
     return true;
   }
 
   private keyAt(at: number): string {
-    const head = this.words[at]!;
+    const head = this.words[at + KEY_HEAD]!;
     const start = (at + HEADER_WORDS) << 2;
     const end = start + ((head >>> 1) << (head & 1));
     return (head & 1) === 0 ? this.text.latin1Slice(start, end) : this.text.ucs2Slice(start, end);
   }
 
   private valueAt(at: number): string {
-    const keyHead = this.words[at]!;
-    const head = this.words[at + 1]!;
+    const keyHead = this.words[at + KEY_HEAD]!;
+    const head = this.words[at + VALUE_HEAD]!;
     const start = ((at + HEADER_WORDS) << 2) + ((keyHead >>> 1) << (keyHead & 1));
     const end = start + ((head >>> 1) << (head & 1));
     return (head & 1) === 0 ? this.text.latin1Slice(start, end) : this.text.ucs2Slice(start, end);
   }
 
   private recordWords(at: number): number {
-    const keyHead = this.words[at]!;
-    return HEADER_WORDS + wordsFor(((keyHead >>> 1) << (keyHead & 1)) + this.words[at + 2]!);
+    const keyHead = this.words[at + KEY_HEAD]!;
+    return HEADER_WORDS + wordsFor(((keyHead >>> 1) << (keyHead & 1)) + this.words[at + VALUE_CAPACITY]!);
   }
 
-  /** Writes value into the record of id, in place when it fits, else into a new record. */
-  private replaceValue(id: number, value: string): void {
+  /** Writes value into the record in slot, in place when it fits, else into a new record. */
+  private replaceValue(slot: number, value: string): void {
     const wide = wideFlag(value);
     const valueBytes = value.length << wide;
-    let at = this.offsets[id]!;
-    if (valueBytes <= this.words[at + 2]!) {
-      const keyHead = this.words[at]!;
-      this.writeString(value, wide, ((at + HEADER_WORDS) << 2) + ((keyHead >>> 1) << (keyHead & 1)));
-      this.words[at + 1] = (value.length << 1) | wide;
+    let at = this.index[slot << 1]! - 1;
+    const keyHead = this.words[at + KEY_HEAD]!;
+    const keyBytes = (keyHead >>> 1) << (keyHead & 1);
+    if (valueBytes <= this.words[at + VALUE_CAPACITY]!) {
+      this.writeString(value, wide, ((at + HEADER_WORDS) << 2) + keyBytes);
+      this.words[at + VALUE_HEAD] = (value.length << 1) | wide;
       return;
     }
-    const keyHead = this.words[at]!;
-    const keyBytes = (keyHead >>> 1) << (keyHead & 1);
     const size = HEADER_WORDS + wordsFor(keyBytes + valueBytes);
     const fresh = this.reserve(size);
-    at = this.offsets[id]!; // reserve may have compacted the arena and moved the record
+    at = this.index[slot << 1]! - 1; // reserve may have compacted the arena and moved the record
+    const id = this.words[at + ID]!;
     const keyStart = (at + HEADER_WORDS) << 2;
     this.bytes.copyWithin((fresh + HEADER_WORDS) << 2, keyStart, keyStart + keyBytes);
-    this.fillRecord(fresh, keyHead, keyBytes, value, wide, size);
+    this.fillRecord(fresh, id, keyHead, keyBytes, value, wide, size);
     this.garbageWords += this.recordWords(at);
+    this.index[slot << 1] = fresh + 1;
     this.offsets[id] = fresh;
   }
 
-  /** Appends a record for key and value; returns its word offset. Leaves the index alone. */
-  private appendRecord(key: string, value: string): number {
+  /** Appends a record for a new entry; returns its word. May compact the arena; adds nothing to the index. */
+  private appendRecord(key: string, value: string, id: number): number {
     const keyWide = wideFlag(key);
     const keyBytes = key.length << keyWide;
     const valueWide = wideFlag(value);
     const size = HEADER_WORDS + wordsFor(keyBytes + (value.length << valueWide));
     const at = this.reserve(size);
-    const keyHead = (key.length << 1) | keyWide;
     this.writeString(key, keyWide, (at + HEADER_WORDS) << 2);
-    this.fillRecord(at, keyHead, keyBytes, value, valueWide, size);
+    this.fillRecord(at, id, (key.length << 1) | keyWide, keyBytes, value, valueWide, size);
     return at;
   }
 
   /** Writes the header and value of a record whose key bytes are in place. */
-  private fillRecord(at: number, keyHead: number, keyBytes: number, value: string, wide: number, size: number): void {
+  private fillRecord(at: number, id: number, keyHead: number, keyBytes: number, value: string, wide: number, size: number): void {
     const words = this.words;
-    words[at] = keyHead;
-    words[at + 1] = (value.length << 1) | wide;
+    words[at + KEY_HEAD] = keyHead;
+    words[at + VALUE_HEAD] = (value.length << 1) | wide;
     // The padding up to the next word is capacity the value may grow into.
-    words[at + 2] = ((size - HEADER_WORDS) << 2) - keyBytes;
+    words[at + VALUE_CAPACITY] = ((size - HEADER_WORDS) << 2) - keyBytes;
+    words[at + ID] = id;
     this.writeString(value, wide, ((at + HEADER_WORDS) << 2) + keyBytes);
   }
 
@@ -366,7 +423,7 @@ export class CompactMap {
 
   // ---- arena ----
 
-  /** Room for a record of size words at the end of the arena; returns its word offset. */
+  /** Room for a record of size words at the end of the arena; returns its word. */
   private reserve(size: number): number {
     if (this.usedWords + size > this.words.length) {
       if (this.garbageWords > this.usedWords - this.garbageWords) this.compact(size);
@@ -382,16 +439,16 @@ export class CompactMap {
   }
 
   /**
-   * Copies the live records, in id order, into a fresh arena with room for
-   * about half as much again plus `room` words. O(live), run only once the
-   * garbage outweighs the live records, so its cost is amortised over the
-   * writes that made the garbage.
+   * Copies the live records, in id order (iteration then reads the arena
+   * front to back), into a fresh arena with room for half as much again plus
+   * `room` words, then points the index at the new places. O(live), and run
+   * only once the garbage outweighs the live records, so its cost is
+   * amortised over the writes that made the garbage.
    */
   private compact(room: number): void {
     const live = this.usedWords - this.garbageWords;
-    const capacity = Math.max(MIN_ARENA_WORDS, Math.ceil((live + room) * 1.5));
     const old = this.words;
-    const target = new Int32Array(capacity);
+    const target = new Int32Array(Math.max(MIN_ARENA_WORDS, Math.ceil((live + room) * 1.5)));
     const offsets = this.offsets;
     let used = 0;
     for (let id = 0; id < this.idLimit; id++) {
@@ -401,6 +458,11 @@ export class CompactMap {
       target.set(old.subarray(at, at + size), used);
       offsets[id] = used;
       used += size;
+    }
+    const index = this.index;
+    for (let i = 0; i < index.length; i += 2) {
+      const entry = index[i]!;
+      if (entry !== 0) index[i] = offsets[old[entry - 1 + ID]!]! + 1;
     }
     this.useArena(target);
     this.usedWords = used;
