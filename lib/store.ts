@@ -22,15 +22,24 @@ export interface Watcher {
 }
 
 export class Store {
-  private readonly data = new CompactMap();
+  private readonly data: CompactMap;
   /** Number of the last commit. */
   seq: number;
   private readonly keyWatchers = new Map<string, Set<Watcher>>();
   private readonly prefixWatchers = new Map<Watcher, string[]>();
 
-  /** Starts from initial's entries (a Map, or any iterable of pairs, so a loader need not build a Map). */
-  constructor(initial: Iterable<readonly [string, EncodedValue]> = [], seq = 0) {
-    for (const [key, value] of initial) this.data.set(key, value);
+  /**
+   * Starts from initial: a CompactMap is adopted as is (a loader can build
+   * one directly, with Map-like set/delete, and skip a copy); a Map or any
+   * other iterable of pairs is copied.
+   */
+  constructor(initial: CompactMap | Iterable<readonly [string, EncodedValue]> = [], seq = 0) {
+    if (initial instanceof CompactMap) {
+      this.data = initial;
+    } else {
+      this.data = new CompactMap();
+      for (const [key, value] of initial) this.data.set(key, value);
+    }
     this.seq = seq;
   }
 

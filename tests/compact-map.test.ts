@@ -1,0 +1,242 @@
+/**
+ * CompactMap (lib/compact-map.ts) against a JS Map as the model: random
+ * operation sequences over keys and values of every shape (ASCII, Latin-1,
+ * other BMP, astral, lone surrogates, empty, long), growth, compaction,
+ * iteration while the map changes, and prefix scans.
+ */
+import { describe, expect, test } from "bun:test";
+import { CompactMap } from "../lib/compact-map.ts";
+import { Store } from "../lib/store.ts";
+
+/** mulberry32: a small seeded generator, so a failing sequence can be replayed. */
+function random(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const PIECES = ["a", "key:", "Z9", "é", "ÿ", "日本", "€", "😀", "\ud800", "\udfff", " ", "\u0000", "\n", '"', "\\", "x".repeat(300)];
+
+/** A string of 0-4 random pieces (so prefixes are shared, lengths vary, and every encoding shows up). */
+function randomText(next: () => number, maxPieces = 4): string {
+  let text = "";
+  const pieces = Math.floor(next() * (maxPieces + 1));
+  for (let i = 0; i < pieces; i++) {
+    // Long pieces rarely, so most entries stay small and many fit.
+    const piece = PIECES[Math.floor(next() * PIECES.length)]!;
+    text += piece.length > 1 && piece[0] === "x" && next() < 0.8 ? "x" : piece;
+  }
+  return text;
+}
+
+function expectSameContents(map: CompactMap, model: Map<string, string>): void {
+  expect(map.size).toBe(model.size);
+  const seen = new Map<string, string>();
+  for (const [key, value] of map.entries()) {
+    expect(seen.has(key)).toBe(false);
+    seen.set(key, value);
+  }
+  expect(seen).toEqual(model);
+  expect(new Set(map.keys())).toEqual(new Set(model.keys()));
+}
+
+describe("CompactMap against a Map", () => {
+  test("random set/delete/get/has/size sequences agree with the model", () => {
+    for (const seed of [1, 2, 3, 4, 5, 6]) {
+      const next = random(seed);
+      const map = new CompactMap();
+      const model = new Map<string, string>();
+      // Small key pools force overwrites and deletes of present keys; larger ones force growth.
+      const keyPool = Array.from({ length: seed * 150 }, (_, i) => (i % 3 === 0 ? `k${i}` : randomText(next) + i));
+      keyPool.push("");
+      for (let op = 0; op < 6000; op++) {
+        const key = keyPool[Math.floor(next() * keyPool.length)]!;
+        const roll = next();
+        if (roll < 0.45) {
+          const value = next() < 0.05 ? "" : randomText(next, 6);
+          expect(map.set(key, value)).toBe(!model.has(key));
+          model.set(key, value);
+        } else if (roll < 0.7) {
+          expect(map.delete(key)).toBe(model.delete(key));
+        } else if (roll < 0.9) {
+          expect(map.get(key)).toBe(model.get(key));
+        } else {
+          expect(map.has(key)).toBe(model.has(key));
+        }
+        expect(map.size).toBe(model.size);
+        if (op % 1000 === 999) expectSameContents(map, model);
+      }
+      for (const key of keyPool) expect(map.get(key)).toBe(model.get(key));
+      expectSameContents(map, model);
+    }
+  });
+
+  test("every kind of string round-trips as key and as value, and stays distinct", () => {
+    const strings = ["", "a", "A", "é", "\u00ff", "\u0100", "日本語", "😀", "a😀b", "\ud800", "\udc00", "x\ud800", "\ud800x", "\u0000", "\u0000\u0000", "€uro", "x".repeat(5000), "é".repeat(1000), "😀".repeat(700)];
+    const map = new CompactMap();
+    strings.forEach((s, i) => map.set(s, strings[(i + 1) % strings.length]!));
+    strings.forEach((s, i) => expect(map.get(s)).toBe(strings[(i + 1) % strings.length]));
+    expect(map.size).toBe(strings.length);
+    // Same code units in a different width must not match: "é" (0xE9) vs "\u00e9\u0000"-like neighbours.
+    expect(map.get("\u00e9\u0000")).toBeUndefined();
+    expect(map.get("\u0100".slice(0, 0))).toBe(map.get(""));
+  });
+
+  test("a narrow stored key never equals a key with a unit above 255 whose low bytes match", () => {
+    const map = new CompactMap();
+    map.set("abcd", "narrow");
+    // 0x161 = 'a' + 0x100: the low byte matches "a" but the key is different.
+    expect(map.get("\u0161bcd")).toBeUndefined();
+    expect(map.get("abc\u0164")).toBeUndefined();
+    map.set("\u0161bcd", "wide");
+    expect(map.get("abcd")).toBe("narrow");
+    expect(map.get("\u0161bcd")).toBe("wide");
+  });
+
+  test("values change in place, grow, shrink and switch width", () => {
+    const map = new CompactMap();
+    map.set("k", "short");
+    map.set("other", "o");
+    const values = ["", "abc", "a much longer value than before".repeat(3), "x", "日本", "😀".repeat(50), "back to ascii", "\u00ff".repeat(40), ""];
+    for (const value of values) {
+      map.set("k", value);
+      expect(map.get("k")).toBe(value);
+      expect(map.get("other")).toBe("o");
+    }
+    expect(map.size).toBe(2);
+  });
+
+  test("values longer than the recent-values cache limit are read back from the arena", () => {
+    const map = new CompactMap();
+    const long = "v".repeat(10000);
+    map.set("k", long);
+    expect(map.get("k")).toBe(long);
+    map.set("k", "short");
+    expect(map.get("k")).toBe("short");
+    map.set("k", long + "!");
+    expect(map.get("k")).toBe(long + "!");
+  });
+
+  test("growth to many entries and deletion of most of them (index growth, arena compaction)", () => {
+    const map = new CompactMap();
+    const n = 50000;
+    for (let i = 0; i < n; i++) map.set(`key:${i}`, `value:${i}`);
+    expect(map.size).toBe(n);
+    const peak = map.allocatedBytes;
+    for (let i = 0; i < n; i++) if (i % 10 !== 0) expect(map.delete(`key:${i}`)).toBe(true);
+    expect(map.size).toBe(n / 10);
+    for (let i = 0; i < n; i++) expect(map.get(`key:${i}`)).toBe(i % 10 === 0 ? `value:${i}` : undefined);
+    expect(map.allocatedBytes).toBeLessThan(peak);
+    for (let i = 0; i < n; i += 10) map.delete(`key:${i}`);
+    expect(map.size).toBe(0);
+    expect([...map.entries()]).toEqual([]);
+    // Freed ids and space are reused.
+    for (let i = 0; i < 100; i++) map.set(`again:${i}`, "x");
+    expect(map.size).toBe(100);
+    expect(map.get("again:99")).toBe("x");
+  });
+
+  test("values that keep outgrowing their records leave garbage that compaction reclaims", () => {
+    const map = new CompactMap();
+    for (let i = 0; i < 1000; i++) map.set(`k${i}`, "");
+    for (let round = 1; round <= 40; round++) {
+      for (let i = 0; i < 1000; i++) map.set(`k${i}`, "y".repeat(round * 4));
+    }
+    for (let i = 0; i < 1000; i++) expect(map.get(`k${i}`)).toBe("y".repeat(160));
+    // Live data is about 1000 × (16 + 4 + 160) bytes; without compaction the garbage would be ~20× that.
+    expect(map.allocatedBytes).toBeLessThan(1_500_000);
+  });
+});
+
+describe("CompactMap iteration while the map changes", () => {
+  test("an entry present throughout is visited exactly once, with a value it had meanwhile", () => {
+    for (const seed of [11, 12, 13]) {
+      const next = random(seed);
+      const map = new CompactMap();
+      const stable = Array.from({ length: 2000 }, (_, i) => `stable:${i}`);
+      const valuesHad = new Map<string, Set<string>>();
+      for (const key of stable) {
+        map.set(key, "v0");
+        valuesHad.set(key, new Set(["v0"]));
+      }
+      for (let i = 0; i < 2000; i++) map.set(`churn:${i}`, "c");
+      const visits = new Map<string, number>();
+      let step = 0;
+      for (const [key, value] of map.entries()) {
+        visits.set(key, (visits.get(key) ?? 0) + 1);
+        if (key.startsWith("stable:")) expect(valuesHad.get(key)!.has(value)).toBe(true);
+        step++;
+        // Between steps: update stable values (in place and relocating), delete and add churn keys.
+        for (let j = 0; j < 5; j++) {
+          const key2 = stable[Math.floor(next() * stable.length)]!;
+          const value2 = `v${step}`.padEnd(Math.floor(next() * 60), "+");
+          map.set(key2, value2);
+          valuesHad.get(key2)!.add(value2);
+          const churn = `churn:${Math.floor(next() * 6000)}`;
+          if (next() < 0.5) map.delete(churn);
+          else map.set(churn, "c".repeat(Math.floor(next() * 100)));
+        }
+      }
+      for (const key of stable) expect(visits.get(key)).toBe(1);
+      // A churn key deleted and added again may be seen twice, as with a Map; nothing unknown appears.
+      for (const key of visits.keys()) expect(/^(stable|churn):\d+$/.test(key)).toBe(true);
+    }
+  });
+
+  test("keys() tolerates deletion of the key just visited and of keys not yet visited", () => {
+    const map = new CompactMap();
+    for (let i = 0; i < 1000; i++) map.set(`k${i}`, "v");
+    const seen: string[] = [];
+    for (const key of map.keys()) {
+      seen.push(key);
+      map.delete(key);
+      map.delete(`k${999 - Number(key.slice(1))}`);
+    }
+    expect(map.size).toBe(0);
+    expect(new Set(seen).size).toBe(seen.length);
+    expect(seen.length).toBe(500);
+  });
+});
+
+describe("CompactMap.keysWithPrefix", () => {
+  test("matches String.startsWith for every stored key, including non-ASCII prefixes", () => {
+    const next = random(99);
+    const map = new CompactMap();
+    const model = new Map<string, string>();
+    for (let i = 0; i < 3000; i++) {
+      const key = randomText(next, 3) + (i % 7 === 0 ? "" : String(i));
+      map.set(key, "v");
+      model.set(key, "v");
+    }
+    const prefixes = ["", "a", "key:", "é", "日", "日本", "😀", "\ud83d", "\ud800", "aa", "x", "zzz-none", "a".repeat(50)];
+    for (const prefix of prefixes) {
+      const expected = [...model.keys()].filter((k) => k.startsWith(prefix)).sort();
+      expect(map.keysWithPrefix(prefix).sort()).toEqual(expected);
+    }
+  });
+});
+
+describe("Store over CompactMap", () => {
+  test("starts from a Map or from any iterable of pairs, with the given seq", () => {
+    const initial = new Map([["a", '"1"'], ["b", "[2]"], ["日本", '"3"']]);
+    const fromMap = new Store(initial, 7);
+    expect(fromMap.seq).toBe(7);
+    expect(fromMap.size).toBe(3);
+    expect(fromMap.get("日本")).toBe('"3"');
+    const fromPairs = new Store([["x", "1"], ["y", "2"]] as const, 2);
+    expect(new Map(fromPairs.entries())).toEqual(new Map([["x", "1"], ["y", "2"]]));
+    expect(fromPairs.keysWithPrefix("").sort()).toEqual(["x", "y"]);
+  });
+
+  test("adopts a CompactMap without copying it", () => {
+    const data = new CompactMap();
+    data.set("k", '"v"');
+    const store = new Store(data, 3);
+    expect(store.get("k")).toBe('"v"');
+    store.put("j", "1");
+    expect(data.get("j")).toBe("1");
+  });
+});
