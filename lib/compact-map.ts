@@ -51,6 +51,8 @@ const VALUE_CAPACITY = 2;
 const ID = 3;
 const MIN_ARENA_WORDS = 1024;
 const MIN_SLOTS = 16;
+/** Most entries per index slot before the index doubles (linear probing stays short below it). */
+const MAX_LOAD = 0.6;
 const MIN_IDS = 16;
 const FREE_END = -1;
 const HASH_SEED = (Math.random() * 0x100000000) | 0;
@@ -90,12 +92,12 @@ export class CompactMap {
   private garbageWords = 0;
 
   /** Pairs (record word + 1, hash); 0 marks an empty slot. */
-  private index = new Int32Array(MIN_SLOTS * 2);
-  private mask = MIN_SLOTS - 1;
+  private index: Int32Array;
+  private mask: number;
   private count = 0;
 
   /** Per id: record word, or -2 - next free id. */
-  private offsets = new Int32Array(MIN_IDS);
+  private offsets: Int32Array;
   /** Ids below this have been handed out at least once. */
   private idLimit = 0;
   private freeHead = FREE_END;
@@ -104,7 +106,13 @@ export class CompactMap {
   private readonly recent: (string | undefined)[] = new Array<string | undefined>(RECENT_SLOTS).fill(undefined);
   private readonly recentIds = new Int32Array(RECENT_SLOTS);
 
-  constructor() {
+  /** expectedSize: entries about to be loaded, so that the index and ids are sized once. */
+  constructor(expectedSize = 0) {
+    let slots = MIN_SLOTS;
+    while (slots * MAX_LOAD < expectedSize) slots *= 2;
+    this.index = new Int32Array(slots * 2);
+    this.mask = slots - 1;
+    this.offsets = new Int32Array(Math.max(MIN_IDS, expectedSize));
     this.useArena(new Int32Array(MIN_ARENA_WORDS));
   }
 
@@ -144,7 +152,7 @@ export class CompactMap {
       this.index[slot << 1] = at + 1;
       this.index[(slot << 1) + 1] = hash;
       this.offsets[id] = at;
-      if (++this.count > (this.mask + 1) * 0.6) this.growIndex();
+      if (++this.count > (this.mask + 1) * MAX_LOAD) this.growIndex();
     }
     if (value.length <= RECENT_MAX_LENGTH) this.remember(id, value);
     else this.forget(id);

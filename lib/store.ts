@@ -37,7 +37,7 @@ export class Store {
     if (initial instanceof CompactMap) {
       this.data = initial;
     } else {
-      this.data = new CompactMap();
+      this.data = new CompactMap(initial instanceof Map ? initial.size : 0);
       for (const [key, value] of initial) this.data.set(key, value);
     }
     this.seq = seq;

@@ -240,3 +240,15 @@ describe("Store over CompactMap", () => {
     expect(data.get("j")).toBe("1");
   });
 });
+
+describe("CompactMap size hint", () => {
+  test("a map sized for few entries grows past the hint, one sized for many works when nearly empty", () => {
+    const small = new CompactMap(10);
+    for (let i = 0; i < 5000; i++) small.set(`k${i}`, `v${i}`);
+    for (let i = 0; i < 5000; i++) expect(small.get(`k${i}`)).toBe(`v${i}`);
+    const large = new CompactMap(100000);
+    large.set("only", "one");
+    expect([...large.entries()]).toEqual([["only", "one"]]);
+    expect(large.get("other")).toBeUndefined();
+  });
+});
