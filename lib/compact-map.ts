@@ -32,8 +32,10 @@
  *   Iterators walk ids, re-reading `offsets` at each step, so they survive changes.
  * - recent values: decoding a value makes a new string (≈30-50 ns with the
  *   collector's share), which a Map of strings never paid. A direct-mapped
- *   cache of RECENT_SLOTS short values, by id, keeps hot keys as cheap to read
- *   as before, for a bounded, small amount of memory.
+ *   cache of the last RECENT_SLOTS short values read, by id, keeps hot keys as
+ *   cheap to read as before, for a bounded, small amount of memory. It holds
+ *   only strings this map decoded (set forgets instead of keeping the caller's
+ *   string, which may be a slice pinning a much larger one).
  */
 
 /** The few Node Buffer methods used here that @types/node leaves out (Bun implements them). */
@@ -141,22 +143,19 @@ export class CompactMap {
     const hash = hashString(key);
     const slot = this.probe(key, hash);
     const entry = this.index[slot << 1]!;
-    let id: number;
     if (entry !== 0) {
-      id = this.words[entry - 1 + ID]!;
+      this.forget(this.words[entry - 1 + ID]!);
       this.replaceValue(slot, value);
-    } else {
-      id = this.takeId();
-      const at = this.appendRecord(key, value, id);
-      // appendRecord may compact the arena, which rewrites slots' words but moves no slot.
-      this.index[slot << 1] = at + 1;
-      this.index[(slot << 1) + 1] = hash;
-      this.offsets[id] = at;
-      if (++this.count > (this.mask + 1) * MAX_LOAD) this.growIndex();
+      return false;
     }
-    if (value.length <= RECENT_MAX_LENGTH) this.remember(id, value);
-    else this.forget(id);
-    return entry === 0;
+    const id = this.takeId();
+    const at = this.appendRecord(key, value, id);
+    // appendRecord may compact the arena, which rewrites slots' words but moves no slot.
+    this.index[slot << 1] = at + 1;
+    this.index[(slot << 1) + 1] = hash;
+    this.offsets[id] = at;
+    if (++this.count > (this.mask + 1) * MAX_LOAD) this.growIndex();
+    return true;
   }
 
   /** Removes key. Returns true when it was present. */

@@ -109,6 +109,23 @@ describe("CompactMap against a Map", () => {
     expect(map.size).toBe(2);
   });
 
+  test("a value read (and so cached) is never answered stale: after set, after delete, after its id is reused", () => {
+    const map = new CompactMap();
+    map.set("a", "1");
+    expect(map.get("a")).toBe("1");
+    map.set("a", "2");
+    expect(map.get("a")).toBe("2");
+    expect(map.get("a")).toBe("2");
+    map.delete("a");
+    expect(map.get("a")).toBeUndefined();
+    map.set("b", "3"); // takes the id "a" had
+    expect(map.get("b")).toBe("3");
+    expect(map.get("a")).toBeUndefined();
+    // Many entries share cache slots: reading them all in turn must still answer each one's own value.
+    for (let i = 0; i < 40000; i++) map.set(`k${i}`, `v${i}`);
+    for (let round = 0; round < 2; round++) for (let i = 0; i < 40000; i += 7) expect(map.get(`k${i}`)).toBe(`v${i}`);
+  });
+
   test("values longer than the recent-values cache limit are read back from the arena", () => {
     const map = new CompactMap();
     const long = "v".repeat(10000);
