@@ -248,6 +248,24 @@ describe("Store over CompactMap", () => {
     expect(fromPairs.keysWithPrefix("").sort()).toEqual(["x", "y"]);
   });
 
+  test("a snapshot-style walk of entries() across commits sees every untouched key once", () => {
+    const store = new Store(new Map(Array.from({ length: 3000 }, (_, i) => [`key:${i}`, `"${i}"`] as const)), 0);
+    const iterator = store.entries();
+    const seen = new Map<string, string>();
+    let step = 0;
+    for (let next = iterator.next(); !next.done; next = iterator.next()) {
+      const [key, value] = next.value;
+      expect(seen.has(key)).toBe(false);
+      seen.set(key, value);
+      // Commits between steps, as while a snapshot is written in slices: only keys >= 2000 change.
+      const n = 2000 + (step++ % 1000);
+      if (step % 3 === 0) store.delete(`key:${n}`);
+      else store.apply([[`key:${n}`, `"changed ${step} ${"x".repeat(step % 50)}"`], [`new:${step}`, "1"]], null);
+    }
+    for (let i = 0; i < 2000; i++) expect(seen.get(`key:${i}`)).toBe(`"${i}"`);
+    expect(store.seq).toBe(step);
+  });
+
   test("adopts a CompactMap without copying it", () => {
     const data = new CompactMap();
     data.set("k", '"v"');
