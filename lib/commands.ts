@@ -1,0 +1,212 @@
+/**
+ * Parsing: one request line → a typed `Command`.
+ *
+ * Owns: command names, the plain form (words split on spaces/tabs, PUT's value
+ * is the verbatim rest of the line) and the JSON form (an argument starting
+ * with `{`, validated with valibot, unknown fields rejected), and the HELP text.
+ * Plain requests are parsed with index scans: no regex, no JSON.
+ * Must not: look at the store, the session or the transaction state; a parse
+ * failure is returned as an `Invalid` command, never thrown.
+ */
+import * as v from "valibot";
+import type { EncodedValue } from "./commit-log.ts";
+import { INVALID_UTF8, TOO_LARGE, type Frame } from "./framing.ts";
+
+export type NoArgCommandType = "START" | "COMMIT" | "ROLLBACK" | "PING" | "STATS" | "SAVE" | "HELP" | "QUIT";
+
+export type Command =
+  | { readonly type: "PUT"; readonly key: string; readonly value: EncodedValue; readonly line: string }
+  | { readonly type: "GET"; readonly key: string }
+  | { readonly type: "DEL"; readonly key: string; readonly line: string }
+  | { readonly type: "KEYS"; readonly prefix: string }
+  | { readonly type: "AUTH"; readonly password: string }
+  | { readonly type: NoArgCommandType }
+  | Invalid;
+
+export type InvalidCode = "BAD_REQUEST" | "UNKNOWN_COMMAND" | "TOO_LARGE";
+export interface Invalid {
+  readonly type: "INVALID";
+  readonly code: InvalidCode;
+  readonly message: string;
+}
+
+export const COMMAND_HELP: readonly string[] = [
+  "PUT <key> <value>                store a string value (the rest of the line)",
+  'PUT {"key":K,"value":V}          store any JSON value',
+  'GET <key> | GET {"key":K}        read a value',
+  'DEL <key> | DEL {"key":K}        delete a key, answering its value',
+  'KEYS [<prefix>] | KEYS {"prefix":P}  sorted keys starting with prefix',
+  "START                            begin a transaction (inside one: a nested level)",
+  "COMMIT                           commit the innermost level (the outermost applies everything)",
+  "ROLLBACK                         discard the innermost level",
+  "AUTH <password>                  authenticate (when the server has a password)",
+  "PING                             answer PONG",
+  "STATS                            server statistics",
+  "SAVE                             write a snapshot now; answers when it is durable",
+  "HELP                             this list",
+  "QUIT                             close the connection",
+];
+
+const NO_ARG_COMMANDS: ReadonlySet<string> = new Set<NoArgCommandType>([
+  "START", "COMMIT", "ROLLBACK", "PING", "STATS", "SAVE", "HELP", "QUIT",
+]);
+/** Shared command objects for argument-less requests: nothing to allocate. */
+const NO_ARG: Record<string, Command> = {};
+for (const name of NO_ARG_COMMANDS) NO_ARG[name] = Object.freeze({ type: name as NoArgCommandType });
+
+const SPACE = 32;
+const TAB = 9;
+const OPEN_BRACE = 123;
+
+export function invalid(code: InvalidCode, message: string): Invalid {
+  return { type: "INVALID", code, message };
+}
+
+/** Parses one non-blank request line. */
+export function parseCommand(line: string): Command {
+  const nameStart = skipBlanks(line, 0);
+  const nameEnd = wordEnd(line, nameStart);
+  const rawName = line.slice(nameStart, nameEnd);
+  const name = rawName.toUpperCase();
+  const argStart = skipBlanks(line, nameEnd);
+
+  switch (name) {
+    case "GET":
+      return parseGetOrDel("GET", line, argStart);
+    case "PUT":
+      return parsePut(line, argStart);
+    case "DEL":
+      return parseGetOrDel("DEL", line, argStart);
+    case "KEYS":
+      return parseKeys(line, argStart);
+    case "AUTH":
+      return parseAuth(line, argStart);
+  }
+  const noArg = NO_ARG[name];
+  if (noArg !== undefined) {
+    return argStart < line.length ? invalid("BAD_REQUEST", `${name} takes no arguments`) : noArg;
+  }
+  return invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName}`);
+}
+
+function parseGetOrDel(type: "GET" | "DEL", line: string, argStart: number): Command {
+  if (argStart >= line.length) return invalid("BAD_REQUEST", `${type} needs a key: ${type} <key>`);
+  if (line.charCodeAt(argStart) === OPEN_BRACE) {
+    const parsed = parseJsonArgument(type, line.slice(argStart), KeyRequest);
+    if ("type" in parsed) return parsed;
+    return type === "GET" ? { type, key: parsed.key } : { type, key: parsed.key, line };
+  }
+  const keyEnd = wordEnd(line, argStart);
+  if (skipBlanks(line, keyEnd) < line.length) {
+    return invalid("BAD_REQUEST", `${type} takes exactly one key (use the JSON form for keys with spaces)`);
+  }
+  const key = line.slice(argStart, keyEnd);
+  return type === "GET" ? { type, key } : { type, key, line };
+}
+
+function parsePut(line: string, argStart: number): Command {
+  if (argStart >= line.length) return invalid("BAD_REQUEST", "PUT needs a key and a value: PUT <key> <value>");
+  if (line.charCodeAt(argStart) === OPEN_BRACE) {
+    const parsed = parseJsonArgument("PUT", line.slice(argStart), PutRequest);
+    if ("type" in parsed) return parsed;
+    return { type: "PUT", key: parsed.key, value: JSON.stringify(parsed.value), line };
+  }
+  const keyEnd = wordEnd(line, argStart);
+  const valueStart = skipBlanks(line, keyEnd);
+  if (valueStart >= line.length) return invalid("BAD_REQUEST", "PUT needs a value: PUT <key> <value>");
+  return {
+    type: "PUT",
+    key: line.slice(argStart, keyEnd),
+    value: JSON.stringify(line.slice(valueStart)),
+    line,
+  };
+}
+
+function parseKeys(line: string, argStart: number): Command {
+  if (argStart >= line.length) return { type: "KEYS", prefix: "" };
+  if (line.charCodeAt(argStart) === OPEN_BRACE) {
+    const parsed = parseJsonArgument("KEYS", line.slice(argStart), KeysRequest);
+    if ("type" in parsed) return parsed;
+    return { type: "KEYS", prefix: parsed.prefix ?? "" };
+  }
+  const prefixEnd = wordEnd(line, argStart);
+  if (skipBlanks(line, prefixEnd) < line.length) return invalid("BAD_REQUEST", "KEYS takes at most one prefix");
+  return { type: "KEYS", prefix: line.slice(argStart, prefixEnd) };
+}
+
+function parseAuth(line: string, argStart: number): Command {
+  if (argStart >= line.length) return invalid("BAD_REQUEST", "AUTH needs a password: AUTH <password>");
+  if (line.charCodeAt(argStart) === OPEN_BRACE) {
+    const parsed = parseJsonArgument("AUTH", line.slice(argStart), AuthRequest);
+    if ("type" in parsed) return parsed;
+    return { type: "AUTH", password: parsed.password };
+  }
+  return { type: "AUTH", password: line.slice(argStart) };
+}
+
+// JSON forms. strictObject rejects unknown fields; a present `value` may be any JSON.
+const NonEmptyKey = v.pipe(v.string("key must be a string"), v.minLength(1, "key must not be empty"));
+const KeyRequest = v.strictObject({ key: NonEmptyKey });
+const PutRequest = v.strictObject({ key: NonEmptyKey, value: v.unknown() });
+const KeysRequest = v.strictObject({ prefix: v.optional(v.string("prefix must be a string")) });
+const AuthRequest = v.strictObject({ password: v.string("password must be a string") });
+
+function parseJsonArgument<S extends v.GenericSchema>(
+  type: string,
+  text: string,
+  schema: S,
+): v.InferOutput<S> | Invalid {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return invalid("BAD_REQUEST", `${type}: the argument is not valid JSON`);
+  }
+  const result = v.safeParse(schema, json);
+  if (result.success) return result.output;
+  return invalid("BAD_REQUEST", `${type}: ${describeJsonIssue(result.issues[0])}`);
+}
+
+function describeJsonIssue(issue: v.BaseIssue<unknown>): string {
+  const path = v.getDotPath(issue);
+  if (path && issue.type === "strict_object") {
+    return issue.expected === "never" ? `unknown field "${path}"` : `missing field "${path}"`;
+  }
+  if (!path && issue.type === "strict_object") return "expected a JSON object";
+  return `${path ? path + ": " : ""}${issue.message}`;
+}
+
+function skipBlanks(line: string, i: number): number {
+  let c = line.charCodeAt(i);
+  while (c === SPACE || c === TAB) c = line.charCodeAt(++i);
+  return i;
+}
+
+function wordEnd(line: string, i: number): number {
+  const n = line.length;
+  while (i < n) {
+    const c = line.charCodeAt(i);
+    if (c === SPACE || c === TAB) break;
+    i++;
+  }
+  return i;
+}
+
+/** A framed request → its Command: framing failures become Invalid commands. */
+export function commandFromFrame(frame: Frame, maxRequestBytes: number): Command {
+  if (frame === TOO_LARGE) return invalid("TOO_LARGE", `Request too large: the limit is ${maxRequestBytes} bytes`);
+  if (frame === INVALID_UTF8) return invalid("BAD_REQUEST", "Request is not valid UTF-8");
+  return parseCommand(frame);
+}
+
+/**
+ * True for a line that starts an HTTP request (`POST ` or `Host:`, any case),
+ * as a browser tricked into posting to localhost would send: the server
+ * closes such a connection without running it (Redis does the same).
+ */
+export function isCrossProtocolLine(line: string): boolean {
+  const c = line.charCodeAt(0) | 0x20;
+  if (c === 0x70 /* p */) return line.length >= 5 && line.slice(0, 5).toUpperCase() === "POST ";
+  if (c === 0x68 /* h */) return line.length >= 5 && line.slice(0, 5).toLowerCase() === "host:";
+  return false;
+}

@@ -1,0 +1,176 @@
+/**
+ * Server configuration: command line + environment → a validated `Config`.
+ *
+ * Owns: the option table (name, env variable, default, help text), parsing
+ * with `util.parseArgs`, validation with valibot, the `--help` text.
+ * Must not: start anything, read data files, or exit the process itself
+ * (it throws `ConfigError`; index.ts decides how to exit).
+ *
+ * Precedence: command-line option, then its `TXKV_*` environment variable,
+ * then the default.
+ */
+import { parseArgs } from "node:util";
+import * as v from "valibot";
+import { LOG_LEVELS } from "./log.ts";
+
+export class ConfigError extends Error {}
+
+type OptionKind = "string" | "boolean";
+
+interface OptionSpec {
+  readonly kind: OptionKind;
+  readonly env: string;
+  readonly arg: string; // placeholder in --help
+  readonly help: string;
+  readonly default?: string;
+}
+
+/** Every server option. Keys are the long option names. */
+export const OPTIONS = {
+  host: { kind: "string", env: "TXKV_HOST", arg: "<addr>", default: "127.0.0.1", help: "address to bind" },
+  port: { kind: "string", env: "TXKV_PORT", arg: "<n>", default: "8080", help: "TCP port (0: any free port)" },
+  data: { kind: "string", env: "TXKV_DATA", arg: "<path>", default: "data.json", help: "data file (snapshot); the journal sits beside it" },
+  "in-memory": { kind: "boolean", env: "TXKV_IN_MEMORY", arg: "", help: "keep nothing on disk" },
+  fsync: { kind: "string", env: "TXKV_FSYNC", arg: "always|everysec|no", default: "everysec", help: "when writes reach the disk" },
+  "fsync-interval-ms": { kind: "string", env: "TXKV_FSYNC_INTERVAL_MS", arg: "<ms>", default: "1000", help: "fsync period for --fsync everysec" },
+  "max-request-bytes": { kind: "string", env: "TXKV_MAX_REQUEST_BYTES", arg: "<n>", default: "1024", help: "longest request line (TOO_LARGE past it)" },
+  "max-transaction-bytes": { kind: "string", env: "TXKV_MAX_TRANSACTION_BYTES", arg: "<n>", default: "1024", help: "PUT/DEL bytes one transaction may hold" },
+  "max-connections": { kind: "string", env: "TXKV_MAX_CONNECTIONS", arg: "<n>", default: "10000", help: "connections served at once (BUSY past it)" },
+  "max-output-bytes": { kind: "string", env: "TXKV_MAX_OUTPUT_BYTES", arg: "<n>", default: "1048576", help: "unsent reply bytes per connection before reading pauses" },
+  "partial-request-ms": { kind: "string", env: "TXKV_PARTIAL_REQUEST_MS", arg: "<ms>", default: "10", help: "run a request without LF after this pause (0: never)" },
+  password: { kind: "string", env: "TXKV_PASSWORD", arg: "<pw>", help: "require AUTH <pw> on every connection" },
+  "log-level": { kind: "string", env: "TXKV_LOG_LEVEL", arg: "debug|info|warn|error", default: "info", help: "least severe log level printed" },
+  help: { kind: "boolean", env: "", arg: "", help: "print this help and exit" },
+  version: { kind: "boolean", env: "", arg: "", help: "print the version and exit" },
+} as const satisfies Record<string, OptionSpec>;
+
+type OptionName = keyof typeof OPTIONS;
+
+function integer(min: number, max: number) {
+  return v.pipe(
+    v.string(),
+    v.regex(/^\d+$/, `expected a whole number from ${min} to ${max}`),
+    v.transform(Number),
+    v.number(),
+    v.minValue(min, `expected a whole number from ${min} to ${max}`),
+    v.maxValue(max, `expected a whole number from ${min} to ${max}`),
+  );
+}
+
+const flag = v.pipe(
+  v.optional(v.union([v.boolean(), v.string()]), false),
+  v.transform((x) => x === true || x === "1" || x === "true" || x === "yes"),
+);
+
+const ConfigSchema = v.object({
+  host: v.pipe(v.string(), v.minLength(1, "expected an address")),
+  port: integer(0, 65535),
+  data: v.pipe(v.string(), v.minLength(1, "expected a path")),
+  "in-memory": flag,
+  fsync: v.picklist(["always", "everysec", "no"], "expected always, everysec or no"),
+  "fsync-interval-ms": integer(1, 60_000),
+  "max-request-bytes": integer(16, 64 * 1024 * 1024),
+  "max-transaction-bytes": integer(16, 1024 * 1024 * 1024),
+  "max-connections": integer(1, 1_000_000),
+  "max-output-bytes": integer(1024, 1024 * 1024 * 1024),
+  "partial-request-ms": integer(0, 60_000),
+  password: v.optional(v.pipe(v.string(), v.minLength(1, "expected a non-empty password"))),
+  "log-level": v.picklist(LOG_LEVELS, `expected one of ${LOG_LEVELS.join(", ")}`),
+});
+
+export type Config = {
+  host: string;
+  port: number;
+  dataPath: string;
+  inMemory: boolean;
+  fsync: "always" | "everysec" | "no";
+  fsyncIntervalMs: number;
+  maxRequestBytes: number;
+  maxTransactionBytes: number;
+  maxConnections: number;
+  maxOutputBytes: number;
+  partialRequestMs: number;
+  password: string | undefined;
+  logLevel: (typeof LOG_LEVELS)[number];
+};
+
+export type ParsedArgs =
+  | { kind: "help"; text: string }
+  | { kind: "version" }
+  | { kind: "serve"; config: Config };
+
+/** Parses argv (without the runtime and script) and env into a Config. Throws ConfigError. */
+export function parseConfig(argv: readonly string[], env: Record<string, string | undefined>): ParsedArgs {
+  const raw = readArgs(argv);
+  if (raw.help) return { kind: "help", text: helpText() };
+  if (raw.version) return { kind: "version" };
+
+  const merged: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(OPTIONS) as [OptionName, OptionSpec][]) {
+    if (name === "help" || name === "version") continue;
+    const fromEnv = spec.env ? env[spec.env] : undefined;
+    merged[name] = raw[name] ?? fromEnv ?? spec.default;
+  }
+  const result = v.safeParse(ConfigSchema, merged);
+  if (!result.success) throw new ConfigError(describeIssue(result.issues[0], merged));
+  const c = result.output;
+  return {
+    kind: "serve",
+    config: {
+      host: c.host,
+      port: c.port,
+      dataPath: c.data,
+      inMemory: c["in-memory"],
+      fsync: c.fsync,
+      fsyncIntervalMs: c["fsync-interval-ms"],
+      maxRequestBytes: c["max-request-bytes"],
+      maxTransactionBytes: c["max-transaction-bytes"],
+      maxConnections: c["max-connections"],
+      maxOutputBytes: c["max-output-bytes"],
+      partialRequestMs: c["partial-request-ms"],
+      password: c.password,
+      logLevel: c["log-level"],
+    },
+  };
+}
+
+function readArgs(argv: readonly string[]): Record<string, string | boolean | undefined> {
+  const options: Record<string, { type: OptionKind }> = {};
+  for (const [name, spec] of Object.entries(OPTIONS)) options[name] = { type: spec.kind };
+  try {
+    const { values } = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false });
+    return values;
+  } catch (err) {
+    // parseArgs messages already name the option ("Unknown option '--x'").
+    throw new ConfigError(firstLine(err instanceof Error ? err.message : String(err)));
+  }
+}
+
+function describeIssue(issue: v.BaseIssue<unknown> | undefined, merged: Record<string, unknown>): string {
+  const name = issue ? v.getDotPath(issue) : null;
+  if (!issue || !name) return "invalid configuration";
+  const spec = OPTIONS[name as OptionName] as OptionSpec | undefined;
+  const envNote = spec?.env ? ` (or ${spec.env})` : "";
+  return `invalid value for --${name}${envNote}: ${JSON.stringify(merged[name])}: ${issue.message}`;
+}
+
+function firstLine(text: string): string {
+  return text.split("\n", 1)[0] ?? text;
+}
+
+export function helpText(): string {
+  const lines = [
+    "Usage: txkv [options]            serve",
+    "       txkv cli [options] [COMMAND ...]",
+    "       txkv bench [options]",
+    "",
+    "Server options (each also read from its environment variable):",
+  ];
+  for (const [name, spec] of Object.entries(OPTIONS) as [string, OptionSpec][]) {
+    const left = `  --${name}${spec.arg ? " " + spec.arg : ""}`;
+    const def = spec.default !== undefined ? ` [default: ${spec.default}]` : "";
+    const env = spec.env ? ` (${spec.env})` : "";
+    lines.push(`${left.padEnd(44)}${spec.help}${def}${env}`);
+  }
+  return lines.join("\n") + "\n";
+}

@@ -1,0 +1,316 @@
+/**
+ * Execution: Command × Session × Store → reply text.
+ *
+ * Owns: what every command means (PROTOCOL §3, §4): reads and writes inside
+ * and outside transactions, read-your-writes, watching what a transaction
+ * read, failed levels, the transaction byte budget, commit and rollback,
+ * handing each commit to the CommitLog, AUTH, STATS.
+ * Most replies are returned as a string at once; SAVE and a failed AUTH
+ * (delayed) return a Promise; a durable write sets `session.waitSeq`.
+ * Must not: touch sockets or the disk, or parse request text.
+ */
+import { timingSafeEqual, createHash } from "node:crypto";
+import type { CommitLog, EncodedValue } from "./commit-log.ts";
+import { COMMAND_HELP, type Command, type Invalid } from "./commands.ts";
+import { error, notFound, okEntry, okJson, REPLY, type ErrorCode } from "./replies.ts";
+import type { Session } from "./session.ts";
+import type { ServerStats } from "./stats.ts";
+import type { Store } from "./store.ts";
+import { DELETED, Transaction } from "./transaction.ts";
+
+/** Nested START levels beyond this are refused: each level costs memory. */
+export const MAX_TRANSACTION_DEPTH = 1000;
+/** Delay before answering the first failed AUTH; it doubles with each further failure. */
+const AUTH_FAILURE_BASE_DELAY_MS = 50;
+const AUTH_FAILURE_MAX_DELAY_MS = 5000;
+
+export interface ExecutorOptions {
+  maxTransactionBytes: number;
+  password: string | undefined;
+  version: string;
+}
+
+const HELP_REPLY = okJson(JSON.stringify(COMMAND_HELP));
+
+export class Executor {
+  private readonly passwordDigest: Buffer | null;
+
+  constructor(
+    readonly store: Store,
+    readonly commitLog: CommitLog,
+    readonly stats: ServerStats,
+    private readonly options: ExecutorOptions,
+  ) {
+    this.passwordDigest = options.password === undefined ? null : sha256(options.password);
+  }
+
+  execute(cmd: Command, session: Session): string | Promise<string> {
+    this.stats.countCommand(cmd.type);
+    if (!session.authenticated && cmd.type !== "AUTH" && cmd.type !== "QUIT") {
+      return this.fail("AUTH_REQUIRED", "Authentication required: send AUTH <password> first");
+    }
+    const tx = session.tx;
+    if (tx !== null && tx.failed && abortedInFailedLevel(cmd.type)) {
+      return this.fail("ABORTED", "Current transaction level failed: ROLLBACK to end it (COMMIT discards the whole transaction)");
+    }
+    switch (cmd.type) {
+      case "GET":
+        return tx === null ? this.get(cmd.key) : this.getInTx(tx, cmd.key);
+      case "PUT":
+        return tx === null ? this.put(session, cmd.key, cmd.value) : this.putInTx(session, tx, cmd.key, cmd.value, cmd.line);
+      case "DEL":
+        return tx === null ? this.del(session, cmd.key) : this.delInTx(session, tx, cmd.key, cmd.line);
+      case "KEYS":
+        return this.keys(tx, cmd.prefix);
+      case "START":
+        return this.start(session, tx);
+      case "COMMIT":
+        return this.commit(session, tx);
+      case "ROLLBACK":
+        return this.rollback(session, tx);
+      case "PING":
+        return REPLY.pong;
+      case "HELP":
+        return HELP_REPLY;
+      case "STATS":
+        return okJson(JSON.stringify(this.statsReport()));
+      case "SAVE":
+        return this.save();
+      case "QUIT":
+        session.quitting = true;
+        return REPLY.bye;
+      case "AUTH":
+        return this.auth(session, cmd.password);
+      case "INVALID":
+        return this.invalid(session, cmd);
+    }
+  }
+
+  /** The connection closed: an open transaction is rolled back. */
+  closeSession(session: Session): void {
+    if (session.tx !== null) this.endTransaction(session, session.tx, "rolledBack");
+  }
+
+  private get(key: string): string {
+    const value = this.store.get(key);
+    return value === undefined ? this.notFound(key) : okEntry(key, value);
+  }
+
+  private getInTx(tx: Transaction, key: string): string {
+    const own = tx.ownWrite(key);
+    if (own !== undefined) return own === DELETED ? this.notFound(key) : okEntry(key, own);
+    this.watch(tx, key);
+    return this.get(key);
+  }
+
+  private put(session: Session, key: string, value: EncodedValue): string {
+    const refusal = this.persistenceRefusal();
+    if (refusal !== null) return refusal;
+    const seq = this.store.put(key, value);
+    if (this.commitLog.enabled) session.waitSeq = this.commitLog.append({ seq, ops: [[key, value]] });
+    return okEntry(key, value);
+  }
+
+  private putInTx(session: Session, tx: Transaction, key: string, value: EncodedValue, line: string): string {
+    const bytes = Buffer.byteLength(line);
+    if (tx.bytes + bytes > this.options.maxTransactionBytes) return this.overBudget(session, tx);
+    tx.write(key, value, bytes);
+    return okEntry(key, value);
+  }
+
+  private del(session: Session, key: string): string {
+    const value = this.store.get(key);
+    if (value === undefined) return this.notFound(key);
+    const refusal = this.persistenceRefusal();
+    if (refusal !== null) return refusal;
+    const seq = this.store.delete(key);
+    if (this.commitLog.enabled) session.waitSeq = this.commitLog.append({ seq, ops: [[key, null]] });
+    return okEntry(key, value);
+  }
+
+  private delInTx(session: Session, tx: Transaction, key: string, line: string): string {
+    const bytes = Buffer.byteLength(line);
+    if (tx.bytes + bytes > this.options.maxTransactionBytes) return this.overBudget(session, tx);
+    let value = tx.ownWrite(key);
+    if (value === undefined) {
+      this.watch(tx, key);
+      value = this.store.get(key);
+    }
+    if (value === undefined || value === DELETED) {
+      tx.charge(bytes);
+      return this.notFound(key);
+    }
+    tx.write(key, DELETED, bytes);
+    return okEntry(key, value);
+  }
+
+  private keys(tx: Transaction | null, prefix: string): string {
+    let keys = this.store.keysWithPrefix(prefix);
+    if (tx !== null) {
+      this.store.watchPrefix(tx, prefix);
+      keys = tx.overlayKeys(keys, prefix);
+    }
+    keys.sort();
+    return okJson(JSON.stringify(keys));
+  }
+
+  private start(session: Session, tx: Transaction | null): string {
+    if (tx === null) {
+      session.tx = new Transaction();
+      this.stats.txOpen++;
+    } else if (tx.depth >= MAX_TRANSACTION_DEPTH) {
+      tx.markFailed();
+      return this.fail("TOO_LARGE", `Transactions nest at most ${MAX_TRANSACTION_DEPTH} levels deep`);
+    } else {
+      tx.begin();
+    }
+    return REPLY.started;
+  }
+
+  private commit(session: Session, tx: Transaction | null): string {
+    if (tx === null) return this.fail("NO_TRANSACTION", "No transaction is open: COMMIT needs a START first");
+    if (tx.failed) {
+      this.endTransaction(session, tx, "aborted");
+      return this.fail("ABORTED", "Transaction aborted: a request in it failed; nothing was applied");
+    }
+    if (tx.depth > 1) {
+      tx.commitNested();
+      return REPLY.committed;
+    }
+    if (tx.conflicted) {
+      this.endTransaction(session, tx, "conflicted");
+      return this.fail("CONFLICT", "Transaction conflicted: a key it read was changed by another commit; nothing was applied, retry it");
+    }
+    const ops = tx.changes();
+    if (ops.length > 0) {
+      const refusal = this.persistenceRefusal();
+      if (refusal !== null) {
+        this.endTransaction(session, tx, "aborted");
+        return refusal;
+      }
+      const seq = this.store.apply(ops, tx);
+      if (this.commitLog.enabled) session.waitSeq = this.commitLog.append({ seq, ops });
+    }
+    this.endTransaction(session, tx, "committed");
+    return REPLY.committed;
+  }
+
+  private rollback(session: Session, tx: Transaction | null): string {
+    if (tx === null) return this.fail("NO_TRANSACTION", "No transaction is open: ROLLBACK needs a START first");
+    if (tx.rollbackLevel()) this.endTransaction(session, tx, "rolledBack");
+    return REPLY.rolledBack;
+  }
+
+  private save(): Promise<string> {
+    return this.commitLog.save().then(
+      () => REPLY.saved,
+      (err: unknown) => this.fail("PERSISTENCE", `SAVE failed: ${err instanceof Error ? err.message : String(err)}`),
+    );
+  }
+
+  private auth(session: Session, password: string): string | Promise<string> {
+    if (this.passwordDigest === null) {
+      // No password configured: like an open door, AUTH is accepted (documented in the README).
+      session.authenticated = true;
+      return REPLY.authenticated;
+    }
+    if (timingSafeEqual(sha256(password), this.passwordDigest)) {
+      session.authenticated = true;
+      session.authFailures = 0;
+      return REPLY.authenticated;
+    }
+    session.authFailures++;
+    const reply = this.fail("AUTH_FAILED", "Wrong password");
+    const delayMs = Math.min(AUTH_FAILURE_BASE_DELAY_MS * 2 ** (session.authFailures - 1), AUTH_FAILURE_MAX_DELAY_MS);
+    return new Promise((resolve) => setTimeout(resolve, delayMs, reply));
+  }
+
+  /** A request rejected as BAD_REQUEST, UNKNOWN_COMMAND or TOO_LARGE fails the current level. */
+  private invalid(session: Session, cmd: Invalid): string {
+    session.tx?.markFailed();
+    return this.fail(cmd.code, cmd.message);
+  }
+
+  private overBudget(session: Session, tx: Transaction): string {
+    tx.markFailed();
+    return this.fail(
+      "TOO_LARGE",
+      `Transaction too large: its PUT/DEL requests may total ${this.options.maxTransactionBytes} bytes`,
+    );
+  }
+
+  private watch(tx: Transaction, key: string): void {
+    if (tx.conflicted || tx.watchedKeys.has(key)) return;
+    tx.watchedKeys.add(key);
+    this.store.watchKey(tx, key);
+  }
+
+  private endTransaction(
+    session: Session,
+    tx: Transaction,
+    outcome: "committed" | "rolledBack" | "conflicted" | "aborted",
+  ): void {
+    this.store.unwatch(tx, tx.watchedKeys);
+    session.tx = null;
+    this.stats.txOpen--;
+    if (outcome === "committed") this.stats.txCommitted++;
+    else if (outcome === "rolledBack") this.stats.txRolledBack++;
+    else if (outcome === "conflicted") this.stats.txConflicted++;
+    else this.stats.txAborted++;
+  }
+
+  private persistenceRefusal(): string | null {
+    const reason = this.commitLog.unavailableReason;
+    return reason === null ? null : this.fail("PERSISTENCE", `Write refused: persistence is failing: ${reason}`);
+  }
+
+  private notFound(key: string): string {
+    this.stats.countError("NOT_FOUND");
+    return notFound(key);
+  }
+
+  private fail(code: ErrorCode, message: string): string {
+    this.stats.countError(code);
+    return error(code, message);
+  }
+
+  statsReport(): Record<string, unknown> {
+    const s = this.stats;
+    const memory = process.memoryUsage();
+    const uptime = s.uptimeSeconds();
+    const transactions = {
+      open: s.txOpen,
+      committed: s.txCommitted,
+      rolled_back: s.txRolledBack,
+      conflicted: s.txConflicted,
+      aborted: s.txAborted,
+      watched_keys: this.store.watchCounts.keys,
+    };
+    return {
+      keys: this.store.size,
+      connections: s.connectionsCurrent,
+      commands: s.commands,
+      uptime,
+      memory: { rss: memory.rss, heap_used: memory.heapUsed, heap_total: memory.heapTotal },
+      transactions,
+      persistence: this.commitLog.stats(),
+      server: { version: this.options.version, uptime_seconds: uptime, pid: process.pid, bun: Bun.version },
+      clients: { connected: s.connectionsCurrent, total: s.connectionsTotal, rejected: s.connectionsRejected },
+      stats: {
+        commands: s.commands,
+        ops_per_sec: s.opsPerSecond(),
+        commands_by_type: s.commandsByType,
+        errors_by_code: s.errorsByCode,
+        commit_seq: this.store.seq,
+      },
+    };
+  }
+}
+
+function abortedInFailedLevel(type: Command["type"]): boolean {
+  return type === "PUT" || type === "GET" || type === "DEL" || type === "KEYS" || type === "START";
+}
+
+function sha256(text: string): Buffer {
+  return createHash("sha256").update(text).digest();
+}

@@ -1,0 +1,354 @@
+/**
+ * The TCP server: the only module that touches sockets.
+ *
+ * Owns: Bun.listen handlers (open/data/drain/end/close/error), each
+ * connection's framer, output queue and held replies, the unterminated-request
+ * timer, read pausing when a client does not read its replies, the
+ * connection limit, the cross-protocol guard, and the order of replies.
+ * Per data event, all replies that are ready go out in one socket write.
+ * Replies that must wait (a durable write under --fsync always, SAVE, a
+ * delayed AUTH failure) are held in order; later replies queue behind them.
+ * Must not: parse commands or know what they mean (execute.ts does), or touch
+ * the disk.
+ */
+import type { Socket, TCPSocketListener } from "bun";
+import { commandFromFrame, isCrossProtocolLine } from "./commands.ts";
+import type { Executor } from "./execute.ts";
+import { LineFramer, type Frame } from "./framing.ts";
+import type { Logger } from "./log.ts";
+import { error } from "./replies.ts";
+import { Session } from "./session.ts";
+
+export interface ServerOptions {
+  host: string;
+  port: number;
+  maxConnections: number;
+  maxRequestBytes: number;
+  maxOutputBytes: number;
+  partialRequestMs: number;
+  password: string | undefined;
+}
+
+/** A reply that cannot leave yet: text null until an async reply resolves; seq > durableSeq until fsynced. */
+interface HeldReply {
+  text: string | null;
+  seq: number;
+}
+
+interface Connection {
+  readonly id: number;
+  readonly remote: string;
+  readonly framer: LineFramer;
+  readonly session: Session;
+  /** Reply bytes the kernel has not accepted yet, in order. */
+  queue: Uint8Array[];
+  queuedBytes: number;
+  held: HeldReply[];
+  heldBytes: number;
+  /** Reading is paused because too many reply bytes are waiting. */
+  readPaused: boolean;
+  partialTimer: Timer | null;
+  /** The peer half-closed: finish its requests, then close. */
+  peerEnded: boolean;
+  /** QUIT or the HTTP guard: run nothing more, close once the replies are out. */
+  closing: boolean;
+  closed: boolean;
+}
+
+/** Marks a socket refused at open (connection limit): it has no Connection. */
+type SocketData = Connection | null;
+
+export class TxkvServer {
+  private listener: TCPSocketListener<SocketData> | null = null;
+  private readonly connections = new Set<Socket<SocketData>>();
+  /** Connections holding replies until a commit seq is durable. */
+  private readonly waitingForDurability = new Set<Socket<SocketData>>();
+  private durableSeq = 0;
+  private nextConnectionId = 1;
+  private statsTimer: Timer | null = null;
+
+  constructor(
+    private readonly options: ServerOptions,
+    private readonly executor: Executor,
+    private readonly log: Logger,
+  ) {
+    executor.commitLog.onDurable = (seq) => this.onDurable(seq);
+  }
+
+  /** Starts listening; resolves the real address (also when port 0 was asked). */
+  start(): { host: string; port: number } {
+    this.listener = Bun.listen<SocketData>({
+      hostname: this.options.host,
+      port: this.options.port,
+      allowHalfOpen: true,
+      socket: {
+        open: (socket) => this.onOpen(socket),
+        data: (socket, chunk) => this.onData(socket, chunk),
+        drain: (socket) => this.onDrain(socket),
+        end: (socket) => this.onEnd(socket),
+        close: (socket, err) => this.onClose(socket, err),
+        error: (socket, err) => this.onError(socket, err),
+      },
+    });
+    this.statsTimer = setInterval(() => this.executor.stats.tick(), 1000);
+    this.statsTimer.unref();
+    return { host: this.options.host, port: this.listener.port };
+  }
+
+  /** Stops accepting connections; open connections keep being served. */
+  stopListening(): void {
+    this.listener?.stop(false);
+  }
+
+  /** Closes every connection (open transactions roll back) and the listener. */
+  stop(): void {
+    this.stopListening();
+    for (const socket of this.connections) socket.end();
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    this.listener?.stop(true);
+    this.listener = null;
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  private onOpen(socket: Socket<SocketData>): void {
+    const stats = this.executor.stats;
+    if (this.connections.size >= this.options.maxConnections) {
+      stats.connectionsRejected++;
+      socket.data = null;
+      socket.write(error("BUSY", `Too many connections (the limit is ${this.options.maxConnections}); try again later`));
+      socket.end();
+      this.log.warn("connection refused: too many connections", { remote: socket.remoteAddress, limit: this.options.maxConnections });
+      return;
+    }
+    const conn: Connection = {
+      id: this.nextConnectionId++,
+      remote: `${socket.remoteAddress}:${socket.remotePort}`,
+      framer: new LineFramer(this.options.maxRequestBytes),
+      session: new Session(this.options.password !== undefined),
+      queue: [],
+      queuedBytes: 0,
+      held: [],
+      heldBytes: 0,
+      readPaused: false,
+      partialTimer: null,
+      peerEnded: false,
+      closing: false,
+      closed: false,
+    };
+    socket.data = conn;
+    this.connections.add(socket);
+    stats.connectionsCurrent++;
+    stats.connectionsTotal++;
+    this.log.debug("connection opened", { conn: conn.id, remote: conn.remote });
+  }
+
+  private onData(socket: Socket<SocketData>, chunk: Uint8Array): void {
+    const conn = socket.data;
+    if (conn === null || conn.closing) return;
+    this.clearPartialTimer(conn);
+    conn.framer.push(chunk);
+    this.processInput(socket, conn);
+    conn.framer.retain();
+  }
+
+  /** Runs buffered requests until input runs out or too many reply bytes wait; then writes once. */
+  private processInput(socket: Socket<SocketData>, conn: Connection): void {
+    const limit = this.options.maxOutputBytes;
+    let out = "";
+    while (!conn.closing) {
+      if (conn.queuedBytes + conn.heldBytes + out.length > limit) {
+        this.pauseReading(socket, conn);
+        break;
+      }
+      const frame = conn.framer.next();
+      if (frame === null) break;
+      out += this.run(socket, conn, frame);
+    }
+    this.send(socket, conn, out);
+    if (!conn.readPaused) this.afterInput(socket, conn);
+  }
+
+  /** Input is exhausted for now: arm the partial-request timer, or finish a half-closed connection. */
+  private afterInput(socket: Socket<SocketData>, conn: Connection): void {
+    if (conn.closing) {
+      this.closeWhenFlushed(socket, conn);
+      return;
+    }
+    if (conn.peerEnded) {
+      const partial = conn.framer.takePartial();
+      if (partial !== null) this.send(socket, conn, this.run(socket, conn, partial));
+      conn.closing = true;
+      this.closeWhenFlushed(socket, conn);
+      return;
+    }
+    if (this.options.partialRequestMs > 0 && conn.framer.hasPartial()) {
+      conn.partialTimer = setTimeout(() => this.onPartialTimeout(socket, conn), this.options.partialRequestMs);
+    }
+  }
+
+  /** Bytes without a final LF were followed by a pause: run them as one request. */
+  private onPartialTimeout(socket: Socket<SocketData>, conn: Connection): void {
+    conn.partialTimer = null;
+    if (conn.closed || conn.closing || conn.readPaused) return;
+    const partial = conn.framer.takePartial();
+    conn.framer.retain();
+    if (partial !== null) this.send(socket, conn, this.run(socket, conn, partial));
+    if (conn.closing) this.closeWhenFlushed(socket, conn);
+  }
+
+  /** Executes one request; returns the reply text if it may go out now, else holds it and returns "". */
+  private run(socket: Socket<SocketData>, conn: Connection, frame: Frame): string {
+    if (typeof frame === "string" && isCrossProtocolLine(frame)) {
+      this.log.warn("HTTP request on the txkv port: connection closed (cross-protocol guard)", {
+        conn: conn.id,
+        remote: conn.remote,
+      });
+      conn.closing = true;
+      return "";
+    }
+    const session = conn.session;
+    session.waitSeq = 0;
+    const reply = this.executor.execute(commandFromFrame(frame, this.options.maxRequestBytes), session);
+    if (session.quitting) conn.closing = true;
+    if (typeof reply === "string") {
+      const seq = session.waitSeq > this.durableSeq ? session.waitSeq : 0;
+      if (seq === 0 && conn.held.length === 0) return reply;
+      conn.held.push({ text: reply, seq });
+      conn.heldBytes += reply.length;
+      if (seq !== 0) this.waitingForDurability.add(socket);
+      return "";
+    }
+    const held: HeldReply = { text: null, seq: 0 };
+    conn.held.push(held);
+    reply.then((text) => {
+      held.text = text;
+      conn.heldBytes += text.length;
+      this.releaseHeld(socket, conn);
+    });
+    return "";
+  }
+
+  private onDurable(seq: number): void {
+    if (seq <= this.durableSeq) return;
+    this.durableSeq = seq;
+    for (const socket of this.waitingForDurability) {
+      const conn = socket.data;
+      if (conn) this.releaseHeld(socket, conn);
+    }
+  }
+
+  /** Sends the held replies that are ready, in order, up to the first that is not. */
+  private releaseHeld(socket: Socket<SocketData>, conn: Connection): void {
+    if (conn.closed) return;
+    let out = "";
+    let released = 0;
+    for (const held of conn.held) {
+      if (held.text === null || held.seq > this.durableSeq) break;
+      out += held.text;
+      conn.heldBytes -= held.text.length;
+      released++;
+    }
+    if (released === 0) return;
+    conn.held.splice(0, released);
+    if (!conn.held.some((held) => held.seq > this.durableSeq)) this.waitingForDurability.delete(socket);
+    this.send(socket, conn, out);
+    if (conn.readPaused) this.resumeIfDrained(socket, conn);
+    else if (conn.closing) this.closeWhenFlushed(socket, conn);
+  }
+
+  /** Writes text now, or queues what the kernel does not take; order is kept. */
+  private send(socket: Socket<SocketData>, conn: Connection, text: string): void {
+    if (text === "" || conn.closed) return;
+    if (conn.queue.length !== 0) {
+      this.enqueue(conn, Buffer.from(text));
+      return;
+    }
+    const written = socket.write(text);
+    if (written < 0) return; // closed: nobody to send to
+    if (written === Buffer.byteLength(text)) return; // the common case: all taken
+    this.enqueue(conn, Buffer.from(text).subarray(written));
+  }
+
+  private enqueue(conn: Connection, bytes: Uint8Array): void {
+    conn.queue.push(bytes);
+    conn.queuedBytes += bytes.length;
+  }
+
+  private onDrain(socket: Socket<SocketData>): void {
+    const conn = socket.data;
+    if (!conn) return;
+    while (conn.queue.length !== 0) {
+      const bytes = conn.queue[0]!;
+      const written = socket.write(bytes);
+      if (written < 0) return;
+      conn.queuedBytes -= written;
+      if (written < bytes.length) {
+        conn.queue[0] = bytes.subarray(written);
+        return;
+      }
+      conn.queue.shift();
+    }
+    if (conn.readPaused) this.resumeIfDrained(socket, conn);
+    else if (conn.closing) this.closeWhenFlushed(socket, conn);
+  }
+
+  private pauseReading(socket: Socket<SocketData>, conn: Connection): void {
+    if (conn.readPaused) return;
+    conn.readPaused = true;
+    socket.pause();
+    this.log.debug("reading paused: client is not reading its replies", { conn: conn.id, queued: conn.queuedBytes });
+  }
+
+  /** Once the replies have drained below half the limit, runs the buffered requests and reads again. */
+  private resumeIfDrained(socket: Socket<SocketData>, conn: Connection): void {
+    if (conn.queuedBytes + conn.heldBytes > this.options.maxOutputBytes / 2) return;
+    conn.readPaused = false;
+    this.processInput(socket, conn);
+    conn.framer.retain();
+    if (!conn.readPaused && !conn.closing) socket.resume();
+  }
+
+  /** The peer half-closed its side: run what it sent (an unterminated request too), reply, then close. */
+  private onEnd(socket: Socket<SocketData>): void {
+    const conn = socket.data;
+    if (!conn) return;
+    conn.peerEnded = true;
+    this.clearPartialTimer(conn);
+    if (!conn.readPaused && !conn.closing) this.processInput(socket, conn);
+    else if (conn.closing) this.closeWhenFlushed(socket, conn);
+  }
+
+  private closeWhenFlushed(socket: Socket<SocketData>, conn: Connection): void {
+    if (conn.queue.length === 0 && conn.held.length === 0 && !conn.closed) socket.end();
+  }
+
+  private onClose(socket: Socket<SocketData>, err?: Error): void {
+    const conn = socket.data;
+    if (!conn || conn.closed) return;
+    conn.closed = true;
+    this.clearPartialTimer(conn);
+    this.connections.delete(socket);
+    this.waitingForDurability.delete(socket);
+    this.executor.closeSession(conn.session);
+    this.executor.stats.connectionsCurrent--;
+    if (err) this.log.debug("connection closed with an error", { conn: conn.id, remote: conn.remote, error: err });
+    else this.log.debug("connection closed", { conn: conn.id });
+  }
+
+  /** A handler threw: a bug, not bad input. Log it and drop only this connection. */
+  private onError(socket: Socket<SocketData>, err: Error): void {
+    const conn = socket.data;
+    this.log.error("connection error: closing it", { conn: conn?.id, remote: conn?.remote, error: err, stack: err.stack });
+    socket.terminate();
+  }
+
+  private clearPartialTimer(conn: Connection): void {
+    if (conn.partialTimer !== null) {
+      clearTimeout(conn.partialTimer);
+      conn.partialTimer = null;
+    }
+  }
+}

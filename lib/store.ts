@@ -1,0 +1,143 @@
+/**
+ * The committed state: key → encoded value, the commit counter, and the
+ * watches that make optimistic transactions serializable.
+ *
+ * Owns: the data map, `seq` (one per commit), applying a commit atomically
+ * (one synchronous step), and conflict marking. A transaction watches each key
+ * it read from the store (present or absent) and each KEYS prefix; when a
+ * commit changes a watched key, or creates or deletes a key under a watched
+ * prefix, every other watching transaction is marked conflicted at once
+ * (as Redis WATCH does). Nothing is kept for conflict checks beyond the open
+ * transactions' own watches, which are dropped when they end.
+ * Must not: know about sockets, replies, sessions or the disk.
+ */
+import type { CommitOp, EncodedValue } from "./commit-log.ts";
+
+/** Something that can be marked conflicted: an open transaction. */
+export interface Watcher {
+  conflicted: boolean;
+}
+
+export class Store {
+  private readonly data: Map<string, EncodedValue>;
+  /** Number of the last commit. */
+  seq: number;
+  private readonly keyWatchers = new Map<string, Set<Watcher>>();
+  private readonly prefixWatchers = new Map<Watcher, string[]>();
+
+  constructor(initial: Map<string, EncodedValue> = new Map(), seq = 0) {
+    this.data = initial;
+    this.seq = seq;
+  }
+
+  get size(): number {
+    return this.data.size;
+  }
+
+  get(key: string): EncodedValue | undefined {
+    return this.data.get(key);
+  }
+
+  /** Live iteration over the committed entries (snapshots read this). */
+  entries(): IterableIterator<[string, EncodedValue]> {
+    return this.data.entries();
+  }
+
+  /** Keys starting with prefix, unsorted. O(keys): like Redis KEYS, not for hot paths. */
+  keysWithPrefix(prefix: string): string[] {
+    const out: string[] = [];
+    if (prefix === "") {
+      for (const key of this.data.keys()) out.push(key);
+    } else {
+      for (const key of this.data.keys()) if (key.startsWith(prefix)) out.push(key);
+    }
+    return out;
+  }
+
+  /** Auto-committed PUT. Returns the commit's seq. */
+  put(key: string, value: EncodedValue): number {
+    const existed = this.hasWatches() ? this.data.has(key) : true;
+    this.data.set(key, value);
+    this.changed(key, !existed, null);
+    return ++this.seq;
+  }
+
+  /** Auto-committed DEL of a present key. Returns the commit's seq. */
+  delete(key: string): number {
+    this.data.delete(key);
+    this.changed(key, true, null);
+    return ++this.seq;
+  }
+
+  /** Applies one transaction's changes at once. Returns the commit's seq. */
+  apply(ops: readonly CommitOp[], committer: Watcher | null): number {
+    for (const [key, value] of ops) {
+      let existenceChanged: boolean;
+      if (value === null) {
+        existenceChanged = this.data.delete(key);
+      } else {
+        existenceChanged = !this.data.has(key);
+        this.data.set(key, value);
+      }
+      this.changed(key, existenceChanged, committer);
+    }
+    return ++this.seq;
+  }
+
+  /** Marks w conflicted when another commit changes key (present or absent now). */
+  watchKey(w: Watcher, key: string): void {
+    if (w.conflicted) return;
+    let set = this.keyWatchers.get(key);
+    if (set === undefined) {
+      set = new Set();
+      this.keyWatchers.set(key, set);
+    }
+    set.add(w);
+  }
+
+  /** Marks w conflicted when another commit creates or deletes a key under prefix. */
+  watchPrefix(w: Watcher, prefix: string): void {
+    if (w.conflicted) return;
+    const prefixes = this.prefixWatchers.get(w);
+    if (prefixes === undefined) this.prefixWatchers.set(w, [prefix]);
+    else if (!prefixes.includes(prefix)) prefixes.push(prefix);
+  }
+
+  /** Drops every watch of w on the given keys and all its prefixes. */
+  unwatch(w: Watcher, keys: Iterable<string>): void {
+    for (const key of keys) {
+      const set = this.keyWatchers.get(key);
+      if (set === undefined) continue;
+      set.delete(w);
+      if (set.size === 0) this.keyWatchers.delete(key);
+    }
+    this.prefixWatchers.delete(w);
+  }
+
+  /** Watch entries held, for STATS and for tests that check bookkeeping is freed. */
+  get watchCounts(): { keys: number; prefixes: number } {
+    return { keys: this.keyWatchers.size, prefixes: this.prefixWatchers.size };
+  }
+
+  private hasWatches(): boolean {
+    return this.keyWatchers.size !== 0 || this.prefixWatchers.size !== 0;
+  }
+
+  private changed(key: string, existenceChanged: boolean, committer: Watcher | null): void {
+    const watchers = this.keyWatchers.get(key);
+    if (watchers !== undefined) {
+      for (const w of watchers) if (w !== committer) w.conflicted = true;
+    }
+    if (existenceChanged && this.prefixWatchers.size !== 0) {
+      for (const [w, prefixes] of this.prefixWatchers) {
+        if (w === committer || w.conflicted) continue;
+        for (const prefix of prefixes) {
+          if (key.startsWith(prefix)) {
+            w.conflicted = true;
+            break;
+          }
+        }
+      }
+    }
+  }
+}
