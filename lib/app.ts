@@ -9,6 +9,7 @@ import { MemoryOnlyLog, type CommitLog } from "./commit-log.ts";
 import type { Config } from "./config.ts";
 import { Executor } from "./execute.ts";
 import type { Logger } from "./log.ts";
+import { openPersistence } from "./persistence/index.ts";
 import { TxkvServer } from "./server.ts";
 import { ServerStats } from "./stats.ts";
 import { Store } from "./store.ts";
@@ -79,7 +80,30 @@ export async function startServer(config: Config, version: string, log: Logger):
   };
 }
 
-async function openState(config: Config, _log: Logger): Promise<{ commitLog: CommitLog; store: Store }> {
+async function openState(config: Config, log: Logger): Promise<{ commitLog: CommitLog; store: Store }> {
   if (config.inMemory) return { commitLog: new MemoryOnlyLog(), store: new Store() };
-  throw new StartupError("persistence to a data file is not available in this build yet: start with --in-memory");
+  let opened;
+  try {
+    opened = await openPersistence(
+      {
+        path: config.dataPath,
+        fsync: config.fsync,
+        fsyncIntervalMs: config.fsyncIntervalMs,
+        compactMinBytes: config.compactMinBytes,
+        compactPercent: config.compactPercent,
+      },
+      log,
+    );
+  } catch (err) {
+    throw new StartupError(err instanceof Error ? err.message : String(err));
+  }
+  const store = new Store(opened.initial, opened.seq);
+  opened.log.attach(store);
+  log.info(`loaded ${opened.keysLoaded} keys in ${opened.loadMs} ms`, {
+    data: config.dataPath,
+    keys: opened.keysLoaded,
+    ms: opened.loadMs,
+    seq: opened.seq,
+  });
+  return { commitLog: opened.log, store };
 }

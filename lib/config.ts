@@ -33,6 +33,8 @@ export const OPTIONS = {
   "in-memory": { kind: "boolean", env: "TXKV_IN_MEMORY", arg: "", help: "keep nothing on disk" },
   fsync: { kind: "string", env: "TXKV_FSYNC", arg: "always|everysec|no", default: "everysec", help: "when writes reach the disk" },
   "fsync-interval-ms": { kind: "string", env: "TXKV_FSYNC_INTERVAL_MS", arg: "<ms>", default: "1000", help: "fsync period for --fsync everysec" },
+  "compact-min-bytes": { kind: "string", env: "TXKV_COMPACT_MIN_BYTES", arg: "<n>", default: "67108864", help: "journal size below which it is never compacted into the snapshot" },
+  "compact-percent": { kind: "string", env: "TXKV_COMPACT_PERCENT", arg: "<n>", default: "100", help: "compact when the journal exceeds this % of the snapshot size" },
   "max-request-bytes": { kind: "string", env: "TXKV_MAX_REQUEST_BYTES", arg: "<n>", default: "1024", help: "longest request line (TOO_LARGE past it)" },
   "max-transaction-bytes": { kind: "string", env: "TXKV_MAX_TRANSACTION_BYTES", arg: "<n>", default: "1024", help: "PUT/DEL bytes one transaction may hold" },
   "max-connections": { kind: "string", env: "TXKV_MAX_CONNECTIONS", arg: "<n>", default: "10000", help: "connections served at once (BUSY past it)" },
@@ -69,6 +71,8 @@ const ConfigSchema = v.object({
   "in-memory": flag,
   fsync: v.picklist(["always", "everysec", "no"], "expected always, everysec or no"),
   "fsync-interval-ms": integer(1, 60_000),
+  "compact-min-bytes": integer(0, Number.MAX_SAFE_INTEGER),
+  "compact-percent": integer(1, 1_000_000),
   "max-request-bytes": integer(16, 64 * 1024 * 1024),
   "max-transaction-bytes": integer(16, 1024 * 1024 * 1024),
   "max-connections": integer(1, 1_000_000),
@@ -85,6 +89,8 @@ export type Config = {
   inMemory: boolean;
   fsync: "always" | "everysec" | "no";
   fsyncIntervalMs: number;
+  compactMinBytes: number;
+  compactPercent: number;
   maxRequestBytes: number;
   maxTransactionBytes: number;
   maxConnections: number;
@@ -123,6 +129,8 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
       inMemory: c["in-memory"],
       fsync: c.fsync,
       fsyncIntervalMs: c["fsync-interval-ms"],
+      compactMinBytes: c["compact-min-bytes"],
+      compactPercent: c["compact-percent"],
       maxRequestBytes: c["max-request-bytes"],
       maxTransactionBytes: c["max-transaction-bytes"],
       maxConnections: c["max-connections"],
