@@ -12,6 +12,7 @@ import type { CommitOp } from "../lib/commit-log.ts";
 import { Logger } from "../lib/log.ts";
 import { DurableLog, openPersistence, type FsyncMode } from "../lib/persistence/index.ts";
 import { dataFiles } from "../lib/persistence/files.ts";
+import { acquireLock } from "../lib/persistence/lock.ts";
 import { Store } from "../lib/store.ts";
 
 const dirs: string[] = [];
@@ -349,26 +350,44 @@ describe("failures while running", () => {
 
   test("disk full: records are kept in order, writes refused, then everything lands once the disk works", async () => {
     const dir = tempDir();
-    const a = await open(dir, { fsync: "always" });
+    const files = dataFiles(path.join(dir, "data.json"));
+    // The journal is a "disk" that is always full: every write fails with ENOSPC.
+    fs.symlinkSync("/dev/full", files.journal(1));
+    acquireLock(files.lock);
+    const handle = await fs.promises.open(files.journal(1), "a");
+    const settings = { fsync: "always", fsyncIntervalMs: 20, retryMs: 20, compactMinBytes: 1e9, compactPercent: 100, sliceMs: 1 } as const;
+    const log = new DurableLog(files, settings, new Logger("error", () => {}), {
+      journal: { gen: 1, path: files.journal(1), handle, bytes: 0 },
+      journalCreated: false,
+      seq: 0,
+      snapshotSeq: 0,
+      snapshotBytes: 0,
+    });
+    openLogs.push(log);
+    const store = new Store();
+    log.attach(store);
     let durable = 0;
-    a.log.onDurable = (seq) => (durable = seq);
-    a.put("k0", 0);
-    // The next journal generation is a "disk" that is always full.
-    fs.symlinkSync("/dev/full", path.join(dir, "data.json.journal.2"));
-    const saving = a.log.save().catch((err: Error) => err);
-    await until(() => String(a.log.stats().journalFile).endsWith(".journal.2"), "the switch to the full journal");
-    const held = a.put("k1", 1);
-    await until(() => a.log.unavailableReason !== null, "the write error");
-    expect(a.log.unavailableReason).toMatch(/ENOSPC|no space left/i);
-    expect(durable).toBeLessThan(held);
-    await saving;
-    // The disk "works again": the full file is gone.
-    fs.rmSync(path.join(dir, "data.json.journal.2"));
-    await until(() => a.log.unavailableReason === null, "persistence to resume");
-    await until(() => durable >= held, "the held write to become durable");
-    expect(a.log.stats().lastError).not.toBeNull();
-    const expected = contents(a.store);
-    await closeLog(a);
-    expect(contents((await open(dir)).store)).toEqual(expected);
+    log.onDurable = (seq) => (durable = seq);
+    const put = (key: string, value: string) => log.append({ seq: store.apply([[key, value]], null), ops: [[key, value]] });
+    put("k1", "1");
+    const held = put("k2", "2");
+    await until(() => log.unavailableReason !== null, "the write error");
+    expect(log.unavailableReason).toMatch(/ENOSPC|no space left/i);
+    await Bun.sleep(60); // several retries, all failing
+    expect(log.unavailableReason).not.toBeNull();
+    expect(durable).toBe(0);
+    expect(log.stats().pendingRecords).toBe(2);
+    // The disk "works again": the full file is replaced by a real directory entry.
+    fs.rmSync(files.journal(1));
+    await until(() => log.unavailableReason === null, "persistence to resume");
+    await until(() => durable >= held, "the held writes to become durable");
+    expect(log.stats().lastError).not.toBeNull();
+    await log.close();
+    openLogs.splice(openLogs.indexOf(log), 1);
+    const b = await open(dir);
+    expect(contents(b.store)).toEqual([
+      ["k1", "1"],
+      ["k2", "2"],
+    ]);
   });
 });

@@ -78,6 +78,9 @@ interface Failure {
   readonly journalIntact: boolean;
 }
 
+/** An error already described by `fail` (its message is the reason shown to clients). */
+class PersistenceFailure extends Error {}
+
 /** Write errors after which the bytes simply were not written: retrying the same file is safe. */
 const RETRYABLE_WRITE_ERRORS = new Set(["ENOSPC", "EDQUOT", "EROFS", "EAGAIN", "EINTR"]);
 
@@ -274,7 +277,7 @@ export class DurableLog implements CommitLog {
 
   private async syncRound(): Promise<void> {
     // After an fsync error or a removed file, a later fsync "succeeding" proves nothing.
-    if (this.failure && !this.failure.journalIntact) throw new Error(this.failure.reason);
+    if (this.failure && !this.failure.journalIntact) throw new PersistenceFailure(this.failure.reason);
     try {
       this.writeQueue();
     } catch (err) {
@@ -324,7 +327,7 @@ export class DurableLog implements CommitLog {
 
   /** Enters (or stays in) the failed state; returns the Error to throw. */
   private fail(err: unknown, journalIntact: boolean): Error {
-    const reason = `persisting to ${this.files.dir} failed: ${describeError(err)}`;
+    const reason = err instanceof PersistenceFailure ? err.message : `persisting to ${this.files.dir} failed: ${describeError(err)}`;
     this.lastError = { at: new Date().toISOString(), message: reason };
     const wasFailing = this.failure !== null;
     this.failure = { reason, journalIntact: journalIntact && (this.failure?.journalIntact ?? true) };
@@ -333,7 +336,7 @@ export class DurableLog implements CommitLog {
       this.retryTimer = setInterval(() => void this.tryResume(), this.opts.retryMs);
       this.retryTimer.unref();
     }
-    return new Error(reason);
+    return new PersistenceFailure(reason);
   }
 
   private async tryResume(): Promise<void> {
@@ -350,7 +353,8 @@ export class DurableLog implements CommitLog {
       this.retryTimer = null;
       this.log.info("persistence resumed", { journal: this.journal.path });
     } catch (err) {
-      this.fail(err, false);
+      // A failed sync round has already classified its error; a failed rebuild leaves the journal untrusted.
+      this.fail(err, this.failure?.journalIntact ?? false);
     } finally {
       this.resuming = false;
     }
@@ -406,7 +410,7 @@ export class DurableLog implements CommitLog {
    */
   private async compact(trigger: string): Promise<void> {
     if (!this.view) throw new Error("persistence: no store attached, nothing to save");
-    if (this.failure) throw new Error(this.failure.reason);
+    if (this.failure) throw new PersistenceFailure(this.failure.reason);
     if (this.closing) throw new Error("persistence: shutting down");
     const started = performance.now();
     try {
