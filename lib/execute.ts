@@ -291,7 +291,12 @@ export class Executor {
       connections: s.connectionsCurrent,
       commands: s.commands,
       uptime,
-      memory: { rss: memory.rss, heap_used: memory.heapUsed, heap_total: memory.heapTotal },
+      memory: {
+        rss: memory.rss,
+        heap_used: memory.heapUsed,
+        heap_total: memory.heapTotal,
+        client_buffers: s.clientBufferBytes(),
+      },
       transactions,
       persistence: this.commitLog.stats(),
       server: { version: this.options.version, uptime_seconds: uptime, pid: process.pid, bun: Bun.version },

@@ -73,6 +73,7 @@ export class TxkvServer {
     private readonly log: Logger,
   ) {
     executor.commitLog.onDurable = (seq) => this.onDurable(seq);
+    executor.stats.clientBufferBytes = () => this.bufferedBytes();
   }
 
   /** Starts listening; resolves the real address (also when port 0 was asked). */
@@ -113,6 +114,16 @@ export class TxkvServer {
     return this.connections.size;
   }
 
+  /** Bytes held for all connections: unsent and held replies plus unprocessed input. */
+  bufferedBytes(): number {
+    let total = 0;
+    for (const socket of this.connections) {
+      const conn = socket.data;
+      if (conn) total += conn.queuedBytes + conn.heldBytes + conn.framer.bufferedBytes;
+    }
+    return total;
+  }
+
   private onOpen(socket: Socket<SocketData>): void {
     const stats = this.executor.stats;
     if (this.connections.size >= this.options.maxConnections) {
@@ -150,25 +161,37 @@ export class TxkvServer {
     if (conn === null || conn.closing) return;
     this.clearPartialTimer(conn);
     conn.framer.push(chunk);
-    this.processInput(socket, conn);
+    // While paused, Bun may still deliver what the kernel held: keep it for later.
+    if (!conn.readPaused) this.processInput(socket, conn);
     conn.framer.retain();
   }
 
-  /** Runs buffered requests until input runs out or too many reply bytes wait; then writes once. */
+  /**
+   * Runs buffered requests and writes their replies, one write per batch of
+   * up to about --max-output-bytes. Stops reading when more than that many
+   * reply bytes wait for the client; the drain resumes it.
+   */
   private processInput(socket: Socket<SocketData>, conn: Connection): void {
     const limit = this.options.maxOutputBytes;
-    let out = "";
+    let exhausted = false;
     while (!conn.closing) {
-      if (conn.queuedBytes + conn.heldBytes + out.length > limit) {
-        this.pauseReading(socket, conn);
-        break;
+      let out = "";
+      while (out.length < limit && !conn.closing) {
+        const frame = conn.framer.next();
+        if (frame === null) {
+          exhausted = true;
+          break;
+        }
+        out += this.run(socket, conn, frame);
       }
-      const frame = conn.framer.next();
-      if (frame === null) break;
-      out += this.run(socket, conn, frame);
+      this.send(socket, conn, out);
+      if (conn.queuedBytes + conn.heldBytes > limit && !conn.closing) {
+        this.pauseReading(socket, conn);
+        return;
+      }
+      if (exhausted) break;
     }
-    this.send(socket, conn, out);
-    if (!conn.readPaused) this.afterInput(socket, conn);
+    this.afterInput(socket, conn);
   }
 
   /** Input is exhausted for now: arm the partial-request timer, or finish a half-closed connection. */

@@ -22,6 +22,8 @@ export class ServerStats {
   txConflicted = 0;
   txAborted = 0;
   txOpen = 0;
+  /** Bytes buffered for clients (set by the server, which owns the buffers). */
+  clientBufferBytes: () => number = () => 0;
   /** Command counts at each of the last seconds' ticks, newest last. */
   private readonly samples: number[] = [];
 

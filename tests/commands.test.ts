@@ -1,0 +1,101 @@
+import { describe, expect, test } from "bun:test";
+import { commandFromFrame, isCrossProtocolLine, parseCommand } from "../lib/commands.ts";
+import { INVALID_UTF8, TOO_LARGE } from "../lib/framing.ts";
+
+describe("parseCommand, plain form", () => {
+  test("PUT keeps the rest of the line verbatim as a string value", () => {
+    expect(parseCommand("PUT key1 hello   big \t world ")).toEqual({
+      type: "PUT",
+      key: "key1",
+      value: JSON.stringify("hello   big \t world "),
+      line: "PUT key1 hello   big \t world ",
+    });
+  });
+
+  test("a plain value that looks like JSON is still a string", () => {
+    expect(parseCommand('PUT k {"a":1}')).toMatchObject({ type: "PUT", key: "k", value: JSON.stringify('{"a":1}') });
+    expect(parseCommand("PUT k 42")).toMatchObject({ value: '"42"' });
+  });
+
+  test("command names are case-insensitive; arguments split on spaces and tabs", () => {
+    expect(parseCommand("get\t\tkey1")).toEqual({ type: "GET", key: "key1" });
+    expect(parseCommand("  dEl  key1  ")).toMatchObject({ type: "DEL", key: "key1" });
+    expect(parseCommand("start")).toEqual({ type: "START" });
+  });
+
+  test("missing arguments and extra words are BAD_REQUEST", () => {
+    for (const line of ["PUT", "PUT key", "PUT key  ", "GET", "DEL", "GET a b", "DEL a b", "KEYS a b", "START now", "COMMIT x", "ROLLBACK x", "PING x", "STATS x", "SAVE x", "HELP x", "QUIT x", "AUTH"]) {
+      expect(parseCommand(line)).toMatchObject({ type: "INVALID", code: "BAD_REQUEST" });
+    }
+  });
+
+  test("an unknown command is UNKNOWN_COMMAND naming it", () => {
+    expect(parseCommand("FLUSHALL now")).toEqual({ type: "INVALID", code: "UNKNOWN_COMMAND", message: "Unknown command: FLUSHALL" });
+  });
+
+  test("KEYS with and without a prefix", () => {
+    expect(parseCommand("KEYS")).toEqual({ type: "KEYS", prefix: "" });
+    expect(parseCommand("KEYS user:")).toEqual({ type: "KEYS", prefix: "user:" });
+  });
+
+  test("AUTH takes the rest of the line", () => {
+    expect(parseCommand("AUTH my secret")).toEqual({ type: "AUTH", password: "my secret" });
+  });
+});
+
+describe("parseCommand, JSON form", () => {
+  test("PUT stores any JSON value, normalised", () => {
+    expect(parseCommand('PUT {"key": "k 1", "value": {"n": 1.50, "l": [true, null]}}')).toMatchObject({
+      type: "PUT",
+      key: "k 1",
+      value: '{"n":1.5,"l":[true,null]}',
+    });
+  });
+
+  test("GET/DEL/KEYS/AUTH JSON forms", () => {
+    expect(parseCommand('GET {"key":"{odd}"}')).toEqual({ type: "GET", key: "{odd}" });
+    expect(parseCommand('DEL {"key":"a b"}')).toMatchObject({ type: "DEL", key: "a b" });
+    expect(parseCommand('KEYS {"prefix":"a b"}')).toEqual({ type: "KEYS", prefix: "a b" });
+    expect(parseCommand('AUTH {"password":"p w"}')).toEqual({ type: "AUTH", password: "p w" });
+  });
+
+  test("bad JSON, wrong types, missing value, unknown fields, empty key: BAD_REQUEST", () => {
+    const cases: [string, string][] = [
+      ['PUT {"key":"a"', "not valid JSON"],
+      ['PUT {"key":"a"}', 'missing field "value"'],
+      ['PUT {"key":"a","value":1,"ttl":5}', 'unknown field "ttl"'],
+      ['PUT {"key":"","value":1}', "empty"],
+      ['PUT {"key":7,"value":1}', "string"],
+      ['GET {"key":"a","x":1}', 'unknown field "x"'],
+      ['GET {"nokey":1}', "field"],
+      ['GET {"key":"a"} trailing', "not valid JSON"],
+      ["PUT {", "not valid JSON"],
+    ];
+    for (const [line, fragment] of cases) {
+      const cmd = parseCommand(line);
+      expect(cmd).toMatchObject({ type: "INVALID", code: "BAD_REQUEST" });
+      if (cmd.type === "INVALID") expect(cmd.message).toContain(fragment);
+    }
+  });
+
+  test("JSON null is a value; a value may be missing only as an error", () => {
+    expect(parseCommand('PUT {"key":"a","value":null}')).toMatchObject({ type: "PUT", value: "null" });
+  });
+});
+
+describe("framing errors and the HTTP guard", () => {
+  test("framing failures become TOO_LARGE and BAD_REQUEST commands", () => {
+    expect(commandFromFrame(TOO_LARGE, 1024)).toMatchObject({ code: "TOO_LARGE", message: expect.stringContaining("1024") });
+    expect(commandFromFrame(INVALID_UTF8, 1024)).toMatchObject({ code: "BAD_REQUEST", message: expect.stringContaining("UTF-8") });
+  });
+
+  test("POST and Host: lines are HTTP; GET is not", () => {
+    expect(isCrossProtocolLine("POST / HTTP/1.1")).toBe(true);
+    expect(isCrossProtocolLine("post /x HTTP/1.1")).toBe(true);
+    expect(isCrossProtocolLine("Host: localhost:8080")).toBe(true);
+    expect(isCrossProtocolLine("HOST:x")).toBe(true);
+    expect(isCrossProtocolLine("PUT Host: x")).toBe(false);
+    expect(isCrossProtocolLine("POSTAL code")).toBe(false);
+    expect(isCrossProtocolLine("GET / HTTP/1.1")).toBe(false);
+  });
+});

@@ -1,0 +1,97 @@
+/** Configuration: options, environment variables, --help/--version, bad values (exit 2), the listening line. */
+import { describe, expect, test } from "bun:test";
+import { ConfigError, OPTIONS, parseConfig } from "../lib/config.ts";
+import { LineClient, runIndex, spawnServer } from "./helpers.ts";
+
+const serveConfig = (argv: string[], env: Record<string, string> = {}) => {
+  const parsed = parseConfig(argv, env);
+  if (parsed.kind !== "serve") throw new Error("expected serve");
+  return parsed.config;
+};
+
+describe("parseConfig", () => {
+  test("defaults follow PROTOCOL §7", () => {
+    expect(serveConfig([])).toMatchObject({
+      host: "127.0.0.1",
+      port: 8080,
+      dataPath: "data.json",
+      inMemory: false,
+      fsync: "everysec",
+      maxRequestBytes: 1024,
+      maxTransactionBytes: 1024,
+      maxConnections: 10000,
+      password: undefined,
+      partialRequestMs: 10,
+    });
+  });
+
+  test("every option has a TXKV_ environment variable; the command line wins over it", () => {
+    for (const [name, spec] of Object.entries(OPTIONS)) {
+      if (name === "help" || name === "version") continue;
+      expect(spec.env as string).toBe("TXKV_" + name.toUpperCase().replaceAll("-", "_"));
+    }
+    expect(serveConfig([], { TXKV_MAX_REQUEST_BYTES: "2048", TXKV_IN_MEMORY: "1", TXKV_PASSWORD: "pw" })).toMatchObject({
+      maxRequestBytes: 2048,
+      inMemory: true,
+      password: "pw",
+    });
+    expect(serveConfig(["--port", "9"], { TXKV_PORT: "7" }).port).toBe(9);
+  });
+
+  test("bad values name the option", () => {
+    const bad: [string[], Record<string, string>, string][] = [
+      [["--port", "70000"], {}, "--port"],
+      [["--port", "12x"], {}, "--port"],
+      [["--fsync", "sometimes"], {}, "--fsync"],
+      [[], { TXKV_MAX_CONNECTIONS: "-1" }, "--max-connections (or TXKV_MAX_CONNECTIONS)"],
+      [["--log-level", "loud"], {}, "--log-level"],
+      [["--nope"], {}, "--nope"],
+      [["--port"], {}, "--port"],
+    ];
+    for (const [argv, env, fragment] of bad) {
+      expect(() => parseConfig(argv, env)).toThrow(ConfigError);
+      expect(() => parseConfig(argv, env)).toThrow(fragment);
+    }
+  });
+});
+
+describe("the process", () => {
+  test("--help lists every option and exits 0; --version prints the version", async () => {
+    const help = await runIndex(["--help"]);
+    expect(help.code).toBe(0);
+    for (const name of Object.keys(OPTIONS)) expect(help.stdout).toContain(`--${name}`);
+    const version = await runIndex(["--version"]);
+    expect(version.code).toBe(0);
+    expect(version.stdout).toMatch(/^txkv \d+\.\d+\.\d+\n$/);
+  });
+
+  test("a bad option or value exits 2 with one line naming it", async () => {
+    for (const [args, env, name] of [
+      [["--port", "nope"], {}, "--port"],
+      [["--max-request-bytes", "0"], {}, "--max-request-bytes"],
+      [[], { TXKV_FSYNC: "maybe" }, "--fsync"],
+      [["--frobnicate"], {}, "--frobnicate"],
+    ] as [string[], Record<string, string>, string][]) {
+      const run = await runIndex(args, { env });
+      expect(run.code).toBe(2);
+      expect(run.stderr.trim().split("\n")).toHaveLength(1);
+      expect(run.stderr).toContain(name);
+    }
+  });
+
+  test("prints `listening on host:port` with the real port when --port 0 is asked, and serves", async () => {
+    const server = await spawnServer(["--in-memory"]);
+    expect(server.port).toBeGreaterThan(0);
+    const c = await LineClient.connect(server.port);
+    expect(await c.request("PING")).toEqual({ status: "Ok", result: "PONG" });
+    c.close();
+    expect(await server.kill("SIGTERM")).toBe(0);
+  });
+
+  test("protected mode: a non-loopback address without a password refuses to start and says how to set one", async () => {
+    const run = await runIndex(["--in-memory", "--host", "0.0.0.0", "--port", "0"]);
+    expect(run.code).not.toBe(0);
+    expect(run.stderr).toContain("--password");
+    expect(run.stderr).toContain("TXKV_PASSWORD");
+  });
+});

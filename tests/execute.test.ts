@@ -1,0 +1,335 @@
+/**
+ * The transaction and store layer without sockets: Executor + Store +
+ * Transaction, driven with parsed commands on several sessions.
+ */
+import { describe, expect, test } from "bun:test";
+import { MemoryOnlyLog, type CommitLog, type CommitRecord } from "../lib/commit-log.ts";
+import { parseCommand } from "../lib/commands.ts";
+import { Executor } from "../lib/execute.ts";
+import { Session } from "../lib/session.ts";
+import { ServerStats } from "../lib/stats.ts";
+import { Store } from "../lib/store.ts";
+
+class RecordingLog extends MemoryOnlyLog {
+  override readonly enabled = true as unknown as false;
+  readonly records: CommitRecord[] = [];
+  override append(record: CommitRecord): number {
+    this.records.push(record);
+    return 0;
+  }
+}
+
+function setup(options: { maxTransactionBytes?: number; log?: CommitLog } = {}) {
+  const store = new Store();
+  const log = options.log ?? new MemoryOnlyLog();
+  const executor = new Executor(store, log, new ServerStats(), {
+    maxTransactionBytes: options.maxTransactionBytes ?? 1024,
+    password: undefined,
+    version: "test",
+  });
+  const session = () => {
+    const s = new Session(false);
+    const run = (line: string) => {
+      const reply = executor.execute(parseCommand(line), s);
+      if (typeof reply !== "string") throw new Error("unexpected async reply");
+      return JSON.parse(reply) as { status: string; result?: unknown; code?: string; message?: string };
+    };
+    return Object.assign(run, { session: s });
+  };
+  return { store, executor, session };
+}
+
+const ok = (result: unknown) => ({ status: "Ok", result });
+const err = (code: string) => expect.objectContaining({ status: "Error", code });
+
+describe("outside a transaction", () => {
+  test("PUT, GET, DEL apply at once", () => {
+    const { session } = setup();
+    const a = session();
+    expect(a("PUT k v")).toEqual(ok({ key: "k", value: "v" }));
+    expect(a("GET k")).toEqual(ok({ key: "k", value: "v" }));
+    expect(a("DEL k")).toEqual(ok({ key: "k", value: "v" }));
+    expect(a("GET k")).toEqual(err("NOT_FOUND"));
+    expect(a("DEL k")).toEqual(err("NOT_FOUND"));
+  });
+
+  test("COMMIT and ROLLBACK without a transaction: NO_TRANSACTION", () => {
+    const a = setup().session();
+    expect(a("COMMIT")).toEqual(err("NO_TRANSACTION"));
+    expect(a("ROLLBACK")).toEqual(err("NO_TRANSACTION"));
+  });
+
+  test("KEYS is sorted and filtered by prefix", () => {
+    const a = setup().session();
+    for (const k of ["b", "a2", "a1", "c"]) a(`PUT ${k} x`);
+    expect(a("KEYS")).toEqual(ok(["a1", "a2", "b", "c"]));
+    expect(a("KEYS a")).toEqual(ok(["a1", "a2"]));
+    expect(a("KEYS zz")).toEqual(ok([]));
+  });
+});
+
+describe("transactions", () => {
+  test("read-your-writes inside, invisible outside until the outermost COMMIT", () => {
+    const { session } = setup();
+    const a = session();
+    const b = session();
+    a("START");
+    a("PUT k 1");
+    expect(a("GET k")).toEqual(ok({ key: "k", value: "1" }));
+    expect(b("GET k")).toEqual(err("NOT_FOUND"));
+    a("START");
+    a("PUT j 2");
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+    expect(b("GET j")).toEqual(err("NOT_FOUND"));
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+    expect(b("GET k")).toEqual(ok({ key: "k", value: "1" }));
+    expect(b("GET j")).toEqual(ok({ key: "j", value: "2" }));
+  });
+
+  test("ROLLBACK discards only the innermost level", () => {
+    const a = setup().session();
+    a("START");
+    a("PUT outer 1");
+    a("START");
+    a("PUT inner 2");
+    a("DEL outer");
+    expect(a("GET outer")).toEqual(err("NOT_FOUND"));
+    expect(a("ROLLBACK")).toEqual(ok("Transaction rolled back"));
+    expect(a("GET outer")).toEqual(ok({ key: "outer", value: "1" }));
+    expect(a("GET inner")).toEqual(err("NOT_FOUND"));
+    a("COMMIT");
+    expect(a("KEYS")).toEqual(ok(["outer"]));
+  });
+
+  test("KEYS inside a transaction shows its own puts and deletes", () => {
+    const a = setup().session();
+    a("PUT a1 x");
+    a("PUT a2 x");
+    a("START");
+    a("PUT a3 x");
+    a("DEL a1");
+    expect(a("KEYS a")).toEqual(ok(["a2", "a3"]));
+  });
+
+  test("a committed transaction is one commit record, in commit order", () => {
+    const log = new RecordingLog();
+    const a = setup({ log }).session();
+    a("PUT x 0");
+    a("START");
+    a("PUT k 1");
+    a("DEL x");
+    a("START");
+    a('PUT {"key":"j","value":[1]}');
+    a("COMMIT");
+    a("COMMIT");
+    expect(log.records).toEqual([
+      { seq: 1, ops: [["x", '"0"']] },
+      { seq: 2, ops: [["k", '"1"'], ["x", null], ["j", "[1]"]] },
+    ]);
+  });
+
+  test("a read-only transaction commits without a record", () => {
+    const log = new RecordingLog();
+    const a = setup({ log }).session();
+    a("START");
+    a("GET nothing");
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+    expect(log.records).toEqual([]);
+  });
+});
+
+describe("serializable conflicts", () => {
+  test("a key read and then changed by another commit: CONFLICT, nothing applied", () => {
+    const { session } = setup();
+    const a = session();
+    const b = session();
+    a("PUT n 1");
+    a("START");
+    a("GET n");
+    a("PUT other x");
+    b("PUT n 2");
+    expect(a("COMMIT")).toEqual(err("CONFLICT"));
+    expect(b("GET other")).toEqual(err("NOT_FOUND"));
+    expect(a("COMMIT")).toEqual(err("NO_TRANSACTION"));
+  });
+
+  test("a key read as absent and then created by another: CONFLICT", () => {
+    const { session } = setup();
+    const a = session();
+    const b = session();
+    a("START");
+    expect(a("GET ghost")).toEqual(err("NOT_FOUND"));
+    a("PUT marker 1");
+    b("PUT ghost boo");
+    expect(a("COMMIT")).toEqual(err("CONFLICT"));
+  });
+
+  test("DEL reads: a deleted key changed by another conflicts", () => {
+    const { session } = setup();
+    const a = session();
+    const b = session();
+    a("PUT k 1");
+    a("START");
+    a("DEL k");
+    b("PUT k 2");
+    expect(a("COMMIT")).toEqual(err("CONFLICT"));
+    expect(b("GET k")).toEqual(ok({ key: "k", value: "2" }));
+  });
+
+  test("KEYS prefix reads: a key created or deleted under the prefix conflicts (phantoms)", () => {
+    const { session } = setup();
+    const [a, b] = [session(), session()];
+    a("PUT user:1 x");
+    a("START");
+    a("KEYS user:");
+    a("PUT count 1");
+    b("PUT item:1 y"); // other prefix: no conflict
+    b("PUT user:1 changed"); // value change, same key set: no phantom
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+
+    a("START");
+    a("KEYS user:");
+    a("PUT count 2");
+    b("PUT user:2 new");
+    expect(a("COMMIT")).toEqual(err("CONFLICT"));
+
+    a("START");
+    a("KEYS user:");
+    b("DEL user:2");
+    expect(a("COMMIT")).toEqual(err("CONFLICT"));
+  });
+
+  test("blind writes do not conflict: the last commit wins", () => {
+    const { session } = setup();
+    const [a, b] = [session(), session()];
+    a("START");
+    a("PUT k from-a");
+    b("PUT k from-b");
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+    expect(b("GET k")).toEqual(ok({ key: "k", value: "from-a" }));
+  });
+
+  test("reads answered from the transaction's own writes are not watched", () => {
+    const { session } = setup();
+    const [a, b] = [session(), session()];
+    a("START");
+    a("PUT k mine");
+    a("GET k");
+    a("DEL k");
+    a("GET k");
+    b("PUT k theirs");
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+    expect(b("GET k")).toEqual(err("NOT_FOUND"));
+  });
+
+  test("a change by the same connection's own earlier commit is not a conflict with a later transaction", () => {
+    const { session } = setup();
+    const a = session();
+    a("PUT k 1");
+    a("START");
+    a("GET k");
+    a("PUT k 2");
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+  });
+
+  test("watch bookkeeping is freed when transactions end, whatever the outcome", () => {
+    const { session, store } = setup();
+    const [a, b] = [session(), session()];
+    a("START");
+    for (let i = 0; i < 50; i++) a(`GET k${i}`);
+    a("KEYS k");
+    expect(store.watchCounts).toEqual({ keys: 50, prefixes: 1 });
+    a("ROLLBACK");
+    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0 });
+    a("START");
+    a("GET k1");
+    b("START");
+    b("GET k1");
+    b("PUT k1 x");
+    b("COMMIT");
+    a("COMMIT");
+    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0 });
+  });
+
+  test("closing a session rolls its transaction back and frees its watches", () => {
+    const { session, executor, store } = setup();
+    const [a, b] = [session(), session()];
+    a("START");
+    a("GET k");
+    a("PUT k 1");
+    executor.closeSession(a.session);
+    expect(a.session.tx).toBeNull();
+    expect(b("GET k")).toEqual(err("NOT_FOUND"));
+    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0 });
+  });
+});
+
+describe("failed levels", () => {
+  test("BAD_REQUEST marks the level failed: reads, writes and START answer ABORTED until ROLLBACK", () => {
+    const a = setup().session();
+    a("START");
+    a("PUT k 1");
+    a("START");
+    a("PUT j 2");
+    expect(a("GET")).toEqual(err("BAD_REQUEST"));
+    for (const line of ["PUT x 1", "GET k", "DEL k", "KEYS", "START"]) expect(a(line)).toEqual(err("ABORTED"));
+    expect(a("PING")).toEqual(ok("PONG"));
+    expect(a("ROLLBACK")).toEqual(ok("Transaction rolled back"));
+    expect(a("GET k")).toEqual(ok({ key: "k", value: "1" }));
+    expect(a("GET j")).toEqual(err("NOT_FOUND"));
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+  });
+
+  test("COMMIT of a failed level answers ABORTED and discards the whole transaction", () => {
+    const { session } = setup();
+    const [a, b] = [session(), session()];
+    a("START");
+    a("PUT k 1");
+    a("START");
+    expect(a("NOPE")).toEqual(err("UNKNOWN_COMMAND"));
+    expect(a("COMMIT")).toEqual(err("ABORTED"));
+    expect(a("COMMIT")).toEqual(err("NO_TRANSACTION"));
+    expect(b("GET k")).toEqual(err("NOT_FOUND"));
+  });
+
+  test("NOT_FOUND is an answer, not a failure", () => {
+    const a = setup().session();
+    a("START");
+    expect(a("GET missing")).toEqual(err("NOT_FOUND"));
+    expect(a("DEL missing")).toEqual(err("NOT_FOUND"));
+    expect(a("PUT k 1")).toEqual(ok({ key: "k", value: "1" }));
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+  });
+});
+
+describe("transaction byte limit", () => {
+  test("PUT/DEL request bytes are counted; the request that passes the limit is TOO_LARGE and fails the level", () => {
+    const { session } = setup({ maxTransactionBytes: 40 });
+    const [a, b] = [session(), session()];
+    a("START");
+    expect(a("PUT k1 0123456789")).toMatchObject({ status: "Ok" }); // 17 bytes
+    expect(a("PUT k2 0123456789")).toMatchObject({ status: "Ok" }); // 34
+    expect(a("DEL k1")).toMatchObject({ status: "Ok" }); // 40: exactly the limit
+    expect(a("DEL k2")).toEqual(err("TOO_LARGE"));
+    expect(a("GET k2")).toEqual(err("ABORTED"));
+    expect(a("COMMIT")).toEqual(err("ABORTED"));
+    expect(b("KEYS")).toEqual(ok([]));
+  });
+
+  test("bytes are UTF-8 bytes of the request line, and a rolled-back level gives its bytes back", () => {
+    const a = setup({ maxTransactionBytes: 20 }).session();
+    a("START");
+    a("START");
+    expect(a("PUT k ééééééé")).toMatchObject({ status: "Ok" }); // 6 + 14 = 20 bytes
+    a("ROLLBACK");
+    expect(a("PUT k ééééééé")).toMatchObject({ status: "Ok" });
+    expect(a("PUT j x")).toEqual(err("TOO_LARGE"));
+  });
+
+  test("reads are not limited", () => {
+    const a = setup({ maxTransactionBytes: 20 }).session();
+    a("START");
+    for (let i = 0; i < 100; i++) expect(a(`GET some-long-key-name-${i}`)).toEqual(err("NOT_FOUND"));
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+  });
+});

@@ -1,0 +1,91 @@
+import { describe, expect, test } from "bun:test";
+import { INVALID_UTF8, LineFramer, TOO_LARGE, type Frame } from "../lib/framing.ts";
+
+const enc = new TextEncoder();
+
+function drain(framer: LineFramer): Frame[] {
+  const out: Frame[] = [];
+  for (let f = framer.next(); f !== null; f = framer.next()) out.push(f);
+  return out;
+}
+
+function feed(framer: LineFramer, ...chunks: (string | Uint8Array)[]): Frame[] {
+  const out: Frame[] = [];
+  for (const chunk of chunks) {
+    framer.push(typeof chunk === "string" ? enc.encode(chunk) : chunk);
+    out.push(...drain(framer));
+    framer.retain();
+  }
+  return out;
+}
+
+describe("LineFramer", () => {
+  test("splits on LF and drops a CR before it", () => {
+    expect(feed(new LineFramer(1024), "PUT a 1\r\nGET a\nPING\r\n")).toEqual(["PUT a 1", "GET a", "PING"]);
+  });
+
+  test("a request spanning chunks is joined, even a CRLF split between chunks", () => {
+    expect(feed(new LineFramer(1024), "PU", "T a 1", "\r", "\nGET", " a\n")).toEqual(["PUT a 1", "GET a"]);
+  });
+
+  test("blank lines (empty, spaces, tabs) are not requests", () => {
+    expect(feed(new LineFramer(1024), "\n  \n\t \r\nPING\n\n")).toEqual(["PING"]);
+  });
+
+  test("a line of exactly the limit passes; one byte more is TOO_LARGE and the next line is served", () => {
+    const f = new LineFramer(10);
+    expect(feed(f, "x".repeat(10) + "\r\n")).toEqual(["x".repeat(10)]);
+    expect(feed(f, "y".repeat(11) + "\nPING\n")).toEqual([TOO_LARGE, "PING"]);
+  });
+
+  test("an unterminated request over the limit is answered at once and discarded up to its LF", () => {
+    const f = new LineFramer(10);
+    expect(feed(f, "z".repeat(12))).toEqual([TOO_LARGE]);
+    expect(feed(f, "z".repeat(5000))).toEqual([]);
+    expect(f.bufferedBytes).toBe(0);
+    expect(feed(f, "zz\nGET a\n")).toEqual(["GET a"]);
+  });
+
+  test("holds at most about one limit of an incomplete request", () => {
+    const f = new LineFramer(100);
+    for (let i = 0; i < 1000; i++) feed(f, "a".repeat(50));
+    expect(f.bufferedBytes).toBeLessThanOrEqual(101);
+  });
+
+  test("invalid UTF-8 is reported for that line only", () => {
+    const bad = new Uint8Array([0x47, 0x45, 0x54, 0x20, 0xff, 0xfe, 0x0a]);
+    expect(feed(new LineFramer(1024), bad, "GET é\n")).toEqual([INVALID_UTF8, "GET é"]);
+  });
+
+  test("a multi-byte character split across chunks decodes", () => {
+    const bytes = enc.encode("PUT k ü\n");
+    expect(feed(new LineFramer(1024), bytes.subarray(0, 7), bytes.subarray(7))).toEqual(["PUT k ü"]);
+  });
+
+  test("takePartial returns the unterminated request once, without a trailing CR", () => {
+    const f = new LineFramer(1024);
+    expect(feed(f, "GET a\nPUT k v\r")).toEqual(["GET a"]);
+    expect(f.hasPartial()).toBe(true);
+    expect(f.takePartial()).toBe("PUT k v");
+    expect(f.hasPartial()).toBe(false);
+    expect(f.takePartial()).toBeNull();
+  });
+
+  test("takePartial of a blank or discarded request gives nothing", () => {
+    const f = new LineFramer(4);
+    feed(f, "   ");
+    expect(f.takePartial()).toBeNull();
+    expect(feed(f, "toolong")).toEqual([TOO_LARGE]);
+    expect(f.takePartial()).toBeNull();
+  });
+
+  test("retain copies unconsumed bytes so the caller may reuse its chunk", () => {
+    const f = new LineFramer(1024);
+    const chunk = enc.encode("GET a\nGET b");
+    f.push(chunk);
+    expect(drain(f)).toEqual(["GET a"]);
+    f.retain();
+    chunk.fill(0x41);
+    expect(feed(f, "\n")).toEqual(["GET b"]);
+  });
+});

@@ -1,0 +1,260 @@
+/**
+ * Test helpers: real txkv servers on port 0, in this process or as a
+ * subprocess, and a raw line client for byte-level tests.
+ * Must not: be imported by lib/ code.
+ */
+import type { Socket } from "bun";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startServer, type RunningServer } from "../lib/app.ts";
+import { parseConfig, type Config } from "../lib/config.ts";
+import { Logger, type LogLevel } from "../lib/log.ts";
+
+export const ROOT = join(import.meta.dir, "..");
+export const INDEX = join(ROOT, "index.ts");
+/** The bun binary running these tests (the project's pinned copy). */
+export const BUN = process.execPath;
+
+export interface Reply {
+  status: "Ok" | "Error";
+  result?: unknown;
+  code?: string;
+  message?: string;
+}
+
+/** A fresh temporary directory, removed by the returned cleanup. */
+export function tempDir(): { path: string; cleanup(): void } {
+  const path = mkdtempSync(join(tmpdir(), "txkv-test-"));
+  return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** Config for an in-process server: --in-memory on port 0 unless overridden. */
+export function testConfig(args: string[] = []): Config {
+  const parsed = parseConfig(["--port", "0", "--in-memory", ...args], {});
+  if (parsed.kind !== "serve") throw new Error("unexpected --help/--version");
+  return parsed.config;
+}
+
+/** Starts a server inside the test process (fast). Log lines are collected in `logs`. */
+export async function startInProcess(
+  args: string[] = [],
+  level: LogLevel = "warn",
+): Promise<RunningServer & { logs: string[] }> {
+  const logs: string[] = [];
+  const log = new Logger(level, (line) => logs.push(line));
+  const running = await startServer(testConfig(args), "test", log);
+  return Object.assign(running, { logs });
+}
+
+export interface ServerProcess {
+  readonly proc: ReturnType<typeof Bun.spawn>;
+  readonly port: number;
+  /** Everything the process printed on stderr so far. */
+  stderr(): string;
+  /** Sends a signal and resolves with the exit code. */
+  kill(signal?: NodeJS.Signals | number): Promise<number>;
+  readonly exited: Promise<number>;
+}
+
+/** Spawns `bun run index.ts --port 0 ...args` and resolves once it prints `listening on`. */
+export async function spawnServer(
+  args: string[],
+  options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {},
+): Promise<ServerProcess> {
+  const proc = Bun.spawn([BUN, "run", INDEX, "--port", "0", ...args], {
+    cwd: options.cwd ?? ROOT,
+    env: { ...process.env, ...options.env },
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: "ignore",
+  });
+  let stderrText = "";
+  void (async () => {
+    for await (const chunk of proc.stderr as ReadableStream<Uint8Array>) stderrText += new TextDecoder().decode(chunk);
+  })();
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${stderrText}`)), options.timeoutMs ?? 15000);
+    let stdoutText = "";
+    void (async () => {
+      for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) {
+        stdoutText += new TextDecoder().decode(chunk);
+        const match = /listening on [^\s]*:(\d+)/.exec(stdoutText);
+        if (match) {
+          clearTimeout(timer);
+          resolve(Number(match[1]));
+        }
+      }
+      clearTimeout(timer);
+      reject(new Error(`server exited before listening (code ${await proc.exited}): ${stderrText}`));
+    })();
+  });
+  return {
+    proc,
+    port,
+    stderr: () => stderrText,
+    exited: proc.exited,
+    kill(signal = "SIGTERM") {
+      proc.kill(signal);
+      return proc.exited;
+    },
+  };
+}
+
+/** Runs `bun run index.ts ...args` to completion (for --help, bad options, start-up failures). */
+export async function runIndex(
+  args: string[],
+  options: { env?: Record<string, string>; cwd?: string; stdin?: string } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const proc = Bun.spawn([BUN, "run", INDEX, ...args], {
+    cwd: options.cwd ?? ROOT,
+    env: { ...process.env, ...options.env },
+    stdout: "pipe",
+    stderr: "pipe",
+    stdin: options.stdin === undefined ? "ignore" : new Blob([options.stdin]),
+  });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { code, stdout, stderr };
+}
+
+/** A raw TCP client that reads reply lines: for tests where the bytes are the point. */
+export class LineClient {
+  private received = "";
+  private readonly waiters: Array<() => void> = [];
+  private closedResolve!: () => void;
+  /** Resolves when the server closes the connection. */
+  readonly closed = new Promise<void>((resolve) => (this.closedResolve = resolve));
+  isClosed = false;
+  private socket!: Socket<undefined>;
+  private readonly decoder = new TextDecoder();
+  /** Bytes the kernel did not take yet (socket.write may accept only part). */
+  private pendingOut: Uint8Array[] = [];
+
+  static async connect(port: number, host = "127.0.0.1"): Promise<LineClient> {
+    const client = new LineClient();
+    client.socket = await Bun.connect({
+      hostname: host,
+      port,
+      socket: {
+        data: (_s, chunk) => {
+          client.received += client.decoder.decode(chunk, { stream: true });
+          client.wake();
+        },
+        drain: () => client.flush(),
+        close: () => {
+          client.isClosed = true;
+          client.closedResolve();
+          client.wake();
+        },
+        error: () => {},
+      },
+    });
+    return client;
+  }
+
+  private wake(): void {
+    for (const waiter of this.waiters.splice(0)) waiter();
+  }
+
+  /** Writes raw bytes (no LF added), all of them: what the kernel does not take now is sent on drain. */
+  write(data: string | Uint8Array): void {
+    this.pendingOut.push(typeof data === "string" ? Buffer.from(data) : data);
+    this.flush();
+  }
+
+  private flush(): void {
+    while (this.pendingOut.length > 0) {
+      const bytes = this.pendingOut[0]!;
+      const written = this.socket.write(bytes);
+      if (written < 0) return;
+      if (written < bytes.length) {
+        this.pendingOut[0] = bytes.subarray(written);
+        return;
+      }
+      this.pendingOut.shift();
+    }
+  }
+
+  /** True once everything written has been handed to the kernel. */
+  get allWritten(): boolean {
+    return this.pendingOut.length === 0;
+  }
+
+  /** Stops reading replies (the server's writes back up); resumeReading() starts again. */
+  pauseReading(): void {
+    this.socket.pause();
+  }
+
+  resumeReading(): void {
+    this.socket.resume();
+  }
+
+  /** Sends one request line and returns its parsed reply. */
+  async request(line: string): Promise<Reply> {
+    this.write(line + "\n");
+    return this.readReply();
+  }
+
+  /** Sends several lines in one write and returns their replies. */
+  async pipeline(lines: string[]): Promise<Reply[]> {
+    this.write(lines.map((l) => l + "\n").join(""));
+    const replies: Reply[] = [];
+    for (let i = 0; i < lines.length; i++) replies.push(await this.readReply());
+    return replies;
+  }
+
+  async readReply(timeoutMs = 5000): Promise<Reply> {
+    const line = await this.readLine(timeoutMs);
+    return JSON.parse(line) as Reply;
+  }
+
+  /** The next line the server sent (without LF). Rejects when the connection closes first. */
+  async readLine(timeoutMs = 5000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const lf = this.received.indexOf("\n");
+      if (lf !== -1) {
+        const line = this.received.slice(0, lf);
+        this.received = this.received.slice(lf + 1);
+        return line;
+      }
+      if (this.isClosed) throw new Error(`connection closed; unread: ${JSON.stringify(this.received)}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`no reply within ${timeoutMs} ms; unread: ${JSON.stringify(this.received)}`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** Bytes received but not yet read as lines. */
+  get unread(): string {
+    return this.received;
+  }
+
+  /** Half-closes: the server sees end of input. */
+  shutdownWrite(): void {
+    this.socket.shutdown();
+  }
+
+  close(): void {
+    this.socket.end();
+  }
+}
+
+/** Polls cond until true or the deadline passes: for states with no event to wait on. */
+export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 5000, what = "condition"): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}

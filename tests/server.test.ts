@@ -1,0 +1,294 @@
+/**
+ * End to end through a real TCP server on port 0: framing, replies, limits,
+ * backpressure, connection handling (PROTOCOL §1-3, §6).
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { connect as netConnect } from "node:net";
+import type { RunningServer } from "../lib/app.ts";
+import { LineClient, startInProcess, waitFor } from "./helpers.ts";
+
+let server: RunningServer & { logs: string[] };
+
+beforeAll(async () => {
+  server = await startInProcess(["--max-request-bytes", "1024"]);
+});
+afterAll(() => server.shutdown());
+
+describe("the seed README's example session", () => {
+  test("runs as printed (JSON-form PUTs inside a transaction)", async () => {
+    const c = await LineClient.connect(server.port);
+    expect(await c.request("START")).toEqual({ status: "Ok", result: "Transaction started" });
+    expect(await c.request('PUT {"key": "key1", "value": "value1"}  ')).toEqual({
+      status: "Ok",
+      result: { key: "key1", value: "value1" },
+    });
+    expect(await c.request('PUT {"key": "key2", "value": "value2"}  ')).toEqual({
+      status: "Ok",
+      result: { key: "key2", value: "value2" },
+    });
+    expect(await c.request("GET key1")).toEqual({ status: "Ok", result: { key: "key1", value: "value1" } });
+    expect(await c.request("COMMIT")).toEqual({ status: "Ok", result: "Transaction committed" });
+    c.close();
+  });
+});
+
+describe("framing", () => {
+  test("pipelined requests in one packet get one reply each, in order", async () => {
+    const c = await LineClient.connect(server.port);
+    const lines: string[] = [];
+    for (let i = 0; i < 500; i++) lines.push(`PUT pipe${i} v${i}`, `GET pipe${i}`);
+    const replies = await c.pipeline(lines);
+    for (let i = 0; i < 500; i++) {
+      expect(replies[2 * i]).toEqual({ status: "Ok", result: { key: `pipe${i}`, value: `v${i}` } });
+      expect(replies[2 * i + 1]).toEqual({ status: "Ok", result: { key: `pipe${i}`, value: `v${i}` } });
+    }
+    c.close();
+  });
+
+  test("CRLF line endings and blank lines: CR dropped, blank lines get no reply", async () => {
+    const c = await LineClient.connect(server.port);
+    c.write("\r\n   \n\t\nPUT crlf yes\r\n\r\nGET crlf\r\nPING\n");
+    expect(await c.readReply()).toEqual({ status: "Ok", result: { key: "crlf", value: "yes" } });
+    expect(await c.readReply()).toEqual({ status: "Ok", result: { key: "crlf", value: "yes" } });
+    expect(await c.readReply()).toEqual({ status: "Ok", result: "PONG" });
+    c.close();
+  });
+
+  test("an unterminated request is run after a short pause (the seed's Python client sends no LF)", async () => {
+    const c = await LineClient.connect(server.port);
+    c.write("PUT nolf value1");
+    expect(await c.readReply()).toEqual({ status: "Ok", result: { key: "nolf", value: "value1" } });
+    c.write("GET nolf");
+    expect(await c.readReply()).toEqual({ status: "Ok", result: { key: "nolf", value: "value1" } });
+    c.close();
+  });
+
+  test("an unterminated request is run when the client half-closes, then the server closes", async () => {
+    const c = await LineClient.connect(server.port);
+    c.write("PUT half a b c\nGET half");
+    c.shutdownWrite();
+    expect(await c.readReply()).toEqual({ status: "Ok", result: { key: "half", value: "a b c" } });
+    expect(await c.readReply()).toEqual({ status: "Ok", result: { key: "half", value: "a b c" } });
+    await c.closed;
+  });
+
+  test("a request over the size limit: TOO_LARGE naming the limit, then the connection keeps working", async () => {
+    const c = await LineClient.connect(server.port);
+    const reply = await c.request("PUT big " + "x".repeat(2000));
+    expect(reply).toMatchObject({ status: "Error", code: "TOO_LARGE" });
+    expect(reply.message).toContain("1024");
+    expect(await c.request("PUT exact " + "y".repeat(1024 - 10))).toMatchObject({ status: "Ok" });
+    expect(await c.request("PING")).toEqual({ status: "Ok", result: "PONG" });
+    c.close();
+  });
+
+  test("a 10 MB line with no newline: one TOO_LARGE, nothing buffered, the connection recovers at the LF", async () => {
+    const c = await LineClient.connect(server.port);
+    const chunk = "z".repeat(1024 * 1024);
+    for (let i = 0; i < 10; i++) c.write(chunk);
+    expect(await c.readReply(15000)).toMatchObject({ status: "Error", code: "TOO_LARGE" });
+    expect(server.server.bufferedBytes()).toBeLessThan(64 * 1024);
+    c.write("zzz\nPING\n");
+    expect(await c.readReply()).toEqual({ status: "Ok", result: "PONG" });
+    expect(c.unread).toBe("");
+    c.close();
+  });
+
+  test("invalid UTF-8: BAD_REQUEST, the connection stays open", async () => {
+    const c = await LineClient.connect(server.port);
+    c.write(new Uint8Array([0x50, 0x55, 0x54, 0x20, 0x6b, 0x20, 0xc3, 0x28, 0x0a]));
+    expect(await c.readReply()).toMatchObject({ status: "Error", code: "BAD_REQUEST", message: expect.stringContaining("UTF-8") });
+    expect(await c.request("PUT utf ünïcödé ✓")).toEqual({ status: "Ok", result: { key: "utf", value: "ünïcödé ✓" } });
+    c.close();
+  });
+});
+
+describe("commands end to end", () => {
+  test("every command and its error codes", async () => {
+    const c = await LineClient.connect(server.port);
+    expect(await c.request("ping")).toEqual({ status: "Ok", result: "PONG" });
+    expect(await c.request('PUT {"key":"e2e json","value":{"n":[1,2.5,null,true]}}')).toEqual({
+      status: "Ok",
+      result: { key: "e2e json", value: { n: [1, 2.5, null, true] } },
+    });
+    expect(await c.request('GET {"key":"e2e json"}')).toMatchObject({ result: { value: { n: [1, 2.5, null, true] } } });
+    expect(await c.request("KEYS e2e")).toEqual({ status: "Ok", result: ["e2e json"] });
+    expect(await c.request('DEL {"key":"e2e json"}')).toMatchObject({ result: { key: "e2e json" } });
+    expect(await c.request("GET missing9")).toEqual({ status: "Error", code: "NOT_FOUND", message: "Key not found: missing9" });
+    expect(await c.request("DEL missing9")).toMatchObject({ code: "NOT_FOUND" });
+    expect(await c.request("BOGUS 1")).toMatchObject({ code: "UNKNOWN_COMMAND", message: expect.stringContaining("BOGUS") });
+    expect(await c.request("PUT onlykey")).toMatchObject({ code: "BAD_REQUEST" });
+    expect(await c.request('PUT {"key":"k","value":1,"extra":1}')).toMatchObject({ code: "BAD_REQUEST" });
+    expect(await c.request("COMMIT")).toMatchObject({ code: "NO_TRANSACTION" });
+    expect(await c.request("ROLLBACK")).toMatchObject({ code: "NO_TRANSACTION" });
+    const help = await c.request("HELP");
+    expect(help.status).toBe("Ok");
+    expect((help.result as string[]).join("\n")).toContain("COMMIT");
+    const stats = await c.request("STATS");
+    expect(stats.result).toMatchObject({
+      keys: expect.any(Number),
+      connections: expect.any(Number),
+      commands: expect.any(Number),
+      uptime: expect.any(Number),
+      memory: expect.any(Object),
+      transactions: expect.any(Object),
+      persistence: { mode: "in-memory" },
+    });
+    expect(await c.request("SAVE")).toMatchObject({ status: "Error", code: "PERSISTENCE" });
+    expect(await c.request("QUIT")).toEqual({ status: "Ok", result: "Bye" });
+    await c.closed;
+  });
+
+  test("every reply is one JSON line with status and, on errors, code and message", async () => {
+    const c = await LineClient.connect(server.port);
+    const lines = ["PUT a b", "GET a", "GET", "DEL nope", "KEYS", "START", "START", "x", "COMMIT", "ROLLBACK", "ROLLBACK", "PING"];
+    const replies = await c.pipeline(lines);
+    for (const r of replies) {
+      expect(["Ok", "Error"]).toContain(r.status);
+      if (r.status === "Error") {
+        expect(typeof r.code).toBe("string");
+        expect(typeof r.message).toBe("string");
+      } else expect("result" in r).toBe(true);
+    }
+    c.close();
+  });
+});
+
+describe("transactions end to end", () => {
+  test("isolation: uncommitted writes are invisible; the outermost COMMIT shows them all at once", async () => {
+    const a = await LineClient.connect(server.port);
+    const b = await LineClient.connect(server.port);
+    await a.pipeline(["START", "PUT iso1 1", "START", "PUT iso2 2", "COMMIT"]);
+    expect(await b.request("GET iso1")).toMatchObject({ code: "NOT_FOUND" });
+    expect(await b.request("GET iso2")).toMatchObject({ code: "NOT_FOUND" });
+    expect(await a.request("COMMIT")).toEqual({ status: "Ok", result: "Transaction committed" });
+    expect(await b.pipeline(["GET iso1", "GET iso2"])).toEqual([
+      { status: "Ok", result: { key: "iso1", value: "1" } },
+      { status: "Ok", result: { key: "iso2", value: "2" } },
+    ]);
+    a.close();
+    b.close();
+  });
+
+  test("CONFLICT through real connections, and the retry succeeds", async () => {
+    const a = await LineClient.connect(server.port);
+    const b = await LineClient.connect(server.port);
+    await a.request("PUT acct 10");
+    await a.pipeline(["START", "GET acct"]);
+    await b.request("PUT acct 20");
+    expect(await a.request("PUT acct 11")).toMatchObject({ status: "Ok" });
+    expect(await a.request("COMMIT")).toMatchObject({ status: "Error", code: "CONFLICT" });
+    expect(await b.request("GET acct")).toMatchObject({ result: { value: "20" } });
+    expect(await a.pipeline(["START", "GET acct", "PUT acct 21", "COMMIT"])).toMatchObject([
+      { status: "Ok" },
+      { result: { value: "20" } },
+      { status: "Ok" },
+      { result: "Transaction committed" },
+    ]);
+    a.close();
+    b.close();
+  });
+
+  test("failed level, ABORTED and the transaction byte limit through the server", async () => {
+    const a = await LineClient.connect(server.port);
+    expect(await a.pipeline(["START", "PUT fl 1", "GET too many words", "PUT fl 2", "ROLLBACK", "START", "PUT fl 3", "x".repeat(1500), "COMMIT", "GET fl"])).toMatchObject([
+      { status: "Ok" },
+      { status: "Ok" },
+      { code: "BAD_REQUEST" },
+      { code: "ABORTED" },
+      { result: "Transaction rolled back" },
+      { status: "Ok" },
+      { status: "Ok" },
+      { code: "TOO_LARGE" },
+      { code: "ABORTED" },
+      { code: "NOT_FOUND" },
+    ]);
+    a.close();
+  });
+
+  test("a connection that closes with a transaction open: nothing of it is applied", async () => {
+    const a = await LineClient.connect(server.port);
+    const b = await LineClient.connect(server.port);
+    await a.pipeline(["START", "PUT dropped 1"]);
+    const before = server.executor.stats.txRolledBack;
+    a.close();
+    await waitFor(() => server.executor.stats.txRolledBack > before, 5000, "rollback on close");
+    expect(await b.request("GET dropped")).toMatchObject({ code: "NOT_FOUND" });
+    b.close();
+  });
+});
+
+describe("backpressure and output", () => {
+  test("a client that does not read: reading pauses at the limit, others are served, every reply arrives in order", async () => {
+    const value = "v".repeat(900);
+    const setup = await LineClient.connect(server.port);
+    await setup.request(`PUT bp ${value}`);
+    const requests = 20000; // ≈ 18 MB of replies
+    const flooder = await LineClient.connect(server.port);
+    flooder.pauseReading();
+    flooder.write("GET bp\n".repeat(requests));
+    await waitFor(() => server.server.bufferedBytes() > 512 * 1024, 10000, "the flooder's replies to queue up");
+    // The server stops reading at its limit: 1 MiB of replies plus at most one chunk of unread requests.
+    await waitFor(() => flooder.allWritten, 10000, "the requests to be sent");
+    await Bun.sleep(100);
+    expect(server.server.bufferedBytes()).toBeLessThan(4 * 1024 * 1024);
+    expect(await setup.request("PING")).toEqual({ status: "Ok", result: "PONG" });
+
+    flooder.resumeReading();
+    const expected = `{"status":"Ok","result":{"key":"bp","value":"${value}"}}`;
+    for (let i = 0; i < requests; i++) expect(await flooder.readLine()).toBe(expected);
+    flooder.close();
+    setup.close();
+  }, 30000);
+
+  test("a large reply (KEYS over many keys) is written in full to a slow reader", async () => {
+    const c = await LineClient.connect(server.port);
+    const lines: string[] = [];
+    for (let i = 0; i < 20000; i++) lines.push(`PUT bigkeys:${String(i).padStart(6, "0")}:${"k".repeat(60)} 1`);
+    await c.pipeline(lines);
+    const reply = await c.request("KEYS bigkeys:");
+    expect((reply.result as string[]).length).toBe(20000);
+    c.close();
+  }, 30000);
+});
+
+describe("connections", () => {
+  test("the HTTP guard: a fetch() to the port is closed without running anything, with a warning", async () => {
+    const body = "PUT fromhttp 1\n";
+    await expect(fetch(`http://127.0.0.1:${server.port}/`, { method: "POST", body })).rejects.toThrow();
+    await expect(fetch(`http://127.0.0.1:${server.port}/?x=1`)).rejects.toThrow();
+    const c = await LineClient.connect(server.port);
+    expect(await c.request("GET fromhttp")).toMatchObject({ code: "NOT_FOUND" });
+    c.close();
+    await waitFor(() => server.logs.some((l) => l.includes("cross-protocol guard")), 2000, "the guard's warning");
+  });
+
+  test("lines after a POST line in the same packet are not run", async () => {
+    const c = await LineClient.connect(server.port);
+    c.write("POST /x HTTP/1.1\nPUT afterpost 1\n");
+    await c.closed;
+    const d = await LineClient.connect(server.port);
+    expect(await d.request("GET afterpost")).toMatchObject({ code: "NOT_FOUND" });
+    d.close();
+  });
+});
+
+describe("connection limit", () => {
+  test("past --max-connections a new connection gets BUSY and is closed", async () => {
+    const small = await startInProcess(["--max-connections", "2"]);
+    const a = await LineClient.connect(small.port);
+    const b = await LineClient.connect(small.port);
+    expect(await a.request("PING")).toMatchObject({ result: "PONG" });
+    expect(await b.request("PING")).toMatchObject({ result: "PONG" });
+    const c = await LineClient.connect(small.port);
+    expect(await c.readReply()).toMatchObject({ status: "Error", code: "BUSY" });
+    await c.closed;
+    a.close();
+    await waitFor(() => small.server.connectionCount < 2, 5000, "a slot to free up");
+    const d = await LineClient.connect(small.port);
+    expect(await d.request("PING")).toMatchObject({ result: "PONG" });
+    d.close();
+    b.close();
+    await small.shutdown();
+  });
+});
