@@ -124,7 +124,15 @@ export class DurableLog implements CommitLog {
   private snapshotBytes: number;
   private lastFlushAt: Date | null = null;
   private lastError: { at: string; message: string } | null = null;
-  private lastCompaction: { at: string; ms: number; keys: number; bytes: number; seq: number } | null = null;
+  private lastCompaction: {
+    at: string;
+    ms: number;
+    keys: number;
+    bytes: number;
+    seq: number;
+    slices: number;
+    longestSliceMs: number;
+  } | null = null;
 
   private readonly tickTimer: ReturnType<typeof setInterval>;
   private retryTimer: ReturnType<typeof setInterval> | null = null;
@@ -429,8 +437,8 @@ export class DurableLog implements CommitLog {
       this.directoryDirty = true;
       const written = await this.writeSnapshotAndDropJournals(startSeq, () => this.sync());
       const ms = Math.round(performance.now() - started);
-      this.lastCompaction = { at: new Date().toISOString(), ms, keys: written.lines, bytes: written.bytes, seq: startSeq };
-      this.log.info("snapshot written", { trigger, keys: written.lines, bytes: written.bytes, seq: startSeq, ms });
+      this.lastCompaction = { at: new Date().toISOString(), ms, keys: written.lines, bytes: written.bytes, seq: startSeq, slices: written.slices, longestSliceMs: written.longestSliceMs };
+      this.log.info("snapshot written", { trigger, ...this.lastCompaction });
     } catch (err) {
       const reason = `snapshot failed: ${describeError(err)}`;
       this.lastError = { at: new Date().toISOString(), message: reason };

@@ -1,0 +1,236 @@
+/**
+ * Persistence benchmark (not a test): `bun run bench/persistence.ts [--keys N] [--seconds S]`.
+ *
+ * Reports, against real server subprocesses on port 0 with temporary data dirs:
+ *  1. write throughput (pipelined PUTs from several connections) with an empty
+ *     store vs with N keys loaded, under --fsync everysec and always
+ *     (target ratio loaded/empty >= 0.9);
+ *  2. p50/p99 latency of GETs (one at a time) while a compaction (SAVE) of
+ *     N keys runs, next to the same without a compaction (target p99 <= 5 ms);
+ *  3. time to reload N keys at start-up (target <= 1.5 s).
+ * Must not: be run by `bun test` or assert anything; it prints figures.
+ */
+import type { Socket } from "bun";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { snapshotEntry, snapshotHeader, snapshotTrailer } from "../lib/persistence/snapshot-format.ts";
+import { spawnServer, type ServerProcess } from "../tests/helpers.ts";
+
+const { values } = parseArgs({
+  options: {
+    keys: { type: "string", default: "1000000" },
+    seconds: { type: "string", default: "3" },
+    connections: { type: "string", default: "8" },
+    depth: { type: "string", default: "32" },
+    parts: { type: "string", default: "1,2,3" },
+  },
+});
+const KEYS = Number(values.keys);
+const SECONDS = Number(values.seconds);
+const CONNECTIONS = Number(values.connections);
+const DEPTH = Number(values.depth);
+const PARTS = new Set(values.parts.split(","));
+
+const workDir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-bench-"));
+const loadedSnapshot = path.join(workDir, "loaded.json");
+
+/** Writes a snapshot of `count` keys in the server's own format (what a SAVE would leave). */
+function writeSnapshotFile(file: string, count: number): number {
+  const fd = fs.openSync(file, "w");
+  let crc = 0;
+  const batch = 10_000;
+  for (let start = 0; start < count; start += batch) {
+    let chunk = "";
+    for (let i = start; i < Math.min(count, start + batch); i++) {
+      chunk += snapshotEntry(i === 0, `key:${i}`, JSON.stringify(`value number ${i} with some padding`));
+    }
+    const bytes = Buffer.from(chunk);
+    crc = Bun.hash.crc32(bytes, crc);
+    if (start === 0) fs.writeSync(fd, snapshotHeader(count));
+    fs.writeSync(fd, bytes);
+  }
+  if (count === 0) fs.writeSync(fd, snapshotHeader(0));
+  fs.writeSync(fd, snapshotTrailer(count, crc));
+  fs.closeSync(fd);
+  return fs.statSync(file).size;
+}
+
+/** A server on a fresh data directory, optionally starting from the N-key snapshot. */
+async function serverWith(loaded: boolean, args: string[]): Promise<{ server: ServerProcess; dir: string }> {
+  const dir = fs.mkdtempSync(path.join(workDir, "run-"));
+  if (loaded) fs.copyFileSync(loadedSnapshot, path.join(dir, "data.json"));
+  const server = await spawnServer(["--data", path.join(dir, "data.json"), "--log-level", "info", ...args], {
+    timeoutMs: 60_000,
+  });
+  return { server, dir };
+}
+
+async function stop(run: { server: ServerProcess; dir: string }): Promise<void> {
+  await run.server.kill("SIGTERM");
+  fs.rmSync(run.dir, { recursive: true, force: true });
+}
+
+/** Raw pipelined client: keeps `depth` requests in flight, counts reply lines. */
+async function pipelinedWriters(port: number, seconds: number): Promise<number> {
+  let replies = 0;
+  let running = true;
+  let counter = 0;
+  const sockets: Socket<undefined>[] = [];
+  const request = () => `PUT key:${(counter++ * 7919) % KEYS} new value ${counter}\n`;
+  for (let c = 0; c < CONNECTIONS; c++) {
+    const socket = await Bun.connect({
+      hostname: "127.0.0.1",
+      port,
+      socket: {
+        data(s, chunk) {
+          let lines = 0;
+          for (let i = 0; i < chunk.length; i++) if (chunk[i] === 10) lines++;
+          replies += lines;
+          if (running && lines > 0) {
+            let out = "";
+            for (let i = 0; i < lines; i++) out += request();
+            s.write(out);
+          }
+        },
+      },
+    });
+    sockets.push(socket);
+  }
+  const started = performance.now();
+  for (const s of sockets) {
+    let out = "";
+    for (let i = 0; i < DEPTH; i++) out += request();
+    s.write(out);
+  }
+  await Bun.sleep(seconds * 1000);
+  running = false;
+  const elapsed = (performance.now() - started) / 1000;
+  const rate = replies / elapsed;
+  for (const s of sockets) s.end();
+  return rate;
+}
+
+/** One GET at a time; returns each round trip in ms until `until` resolves. */
+async function getLatencies(port: number, until: Promise<unknown>): Promise<number[]> {
+  let done = false;
+  void until.then(() => (done = true));
+  const latencies: number[] = [];
+  let resolveReply: (() => void) | null = null;
+  const socket = await Bun.connect({
+    hostname: "127.0.0.1",
+    port,
+    socket: {
+      data() {
+        resolveReply?.();
+      },
+    },
+  });
+  let i = 0;
+  while (!done) {
+    const sent = performance.now();
+    const reply = new Promise<void>((resolve) => (resolveReply = resolve));
+    socket.write(`GET key:${(i++ * 104_729) % KEYS}\n`);
+    await reply;
+    latencies.push(performance.now() - sent);
+  }
+  socket.end();
+  return latencies;
+}
+
+async function requestOnce(port: number, line: string): Promise<string> {
+  let text = "";
+  return new Promise((resolve) => {
+    void Bun.connect({
+      hostname: "127.0.0.1",
+      port,
+      socket: {
+        open(s) {
+          s.write(line + "\n");
+        },
+        data(s, chunk) {
+          text += Buffer.from(chunk).toString();
+          if (text.includes("\n")) {
+            s.end();
+            resolve(text.trim());
+          }
+        },
+      },
+    });
+  });
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
+}
+
+function latencySummary(latencies: number[]): string {
+  const sorted = [...latencies].sort((a, b) => a - b);
+  return `p50 ${percentile(sorted, 50).toFixed(2)} ms, p99 ${percentile(sorted, 99).toFixed(2)} ms, max ${sorted.at(-1)?.toFixed(2)} ms (${sorted.length} GETs)`;
+}
+
+const loadedMs = (server: ServerProcess) => {
+  const match = /"msg":"loaded (\d+) keys in (\d+) ms"/.exec(server.stderr());
+  return match ? { keys: Number(match[1]), ms: Number(match[2]) } : null;
+};
+
+async function main(): Promise<void> {
+  console.log(`txkv persistence benchmark: ${KEYS} keys, ${CONNECTIONS} connections x ${DEPTH} pipelined PUTs, ${SECONDS} s per run`);
+  console.log(`machine: ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? "?"}, bun ${Bun.version}`);
+  const bytes = writeSnapshotFile(loadedSnapshot, KEYS);
+  console.log(`snapshot of ${KEYS} keys: ${(bytes / 1e6).toFixed(1)} MB`);
+
+  if (PARTS.has("1")) console.log("\n1. write throughput, empty store vs loaded store");
+  for (const fsync of PARTS.has("1") ? ["everysec", "always"] : []) {
+    const empty = await serverWith(false, ["--fsync", fsync]);
+    await pipelinedWriters(empty.server.port, 1); // warm-up (JIT of client and server)
+    const emptyRate = await pipelinedWriters(empty.server.port, SECONDS);
+    await stop(empty);
+    const loaded = await serverWith(true, ["--fsync", fsync]);
+    await pipelinedWriters(loaded.server.port, 1); // same warm-up
+    const loadedRate = await pipelinedWriters(loaded.server.port, SECONDS);
+    await stop(loaded);
+    console.log(
+      `   --fsync ${fsync.padEnd(8)} empty ${Math.round(emptyRate)} PUT/s, ${KEYS} keys ${Math.round(loadedRate)} PUT/s, ratio ${(loadedRate / emptyRate).toFixed(2)}`,
+    );
+  }
+
+  const run = await serverWith(true, []);
+  if (PARTS.has("2")) {
+    console.log(`\n2. GET latency while a compaction of ${KEYS} keys runs`);
+    const baseline = await getLatencies(run.server.port, Bun.sleep(1000));
+    console.log(`   no compaction:     ${latencySummary(baseline)}`);
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      const saveStarted = performance.now();
+      const save = requestOnce(run.server.port, "SAVE");
+      const during = await getLatencies(run.server.port, save);
+      const saveMs = performance.now() - saveStarted;
+      const written = [...run.server.stderr().matchAll(/"msg":"snapshot written".*?"slices":(\d+),"longestSliceMs":([\d.]+)/g)].at(-1);
+      console.log(
+        `   during compaction: ${latencySummary(during)}; SAVE took ${Math.round(saveMs)} ms (${await save}), ${written?.[1]} slices, longest ${written?.[2]} ms`,
+      );
+    }
+  }
+
+  await run.server.kill("SIGTERM");
+  if (PARTS.has("3")) console.log(`\n3. reload time at start-up`);
+  const snapshotSize = fs.statSync(path.join(run.dir, "data.json")).size;
+  const reloadMs: number[] = [];
+  for (let attempt = 1; attempt <= (PARTS.has("3") ? 5 : 0); attempt++) {
+    const spawned = performance.now();
+    const server = await spawnServer(["--data", path.join(run.dir, "data.json")], { timeoutMs: 60_000 });
+    const toListening = performance.now() - spawned;
+    const loaded = loadedMs(server);
+    console.log(
+      `   run ${attempt}: loaded ${loaded?.keys} keys (${(snapshotSize / 1e6).toFixed(1)} MB) in ${loaded?.ms} ms; process start to listening ${Math.round(toListening)} ms`,
+    );
+    reloadMs.push(loaded?.ms ?? NaN);
+    await server.kill("SIGTERM");
+  }
+  reloadMs.sort((a, b) => a - b);
+  if (PARTS.has("3")) console.log(`   median reload ${reloadMs[2]} ms (min ${reloadMs[0]}, max ${reloadMs[4]})`);
+  fs.rmSync(workDir, { recursive: true, force: true });
+}
+
+await main();
