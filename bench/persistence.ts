@@ -25,6 +25,7 @@ const { values } = parseArgs({
     connections: { type: "string", default: "8" },
     depth: { type: "string", default: "32" },
     parts: { type: "string", default: "1,2,3" },
+    rounds: { type: "string", default: "3" },
   },
 });
 const KEYS = Number(values.keys);
@@ -32,6 +33,7 @@ const SECONDS = Number(values.seconds);
 const CONNECTIONS = Number(values.connections);
 const DEPTH = Number(values.depth);
 const PARTS = new Set(values.parts.split(","));
+const ROUNDS = Number(values.rounds);
 
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-bench-"));
 const loadedSnapshot = path.join(workDir, "loaded.json");
@@ -161,6 +163,17 @@ async function requestOnce(port: number, line: string): Promise<string> {
   });
 }
 
+/** User + system CPU time of a process so far (Linux /proc), in seconds. */
+function cpuSeconds(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[sorted.length >> 1] ?? NaN;
+}
+
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 }
@@ -176,23 +189,40 @@ const loadedMs = (server: ServerProcess) => {
 };
 
 async function main(): Promise<void> {
-  console.log(`txkv persistence benchmark: ${KEYS} keys, ${CONNECTIONS} connections x ${DEPTH} pipelined PUTs, ${SECONDS} s per run`);
+  console.log(
+    `txkv persistence benchmark: ${KEYS} keys, ${CONNECTIONS} connections x ${DEPTH} pipelined PUTs, ${SECONDS} s per run, ${ROUNDS} rounds`,
+  );
   console.log(`machine: ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? "?"}, bun ${Bun.version}`);
   const bytes = writeSnapshotFile(loadedSnapshot, KEYS);
   console.log(`snapshot of ${KEYS} keys: ${(bytes / 1e6).toFixed(1)} MB`);
 
   if (PARTS.has("1")) console.log("\n1. write throughput, empty store vs loaded store");
   for (const fsync of PARTS.has("1") ? ["everysec", "always"] : []) {
-    const empty = await serverWith(false, ["--fsync", fsync]);
-    await pipelinedWriters(empty.server.port, 1); // warm-up (JIT of client and server)
-    const emptyRate = await pipelinedWriters(empty.server.port, SECONDS);
-    await stop(empty);
-    const loaded = await serverWith(true, ["--fsync", fsync]);
-    await pipelinedWriters(loaded.server.port, 1); // same warm-up
-    const loadedRate = await pipelinedWriters(loaded.server.port, SECONDS);
-    await stop(loaded);
+    // Alternate empty/loaded runs and keep the median of each: the machine is shared and noisy.
+    const rates: Record<"empty" | "loaded", number[]> = { empty: [], loaded: [] };
+    const perCpuSecond: Record<"empty" | "loaded", number[]> = { empty: [], loaded: [] };
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const kind of ["empty", "loaded"] as const) {
+        const run = await serverWith(kind === "loaded", ["--fsync", fsync]);
+        await pipelinedWriters(run.server.port, 0.5); // warm-up (JIT of client and server)
+        const cpuBefore = cpuSeconds(run.server.proc.pid);
+        const rate = await pipelinedWriters(run.server.port, SECONDS);
+        const cpu = cpuSeconds(run.server.proc.pid) - cpuBefore;
+        rates[kind].push(rate);
+        perCpuSecond[kind].push((rate * SECONDS) / cpu);
+        await stop(run);
+      }
+    }
+    const emptyRate = median(rates.empty);
+    const loadedRate = median(rates.loaded);
+    const emptyCpu = median(perCpuSecond.empty);
+    const loadedCpu = median(perCpuSecond.loaded);
     console.log(
-      `   --fsync ${fsync.padEnd(8)} empty ${Math.round(emptyRate)} PUT/s, ${KEYS} keys ${Math.round(loadedRate)} PUT/s, ratio ${(loadedRate / emptyRate).toFixed(2)}`,
+      `   --fsync ${fsync.padEnd(8)} empty ${Math.round(emptyRate)} PUT/s, ${KEYS} keys ${Math.round(loadedRate)} PUT/s, ratio ${(loadedRate / emptyRate).toFixed(2)}` +
+        `  (runs: empty ${rates.empty.map(Math.round).join(" ")}; loaded ${rates.loaded.map(Math.round).join(" ")})`,
+    );
+    console.log(
+      `   ${"".padEnd(16)} per server CPU-second: empty ${Math.round(emptyCpu)} PUTs, loaded ${Math.round(loadedCpu)} PUTs, ratio ${(loadedCpu / emptyCpu).toFixed(2)}`,
     );
   }
 

@@ -114,7 +114,7 @@ export class DurableLog implements CommitLog {
   private syncWaiters: Waiter[] = [];
 
   private failure: Failure | null = null;
-  private resuming = false;
+  private resuming: Promise<void> | null = null;
   private compaction: Promise<void> | null = null;
   private nextAutoCompactionAt = 0;
   private closing = false;
@@ -123,6 +123,7 @@ export class DurableLog implements CommitLog {
   private snapshotSeq: number;
   private snapshotBytes: number;
   private lastFlushAt: Date | null = null;
+  private lastWriteAt: Date | null = null;
   private lastError: { at: string; message: string } | null = null;
   private lastCompaction: {
     at: string;
@@ -181,6 +182,7 @@ export class DurableLog implements CommitLog {
     this.closing = true;
     clearInterval(this.tickTimer);
     if (this.compaction) await this.compaction.catch(() => {});
+    if (this.resuming) await this.resuming;
     if (this.failure) await this.tryResume();
     if (this.retryTimer) clearInterval(this.retryTimer);
     if (this.failure) {
@@ -200,6 +202,7 @@ export class DurableLog implements CommitLog {
       available: this.failure === null,
       unavailableReason: this.failure?.reason ?? null,
       lastSuccessfulFlush: this.lastFlushAt?.toISOString() ?? null,
+      lastJournalWrite: this.lastWriteAt?.toISOString() ?? null,
       pendingRecords: this.appendedRecords - this.durableRecords,
       lastSeq: this.lastAppendedSeq,
       durableSeq: this.durableSeq,
@@ -249,6 +252,7 @@ export class DurableLog implements CommitLog {
     }
     this.writtenSeq = seq;
     this.writtenRecords = records;
+    this.lastWriteAt = new Date();
   }
 
   /** Everything appended before the call becomes durable (or the promise rejects with the failure). */
@@ -347,11 +351,18 @@ export class DurableLog implements CommitLog {
     return new PersistenceFailure(reason);
   }
 
-  private async tryResume(): Promise<void> {
-    if (this.resuming || this.compaction || !this.failure) return;
-    this.resuming = true;
+  private tryResume(): Promise<void> {
+    if (this.resuming || this.compaction || !this.failure) return this.resuming ?? Promise.resolve();
+    this.resuming = this.resume().finally(() => {
+      this.resuming = null;
+    });
+    return this.resuming;
+  }
+
+  private async resume(): Promise<void> {
+    const failure = this.failure!;
     try {
-      if (this.failure.journalIntact && stillAtPath(this.journal.handle.fd, this.journal.path)) {
+      if (failure.journalIntact && stillAtPath(this.journal.handle.fd, this.journal.path)) {
         await this.sync();
       } else {
         await this.rebuild();
@@ -363,8 +374,6 @@ export class DurableLog implements CommitLog {
     } catch (err) {
       // A failed sync round has already classified its error; a failed rebuild leaves the journal untrusted.
       this.fail(err, this.failure?.journalIntact ?? false);
-    } finally {
-      this.resuming = false;
     }
   }
 
@@ -457,7 +466,7 @@ export class DurableLog implements CommitLog {
       entries: view.entries(),
       sliceMs: this.opts.sliceMs,
       checkCancelled: () => {
-        if (this.closing && !this.resuming) throw new Error("shutting down");
+        if (this.closing && this.resuming === null) throw new Error("shutting down");
       },
       beforeRename,
     });

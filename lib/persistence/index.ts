@@ -71,6 +71,8 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
       });
       cutFile(torn.file, torn.validBytes);
     }
+    // Left by a compaction that was interrupted; the next one would overwrite it anyway.
+    fs.rmSync(files.snapshotTemp, { force: true });
     const lastGen = recovered.journalGens.at(-1);
     const journal = await openJournal(files, lastGen ?? 1);
     const settings: DurableLogOptions = {
