@@ -114,6 +114,34 @@ async function pipelinedWriters(port: number, seconds: number): Promise<number> 
   return rate;
 }
 
+/** Puts key:0 .. key:count-1 (the snapshot's keys) over one pipelined connection. */
+async function prefill(port: number, count: number): Promise<void> {
+  let replies = 0;
+  let sent = 0;
+  let done!: () => void;
+  const finished = new Promise<void>((resolve) => (done = resolve));
+  const batch = (s: Socket<undefined>) => {
+    let out = "";
+    for (let i = 0; i < 1000 && sent < count; i++, sent++) out += `PUT key:${sent} value number ${sent} with some padding\n`;
+    if (out) s.write(out);
+  };
+  const socket = await Bun.connect({
+    hostname: "127.0.0.1",
+    port,
+    socket: {
+      data(s, chunk) {
+        for (let i = 0; i < chunk.length; i++) if (chunk[i] === 10) replies++;
+        if (replies === count) done();
+        else if (sent - replies < 2000) batch(s);
+      },
+    },
+  });
+  batch(socket);
+  batch(socket);
+  await finished;
+  socket.end();
+}
+
 /** One GET at a time; returns each round trip in ms until `until` resolves. */
 async function getLatencies(port: number, until: Promise<unknown>): Promise<number[]> {
   let done = false;
@@ -223,6 +251,24 @@ async function main(): Promise<void> {
     );
     console.log(
       `   ${"".padEnd(16)} per server CPU-second: empty ${Math.round(emptyCpu)} PUTs, loaded ${Math.round(loadedCpu)} PUTs, ratio ${(loadedCpu / emptyCpu).toFixed(2)}`,
+    );
+  }
+  if (PARTS.has("1")) {
+    // The same with no persistence at all (the 1M keys put over TCP first): what the store alone costs.
+    const rates: Record<"empty" | "loaded", number[]> = { empty: [], loaded: [] };
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const kind of ["empty", "loaded"] as const) {
+        const run = await serverWith(false, ["--in-memory"]);
+        if (kind === "loaded") await prefill(run.server.port, KEYS);
+        await pipelinedWriters(run.server.port, 0.5);
+        rates[kind].push(await pipelinedWriters(run.server.port, SECONDS));
+        await stop(run);
+      }
+    }
+    const emptyRate = median(rates.empty);
+    const loadedRate = median(rates.loaded);
+    console.log(
+      `   --in-memory      empty ${Math.round(emptyRate)} PUT/s, ${KEYS} keys ${Math.round(loadedRate)} PUT/s, ratio ${(loadedRate / emptyRate).toFixed(2)} (no persistence: the store alone)`,
     );
   }
 
