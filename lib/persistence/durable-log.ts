@@ -123,7 +123,8 @@ export class DurableLog implements CommitLog {
   private snapshotSeq: number;
   private snapshotBytes: number;
   private lastFlushAt: Date | null = null;
-  private lastWriteAt: Date | null = null;
+  /** Date.now() of the last journal write (a number: this is set once per event-loop turn). */
+  private lastWriteAt = 0;
   private lastError: { at: string; message: string } | null = null;
   private lastCompaction: {
     at: string;
@@ -202,7 +203,7 @@ export class DurableLog implements CommitLog {
       available: this.failure === null,
       unavailableReason: this.failure?.reason ?? null,
       lastSuccessfulFlush: this.lastFlushAt?.toISOString() ?? null,
-      lastJournalWrite: this.lastWriteAt?.toISOString() ?? null,
+      lastJournalWrite: this.lastWriteAt === 0 ? null : new Date(this.lastWriteAt).toISOString(),
       pendingRecords: this.appendedRecords - this.durableRecords,
       lastSeq: this.lastAppendedSeq,
       durableSeq: this.durableSeq,
@@ -252,7 +253,7 @@ export class DurableLog implements CommitLog {
     }
     this.writtenSeq = seq;
     this.writtenRecords = records;
-    this.lastWriteAt = new Date();
+    this.lastWriteAt = Date.now();
   }
 
   /** Everything appended before the call becomes durable (or the promise rejects with the failure). */
@@ -386,8 +387,7 @@ export class DurableLog implements CommitLog {
     if (!holdsLock(this.files.lock)) acquireLock(this.files.lock);
     const seq = this.lastAppendedSeq;
     const records = this.appendedRecords;
-    const gen = Math.max(this.journal.gen, ...this.files.listJournalGens()) + 1;
-    const fresh = await openJournal(this.files, gen);
+    const fresh = await openJournal(this.files, this.nextJournalGen());
     for (const old of [this.journal, ...this.retired]) await old.handle.close().catch(() => {});
     this.journal = fresh;
     this.retired = [];
@@ -401,6 +401,11 @@ export class DurableLog implements CommitLog {
     this.durableRecords = records;
     this.lastFlushAt = new Date();
     this.onDurable?.(seq);
+  }
+
+  /** A generation above every journal file present, so a new journal never appends to an old file. */
+  private nextJournalGen(): number {
+    return Math.max(this.journal.gen, ...this.files.listJournalGens()) + 1;
   }
 
   // ---- compaction ----------------------------------------------------------------------------
@@ -431,7 +436,7 @@ export class DurableLog implements CommitLog {
     if (this.closing) throw new Error("persistence: shutting down");
     const started = performance.now();
     try {
-      const fresh = await openJournal(this.files, this.journal.gen + 1);
+      const fresh = await openJournal(this.files, this.nextJournalGen());
       // From here to the switch nothing awaits: no record can fall between the two journals.
       try {
         this.writeQueue();
@@ -446,7 +451,15 @@ export class DurableLog implements CommitLog {
       this.directoryDirty = true;
       const written = await this.writeSnapshotAndDropJournals(startSeq, () => this.sync());
       const ms = Math.round(performance.now() - started);
-      this.lastCompaction = { at: new Date().toISOString(), ms, keys: written.lines, bytes: written.bytes, seq: startSeq, slices: written.slices, longestSliceMs: written.longestSliceMs };
+      this.lastCompaction = {
+        at: new Date().toISOString(),
+        ms,
+        keys: written.lines,
+        bytes: written.bytes,
+        seq: startSeq,
+        slices: written.slices,
+        longestSliceMs: written.longestSliceMs,
+      };
       this.log.info("snapshot written", { trigger, ...this.lastCompaction });
     } catch (err) {
       const reason = `snapshot failed: ${describeError(err)}`;
