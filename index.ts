@@ -46,6 +46,7 @@ async function serve(argv: string[]): Promise<void> {
     version: pkg.version,
     durability: config.inMemory ? "in-memory" : config.fsync,
     data: config.inMemory ? null : config.dataPath,
+    tls: config.tls !== undefined,
   });
   process.stdout.write(`txkv ${pkg.version} listening on ${address}\n`);
 

@@ -2,9 +2,10 @@
  * Assembly and lifecycle of a serving txkv process.
  *
  * Owns: building the store, commit log, executor and server from a Config;
- * protected mode; the start-up and shutdown sequence (signals).
+ * protected mode; reading the TLS files; the start-up and shutdown sequence.
  * Must not: parse arguments (config.ts) or implement commands (execute.ts).
  */
+import { readFileSync } from "node:fs";
 import { MemoryOnlyLog, type CommitLog } from "./commit-log.ts";
 import type { Config } from "./config.ts";
 import { Executor } from "./execute.ts";
@@ -37,6 +38,7 @@ export async function startServer(config: Config, version: string, log: Logger):
         `set one with --password <pw> or TXKV_PASSWORD, or bind to 127.0.0.1`,
     );
   }
+  const tls = config.tls && { cert: readPem(config.tls.certPath, "--tls-cert"), key: readPem(config.tls.keyPath, "--tls-key") };
   const { commitLog, store } = await openState(config, log);
   const stats = new ServerStats();
   const executor = new Executor(store, commitLog, stats, {
@@ -53,6 +55,8 @@ export async function startServer(config: Config, version: string, log: Logger):
       maxOutputBytes: config.maxOutputBytes,
       partialRequestMs: config.partialRequestMs,
       password: config.password,
+      tls,
+      idleTimeoutSeconds: config.idleTimeoutSeconds,
     },
     executor,
     log,
@@ -62,7 +66,13 @@ export async function startServer(config: Config, version: string, log: Logger):
     address = server.start();
   } catch (err) {
     await commitLog.close();
-    throw new StartupError(`cannot listen on ${config.host}:${config.port}: ${err instanceof Error ? err.message : err}`);
+    const reason = err instanceof Error ? err.message : String(err);
+    if (config.tls && /PEM|SSL|X509|KEY|CERT/i.test(reason)) {
+      throw new StartupError(
+        `cannot use the TLS certificate ${config.tls.certPath} with the key ${config.tls.keyPath} (--tls-cert, --tls-key): ${reason}`,
+      );
+    }
+    throw new StartupError(`cannot listen on ${config.host}:${config.port}: ${reason}`);
   }
   let stopping: Promise<void> | null = null;
   return {
@@ -77,6 +87,16 @@ export async function startServer(config: Config, version: string, log: Logger):
       return stopping;
     },
   };
+}
+
+/** Reads a PEM file for TLS; a missing or unreadable file stops start-up with its name. */
+function readPem(path: string, option: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new StartupError(`cannot read the ${option} file ${path}: ${reason}`);
+  }
 }
 
 async function openState(config: Config, _log: Logger): Promise<{ commitLog: CommitLog; store: Store }> {
