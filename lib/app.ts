@@ -28,7 +28,7 @@ export interface RunningServer {
 /** True for addresses only this machine can reach. */
 export function isLoopback(host: string): boolean {
   const h = host.toLowerCase();
-  return h === "localhost" || h === "::1" || h === "[::1]" || /^127(\.\d{1,3}){3}$/.test(h);
+  return h === "localhost" || h === "::1" || h === "[::1]" || /^(::ffff:)?127(\.\d{1,3}){3}$/.test(h);
 }
 
 export async function startServer(config: Config, version: string, log: Logger): Promise<RunningServer> {
