@@ -40,7 +40,7 @@ const encoder = new TextEncoder();
 
 /** Bytes split into chunks at random points. */
 const chunkedBytes = fc
-  .tuple(fc.uint8Array({ maxLength: 3000 }), fc.array(fc.nat(), { maxLength: 8 }))
+  .tuple(fc.uint8Array({ maxLength: 3000, size: "max" }), fc.array(fc.nat(), { maxLength: 8 }))
   .map(([bytes, cuts]) => splitAt(bytes, cuts));
 
 /** Bytes that look like protocol traffic more often than uniform noise would. */
@@ -52,7 +52,7 @@ const protocolishBytes = fc
       fc.constantFrom([0xc3, 0x28], [0xe2, 0x82], [0xf0, 0x9f, 0x98], [0xff], [0xc0, 0x80], [0xed, 0xa0, 0x80]).map((b) => new Uint8Array(b)),
       fc.string({ unit: "binary", maxLength: 40 }).map((s) => encoder.encode(s)),
     ),
-    { maxLength: 60 },
+    { maxLength: 60, size: "max" },
   )
   .map(concat);
 
@@ -261,7 +261,7 @@ async function expectServerHealthy(): Promise<void> {
 describe("a live server answers every input with well-formed replies and stays up", () => {
   test("random bytes", async () => {
     await fc.assert(
-      fc.asyncProperty(fc.oneof(protocolishBytes, fc.uint8Array({ maxLength: 4000 })), async (bytes) => {
+      fc.asyncProperty(fc.oneof(protocolishBytes, fc.uint8Array({ maxLength: 4000, size: "max" })), async (bytes) => {
         for (const line of await exchange(server.port, bytes)) expectWellFormedReply(line);
       }),
       { numRuns: RUNS },
