@@ -2,7 +2,8 @@
  * Assembly and lifecycle of a serving txkv process.
  *
  * Owns: building the store, commit log, executor and server from a Config;
- * protected mode; reading the TLS files; the start-up and shutdown sequence.
+ * protected mode; reading the TLS files; the optional metrics endpoint; the
+ * start-up and graceful shutdown sequence (index.ts maps signals to it).
  * Must not: parse arguments (config.ts) or implement commands (execute.ts).
  */
 import { readFileSync } from "node:fs";
@@ -10,6 +11,7 @@ import { MemoryOnlyLog, type CommitLog } from "./commit-log.ts";
 import type { Config } from "./config.ts";
 import { Executor } from "./execute.ts";
 import type { Logger } from "./log.ts";
+import { MetricsServer } from "./metrics.ts";
 import { TxkvServer } from "./server.ts";
 import { ServerStats } from "./stats.ts";
 import { Store } from "./store.ts";
@@ -19,10 +21,27 @@ export class StartupError extends Error {}
 export interface RunningServer {
   readonly host: string;
   readonly port: number;
+  /** Real port of the HTTP metrics endpoint, or null when --metrics-port is off. */
+  readonly metricsPort: number | null;
+  /** Keys read from the data file at start (0 for --in-memory), and how long loading took. */
+  readonly keysLoaded: number;
+  readonly loadMs: number;
   readonly server: TxkvServer;
   readonly executor: Executor;
-  /** Graceful stop: stop accepting, close connections, flush and fsync, release the data file. */
-  shutdown(): Promise<void>;
+  /**
+   * Graceful stop: refuse new connections, let replies already being
+   * produced go out, close connections (open transactions roll back), flush
+   * and fsync, release the data file. Idempotent.
+   */
+  shutdown(): Promise<ShutdownReport>;
+}
+
+export interface ShutdownReport {
+  /** Connections closed by the shutdown, and how many of them only by force after the timeout. */
+  readonly connectionsClosed: number;
+  readonly connectionsForced: number;
+  readonly transactionsRolledBack: number;
+  readonly ms: number;
 }
 
 /** True for addresses only this machine can reach. */
@@ -39,7 +58,7 @@ export async function startServer(config: Config, version: string, log: Logger):
     );
   }
   const tls = config.tls && { cert: readPem(config.tls.certPath, "--tls-cert"), key: readPem(config.tls.keyPath, "--tls-key") };
-  const { commitLog, store } = await openState(config, log);
+  const { commitLog, store, keysLoaded, loadMs } = await openState(config, log);
   const stats = new ServerStats();
   const executor = new Executor(store, commitLog, stats, {
     maxTransactionBytes: config.maxTransactionBytes,
@@ -74,15 +93,44 @@ export async function startServer(config: Config, version: string, log: Logger):
     }
     throw new StartupError(`cannot listen on ${config.host}:${config.port}: ${reason}`);
   }
-  let stopping: Promise<void> | null = null;
+  let metrics: MetricsServer | null = null;
+  let metricsPort: number | null = null;
+  if (config.metricsPort !== null) {
+    metrics = new MetricsServer(executor, version);
+    try {
+      metricsPort = metrics.start(config.host, config.metricsPort);
+    } catch (err) {
+      server.stop();
+      await commitLog.close();
+      throw new StartupError(
+        `cannot serve metrics on ${config.host}:${config.metricsPort}: ${err instanceof Error ? err.message : err}`,
+      );
+    }
+  }
+  let stopping: Promise<ShutdownReport> | null = null;
   return {
     ...address,
+    metricsPort,
+    keysLoaded,
+    loadMs,
     server,
     executor,
     shutdown() {
       stopping ??= (async () => {
+        const startedAt = performance.now();
+        if (metrics) metrics.shuttingDown = true;
+        const connectionsClosed = server.connectionCount;
+        const rolledBackBefore = stats.txRolledBack;
+        const connectionsForced = await server.drain(config.shutdownTimeoutMs);
         server.stop();
         await commitLog.close();
+        await metrics?.stop();
+        return {
+          connectionsClosed,
+          connectionsForced,
+          transactionsRolledBack: stats.txRolledBack - rolledBackBefore,
+          ms: Math.round(performance.now() - startedAt),
+        };
       })();
       return stopping;
     },
@@ -99,7 +147,14 @@ function readPem(path: string, option: string): string {
   }
 }
 
-async function openState(config: Config, _log: Logger): Promise<{ commitLog: CommitLog; store: Store }> {
-  if (config.inMemory) return { commitLog: new MemoryOnlyLog(), store: new Store() };
+interface OpenedState {
+  commitLog: CommitLog;
+  store: Store;
+  keysLoaded: number;
+  loadMs: number;
+}
+
+async function openState(config: Config, _log: Logger): Promise<OpenedState> {
+  if (config.inMemory) return { commitLog: new MemoryOnlyLog(), store: new Store(), keysLoaded: 0, loadMs: 0 };
   throw new StartupError("persistence to a data file is not available in this build yet: start with --in-memory");
 }

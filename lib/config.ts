@@ -43,6 +43,8 @@ export const OPTIONS = {
   "tls-key": { kind: "string", env: "TXKV_TLS_KEY", arg: "<file>", help: "PEM private key for --tls-cert" },
   timeout: { kind: "string", env: "TXKV_TIMEOUT", arg: "<seconds>", default: "0", help: "close connections silent this long (0: never)" },
   "log-level": { kind: "string", env: "TXKV_LOG_LEVEL", arg: "debug|info|warn|error", default: "info", help: "least severe log level printed" },
+  "metrics-port": { kind: "string", env: "TXKV_METRICS_PORT", arg: "<n>", help: "serve GET /metrics and /health over HTTP on this port (0: any free port) [default: off]" },
+  "shutdown-timeout-ms": { kind: "string", env: "TXKV_SHUTDOWN_TIMEOUT_MS", arg: "<ms>", default: "10000", help: "on SIGINT/SIGTERM, wait this long for replies to go out before closing connections" },
   help: { kind: "boolean", env: "", arg: "", help: "print this help and exit" },
   version: { kind: "boolean", env: "", arg: "", help: "print the version and exit" },
 } as const satisfies Record<string, OptionSpec>;
@@ -82,6 +84,8 @@ const ConfigSchema = v.object({
   "tls-key": v.optional(v.pipe(v.string(), v.minLength(1, "expected a file path"))),
   timeout: integer(0, 7 * 24 * 3600),
   "log-level": v.picklist(LOG_LEVELS, `expected one of ${LOG_LEVELS.join(", ")}`),
+  "metrics-port": v.optional(integer(0, 65535)),
+  "shutdown-timeout-ms": integer(0, 3_600_000),
 });
 
 export type Config = {
@@ -102,6 +106,9 @@ export type Config = {
   /** Close connections silent for this many seconds; 0: never. */
   idleTimeoutSeconds: number;
   logLevel: (typeof LOG_LEVELS)[number];
+  /** Port of the HTTP metrics endpoint, or null when it is off. */
+  metricsPort: number | null;
+  shutdownTimeoutMs: number;
 };
 
 export type ParsedArgs =
@@ -145,6 +152,8 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
       tls: c["tls-cert"] !== undefined && c["tls-key"] !== undefined ? { certPath: c["tls-cert"], keyPath: c["tls-key"] } : undefined,
       idleTimeoutSeconds: c.timeout,
       logLevel: c["log-level"],
+      metricsPort: c["metrics-port"] ?? null,
+      shutdownTimeoutMs: c["shutdown-timeout-ms"],
     },
   };
 }

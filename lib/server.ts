@@ -5,7 +5,7 @@
  * TLS, each connection's framer, output queue and held replies, the
  * unterminated-request timer, read pausing when a client does not read its
  * replies, the connection limit, the idle timeout, the cross-protocol guard,
- * and the order of replies.
+ * the order of replies, and the graceful drain at shutdown.
  * Per data event, all replies that are ready go out in one socket write.
  * Replies that must wait (a durable write under --fsync always, SAVE, a
  * delayed AUTH failure) are held in order; later replies queue behind them.
@@ -84,6 +84,8 @@ export class TxkvServer {
   private nextConnectionId = 1;
   private statsTimer: Timer | null = null;
   private idleTimer: Timer | null = null;
+  /** Set while draining: called when the last connection has closed. */
+  private onAllClosed: (() => void) | null = null;
 
   constructor(
     private readonly options: ServerOptions,
@@ -125,6 +127,39 @@ export class TxkvServer {
     this.listener?.stop(false);
   }
 
+  /**
+   * Graceful stop: refuses new connections and runs no new requests; replies
+   * already being produced (held for an fsync, SAVE, a delayed AUTH, or
+   * queued for a slow reader) go out, then each connection closes, which
+   * rolls back its open transaction. Connections still open after timeoutMs
+   * are closed at once. Resolves with how many had to be forced.
+   */
+  async drain(timeoutMs: number): Promise<number> {
+    this.stopListening();
+    for (const socket of this.connections) {
+      const conn = socket.data;
+      if (conn === null) continue;
+      conn.closing = true;
+      this.clearPartialTimer(conn);
+      this.closeWhenFlushed(socket, conn);
+    }
+    if (this.connections.size > 0) {
+      let timer: Timer | undefined;
+      await new Promise<void>((resolve) => {
+        this.onAllClosed = resolve;
+        timer = setTimeout(resolve, timeoutMs);
+      });
+      clearTimeout(timer);
+      this.onAllClosed = null;
+    }
+    const forced = [...this.connections];
+    for (const socket of forced) {
+      socket.terminate();
+      this.onClose(socket);
+    }
+    return forced.length;
+  }
+
   /** Closes every connection (open transactions roll back) and the listener. */
   stop(): void {
     this.stopListening();
@@ -153,14 +188,19 @@ export class TxkvServer {
     const stats = this.executor.stats;
     if (this.connections.size >= this.options.maxConnections) {
       stats.connectionsRejected++;
+      stats.countError("BUSY");
       socket.data = null;
+      // Read the address before end(): afterwards the socket no longer has one.
+      this.log.limited("warn", "connection-refused", "connection refused", {
+        reason: `too many connections (--max-connections ${this.options.maxConnections})`,
+        remote: `${socket.remoteAddress}:${socket.remotePort}`,
+      });
       if (this.options.tls) {
         // Nothing can be written before the TLS handshake: onHandshake sends BUSY.
         setTimeout(() => socket.terminate(), REFUSED_HANDSHAKE_GRACE_MS).unref();
       } else {
         this.refuseBusy(socket);
       }
-      this.log.warn("connection refused: too many connections", { remote: socket.remoteAddress, limit: this.options.maxConnections });
       return;
     }
     const conn: Connection = {
@@ -317,7 +357,8 @@ export class TxkvServer {
   /** Executes one request; returns the reply text if it may go out now, else holds it and returns "". */
   private run(socket: Socket<SocketData>, conn: Connection, frame: Frame): string {
     if (typeof frame === "string" && isCrossProtocolLine(frame)) {
-      this.log.warn("HTTP request on the txkv port: connection closed (cross-protocol guard)", {
+      this.log.limited("warn", "cross-protocol-guard", "connection closed by the cross-protocol guard", {
+        reason: "an HTTP request (POST or Host:) was sent to the txkv port",
         conn: conn.id,
         remote: conn.remote,
       });
@@ -381,14 +422,15 @@ export class TxkvServer {
   /** Writes text now, or queues what the kernel does not take; order is kept. */
   private send(socket: Socket<SocketData>, conn: Connection, text: string): void {
     if (text === "" || conn.closed) return;
+    // Encoding once here gives the exact byte count for a short write (and Bun writes bytes faster than strings).
+    const bytes = Buffer.from(text);
     if (conn.queue.length !== 0) {
-      this.enqueue(conn, Buffer.from(text));
+      this.enqueue(conn, bytes);
       return;
     }
-    const written = socket.write(text);
-    if (written < 0) return; // closed: nobody to send to
-    if (written === Buffer.byteLength(text)) return; // the common case: all taken
-    this.enqueue(conn, Buffer.from(text).subarray(written));
+    const written = socket.write(bytes);
+    if (written < 0 || written === bytes.length) return; // closed, or all taken
+    this.enqueue(conn, bytes.subarray(written));
   }
 
   private enqueue(conn: Connection, bytes: Uint8Array): void {
@@ -459,14 +501,27 @@ export class TxkvServer {
     this.waitingForDurability.delete(socket);
     this.executor.closeSession(conn.session);
     this.executor.stats.connectionsCurrent--;
-    if (err) this.log.debug("connection closed with an error", { conn: conn.id, remote: conn.remote, error: err });
-    else this.log.debug("connection closed", { conn: conn.id });
+    if (err) {
+      const code = (err as { code?: unknown }).code;
+      this.log.limited("info", `connection-error:${String(code ?? err.message)}`, "connection closed by an error", {
+        reason: err.message,
+        code,
+        conn: conn.id,
+        remote: conn.remote,
+      });
+    } else this.log.debug("connection closed", { conn: conn.id });
+    if (this.onAllClosed !== null && this.connections.size === 0) this.onAllClosed();
   }
 
   /** A handler threw: a bug, not bad input. Log it and drop only this connection. */
   private onError(socket: Socket<SocketData>, err: Error): void {
     const conn = socket.data;
-    this.log.error("connection error: closing it", { conn: conn?.id, remote: conn?.remote, error: err, stack: err.stack });
+    this.log.limited("error", "connection-handler-error", "connection dropped: a handler failed", {
+      reason: err.message,
+      conn: conn?.id,
+      remote: conn?.remote,
+      stack: err.stack,
+    });
     socket.terminate();
   }
 

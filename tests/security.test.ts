@@ -9,6 +9,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { isLoopback } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
+import { connect } from "../lib/client.ts";
 import { authFailureDelayMs } from "../lib/execute.ts";
 import { LineClient, runIndex, spawnServer, startInProcess, tempDir, waitFor } from "./helpers.ts";
 
@@ -200,6 +201,22 @@ describe("TLS", () => {
     const replies = await c.pipeline(lines);
     expect(replies.every((r) => r.status === "Ok")).toBe(true);
     c.close();
+  });
+
+  test("the client library and `txkv cli --tls-ca` reach the TLS server (with a password too)", async () => {
+    const secured = await startInProcess(["--tls-cert", certPath, "--tls-key", keyPath, "--password", PASSWORD]);
+    const db = await connect({ port: secured.port, password: PASSWORD, tls: { ca, serverName: "localhost" } });
+    await db.put("via-client", { tls: true });
+    expect(await db.get("via-client")).toEqual({ tls: true });
+    await db.close();
+
+    const env = { TXKV_HISTFILE: "", NO_COLOR: "1", TXKV_PASSWORD: PASSWORD };
+    const port = String(secured.port);
+    expect(await runIndex(["cli", "-p", port, "--tls-ca", certPath, "PUT", "via-cli", "yes"], { env })).toMatchObject({ code: 0 });
+    expect(await runIndex(["cli", "-p", port, "--tls-ca", certPath, "GET", "via-cli"], { env })).toMatchObject({ code: 0, stdout: "yes\n" });
+    // Without trusting the certificate the CLI refuses to talk.
+    expect((await runIndex(["cli", "-p", port, "--tls", "PING"], { env })).code).not.toBe(0);
+    await secured.shutdown();
   });
 
   test("a plain-TCP client gets no reply, is disconnected, and its requests do not run", async () => {
