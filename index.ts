@@ -1,13 +1,20 @@
 /**
  * txkv's entry point: `txkv` serves, `txkv cli` and `txkv bench` are the
  * client tools. Parses the configuration, starts the server, prints the
- * `listening on host:port` line, and handles SIGINT/SIGTERM.
+ * `listening on host:port` line (and `metrics on host:port` before it when
+ * the metrics endpoint is on), and maps SIGINT/SIGTERM to the graceful
+ * shutdown: exit 0 when it completes, 128+signal on a second signal, 1 when
+ * it fails or overruns its hard deadline.
  * Must not: hold protocol or storage logic (lib/ does).
  */
+import { constants } from "node:os";
 import pkg from "./package.json" with { type: "json" };
 import { startServer, StartupError } from "./lib/app.ts";
 import { ConfigError, parseConfig } from "./lib/config.ts";
 import { Logger } from "./lib/log.ts";
+
+/** After the drain timeout, flushing gets this long before the process exits anyway. */
+const FLUSH_GRACE_MS = 5000;
 
 async function serve(argv: string[]): Promise<void> {
   let parsed;
@@ -42,29 +49,52 @@ async function serve(argv: string[]): Promise<void> {
     throw err;
   }
   const address = `${running.host}:${running.port}`;
+  const metricsAddress = running.metricsPort === null ? null : `${running.host}:${running.metricsPort}`;
   log.info(`listening on ${address}`, {
     version: pkg.version,
-    durability: config.inMemory ? "in-memory" : config.fsync,
+    address,
     data: config.inMemory ? null : config.dataPath,
+    durability: config.inMemory ? "in-memory" : config.fsync,
+    keys_loaded: running.keysLoaded,
+    load_ms: running.loadMs,
+    metrics: metricsAddress,
+    pid: process.pid,
+    tls: config.tls !== undefined,
   });
+  if (metricsAddress !== null) process.stdout.write(`txkv ${pkg.version} metrics on ${metricsAddress}\n`);
   process.stdout.write(`txkv ${pkg.version} listening on ${address}\n`);
 
   let signals = 0;
+  const exit = (code: number): never => {
+    log.flushSuppressed();
+    return process.exit(code);
+  };
   const onSignal = (signal: NodeJS.Signals) => {
     signals++;
     if (signals > 1) {
-      log.warn("second signal: exiting at once", { signal });
-      process.exit(1);
+      // Shell convention for "terminated by a signal": the supervisor sees that no clean shutdown happened.
+      log.warn("second signal: exiting at once, without waiting for the shutdown", { signal });
+      return exit(128 + (constants.signals[signal] ?? 15));
     }
-    log.info("shutting down", { signal });
+    log.info("shutting down", { signal, timeout_ms: config.shutdownTimeoutMs });
+    setTimeout(() => {
+      log.error("shutdown did not finish in time: exiting without it", { deadline_ms: config.shutdownTimeoutMs + FLUSH_GRACE_MS });
+      exit(1);
+    }, config.shutdownTimeoutMs + FLUSH_GRACE_MS).unref();
     running.shutdown().then(
-      () => {
-        log.info("stopped");
-        process.exit(0);
+      (report) => {
+        log.flushSuppressed();
+        log.info("stopped", {
+          ms: report.ms,
+          connections_closed: report.connectionsClosed,
+          connections_forced: report.connectionsForced,
+          transactions_rolled_back: report.transactionsRolledBack,
+        });
+        exit(0);
       },
       (err) => {
-        log.error("shutdown failed", { error: err });
-        process.exit(1);
+        log.error("shutdown failed", { reason: err });
+        exit(1);
       },
     );
   };
@@ -72,4 +102,18 @@ async function serve(argv: string[]): Promise<void> {
   process.on("SIGTERM", onSignal);
 }
 
-await serve(process.argv.slice(2));
+/** `txkv cli …` and `txkv bench …` are the client tools; anything else serves. */
+async function main(argv: string[]): Promise<void> {
+  const [job, ...rest] = argv;
+  if (job === "cli") {
+    const { runCli } = await import("./lib/cli.ts");
+    process.exitCode = await runCli(rest);
+  } else if (job === "bench") {
+    const { runBench } = await import("./lib/bench.ts");
+    process.exitCode = await runBench(rest);
+  } else {
+    await serve(argv);
+  }
+}
+
+await main(process.argv.slice(2));

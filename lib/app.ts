@@ -2,13 +2,16 @@
  * Assembly and lifecycle of a serving txkv process.
  *
  * Owns: building the store, commit log, executor and server from a Config;
- * protected mode; the start-up and shutdown sequence (signals).
+ * protected mode; reading the TLS files; the optional metrics endpoint; the
+ * start-up and graceful shutdown sequence (index.ts maps signals to it).
  * Must not: parse arguments (config.ts) or implement commands (execute.ts).
  */
+import { readFileSync } from "node:fs";
 import { MemoryOnlyLog, type CommitLog } from "./commit-log.ts";
 import type { Config } from "./config.ts";
 import { Executor } from "./execute.ts";
 import type { Logger } from "./log.ts";
+import { MetricsServer } from "./metrics.ts";
 import { openPersistence } from "./persistence/index.ts";
 import { TxkvServer } from "./server.ts";
 import { ServerStats } from "./stats.ts";
@@ -19,16 +22,33 @@ export class StartupError extends Error {}
 export interface RunningServer {
   readonly host: string;
   readonly port: number;
+  /** Real port of the HTTP metrics endpoint, or null when --metrics-port is off. */
+  readonly metricsPort: number | null;
+  /** Keys read from the data file at start (0 for --in-memory), and how long loading took. */
+  readonly keysLoaded: number;
+  readonly loadMs: number;
   readonly server: TxkvServer;
   readonly executor: Executor;
-  /** Graceful stop: stop accepting, close connections, flush and fsync, release the data file. */
-  shutdown(): Promise<void>;
+  /**
+   * Graceful stop: refuse new connections, let replies already being
+   * produced go out, close connections (open transactions roll back), flush
+   * and fsync, release the data file. Idempotent.
+   */
+  shutdown(): Promise<ShutdownReport>;
+}
+
+export interface ShutdownReport {
+  /** Connections closed by the shutdown, and how many of them only by force after the timeout. */
+  readonly connectionsClosed: number;
+  readonly connectionsForced: number;
+  readonly transactionsRolledBack: number;
+  readonly ms: number;
 }
 
 /** True for addresses only this machine can reach. */
 export function isLoopback(host: string): boolean {
   const h = host.toLowerCase();
-  return h === "localhost" || h === "::1" || h === "[::1]" || /^127(\.\d{1,3}){3}$/.test(h);
+  return h === "localhost" || h === "::1" || h === "[::1]" || /^(::ffff:)?127(\.\d{1,3}){3}$/.test(h);
 }
 
 export async function startServer(config: Config, version: string, log: Logger): Promise<RunningServer> {
@@ -38,7 +58,8 @@ export async function startServer(config: Config, version: string, log: Logger):
         `set one with --password <pw> or TXKV_PASSWORD, or bind to 127.0.0.1`,
     );
   }
-  const { commitLog, store } = await openState(config, log);
+  const tls = config.tls && { cert: readPem(config.tls.certPath, "--tls-cert"), key: readPem(config.tls.keyPath, "--tls-key") };
+  const { commitLog, store, keysLoaded, loadMs } = await openState(config, log);
   const stats = new ServerStats();
   const executor = new Executor(store, commitLog, stats, {
     maxTransactionBytes: config.maxTransactionBytes,
@@ -54,6 +75,8 @@ export async function startServer(config: Config, version: string, log: Logger):
       maxOutputBytes: config.maxOutputBytes,
       partialRequestMs: config.partialRequestMs,
       password: config.password,
+      tls,
+      idleTimeoutSeconds: config.idleTimeoutSeconds,
     },
     executor,
     log,
@@ -63,25 +86,77 @@ export async function startServer(config: Config, version: string, log: Logger):
     address = server.start();
   } catch (err) {
     await commitLog.close();
-    throw new StartupError(`cannot listen on ${config.host}:${config.port}: ${err instanceof Error ? err.message : err}`);
+    const reason = err instanceof Error ? err.message : String(err);
+    if (config.tls && /PEM|SSL|X509|KEY|CERT/i.test(reason)) {
+      throw new StartupError(
+        `cannot use the TLS certificate ${config.tls.certPath} with the key ${config.tls.keyPath} (--tls-cert, --tls-key): ${reason}`,
+      );
+    }
+    throw new StartupError(`cannot listen on ${config.host}:${config.port}: ${reason}`);
   }
-  let stopping: Promise<void> | null = null;
+  let metrics: MetricsServer | null = null;
+  let metricsPort: number | null = null;
+  if (config.metricsPort !== null) {
+    metrics = new MetricsServer(executor, version);
+    try {
+      metricsPort = metrics.start(config.host, config.metricsPort);
+    } catch (err) {
+      server.stop();
+      await commitLog.close();
+      throw new StartupError(
+        `cannot serve metrics on ${config.host}:${config.metricsPort}: ${err instanceof Error ? err.message : err}`,
+      );
+    }
+  }
+  let stopping: Promise<ShutdownReport> | null = null;
   return {
     ...address,
+    metricsPort,
+    keysLoaded,
+    loadMs,
     server,
     executor,
     shutdown() {
       stopping ??= (async () => {
+        const startedAt = performance.now();
+        if (metrics) metrics.shuttingDown = true;
+        const connectionsClosed = server.connectionCount;
+        const rolledBackBefore = stats.txRolledBack;
+        const connectionsForced = await server.drain(config.shutdownTimeoutMs);
         server.stop();
         await commitLog.close();
+        await metrics?.stop();
+        return {
+          connectionsClosed,
+          connectionsForced,
+          transactionsRolledBack: stats.txRolledBack - rolledBackBefore,
+          ms: Math.round(performance.now() - startedAt),
+        };
       })();
       return stopping;
     },
   };
 }
 
-async function openState(config: Config, log: Logger): Promise<{ commitLog: CommitLog; store: Store }> {
-  if (config.inMemory) return { commitLog: new MemoryOnlyLog(), store: new Store() };
+/** Reads a PEM file for TLS; a missing or unreadable file stops start-up with its name. */
+function readPem(path: string, option: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new StartupError(`cannot read the ${option} file ${path}: ${reason}`);
+  }
+}
+
+interface OpenedState {
+  commitLog: CommitLog;
+  store: Store;
+  keysLoaded: number;
+  loadMs: number;
+}
+
+async function openState(config: Config, log: Logger): Promise<OpenedState> {
+  if (config.inMemory) return { commitLog: new MemoryOnlyLog(), store: new Store(), keysLoaded: 0, loadMs: 0 };
   let opened;
   try {
     opened = await openPersistence(
@@ -105,5 +180,5 @@ async function openState(config: Config, log: Logger): Promise<{ commitLog: Comm
     ms: opened.loadMs,
     seq: opened.seq,
   });
-  return { commitLog: opened.log, store };
+  return { commitLog: opened.log, store, keysLoaded: opened.keysLoaded, loadMs: opened.loadMs };
 }

@@ -11,6 +11,7 @@
 import * as v from "valibot";
 import type { EncodedValue } from "./commit-log.ts";
 import { INVALID_UTF8, TOO_LARGE, type Frame } from "./framing.ts";
+import { detach } from "./text.ts";
 
 export type NoArgCommandType = "START" | "COMMIT" | "ROLLBACK" | "PING" | "STATS" | "SAVE" | "HELP" | "QUIT";
 
@@ -57,6 +58,8 @@ for (const name of NO_ARG_COMMANDS) NO_ARG[name] = Object.freeze({ type: name as
 const SPACE = 32;
 const TAB = 9;
 const OPEN_BRACE = 123;
+/** OR-ing an ASCII letter with this gives its lower case. */
+const LOWERCASE = 0x20;
 
 export function invalid(code: InvalidCode, message: string): Invalid {
   return { type: "INVALID", code, message };
@@ -66,17 +69,19 @@ export function invalid(code: InvalidCode, message: string): Invalid {
 export function parseCommand(line: string): Command {
   const nameStart = skipBlanks(line, 0);
   const nameEnd = wordEnd(line, nameStart);
+  const argStart = skipBlanks(line, nameEnd);
+  // The data commands are recognised from char codes: no slice, no case conversion.
+  if (nameEnd - nameStart === 3) {
+    const c0 = line.charCodeAt(nameStart) | LOWERCASE;
+    const c1 = line.charCodeAt(nameStart + 1) | LOWERCASE;
+    const c2 = line.charCodeAt(nameStart + 2) | LOWERCASE;
+    if (c0 === 0x67 && c1 === 0x65 && c2 === 0x74) return parseGetOrDel("GET", line, argStart); // get
+    if (c0 === 0x70 && c1 === 0x75 && c2 === 0x74) return parsePut(line, argStart); // put
+    if (c0 === 0x64 && c1 === 0x65 && c2 === 0x6c) return parseGetOrDel("DEL", line, argStart); // del
+  }
   const rawName = line.slice(nameStart, nameEnd);
   const name = rawName.toUpperCase();
-  const argStart = skipBlanks(line, nameEnd);
-
   switch (name) {
-    case "GET":
-      return parseGetOrDel("GET", line, argStart);
-    case "PUT":
-      return parsePut(line, argStart);
-    case "DEL":
-      return parseGetOrDel("DEL", line, argStart);
     case "KEYS":
       return parseKeys(line, argStart);
     case "AUTH":
@@ -109,14 +114,15 @@ function parsePut(line: string, argStart: number): Command {
   if (line.charCodeAt(argStart) === OPEN_BRACE) {
     const parsed = parseJsonArgument("PUT", line.slice(argStart), PutRequest);
     if ("type" in parsed) return parsed;
-    return { type: "PUT", key: parsed.key, value: JSON.stringify(parsed.value), line };
+    return { type: "PUT", key: detach(parsed.key), value: JSON.stringify(parsed.value), line };
   }
   const keyEnd = wordEnd(line, argStart);
   const valueStart = skipBlanks(line, keyEnd);
   if (valueStart >= line.length) return invalid("BAD_REQUEST", "PUT needs a value: PUT <key> <value>");
+  // The key and value will be kept: copy them out of the request's buffer (see text.ts).
   return {
     type: "PUT",
-    key: line.slice(argStart, keyEnd),
+    key: detach(line.slice(argStart, keyEnd)),
     value: JSON.stringify(line.slice(valueStart)),
     line,
   };

@@ -16,6 +16,7 @@ import { error, notFound, okEntry, okJson, REPLY, type ErrorCode } from "./repli
 import type { Session } from "./session.ts";
 import type { ServerStats } from "./stats.ts";
 import type { Store } from "./store.ts";
+import { detach } from "./text.ts";
 import { DELETED, Transaction } from "./transaction.ts";
 
 /** Nested START levels beyond this are refused: each level costs memory. */
@@ -140,14 +141,14 @@ export class Executor {
       tx.charge(bytes);
       return this.notFound(key);
     }
-    tx.write(key, DELETED, bytes);
+    tx.write(detach(key), DELETED, bytes);
     return okEntry(key, value);
   }
 
   private keys(tx: Transaction | null, prefix: string): string {
     let keys = this.store.keysWithPrefix(prefix);
     if (tx !== null) {
-      this.store.watchPrefix(tx, prefix);
+      this.store.watchPrefix(tx, detach(prefix));
       keys = tx.overlayKeys(keys, prefix);
     }
     keys.sort();
@@ -221,8 +222,7 @@ export class Executor {
     }
     session.authFailures++;
     const reply = this.fail("AUTH_FAILED", "Wrong password");
-    const delayMs = Math.min(AUTH_FAILURE_BASE_DELAY_MS * 2 ** (session.authFailures - 1), AUTH_FAILURE_MAX_DELAY_MS);
-    return new Promise((resolve) => setTimeout(resolve, delayMs, reply));
+    return new Promise((resolve) => setTimeout(resolve, authFailureDelayMs(session.authFailures), reply));
   }
 
   /** A request rejected as BAD_REQUEST, UNKNOWN_COMMAND or TOO_LARGE fails the current level. */
@@ -241,8 +241,9 @@ export class Executor {
 
   private watch(tx: Transaction, key: string): void {
     if (tx.conflicted || tx.watchedKeys.has(key)) return;
-    tx.watchedKeys.add(key);
-    this.store.watchKey(tx, key);
+    const kept = detach(key);
+    tx.watchedKeys.add(kept);
+    this.store.watchKey(tx, kept);
   }
 
   private endTransaction(
@@ -302,6 +303,7 @@ export class Executor {
       server: { version: this.options.version, uptime_seconds: uptime, pid: process.pid, bun: Bun.version },
       clients: { connected: s.connectionsCurrent, total: s.connectionsTotal, rejected: s.connectionsRejected },
       stats: {
+        keys: this.store.size,
         commands: s.commands,
         ops_per_sec: s.opsPerSecond(),
         commands_by_type: s.commandsByType,
@@ -310,6 +312,11 @@ export class Executor {
       },
     };
   }
+}
+
+/** How long the reply to the nth failed AUTH on a connection waits: 50 ms, doubling, at most 5 s. */
+export function authFailureDelayMs(failures: number): number {
+  return Math.min(AUTH_FAILURE_BASE_DELAY_MS * 2 ** (failures - 1), AUTH_FAILURE_MAX_DELAY_MS);
 }
 
 function abortedInFailedLevel(type: Command["type"]): boolean {

@@ -8,6 +8,7 @@
  * Must not: decide what a command means or touch sockets.
  */
 import type { EncodedValue } from "./commit-log.ts";
+import { jsonString } from "./text.ts";
 
 export type ErrorCode =
   | "BAD_REQUEST"
@@ -29,7 +30,7 @@ export function okJson(resultJson: string): string {
 
 /** The Ok reply of PUT, GET and DEL: `{"key":K,"value":V}`. */
 export function okEntry(key: string, value: EncodedValue): string {
-  return '{"status":"Ok","result":{"key":' + JSON.stringify(key) + ',"value":' + value + "}}\n";
+  return '{"status":"Ok","result":{"key":' + jsonString(key) + ',"value":' + value + "}}\n";
 }
 
 export function error(code: ErrorCode, message: string): string {

@@ -99,3 +99,15 @@ describe("framing errors and the HTTP guard", () => {
     expect(isCrossProtocolLine("GET / HTTP/1.1")).toBe(false);
   });
 });
+
+describe("text helpers", () => {
+  const samples = ["", "key:1", 'a"b', "a\\b", "tab\there", "nl\n", "\u0000\u001f", "é✓", "😀", "\ud800x", "x\udc00"];
+  test("jsonString equals JSON.stringify for plain, escaped, control, unicode and lone-surrogate strings", async () => {
+    const { jsonString } = await import("../lib/text.ts");
+    for (const s of samples) expect(jsonString(s)).toBe(JSON.stringify(s));
+  });
+  test("detach returns an equal string", async () => {
+    const { detach } = await import("../lib/text.ts");
+    for (const s of samples) expect(detach(s)).toBe(s);
+  });
+});

@@ -95,3 +95,18 @@ describe("the process", () => {
     expect(run.stderr).toContain("TXKV_PASSWORD");
   });
 });
+
+describe("operations options", () => {
+  test("--metrics-port is off by default, 0 means any free port, and reads TXKV_METRICS_PORT", () => {
+    expect(serveConfig([]).metricsPort).toBeNull();
+    expect(serveConfig(["--metrics-port", "0"]).metricsPort).toBe(0);
+    expect(serveConfig([], { TXKV_METRICS_PORT: "9464" }).metricsPort).toBe(9464);
+    expect(() => serveConfig(["--metrics-port", "70000"])).toThrow(/--metrics-port \(or TXKV_METRICS_PORT\)/);
+  });
+
+  test("--shutdown-timeout-ms defaults to 10 s and rejects non-numbers", () => {
+    expect(serveConfig([]).shutdownTimeoutMs).toBe(10000);
+    expect(serveConfig([], { TXKV_SHUTDOWN_TIMEOUT_MS: "250" }).shutdownTimeoutMs).toBe(250);
+    expect(() => serveConfig(["--shutdown-timeout-ms", "soon"])).toThrow(ConfigError);
+  });
+});

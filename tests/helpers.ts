@@ -52,6 +52,8 @@ export interface ServerProcess {
   readonly port: number;
   /** Everything the process printed on stderr so far. */
   stderr(): string;
+  /** Everything the process printed on stdout so far. */
+  stdout(): string;
   /** Sends a signal and resolves with the exit code. */
   kill(signal?: NodeJS.Signals | number): Promise<number>;
   readonly exited: Promise<number>;
@@ -73,9 +75,9 @@ export async function spawnServer(
   void (async () => {
     for await (const chunk of proc.stderr as ReadableStream<Uint8Array>) stderrText += new TextDecoder().decode(chunk);
   })();
+  let stdoutText = "";
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start: ${stderrText}`)), options.timeoutMs ?? 15000);
-    let stdoutText = "";
     void (async () => {
       for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) {
         stdoutText += new TextDecoder().decode(chunk);
@@ -93,6 +95,7 @@ export async function spawnServer(
     proc,
     port,
     stderr: () => stderrText,
+    stdout: () => stdoutText,
     exited: proc.exited,
     kill(signal = "SIGTERM") {
       proc.kill(signal);
@@ -124,6 +127,7 @@ export async function runIndex(
 /** A raw TCP client that reads reply lines: for tests where the bytes are the point. */
 export class LineClient {
   private received = "";
+  private readPos = 0;
   private readonly waiters: Array<() => void> = [];
   private closedResolve!: () => void;
   /** Resolves when the server closes the connection. */
@@ -134,11 +138,13 @@ export class LineClient {
   /** Bytes the kernel did not take yet (socket.write may accept only part). */
   private pendingOut: Uint8Array[] = [];
 
-  static async connect(port: number, host = "127.0.0.1"): Promise<LineClient> {
+  /** With `tls`, speaks TLS trusting `ca` (writes made before the handshake go out on its drain). */
+  static async connect(port: number, host = "127.0.0.1", tls?: { ca?: string; serverName?: string }): Promise<LineClient> {
     const client = new LineClient();
     client.socket = await Bun.connect({
       hostname: host,
       port,
+      ...(tls ? { tls } : {}),
       socket: {
         data: (_s, chunk) => {
           client.received += client.decoder.decode(chunk, { stream: true });
@@ -216,15 +222,20 @@ export class LineClient {
   async readLine(timeoutMs = 5000): Promise<string> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const lf = this.received.indexOf("\n");
+      const lf = this.received.indexOf("\n", this.readPos);
       if (lf !== -1) {
-        const line = this.received.slice(0, lf);
-        this.received = this.received.slice(lf + 1);
+        const line = this.received.slice(this.readPos, lf);
+        this.readPos = lf + 1;
+        // Drop what was read now and then, not on every line (that would copy the buffer each time).
+        if (this.readPos > 65536) {
+          this.received = this.received.slice(this.readPos);
+          this.readPos = 0;
+        }
         return line;
       }
-      if (this.isClosed) throw new Error(`connection closed; unread: ${JSON.stringify(this.received)}`);
+      if (this.isClosed) throw new Error(`connection closed; unread: ${JSON.stringify(this.unread)}`);
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`no reply within ${timeoutMs} ms; unread: ${JSON.stringify(this.received)}`);
+      if (left <= 0) throw new Error(`no reply within ${timeoutMs} ms; unread: ${JSON.stringify(this.unread)}`);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, left);
         this.waiters.push(() => {
@@ -237,7 +248,7 @@ export class LineClient {
 
   /** Bytes received but not yet read as lines. */
   get unread(): string {
-    return this.received;
+    return this.received.slice(this.readPos);
   }
 
   /** Half-closes: the server sees end of input. */

@@ -1,0 +1,208 @@
+/**
+ * txkv vs Redis on this machine, with the same load generator and command
+ * stream (../shared/tools/kvload), interleaving the two servers in one run.
+ * Prints the median ratio txkv/Redis per cell, txkv against the fastest
+ * possible Bun server on this framing, and bytes per key for 1,000,000 keys.
+ *
+ *   bun run bench/compare.ts [--secs 3] [--rounds 3] [--pairing in-memory] [--skip-memory]
+ *
+ * Needs cargo (to build kvload) and redis-server (apt-get install redis-server).
+ * Not a test: nothing here asserts a time.
+ */
+import { spawn, spawnSync, type Subprocess } from "bun";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+
+const ROOT = join(import.meta.dir, "..");
+const KVLOAD_SRC = join(ROOT, "..", "shared", "tools", "kvload");
+const OUT = join(ROOT, "bench", "out");
+
+const { values: opts } = parseArgs({
+  options: {
+    secs: { type: "string", default: "3" },
+    rounds: { type: "string", default: "3" },
+    "skip-memory": { type: "boolean", default: false },
+    /** Run only the pairings whose name contains this text (e.g. "in-memory"). */
+    pairing: { type: "string", default: "" },
+  },
+});
+const SECS = Number(opts.secs);
+const ROUNDS = Number(opts.rounds);
+
+interface Workload {
+  name: string;
+  args: string[];
+}
+const WORKLOADS: Workload[] = [
+  { name: "mix, no pipelining", args: ["--workload", "mix", "--pipeline", "1"] },
+  { name: "mix, pipeline 16", args: ["--workload", "mix", "--pipeline", "16"] },
+  { name: "PUT, no pipelining", args: ["--workload", "put", "--pipeline", "1"] },
+  { name: "transactions, no pipelining", args: ["--workload", "tx", "--pipeline", "1"] },
+];
+
+interface Pairing {
+  name: string;
+  txkv: string[];
+  redis: string[];
+}
+const PAIRINGS: Pairing[] = [
+  { name: "in-memory / no persistence", txkv: ["--in-memory"], redis: ["--save", "", "--appendonly", "no"] },
+  { name: "fsync everysec / appendfsync everysec", txkv: ["--fsync", "everysec"], redis: ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"] },
+  { name: "fsync always / appendfsync always", txkv: ["--fsync", "always"], redis: ["--save", "", "--appendonly", "yes", "--appendfsync", "always"] },
+];
+
+function buildKvload(): string {
+  const target = join(OUT, "kvload-target");
+  const build = spawnSync(["cargo", "build", "--release", "--quiet", "--manifest-path", join(KVLOAD_SRC, "Cargo.toml")], {
+    env: { ...process.env, CARGO_TARGET_DIR: target },
+    stderr: "inherit",
+  });
+  if (build.exitCode !== 0) throw new Error("cargo build of kvload failed");
+  return join(target, "release", "kvload");
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = createServer().listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForLine(proc: Subprocess<"ignore", "pipe", "inherit">, pattern: RegExp): Promise<RegExpExecArray> {
+  let text = "";
+  for await (const chunk of proc.stdout) {
+    text += new TextDecoder().decode(chunk);
+    const match = pattern.exec(text);
+    if (match) return match;
+  }
+  throw new Error(`process exited before printing ${pattern}`);
+}
+
+interface Server {
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+async function startTxkv(args: string[], dataDir: string): Promise<Server> {
+  const proc = spawn([process.execPath, "run", join(ROOT, "index.ts"), "--port", "0", "--data", join(dataDir, "data.json"), "--log-level", "warn", ...args], {
+    stdout: "pipe",
+    stderr: "inherit",
+    stdin: "ignore",
+  });
+  const match = await waitForLine(proc, /listening on [^\s]*:(\d+)/);
+  return { port: Number(match[1]), pid: proc.pid, stop: async () => void (proc.kill("SIGTERM"), await proc.exited) };
+}
+
+async function startRedis(args: string[], dataDir: string): Promise<Server> {
+  const port = await freePort();
+  const proc = spawn(["redis-server", "--port", String(port), "--bind", "127.0.0.1", "--dir", dataDir, ...args], {
+    stdout: "pipe",
+    stderr: "inherit",
+    stdin: "ignore",
+  });
+  await waitForLine(proc, /Ready to accept connections/);
+  return { port, pid: proc.pid, stop: async () => void (proc.kill("SIGTERM"), await proc.exited) };
+}
+
+async function startFixedReply(): Promise<Server> {
+  const proc = spawn([process.execPath, "run", join(ROOT, "bench", "fixed-reply-server.ts"), "0"], { stdout: "pipe", stderr: "inherit" });
+  const match = await waitForLine(proc, /listening on [^\s]*:(\d+)/);
+  return { port: Number(match[1]), pid: proc.pid, stop: async () => void (proc.kill("SIGTERM"), await proc.exited) };
+}
+
+function kvload(bin: string, proto: "kv" | "resp", port: number, args: string[], preload: boolean, secs = SECS): { ops: number; p50: number; p99: number } {
+  const run = spawnSync([bin, "--proto", proto, "--port", String(port), "--secs", String(secs), "--preload", preload ? "1" : "0", ...args]);
+  if (run.exitCode !== 0) throw new Error(`kvload failed: ${run.stderr.toString()}`);
+  const result = JSON.parse(run.stdout.toString()) as { ops_per_s: number; errors: number; p50_us: number; p99_us: number };
+  if (result.errors > 0) throw new Error(`kvload saw ${result.errors} error replies (${proto})`);
+  return { ops: result.ops_per_s, p50: result.p50_us, p99: result.p99_us };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const rssBytes = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+
+async function main() {
+  const bin = buildKvload();
+  const lines: string[] = [];
+  const say = (line: string) => {
+    lines.push(line);
+    console.log(line);
+  };
+  say(`# txkv vs Redis — ${new Date().toISOString()}, ${SECS} s per run, ${ROUNDS} rounds, median ratio txkv/Redis (ops/s)`);
+  say(`redis: ${spawnSync(["redis-server", "--version"]).stdout.toString().trim()}; bun ${Bun.version}; ${navigator.hardwareConcurrency} cores`);
+  say("");
+  say(`| pairing | workload | txkv ops/s | Redis ops/s | ratio (median) | ratios per round |`);
+  say(`|---|---|---|---|---|---|`);
+  for (const pairing of PAIRINGS.filter((p) => p.name.includes(opts.pairing!))) {
+    const dir = mkdtempSync(join(tmpdir(), "txkv-bench-"));
+    const txkv = await startTxkv(pairing.txkv, dir);
+    const redis = await startRedis(pairing.redis, dir);
+    kvload(bin, "kv", txkv.port, ["--workload", "get"], true, 0.2);
+    kvload(bin, "resp", redis.port, ["--workload", "get"], true, 0.2);
+    for (const workload of WORKLOADS) {
+      const ratios: number[] = [];
+      const t: number[] = [];
+      const r: number[] = [];
+      for (let round = 0; round < ROUNDS; round++) {
+        // Alternate which server goes first so drift in the machine's load evens out.
+        const first = round % 2 === 0;
+        const a = first ? kvload(bin, "kv", txkv.port, workload.args, false) : null;
+        const b = kvload(bin, "resp", redis.port, workload.args, false);
+        const c = a ?? kvload(bin, "kv", txkv.port, workload.args, false);
+        t.push(c.ops);
+        r.push(b.ops);
+        ratios.push(c.ops / b.ops);
+      }
+      say(`| ${pairing.name} | ${workload.name} | ${median(t).toFixed(0)} | ${median(r).toFixed(0)} | **${median(ratios).toFixed(2)}** | ${ratios.map((x) => x.toFixed(2)).join(", ")} |`);
+    }
+    await txkv.stop();
+    await redis.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  say("");
+  say("## txkv vs the fastest possible Bun server on this framing (GET, pipeline 16)");
+  {
+    const dir = mkdtempSync(join(tmpdir(), "txkv-bench-"));
+    const txkv = await startTxkv(["--in-memory"], dir);
+    const fixed = await startFixedReply();
+    kvload(bin, "kv", txkv.port, ["--workload", "get"], true, 0.2);
+    const ratios: number[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      const args = ["--workload", "get", "--pipeline", "16"];
+      const f = kvload(bin, "kv", fixed.port, args, false);
+      const x = kvload(bin, "kv", txkv.port, args, false);
+      ratios.push(x.ops / f.ops);
+    }
+    say(`txkv / fixed-reply server: **${median(ratios).toFixed(2)}** (rounds: ${ratios.map((x) => x.toFixed(2)).join(", ")})`);
+    await txkv.stop();
+    await fixed.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  if (!opts["skip-memory"]) {
+    say("");
+    say("## Memory: 1,000,000 keys of 32-byte values (RSS after loading minus RSS before)");
+    const dir = mkdtempSync(join(tmpdir(), "txkv-bench-"));
+    const txkv = await startTxkv(["--in-memory"], dir);
+    const redis = await startRedis(["--save", "", "--appendonly", "no"], dir);
+    const before = { txkv: rssBytes(txkv.pid), redis: rssBytes(redis.pid) };
+    kvload(bin, "kv", txkv.port, ["--workload", "get", "--keys", "1000000", "--conns", "1"], true, 0.1);
+    kvload(bin, "resp", redis.port, ["--workload", "get", "--keys", "1000000", "--conns", "1"], true, 0.1);
+    await Bun.sleep(2000); // let the collector settle after the load
+    const perKey = { txkv: (rssBytes(txkv.pid) - before.txkv) / 1e6, redis: (rssBytes(redis.pid) - before.redis) / 1e6 };
+    say(`txkv ${perKey.txkv.toFixed(0)} bytes/key, Redis ${perKey.redis.toFixed(0)} bytes/key: ratio **${(perKey.txkv / perKey.redis).toFixed(2)}**`);
+    await txkv.stop();
+    await redis.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  await Bun.write(join(OUT, `compare-${Date.now()}.md`), lines.join("\n") + "\n");
+}
+
+await main();

@@ -1,0 +1,58 @@
+/**
+ * Microbenchmark of the request path without sockets: framing → parse →
+ * execute → reply text, for pipelined GET/PUT batches like kvload's.
+ * Run: bun run bench/hotpath.ts. Reports ns per request (compare before/after
+ * a change in one run on one machine; absolute numbers mean little).
+ */
+import { MemoryOnlyLog } from "../lib/commit-log.ts";
+import { commandFromFrame } from "../lib/commands.ts";
+import { Executor } from "../lib/execute.ts";
+import { LineFramer } from "../lib/framing.ts";
+import { Session } from "../lib/session.ts";
+import { ServerStats } from "../lib/stats.ts";
+import { Store } from "../lib/store.ts";
+
+const store = new Store();
+const executor = new Executor(store, new MemoryOnlyLog(), new ServerStats(), {
+  maxTransactionBytes: 1024,
+  password: undefined,
+  version: "bench",
+});
+const value = "x".repeat(32);
+for (let i = 0; i < 10000; i++) store.put(`key:${String(i).padStart(8, "0")}`, JSON.stringify(value));
+
+function batch(kind: "get" | "mix", n: number, seed: number): Uint8Array {
+  let text = "";
+  for (let i = 0; i < n; i++) {
+    const key = `key:${String((seed * 7919 + i * 104729) % 10000).padStart(8, "0")}`;
+    text += kind === "get" || i % 5 !== 0 ? `GET ${key}\n` : `PUT ${key} ${value}\n`;
+  }
+  return new TextEncoder().encode(text);
+}
+
+function run(kind: "get" | "mix", pipeline: number, rounds: number): number {
+  const batches = Array.from({ length: 64 }, (_, i) => batch(kind, pipeline, i));
+  const framer = new LineFramer(1024);
+  const session = new Session(false);
+  let bytes = 0;
+  const start = Bun.nanoseconds();
+  for (let r = 0; r < rounds; r++) {
+    framer.push(batches[r & 63]!);
+    let out = "";
+    for (let f = framer.next(); f !== null; f = framer.next()) {
+      const reply = executor.execute(commandFromFrame(f, 1024), session);
+      out += reply as string;
+    }
+    bytes += Buffer.from(out).length;
+    framer.retain();
+  }
+  const ns = Bun.nanoseconds() - start;
+  if (bytes === 0) throw new Error("no output");
+  return ns / (rounds * pipeline);
+}
+
+for (const [kind, pipeline] of [["get", 1], ["get", 16], ["mix", 16]] as const) {
+  run(kind, pipeline, 20000); // warm up
+  const results = [0, 1, 2].map(() => run(kind, pipeline, Math.floor(400000 / pipeline)));
+  console.log(`${kind} pipeline ${pipeline}: ${Math.min(...results).toFixed(0)} ns/request (best of 3)`);
+}

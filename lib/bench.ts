@@ -1,0 +1,429 @@
+/**
+ * `txkv bench`: a closed-loop load generator in the manner of redis-benchmark
+ * (and of kvload, whose options and key names it shares).
+ *
+ * Owns: the bench options, the request mix, the per-connection send/receive
+ * loop, latency percentiles and the report (text, or one JSON line).
+ * Must not: parse replies beyond counting lines and spotting Error statuses:
+ * the generator has to stay cheaper than the server it measures.
+ *
+ * Each connection sends a batch of `--pipeline` requests, waits for all their
+ * replies, records the batch's latency and sends the next batch. Requests are
+ * plain-form (`GET key:00000042`, `PUT key:00000042 xxx…`); `tx` sends
+ * `START`, `GET`, `PUT`, `COMMIT` as one request and counts a transaction as one op.
+ */
+
+import * as fs from "node:fs";
+import { parseArgs } from "node:util";
+import * as v from "valibot";
+
+const BENCH_OPTIONS = {
+  host: { type: "string", short: "h", default: "127.0.0.1" },
+  port: { type: "string", short: "p", default: "8080" },
+  password: { type: "string", short: "a" },
+  tls: { type: "boolean" },
+  "tls-ca": { type: "string" },
+  conns: { type: "string", short: "c", default: "50" },
+  pipeline: { type: "string", short: "P", default: "1" },
+  workload: { type: "string", short: "w", default: "mix" },
+  keys: { type: "string", default: "10000" },
+  vsize: { type: "string", default: "32" },
+  secs: { type: "string" },
+  requests: { type: "string", short: "n" },
+  "no-preload": { type: "boolean" },
+  json: { type: "boolean" },
+  help: { type: "boolean" },
+} as const;
+
+const BENCH_HELP = `Usage: txkv bench [options]
+
+Options:
+  -h, --host <addr>        server address (default 127.0.0.1)
+  -p, --port <n>           server port (default 8080)
+  -a, --password <pw>      send AUTH first on every connection (or TXKV_PASSWORD)
+      --tls                connect with TLS
+      --tls-ca <file>      trust this CA certificate (PEM); implies --tls
+  -c, --conns <n>          connections (default 50)
+  -P, --pipeline <n>       requests in flight per connection (default 1)
+  -w, --workload <w>       get | put | mix (80 % GET, 20 % PUT) | tx | ping (default mix)
+      --keys <n>           key space: key:00000000 … (default 10000)
+      --vsize <n>          value size in bytes (default 32)
+      --secs <s>           run this long (default 5)
+  -n, --requests <n>       or: stop after this many ops
+      --no-preload         do not write every key once before a get/mix/tx run
+      --json               print one JSON line instead of the text report
+      --help               this text
+`;
+
+const WORKLOADS = ["get", "put", "mix", "tx", "ping"] as const;
+type Workload = (typeof WORKLOADS)[number];
+
+const count = (min: number) =>
+  v.pipe(v.string(), v.transform(Number), v.number(), v.integer("must be an integer"), v.minValue(min, `must be at least ${min}`));
+
+const BenchSchema = v.object({
+  host: v.string(),
+  port: v.pipe(count(1), v.maxValue(65535, "must be 1-65535")),
+  conns: count(1),
+  pipeline: count(1),
+  workload: v.picklist(WORKLOADS, `must be one of ${WORKLOADS.join(", ")}`),
+  keys: count(1),
+  vsize: count(1),
+  secs: v.optional(v.pipe(v.string(), v.transform(Number), v.number(), v.minValue(0.01, "must be positive"))),
+  requests: v.optional(count(1)),
+});
+
+export type BenchConfig = v.InferOutput<typeof BenchSchema> & {
+  password?: string;
+  /** `true`: system CAs; a string: the PEM of the CA to trust. */
+  tls: boolean | string;
+  preload: boolean;
+  json: boolean;
+};
+
+export type BenchResult = {
+  workload: Workload;
+  conns: number;
+  pipeline: number;
+  ops: number;
+  secs: number;
+  ops_per_s: number;
+  errors: number;
+  p50_us: number;
+  p99_us: number;
+  p999_us: number;
+  max_us: number;
+};
+
+/** Runs `txkv bench` with the arguments after `bench`; resolves with the exit status. */
+export async function runBench(argv: string[]): Promise<number> {
+  let config: BenchConfig;
+  try {
+    const parsed = parseArgs({ args: argv, options: BENCH_OPTIONS, strict: true, allowPositionals: false });
+    if (parsed.values.help) {
+      process.stdout.write(BENCH_HELP);
+      return 0;
+    }
+    config = toConfig(parsed.values);
+  } catch (error) {
+    process.stderr.write(`txkv bench: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 2;
+  }
+  try {
+    const progress = process.stdout.isTTY && !config.json ? new Progress() : null;
+    if (!config.json) process.stdout.write(describe(config) + "\n");
+    const result = await bench(config, progress);
+    progress?.clear();
+    process.stdout.write((config.json ? JSON.stringify(result) : report(result)) + "\n");
+    return 0;
+  } catch (error) {
+    process.stderr.write(`txkv bench: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 1;
+  }
+}
+
+function toConfig(values: Record<string, string | boolean | undefined>): BenchConfig {
+  const parsed = v.safeParse(BenchSchema, values);
+  if (!parsed.success) {
+    const issue = parsed.issues[0];
+    const option = v.getDotPath(issue) ?? "option";
+    throw new Error(`--${option} ${String(values[option])}: ${issue.message}`);
+  }
+  if (parsed.output.secs !== undefined && parsed.output.requests !== undefined) {
+    throw new Error("--secs and --requests exclude each other");
+  }
+  const password = (values.password as string | undefined) ?? process.env.TXKV_PASSWORD;
+  return {
+    ...parsed.output,
+    secs: parsed.output.requests === undefined ? (parsed.output.secs ?? 5) : undefined,
+    password: password === "" ? undefined : password,
+    tls: values["tls-ca"] !== undefined ? readCa(values["tls-ca"] as string) : values.tls === true,
+    preload: values["no-preload"] !== true && parsed.output.workload !== "put" && parsed.output.workload !== "ping",
+    json: values.json === true,
+  };
+}
+
+function readCa(file: string): string {
+  try {
+    return fs.readFileSync(file, "utf8");
+  } catch (error) {
+    throw new Error(`--tls-ca ${file}: ${(error as Error).message}`);
+  }
+}
+
+function describe(config: BenchConfig): string {
+  const limit = config.requests !== undefined ? `${config.requests} ops` : `${config.secs} s`;
+  return (
+    `txkv bench ${config.host}:${config.port}: workload ${config.workload}, ${config.conns} connections, ` +
+    `pipeline ${config.pipeline}, ${config.keys} keys, ${config.vsize}-byte values, ${limit}`
+  );
+}
+
+function report(result: BenchResult): string {
+  const ms = (us: number) => (us / 1000).toFixed(3);
+  const unit = result.pipeline > 1 ? "batch latency" : "latency";
+  return [
+    `${result.ops} ops in ${result.secs.toFixed(2)} s, ${result.errors} error replies`,
+    `throughput: ${Math.round(result.ops_per_s)} ops/s`,
+    `${unit} (ms): p50 ${ms(result.p50_us)}  p99 ${ms(result.p99_us)}  p99.9 ${ms(result.p999_us)}  max ${ms(result.max_us)}`,
+  ].join("\n");
+}
+
+// ---- the load loop ----------------------------------------------------------
+
+/** Latencies in microseconds, one per batch, in a growable typed array. */
+class Latencies {
+  private values = new Uint32Array(1 << 16);
+  length = 0;
+
+  add(us: number): void {
+    if (this.length === this.values.length) {
+      const grown = new Uint32Array(this.values.length * 2);
+      grown.set(this.values);
+      this.values = grown;
+    }
+    this.values[this.length++] = us;
+  }
+
+  sorted(): Uint32Array {
+    return this.values.subarray(0, this.length).sort();
+  }
+}
+
+type Totals = { ops: number; errors: number; latencies: Latencies; stop: boolean; issued: number };
+
+/** Runs the load and resolves with the measurements. Exported for tests. */
+export async function bench(config: BenchConfig, progress: Progress | null = null): Promise<BenchResult> {
+  const value = "x".repeat(config.vsize);
+  if (config.preload) await preload(config, value);
+  const connections = await openAll(config);
+  const totals: Totals = { ops: 0, errors: 0, latencies: new Latencies(), stop: false, issued: 0 };
+  const started = performance.now();
+  const ticker = progress ? setInterval(() => progress.show(totals, performance.now() - started), 250) : null;
+  const timer = config.secs !== undefined ? setTimeout(() => (totals.stop = true), config.secs * 1000) : null;
+  try {
+    await Promise.all(connections.map((connection, i) => drive(connection, config, value, totals, i + 1)));
+  } finally {
+    totals.stop = true;
+    if (timer) clearTimeout(timer);
+    if (ticker) clearInterval(ticker);
+    for (const connection of connections) connection.close();
+  }
+  const secs = (performance.now() - started) / 1000;
+  const sorted = totals.latencies.sorted();
+  const pct = (p: number) => (sorted.length === 0 ? 0 : sorted[Math.floor((sorted.length - 1) * p)]!);
+  return {
+    workload: config.workload,
+    conns: config.conns,
+    pipeline: config.pipeline,
+    ops: totals.ops,
+    secs,
+    ops_per_s: totals.ops / secs,
+    errors: totals.errors,
+    p50_us: pct(0.5),
+    p99_us: pct(0.99),
+    p999_us: pct(0.999),
+    max_us: sorted.length === 0 ? 0 : sorted[sorted.length - 1]!,
+  };
+}
+
+/** Opens every connection, or none: a failure closes the ones already open. */
+async function openAll(config: BenchConfig): Promise<LineConnection[]> {
+  const settled = await Promise.allSettled(Array.from({ length: config.conns }, () => LineConnection.open(config)));
+  const opened = settled.flatMap((outcome) => (outcome.status === "fulfilled" ? [outcome.value] : []));
+  const failure = settled.find((outcome) => outcome.status === "rejected");
+  if (failure) {
+    for (const connection of opened) connection.close();
+    throw failure.reason;
+  }
+  return opened;
+}
+
+/** One connection's closed loop: send a batch, wait for all its replies, record, repeat. */
+function drive(connection: LineConnection, config: BenchConfig, value: string, totals: Totals, seed: number): Promise<void> {
+  const next = rng(seed);
+  const repliesPerOp = config.workload === "tx" ? 4 : 1;
+  const request = (): string => {
+    const key = keyName(next() % config.keys);
+    const kind = config.workload === "mix" ? (next() % 10 < 8 ? "get" : "put") : config.workload;
+    switch (kind) {
+      case "get":
+        return `GET ${key}\n`;
+      case "put":
+        return `PUT ${key} ${value}\n`;
+      case "ping":
+        return "PING\n";
+      default:
+        return `START\nGET ${key}\nPUT ${keyName(next() % config.keys)} ${value}\nCOMMIT\n`;
+    }
+  };
+  return new Promise((resolve, reject) => {
+    let batchOps = 0;
+    let batchStart = 0;
+    const batchDone = (errors: number) => {
+      totals.latencies.add(Math.round((performance.now() - batchStart) * 1000));
+      totals.ops += batchOps;
+      totals.errors += errors;
+      sendBatch();
+    };
+    const sendBatch = () => {
+      const left = config.requests === undefined ? config.pipeline : config.requests - totals.issued;
+      if (totals.stop || left <= 0) return resolve();
+      batchOps = Math.min(config.pipeline, left);
+      totals.issued += batchOps;
+      let text = "";
+      for (let i = 0; i < batchOps; i++) text += request();
+      batchStart = performance.now();
+      connection.send(text, batchOps * repliesPerOp, batchDone);
+    };
+    connection.onLost = reject;
+    sendBatch();
+  });
+}
+
+/** Writes every key once over one connection, 1,000 requests per round trip. */
+async function preload(config: BenchConfig, value: string): Promise<void> {
+  const loader = await LineConnection.open(config);
+  try {
+    for (let first = 0; first < config.keys; first += 1000) {
+      const last = Math.min(config.keys, first + 1000);
+      let text = "";
+      for (let n = first; n < last; n++) text += `PUT ${keyName(n)} ${value}\n`;
+      const errors = await loader.roundTrip(text, last - first);
+      if (errors > 0) throw new Error(`preload: ${errors} PUT requests failed`);
+    }
+  } finally {
+    loader.close();
+  }
+}
+
+/** A small xorshift generator per connection: cheap, and repeatable runs. */
+function rng(seed: number): () => number {
+  let state = Math.imul(seed, 0x9e3779b1) || 1;
+  return () => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return state >>> 0;
+  };
+}
+
+function keyName(n: number): string {
+  return `key:${String(n).padStart(8, "0")}`;
+}
+
+const encoder = new TextEncoder();
+const ERROR_MARK = Buffer.from('"status":"Error"');
+
+/**
+ * A connection that sends a batch of request lines and reports when the same
+ * number of reply lines came back, with how many were Error replies. Replies
+ * are searched natively for newlines and the Error status, never decoded or parsed.
+ */
+class LineConnection {
+  /** Called when the connection closes while a batch waits for replies. */
+  onLost: (error: Error) => void = () => {};
+  private socket!: Bun.Socket<undefined>;
+  private expected = 0;
+  private batchErrors = 0;
+  private carry: Buffer | null = null;
+  private outQueue: Uint8Array | null = null;
+  private done: ((errors: number) => void) | null = null;
+  private closing = false;
+
+  static async open(config: BenchConfig): Promise<LineConnection> {
+    const connection = new LineConnection();
+    const where = `${config.host}:${config.port}`;
+    connection.socket = await Bun.connect({
+      hostname: config.host,
+      port: config.port,
+      tls: typeof config.tls === "string" ? { ca: config.tls } : config.tls || undefined,
+      socket: {
+        data: (_socket, chunk) => connection.onData(chunk),
+        drain: () => connection.flush(),
+        close: () => connection.onClose(new Error(`connection to ${where} closed during the run`)),
+        error: (_socket, error) => connection.onClose(error),
+        connectError: () => {},
+      },
+    }).catch((error: Error) => {
+      throw new Error(`cannot connect to ${where}: ${error.message}`);
+    });
+    if (config.password !== undefined) {
+      const errors = await connection.roundTrip(`AUTH ${config.password}\n`, 1);
+      if (errors > 0) {
+        connection.close();
+        throw new Error(`AUTH to ${where} failed`);
+      }
+    }
+    return connection;
+  }
+
+  send(text: string, replies: number, done: (errors: number) => void): void {
+    this.expected = replies;
+    this.batchErrors = 0;
+    this.done = done;
+    const bytes = encoder.encode(text);
+    if (this.outQueue !== null) {
+      const joined = new Uint8Array(this.outQueue.length + bytes.length);
+      joined.set(this.outQueue);
+      joined.set(bytes, this.outQueue.length);
+      this.outQueue = joined;
+    } else {
+      this.outQueue = bytes;
+      this.flush();
+    }
+  }
+
+  roundTrip(text: string, replies: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.onLost = reject;
+      this.send(text, replies, resolve);
+    });
+  }
+
+  close(): void {
+    this.closing = true;
+    this.socket.end();
+  }
+
+  private flush(): void {
+    if (this.outQueue === null) return;
+    const written = this.socket.write(this.outQueue);
+    this.outQueue = written >= 0 && written < this.outQueue.length ? this.outQueue.subarray(written) : null;
+  }
+
+  /** One chunk holds replies of the current batch only (the next is sent after it completes). */
+  private onData(chunk: Buffer): void {
+    const scanned = this.carry === null ? chunk : Buffer.concat([this.carry, chunk]);
+    for (let at = scanned.indexOf(ERROR_MARK); at !== -1; at = scanned.indexOf(ERROR_MARK, at + ERROR_MARK.length)) {
+      this.batchErrors++;
+    }
+    // A mark split between two chunks is found with the end of this one prepended to the next.
+    this.carry = chunk[chunk.length - 1] === 10 ? null : Buffer.from(chunk.subarray(-(ERROR_MARK.length - 1)));
+    for (let at = chunk.indexOf(10); at !== -1; at = chunk.indexOf(10, at + 1)) {
+      if (--this.expected === 0) {
+        const done = this.done!;
+        this.done = null;
+        done(this.batchErrors);
+      }
+    }
+  }
+
+  private onClose(error: Error): void {
+    if (this.closing || this.done === null) return;
+    this.done = null;
+    this.onLost(error);
+  }
+}
+
+/** Live progress on a terminal: one line, rewritten in place. */
+export class Progress {
+  show(totals: Totals, elapsedMs: number): void {
+    const rate = Math.round(totals.ops / (elapsedMs / 1000));
+    process.stdout.write(`\r\x1b[K${(elapsedMs / 1000).toFixed(1)} s: ${totals.ops} ops, ${rate} ops/s, ${totals.errors} errors`);
+  }
+
+  clear(): void {
+    process.stdout.write("\r\x1b[K");
+  }
+}

@@ -1,0 +1,375 @@
+/**
+ * `txkv cli`: talk to a txkv server from a terminal or a script.
+ *
+ * Owns: the cli's options, its three modes and how replies are shown.
+ *   - one-shot  `txkv cli GET key1`: prints the reply; exit 1 on an Error reply
+ *     (the error goes to stderr).
+ *   - REPL      stdin is a terminal: prompt `host:port> `, history, QUIT,
+ *     EXIT or Ctrl-D leaves; reconnects when the server went away.
+ *   - scripted  stdin is a file or pipe: every non-blank line is one request,
+ *     pipelined; one reply line per request, in order; exit 1 if any reply was
+ *     an Error.
+ * Must not: know command semantics beyond choosing how to display a reply;
+ * all protocol work goes through lib/client.ts.
+ */
+
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import * as readline from "node:readline";
+import { parseArgs } from "node:util";
+import * as v from "valibot";
+import { connect, TxkvClient, type ClientOptions, type Reply } from "./client.ts";
+
+const CLI_OPTIONS = {
+  host: { type: "string", short: "h" },
+  port: { type: "string", short: "p" },
+  password: { type: "string", short: "a" },
+  tls: { type: "boolean" },
+  "tls-ca": { type: "string" },
+  json: { type: "boolean" },
+  help: { type: "boolean" },
+} as const;
+
+const CLI_HELP = `Usage: txkv cli [options] [command ...]
+
+  With a command: send it, print the reply, exit 1 on an Error reply.
+  With stdin a terminal: interactive prompt (QUIT, EXIT or Ctrl-D leaves).
+  With stdin a file or pipe: one request per line, one reply line per request.
+
+Options:
+  -h, --host <addr>      server address (default 127.0.0.1)
+  -p, --port <n>         server port (default 8080)
+  -a, --password <pw>    send AUTH first (or set TXKV_PASSWORD)
+      --tls              connect with TLS
+      --tls-ca <file>    trust this CA certificate (PEM); implies --tls
+      --json             print replies as the server's raw JSON lines
+      --help             this text
+`;
+
+const PortSchema = v.pipe(
+  v.string(),
+  v.transform(Number),
+  v.number(),
+  v.integer("must be an integer"),
+  v.minValue(1, "must be 1-65535"),
+  v.maxValue(65535, "must be 1-65535"),
+);
+
+/** A usage problem: reported in one line, exit status 2. */
+class UsageError extends Error {}
+
+type CliSettings = { client: ClientOptions; json: boolean };
+
+/** Runs `txkv cli` with the arguments after `cli`; resolves with the exit status. */
+export async function runCli(argv: string[]): Promise<number> {
+  let settings: CliSettings;
+  let words: string[];
+  try {
+    const split = splitOptions(argv);
+    words = split.words;
+    const parsed = parseArgs({ args: split.optionArgs, options: CLI_OPTIONS, strict: true, allowPositionals: false });
+    if (parsed.values.help) {
+      process.stdout.write(CLI_HELP);
+      return 0;
+    }
+    settings = toSettings(parsed.values);
+  } catch (error) {
+    process.stderr.write(`txkv cli: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 2;
+  }
+  if (words.length > 0) return oneShot(settings, words.join(" "));
+  if (process.stdin.isTTY) return repl(settings);
+  return scripted(settings);
+}
+
+// ---- the three modes ----------------------------------------------------
+
+async function oneShot(settings: CliSettings, line: string): Promise<number> {
+  const client = await connectOrReport(settings.client);
+  if (!client) return 1;
+  try {
+    const reply = await client.send(line);
+    const style = { json: settings.json, color: colorFor(process.stderr), multiline: true, quoteStrings: false };
+    if (reply.status === "Error" && !settings.json) {
+      process.stderr.write(formatReply(line, reply, style) + "\n");
+      return 1;
+    }
+    process.stdout.write(formatReply(line, reply, { ...style, color: colorFor(process.stdout) }) + "\n");
+    return reply.status === "Error" ? 1 : 0;
+  } catch (error) {
+    process.stderr.write(`txkv cli: ${errorText(error)}\n`);
+    return 1;
+  } finally {
+    await client.close();
+  }
+}
+
+/** Every line is a request; replies are printed as they come, in order. */
+async function scripted(settings: CliSettings): Promise<number> {
+  const client = await connectOrReport(settings.client);
+  if (!client) return 1;
+  const style = { json: settings.json, color: false, multiline: false, quoteStrings: false };
+  const maxInFlight = 4096;
+  let sawError = false;
+  let lost: unknown = null;
+  let last: Promise<void> = Promise.resolve();
+  let inFlight = 0;
+  const output = new LineWriter(process.stdout);
+  const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
+  for await (const line of lines) {
+    if (line.trim() === "" || lost) continue;
+    inFlight++;
+    last = client.send(line).then(
+      (reply) => {
+        inFlight--;
+        if (reply.status === "Error") sawError = true;
+        output.write(formatReply(line, reply, style));
+      },
+      (error) => {
+        inFlight--;
+        lost ??= error;
+      },
+    );
+    if (commandName(line) === "QUIT") break;
+    if (inFlight >= maxInFlight) await last;
+  }
+  lines.close();
+  await last;
+  await output.flushed();
+  await client.close();
+  if (lost) {
+    process.stderr.write(`txkv cli: ${errorText(lost)}\n`);
+    return 1;
+  }
+  return sawError ? 1 : 0;
+}
+
+async function repl(settings: CliSettings): Promise<number> {
+  const address = `${settings.client.host}:${settings.client.port}`;
+  const historyFile = historyPath();
+  const history = loadHistory(historyFile);
+  const rl = readline.createInterface({
+    input: process.stdin,
+    output: process.stdout,
+    history,
+    historySize: 1000,
+    removeHistoryDuplicates: true,
+  });
+  const style = { json: settings.json, color: colorFor(process.stdout), multiline: true, quoteStrings: true };
+  let client: TxkvClient | null = null;
+  const reconnect = async (): Promise<TxkvClient | null> => {
+    if (client?.isOpen) return client;
+    client = await connectOrReport(settings.client);
+    rl.setPrompt(client ? `${address}> ` : "not connected> ");
+    return client;
+  };
+  rl.on("SIGINT", () => rl.close());
+  await reconnect();
+  rl.prompt();
+  for await (const line of rl) {
+    const name = commandName(line);
+    if (name === "QUIT" || name === "EXIT") break;
+    if (line.trim() !== "") {
+      const connected = await reconnect();
+      if (connected) {
+        try {
+          process.stdout.write(formatReply(line, await connected.send(line), style) + "\n");
+        } catch (error) {
+          process.stdout.write(paint(`(error) ${errorText(error)}`, RED, style.color) + "\n");
+          rl.setPrompt("not connected> ");
+        }
+      }
+    }
+    rl.prompt();
+  }
+  rl.close();
+  await (client as TxkvClient | null)?.close();
+  saveHistory(historyFile, rl);
+  return 0;
+}
+
+// ---- reply display ------------------------------------------------------
+
+type Style = {
+  /** Print the server's JSON reply line unchanged. */
+  json: boolean;
+  color: boolean;
+  /** Lists and objects may span lines (false in scripted mode: one line per reply). */
+  multiline: boolean;
+  /** Interactive: show string values quoted so their type shows (as redis-cli does). */
+  quoteStrings: boolean;
+};
+
+const RED = "\x1b[31m";
+const DIM = "\x1b[2m";
+
+/** How one reply is shown. Exported for tests. */
+export function formatReply(request: string, reply: Reply, style: Style): string {
+  if (style.json) return JSON.stringify(reply);
+  if (reply.status === "Error") return paint(`(error) ${reply.code}: ${reply.message}`, RED, style.color);
+  const result = reply.result;
+  const name = commandName(request);
+  if ((name === "GET" || name === "DEL") && isKeyValue(result)) return formatValue(result.value, style);
+  if (name === "PUT" && isKeyValue(result)) return "OK";
+  if (typeof result === "string") return style.multiline ? result : oneLine(result);
+  if (Array.isArray(result) && style.multiline) {
+    if (result.length === 0) return paint("(empty list)", DIM, style.color);
+    return result.map((item, i) => `${i + 1}) ${typeof item === "string" ? item : JSON.stringify(item)}`).join("\n");
+  }
+  return style.multiline && isObject(result) ? JSON.stringify(result, null, 2) : JSON.stringify(result);
+}
+
+function formatValue(value: unknown, style: Style): string {
+  if (typeof value !== "string") return JSON.stringify(value);
+  if (style.quoteStrings) return JSON.stringify(value);
+  return style.multiline ? value : oneLine(value);
+}
+
+/** A string that would break the one-line-per-reply rule is shown JSON-quoted. */
+function oneLine(text: string): string {
+  return /[\u0000-\u001f\u2028\u2029]/.test(text) ? JSON.stringify(text) : text;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function isKeyValue(value: unknown): value is { key: string; value: unknown } {
+  return isObject(value) && "key" in value && "value" in value;
+}
+
+function paint(text: string, color: string, enabled: boolean): string {
+  return enabled ? `${color}${text}\x1b[0m` : text;
+}
+
+function colorFor(stream: NodeJS.WriteStream): boolean {
+  return !!stream.isTTY && process.env.NO_COLOR === undefined;
+}
+
+// ---- options --------------------------------------------------------------
+
+/**
+ * Options come before the command: `cli -p 9000 PUT k -5` must not read `-5`
+ * as an option. Returns the leading options and the command words after them.
+ */
+function splitOptions(argv: string[]): { optionArgs: string[]; words: string[] } {
+  let i = 0;
+  while (i < argv.length) {
+    const arg = argv[i]!;
+    if (arg === "--") return { optionArgs: argv.slice(0, i), words: argv.slice(i + 1) };
+    if (!arg.startsWith("-") || arg === "-") break;
+    i += takesSeparateValue(arg) ? 2 : 1;
+  }
+  return { optionArgs: argv.slice(0, i), words: argv.slice(i) };
+}
+
+function takesSeparateValue(arg: string): boolean {
+  if (arg.includes("=")) return false;
+  const spec = arg.startsWith("--")
+    ? CLI_OPTIONS[arg.slice(2) as keyof typeof CLI_OPTIONS]
+    : Object.values(CLI_OPTIONS).find((option) => "short" in option && `-${option.short}` === arg);
+  return spec?.type === "string";
+}
+
+function toSettings(values: { [K in keyof typeof CLI_OPTIONS]?: string | boolean }): CliSettings {
+  const client: ClientOptions = { host: (values.host as string | undefined) ?? "127.0.0.1", port: 8080 };
+  if (values.port !== undefined) {
+    const port = v.safeParse(PortSchema, values.port);
+    if (!port.success) throw new UsageError(`--port ${values.port}: ${port.issues[0].message}`);
+    client.port = port.output;
+  }
+  const password = (values.password as string | undefined) ?? process.env.TXKV_PASSWORD;
+  if (password !== undefined && password !== "") client.password = password;
+  const caFile = values["tls-ca"] as string | undefined;
+  if (caFile !== undefined) {
+    let ca: string;
+    try {
+      ca = fs.readFileSync(caFile, "utf8");
+    } catch (error) {
+      throw new UsageError(`--tls-ca ${caFile}: ${(error as Error).message}`);
+    }
+    client.tls = { ca };
+  } else if (values.tls) {
+    client.tls = true;
+  }
+  return { client, json: values.json === true };
+}
+
+// ---- small helpers --------------------------------------------------------
+
+async function connectOrReport(options: ClientOptions): Promise<TxkvClient | null> {
+  try {
+    return await connect(options);
+  } catch (error) {
+    process.stderr.write(`txkv cli: ${errorText(error)}\n`);
+    return null;
+  }
+}
+
+function commandName(line: string): string {
+  return line.trimStart().split(/[ \t]/, 1)[0]!.toUpperCase();
+}
+
+function errorText(error: unknown): string {
+  if (error instanceof Error && "code" in error) return `${String(error.code)}: ${error.message}`;
+  return error instanceof Error ? error.message : String(error);
+}
+
+function historyPath(): string | null {
+  const configured = process.env.TXKV_HISTFILE;
+  if (configured !== undefined) return configured === "" ? null : configured;
+  return path.join(os.homedir(), ".txkv_history");
+}
+
+/** readline wants the newest entry first. */
+function loadHistory(file: string | null): string[] {
+  if (!file) return [];
+  try {
+    return fs.readFileSync(file, "utf8").split("\n").filter(Boolean).reverse().slice(0, 1000);
+  } catch {
+    return [];
+  }
+}
+
+function saveHistory(file: string | null, rl: readline.Interface): void {
+  const entries = (rl as unknown as { history?: string[] }).history;
+  if (!file || !entries) return;
+  try {
+    fs.writeFileSync(file, [...entries].reverse().join("\n") + "\n", { mode: 0o600 });
+  } catch {
+    // History is a convenience: a read-only home must not break the cli.
+  }
+}
+
+/** Collects output lines and writes them in one go per tick, respecting backpressure. */
+class LineWriter {
+  private buffered = "";
+  private scheduled = false;
+  private writing: Promise<void> = Promise.resolve();
+
+  constructor(private readonly stream: NodeJS.WriteStream) {}
+
+  write(line: string): void {
+    this.buffered += line + "\n";
+    if (!this.scheduled) {
+      this.scheduled = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    const text = this.buffered;
+    this.buffered = "";
+    if (text === "") return;
+    this.writing = this.writing.then(
+      () => new Promise<void>((resolve) => (this.stream.write(text) ? resolve() : this.stream.once("drain", resolve))),
+    );
+  }
+
+  async flushed(): Promise<void> {
+    this.flush();
+    await this.writing;
+  }
+}

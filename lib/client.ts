@@ -1,0 +1,487 @@
+/**
+ * The txkv client library: one TCP (or TLS) connection to a txkv server.
+ *
+ * Owns: connecting (with AUTH), writing request lines (batched per tick, with
+ * a write queue flushed on `drain`), matching reply lines to requests in order
+ * (a FIFO of pending replies, so many requests may be in flight), typed errors,
+ * and the retrying `transaction()` helper.
+ * Must not: import server code, or retry anything whose outcome is unknown.
+ *
+ * Requests use the JSON form (`PUT {"key":K,"value":V}`), so any string key
+ * and any JSON value round-trip. Semantics a caller should know:
+ *
+ * - `get(key)` and `del(key)` resolve to `undefined` when the key does not
+ *   exist (the server's `NOT_FOUND`); JSON `null` is a value like any other.
+ * - Every other Error reply rejects with a `TxkvError` carrying the reply's
+ *   `code` and `message`.
+ * - When the connection closes (server gone, network error, `close()`), every
+ *   request still waiting for its reply rejects with `TxkvConnectionError`,
+ *   and so does every later call. The client does not reconnect by itself:
+ *   make a new one.
+ * - `transaction(fn)` holds the connection for the whole transaction: calls
+ *   made on the client meanwhile wait and are sent after it ends, so they
+ *   never interleave into it. Inside `fn`, use the `tx` handle it receives;
+ *   calling the client itself from inside `fn` waits for `fn`, i.e. deadlocks.
+ */
+
+import * as v from "valibot";
+
+/** Any value JSON can carry. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+export type TlsClientOptions = {
+  /** PEM certificate(s) of the CA that signed the server's certificate. */
+  ca?: string | Uint8Array | Array<string | Uint8Array>;
+  /** Default true: refuse a certificate that does not verify. */
+  rejectUnauthorized?: boolean;
+  /** Name to check the certificate against (and to send as SNI). */
+  serverName?: string;
+};
+
+export type ClientOptions = {
+  /** Default `127.0.0.1`. */
+  host?: string;
+  /** Default 8080. */
+  port?: number;
+  /** Sent as `AUTH <password>` before anything else. */
+  password?: string;
+  /** `true` for TLS with the system's trusted CAs, or TLS options. Default: plain TCP. */
+  tls?: boolean | TlsClientOptions;
+};
+
+export type TransactionOptions = {
+  /** How many times to run the function again after a `CONFLICT`. Default 10. */
+  retries?: number;
+  /** First backoff before a retry; doubled each time, with jitter. Default 5 ms. */
+  backoffMs?: number;
+  /** Upper bound of one backoff. Default 250 ms. */
+  maxBackoffMs?: number;
+};
+
+const ReplySchema = v.variant("status", [
+  v.object({ status: v.literal("Ok"), result: v.unknown(), message: v.optional(v.string()) }),
+  v.object({ status: v.literal("Error"), code: v.string(), message: v.string() }),
+]);
+
+/** One reply line, parsed. */
+export type Reply = v.InferOutput<typeof ReplySchema>;
+
+/** An Error reply from the server: branch on `code`, show `message`. */
+export class TxkvError extends Error {
+  override readonly name = "TxkvError";
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * The connection is gone (or could not be made). A request that failed this
+ * way may or may not have reached the server, except where documented.
+ */
+export class TxkvConnectionError extends Error {
+  override readonly name: string = "TxkvConnectionError";
+}
+
+/**
+ * The connection dropped after COMMIT was sent and before its reply arrived.
+ * The transaction may or may not have been applied: the server applies a
+ * COMMIT it has read in full, and rolls back a transaction whose connection
+ * closes before COMMIT arrives. Nothing is retried; check the data (or make
+ * the transaction's writes idempotent) before running it again.
+ */
+export class TxkvOutcomeUnknownError extends TxkvConnectionError {
+  override readonly name = "TxkvOutcomeUnknownError";
+}
+
+/** The operations available inside `transaction()`. Valid only until the function returns. */
+export interface Transaction {
+  get(key: string): Promise<JsonValue | undefined>;
+  put(key: string, value: JsonValue): Promise<void>;
+  del(key: string): Promise<JsonValue | undefined>;
+  keys(prefix?: string): Promise<string[]>;
+}
+
+type Pending = { resolve: (reply: Reply) => void; reject: (error: Error) => void };
+
+const encoder = new TextEncoder();
+
+/** Connects, authenticates when a password is given, and resolves with a ready client. */
+export function connect(options: ClientOptions = {}): Promise<TxkvClient> {
+  return TxkvClient.connect(options);
+}
+
+export class TxkvClient {
+  readonly host: string;
+  readonly port: number;
+  /** Resolves when the connection has closed, for whatever reason. */
+  readonly closed: Promise<void>;
+
+  private socket: Bun.Socket<undefined> | null = null;
+  private isClosed = false;
+  private closeError: TxkvConnectionError | null = null;
+  private resolveClosed!: () => void;
+
+  private readonly pending: Pending[] = [];
+  private pendingHead = 0;
+
+  private outText = "";
+  private flushScheduled = false;
+  private writeQueue: Uint8Array | null = null;
+  private endWhenFlushed = false;
+
+  private readonly decoder = new TextDecoder();
+  private partialLine = "";
+
+  /** A transaction holds the connection; plain calls wait in `waiters`. */
+  private held = false;
+  private readonly waiters: Array<() => void> = [];
+
+  /** Connects, authenticates when a password is given, and resolves with a ready client. */
+  static async connect(options: ClientOptions = {}): Promise<TxkvClient> {
+    const client = new TxkvClient(options);
+    await client.open(options);
+    return client;
+  }
+
+  private constructor(options: ClientOptions) {
+    this.host = options.host ?? "127.0.0.1";
+    this.port = options.port ?? 8080;
+    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+  }
+
+  // ---- public commands -------------------------------------------------
+
+  async get(key: string): Promise<JsonValue | undefined> {
+    return valueOrUndefined(await this.request(`GET ${JSON.stringify({ key })}`));
+  }
+
+  async put(key: string, value: JsonValue): Promise<void> {
+    checkOk(await this.request(`PUT ${JSON.stringify({ key, value })}`));
+  }
+
+  /** Deletes the key; resolves to the deleted value, or `undefined` when there was none. */
+  async del(key: string): Promise<JsonValue | undefined> {
+    return valueOrUndefined(await this.request(`DEL ${JSON.stringify({ key })}`));
+  }
+
+  /** The keys that start with `prefix` (all keys by default), sorted. */
+  async keys(prefix = ""): Promise<string[]> {
+    return checkOk(await this.request(keysLine(prefix))) as string[];
+  }
+
+  async ping(): Promise<string> {
+    return checkOk(await this.request("PING")) as string;
+  }
+
+  async stats(): Promise<Record<string, unknown>> {
+    return checkOk(await this.request("STATS")) as Record<string, unknown>;
+  }
+
+  /**
+   * Sends one request line as it is and resolves with the parsed reply, Error
+   * replies included (it rejects only when the connection fails). For tools
+   * such as the CLI; waits, like every call, while a transaction holds the client.
+   */
+  send(line: string): Promise<Reply> {
+    checkRequestLine(line);
+    return this.request(line);
+  }
+
+  /**
+   * Runs `fn` inside START … COMMIT and resolves with what `fn` returned.
+   *
+   * - `CONFLICT` at COMMIT: nothing was applied; after a backoff the whole
+   *   function runs again (up to `retries` more times, then the `TxkvError`
+   *   with code `CONFLICT` is thrown). `fn` must therefore be safe to re-run.
+   * - `fn` throws: the transaction is rolled back and the error rethrown.
+   * - Other COMMIT errors (`ABORTED`, `PERSISTENCE`): nothing was applied; thrown.
+   * - The connection drops before COMMIT is sent: nothing was applied
+   *   (`TxkvConnectionError`). It drops after COMMIT is sent and before the
+   *   reply: the outcome is unknown (`TxkvOutcomeUnknownError`); not retried.
+   *
+   * While `fn` runs, other calls on this client wait (see the file comment).
+   */
+  async transaction<T>(fn: (tx: Transaction) => Promise<T> | T, options: TransactionOptions = {}): Promise<T> {
+    const retries = options.retries ?? 10;
+    const baseBackoff = options.backoffMs ?? 5;
+    const maxBackoff = options.maxBackoffMs ?? 250;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.runTransactionOnce(fn);
+      } catch (error) {
+        const conflict = error instanceof TxkvError && error.code === "CONFLICT";
+        if (!conflict || attempt >= retries) throw error;
+      }
+      const ceiling = Math.min(maxBackoff, baseBackoff * 2 ** attempt);
+      await Bun.sleep(ceiling / 2 + (Math.random() * ceiling) / 2);
+    }
+  }
+
+  /**
+   * Closes the connection gracefully: requests already made still get their
+   * replies, later calls reject with `TxkvConnectionError`.
+   */
+  async close(): Promise<void> {
+    if (this.isClosed) return;
+    this.endWhenFlushed = true;
+    this.closeError ??= new TxkvConnectionError("connection closed by the client");
+    this.endIfIdle();
+    await this.closed;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  /** True once the connection has closed; every call then rejects. */
+  get isOpen(): boolean {
+    return !this.isClosed;
+  }
+
+  // ---- transactions ----------------------------------------------------
+
+  private async runTransactionOnce<T>(fn: (tx: Transaction) => Promise<T> | T): Promise<T> {
+    await this.hold();
+    let active = true;
+    const direct = (line: string): Promise<Reply> => {
+      if (!active) return Promise.reject(new Error("transaction handle used after its transaction ended"));
+      return this.sendNow(line);
+    };
+    const tx: Transaction = {
+      get: async (key) => valueOrUndefined(await direct(`GET ${JSON.stringify({ key })}`)),
+      put: async (key, value) => void checkOk(await direct(`PUT ${JSON.stringify({ key, value })}`)),
+      del: async (key) => valueOrUndefined(await direct(`DEL ${JSON.stringify({ key })}`)),
+      keys: async (prefix = "") => checkOk(await direct(keysLine(prefix))) as string[],
+    };
+    try {
+      checkOk(await this.sendNow("START"));
+      let result: T;
+      try {
+        result = await fn(tx);
+      } catch (error) {
+        active = false;
+        await this.rollbackQuietly();
+        throw error;
+      }
+      active = false;
+      let commitReply: Reply;
+      try {
+        commitReply = await this.sendNow("COMMIT");
+      } catch (error) {
+        if (error instanceof TxkvConnectionError) {
+          throw new TxkvOutcomeUnknownError(`connection lost before the COMMIT reply: outcome unknown (${error.message})`);
+        }
+        throw error;
+      }
+      checkOk(commitReply);
+      return result;
+    } finally {
+      active = false;
+      this.release();
+    }
+  }
+
+  /** After `fn` threw: end the transaction; a dead connection already ended it server-side. */
+  private async rollbackQuietly(): Promise<void> {
+    try {
+      await this.sendNow("ROLLBACK");
+    } catch (error) {
+      if (!(error instanceof TxkvConnectionError)) throw error;
+    }
+  }
+
+  private async hold(): Promise<void> {
+    if (!this.held && this.waiters.length === 0) {
+      this.held = true;
+      return;
+    }
+    await new Promise<void>((resolve) =>
+      this.waiters.push(() => {
+        this.held = true;
+        resolve();
+      }),
+    );
+  }
+
+  /** Wakes waiters in order: plain requests are sent at once, up to the next transaction. */
+  private release(): void {
+    this.held = false;
+    while (!this.held && this.waiters.length > 0) this.waiters.shift()!();
+  }
+
+  // ---- requests and replies --------------------------------------------
+
+  /** Sends now, or after the transaction holding the client ends. */
+  private request(line: string): Promise<Reply> {
+    if (!this.held && this.waiters.length === 0) return this.sendNow(line);
+    return new Promise((resolve, reject) => this.waiters.push(() => this.sendNow(line).then(resolve, reject)));
+  }
+
+  private sendNow(line: string): Promise<Reply> {
+    if (this.isClosed || this.endWhenFlushed) {
+      return Promise.reject(this.closeError ?? new TxkvConnectionError("connection closed"));
+    }
+    this.outText += line + "\n";
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(() => this.flush());
+    }
+    return new Promise((resolve, reject) => this.pending.push({ resolve, reject }));
+  }
+
+  /** One write per tick for all requests made in it (pipelining without a write per request). */
+  private flush(): void {
+    this.flushScheduled = false;
+    const socket = this.socket;
+    if (!socket || this.isClosed) return; // before open: open() flushes; after close: already rejected
+    if (this.outText.length > 0) {
+      const bytes = encoder.encode(this.outText);
+      this.outText = "";
+      this.writeQueue = this.writeQueue === null ? bytes : concat(this.writeQueue, bytes);
+    }
+    if (this.writeQueue !== null) {
+      const written = socket.write(this.writeQueue);
+      if (written < 0) return; // closed: the close handler rejects the pending requests
+      this.writeQueue = written >= this.writeQueue.length ? null : this.writeQueue.subarray(written);
+    }
+    this.endIfIdle();
+  }
+
+  /** After close(): end the socket once every request is written and answered. */
+  private endIfIdle(): void {
+    const idle = this.writeQueue === null && !this.flushScheduled && this.pending.length === this.pendingHead;
+    if (this.endWhenFlushed && idle) this.socket?.end();
+  }
+
+  private onData(chunk: Uint8Array): void {
+    const text = this.partialLine + this.decoder.decode(chunk, { stream: true });
+    let start = 0;
+    for (let newline = text.indexOf("\n"); newline !== -1; newline = text.indexOf("\n", start)) {
+      const line = text.slice(start, newline);
+      start = newline + 1;
+      this.onReplyLine(line);
+    }
+    this.partialLine = start === 0 ? text : text.slice(start);
+  }
+
+  private onReplyLine(line: string): void {
+    let reply: Reply;
+    try {
+      reply = v.parse(ReplySchema, JSON.parse(line));
+    } catch {
+      this.fail(new TxkvConnectionError(`unreadable reply from the server: ${line.slice(0, 200)}`));
+      return;
+    }
+    const waiter = this.pending[this.pendingHead];
+    if (waiter === undefined) {
+      // A reply nobody asked for: the server refusing us (BUSY) right before it closes.
+      if (reply.status === "Error") this.closeError ??= new TxkvConnectionError(`${reply.code}: ${reply.message}`);
+      return;
+    }
+    this.pending[this.pendingHead++] = undefined as unknown as Pending;
+    if (this.pendingHead > 1024 && this.pendingHead * 2 > this.pending.length) {
+      this.pending.splice(0, this.pendingHead);
+      this.pendingHead = 0;
+    }
+    waiter.resolve(reply);
+    if (this.endWhenFlushed) this.endIfIdle();
+  }
+
+  /** Marks the client closed and rejects every request still waiting. */
+  private fail(error: TxkvConnectionError): void {
+    if (!this.isClosed) {
+      this.isClosed = true;
+      this.closeError ??= error;
+      const waiting = this.pending.splice(this.pendingHead);
+      this.pendingHead = 0;
+      this.pending.length = 0;
+      for (const waiter of waiting) waiter.reject(this.closeError);
+      this.release();
+      this.socket?.end();
+      this.resolveClosed();
+    }
+  }
+
+  private async open(options: ClientOptions): Promise<void> {
+    const where = `${this.host}:${this.port}`;
+    const tls = tlsConfig(options.tls);
+    let handshakeDone!: () => void;
+    const handshake = new Promise<void>((resolve) => (handshakeDone = resolve));
+    try {
+      this.socket = await Bun.connect({
+        hostname: this.host,
+        port: this.port,
+        tls,
+        socket: {
+          // With this handler Bun reports why verification failed; it still closes the socket itself.
+          handshake: tls
+            ? (_socket, success, authorizationError) => {
+                if (success) return handshakeDone();
+                const reason = authorizationError?.message ?? "handshake failed";
+                this.closeError ??= new TxkvConnectionError(`TLS connection to ${where} refused: ${reason}`);
+              }
+            : undefined,
+          data: (_socket, chunk) => this.onData(chunk),
+          drain: () => this.flush(),
+          close: (_socket, error) =>
+            this.fail(new TxkvConnectionError(`connection to ${where} closed${error ? `: ${error.message}` : ""}`)),
+          error: (_socket, error) => this.fail(new TxkvConnectionError(`connection to ${where} failed: ${error.message}`)),
+          connectError: () => {},
+        },
+      });
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      this.fail(new TxkvConnectionError(`cannot connect to ${where}: ${reason}`));
+      throw this.closeError;
+    }
+    if (tls) {
+      await Promise.race([handshake, this.closed]);
+      if (this.isClosed) throw this.closeError;
+    }
+    if (options.password !== undefined) {
+      const reply = await this.sendNow(`AUTH ${options.password}`);
+      if (reply.status === "Error") {
+        await this.close();
+        throw new TxkvError(reply.code, reply.message);
+      }
+    }
+  }
+}
+
+// ---- helpers -------------------------------------------------------------
+
+function checkOk(reply: Reply): unknown {
+  if (reply.status === "Error") throw new TxkvError(reply.code, reply.message);
+  return reply.result;
+}
+
+/** GET/DEL: the value of `{"key","value"}`, or undefined for NOT_FOUND. */
+function valueOrUndefined(reply: Reply): JsonValue | undefined {
+  if (reply.status === "Error" && reply.code === "NOT_FOUND") return undefined;
+  return (checkOk(reply) as { value: JsonValue }).value;
+}
+
+function keysLine(prefix: string): string {
+  return prefix === "" ? "KEYS" : `KEYS ${JSON.stringify({ prefix })}`;
+}
+
+function checkRequestLine(line: string): void {
+  if (/[\r\n]/.test(line)) throw new TypeError("a request line must not contain CR or LF");
+  if (line.trim() === "") throw new TypeError("a blank line is not a request (the server would not reply)");
+}
+
+function tlsConfig(tls: ClientOptions["tls"]): Bun.TLSOptions | boolean | undefined {
+  if (tls === undefined || tls === false) return undefined;
+  if (tls === true) return true;
+  return { ca: tls.ca, rejectUnauthorized: tls.rejectUnauthorized, serverName: tls.serverName };
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const joined = new Uint8Array(a.length + b.length);
+  joined.set(a, 0);
+  joined.set(b, a.length);
+  return joined;
+}

@@ -1,0 +1,119 @@
+/**
+ * `txkv bench`: short real runs against a server subprocess, checking the
+ * shape of the report (text and --json), request counting and option errors.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { BUN, INDEX, runIndex, spawnServer, type ServerProcess } from "./helpers.ts";
+import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
+
+let server: ServerProcess;
+let port: string;
+
+beforeAll(async () => {
+  server = await spawnServer(["--in-memory"]);
+  port = String(server.port);
+});
+
+afterAll(async () => {
+  await server.kill();
+});
+
+/** Runs `index.ts` with stdin from a string; no history file, no colours. */
+const runTxkv = (args: string[], stdin = "", env: Record<string, string> = {}) =>
+  runIndex(args, { stdin, env: { TXKV_HISTFILE: "", NO_COLOR: "1", ...env } });
+
+const bench = (args: string[]) => runTxkv(["bench", "-p", port, "--keys", "500", ...args]);
+
+test("--json: one JSON line with ops, rate, errors and ordered latency percentiles", async () => {
+  const run = await bench(["--requests", "2000", "--conns", "4", "--pipeline", "4", "--workload", "mix", "--json"]);
+  expect(run.code).toBe(0);
+  const lines = run.stdout.trimEnd().split("\n");
+  expect(lines.length).toBe(1);
+  const result = JSON.parse(lines[0]!);
+  expect(result).toMatchObject({ workload: "mix", conns: 4, pipeline: 4, ops: 2000, errors: 0 });
+  expect(result.ops_per_s).toBeGreaterThan(0);
+  expect(result.p50_us).toBeLessThanOrEqual(result.p99_us);
+  expect(result.p99_us).toBeLessThanOrEqual(result.p999_us);
+  expect(result.p999_us).toBeLessThanOrEqual(result.max_us);
+});
+
+test("text report: settings line, ops and errors, ops/s, p50/p99/p99.9 (no progress when not a terminal)", async () => {
+  const run = await bench(["--requests", "1000", "--conns", "2", "--workload", "get"]);
+  expect(run.code).toBe(0);
+  const lines = run.stdout.trimEnd().split("\n");
+  expect(lines.length).toBe(4);
+  expect(lines[0]).toBe(
+    `txkv bench 127.0.0.1:${port}: workload get, 2 connections, pipeline 1, 500 keys, 32-byte values, 1000 ops`,
+  );
+  expect(lines[1]).toMatch(/^1000 ops in \d+\.\d\d s, 0 error replies$/);
+  expect(lines[2]).toMatch(/^throughput: \d+ ops\/s$/);
+  expect(lines[3]).toMatch(/^latency \(ms\): p50 \d+\.\d{3} {2}p99 \d+\.\d{3} {2}p99\.9 \d+\.\d{3} {2}max \d+\.\d{3}$/);
+  expect(run.stdout).not.toContain("\r");
+});
+
+test("tx workload counts transactions; put writes into the key space", async () => {
+  const tx = JSON.parse((await bench(["--requests", "300", "--conns", "3", "--workload", "tx", "--json"])).stdout);
+  expect(tx).toMatchObject({ workload: "tx", ops: 300 });
+  const put = JSON.parse((await bench(["--requests", "500", "--conns", "2", "--workload", "put", "--json"])).stdout);
+  expect(put).toMatchObject({ ops: 500, errors: 0 });
+  const keys = await runTxkv(["cli", "-p", port, "KEYS", "key:0000049"]);
+  expect(keys.stdout.split("\n").filter(Boolean).length).toBe(10);
+});
+
+test("a duration run stops by itself", async () => {
+  const run = await bench(["--secs", "0.3", "--conns", "2", "--workload", "ping", "--json"]);
+  expect(run.code).toBe(0);
+  const result = JSON.parse(run.stdout);
+  expect(result.ops).toBeGreaterThan(0);
+  expect(result.errors).toBe(0);
+});
+
+test("Error replies are counted; a wrong password stops the run with status 1", async () => {
+  const guarded = await spawnServer(["--in-memory", "--password", "pw"]);
+  const denied = await runTxkv(["bench", "-p", String(guarded.port), "--requests", "50", "--workload", "ping", "--json"]);
+  expect(JSON.parse(denied.stdout)).toMatchObject({ ops: 50, errors: 50 });
+  const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "pw", "--requests", "50", "--json"]);
+  expect(JSON.parse(allowed.stdout)).toMatchObject({ ops: 50, errors: 0 });
+  const wrong = await runTxkv(["bench", "-p", String(guarded.port), "-a", "nope", "--requests", "50", "--conns", "3"]);
+  expect(wrong.code).toBe(1);
+  expect(wrong.stderr).toContain("AUTH");
+  await guarded.kill();
+});
+
+test("--tls-ca connects over TLS (TLS stand-in server answering PONG)", async () => {
+  const certs = makeTestCertificates();
+  const fake = tlsPongServer(certs);
+  const run = await runTxkv(["bench", "-p", String(fake.port), "--tls-ca", certs.caFile, "--workload", "ping", "--requests", "100", "--conns", "2", "--json"]);
+  expect(run.code).toBe(0);
+  expect(JSON.parse(run.stdout)).toMatchObject({ ops: 100, errors: 0 });
+  const refused = await runTxkv(["bench", "-p", String(fake.port), "--tls", "--workload", "ping", "--requests", "10"]);
+  expect(refused.code).toBe(1);
+  fake.stop(true);
+});
+
+test("bad options exit 2 naming the option", async () => {
+  const workload = await bench(["--workload", "nope"]);
+  expect(workload.code).toBe(2);
+  expect(workload.stderr).toContain("--workload nope");
+  const conns = await bench(["--conns", "0"]);
+  expect(conns.code).toBe(2);
+  expect(conns.stderr).toContain("--conns 0");
+  const both = await bench(["--secs", "1", "--requests", "5"]);
+  expect(both.code).toBe(2);
+});
+
+test("on a terminal, a progress line is rewritten in place while it runs, then the report", async () => {
+  let output = "";
+  const proc = Bun.spawn([BUN, "run", INDEX, "bench", "-p", port, "--secs", "0.7", "--conns", "2", "--keys", "100"], {
+    terminal: {
+      cols: 200,
+      data(_terminal, data) {
+        output += new TextDecoder().decode(data);
+      },
+    },
+  });
+  expect(await proc.exited).toBe(0);
+  proc.terminal!.close();
+  expect(output).toMatch(/\r\x1b\[K\d+\.\d s: \d+ ops, \d+ ops\/s, 0 errors/);
+  expect(output).toMatch(/\r\x1b\[K\d+ ops in \d+\.\d\d s, 0 error replies\r\nthroughput: /);
+});

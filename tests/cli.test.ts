@@ -1,0 +1,248 @@
+/**
+ * `txkv cli` in its three modes (one-shot, scripted, interactive REPL on a
+ * pseudo-terminal), run as a subprocess against a real server subprocess.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { runIndex, spawnServer, type ServerProcess } from "./helpers.ts";
+import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
+
+let server: ServerProcess;
+let port: string;
+
+beforeAll(async () => {
+  server = await spawnServer(["--in-memory"]);
+  port = String(server.port);
+});
+
+afterAll(async () => {
+  await server.kill();
+});
+
+/** Runs `index.ts` with stdin from a string; no history file, no colours. */
+const runTxkv = (args: string[], stdin = "", env: Record<string, string> = {}) =>
+  runIndex(args, { stdin, env: { TXKV_HISTFILE: "", NO_COLOR: "1", ...env } });
+
+const cli = (args: string[], stdin = "", env: Record<string, string> = {}) =>
+  runTxkv(["cli", "-p", port, ...args], stdin, env);
+
+describe("one-shot", () => {
+  test("cli PING prints exactly PONG and exits 0", async () => {
+    const run = await cli(["PING"]);
+    expect(run).toMatchObject({ code: 0, stdout: "PONG\n" });
+  });
+
+  test("cli PUT joins the words into one request; cli GET prints the value", async () => {
+    expect(await cli(["PUT", "key1", "hello", "world"])).toMatchObject({ code: 0, stdout: "OK\n" });
+    expect(await cli(["GET", "key1"])).toMatchObject({ code: 0, stdout: "hello world\n" });
+  });
+
+  test("JSON values print as JSON; arguments that look like options after the command are kept", async () => {
+    expect((await cli(["PUT", '{"key":"j","value":{"a":[1,null]}}'])).code).toBe(0);
+    expect((await cli(["GET", "j"])).stdout).toBe('{"a":[1,null]}\n');
+    expect((await cli(["PUT", "neg", "-5"])).code).toBe(0);
+    expect((await cli(["GET", "neg"])).stdout).toBe("-5\n");
+  });
+
+  test("an Error reply: exit 1, the error on stderr, nothing on stdout", async () => {
+    const run = await cli(["GET", "no-such-key"]);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toBe("");
+    expect(run.stderr).toBe("(error) NOT_FOUND: Key not found: no-such-key\n");
+  });
+
+  test("--json prints the server's reply line unchanged", async () => {
+    const run = await cli(["--json", "PING"]);
+    expect(run).toMatchObject({ code: 0, stdout: '{"status":"Ok","result":"PONG"}\n' });
+  });
+
+  test("KEYS prints one key per line", async () => {
+    await cli(["PUT", "list:b", "2"]);
+    await cli(["PUT", "list:a", "1"]);
+    expect((await cli(["KEYS", "list:"])).stdout).toBe("1) list:a\n2) list:b\n");
+  });
+});
+
+describe("scripted (stdin not a terminal)", () => {
+  test("one reply line per request, in order; blank lines skipped; exit 0 when all are Ok", async () => {
+    const script = ["PUT s:a apple", "", "GET s:a", "START", "PUT s:b banana pie", "COMMIT", "KEYS s:", "PING"].join("\n");
+    const run = await cli([], script + "\n");
+    expect(run.code).toBe(0);
+    expect(run.stdout.split("\n")).toEqual([
+      "OK",
+      "apple",
+      "Transaction started",
+      "OK",
+      "Transaction committed",
+      '["s:a","s:b"]',
+      "PONG",
+      "",
+    ]);
+  });
+
+  test("Error replies take their line in stdout and make the exit status 1", async () => {
+    const run = await cli([], "GET s:none\nPING\nFROB\n");
+    expect(run.code).toBe(1);
+    expect(run.stdout).toBe(
+      "(error) NOT_FOUND: Key not found: s:none\nPONG\n(error) UNKNOWN_COMMAND: Unknown command: FROB\n",
+    );
+  });
+
+  test("thousands of requests are pipelined and answered in order", async () => {
+    const n = 3000;
+    const lines = [];
+    for (let i = 0; i < n; i++) lines.push(`PUT bulk:${i} v${i}`, `GET bulk:${i}`);
+    const run = await cli([], lines.join("\n") + "\n");
+    expect(run.code).toBe(0);
+    const out = run.stdout.trimEnd().split("\n");
+    expect(out.length).toBe(2 * n);
+    for (let i = 0; i < n; i++) {
+      expect(out[2 * i]).toBe("OK");
+      expect(out[2 * i + 1]).toBe(`v${i}`);
+    }
+  });
+
+  test("a value with a newline stays on one line (JSON-quoted)", async () => {
+    const run = await cli([], 'PUT {"key":"nl","value":"a\\nb"}\nGET nl\n');
+    expect(run.stdout).toBe('OK\n"a\\nb"\n');
+  });
+
+  test("QUIT ends the script", async () => {
+    const run = await cli([], "PING\nQUIT\nPING\n");
+    expect(run).toMatchObject({ code: 0, stdout: "PONG\nBye\n" });
+  });
+});
+
+describe("options and failures", () => {
+  test("a password from -a or TXKV_PASSWORD is sent as AUTH first", async () => {
+    const guarded = await spawnServer(["--in-memory", "--password", "pw1"]);
+    const guardedPort = String(guarded.port);
+    const without = await runTxkv(["cli", "-p", guardedPort, "PING"]);
+    expect(without.code).toBe(1);
+    expect(without.stderr).toContain("AUTH_REQUIRED");
+    expect(await runTxkv(["cli", "-p", guardedPort, "-a", "pw1", "PING"])).toMatchObject({ code: 0, stdout: "PONG\n" });
+    const fromEnv = await runTxkv(["cli", "-p", guardedPort, "PING"], "", { TXKV_PASSWORD: "pw1" });
+    expect(fromEnv).toMatchObject({ code: 0, stdout: "PONG\n" });
+    const wrong = await runTxkv(["cli", "-p", guardedPort, "-a", "nope", "PING"]);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toContain("AUTH_FAILED");
+    await guarded.kill();
+  });
+
+  test("no server on the port: exit 1 with a message naming the address", async () => {
+    const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const closedPort = listener.port;
+    listener.stop(true);
+    const run = await runTxkv(["cli", "-p", String(closedPort), "PING"]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain(`127.0.0.1:${closedPort}`);
+  });
+
+  test("--tls-ca trusts the given CA; --tls alone refuses an unknown certificate (TLS stand-in server)", async () => {
+    const certs = makeTestCertificates();
+    const fake = tlsPongServer(certs);
+    const fakePort = String(fake.port);
+    expect(await runTxkv(["cli", "-p", fakePort, "--tls-ca", certs.caFile, "PING"])).toMatchObject({ code: 0, stdout: "PONG\n" });
+    const refused = await runTxkv(["cli", "-p", fakePort, "--tls", "PING"]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("TLS connection to 127.0.0.1:" + fakePort + " refused");
+    fake.stop(true);
+  });
+
+  test("a bad option or port: exit 2 with one line naming it", async () => {
+    const bad = await runTxkv(["cli", "--frobnicate", "PING"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--frobnicate");
+    const badPort = await runTxkv(["cli", "-p", "99999", "PING"]);
+    expect(badPort.code).toBe(2);
+    expect(badPort.stderr).toContain("--port 99999");
+  });
+});
+
+describe("interactive REPL (on a pseudo-terminal)", () => {
+  /** Spawns the cli on a PTY; `until(text)` waits for output containing text. */
+  function startRepl(env: Record<string, string> = {}, replPort = port) {
+    let output = "";
+    let waiter: { text: string; resolve: () => void } | null = null;
+    const proc = Bun.spawn([process.execPath, "run", path.resolve(import.meta.dir, "../index.ts"), "cli", "-p", replPort], {
+      env: { ...process.env, TXKV_HISTFILE: "", ...env },
+      terminal: {
+        cols: 200,
+        data(_terminal, data) {
+          output += new TextDecoder().decode(data);
+          if (waiter && output.includes(waiter.text)) {
+            waiter.resolve();
+            waiter = null;
+          }
+        },
+      },
+    });
+    const until = (text: string) =>
+      output.includes(text) ? Promise.resolve() : new Promise<void>((resolve) => (waiter = { text, resolve }));
+    return {
+      proc,
+      until,
+      /** Everything printed since `mark`. */
+      since: (mark: number) => output.slice(mark),
+      get length() {
+        return output.length;
+      },
+      type: (text: string) => proc.terminal!.write(text),
+    };
+  }
+
+  test("prompt with host:port, readable replies, errors in red, QUIT leaves with status 0", async () => {
+    const repl = startRepl();
+    const prompt = `127.0.0.1:${port}> `;
+    await repl.until(prompt);
+    let mark = repl.length;
+    repl.type("PUT r:1 hello there\r");
+    await repl.until("OK");
+    repl.type("GET r:1\r");
+    await repl.until('"hello there"');
+    mark = repl.length;
+    repl.type("GET r:missing\r");
+    await repl.until("NOT_FOUND");
+    expect(repl.since(mark)).toContain("\x1b[31m(error) NOT_FOUND: Key not found: r:missing\x1b[0m");
+    repl.type("QUIT\r");
+    expect(await repl.proc.exited).toBe(0);
+    repl.proc.terminal!.close();
+  });
+
+  test("Ctrl-D leaves; earlier lines are in the history (arrow up recalls them) and saved to the history file", async () => {
+    const historyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-")), "history");
+    const repl = startRepl({ TXKV_HISTFILE: historyFile });
+    const prompt = `127.0.0.1:${port}> `;
+    await repl.until(prompt);
+    repl.type("PING\r");
+    await repl.until("PONG");
+    const mark = repl.length;
+    repl.type("\x1b[A"); // arrow up: the last command comes back on the line
+    await repl.until(`${prompt}PING`);
+    expect(repl.since(mark)).toContain("PING");
+    repl.type("\x15"); // Ctrl-U clears the line
+    repl.type("\x04"); // Ctrl-D on an empty line
+    expect(await repl.proc.exited).toBe(0);
+    repl.proc.terminal!.close();
+    expect(fs.readFileSync(historyFile, "utf8")).toBe("PING\n");
+  });
+
+  test("when the server goes away: the error is shown, the prompt says not connected, the REPL stays usable", async () => {
+    const doomed = await spawnServer(["--in-memory"]);
+    const repl = startRepl({}, String(doomed.port));
+    await repl.until(`127.0.0.1:${doomed.port}> `);
+    await doomed.kill("SIGKILL");
+    repl.type("PING\r");
+    await repl.until("not connected> ");
+    expect(repl.since(0)).toContain(`127.0.0.1:${doomed.port}`);
+    const mark = repl.length;
+    repl.type("PING\r"); // reconnecting fails too: reported, and the REPL goes on
+    await repl.until(`cannot connect to 127.0.0.1:${doomed.port}`);
+    expect(repl.since(mark)).not.toContain("PONG");
+    repl.type("QUIT\r");
+    expect(await repl.proc.exited).toBe(0);
+    repl.proc.terminal!.close();
+  });
+});

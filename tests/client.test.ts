@@ -1,0 +1,407 @@
+/**
+ * The client library against real txkv servers (in-process on port 0, and a
+ * subprocess for the server-killed case), plus scripted fake servers for the
+ * failure timings a real server cannot be made to hit on cue.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import type { Socket, TCPSocketListener } from "bun";
+import type { RunningServer } from "../lib/app.ts";
+import {
+  connect,
+  TxkvClient,
+  TxkvConnectionError,
+  TxkvError,
+  TxkvOutcomeUnknownError,
+  type JsonValue,
+} from "../lib/client.ts";
+import { spawnServer, startInProcess as inProcessServer } from "./helpers.ts";
+import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
+
+/**
+ * A fake server: `answer(line)` returns the reply object to send, or "close"
+ * to drop the connection at that request, or null to stay silent.
+ */
+function fakeServer(answer: (line: string) => object | "close" | null): TCPSocketListener<{ buffered: string }> {
+  return Bun.listen<{ buffered: string }>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(socket) {
+        socket.data = { buffered: "" };
+      },
+      data(socket: Socket<{ buffered: string }>, chunk) {
+        socket.data.buffered += chunk.toString();
+        let newline: number;
+        while ((newline = socket.data.buffered.indexOf("\n")) !== -1) {
+          const line = socket.data.buffered.slice(0, newline);
+          socket.data.buffered = socket.data.buffered.slice(newline + 1);
+          const reply = answer(line);
+          if (reply === "close") {
+            socket.end();
+            return;
+          }
+          if (reply !== null) socket.write(JSON.stringify(reply) + "\n");
+        }
+      },
+    },
+  });
+}
+
+const ok = (result: unknown) => ({ status: "Ok", result });
+
+let server: RunningServer;
+let client: TxkvClient;
+
+beforeAll(async () => {
+  server = await inProcessServer();
+  client = await connect({ port: server.port });
+});
+
+afterAll(async () => {
+  await client.close();
+  await server.shutdown();
+});
+
+describe("commands", () => {
+  test("put, get, del and keys round-trip any key and any JSON value", async () => {
+    const values: Record<string, JsonValue> = {
+      "plain": "value1",
+      "with spaces": "a  b\tc",
+      "{brace": { nested: [1, 2.5, true, null, "x"] },
+      "null-value": null,
+      "number": -12.5e3,
+      "unicode ключ ✓": "значение 🎉",
+      "newline": "line1\nline2",
+    };
+    for (const [key, value] of Object.entries(values)) await client.put(`rt:${key}`, value);
+    for (const [key, value] of Object.entries(values)) expect(await client.get(`rt:${key}`)).toEqual(value);
+    expect(await client.keys("rt:")).toEqual(Object.keys(values).map((k) => `rt:${k}`).sort());
+    expect(await client.del("rt:number")).toBe(-12.5e3);
+    expect(await client.get("rt:number")).toBeUndefined();
+  });
+
+  test("get and del of a missing key resolve to undefined; a stored null stays null", async () => {
+    expect(await client.get("missing:1")).toBeUndefined();
+    expect(await client.del("missing:1")).toBeUndefined();
+    await client.put("null:1", null);
+    expect(await client.get("null:1")).toBeNull();
+  });
+
+  test("ping and stats", async () => {
+    expect(await client.ping()).toBe("PONG");
+    const stats = await client.stats();
+    expect(typeof stats.keys).toBe("number");
+  });
+
+  test("keys with no prefix lists every key, sorted", async () => {
+    const all = await client.keys();
+    expect(all).toEqual([...all].sort());
+    expect(all).toContain("null:1");
+  });
+});
+
+describe("pipelining", () => {
+  test("many requests in flight on one connection get their own replies, in order", async () => {
+    const n = 2000;
+    const puts = Array.from({ length: n }, (_, i) => client.put(`pipe:${i}`, { i }));
+    const gets = Array.from({ length: n }, (_, i) => client.get(`pipe:${i}`));
+    await Promise.all(puts);
+    const got = await Promise.all(gets);
+    expect(got).toEqual(Array.from({ length: n }, (_, i) => ({ i })));
+  });
+
+  test("mixed request kinds resolve with the reply meant for each", async () => {
+    await client.put("mix:a", "A");
+    const [a, ping, missing, keys, b] = await Promise.all([
+      client.get("mix:a"),
+      client.ping(),
+      client.get("mix:none"),
+      client.keys("mix:"),
+      client.send("GET mix:a"),
+    ]);
+    expect([a, ping, missing, keys]).toEqual(["A", "PONG", undefined, ["mix:a"]]);
+    expect(b).toEqual({ status: "Ok", result: { key: "mix:a", value: "A" } });
+  });
+
+  test("a request larger than the socket buffer is written in full (drain)", async () => {
+    // No partial-request timer: under load a pause between two chunks of this one
+    // request could pass 10 ms, and the server would run the first part alone.
+    const big = await inProcessServer(["--max-request-bytes", "8000000", "--partial-request-ms", "0"]);
+    const bigClient = await connect({ port: big.port });
+    const value = "v".repeat(4_000_000);
+    await bigClient.put("big", value);
+    expect(await bigClient.get("big")).toBe(value);
+    await bigClient.close();
+    await big.shutdown();
+  });
+});
+
+describe("typed errors", () => {
+  test("an Error reply rejects with TxkvError carrying code and message", async () => {
+    const reply = await client.send("COMMIT");
+    expect(reply).toMatchObject({ status: "Error", code: "NO_TRANSACTION" });
+    const thrown = await client.put("", "empty key").catch((e) => e);
+    expect(thrown).toBeInstanceOf(TxkvError);
+    expect(thrown.code).toBe("BAD_REQUEST");
+    expect(typeof thrown.message).toBe("string");
+    expect(thrown.message.length).toBeGreaterThan(0);
+  });
+
+  test("a password-protected server: AUTH_REQUIRED without, AUTH_FAILED with a wrong one, fine with the right one", async () => {
+    const guarded = await inProcessServer(["--password", "s3cret"]);
+    const anonymous = await connect({ port: guarded.port });
+    const required = await anonymous.get("x").catch((e) => e);
+    expect(required).toBeInstanceOf(TxkvError);
+    expect(required.code).toBe("AUTH_REQUIRED");
+    await anonymous.close();
+
+    const wrong = await connect({ port: guarded.port, password: "nope" }).catch((e) => e);
+    expect(wrong).toBeInstanceOf(TxkvError);
+    expect(wrong.code).toBe("AUTH_FAILED");
+
+    const authed = await connect({ port: guarded.port, password: "s3cret" });
+    await authed.put("x", 1);
+    expect(await authed.get("x")).toBe(1);
+    await authed.close();
+    await guarded.shutdown();
+  });
+
+  test("send rejects lines the protocol cannot carry, before sending anything", () => {
+    expect(() => client.send("GET a\nGET b")).toThrow(TypeError);
+    expect(() => client.send("   ")).toThrow(TypeError);
+  });
+});
+
+describe("transaction()", () => {
+  test("commits what the function wrote and resolves with its result", async () => {
+    const result = await client.transaction(async (tx) => {
+      await tx.put("tx:a", 1);
+      await tx.put("tx:b", 2);
+      return (await tx.get("tx:a")) as number;
+    });
+    expect(result).toBe(1);
+    expect(await client.get("tx:b")).toBe(2);
+  });
+
+  test("retries the whole function on CONFLICT until it commits", async () => {
+    const other = await connect({ port: server.port });
+    await client.put("counter", 0);
+    let attempts = 0;
+    const final = await client.transaction(
+      async (tx) => {
+        attempts++;
+        const current = (await tx.get("counter")) as number;
+        // The first three attempts are overtaken by another client's committed write.
+        if (attempts <= 3) await other.put("counter", current + 100);
+        await tx.put("counter", current + 1);
+        return current + 1;
+      },
+      { retries: 5, backoffMs: 1 },
+    );
+    expect(attempts).toBe(4);
+    expect(final).toBe(301);
+    expect(await client.get("counter")).toBe(301);
+    await other.close();
+  });
+
+  test("gives up with the CONFLICT error after the retries are used", async () => {
+    const other = await connect({ port: server.port });
+    await client.put("hot", 0);
+    let attempts = 0;
+    const error = await client
+      .transaction(
+        async (tx) => {
+          attempts++;
+          const current = (await tx.get("hot")) as number;
+          await other.put("hot", current + 1);
+          await tx.put("hot", -1);
+        },
+        { retries: 2, backoffMs: 1 },
+      )
+      .catch((e) => e);
+    expect(error).toBeInstanceOf(TxkvError);
+    expect(error.code).toBe("CONFLICT");
+    expect(attempts).toBe(3);
+    expect(await client.get("hot")).toBe(3);
+    await other.close();
+  });
+
+  test("concurrent increments from several clients all land (serializable + retry)", async () => {
+    await client.put("shared", 0);
+    const clients = await Promise.all(Array.from({ length: 4 }, () => connect({ port: server.port })));
+    await Promise.all(
+      clients.map(async (c) => {
+        for (let i = 0; i < 25; i++) {
+          await c.transaction(
+            async (tx) => {
+              const n = (await tx.get("shared")) as number;
+              await Bun.sleep(0);
+              await tx.put("shared", n + 1);
+            },
+            { retries: 1000, backoffMs: 1, maxBackoffMs: 10 },
+          );
+        }
+      }),
+    );
+    expect(await client.get("shared")).toBe(100);
+    await Promise.all(clients.map((c) => c.close()));
+  });
+
+  test("rolls back when the function throws, rethrows, and leaves the client usable", async () => {
+    const error = await client
+      .transaction(async (tx) => {
+        await tx.put("rolled:a", "should vanish");
+        throw new Error("changed my mind");
+      })
+      .catch((e) => e);
+    expect(error.message).toBe("changed my mind");
+    expect(await client.get("rolled:a")).toBeUndefined();
+    // No transaction was left open on the connection.
+    expect(await client.send("ROLLBACK")).toMatchObject({ status: "Error", code: "NO_TRANSACTION" });
+  });
+
+  test("calls made on the client during a transaction wait for it and never join it", async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let outsideDone = false;
+    const transaction = client
+      .transaction(async (tx) => {
+        await tx.put("iso:inside", "x");
+        await gate;
+        throw new Error("abort");
+      })
+      .catch((e) => e);
+    await Bun.sleep(5);
+    const outside = client.put("iso:outside", "y").then(() => (outsideDone = true));
+    await Bun.sleep(20);
+    expect(outsideDone).toBe(false);
+    release();
+    expect((await transaction).message).toBe("abort");
+    await outside;
+    // The outside write was applied, and was not rolled back with the transaction.
+    expect(await client.get("iso:outside")).toBe("y");
+    expect(await client.get("iso:inside")).toBeUndefined();
+  });
+
+  test("the tx handle refuses use after its transaction ended", async () => {
+    let leaked: { get(key: string): Promise<unknown> } | null = null;
+    await client.transaction(async (tx) => {
+      leaked = tx;
+    });
+    await expect(leaked!.get("a")).rejects.toThrow("after its transaction ended");
+  });
+});
+
+describe("when the connection goes away", () => {
+  test("connecting to a closed port fails with TxkvConnectionError", async () => {
+    const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const port = listener.port;
+    listener.stop(true);
+    const error = await connect({ port }).catch((e) => e);
+    expect(error).toBeInstanceOf(TxkvConnectionError);
+    expect(error.message).toContain(`127.0.0.1:${port}`);
+  });
+
+  test("a killed server rejects the requests in flight and every later call", async () => {
+    const proc = await spawnServer(["--in-memory"]);
+    const c = await connect({ port: proc.port });
+    await c.put("a", 1);
+    void proc.kill("SIGSTOP"); // frozen: the next request stays unanswered
+    const inFlight = c.get("a").catch((e) => e);
+    await Bun.sleep(10);
+    void proc.kill("SIGKILL");
+    expect(await inFlight).toBeInstanceOf(TxkvConnectionError);
+    await c.closed;
+    expect(c.isOpen).toBe(false);
+    const later = await c.get("a").catch((e) => e);
+    expect(later).toBeInstanceOf(TxkvConnectionError);
+  });
+
+  test("requests waiting for replies reject when the server drops the connection", async () => {
+    let silentCount = 0;
+    const fake = fakeServer((line) => {
+      if (line === "PING") return ok("PONG");
+      silentCount++;
+      return silentCount === 3 ? "close" : null;
+    });
+    const c = await connect({ port: fake.port });
+    expect(await c.ping()).toBe("PONG");
+    const results = await Promise.allSettled([c.get("a"), c.get("b"), c.get("c")]);
+    for (const result of results) {
+      expect(result.status).toBe("rejected");
+      expect((result as PromiseRejectedResult).reason).toBeInstanceOf(TxkvConnectionError);
+    }
+    fake.stop(true);
+  });
+
+  test("a drop after COMMIT was sent: TxkvOutcomeUnknownError, not retried", async () => {
+    let commits = 0;
+    const fake = fakeServer((line) => {
+      if (line === "START") return ok("Transaction started");
+      if (line.startsWith("PUT ")) return ok({ key: "k", value: 1 });
+      if (line === "COMMIT") {
+        commits++;
+        return "close";
+      }
+      return null;
+    });
+    const c = await connect({ port: fake.port });
+    const error = await c.transaction(async (tx) => tx.put("k", 1), { retries: 5 }).catch((e) => e);
+    expect(error).toBeInstanceOf(TxkvOutcomeUnknownError);
+    expect(error).toBeInstanceOf(TxkvConnectionError);
+    expect(error.message).toContain("outcome unknown");
+    expect(commits).toBe(1);
+    fake.stop(true);
+  });
+
+  test("a drop before COMMIT: plain TxkvConnectionError (nothing was applied), not retried", async () => {
+    let starts = 0;
+    const fake = fakeServer((line) => {
+      if (line === "START") {
+        starts++;
+        return ok("Transaction started");
+      }
+      return "close";
+    });
+    const c = await connect({ port: fake.port });
+    const error = await c.transaction(async (tx) => tx.put("k", 1), { retries: 5 }).catch((e) => e);
+    expect(error).toBeInstanceOf(TxkvConnectionError);
+    expect(error).not.toBeInstanceOf(TxkvOutcomeUnknownError);
+    expect(starts).toBe(1);
+    fake.stop(true);
+  });
+
+  test("close() lets requests already made get their replies, then refuses new ones", async () => {
+    const c = await connect({ port: server.port });
+    const inFlight = [c.put("close:a", 1), c.get("close:a")];
+    const closing = c.close();
+    expect(await Promise.all(inFlight)).toEqual([undefined, 1]);
+    await closing;
+    await expect(c.ping()).rejects.toBeInstanceOf(TxkvConnectionError);
+  });
+});
+
+describe("TLS", () => {
+  // txkv's own TLS listener is not built yet: a TLS stand-in server answers PONG.
+  test("connects with a custom CA; refuses a server whose certificate it cannot verify", async () => {
+    const certs = makeTestCertificates();
+    const fake = tlsPongServer(certs);
+    const trusted = await connect({ port: fake.port, tls: { ca: certs.ca, serverName: "localhost" } });
+    expect(await trusted.ping()).toBe("PONG");
+    await trusted.close();
+
+    const untrusted = await connect({ port: fake.port, tls: true }).catch((e) => e);
+    expect(untrusted).toBeInstanceOf(TxkvConnectionError);
+    expect(untrusted.message).toContain("unable to verify");
+
+    const wrongName = await connect({ port: fake.port, tls: { ca: certs.ca, serverName: "other.example" } }).catch((e) => e);
+    expect(wrongName).toBeInstanceOf(TxkvConnectionError);
+    expect(wrongName.message).toContain("other.example");
+
+    const plain = await connect({ port: fake.port })
+      .then(async (c) => c.ping())
+      .catch((e) => e);
+    expect(plain).toBeInstanceOf(TxkvConnectionError);
+    fake.stop(true);
+  });
+});

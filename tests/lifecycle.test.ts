@@ -1,0 +1,135 @@
+/**
+ * Process lifecycle through real subprocesses: the start-up log line,
+ * SIGTERM/SIGINT graceful shutdown (stop accepting, let replies already being
+ * produced go out, roll back open transactions, exit 0), the bounded drain,
+ * and a second signal exiting at once.
+ */
+import { describe, expect, test } from "bun:test";
+import { LineClient, spawnServer, waitFor, type ServerProcess } from "./helpers.ts";
+
+function logEntries(proc: ServerProcess): Array<Record<string, any>> {
+  return proc
+    .stderr()
+    .split("\n")
+    .filter((line) => line.startsWith("{"))
+    .map((line) => JSON.parse(line));
+}
+
+function logged(proc: ServerProcess, msg: string): Record<string, any> | undefined {
+  return logEntries(proc).find((e) => e.msg === msg);
+}
+
+async function connectionRefused(port: number): Promise<boolean> {
+  try {
+    const socket = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } });
+    socket.end();
+    return false;
+  } catch (err) {
+    return (err as { code?: string }).code === "ECONNREFUSED";
+  }
+}
+
+/** A client that stops reading while the server has a large backlog of replies for it. */
+async function floodWithoutReading(proc: ServerProcess): Promise<LineClient> {
+  const setup = await LineClient.connect(proc.port);
+  await setup.request(`PUT big ${"v".repeat(900)}`);
+  const flooder = await LineClient.connect(proc.port);
+  flooder.pauseReading();
+  flooder.write("GET big\n".repeat(20000));
+  await waitFor(
+    async () => {
+      const stats = (await setup.request("STATS")).result as { memory: { client_buffers: number } };
+      return stats.memory.client_buffers > 256 * 1024;
+    },
+    10000,
+    "replies to back up on the server",
+  );
+  setup.close();
+  return flooder;
+}
+
+describe("start-up", () => {
+  test("one structured line with version, address, data file, durability, keys loaded and load time", async () => {
+    const proc = await spawnServer(["--in-memory"]);
+    try {
+      const line = logEntries(proc).find((e) => String(e.msg).startsWith("listening on"));
+      expect(line).toMatchObject({
+        level: "info",
+        msg: `listening on 127.0.0.1:${proc.port}`,
+        version: expect.any(String),
+        address: `127.0.0.1:${proc.port}`,
+        data: null,
+        durability: "in-memory",
+        keys_loaded: 0,
+        load_ms: 0,
+        metrics: null,
+        pid: proc.proc.pid,
+      });
+      expect(Number.isNaN(Date.parse(line!.time))).toBe(false);
+      expect(proc.stdout()).toContain(`listening on 127.0.0.1:${proc.port}`);
+    } finally {
+      await proc.kill("SIGTERM");
+    }
+  });
+});
+
+describe("graceful shutdown", () => {
+  test("SIGTERM: new connections are refused, held replies go out, the open transaction rolls back, exit 0", async () => {
+    const proc = await spawnServer(["--in-memory", "--password", "pw"]);
+    const inTx = await LineClient.connect(proc.port);
+    expect(await inTx.pipeline(["AUTH pw", "START", "PUT unfinished 1"])).toMatchObject([
+      { result: "Authenticated" },
+      { result: "Transaction started" },
+      { status: "Ok" },
+    ]);
+    // Failed AUTHs are answered after a growing delay (50, 100, 200 ms), and a request after a failed AUTH
+    // runs only once it is answered: at the signal the 2nd is held in its delay, the 3rd has not run.
+    const slow = await LineClient.connect(proc.port);
+    slow.write("AUTH wrong\nAUTH wrong\nAUTH wrong\n");
+    expect(await slow.readReply()).toMatchObject({ code: "AUTH_FAILED" });
+
+    proc.proc.kill("SIGTERM");
+    await inTx.closed; // idle: closed at once, after the listener stopped
+    expect(await connectionRefused(proc.port)).toBe(true);
+    expect(await slow.readReply()).toMatchObject({ code: "AUTH_FAILED" });
+    await slow.closed;
+    expect(slow.unread).toBe(""); // the 3rd, not yet run when the shutdown began, is not run
+
+    expect(await proc.exited).toBe(0);
+    expect(logged(proc, "shutting down")).toMatchObject({ signal: "SIGTERM" });
+    expect(logged(proc, "stopped")).toMatchObject({
+      connections_closed: 2,
+      connections_forced: 0,
+      transactions_rolled_back: 1,
+    });
+  });
+
+  test("SIGINT with nothing in flight exits 0 at once", async () => {
+    const proc = await spawnServer(["--in-memory"]);
+    const idle = await LineClient.connect(proc.port);
+    expect(await idle.request("PING")).toMatchObject({ result: "PONG" });
+    expect(await proc.kill("SIGINT")).toBe(0);
+    await idle.closed;
+    expect(logged(proc, "stopped")).toMatchObject({ connections_closed: 1, connections_forced: 0 });
+  });
+
+  test("the drain is bounded: a client that never reads is closed after --shutdown-timeout-ms, exit 0", async () => {
+    const proc = await spawnServer(["--in-memory", "--shutdown-timeout-ms", "300"]);
+    const flooder = await floodWithoutReading(proc);
+    expect(await proc.kill("SIGTERM")).toBe(0);
+    expect(logged(proc, "stopped")).toMatchObject({ connections_forced: 1 });
+    await flooder.closed;
+  });
+
+  test("a second signal during the shutdown exits at once with 128 + the signal number", async () => {
+    const proc = await spawnServer(["--in-memory", "--shutdown-timeout-ms", "60000"]);
+    const flooder = await floodWithoutReading(proc);
+    proc.proc.kill("SIGTERM");
+    await waitFor(() => logged(proc, "shutting down") !== undefined, 10000, "the shutdown to begin");
+    expect(proc.proc.exitCode).toBeNull(); // still draining: the flooder's replies cannot go out
+    expect(await proc.kill("SIGINT")).toBe(130);
+    expect(logged(proc, "second signal: exiting at once, without waiting for the shutdown")).toMatchObject({ signal: "SIGINT" });
+    expect(logged(proc, "stopped")).toBeUndefined();
+    await flooder.closed;
+  });
+});
