@@ -3,8 +3,9 @@
  *
  * Reports, against real server subprocesses on port 0 with temporary data dirs:
  *  1. write throughput (pipelined PUTs from several connections) with an empty
- *     store vs with N keys loaded, under --fsync everysec and always
- *     (target ratio loaded/empty >= 0.9);
+ *     store vs with N keys loaded, under --fsync everysec and always, automatic
+ *     compaction off (target ratio loaded/empty >= 0.9), and the same with
+ *     --in-memory for comparison;
  *  2. p50/p99 latency of GETs (one at a time) while a compaction (SAVE) of
  *     N keys runs, next to the same without a compaction (target p99 <= 5 ms);
  *  3. time to reload N keys at start-up (target <= 1.5 s).
@@ -35,6 +36,7 @@ const DEPTH = Number(values.depth);
 const PARTS = new Set(values.parts.split(","));
 const ROUNDS = Number(values.rounds);
 
+const NO_COMPACTION = String(Number.MAX_SAFE_INTEGER);
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-bench-"));
 const loadedSnapshot = path.join(workDir, "loaded.json");
 
@@ -231,7 +233,8 @@ async function main(): Promise<void> {
     const perCpuSecond: Record<"empty" | "loaded", number[]> = { empty: [], loaded: [] };
     for (let round = 0; round < ROUNDS; round++) {
       for (const kind of ["empty", "loaded"] as const) {
-        const run = await serverWith(kind === "loaded", ["--fsync", fsync]);
+        // No automatic compaction in these runs: they compare the per-write cost (part 2 measures compaction).
+        const run = await serverWith(kind === "loaded", ["--fsync", fsync, "--compact-min-bytes", NO_COMPACTION]);
         await pipelinedWriters(run.server.port, 0.5); // warm-up (JIT of client and server)
         const cpuBefore = cpuSeconds(run.server.proc.pid);
         const rate = await pipelinedWriters(run.server.port, SECONDS);

@@ -33,7 +33,7 @@ export const OPTIONS = {
   "in-memory": { kind: "boolean", env: "TXKV_IN_MEMORY", arg: "", help: "keep nothing on disk" },
   fsync: { kind: "string", env: "TXKV_FSYNC", arg: "always|everysec|no", default: "everysec", help: "when writes reach the disk" },
   "fsync-interval-ms": { kind: "string", env: "TXKV_FSYNC_INTERVAL_MS", arg: "<ms>", default: "1000", help: "fsync period for --fsync everysec" },
-  "compact-min-bytes": { kind: "string", env: "TXKV_COMPACT_MIN_BYTES", arg: "<n>", default: "67108864", help: "journal size below which it is never compacted into the snapshot" },
+  "compact-min-bytes": { kind: "string", env: "TXKV_COMPACT_MIN_BYTES", arg: "<n>", default: "16777216", help: "journal size below which it is never compacted into the snapshot" },
   "compact-percent": { kind: "string", env: "TXKV_COMPACT_PERCENT", arg: "<n>", default: "100", help: "compact when the journal exceeds this % of the snapshot size" },
   "max-request-bytes": { kind: "string", env: "TXKV_MAX_REQUEST_BYTES", arg: "<n>", default: "1024", help: "longest request line (TOO_LARGE past it)" },
   "max-transaction-bytes": { kind: "string", env: "TXKV_MAX_TRANSACTION_BYTES", arg: "<n>", default: "1024", help: "PUT/DEL bytes one transaction may hold" },

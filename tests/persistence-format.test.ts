@@ -117,6 +117,15 @@ describe("journal format", () => {
     expect(seen).toEqual([[5, [["a", '"x"'], ["n", "null"], ["gone", null], ["o", '{"k":[1]}']]]]);
   });
 
+  test("single-op records of every value kind round trip (the fast path and the general one agree)", () => {
+    const values = ['"plain"', '""', "true", "false", "null", "0", "-1.5e-7", '"quote\\"d"', '"tab\\t"', '{"a":1}', "[1,2]", '"ключ 🔑"'];
+    const keys = ["k", 'q"k', "back\\slash", "ключ", " spaced "];
+    let seq = 0;
+    const records = keys.flatMap((key) => values.map((value) => ({ seq: ++seq, ops: [[key, value] as const] })));
+    const { seen } = scan(records.map(encodeRecord).join(""));
+    expect(seen).toEqual(records.map((r) => [r.seq, r.ops.map(([k, v]) => [k, v])]));
+  });
+
   test("a final record without its line end is a torn tail: dropped, earlier records kept", () => {
     const good = encodeRecord({ seq: 1, ops: [["a", "1"]] }) + encodeRecord({ seq: 2, ops: [["b", "2"]] });
     const torn = encodeRecord({ seq: 3, ops: [["c", "3"]] }).slice(0, 12);

@@ -35,7 +35,7 @@ export interface PersistenceOptions {
 }
 
 export const PERSISTENCE_DEFAULTS = {
-  compactMinBytes: 64 * 1024 * 1024,
+  compactMinBytes: 16 * 1024 * 1024,
   compactPercent: 100,
   retryMs: 500,
   sliceMs: 1,
