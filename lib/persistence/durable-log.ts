@@ -109,7 +109,8 @@ export class DurableLog implements CommitLog {
   private durableRecords = 0;
 
   private flushScheduled = false;
-  private syncRunning = false;
+  /** The running loop of fsync rounds, or null when none runs. */
+  private syncLoop: Promise<void> | null = null;
   private syncWanted = false;
   private syncWaiters: Waiter[] = [];
 
@@ -191,6 +192,7 @@ export class DurableLog implements CommitLog {
     }
     await this.sync();
     this.closed = true;
+    if (this.syncLoop) await this.syncLoop;
     await this.journal.handle.close().catch(() => {});
     releaseLock(this.files.lock);
   }
@@ -265,12 +267,12 @@ export class DurableLog implements CommitLog {
 
   private requestSyncRound(): void {
     this.syncWanted = true;
-    if (!this.syncRunning) void this.runSyncRounds();
+    // Started from a microtask so that `syncLoop` is set before the loop can end and clear it.
+    this.syncLoop ??= Promise.resolve().then(() => this.runSyncRounds());
   }
 
   /** Runs fsync rounds one after the other while some are wanted; each covers all writes before it. */
   private async runSyncRounds(): Promise<void> {
-    this.syncRunning = true;
     while (this.syncWanted) {
       this.syncWanted = false;
       const waiters = this.syncWaiters;
@@ -285,7 +287,8 @@ export class DurableLog implements CommitLog {
         this.syncWanted = false;
       }
     }
-    this.syncRunning = false;
+    // Same synchronous step as the last check of syncWanted: a later request starts a new loop.
+    this.syncLoop = null;
   }
 
   private async syncRound(): Promise<void> {
@@ -384,6 +387,8 @@ export class DurableLog implements CommitLog {
    * are refused meanwhile, so the snapshot is exact at `lastAppendedSeq`.
    */
   private async rebuild(): Promise<void> {
+    // A round still waiting on the old journal's fsync must finish before its handle is closed.
+    if (this.syncLoop) await this.syncLoop;
     if (!holdsLock(this.files.lock)) acquireLock(this.files.lock);
     const seq = this.lastAppendedSeq;
     const records = this.appendedRecords;
