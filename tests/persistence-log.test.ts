@@ -218,6 +218,37 @@ describe("compaction", () => {
     expect(contents(b.store)).toEqual(expected);
   });
 
+  test("crash states of a compaction load the same data: before the rename, and after it but before the old journal is deleted", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    for (let i = 0; i < 50; i++) a.put(`k${i}`, i);
+    await a.log.save(); // data.json at seq 50, journal.2 current
+    for (let i = 0; i < 30; i++) a.put(`k${i}`, `second ${i}`);
+    a.del("k49");
+    await new Promise((resolve) => setImmediate(resolve));
+    const oldSnapshot = fs.readFileSync(path.join(dir, "data.json"));
+    const oldJournal = fs.readFileSync(path.join(dir, "data.json.journal.2"));
+    await a.log.save(); // data.json at seq 81, journal.3 current, journal.2 deleted
+    a.put("after", "x");
+    const expected = contents(a.store);
+    await closeLog(a);
+    const newSnapshot = fs.readFileSync(path.join(dir, "data.json"));
+
+    // After the rename, before the old journal was deleted: its records are all covered by the snapshot.
+    fs.writeFileSync(path.join(dir, "data.json.journal.2"), oldJournal);
+    const b = await open(dir);
+    expect(contents(b.store)).toEqual(expected);
+    await closeLog(b);
+
+    // Before the rename: the old snapshot, the old journal and the new one (and a half-written temp file).
+    fs.writeFileSync(path.join(dir, "data.json"), oldSnapshot);
+    fs.writeFileSync(path.join(dir, "data.json.journal.2"), oldJournal);
+    fs.writeFileSync(path.join(dir, "data.json.tmp"), newSnapshot.subarray(0, 100));
+    const c = await open(dir);
+    expect(contents(c.store)).toEqual(expected);
+    expect(fs.existsSync(path.join(dir, "data.json.tmp"))).toBe(false);
+  });
+
   test("the journal is compacted automatically past its size threshold", async () => {
     const dir = tempDir();
     const a = await open(dir, { compactMinBytes: 2000, compactPercent: 100 });

@@ -235,6 +235,49 @@ describe("kill -9", () => {
   }, 40_000);
 });
 
+describe("shutdown during a compaction", () => {
+  function bigLegacyFile(dir: string): void {
+    const initial: Record<string, string> = {};
+    for (let i = 0; i < 200_000; i++) initial[`base${i}`] = `value ${i}`;
+    fs.writeFileSync(path.join(dir, "data.json"), JSON.stringify(initial));
+  }
+
+  async function checkRestart(dir: string): Promise<void> {
+    const again = await start(dir);
+    const d = await client(again);
+    expect((await d.request("GET late")).result).toEqual({ key: "late", value: "1" });
+    expect(((await d.request("KEYS base")).result as string[]).length).toBe(200_000);
+    expect(fs.existsSync(path.join(dir, "data.json.tmp"))).toBe(false);
+  }
+
+  test("SIGTERM while a SAVE runs: the SAVE is still answered, then exit 0 with everything on disk", async () => {
+    const dir = dataDir();
+    bigLegacyFile(dir);
+    const server = await start(dir, ["--fsync", "no"]);
+    const c = await client(server);
+    await putMany(c, [["late", "1"]]);
+    c.write("SAVE\n");
+    await waitFor(() => fs.existsSync(path.join(dir, "data.json.tmp")), 10_000, "the compaction to start");
+    const exited = server.kill("SIGTERM");
+    expect(await c.readReply()).toMatchObject({ status: "Ok", result: "Saved" });
+    expect(await exited).toBe(0);
+    await checkRestart(dir);
+  }, 20_000);
+
+  test("SIGTERM during an automatic compaction: exit 0 with everything on disk", async () => {
+    const dir = dataDir();
+    bigLegacyFile(dir);
+    const server = await start(dir, ["--fsync", "no", "--compact-min-bytes", "0", "--compact-percent", "1"]);
+    const c = await client(server);
+    await putMany(c, [["late", "1"]]);
+    // Enough journal to pass 1 % of the snapshot: a compaction starts by itself.
+    await putMany(c, Array.from({ length: 1000 }, (_, i): [string, string] => [`filler${i}`, "x".repeat(40)]));
+    await waitFor(() => fs.existsSync(path.join(dir, "data.json.tmp")), 10_000, "the automatic compaction to start");
+    expect(await server.kill("SIGTERM")).toBe(0);
+    await checkRestart(dir);
+  }, 20_000);
+});
+
 describe("start-up with damaged files", () => {
   async function dirWithData(): Promise<string> {
     const dir = dataDir();
