@@ -27,7 +27,10 @@ export function acquireLock(lockPath: string): void {
     }
     const owner = readLockOwner(lockPath);
     if (owner !== null && owner !== process.pid && isAlive(owner)) {
-      throw new Error(`${lockPath}: the data file is locked by another running server (pid ${owner})`);
+      throw new Error(
+        `${lockPath}: the data file is locked by another running server (pid ${owner}); ` +
+          `if no txkv server runs with that pid, remove the lock file`,
+      );
     }
     // Stale: its owner is gone (killed) or the file is unreadable/empty (killed while creating it).
     try {
