@@ -84,6 +84,9 @@ class PersistenceFailure extends Error {}
 /** Write errors after which the bytes simply were not written: retrying the same file is safe. */
 const RETRYABLE_WRITE_ERRORS = new Set(["ENOSPC", "EDQUOT", "EROFS", "EAGAIN", "EINTR"]);
 
+/** While a write error repeats on a journal that looks intact, every Nth retry rebuilds instead. */
+const REBUILD_EVERY_ATTEMPTS = 10;
+
 /** How long auto-compaction waits after a failed compaction before trying again. */
 const COMPACTION_RETRY_MS = 30_000;
 
@@ -116,6 +119,7 @@ export class DurableLog implements CommitLog {
 
   private failure: Failure | null = null;
   private resuming: Promise<void> | null = null;
+  private resumeAttempts = 0;
   private compaction: Promise<void> | null = null;
   private nextAutoCompactionAt = 0;
   private closing = false;
@@ -365,12 +369,15 @@ export class DurableLog implements CommitLog {
 
   private async resume(): Promise<void> {
     const failure = this.failure!;
+    // Every few attempts, a rebuild even when the journal looked intact: its file handle may stay broken.
+    const rebuildAnyway = ++this.resumeAttempts % REBUILD_EVERY_ATTEMPTS === 0;
     try {
-      if (failure.journalIntact && stillAtPath(this.journal.handle.fd, this.journal.path)) {
+      if (failure.journalIntact && !rebuildAnyway && stillAtPath(this.journal.handle.fd, this.journal.path)) {
         await this.sync();
       } else {
         await this.rebuild();
       }
+      this.resumeAttempts = 0;
       this.failure = null;
       if (this.retryTimer) clearInterval(this.retryTimer);
       this.retryTimer = null;
