@@ -59,6 +59,7 @@ async function serve(argv: string[]): Promise<void> {
     load_ms: running.loadMs,
     metrics: metricsAddress,
     pid: process.pid,
+    tls: config.tls !== undefined,
   });
   if (metricsAddress !== null) process.stdout.write(`txkv ${pkg.version} metrics on ${metricsAddress}\n`);
   process.stdout.write(`txkv ${pkg.version} listening on ${address}\n`);

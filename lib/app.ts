@@ -2,15 +2,17 @@
  * Assembly and lifecycle of a serving txkv process.
  *
  * Owns: building the store, commit log, executor and server from a Config;
- * protected mode; the optional metrics endpoint; the start-up and graceful
- * shutdown sequence (index.ts maps signals to it).
+ * protected mode; reading the TLS files; the optional metrics endpoint; the
+ * start-up and graceful shutdown sequence (index.ts maps signals to it).
  * Must not: parse arguments (config.ts) or implement commands (execute.ts).
  */
+import { readFileSync } from "node:fs";
 import { MemoryOnlyLog, type CommitLog } from "./commit-log.ts";
 import type { Config } from "./config.ts";
 import { Executor } from "./execute.ts";
 import type { Logger } from "./log.ts";
 import { MetricsServer } from "./metrics.ts";
+import { openPersistence } from "./persistence/index.ts";
 import { TxkvServer } from "./server.ts";
 import { ServerStats } from "./stats.ts";
 import { Store } from "./store.ts";
@@ -46,7 +48,7 @@ export interface ShutdownReport {
 /** True for addresses only this machine can reach. */
 export function isLoopback(host: string): boolean {
   const h = host.toLowerCase();
-  return h === "localhost" || h === "::1" || h === "[::1]" || /^127(\.\d{1,3}){3}$/.test(h);
+  return h === "localhost" || h === "::1" || h === "[::1]" || /^(::ffff:)?127(\.\d{1,3}){3}$/.test(h);
 }
 
 export async function startServer(config: Config, version: string, log: Logger): Promise<RunningServer> {
@@ -56,6 +58,7 @@ export async function startServer(config: Config, version: string, log: Logger):
         `set one with --password <pw> or TXKV_PASSWORD, or bind to 127.0.0.1`,
     );
   }
+  const tls = config.tls && { cert: readPem(config.tls.certPath, "--tls-cert"), key: readPem(config.tls.keyPath, "--tls-key") };
   const { commitLog, store, keysLoaded, loadMs } = await openState(config, log);
   const stats = new ServerStats();
   const executor = new Executor(store, commitLog, stats, {
@@ -72,6 +75,8 @@ export async function startServer(config: Config, version: string, log: Logger):
       maxOutputBytes: config.maxOutputBytes,
       partialRequestMs: config.partialRequestMs,
       password: config.password,
+      tls,
+      idleTimeoutSeconds: config.idleTimeoutSeconds,
     },
     executor,
     log,
@@ -81,7 +86,13 @@ export async function startServer(config: Config, version: string, log: Logger):
     address = server.start();
   } catch (err) {
     await commitLog.close();
-    throw new StartupError(`cannot listen on ${config.host}:${config.port}: ${err instanceof Error ? err.message : err}`);
+    const reason = err instanceof Error ? err.message : String(err);
+    if (config.tls && /PEM|SSL|X509|KEY|CERT/i.test(reason)) {
+      throw new StartupError(
+        `cannot use the TLS certificate ${config.tls.certPath} with the key ${config.tls.keyPath} (--tls-cert, --tls-key): ${reason}`,
+      );
+    }
+    throw new StartupError(`cannot listen on ${config.host}:${config.port}: ${reason}`);
   }
   let metrics: MetricsServer | null = null;
   let metricsPort: number | null = null;
@@ -127,6 +138,16 @@ export async function startServer(config: Config, version: string, log: Logger):
   };
 }
 
+/** Reads a PEM file for TLS; a missing or unreadable file stops start-up with its name. */
+function readPem(path: string, option: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new StartupError(`cannot read the ${option} file ${path}: ${reason}`);
+  }
+}
+
 interface OpenedState {
   commitLog: CommitLog;
   store: Store;
@@ -134,7 +155,30 @@ interface OpenedState {
   loadMs: number;
 }
 
-async function openState(config: Config, _log: Logger): Promise<OpenedState> {
+async function openState(config: Config, log: Logger): Promise<OpenedState> {
   if (config.inMemory) return { commitLog: new MemoryOnlyLog(), store: new Store(), keysLoaded: 0, loadMs: 0 };
-  throw new StartupError("persistence to a data file is not available in this build yet: start with --in-memory");
+  let opened;
+  try {
+    opened = await openPersistence(
+      {
+        path: config.dataPath,
+        fsync: config.fsync,
+        fsyncIntervalMs: config.fsyncIntervalMs,
+        compactMinBytes: config.compactMinBytes,
+        compactPercent: config.compactPercent,
+      },
+      log,
+    );
+  } catch (err) {
+    throw new StartupError(err instanceof Error ? err.message : String(err));
+  }
+  const store = new Store(opened.initial, opened.seq);
+  opened.log.attach(store);
+  log.info(`loaded ${opened.keysLoaded} keys in ${opened.loadMs} ms`, {
+    data: config.dataPath,
+    keys: opened.keysLoaded,
+    ms: opened.loadMs,
+    seq: opened.seq,
+  });
+  return { commitLog: opened.log, store, keysLoaded: opened.keysLoaded, loadMs: opened.loadMs };
 }

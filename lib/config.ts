@@ -33,12 +33,17 @@ export const OPTIONS = {
   "in-memory": { kind: "boolean", env: "TXKV_IN_MEMORY", arg: "", help: "keep nothing on disk" },
   fsync: { kind: "string", env: "TXKV_FSYNC", arg: "always|everysec|no", default: "everysec", help: "when writes reach the disk" },
   "fsync-interval-ms": { kind: "string", env: "TXKV_FSYNC_INTERVAL_MS", arg: "<ms>", default: "1000", help: "fsync period for --fsync everysec" },
+  "compact-min-bytes": { kind: "string", env: "TXKV_COMPACT_MIN_BYTES", arg: "<n>", default: "16777216", help: "journal size below which it is never compacted into the snapshot" },
+  "compact-percent": { kind: "string", env: "TXKV_COMPACT_PERCENT", arg: "<n>", default: "100", help: "compact when the journal exceeds this % of the snapshot size" },
   "max-request-bytes": { kind: "string", env: "TXKV_MAX_REQUEST_BYTES", arg: "<n>", default: "1024", help: "longest request line (TOO_LARGE past it)" },
   "max-transaction-bytes": { kind: "string", env: "TXKV_MAX_TRANSACTION_BYTES", arg: "<n>", default: "1024", help: "PUT/DEL bytes one transaction may hold" },
   "max-connections": { kind: "string", env: "TXKV_MAX_CONNECTIONS", arg: "<n>", default: "10000", help: "connections served at once (BUSY past it)" },
   "max-output-bytes": { kind: "string", env: "TXKV_MAX_OUTPUT_BYTES", arg: "<n>", default: "1048576", help: "unsent reply bytes per connection before reading pauses" },
   "partial-request-ms": { kind: "string", env: "TXKV_PARTIAL_REQUEST_MS", arg: "<ms>", default: "10", help: "run a request without LF after this pause (0: never)" },
   password: { kind: "string", env: "TXKV_PASSWORD", arg: "<pw>", help: "require AUTH <pw> on every connection" },
+  "tls-cert": { kind: "string", env: "TXKV_TLS_CERT", arg: "<file>", help: "serve TLS with this PEM certificate (chain); needs --tls-key" },
+  "tls-key": { kind: "string", env: "TXKV_TLS_KEY", arg: "<file>", help: "PEM private key for --tls-cert" },
+  timeout: { kind: "string", env: "TXKV_TIMEOUT", arg: "<seconds>", default: "0", help: "close connections silent this long (0: never)" },
   "log-level": { kind: "string", env: "TXKV_LOG_LEVEL", arg: "debug|info|warn|error", default: "info", help: "least severe log level printed" },
   "metrics-port": { kind: "string", env: "TXKV_METRICS_PORT", arg: "<n>", help: "serve GET /metrics and /health over HTTP on this port (0: any free port) [default: off]" },
   "shutdown-timeout-ms": { kind: "string", env: "TXKV_SHUTDOWN_TIMEOUT_MS", arg: "<ms>", default: "10000", help: "on SIGINT/SIGTERM, wait this long for replies to go out before closing connections" },
@@ -71,12 +76,17 @@ const ConfigSchema = v.object({
   "in-memory": flag,
   fsync: v.picklist(["always", "everysec", "no"], "expected always, everysec or no"),
   "fsync-interval-ms": integer(1, 60_000),
+  "compact-min-bytes": integer(0, Number.MAX_SAFE_INTEGER),
+  "compact-percent": integer(1, 1_000_000),
   "max-request-bytes": integer(16, 64 * 1024 * 1024),
   "max-transaction-bytes": integer(16, 1024 * 1024 * 1024),
   "max-connections": integer(1, 1_000_000),
   "max-output-bytes": integer(1024, 1024 * 1024 * 1024),
   "partial-request-ms": integer(0, 60_000),
   password: v.optional(v.pipe(v.string(), v.minLength(1, "expected a non-empty password"))),
+  "tls-cert": v.optional(v.pipe(v.string(), v.minLength(1, "expected a file path"))),
+  "tls-key": v.optional(v.pipe(v.string(), v.minLength(1, "expected a file path"))),
+  timeout: integer(0, 7 * 24 * 3600),
   "log-level": v.picklist(LOG_LEVELS, `expected one of ${LOG_LEVELS.join(", ")}`),
   "metrics-port": v.optional(integer(0, 65535)),
   "shutdown-timeout-ms": integer(0, 3_600_000),
@@ -89,12 +99,18 @@ export type Config = {
   inMemory: boolean;
   fsync: "always" | "everysec" | "no";
   fsyncIntervalMs: number;
+  compactMinBytes: number;
+  compactPercent: number;
   maxRequestBytes: number;
   maxTransactionBytes: number;
   maxConnections: number;
   maxOutputBytes: number;
   partialRequestMs: number;
   password: string | undefined;
+  /** TLS certificate and key files: both set (serve TLS) or neither (plain TCP). */
+  tls: { certPath: string; keyPath: string } | undefined;
+  /** Close connections silent for this many seconds; 0: never. */
+  idleTimeoutSeconds: number;
   logLevel: (typeof LOG_LEVELS)[number];
   /** Port of the HTTP metrics endpoint, or null when it is off. */
   metricsPort: number | null;
@@ -121,6 +137,9 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
   const result = v.safeParse(ConfigSchema, merged);
   if (!result.success) throw new ConfigError(describeIssue(result.issues[0], merged));
   const c = result.output;
+  if ((c["tls-cert"] === undefined) !== (c["tls-key"] === undefined)) {
+    throw new ConfigError("--tls-cert (TXKV_TLS_CERT) and --tls-key (TXKV_TLS_KEY) go together: give both or neither");
+  }
   return {
     kind: "serve",
     config: {
@@ -130,12 +149,16 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
       inMemory: c["in-memory"],
       fsync: c.fsync,
       fsyncIntervalMs: c["fsync-interval-ms"],
+      compactMinBytes: c["compact-min-bytes"],
+      compactPercent: c["compact-percent"],
       maxRequestBytes: c["max-request-bytes"],
       maxTransactionBytes: c["max-transaction-bytes"],
       maxConnections: c["max-connections"],
       maxOutputBytes: c["max-output-bytes"],
       partialRequestMs: c["partial-request-ms"],
       password: c.password,
+      tls: c["tls-cert"] !== undefined && c["tls-key"] !== undefined ? { certPath: c["tls-cert"], keyPath: c["tls-key"] } : undefined,
+      idleTimeoutSeconds: c.timeout,
       logLevel: c["log-level"],
       metricsPort: c["metrics-port"] ?? null,
       shutdownTimeoutMs: c["shutdown-timeout-ms"],

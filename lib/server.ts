@@ -1,14 +1,17 @@
 /**
  * The TCP server: the only module that touches sockets.
  *
- * Owns: Bun.listen handlers (open/data/drain/end/close/error), each
- * connection's framer, output queue and held replies, the unterminated-request
- * timer, read pausing when a client does not read its replies, the
- * connection limit, the cross-protocol guard, the order of replies, and the
- * graceful drain at shutdown.
+ * Owns: Bun.listen handlers (open/handshake/data/drain/end/close/error),
+ * TLS, each connection's framer, output queue and held replies, the
+ * unterminated-request timer, read pausing when a client does not read its
+ * replies, the connection limit, the idle timeout, the cross-protocol guard,
+ * the order of replies, and the graceful drain at shutdown.
  * Per data event, all replies that are ready go out in one socket write.
  * Replies that must wait (a durable write under --fsync always, SAVE, a
  * delayed AUTH failure) are held in order; later replies queue behind them.
+ * A request whose reply is asynchronous (SAVE, a failed AUTH) also holds the
+ * connection's later requests: they run once it is answered, so a client
+ * cannot pipeline password guesses past the failure delay.
  * Must not: parse commands or know what they mean (execute.ts does), or touch
  * the disk.
  */
@@ -28,7 +31,14 @@ export interface ServerOptions {
   maxOutputBytes: number;
   partialRequestMs: number;
   password: string | undefined;
+  /** PEM certificate (chain) and private key: serve TLS instead of plain TCP. */
+  tls: { cert: string; key: string } | undefined;
+  /** Close connections that stay silent this many seconds (0: never). */
+  idleTimeoutSeconds: number;
 }
+
+/** A TLS connection that never completes its handshake after being refused (BUSY) is dropped after this. */
+const REFUSED_HANDSHAKE_GRACE_MS = 5000;
 
 /** A reply that cannot leave yet: text null until an async reply resolves; seq > durableSeq until fsynced. */
 interface HeldReply {
@@ -48,6 +58,12 @@ interface Connection {
   heldBytes: number;
   /** Reading is paused because too many reply bytes are waiting. */
   readPaused: boolean;
+  /** A request's reply is asynchronous (SAVE, failed AUTH): later requests wait for it, reading is paused. */
+  awaitingReply: boolean;
+  /** Data events so far: tells a partial-request check whether more bytes came. */
+  dataEvents: number;
+  /** Idle-timeout sweeps since the client last sent bytes or took reply bytes. */
+  idleSweeps: number;
   partialTimer: Timer | null;
   /** The peer half-closed: finish its requests, then close. */
   peerEnded: boolean;
@@ -67,6 +83,7 @@ export class TxkvServer {
   private durableSeq = 0;
   private nextConnectionId = 1;
   private statsTimer: Timer | null = null;
+  private idleTimer: Timer | null = null;
   /** Set while draining: called when the last connection has closed. */
   private onAllClosed: (() => void) | null = null;
 
@@ -85,8 +102,10 @@ export class TxkvServer {
       hostname: this.options.host,
       port: this.options.port,
       allowHalfOpen: true,
+      ...(this.options.tls ? { tls: this.options.tls } : {}),
       socket: {
         open: (socket) => this.onOpen(socket),
+        handshake: (socket, success, authorizationError) => this.onHandshake(socket, success, authorizationError),
         data: (socket, chunk) => this.onData(socket, chunk),
         drain: (socket) => this.onDrain(socket),
         end: (socket) => this.onEnd(socket),
@@ -96,6 +115,10 @@ export class TxkvServer {
     });
     this.statsTimer = setInterval(() => this.executor.stats.tick(), 1000);
     this.statsTimer.unref();
+    if (this.options.idleTimeoutSeconds > 0) {
+      this.idleTimer = setInterval(() => this.closeIdleConnections(), 1000);
+      this.idleTimer.unref();
+    }
     return { host: this.options.host, port: this.listener.port };
   }
 
@@ -142,6 +165,7 @@ export class TxkvServer {
     this.stopListening();
     for (const socket of this.connections) socket.end();
     if (this.statsTimer) clearInterval(this.statsTimer);
+    if (this.idleTimer) clearInterval(this.idleTimer);
     this.listener?.stop(true);
     this.listener = null;
   }
@@ -171,8 +195,12 @@ export class TxkvServer {
         reason: `too many connections (--max-connections ${this.options.maxConnections})`,
         remote: `${socket.remoteAddress}:${socket.remotePort}`,
       });
-      socket.write(error("BUSY", `Too many connections (the limit is ${this.options.maxConnections}); try again later`));
-      socket.end();
+      if (this.options.tls) {
+        // Nothing can be written before the TLS handshake: onHandshake sends BUSY.
+        setTimeout(() => socket.terminate(), REFUSED_HANDSHAKE_GRACE_MS).unref();
+      } else {
+        this.refuseBusy(socket);
+      }
       return;
     }
     const conn: Connection = {
@@ -185,6 +213,9 @@ export class TxkvServer {
       held: [],
       heldBytes: 0,
       readPaused: false,
+      awaitingReply: false,
+      idleSweeps: 0,
+      dataEvents: 0,
       partialTimer: null,
       peerEnded: false,
       closing: false,
@@ -197,9 +228,54 @@ export class TxkvServer {
     this.log.debug("connection opened", { conn: conn.id, remote: conn.remote });
   }
 
+  private refuseBusy(socket: Socket<SocketData>): void {
+    socket.write(error("BUSY", `Too many connections (the limit is ${this.options.maxConnections}); try again later`));
+    socket.end();
+  }
+
+  /** TLS only: a failed handshake (e.g. a plain-TCP client) is dropped; a refused connection gets its BUSY now. */
+  private onHandshake(socket: Socket<SocketData>, success: boolean, authorizationError: Error | null): void {
+    const conn = socket.data;
+    if (!success) {
+      this.log.debug("TLS handshake failed: closing the connection", {
+        conn: conn?.id,
+        remote: conn?.remote ?? socket.remoteAddress,
+        error: authorizationError,
+      });
+      socket.terminate();
+      return;
+    }
+    if (conn === null) this.refuseBusy(socket);
+  }
+
+  /**
+   * Once a second: closes connections that neither sent bytes nor took reply
+   * bytes for --timeout seconds (between that and one second more). An open
+   * transaction is rolled back, as on any close; Redis's `timeout` does the same.
+   */
+  private closeIdleConnections(): void {
+    const limit = this.options.idleTimeoutSeconds;
+    for (const socket of this.connections) {
+      const conn = socket.data;
+      if (conn === null || conn.closed) continue;
+      // A reply the server still owes (fsync, SAVE, AUTH delay) is the server's wait, not the client's silence.
+      if (conn.held.length !== 0) conn.idleSweeps = 0;
+      if (++conn.idleSweeps <= limit) continue;
+      this.log.debug("connection closed: idle timeout", {
+        conn: conn.id,
+        remote: conn.remote,
+        timeout_seconds: limit,
+        in_transaction: conn.session.tx !== null,
+      });
+      socket.end();
+    }
+  }
+
   private onData(socket: Socket<SocketData>, chunk: Uint8Array): void {
     const conn = socket.data;
     if (conn === null || conn.closing) return;
+    conn.idleSweeps = 0;
+    conn.dataEvents++;
     this.clearPartialTimer(conn);
     conn.framer.push(chunk);
     // While paused, Bun may still deliver what the kernel held: keep it for later.
@@ -215,9 +291,9 @@ export class TxkvServer {
   private processInput(socket: Socket<SocketData>, conn: Connection): void {
     const limit = this.options.maxOutputBytes;
     let exhausted = false;
-    while (!conn.closing) {
+    while (!conn.closing && !conn.awaitingReply) {
       let out = "";
-      while (out.length < limit && !conn.closing) {
+      while (out.length < limit && !conn.closing && !conn.awaitingReply) {
         const frame = conn.framer.next();
         if (frame === null) {
           exhausted = true;
@@ -232,6 +308,8 @@ export class TxkvServer {
       }
       if (exhausted) break;
     }
+    // Waiting for an asynchronous reply: the rest of the input runs once it is answered.
+    if (conn.awaitingReply && !conn.closing) return;
     this.afterInput(socket, conn);
   }
 
@@ -249,14 +327,27 @@ export class TxkvServer {
       return;
     }
     if (this.options.partialRequestMs > 0 && conn.framer.hasPartial()) {
+      this.clearPartialTimer(conn);
       conn.partialTimer = setTimeout(() => this.onPartialTimeout(socket, conn), this.options.partialRequestMs);
     }
   }
 
-  /** Bytes without a final LF were followed by a pause: run them as one request. */
+  /**
+   * Bytes without a final LF were followed by a pause. Timers run before the
+   * event loop polls the sockets, so the rest of the line may already be
+   * waiting unread (a busy loop, a big pipelined write): look once more after
+   * the poll, and run the bytes as one request only if nothing came.
+   */
   private onPartialTimeout(socket: Socket<SocketData>, conn: Connection): void {
     conn.partialTimer = null;
-    if (conn.closed || conn.closing || conn.readPaused) return;
+    const dataEventsSeen = conn.dataEvents;
+    setImmediate(() => {
+      if (conn.dataEvents === dataEventsSeen) this.runPartial(socket, conn);
+    });
+  }
+
+  private runPartial(socket: Socket<SocketData>, conn: Connection): void {
+    if (conn.closed || conn.closing || conn.readPaused || conn.awaitingReply) return;
     const partial = conn.framer.takePartial();
     conn.framer.retain();
     if (partial !== null) this.send(socket, conn, this.run(socket, conn, partial));
@@ -288,10 +379,14 @@ export class TxkvServer {
     }
     const held: HeldReply = { text: null, seq: 0 };
     conn.held.push(held);
+    conn.awaitingReply = true;
+    socket.pause();
     reply.then((text) => {
       held.text = text;
       conn.heldBytes += text.length;
+      conn.awaitingReply = false;
       this.releaseHeld(socket, conn);
+      if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
     });
     return "";
   }
@@ -346,6 +441,7 @@ export class TxkvServer {
   private onDrain(socket: Socket<SocketData>): void {
     const conn = socket.data;
     if (!conn) return;
+    conn.idleSweeps = 0;
     while (conn.queue.length !== 0) {
       const bytes = conn.queue[0]!;
       const written = socket.write(bytes);
@@ -372,9 +468,14 @@ export class TxkvServer {
   private resumeIfDrained(socket: Socket<SocketData>, conn: Connection): void {
     if (conn.queuedBytes + conn.heldBytes > this.options.maxOutputBytes / 2) return;
     conn.readPaused = false;
+    this.resumeInput(socket, conn);
+  }
+
+  /** Runs the buffered requests, then reads again unless something paused it anew. */
+  private resumeInput(socket: Socket<SocketData>, conn: Connection): void {
     this.processInput(socket, conn);
     conn.framer.retain();
-    if (!conn.readPaused && !conn.closing) socket.resume();
+    if (!conn.readPaused && !conn.awaitingReply && !conn.closing) socket.resume();
   }
 
   /** The peer half-closed its side: run what it sent (an unterminated request too), reply, then close. */
@@ -383,7 +484,7 @@ export class TxkvServer {
     if (!conn) return;
     conn.peerEnded = true;
     this.clearPartialTimer(conn);
-    if (!conn.readPaused && !conn.closing) this.processInput(socket, conn);
+    if (!conn.readPaused && !conn.awaitingReply && !conn.closing) this.processInput(socket, conn);
     else if (conn.closing) this.closeWhenFlushed(socket, conn);
   }
 

@@ -138,11 +138,13 @@ export class LineClient {
   /** Bytes the kernel did not take yet (socket.write may accept only part). */
   private pendingOut: Uint8Array[] = [];
 
-  static async connect(port: number, host = "127.0.0.1"): Promise<LineClient> {
+  /** With `tls`, speaks TLS trusting `ca` (writes made before the handshake go out on its drain). */
+  static async connect(port: number, host = "127.0.0.1", tls?: { ca?: string; serverName?: string }): Promise<LineClient> {
     const client = new LineClient();
     client.socket = await Bun.connect({
       hostname: host,
       port,
+      ...(tls ? { tls } : {}),
       socket: {
         data: (_s, chunk) => {
           client.received += client.decoder.decode(chunk, { stream: true });

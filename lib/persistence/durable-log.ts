@@ -1,0 +1,517 @@
+/**
+ * The durable CommitLog: an append-only journal with group commit, fsync
+ * policy, incremental compaction into the snapshot, and failure handling.
+ *
+ * Flow of a commit: `append` encodes the record (cost follows the change, not
+ * the data) and queues it; once per event-loop turn the queue is written with
+ * one `write`; fsyncs run on the thread pool in "rounds", one at a time, each
+ * covering everything written before it started (group commit), and report
+ * the highest durable seq through `onDurable`.
+ *
+ * Failures (disk full, read-only, data directory removed, fsync error) make
+ * `unavailableReason` non-null so the executor refuses writes; records already
+ * accepted stay queued in order. A timer retries: when the journal file is
+ * still trustworthy (a write was refused, nothing else) the queue is simply
+ * written again; otherwise a fresh snapshot of memory and a new journal are
+ * written, which covers every accepted record.
+ *
+ * Owns: the journal file handles, when to fsync, when to compact, the
+ * persistence state shown by STATS. Must not: touch the store (it only reads
+ * the attached view) or sockets.
+ */
+import fs from "node:fs";
+import type { FileHandle } from "node:fs/promises";
+import type { CommitLog, CommitRecord } from "../commit-log.ts";
+import type { Logger } from "../log.ts";
+import { describeError, fsyncDir, stillAtPath, type DataFiles } from "./files.ts";
+import { encodeRecord } from "./journal-format.ts";
+import { acquireLock, holdsLock, releaseLock } from "./lock.ts";
+import { writeSnapshot } from "./snapshot-writer.ts";
+
+export type FsyncMode = "always" | "everysec" | "no";
+
+/** A read-only view of the live store, used to write snapshots. */
+export interface StoreView {
+  entries(): IterableIterator<[string, string]>;
+  readonly size: number;
+  readonly seq: number;
+}
+
+export interface DurableLogOptions {
+  readonly fsync: FsyncMode;
+  /** everysec: fsync period. Also the period of the "is the data directory still there" check. */
+  readonly fsyncIntervalMs: number;
+  /** Compact when the journal is larger than both this and `compactPercent` % of the snapshot. */
+  readonly compactMinBytes: number;
+  readonly compactPercent: number;
+  /** Delay between attempts to resume after a failure. */
+  readonly retryMs: number;
+  /** Longest event-loop hold of one snapshot slice. */
+  readonly sliceMs: number;
+}
+
+/** An open journal file: appended with writeSync on `fd`, fsynced through `handle` on the thread pool. */
+export interface JournalFile {
+  readonly gen: number;
+  readonly path: string;
+  readonly handle: FileHandle;
+  bytes: number;
+}
+
+export interface InitialDiskState {
+  readonly journal: JournalFile;
+  /** True when the journal file was just created (its directory entry is not durable yet). */
+  readonly journalCreated: boolean;
+  readonly seq: number;
+  readonly snapshotSeq: number;
+  readonly snapshotBytes: number;
+}
+
+interface Waiter {
+  resolve(): void;
+  reject(err: Error): void;
+}
+
+interface Failure {
+  readonly reason: string;
+  /** The journal file is intact and still in place: writing the queue again is enough to resume. */
+  readonly journalIntact: boolean;
+}
+
+/** An error already described by `fail` (its message is the reason shown to clients). */
+class PersistenceFailure extends Error {}
+
+/** Write errors after which the bytes simply were not written: retrying the same file is safe. */
+const RETRYABLE_WRITE_ERRORS = new Set(["ENOSPC", "EDQUOT", "EROFS", "EAGAIN", "EINTR"]);
+
+/** While a write error repeats on a journal that looks intact, every Nth retry rebuilds instead. */
+const REBUILD_EVERY_ATTEMPTS = 10;
+
+/** How long auto-compaction waits after a failed compaction before trying again. */
+const COMPACTION_RETRY_MS = 30_000;
+
+export class DurableLog implements CommitLog {
+  readonly enabled = true;
+  onDurable: ((durableSeq: number) => void) | null = null;
+
+  private view: StoreView | null = null;
+  private journal: JournalFile;
+  /** Journals replaced by a compaction, fsynced and closed by the next sync round. */
+  private retired: JournalFile[] = [];
+  /** A journal file was created: the next sync round also fsyncs the directory. */
+  private directoryDirty: boolean;
+
+  /** Encoded records not yet written, and bytes of a write that stopped part way. */
+  private queue: string[] = [];
+  private unwritten: Buffer | null = null;
+  private lastAppendedSeq: number;
+  private writtenSeq: number;
+  private durableSeq: number;
+  private appendedRecords = 0;
+  private writtenRecords = 0;
+  private durableRecords = 0;
+
+  private flushScheduled = false;
+  /** The running loop of fsync rounds, or null when none runs. */
+  private syncLoop: Promise<void> | null = null;
+  private syncWanted = false;
+  private syncWaiters: Waiter[] = [];
+
+  private failure: Failure | null = null;
+  private resuming: Promise<void> | null = null;
+  private resumeAttempts = 0;
+  private compaction: Promise<void> | null = null;
+  private nextAutoCompactionAt = 0;
+  private closing = false;
+  private closed = false;
+
+  private snapshotSeq: number;
+  private snapshotBytes: number;
+  private lastFlushAt: Date | null = null;
+  /** Date.now() of the last journal write (a number: this is set once per event-loop turn). */
+  private lastWriteAt = 0;
+  private lastError: { at: string; message: string } | null = null;
+  private lastCompaction: {
+    at: string;
+    ms: number;
+    keys: number;
+    bytes: number;
+    seq: number;
+    slices: number;
+    longestSliceMs: number;
+  } | null = null;
+
+  private readonly tickTimer: ReturnType<typeof setInterval>;
+  private retryTimer: ReturnType<typeof setInterval> | null = null;
+
+  constructor(
+    private readonly files: DataFiles,
+    private readonly opts: DurableLogOptions,
+    private readonly log: Logger,
+    initial: InitialDiskState,
+  ) {
+    this.journal = initial.journal;
+    this.directoryDirty = initial.journalCreated;
+    this.lastAppendedSeq = this.writtenSeq = this.durableSeq = initial.seq;
+    this.snapshotSeq = initial.snapshotSeq;
+    this.snapshotBytes = initial.snapshotBytes;
+    this.tickTimer = setInterval(() => this.tick(), opts.fsyncIntervalMs);
+    this.tickTimer.unref();
+  }
+
+  get unavailableReason(): string | null {
+    return this.failure?.reason ?? null;
+  }
+
+  /** Hands over the live store, read by compactions. */
+  attach(view: StoreView): void {
+    this.view = view;
+  }
+
+  append(record: CommitRecord): number {
+    this.queue.push(encodeRecord(record));
+    this.lastAppendedSeq = record.seq;
+    this.appendedRecords++;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flushTurn());
+    }
+    return this.opts.fsync === "always" ? record.seq : 0;
+  }
+
+  save(): Promise<void> {
+    return this.compaction ?? this.startCompaction("SAVE");
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closing = true;
+    clearInterval(this.tickTimer);
+    if (this.compaction) await this.compaction.catch(() => {});
+    if (this.resuming) await this.resuming;
+    if (this.failure) await this.tryResume();
+    if (this.retryTimer) clearInterval(this.retryTimer);
+    if (this.failure) {
+      throw new Error(`could not flush the journal before exit: ${this.failure.reason}`);
+    }
+    await this.sync();
+    this.closed = true;
+    if (this.syncLoop) await this.syncLoop;
+    await this.journal.handle.close().catch(() => {});
+    releaseLock(this.files.lock);
+  }
+
+  stats(): Record<string, unknown> {
+    return {
+      mode: this.opts.fsync,
+      fsyncIntervalMs: this.opts.fsyncIntervalMs,
+      dataFile: this.files.snapshot,
+      available: this.failure === null,
+      unavailableReason: this.failure?.reason ?? null,
+      lastSuccessfulFlush: this.lastFlushAt?.toISOString() ?? null,
+      lastJournalWrite: this.lastWriteAt === 0 ? null : new Date(this.lastWriteAt).toISOString(),
+      pendingRecords: this.appendedRecords - this.durableRecords,
+      lastSeq: this.lastAppendedSeq,
+      durableSeq: this.durableSeq,
+      journalFile: this.journal.path,
+      journalBytes: this.journal.bytes,
+      snapshotBytes: this.snapshotBytes,
+      snapshotSeq: this.snapshotSeq,
+      compacting: this.compaction !== null,
+      compactMinBytes: this.opts.compactMinBytes,
+      compactPercent: this.opts.compactPercent,
+      lastCompaction: this.lastCompaction,
+      lastError: this.lastError,
+    };
+  }
+
+  // ---- writing and group commit -------------------------------------------------------------
+
+  /** Once per event-loop turn: one write for every record of the turn, then (always) an fsync round. */
+  private flushTurn(): void {
+    this.flushScheduled = false;
+    if (this.failure || this.closed) return;
+    try {
+      this.writeQueue();
+    } catch (err) {
+      this.fail(err, writeErrorLeavesJournalIntact(err));
+      return;
+    }
+    if (this.opts.fsync === "always") this.requestSyncRound();
+    this.maybeAutoCompact();
+  }
+
+  /** Writes queued records to the journal in one go. Throws on a write error, keeping what was not written. */
+  private writeQueue(): void {
+    if (this.queue.length === 0 && this.unwritten === null) return;
+    let buf = this.queue.length > 0 ? Buffer.from(this.queue.join("")) : Buffer.alloc(0);
+    if (this.unwritten !== null) buf = Buffer.concat([this.unwritten, buf]);
+    this.queue = [];
+    this.unwritten = buf;
+    const seq = this.lastAppendedSeq;
+    const records = this.appendedRecords;
+    let offset = 0;
+    try {
+      while (offset < buf.length) offset += fs.writeSync(this.journal.handle.fd, buf, offset, buf.length - offset);
+    } finally {
+      this.journal.bytes += offset;
+      this.unwritten = offset < buf.length ? buf.subarray(offset) : null;
+    }
+    this.writtenSeq = seq;
+    this.writtenRecords = records;
+    this.lastWriteAt = Date.now();
+  }
+
+  /** Everything appended before the call becomes durable (or the promise rejects with the failure). */
+  private sync(): Promise<void> {
+    const done = new Promise<void>((resolve, reject) => this.syncWaiters.push({ resolve, reject }));
+    this.requestSyncRound();
+    return done;
+  }
+
+  private requestSyncRound(): void {
+    this.syncWanted = true;
+    // Started from a microtask so that `syncLoop` is set before the loop can end and clear it.
+    this.syncLoop ??= Promise.resolve().then(() => this.runSyncRounds());
+  }
+
+  /** Runs fsync rounds one after the other while some are wanted; each covers all writes before it. */
+  private async runSyncRounds(): Promise<void> {
+    while (this.syncWanted) {
+      this.syncWanted = false;
+      const waiters = this.syncWaiters;
+      this.syncWaiters = [];
+      try {
+        await this.syncRound();
+        for (const waiter of waiters) waiter.resolve();
+      } catch (err) {
+        const error = err instanceof Error ? err : new Error(String(err));
+        for (const waiter of [...waiters, ...this.syncWaiters]) waiter.reject(error);
+        this.syncWaiters = [];
+        this.syncWanted = false;
+      }
+    }
+    // Same synchronous step as the last check of syncWanted: a later request starts a new loop.
+    this.syncLoop = null;
+  }
+
+  private async syncRound(): Promise<void> {
+    // After an fsync error or a removed file, a later fsync "succeeding" proves nothing.
+    if (this.failure && !this.failure.journalIntact) throw new PersistenceFailure(this.failure.reason);
+    try {
+      this.writeQueue();
+    } catch (err) {
+      throw this.fail(err, writeErrorLeavesJournalIntact(err));
+    }
+    const seq = this.writtenSeq;
+    const records = this.writtenRecords;
+    const journal = this.journal;
+    const retired = this.retired;
+    this.retired = [];
+    const syncDirectory = this.directoryDirty;
+    this.directoryDirty = false;
+    try {
+      for (const old of retired) {
+        await old.handle.datasync();
+        await old.handle.close();
+      }
+      await journal.handle.datasync();
+      if (syncDirectory) await fsyncDir(this.files.dir);
+    } catch (err) {
+      this.directoryDirty ||= syncDirectory;
+      for (const old of retired) await old.handle.close().catch(() => {});
+      throw this.fail(err, false);
+    }
+    if (!stillAtPath(journal.handle.fd, journal.path)) {
+      throw this.fail(new Error(`${journal.path} was removed (is the data directory gone?)`), false);
+    }
+    this.lastFlushAt = new Date();
+    if (seq > this.durableSeq) {
+      this.durableSeq = seq;
+      this.durableRecords = records;
+      this.onDurable?.(seq);
+    }
+  }
+
+  /** Periodic: everysec fsync, and in every mode the check that the journal is still on disk. */
+  private tick(): void {
+    if (this.failure || this.closing) return;
+    if (!stillAtPath(this.journal.handle.fd, this.journal.path)) {
+      this.fail(new Error(`${this.journal.path} was removed (is the data directory gone?)`), false);
+      return;
+    }
+    if (this.opts.fsync === "everysec" && this.appendedRecords > this.durableRecords) this.requestSyncRound();
+  }
+
+  // ---- failure and recovery ------------------------------------------------------------------
+
+  /** Enters (or stays in) the failed state; returns the Error to throw. */
+  private fail(err: unknown, journalIntact: boolean): Error {
+    const reason = err instanceof PersistenceFailure ? err.message : `persisting to ${this.files.dir} failed: ${describeError(err)}`;
+    this.lastError = { at: new Date().toISOString(), message: reason };
+    const wasFailing = this.failure !== null;
+    this.failure = { reason, journalIntact: journalIntact && (this.failure?.journalIntact ?? true) };
+    if (!wasFailing) {
+      this.log.error("persistence failed: writes are refused until the disk works again", { reason });
+      this.retryTimer = setInterval(() => void this.tryResume(), this.opts.retryMs);
+      this.retryTimer.unref();
+    }
+    return new PersistenceFailure(reason);
+  }
+
+  private tryResume(): Promise<void> {
+    if (this.resuming || this.compaction || !this.failure) return this.resuming ?? Promise.resolve();
+    this.resuming = this.resume().finally(() => {
+      this.resuming = null;
+    });
+    return this.resuming;
+  }
+
+  private async resume(): Promise<void> {
+    const failure = this.failure!;
+    // Every few attempts, a rebuild even when the journal looked intact: its file handle may stay broken.
+    const rebuildAnyway = ++this.resumeAttempts % REBUILD_EVERY_ATTEMPTS === 0;
+    try {
+      if (failure.journalIntact && !rebuildAnyway && stillAtPath(this.journal.handle.fd, this.journal.path)) {
+        await this.sync();
+      } else {
+        await this.rebuild();
+      }
+      this.resumeAttempts = 0;
+      this.failure = null;
+      if (this.retryTimer) clearInterval(this.retryTimer);
+      this.retryTimer = null;
+      this.log.info("persistence resumed", { journal: this.journal.path });
+    } catch (err) {
+      // A failed sync round has already classified its error; a failed rebuild leaves the journal untrusted.
+      this.fail(err, this.failure?.journalIntact ?? false);
+    }
+  }
+
+  /**
+   * After a failure that leaves the journal untrustworthy: a full snapshot of
+   * memory (which holds every accepted record) and a brand-new journal. Writes
+   * are refused meanwhile, so the snapshot is exact at `lastAppendedSeq`.
+   */
+  private async rebuild(): Promise<void> {
+    // A round still waiting on the old journal's fsync must finish before its handle is closed.
+    if (this.syncLoop) await this.syncLoop;
+    if (!holdsLock(this.files.lock)) acquireLock(this.files.lock);
+    const seq = this.lastAppendedSeq;
+    const records = this.appendedRecords;
+    const fresh = await openJournal(this.files, this.nextJournalGen());
+    for (const old of [this.journal, ...this.retired]) await old.handle.close().catch(() => {});
+    this.journal = fresh;
+    this.retired = [];
+    this.directoryDirty = true;
+    this.queue = [];
+    this.unwritten = null;
+    this.writtenSeq = seq;
+    this.writtenRecords = records;
+    await this.writeSnapshotAndDropJournals(seq, async () => {});
+    this.durableSeq = seq;
+    this.durableRecords = records;
+    this.lastFlushAt = new Date();
+    this.onDurable?.(seq);
+  }
+
+  /** A generation above every journal file present, so a new journal never appends to an old file. */
+  private nextJournalGen(): number {
+    return Math.max(this.journal.gen, ...this.files.listJournalGens()) + 1;
+  }
+
+  // ---- compaction ----------------------------------------------------------------------------
+
+  private maybeAutoCompact(): void {
+    if (this.compaction || this.failure || !this.view || this.closing) return;
+    const threshold = Math.max(this.opts.compactMinBytes, (this.snapshotBytes * this.opts.compactPercent) / 100);
+    if (this.journal.bytes <= threshold || Date.now() < this.nextAutoCompactionAt) return;
+    this.startCompaction("journal size").catch(() => {});
+  }
+
+  private startCompaction(trigger: string): Promise<void> {
+    const run = this.compact(trigger).finally(() => {
+      this.compaction = null;
+    });
+    this.compaction = run;
+    return run;
+  }
+
+  /**
+   * Switch appends to a new journal at S_start, write a fuzzy snapshot of the
+   * live store, make the journal durable up to the end of the walk, put the
+   * snapshot in place, then delete the journals it covers.
+   */
+  private async compact(trigger: string): Promise<void> {
+    if (!this.view) throw new Error("persistence: no store attached, nothing to save");
+    if (this.failure) throw new PersistenceFailure(this.failure.reason);
+    if (this.closing) throw new Error("persistence: shutting down");
+    const started = performance.now();
+    try {
+      const fresh = await openJournal(this.files, this.nextJournalGen());
+      // From here to the switch nothing awaits: no record can fall between the two journals.
+      try {
+        this.writeQueue();
+      } catch (err) {
+        await fresh.handle.close().catch(() => {});
+        fs.rmSync(fresh.path, { force: true });
+        throw this.fail(err, writeErrorLeavesJournalIntact(err));
+      }
+      const startSeq = this.lastAppendedSeq;
+      this.retired.push(this.journal);
+      this.journal = fresh;
+      this.directoryDirty = true;
+      const written = await this.writeSnapshotAndDropJournals(startSeq, () => this.sync());
+      const ms = Math.round(performance.now() - started);
+      this.lastCompaction = {
+        at: new Date().toISOString(),
+        ms,
+        keys: written.lines,
+        bytes: written.bytes,
+        seq: startSeq,
+        slices: written.slices,
+        longestSliceMs: written.longestSliceMs,
+      };
+      this.log.info("snapshot written", { trigger, ...this.lastCompaction });
+    } catch (err) {
+      const reason = `snapshot failed: ${describeError(err)}`;
+      this.lastError = { at: new Date().toISOString(), message: reason };
+      this.nextAutoCompactionAt = Date.now() + COMPACTION_RETRY_MS;
+      if (!this.closing) this.log.warn("snapshot failed; the journal still holds every change", { trigger, reason });
+      throw new Error(reason);
+    }
+  }
+
+  private async writeSnapshotAndDropJournals(seq: number, beforeRename: () => Promise<void>) {
+    const view = this.view;
+    if (!view) throw new Error("persistence: no store attached");
+    const written = await writeSnapshot({
+      files: this.files,
+      seq,
+      entries: view.entries(),
+      sliceMs: this.opts.sliceMs,
+      checkCancelled: () => {
+        if (this.closing && this.resuming === null) throw new Error("shutting down");
+      },
+      beforeRename,
+    });
+    this.snapshotSeq = seq;
+    this.snapshotBytes = written.bytes;
+    for (const gen of this.files.listJournalGens()) {
+      if (gen !== this.journal.gen) fs.rmSync(this.files.journal(gen), { force: true });
+    }
+    return written;
+  }
+}
+
+/** Opens (creating if needed) the journal of generation `gen` for appending. */
+export async function openJournal(files: DataFiles, gen: number): Promise<JournalFile> {
+  const path = files.journal(gen);
+  const handle = await fs.promises.open(path, "a");
+  const bytes = (await handle.stat()).size;
+  return { gen, path, handle, bytes };
+}
+
+function writeErrorLeavesJournalIntact(err: unknown): boolean {
+  return RETRYABLE_WRITE_ERRORS.has((err as NodeJS.ErrnoException)?.code ?? "");
+}

@@ -1,0 +1,80 @@
+/**
+ * File names and small durable-file primitives of the persistence layer.
+ *
+ * Owns: how the snapshot, journal, temp and lock files are named next to the
+ * `--data` path, directory fsync, and the "is this fd still the file at that
+ * path" check that detects a removed data directory.
+ * Must not: know the content of any file (see snapshot-format.ts and
+ * journal-format.ts) or hold state.
+ */
+import fs from "node:fs";
+import path from "node:path";
+
+export interface DataFiles {
+  /** The snapshot: the `--data` path itself (default `data.json`). */
+  readonly snapshot: string;
+  /** Directory holding every file below (fsynced after renames and creations). */
+  readonly dir: string;
+  /** Where a snapshot is written before it is renamed over `snapshot`. */
+  readonly snapshotTemp: string;
+  /** Holds the pid of the server that owns the data files. */
+  readonly lock: string;
+  /** Journal file of one generation: `<data>.journal.<gen>`. */
+  journal(gen: number): string;
+  /** The generations of the journal files present in the directory, ascending. */
+  listJournalGens(): number[];
+}
+
+export function dataFiles(dataPath: string): DataFiles {
+  const snapshot = path.resolve(dataPath);
+  const dir = path.dirname(snapshot);
+  const base = path.basename(snapshot);
+  const journalPrefix = `${base}.journal.`;
+  return {
+    snapshot,
+    dir,
+    snapshotTemp: `${snapshot}.tmp`,
+    lock: `${snapshot}.lock`,
+    journal: (gen) => path.join(dir, journalPrefix + gen),
+    listJournalGens() {
+      const gens: number[] = [];
+      for (const name of fs.readdirSync(dir)) {
+        if (!name.startsWith(journalPrefix)) continue;
+        const suffix = name.slice(journalPrefix.length);
+        if (/^[1-9][0-9]{0,14}$/.test(suffix)) gens.push(Number(suffix));
+      }
+      return gens.sort((a, b) => a - b);
+    },
+  };
+}
+
+/** fsync a directory so that renames, creations and removals in it survive a power cut. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await fs.promises.open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * True when `filePath` still names the file open on `fd`. False when the file
+ * (or its directory) was removed or replaced: writes to `fd` then "succeed"
+ * into a file nobody will ever read.
+ */
+export function stillAtPath(fd: number, filePath: string): boolean {
+  try {
+    const byPath = fs.statSync(filePath);
+    const byFd = fs.fstatSync(fd);
+    return byPath.ino === byFd.ino && byPath.dev === byFd.dev;
+  } catch {
+    return false;
+  }
+}
+
+/** A short human-readable reason for a file-system error: "ENOSPC: no space left on device, write". */
+export function describeError(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

@@ -1,0 +1,119 @@
+/**
+ * Entry point of the persistence layer: lock, recover, open the journal.
+ *
+ * Files next to `--data <path>` (default data.json):
+ *   <path>             snapshot (JSON, see snapshot-format.ts)
+ *   <path>.journal.N   journal generations (JSON lines, see journal-format.ts)
+ *   <path>.tmp         snapshot being written (ignored at start)
+ *   <path>.lock        pid of the server owning the files
+ *
+ * Owns: start-up order (lock first, read everything, change nothing unless the
+ * files are sound, then cut a torn tail). Must not: be imported by anything but
+ * index.ts and tests; nothing else touches data files.
+ */
+import fs from "node:fs";
+import type { Logger } from "../log.ts";
+import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode, type StoreView } from "./durable-log.ts";
+import { dataFiles } from "./files.ts";
+import { acquireLock, releaseLock } from "./lock.ts";
+import { recover } from "./recovery.ts";
+
+export type { FsyncMode, StoreView } from "./durable-log.ts";
+export { DurableLog } from "./durable-log.ts";
+
+export interface PersistenceOptions {
+  readonly path: string;
+  readonly fsync: FsyncMode;
+  readonly fsyncIntervalMs: number;
+  /** Compact when the journal exceeds this many bytes and `compactPercent` % of the snapshot. */
+  readonly compactMinBytes?: number;
+  readonly compactPercent?: number;
+  /** Delay between attempts to resume after a disk failure. */
+  readonly retryMs?: number;
+  /** Longest event-loop hold of one snapshot slice. */
+  readonly sliceMs?: number;
+}
+
+export const PERSISTENCE_DEFAULTS = {
+  compactMinBytes: 16 * 1024 * 1024,
+  compactPercent: 100,
+  retryMs: 500,
+  sliceMs: 1,
+} as const;
+
+export interface OpenedPersistence {
+  readonly log: DurableLog;
+  /** The recovered state, for the store to start from. */
+  readonly initial: Map<string, string>;
+  /** Seq of the newest recovered commit; the executor continues after it. */
+  readonly seq: number;
+  readonly keysLoaded: number;
+  readonly loadMs: number;
+}
+
+/**
+ * Takes the lock, loads snapshot + journals, cuts a torn final record, and
+ * opens the journal for appending. Rejects, leaving every data file as it
+ * was, with an Error naming the file and the problem.
+ */
+export async function openPersistence(opts: PersistenceOptions, log: Logger): Promise<OpenedPersistence> {
+  const started = performance.now();
+  const files = dataFiles(opts.path);
+  acquireLock(files.lock);
+  try {
+    const recovered = recover(files);
+    const torn = recovered.tornTail;
+    if (torn !== null) {
+      log.warn("dropping a torn final journal record (the server stopped in the middle of writing it)", {
+        file: torn.file,
+        problem: torn.reason,
+        keptBytes: torn.validBytes,
+      });
+      cutFile(torn.file, torn.validBytes);
+    }
+    // Left by a compaction that was interrupted; the next one would overwrite it anyway.
+    fs.rmSync(files.snapshotTemp, { force: true });
+    const lastGen = recovered.journalGens.at(-1);
+    const journal = await openJournal(files, lastGen ?? 1);
+    const settings: DurableLogOptions = {
+      fsync: opts.fsync,
+      fsyncIntervalMs: opts.fsyncIntervalMs,
+      compactMinBytes: opts.compactMinBytes ?? PERSISTENCE_DEFAULTS.compactMinBytes,
+      compactPercent: opts.compactPercent ?? PERSISTENCE_DEFAULTS.compactPercent,
+      retryMs: opts.retryMs ?? PERSISTENCE_DEFAULTS.retryMs,
+      sliceMs: opts.sliceMs ?? PERSISTENCE_DEFAULTS.sliceMs,
+    };
+    const durable = new DurableLog(files, settings, log, {
+      journal,
+      journalCreated: lastGen === undefined,
+      seq: recovered.seq,
+      snapshotSeq: recovered.snapshotSeq,
+      snapshotBytes: recovered.snapshotBytes,
+    });
+    return {
+      log: durable,
+      initial: recovered.entries,
+      seq: recovered.seq,
+      keysLoaded: recovered.entries.size,
+      loadMs: Math.round(performance.now() - started),
+    };
+  } catch (err) {
+    releaseLock(files.lock);
+    throw err;
+  }
+}
+
+/** Truncates a journal to its complete records and makes that durable. */
+function cutFile(file: string, length: number): void {
+  try {
+    const fd = fs.openSync(file, "r+");
+    try {
+      fs.ftruncateSync(fd, length);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch (err) {
+    throw new Error(`${file}: cannot cut off the torn final record (${(err as Error).message})`);
+  }
+}

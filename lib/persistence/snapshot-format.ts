@@ -1,0 +1,191 @@
+/**
+ * The snapshot file format: one JSON document, one key per line.
+ *
+ *   {"txkv":{"format":"txkv-snapshot","version":1,"seq":42},"data":{
+ *   "key1":"value1",
+ *   "key2":{"a":1}
+ *   },"end":{"keys":2,"crc32":123456789}}
+ *
+ * The whole file is valid JSON (`jq .data data.json` works). The header line
+ * carries the commit seq the snapshot starts from; the last line carries the
+ * number of entries and the CRC-32 of the bytes between the two, so a damaged
+ * snapshot is detected without parsing every value. Values are stored as the
+ * JSON text the store already holds, so loading never re-encodes them.
+ * A plain JSON object `{"key": value, ...}` (the original Python server's
+ * data.json) is also accepted as a snapshot at seq 0.
+ *
+ * Owns: encoding and decoding of snapshot bytes. Must not: touch files.
+ */
+
+const FORMAT = "txkv-snapshot";
+const VERSION = 1;
+const HEADER_PREFIX = `{"txkv":{"format":"${FORMAT}"`;
+const DATA_OPEN = `,"data":{`;
+const BACKSLASH = 92;
+const QUOTE = 34;
+const COLON = 58;
+const COMMA = 44;
+
+/** The first line of a snapshot starting at `seq` (entries follow, each beginning with a newline). */
+export function snapshotHeader(seq: number): string {
+  return `${HEADER_PREFIX},"version":${VERSION},"seq":${seq}}${DATA_OPEN}`;
+}
+
+/** One entry, preceded by its separator: `\n"key":value` for the first, `,\n"key":value` after. */
+export function snapshotEntry(first: boolean, key: string, value: string): string {
+  return (first ? "\n" : ",\n") + JSON.stringify(key) + ":" + singleLine(value);
+}
+
+/** The closing line; `crc32` covers every byte written between header and trailer. */
+export function snapshotTrailer(keys: number, crc32: number): string {
+  return `\n},"end":{"keys":${keys},"crc32":${crc32}}}\n`;
+}
+
+/**
+ * JSON text with a raw line feed (only possible as insignificant whitespace)
+ * would break the one-entry-per-line layout: re-encode it compactly.
+ */
+export function singleLine(encodedValue: string): string {
+  return encodedValue.includes("\n") ? JSON.stringify(JSON.parse(encodedValue)) : encodedValue;
+}
+
+export interface DecodedSnapshot {
+  readonly seq: number;
+  readonly entries: Map<string, string>;
+  /** "txkv" for our own format, "plain-json" for a `{"key": value}` object. */
+  readonly format: "txkv" | "plain-json";
+}
+
+/** Thrown with the problem only; the caller adds the file name. */
+export class SnapshotFormatError extends Error {}
+
+export function decodeSnapshot(bytes: Uint8Array): DecodedSnapshot {
+  if (bytes.length === 0) throw new SnapshotFormatError("the file is empty");
+  const headerEnd = bytes.indexOf(10);
+  const firstLine = utf8(bytes.subarray(0, headerEnd === -1 ? bytes.length : headerEnd));
+  if (!firstLine.startsWith(HEADER_PREFIX)) return decodePlainJson(bytes);
+  return decodeTxkvSnapshot(bytes, firstLine, headerEnd);
+}
+
+function decodeTxkvSnapshot(bytes: Uint8Array, headerLine: string, headerEnd: number): DecodedSnapshot {
+  const seq = parseHeader(headerLine);
+  if (bytes.length < 2 || bytes[bytes.length - 1] !== 10) {
+    throw new SnapshotFormatError("the file is truncated (no closing line)");
+  }
+  const trailerStart = bytes.lastIndexOf(10, bytes.length - 2);
+  if (trailerStart < headerEnd) throw new SnapshotFormatError("the file is truncated (no closing line)");
+  const trailer = parseTrailer(utf8(bytes.subarray(trailerStart + 1, bytes.length - 1)));
+  const body = bytes.subarray(headerEnd, trailerStart);
+  const crc = Bun.hash.crc32(body);
+  if (crc !== trailer.crc32) {
+    throw new SnapshotFormatError(`checksum mismatch (stored crc32 ${trailer.crc32}, computed ${crc}): the file is damaged`);
+  }
+  const entries = new Map<string, string>();
+  const lines = body.length === 0 ? 0 : parseEntryLines(utf8(body.subarray(1)), entries);
+  if (lines !== trailer.keys) {
+    throw new SnapshotFormatError(`the closing line announces ${trailer.keys} entries but the file holds ${lines}`);
+  }
+  return { seq, entries, format: "txkv" };
+}
+
+function parseHeader(line: string): number {
+  let header: unknown;
+  try {
+    if (!line.endsWith(DATA_OPEN)) throw new Error("no data section");
+    header = JSON.parse(line.slice(0, line.length - DATA_OPEN.length) + "}");
+  } catch {
+    throw new SnapshotFormatError("line 1: unreadable snapshot header");
+  }
+  const meta = (header as { txkv?: { version?: unknown; seq?: unknown } }).txkv;
+  if (meta?.version !== VERSION) throw new SnapshotFormatError(`line 1: unsupported snapshot version ${JSON.stringify(meta?.version)}`);
+  if (!isSeq(meta.seq)) throw new SnapshotFormatError("line 1: the header has no valid seq");
+  return meta.seq;
+}
+
+function parseTrailer(line: string): { keys: number; crc32: number } {
+  try {
+    if (!line.startsWith("},")) throw new Error("no closing brace");
+    const end = (JSON.parse("{" + line.slice(2)) as { end?: { keys?: unknown; crc32?: unknown } }).end;
+    if (end && Number.isSafeInteger(end.keys) && Number.isSafeInteger(end.crc32)) {
+      return { keys: end.keys as number, crc32: end.crc32 as number };
+    }
+  } catch {
+    // reported below
+  }
+  throw new SnapshotFormatError("the closing line is missing or unreadable (the file is truncated or damaged)");
+}
+
+/** Parses `"key":value[,]` lines into `into`; returns the number of lines. Hot at start-up: no per-line allocation beyond the two strings. */
+function parseEntryLines(text: string, into: Map<string, string>): number {
+  let count = 0;
+  let start = 0;
+  while (start <= text.length) {
+    let end = text.indexOf("\n", start);
+    if (end === -1) end = text.length;
+    count++;
+    if (text.charCodeAt(start) !== QUOTE) throw badEntry(count + 1);
+    let close = text.indexOf('"', start + 1);
+    if (close === -1 || close >= end) throw badEntry(count + 1);
+    let key = text.slice(start + 1, close);
+    // Only a key with an escape needs the JSON parser (and the escape-aware search for its end).
+    if (key.includes("\\")) {
+      close = closingQuote(text, start + 1, end);
+      key = parseEscapedKey(text, start, close, count + 1);
+    }
+    const valueEnd = text.charCodeAt(end - 1) === COMMA ? end - 1 : end;
+    if (text.charCodeAt(close + 1) !== COLON || valueEnd <= close + 2) throw badEntry(count + 1);
+    into.set(key, text.slice(close + 2, valueEnd));
+    start = end + 1;
+  }
+  return count;
+}
+
+function parseEscapedKey(text: string, start: number, close: number, lineNo: number): string {
+  if (close === -1) throw badEntry(lineNo);
+  try {
+    return JSON.parse(text.slice(start, close + 1)) as string;
+  } catch {
+    throw badEntry(lineNo);
+  }
+}
+
+/** Index of the quote closing a JSON string whose body starts at `from`, honouring escapes. */
+function closingQuote(text: string, from: number, end: number): number {
+  for (let i = from; i < end; i++) {
+    const c = text.charCodeAt(i);
+    if (c === BACKSLASH) i++;
+    else if (c === QUOTE) return i;
+  }
+  return -1;
+}
+
+function badEntry(lineNo: number): SnapshotFormatError {
+  return new SnapshotFormatError(`line ${lineNo}: not a "key":value entry`);
+}
+
+function decodePlainJson(bytes: Uint8Array): DecodedSnapshot {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(utf8(bytes));
+  } catch (err) {
+    throw new SnapshotFormatError(`not valid JSON (${err instanceof Error ? err.message : String(err)})`);
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+    throw new SnapshotFormatError("not a txkv snapshot and not a JSON object of key/value pairs");
+  }
+  const entries = new Map<string, string>();
+  for (const [key, value] of Object.entries(parsed)) {
+    if (key === "") throw new SnapshotFormatError("holds an empty key");
+    entries.set(key, JSON.stringify(value));
+  }
+  return { seq: 0, entries, format: "plain-json" };
+}
+
+/** Decodes without copying the bytes first. */
+function utf8(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("utf8");
+}
+
+export function isSeq(value: unknown): value is number {
+  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+}

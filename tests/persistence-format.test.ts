@@ -1,0 +1,168 @@
+/**
+ * Unit tests of the persistence file formats (lib/persistence/*-format.ts):
+ * snapshot and journal encoding round trips, and the damage each decoder must
+ * refuse or (journal tail only) drop.
+ */
+import { describe, expect, test } from "bun:test";
+import { encodeRecord, JournalFormatError, scanJournal } from "../lib/persistence/journal-format.ts";
+import {
+  decodeSnapshot,
+  snapshotEntry,
+  snapshotHeader,
+  snapshotTrailer,
+  SnapshotFormatError,
+} from "../lib/persistence/snapshot-format.ts";
+
+function encodeSnapshot(seq: number, entries: [string, string][]): Buffer {
+  let body = "";
+  entries.forEach(([k, v], i) => (body += snapshotEntry(i === 0, k, v)));
+  const bodyBytes = Buffer.from(body);
+  return Buffer.concat([
+    Buffer.from(snapshotHeader(seq)),
+    bodyBytes,
+    Buffer.from(snapshotTrailer(entries.length, Bun.hash.crc32(bodyBytes))),
+  ]);
+}
+
+const awkward: [string, string][] = [
+  ["plain", JSON.stringify("value1")],
+  ['quote"in\\key', JSON.stringify("v")],
+  ["line\nbreak key", JSON.stringify("multi\nline")],
+  ["unicode ключ 🔑", JSON.stringify("значение")],
+  ["colon\":key", "42"],
+  ["object", JSON.stringify({ a: [1, { b: null }] })],
+  ["null-value", "null"],
+  ["bool", "true"],
+  ["{starts with brace", JSON.stringify(" spaced  value ")],
+];
+
+describe("snapshot format", () => {
+  test("round trips keys and values of every kind, and is one valid JSON document", () => {
+    const bytes = encodeSnapshot(17, awkward);
+    const decoded = decodeSnapshot(bytes);
+    expect(decoded.seq).toBe(17);
+    expect(decoded.format).toBe("txkv");
+    expect([...decoded.entries]).toEqual(awkward);
+    const whole = JSON.parse(bytes.toString());
+    expect(Object.keys(whole.data)).toEqual(awkward.map(([k]) => k));
+    expect(whole.data["object"]).toEqual({ a: [1, { b: null }] });
+  });
+
+  test("an empty store round trips", () => {
+    const decoded = decodeSnapshot(encodeSnapshot(0, []));
+    expect(decoded.entries.size).toBe(0);
+    expect(JSON.parse(encodeSnapshot(0, []).toString()).data).toEqual({});
+  });
+
+  test("a value holding a raw line feed is re-encoded on one line", () => {
+    const decoded = decodeSnapshot(encodeSnapshot(1, [["k", '{\n"a": 1\n}']]));
+    expect(decoded.entries.get("k")).toBe('{"a":1}');
+  });
+
+  test("a flipped byte is refused with a checksum error", () => {
+    const bytes = encodeSnapshot(3, awkward);
+    const at = bytes.indexOf("value1");
+    bytes[at] = "V".charCodeAt(0);
+    expect(() => decodeSnapshot(bytes)).toThrow(/checksum mismatch/);
+  });
+
+  test("a truncated snapshot is refused", () => {
+    const bytes = encodeSnapshot(3, awkward);
+    expect(() => decodeSnapshot(bytes.subarray(0, bytes.length - 20))).toThrow(SnapshotFormatError);
+    expect(() => decodeSnapshot(bytes.subarray(0, 30))).toThrow(SnapshotFormatError);
+    expect(() => decodeSnapshot(Buffer.alloc(0))).toThrow(/empty/);
+  });
+
+  test("a wrong entry count is refused", () => {
+    const good = encodeSnapshot(3, awkward).toString();
+    const bad = good.replace(`"keys":${awkward.length}`, `"keys":${awkward.length + 1}`);
+    expect(() => decodeSnapshot(Buffer.from(bad))).toThrow(/announces/);
+  });
+
+  test("an unknown version is refused", () => {
+    const bad = encodeSnapshot(3, []).toString().replace('"version":1', '"version":9');
+    expect(() => decodeSnapshot(Buffer.from(bad))).toThrow(/version/);
+  });
+
+  test("a plain JSON object (the original server's data.json) loads at seq 0", () => {
+    const decoded = decodeSnapshot(Buffer.from('{"key1": "value1", "n": 2, "o": {"a": [1]}}'));
+    expect(decoded.format).toBe("plain-json");
+    expect(decoded.seq).toBe(0);
+    expect([...decoded.entries]).toEqual([
+      ["key1", '"value1"'],
+      ["n", "2"],
+      ["o", '{"a":[1]}'],
+    ]);
+  });
+
+  test("invalid JSON and non-object JSON are refused", () => {
+    expect(() => decodeSnapshot(Buffer.from('{"key1": "val'))).toThrow(/not valid JSON/);
+    expect(() => decodeSnapshot(Buffer.from("[1,2]"))).toThrow(/not a txkv snapshot/);
+  });
+});
+
+describe("journal format", () => {
+  function scan(text: string, mayBeTorn = true, afterSeq = 0) {
+    const seen: [number, unknown][] = [];
+    const result = scanJournal(Buffer.from(text), afterSeq, mayBeTorn, (seq, ops) => seen.push([seq, ops]));
+    return { result, seen };
+  }
+
+  test("a record round trips; a put of JSON null stays distinct from a delete", () => {
+    const line = encodeRecord({ seq: 5, ops: [["a", '"x"'], ["n", "null"], ["gone", null], ["o", '{"k":[1]}']] });
+    expect(line.endsWith("\n")).toBe(true);
+    expect(line.indexOf("\n")).toBe(line.length - 1);
+    const { result, seen } = scan(line);
+    expect(result.tornTail).toBeNull();
+    expect(seen).toEqual([[5, [["a", '"x"'], ["n", "null"], ["gone", null], ["o", '{"k":[1]}']]]]);
+  });
+
+  test("single-op records of every value kind round trip (the fast path and the general one agree)", () => {
+    const values = ['"plain"', '""', "true", "false", "null", "0", "-1.5e-7", '"quote\\"d"', '"tab\\t"', '{"a":1}', "[1,2]", '"ключ 🔑"'];
+    const keys = ["k", 'q"k', "back\\slash", "ключ", " spaced "];
+    let seq = 0;
+    const records = keys.flatMap((key) => values.map((value) => ({ seq: ++seq, ops: [[key, value] as const] })));
+    const { seen } = scan(records.map(encodeRecord).join(""));
+    expect(seen).toEqual(records.map((r) => [r.seq, r.ops.map(([k, v]) => [k, v])]));
+  });
+
+  test("a final record without its line end is a torn tail: dropped, earlier records kept", () => {
+    const good = encodeRecord({ seq: 1, ops: [["a", "1"]] }) + encodeRecord({ seq: 2, ops: [["b", "2"]] });
+    const torn = encodeRecord({ seq: 3, ops: [["c", "3"]] }).slice(0, 12);
+    const { result, seen } = scan(good + torn);
+    expect(seen.map(([seq]) => seq)).toEqual([1, 2]);
+    expect(result.tornTail).toMatch(/line 3/);
+    expect(result.validBytes).toBe(Buffer.byteLength(good));
+  });
+
+  test("an unreadable final line is dropped as torn", () => {
+    const good = encodeRecord({ seq: 1, ops: [["ключ", "1"]] });
+    const { result } = scan(good + "\u0000\u0000garbage\n");
+    expect(result.tornTail).toMatch(/unreadable final record/);
+    expect(result.validBytes).toBe(Buffer.byteLength(good));
+  });
+
+  test("a torn tail in a journal that is not the newest is corruption", () => {
+    const text = encodeRecord({ seq: 1, ops: [["a", "1"]] }) + '{"seq":2,"op';
+    expect(() => scan(text, false)).toThrow(JournalFormatError);
+  });
+
+  test("a damaged line before the end is corruption", () => {
+    const text =
+      encodeRecord({ seq: 1, ops: [["a", "1"]] }) + "not json\n" + encodeRecord({ seq: 3, ops: [["c", "3"]] });
+    expect(() => scan(text)).toThrow(/line 2: not valid JSON/);
+  });
+
+  test("records out of seq order are corruption", () => {
+    const text = encodeRecord({ seq: 4, ops: [["a", "1"]] }) + encodeRecord({ seq: 4, ops: [["b", "1"]] });
+    expect(() => scan(text)).toThrow(/does not follow/);
+    expect(() => scan(encodeRecord({ seq: 2, ops: [] }), true, 9)).toThrow(/does not follow/);
+  });
+
+  test("a record of the wrong shape is corruption", () => {
+    const ok = encodeRecord({ seq: 1, ops: [["a", "1"]] });
+    for (const bad of ['{"seq":2}', '{"seq":"2","ops":[]}', '{"seq":2,"ops":[[1,2]]}', '{"seq":2,"ops":[["a",1,2]]}']) {
+      expect(() => scan(ok + bad + "\n" + encodeRecord({ seq: 9, ops: [] }))).toThrow(JournalFormatError);
+    }
+  });
+});

@@ -1,0 +1,424 @@
+/**
+ * Unit tests of lib/persistence against temporary directories, no server:
+ * restart round trips, group commit, SAVE under concurrent writes, automatic
+ * compaction, corrupt and torn files, the lock, and disk failures (data
+ * directory removed, disk full) with automatic resumption.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import type { CommitOp } from "../lib/commit-log.ts";
+import { Logger } from "../lib/log.ts";
+import { DurableLog, openPersistence, type FsyncMode } from "../lib/persistence/index.ts";
+import { dataFiles } from "../lib/persistence/files.ts";
+import { acquireLock } from "../lib/persistence/lock.ts";
+import { Store } from "../lib/store.ts";
+
+const dirs: string[] = [];
+const openLogs: DurableLog[] = [];
+
+afterEach(async () => {
+  for (const log of openLogs.splice(0)) await log.close().catch(() => {});
+  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-"));
+  dirs.push(dir);
+  return dir;
+}
+
+interface Opened {
+  log: DurableLog;
+  store: Store;
+  logLines: string[];
+  keysLoaded: number;
+  put(key: string, value: unknown): number;
+  del(key: string): number;
+  tx(ops: [string, unknown | undefined][]): number;
+}
+
+async function open(
+  dir: string,
+  opts: { fsync?: FsyncMode; compactMinBytes?: number; compactPercent?: number } = {},
+): Promise<Opened> {
+  const logLines: string[] = [];
+  const logger = new Logger("debug", (line) => logLines.push(line));
+  const opened = await openPersistence(
+    {
+      path: path.join(dir, "data.json"),
+      fsync: opts.fsync ?? "everysec",
+      fsyncIntervalMs: 20,
+      retryMs: 20,
+      compactMinBytes: opts.compactMinBytes,
+      compactPercent: opts.compactPercent,
+    },
+    logger,
+  );
+  const store = new Store(opened.initial, opened.seq);
+  opened.log.attach(store);
+  openLogs.push(opened.log);
+  const commit = (ops: CommitOp[]) => opened.log.append({ seq: store.apply(ops, null), ops });
+  return {
+    log: opened.log,
+    store,
+    logLines,
+    keysLoaded: opened.keysLoaded,
+    put: (key, value) => commit([[key, JSON.stringify(value)]]),
+    del: (key) => commit([[key, null]]),
+    tx: (ops) => commit(ops.map(([k, v]) => [k, v === undefined ? null : JSON.stringify(v)])),
+  };
+}
+
+async function closeLog(o: Opened): Promise<void> {
+  await o.log.close();
+  openLogs.splice(openLogs.indexOf(o.log), 1);
+}
+
+function contents(store: Store): [string, string][] {
+  return [...store.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** Every file of the directory with its bytes, to prove nothing was touched. */
+function dirBytes(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of fs.readdirSync(dir).sort()) out[name] = fs.readFileSync(path.join(dir, name)).toString("base64");
+  return out;
+}
+
+async function until(condition: () => boolean, what: string, timeoutMs = 4000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}
+
+describe("restart", () => {
+  test("puts, deletes and transactions come back after close and reopen", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    a.put("k1", "value1");
+    a.put("k2", { nested: [1, 2, null] });
+    a.put("nullish", null);
+    a.put("gone", 1);
+    a.del("gone");
+    a.tx([
+      ["t1", "x"],
+      ["t2", 2],
+      ["k1", undefined],
+    ]);
+    const expected = contents(a.store);
+    const seq = a.store.seq;
+    await closeLog(a);
+    expect(fs.existsSync(path.join(dir, "data.json.lock"))).toBe(false);
+    const b = await open(dir);
+    expect(contents(b.store)).toEqual(expected);
+    expect(b.store.seq).toBe(seq);
+    expect(b.store.get("nullish")).toBe("null");
+  });
+
+  test("a snapshot plus a journal after it come back", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    for (let i = 0; i < 100; i++) a.put(`k${i}`, i);
+    await a.log.save();
+    for (let i = 50; i < 150; i++) a.put(`k${i}`, `v${i}`);
+    a.del("k0");
+    const expected = contents(a.store);
+    await closeLog(a);
+    const b = await open(dir);
+    expect(contents(b.store)).toEqual(expected);
+    expect(b.keysLoaded).toBe(expected.length);
+  });
+
+  test("a data.json written by the original server (a plain JSON object) is loaded", async () => {
+    const dir = tempDir();
+    fs.writeFileSync(path.join(dir, "data.json"), '{"key1": "value1", "key2": {"a": 1}}');
+    const a = await open(dir);
+    expect(contents(a.store)).toEqual([
+      ["key1", '"value1"'],
+      ["key2", '{"a":1}'],
+    ]);
+    a.put("key3", 3);
+    await a.log.save();
+    await closeLog(a);
+    const b = await open(dir);
+    expect(b.store.get("key3")).toBe("3");
+    expect(b.store.get("key1")).toBe('"value1"');
+  });
+});
+
+describe("durability", () => {
+  test("always: append returns the seq to wait for and onDurable reaches it", async () => {
+    const a = await open(tempDir(), { fsync: "always" });
+    let durable = 0;
+    a.log.onDurable = (seq) => (durable = seq);
+    const wait = a.put("k", "v");
+    expect(wait).toBe(a.store.seq);
+    await until(() => durable >= wait, "onDurable");
+    expect(a.log.stats().pendingRecords).toBe(0);
+  });
+
+  test("always: records of one event-loop turn share one fsync (group commit)", async () => {
+    const a = await open(tempDir(), { fsync: "always" });
+    const calls: number[] = [];
+    a.log.onDurable = (seq) => calls.push(seq);
+    let last = 0;
+    for (let i = 0; i < 500; i++) last = a.put(`k${i}`, i);
+    await until(() => calls.at(-1) === last, "the last seq to be durable");
+    expect(calls.length).toBe(1);
+  });
+
+  test("everysec and no: the reply does not wait, the record still reaches the file", async () => {
+    for (const fsync of ["everysec", "no"] as const) {
+      const dir = tempDir();
+      const a = await open(dir, { fsync });
+      expect(a.put("k", "v")).toBe(0);
+      const journal = String(a.log.stats().journalFile);
+      await until(() => fs.readFileSync(journal, "utf8").includes('"k"'), `the ${fsync} journal write`);
+    }
+  });
+});
+
+describe("compaction", () => {
+  test("SAVE writes a valid JSON snapshot and removes the journals it covers", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    for (let i = 0; i < 10; i++) a.put(`k${i}`, { i });
+    await a.log.save();
+    const snapshot = JSON.parse(fs.readFileSync(path.join(dir, "data.json"), "utf8"));
+    expect(snapshot.data.k3).toEqual({ i: 3 });
+    expect(snapshot.end.keys).toBe(10);
+    expect(dataFiles(path.join(dir, "data.json")).listJournalGens()).toEqual([2]);
+    expect(fs.existsSync(path.join(dir, "data.json.tmp"))).toBe(false);
+  });
+
+  test("SAVE while writes keep coming: the reopened state equals memory", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    for (let i = 0; i < 40_000; i++) a.put(`key${i}`, `initial value ${i}`);
+    let saving = true;
+    let writesDuringSave = 0;
+    const saved = a.log.save().finally(() => (saving = false));
+    while (saving) {
+      const i = writesDuringSave++;
+      a.put(`key${(i * 7919) % 45_000}`, `changed ${i}`);
+      if (i % 3 === 0) a.del(`key${(i * 104_729) % 40_000}`);
+      if (i % 5 === 0) a.tx([[`new${i}`, i], [`key${i % 100}`, undefined]]);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await saved;
+    expect(writesDuringSave).toBeGreaterThan(1);
+    for (let i = 0; i < 100; i++) a.put(`after${i}`, i);
+    const expected = contents(a.store);
+    await closeLog(a);
+    const b = await open(dir);
+    expect(contents(b.store)).toEqual(expected);
+  });
+
+  test("crash states of a compaction load the same data: before the rename, and after it but before the old journal is deleted", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    for (let i = 0; i < 50; i++) a.put(`k${i}`, i);
+    await a.log.save(); // data.json at seq 50, journal.2 current
+    for (let i = 0; i < 30; i++) a.put(`k${i}`, `second ${i}`);
+    a.del("k49");
+    await new Promise((resolve) => setImmediate(resolve));
+    const oldSnapshot = fs.readFileSync(path.join(dir, "data.json"));
+    const oldJournal = fs.readFileSync(path.join(dir, "data.json.journal.2"));
+    await a.log.save(); // data.json at seq 81, journal.3 current, journal.2 deleted
+    a.put("after", "x");
+    const expected = contents(a.store);
+    await closeLog(a);
+    const newSnapshot = fs.readFileSync(path.join(dir, "data.json"));
+
+    // After the rename, before the old journal was deleted: its records are all covered by the snapshot.
+    fs.writeFileSync(path.join(dir, "data.json.journal.2"), oldJournal);
+    const b = await open(dir);
+    expect(contents(b.store)).toEqual(expected);
+    await closeLog(b);
+
+    // Before the rename: the old snapshot, the old journal and the new one (and a half-written temp file).
+    fs.writeFileSync(path.join(dir, "data.json"), oldSnapshot);
+    fs.writeFileSync(path.join(dir, "data.json.journal.2"), oldJournal);
+    fs.writeFileSync(path.join(dir, "data.json.tmp"), newSnapshot.subarray(0, 100));
+    const c = await open(dir);
+    expect(contents(c.store)).toEqual(expected);
+    expect(fs.existsSync(path.join(dir, "data.json.tmp"))).toBe(false);
+  });
+
+  test("the journal is compacted automatically past its size threshold", async () => {
+    const dir = tempDir();
+    const a = await open(dir, { compactMinBytes: 2000, compactPercent: 100 });
+    for (let i = 0; i < 200; i++) {
+      a.put(`k${i % 20}`, "x".repeat(50));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await until(() => a.log.stats().lastCompaction !== null, "an automatic compaction");
+    expect(fs.existsSync(path.join(dir, "data.json"))).toBe(true);
+    const expected = contents(a.store);
+    await closeLog(a);
+    expect(contents((await open(dir)).store)).toEqual(expected);
+  });
+});
+
+describe("start-up with damaged files", () => {
+  async function prepare(): Promise<string> {
+    const dir = tempDir();
+    const a = await open(dir);
+    for (let i = 0; i < 20; i++) a.put(`k${i}`, i);
+    await a.log.save();
+    for (let i = 0; i < 5; i++) a.put(`j${i}`, i);
+    await closeLog(a);
+    return dir;
+  }
+
+  test("a corrupt snapshot is refused, naming the file, and nothing is changed", async () => {
+    const dir = await prepare();
+    const file = path.join(dir, "data.json");
+    const bytes = fs.readFileSync(file);
+    bytes[bytes.indexOf('"k5"') + 1] = "X".charCodeAt(0);
+    fs.writeFileSync(file, bytes);
+    const before = dirBytes(dir);
+    await expect(open(dir)).rejects.toThrow(`${file}: corrupt snapshot, checksum mismatch`);
+    expect(dirBytes(dir)).toEqual(before);
+  });
+
+  test("a snapshot that is not JSON is refused", async () => {
+    const dir = tempDir();
+    const file = path.join(dir, "data.json");
+    fs.writeFileSync(file, "this is not json");
+    await expect(open(dir)).rejects.toThrow(`${file}: corrupt snapshot, not valid JSON`);
+    expect(fs.readFileSync(file, "utf8")).toBe("this is not json");
+  });
+
+  test("an unreadable snapshot is refused", async () => {
+    const dir = tempDir();
+    fs.mkdirSync(path.join(dir, "data.json"));
+    await expect(open(dir)).rejects.toThrow(/data\.json: cannot read the snapshot/);
+  });
+
+  test("a damaged journal line before the end is refused and nothing is changed", async () => {
+    const dir = await prepare();
+    const journal = path.join(dir, "data.json.journal.2");
+    const lines = fs.readFileSync(journal, "utf8").split("\n");
+    lines[1] = lines[1]!.replace('"seq"', '"seq');
+    fs.writeFileSync(journal, lines.join("\n"));
+    const before = dirBytes(dir);
+    await expect(open(dir)).rejects.toThrow(`${journal}: corrupt journal, line 2: not valid JSON`);
+    expect(dirBytes(dir)).toEqual(before);
+  });
+
+  test("a torn final record is dropped with a warning and cut off; later appends follow clean", async () => {
+    const dir = await prepare();
+    const journal = path.join(dir, "data.json.journal.2");
+    const clean = fs.readFileSync(journal);
+    fs.appendFileSync(journal, '{"seq":99,"ops":[["torn","val');
+    const a = await open(dir);
+    expect(a.store.get("torn")).toBeUndefined();
+    expect(a.store.get("j4")).toBe("4");
+    expect(a.logLines.some((l) => l.includes('"level":"warn"') && l.includes("torn final journal record"))).toBe(true);
+    expect(fs.readFileSync(journal)).toEqual(clean);
+    a.put("after", "ok");
+    const expected = contents(a.store);
+    await closeLog(a);
+    expect(contents((await open(dir)).store)).toEqual(expected);
+  });
+});
+
+describe("lock", () => {
+  test("a lock held by a live process refuses the start and changes nothing", async () => {
+    const dir = tempDir();
+    const owner = Bun.spawn(["sleep", "30"]);
+    try {
+      fs.writeFileSync(path.join(dir, "data.json.lock"), `${owner.pid}\n`);
+      const before = dirBytes(dir);
+      await expect(open(dir)).rejects.toThrow(`locked by another running server (pid ${owner.pid})`);
+      expect(dirBytes(dir)).toEqual(before);
+    } finally {
+      owner.kill("SIGKILL");
+      await owner.exited;
+    }
+    const a = await open(dir);
+    expect(a.store.size).toBe(0);
+  });
+
+  test("a lock left by a dead process does not block the next start", async () => {
+    const dir = tempDir();
+    const dead = Bun.spawn(["true"]);
+    await dead.exited;
+    fs.writeFileSync(path.join(dir, "data.json.lock"), `${dead.pid}\n`);
+    const a = await open(dir);
+    expect(fs.readFileSync(path.join(dir, "data.json.lock"), "utf8").trim()).toBe(String(process.pid));
+    await closeLog(a);
+  });
+});
+
+describe("failures while running", () => {
+  test("data directory removed: writes refused with the reason, then resumed when it is back", async () => {
+    const dir = tempDir();
+    const a = await open(dir, { fsync: "always" });
+    let durable = 0;
+    a.log.onDurable = (seq) => (durable = seq);
+    const first = a.put("before", 1);
+    await until(() => durable >= first, "the first write to be durable");
+    fs.rmSync(dir, { recursive: true });
+    await until(() => a.log.unavailableReason !== null, "the removal to be noticed");
+    expect(a.log.unavailableReason).toMatch(/removed|ENOENT/);
+    expect(a.log.stats().available).toBe(false);
+    expect(a.store.get("before")).toBe("1");
+    fs.mkdirSync(dir);
+    await until(() => a.log.unavailableReason === null, "persistence to resume");
+    const second = a.put("after", 2);
+    await until(() => durable >= second, "the write after resuming to be durable");
+    expect(fs.readFileSync(path.join(dir, "data.json.lock"), "utf8").trim()).toBe(String(process.pid));
+    const expected = contents(a.store);
+    await closeLog(a);
+    expect(contents((await open(dir)).store)).toEqual(expected);
+  });
+
+  test("disk full: records are kept in order, writes refused, then everything lands once the disk works", async () => {
+    const dir = tempDir();
+    const files = dataFiles(path.join(dir, "data.json"));
+    // The journal is a "disk" that is always full: every write fails with ENOSPC.
+    fs.symlinkSync("/dev/full", files.journal(1));
+    acquireLock(files.lock);
+    const handle = await fs.promises.open(files.journal(1), "a");
+    const settings = { fsync: "always", fsyncIntervalMs: 20, retryMs: 20, compactMinBytes: 1e9, compactPercent: 100, sliceMs: 1 } as const;
+    const log = new DurableLog(files, settings, new Logger("error", () => {}), {
+      journal: { gen: 1, path: files.journal(1), handle, bytes: 0 },
+      journalCreated: false,
+      seq: 0,
+      snapshotSeq: 0,
+      snapshotBytes: 0,
+    });
+    openLogs.push(log);
+    const store = new Store();
+    log.attach(store);
+    let durable = 0;
+    log.onDurable = (seq) => (durable = seq);
+    const put = (key: string, value: string) => log.append({ seq: store.apply([[key, value]], null), ops: [[key, value]] });
+    put("k1", "1");
+    const held = put("k2", "2");
+    await until(() => log.unavailableReason !== null, "the write error");
+    expect(log.unavailableReason).toMatch(/ENOSPC|no space left/i);
+    await Bun.sleep(60); // several retries, all failing
+    expect(log.unavailableReason).not.toBeNull();
+    expect(durable).toBe(0);
+    expect(log.stats().pendingRecords).toBe(2);
+    // The disk "works again": the full file is replaced by a real directory entry.
+    fs.rmSync(files.journal(1));
+    await until(() => log.unavailableReason === null, "persistence to resume");
+    await until(() => durable >= held, "the held writes to become durable");
+    expect(log.stats().lastError).not.toBeNull();
+    await log.close();
+    openLogs.splice(openLogs.indexOf(log), 1);
+    const b = await open(dir);
+    expect(contents(b.store)).toEqual([
+      ["k1", "1"],
+      ["k2", "2"],
+    ]);
+  });
+});

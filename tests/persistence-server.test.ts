@@ -1,0 +1,370 @@
+/**
+ * Persistence end to end, through real server subprocesses: restart round
+ * trips, SIGINT/SIGTERM flushing, kill -9 loops (no acknowledged write lost
+ * under `always`, no half transaction under `everysec`), kill -9 during a
+ * compaction, damaged files at start-up, the lock, and the data directory
+ * disappearing and coming back while the server runs.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import path from "node:path";
+import { LineClient, runIndex, spawnServer, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
+
+const cleanups: (() => void | Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+function dataDir(): string {
+  const dir = tempDir();
+  cleanups.push(dir.cleanup);
+  return dir.path;
+}
+
+async function start(dir: string, args: string[] = []): Promise<ServerProcess> {
+  const server = await spawnServer(["--data", path.join(dir, "data.json"), "--fsync-interval-ms", "50", ...args]);
+  cleanups.push(async () => {
+    server.proc.kill("SIGKILL");
+    await server.exited;
+  });
+  return server;
+}
+
+async function client(server: ServerProcess): Promise<LineClient> {
+  const c = await LineClient.connect(server.port);
+  cleanups.push(() => c.close());
+  return c;
+}
+
+async function persistenceStats(c: LineClient): Promise<Record<string, unknown>> {
+  const reply = await c.request("STATS");
+  return (reply.result as { persistence: Record<string, unknown> }).persistence;
+}
+
+/** Many PUTs in one write; every reply must be Ok. */
+async function putMany(c: LineClient, entries: [string, string][]): Promise<void> {
+  const replies = await c.pipeline(entries.map(([k, v]) => `PUT ${k} ${v}`));
+  for (const reply of replies) expect(reply.status).toBe("Ok");
+}
+
+function fileBytes(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of fs.readdirSync(dir).sort()) out[name] = fs.readFileSync(path.join(dir, name)).toString("base64");
+  return out;
+}
+
+describe("restart", () => {
+  test("SIGTERM flushes, exits 0, and a restart reloads everything with a log line", async () => {
+    const dir = dataDir();
+    const a = await start(dir);
+    const c = await client(a);
+    await putMany(c, [["k1", "value one"], ["k2", "two"]]);
+    expect((await c.request('PUT {"key":"json key","value":{"n":[1,2.5,null]}}')).status).toBe("Ok");
+    const tx = await c.pipeline(["START", "PUT t1 x", "DEL k2", "COMMIT"]);
+    expect(tx.map((r) => r.status)).toEqual(["Ok", "Ok", "Ok", "Ok"]);
+    expect(await a.kill("SIGTERM")).toBe(0);
+
+    const b = await start(dir);
+    expect(b.stderr()).toMatch(/loaded 3 keys in \d+ ms/);
+    const d = await client(b);
+    expect((await d.request("GET k1")).result).toEqual({ key: "k1", value: "value one" });
+    expect((await d.request("GET k2")).code).toBe("NOT_FOUND");
+    expect((await d.request("GET t1")).result).toEqual({ key: "t1", value: "x" });
+    expect((await d.request('GET {"key":"json key"}')).result).toEqual({ key: "json key", value: { n: [1, 2.5, null] } });
+  });
+
+  test("SIGINT under --fsync no still flushes every acknowledged write", async () => {
+    const dir = dataDir();
+    const a = await start(dir, ["--fsync", "no"]);
+    const c = await client(a);
+    await putMany(c, Array.from({ length: 500 }, (_, i): [string, string] => [`k${i}`, `v${i}`]));
+    expect(await a.kill("SIGINT")).toBe(0);
+    const b = await start(dir);
+    const d = await client(b);
+    expect(((await d.request("KEYS k")).result as string[]).length).toBe(500);
+    expect((await d.request("GET k499")).result).toEqual({ key: "k499", value: "v499" });
+  });
+
+  test("SAVE answers once the snapshot is on disk; STATS shows the persistence state", async () => {
+    const dir = dataDir();
+    const a = await start(dir, ["--fsync", "always"]);
+    const c = await client(a);
+    await putMany(c, [["a", "1"], ["b", "2"]]);
+    expect(await c.request("SAVE")).toMatchObject({ status: "Ok" });
+    const snapshot = JSON.parse(fs.readFileSync(path.join(dir, "data.json"), "utf8"));
+    expect(snapshot.data).toEqual({ a: "1", b: "2" });
+    const stats = await persistenceStats(c);
+    expect(stats).toMatchObject({ mode: "always", available: true, pendingRecords: 0, lastError: null });
+    expect(typeof stats.lastSuccessfulFlush).toBe("string");
+    expect(typeof stats.journalBytes).toBe("number");
+  });
+});
+
+describe("kill -9", () => {
+  test("always: after kill -9 at a random moment no acknowledged write is lost, and each writer's keys form a prefix", async () => {
+    const dir = dataDir();
+    const writers = 6;
+    const acked: number[] = new Array(writers).fill(-1);
+    for (let round = 0; round < 3; round++) {
+      const server = await start(dir, ["--fsync", "always"]);
+      const clients = await Promise.all(Array.from({ length: writers }, () => client(server)));
+      let stop = false;
+      const loops = clients.map(async (c, w) => {
+        try {
+          while (!stop) {
+            const n = acked[w]! + 1;
+            const reply = await c.request(`PUT w${w}-${String(n).padStart(6, "0")} r${round}`);
+            if (reply.status !== "Ok") throw new Error(`write refused: ${JSON.stringify(reply)}`);
+            acked[w] = n;
+          }
+        } catch (err) {
+          if (!stop) throw err;
+        }
+      });
+      await Bun.sleep(150 + Math.floor(Math.random() * 250));
+      stop = true;
+      server.proc.kill("SIGKILL");
+      await server.exited;
+      await Promise.all(loops);
+
+      const check = await start(dir);
+      const c = await client(check);
+      for (let w = 0; w < writers; w++) {
+        const keys = (await c.request(`KEYS w${w}-`)).result as string[];
+        // Every acknowledged write is there; at most the one in flight beyond it; no gaps.
+        expect(keys.length).toBeGreaterThanOrEqual(acked[w]! + 1);
+        expect(keys.length).toBeLessThanOrEqual(acked[w]! + 2);
+        keys.forEach((key, i) => expect(key).toBe(`w${w}-${String(i).padStart(6, "0")}`));
+        acked[w] = keys.length - 1;
+      }
+      check.proc.kill("SIGKILL");
+      await check.exited;
+    }
+    expect(acked.every((n) => n > 0)).toBe(true);
+  }, 30_000);
+
+  test("everysec: transactions writing one token to two keys are never half applied after kill -9", async () => {
+    const dir = dataDir();
+    for (let round = 0; round < 3; round++) {
+      const server = await start(dir, ["--fsync", "everysec"]);
+      const clients = await Promise.all(Array.from({ length: 4 }, () => client(server)));
+      let stop = false;
+      let commits = 0;
+      const loops = clients.map(async (c, w) => {
+        try {
+          for (let n = 0; !stop; n++) {
+            const token = `r${round}-w${w}-${n}`;
+            const replies = await c.pipeline(["START", `PUT x ${token}`, `PUT y ${token}`, `PUT own${w} ${token}`, "COMMIT"]);
+            if (replies[4]?.status === "Ok") commits++;
+          }
+        } catch (err) {
+          if (!stop) throw err;
+        }
+      });
+      await Bun.sleep(150 + Math.floor(Math.random() * 250));
+      stop = true;
+      server.proc.kill("SIGKILL");
+      await server.exited;
+      await Promise.all(loops);
+      expect(commits).toBeGreaterThan(0);
+
+      const check = await start(dir);
+      const c = await client(check);
+      const x = (await c.request("GET x")).result as { value: string };
+      const y = (await c.request("GET y")).result as { value: string };
+      expect(x.value).toBe(y.value);
+      // The transaction that wrote x last also wrote its writer's own key.
+      const writer = /-w(\d+)-/.exec(x.value)![1];
+      expect(((await c.request(`GET own${writer}`)).result as { value: string }).value).toBe(x.value);
+      check.proc.kill("SIGKILL");
+      await check.exited;
+    }
+  }, 30_000);
+
+  test("kill -9 in the middle of a compaction loses nothing acknowledged", async () => {
+    const dir = dataDir();
+    // A large starting state (in the original server's plain JSON format), so compaction takes a while.
+    const initial: Record<string, string> = {};
+    for (let i = 0; i < 200_000; i++) initial[`base${i}`] = `value ${i}`;
+    fs.writeFileSync(path.join(dir, "data.json"), JSON.stringify(initial));
+    let acked = -1;
+    for (let round = 0; round < 2; round++) {
+      const server = await start(dir, ["--fsync", "always"]);
+      const writer = await client(server);
+      const saver = await client(server);
+      let stop = false;
+      const loop = (async () => {
+        try {
+          while (!stop) {
+            const reply = await writer.request(`PUT during${acked + 1} r${round}`);
+            if (reply.status !== "Ok") throw new Error(JSON.stringify(reply));
+            acked++;
+          }
+        } catch (err) {
+          if (!stop) throw err;
+        }
+      })();
+      const tmp = path.join(dir, "data.json.tmp");
+      const ackedBefore = acked;
+      await waitFor(() => acked >= ackedBefore + 20, 5000, "some writes before the compaction");
+      saver.write("SAVE\n");
+      await waitFor(() => fs.existsSync(tmp), 10_000, "the compaction to start");
+      if (round === 1) {
+        // Later in the compaction (or just after it): writes keep being acknowledged meanwhile.
+        const ackedAtStart = acked;
+        await waitFor(() => acked >= ackedAtStart + 5, 5000, "writes acknowledged during the compaction");
+      }
+      stop = true;
+      server.proc.kill("SIGKILL");
+      await server.exited;
+      await loop;
+      // Round 0 killed the server with the snapshot half written.
+      if (round === 0) expect(fs.existsSync(tmp)).toBe(true);
+
+      const check = await start(dir);
+      const c = await client(check);
+      const during = (await c.request("KEYS during")).result as string[];
+      expect(during.length).toBeGreaterThanOrEqual(acked + 1);
+      expect((await c.request("GET base199999")).result).toEqual({ key: "base199999", value: "value 199999" });
+      expect(((await c.request("KEYS base")).result as string[]).length).toBe(200_000);
+      acked = during.length - 1;
+      check.proc.kill("SIGKILL");
+      await check.exited;
+    }
+    expect(acked).toBeGreaterThan(0);
+  }, 40_000);
+});
+
+describe("shutdown during a compaction", () => {
+  function bigLegacyFile(dir: string): void {
+    const initial: Record<string, string> = {};
+    for (let i = 0; i < 200_000; i++) initial[`base${i}`] = `value ${i}`;
+    fs.writeFileSync(path.join(dir, "data.json"), JSON.stringify(initial));
+  }
+
+  async function checkRestart(dir: string): Promise<void> {
+    const again = await start(dir);
+    const d = await client(again);
+    expect((await d.request("GET late")).result).toEqual({ key: "late", value: "1" });
+    expect(((await d.request("KEYS base")).result as string[]).length).toBe(200_000);
+    expect(fs.existsSync(path.join(dir, "data.json.tmp"))).toBe(false);
+  }
+
+  test("SIGTERM while a SAVE runs: the SAVE is still answered, then exit 0 with everything on disk", async () => {
+    const dir = dataDir();
+    bigLegacyFile(dir);
+    const server = await start(dir, ["--fsync", "no"]);
+    const c = await client(server);
+    await putMany(c, [["late", "1"]]);
+    c.write("SAVE\n");
+    await waitFor(() => fs.existsSync(path.join(dir, "data.json.tmp")), 10_000, "the compaction to start");
+    const exited = server.kill("SIGTERM");
+    expect(await c.readReply()).toMatchObject({ status: "Ok", result: "Saved" });
+    expect(await exited).toBe(0);
+    await checkRestart(dir);
+  }, 20_000);
+
+  test("SIGTERM during an automatic compaction: exit 0 with everything on disk", async () => {
+    const dir = dataDir();
+    bigLegacyFile(dir);
+    const server = await start(dir, ["--fsync", "no", "--compact-min-bytes", "0", "--compact-percent", "1"]);
+    const c = await client(server);
+    await putMany(c, [["late", "1"]]);
+    // Enough journal to pass 1 % of the snapshot: a compaction starts by itself.
+    await putMany(c, Array.from({ length: 1000 }, (_, i): [string, string] => [`filler${i}`, "x".repeat(40)]));
+    await waitFor(() => fs.existsSync(path.join(dir, "data.json.tmp")), 10_000, "the automatic compaction to start");
+    expect(await server.kill("SIGTERM")).toBe(0);
+    await checkRestart(dir);
+  }, 20_000);
+});
+
+describe("start-up with damaged files", () => {
+  async function dirWithData(): Promise<string> {
+    const dir = dataDir();
+    const a = await start(dir);
+    const c = await client(a);
+    await putMany(c, [["a", "1"], ["b", "2"]]);
+    expect((await c.request("SAVE")).status).toBe("Ok");
+    await putMany(c, [["c", "3"], ["d", "4"]]);
+    expect(await a.kill("SIGTERM")).toBe(0);
+    return dir;
+  }
+
+  test("a corrupt snapshot: exit non-zero naming the file and the problem, every file left as it was", async () => {
+    const dir = await dirWithData();
+    const file = path.join(dir, "data.json");
+    fs.writeFileSync(file, fs.readFileSync(file, "utf8").replace('"a":"1"', '"a":"9"'));
+    const before = fileBytes(dir);
+    const run = await runIndex(["--port", "0", "--data", file]);
+    expect(run.code).not.toBe(0);
+    expect(run.stderr).toContain(`${file}: corrupt snapshot, checksum mismatch`);
+    expect(fileBytes(dir)).toEqual(before);
+  });
+
+  test("a corrupt journal: exit non-zero naming the file and the line, every file left as it was", async () => {
+    const dir = await dirWithData();
+    const journal = fs.readdirSync(dir).find((name) => name.includes(".journal."))!;
+    const file = path.join(dir, journal);
+    fs.writeFileSync(file, "garbage\n" + fs.readFileSync(file, "utf8"));
+    const before = fileBytes(dir);
+    const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+    expect(run.code).not.toBe(0);
+    expect(run.stderr).toContain(`${file}: corrupt journal, line 1: not valid JSON`);
+    expect(fileBytes(dir)).toEqual(before);
+  });
+
+  test("a torn final journal record is dropped with a warning; the rest loads", async () => {
+    const dir = await dirWithData();
+    const journal = path.join(dir, fs.readdirSync(dir).find((name) => name.includes(".journal."))!);
+    fs.appendFileSync(journal, '{"seq":1000,"ops":[["e","5');
+    const server = await start(dir);
+    expect(server.stderr()).toContain("torn final journal record");
+    const c = await client(server);
+    expect((await c.request("KEYS")).result).toEqual(["a", "b", "c", "d"]);
+    expect((await c.request("PUT e 6")).status).toBe("Ok");
+    expect(await server.kill("SIGTERM")).toBe(0);
+    const again = await start(dir);
+    expect((await (await client(again)).request("GET e")).result).toEqual({ key: "e", value: "6" });
+  });
+});
+
+describe("lock", () => {
+  test("a second server on the same data file refuses to start; a killed server's lock does not block", async () => {
+    const dir = dataDir();
+    const first = await start(dir);
+    const second = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+    expect(second.code).not.toBe(0);
+    expect(second.stderr).toMatch(/data\.json\.lock: the data file is locked by another running server \(pid \d+\)/);
+    first.proc.kill("SIGKILL");
+    await first.exited;
+    const third = await start(dir);
+    expect((await (await client(third)).request("PING")).result).toBe("PONG");
+  });
+});
+
+describe("disk failure while running", () => {
+  test("data directory removed: writes answer PERSISTENCE, reads work, and it resumes when the directory is back", async () => {
+    const parent = dataDir();
+    const dir = path.join(parent, "data");
+    fs.mkdirSync(dir);
+    const server = await start(dir, ["--fsync", "always"]);
+    const c = await client(server);
+    await putMany(c, [["before", "1"]]);
+    fs.rmSync(dir, { recursive: true });
+    await waitFor(async () => (await persistenceStats(c)).available === false, 5000, "the removal to be noticed");
+    const refused = await c.request("PUT during 2");
+    expect(refused.code).toBe("PERSISTENCE");
+    expect(refused.message).toMatch(/removed|ENOENT/);
+    expect((await c.request("GET before")).result).toEqual({ key: "before", value: "1" });
+    expect((await persistenceStats(c)).lastError).not.toBeNull();
+
+    fs.mkdirSync(dir);
+    await waitFor(async () => (await persistenceStats(c)).available === true, 5000, "persistence to resume");
+    await putMany(c, [["after", "3"]]);
+    server.proc.kill("SIGKILL");
+    await server.exited;
+    const again = await start(dir);
+    const d = await client(again);
+    expect((await d.request("KEYS")).result).toEqual(["after", "before"]);
+  });
+});

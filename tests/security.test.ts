@@ -1,0 +1,339 @@
+/**
+ * Security end to end (PROTOCOL §6): AUTH and its growing failure delay,
+ * secrets kept out of logs and STATS, protected mode, the HTTP guard, TLS,
+ * the connection limit under TLS, and the idle timeout.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { isLoopback } from "../lib/app.ts";
+import { parseConfig } from "../lib/config.ts";
+import { connect } from "../lib/client.ts";
+import { authFailureDelayMs } from "../lib/execute.ts";
+import { LineClient, runIndex, spawnServer, startInProcess, tempDir, waitFor } from "./helpers.ts";
+
+const PASSWORD = "correct horse battery staple";
+
+describe("AUTH", () => {
+  let server: Awaited<ReturnType<typeof startInProcess>>;
+  beforeAll(async () => {
+    server = await startInProcess(["--password", PASSWORD]);
+  });
+  afterAll(() => server.shutdown());
+
+  test("before AUTH every command but AUTH and QUIT answers AUTH_REQUIRED; a wrong password AUTH_FAILED; the right one opens the connection", async () => {
+    const c = await LineClient.connect(server.port);
+    for (const line of ["PING", "GET k", "PUT k v", "START", "KEYS", "STATS", "HELP", "SAVE", "NOPE"]) {
+      expect(await c.request(line)).toMatchObject({ status: "Error", code: "AUTH_REQUIRED" });
+    }
+    expect(await c.request("AUTH guess")).toMatchObject({ status: "Error", code: "AUTH_FAILED", message: "Wrong password" });
+    expect(await c.request("PING")).toMatchObject({ code: "AUTH_REQUIRED" });
+    expect(await c.request(`AUTH ${PASSWORD}`)).toEqual({ status: "Ok", result: "Authenticated" });
+    expect(await c.request("PUT k v")).toEqual({ status: "Ok", result: { key: "k", value: "v" } });
+    c.close();
+
+    const d = await LineClient.connect(server.port);
+    expect(await d.request(JSON.stringify({ password: PASSWORD }).replace(/^/, "AUTH "))).toMatchObject({ result: "Authenticated" });
+    expect(await d.request("GET k")).toMatchObject({ result: { value: "v" } });
+    d.close();
+
+    const q = await LineClient.connect(server.port);
+    expect(await q.request("QUIT")).toEqual({ status: "Ok", result: "Bye" });
+    await q.closed;
+  });
+
+  test("the failure delay grows: 50 ms, doubling, capped at 5 s", () => {
+    expect([1, 2, 3, 4, 5, 6, 7, 8, 20].map(authFailureDelayMs)).toEqual([50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+  });
+
+  test("repeated failures on one connection are answered later and later", async () => {
+    const c = await LineClient.connect(server.port);
+    const gaps: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const sent = performance.now();
+      expect(await c.request("AUTH wrong")).toMatchObject({ code: "AUTH_FAILED" });
+      gaps.push(performance.now() - sent);
+    }
+    expect(gaps[2]!).toBeGreaterThan(gaps[0]!);
+    expect(gaps[2]!).toBeGreaterThanOrEqual(190); // a timer never fires early: the 3rd failure waits 200 ms
+    c.close();
+  });
+
+  test("pipelined guesses cannot run ahead of the delay: requests after a failed AUTH wait for its reply", async () => {
+    const attacker = await LineClient.connect(server.port);
+    const observer = await LineClient.connect(server.port);
+    await observer.request(`AUTH ${PASSWORD}`);
+    attacker.write(`AUTH a\nAUTH b\nAUTH c\nAUTH ${PASSWORD}\nPUT guessed yes\n`);
+    expect(await attacker.readReply()).toMatchObject({ code: "AUTH_FAILED" });
+    // The right password (4th) cannot have been tried yet: the 2nd and 3rd failures still wait 100 + 200 ms.
+    expect(await observer.request("GET guessed")).toMatchObject({ code: "NOT_FOUND" });
+    expect(await attacker.readReply()).toMatchObject({ code: "AUTH_FAILED" });
+    expect(await observer.request("GET guessed")).toMatchObject({ code: "NOT_FOUND" });
+    expect(await attacker.readReply()).toMatchObject({ code: "AUTH_FAILED" });
+    expect(await attacker.readReply()).toMatchObject({ result: "Authenticated" });
+    expect(await attacker.readReply()).toMatchObject({ result: { key: "guessed", value: "yes" } });
+    attacker.close();
+    observer.close();
+  });
+
+  test("a flood of failed AUTHs holds one pending reply at a time, not one per request", async () => {
+    const authsBefore = server.executor.stats.commandsByType["AUTH"] ?? 0;
+    const c = await LineClient.connect(server.port);
+    c.write("AUTH x\n".repeat(50_000));
+    await waitFor(() => c.allWritten, 10000, "the flood to be sent");
+    await Bun.sleep(100);
+    // Each guess runs only after the previous one's delay: at 100 ms at most 2 have run (50 ms, then 100 ms).
+    expect((server.executor.stats.commandsByType["AUTH"] ?? 0) - authsBefore).toBeLessThanOrEqual(3);
+    expect(server.server.bufferedBytes()).toBeLessThan(2 * 1024 * 1024);
+    const other = await LineClient.connect(server.port);
+    expect(await other.request(`AUTH ${PASSWORD}`)).toMatchObject({ result: "Authenticated" });
+    expect(await other.request("PING")).toMatchObject({ result: "PONG" });
+    c.close();
+    other.close();
+  });
+});
+
+describe("secrets stay out of logs and STATS", () => {
+  test("a debug-level server never prints the password (from --password or TXKV_PASSWORD), nor serves it in STATS or /metrics", async () => {
+    for (const how of ["argv", "env"] as const) {
+      const secret = `pw-${how}-${crypto.randomUUID()}`;
+      const server = await spawnServer(
+        ["--in-memory", "--log-level", "debug", "--metrics-port", "0", ...(how === "argv" ? ["--password", secret] : [])],
+        { env: how === "env" ? { TXKV_PASSWORD: secret } : {} },
+      );
+      const c = await LineClient.connect(server.port);
+      expect(await c.request(`AUTH ${secret}x`)).toMatchObject({ code: "AUTH_FAILED" });
+      expect(await c.request(`AUTH {"password":"${secret}"}`)).toMatchObject({ result: "Authenticated" });
+      const stats = await c.request("STATS");
+      expect(stats.status).toBe("Ok");
+      expect(JSON.stringify(stats)).not.toContain(secret);
+      expect(JSON.stringify(await c.request("HELP"))).not.toContain(secret);
+      expect(await c.request(`AUTH ${secret}${"y".repeat(2000)}`)).toMatchObject({ code: "TOO_LARGE" });
+      c.close();
+      const metricsPort = /metrics on [^\s]*:(\d+)/.exec(server.stdout())![1];
+      const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      expect(metrics).toContain("txkv_");
+      expect(metrics).not.toContain(secret);
+      expect(await server.kill("SIGTERM")).toBe(0);
+      const stderr = server.stderr();
+      expect(stderr).toContain("connection opened"); // debug logging really was on
+      expect(stderr).not.toContain(secret);
+    }
+  });
+});
+
+describe("protected mode", () => {
+  test("loopback addresses: localhost, ::1 and 127.0.0.0/8 (also IPv4-mapped)", () => {
+    for (const host of ["localhost", "LocalHost", "::1", "[::1]", "127.0.0.1", "127.1.2.3", "::ffff:127.0.0.1"]) {
+      expect(isLoopback(host)).toBe(true);
+    }
+    for (const host of ["0.0.0.0", "::", "10.0.0.1", "192.168.1.10", "example.com", "127.0.0.1.example.com", "1127.0.0.1"]) {
+      expect(isLoopback(host)).toBe(false);
+    }
+  });
+
+  test("a non-loopback address with no password refuses to start, naming --password and TXKV_PASSWORD", async () => {
+    for (const host of ["0.0.0.0", "::"]) {
+      const run = await runIndex(["--in-memory", "--host", host, "--port", "0"]);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain("protected mode");
+      expect(run.stderr).toContain("--password");
+      expect(run.stderr).toContain("TXKV_PASSWORD");
+    }
+  });
+});
+
+describe("the cross-protocol guard", () => {
+  test("fetch() POST to the port: nothing runs, the connection closes, one warning names the remote address", async () => {
+    const server = await startInProcess(["--password", PASSWORD]);
+    await expect(
+      fetch(`http://127.0.0.1:${server.port}/`, { method: "POST", body: `AUTH ${PASSWORD}\nPUT viahttp 1\n` }),
+    ).rejects.toThrow();
+    await waitFor(() => server.logs.some((l) => l.includes("cross-protocol guard")), 2000, "the guard's warning");
+    const warnings = server.logs.filter((l) => l.includes("cross-protocol guard")).map((l) => JSON.parse(l));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({ level: "warn", remote: expect.stringContaining("127.0.0.1") });
+    const c = await LineClient.connect(server.port);
+    await c.request(`AUTH ${PASSWORD}`);
+    expect(await c.request("GET viahttp")).toMatchObject({ code: "NOT_FOUND" });
+    c.close();
+    await server.shutdown();
+  });
+
+  test("a Host: line after valid requests closes the connection; only the requests before it ran", async () => {
+    const server = await startInProcess([]);
+    const c = await LineClient.connect(server.port);
+    c.write("PUT before 1\nhost: example.com\nPUT after 1\n");
+    expect(await c.readReply()).toMatchObject({ result: { key: "before" } });
+    await c.closed;
+    const d = await LineClient.connect(server.port);
+    expect(await d.request("GET after")).toMatchObject({ code: "NOT_FOUND" });
+    d.close();
+    await server.shutdown();
+  });
+});
+
+describe("TLS", () => {
+  const dir = tempDir();
+  const certPath = join(dir.path, "cert.pem");
+  const keyPath = join(dir.path, "key.pem");
+  let ca = "";
+  let server: Awaited<ReturnType<typeof startInProcess>>;
+
+  beforeAll(async () => {
+    // A self-signed certificate for localhost/127.0.0.1, made by the openssl CLI (.ci/run installs it).
+    execFileSync("openssl", [
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+      "-keyout", keyPath, "-out", certPath, "-days", "2", "-subj", "/CN=localhost",
+      "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    ], { stdio: "ignore" });
+    ca = await Bun.file(certPath).text();
+    server = await startInProcess(["--tls-cert", certPath, "--tls-key", keyPath]);
+  });
+  afterAll(async () => {
+    await server.shutdown();
+    dir.cleanup();
+  });
+
+  test("a client that trusts the certificate is served over TLS", async () => {
+    const c = await LineClient.connect(server.port, "127.0.0.1", { ca, serverName: "localhost" });
+    expect(await c.request("PING")).toEqual({ status: "Ok", result: "PONG" });
+    expect(await c.request("PUT tls secret value")).toEqual({ status: "Ok", result: { key: "tls", value: "secret value" } });
+    const lines: string[] = [];
+    for (let i = 0; i < 2000; i++) lines.push(`GET tls`);
+    const replies = await c.pipeline(lines);
+    expect(replies.every((r) => r.status === "Ok")).toBe(true);
+    c.close();
+  });
+
+  test("the client library and `txkv cli --tls-ca` reach the TLS server (with a password too)", async () => {
+    const secured = await startInProcess(["--tls-cert", certPath, "--tls-key", keyPath, "--password", PASSWORD]);
+    const db = await connect({ port: secured.port, password: PASSWORD, tls: { ca, serverName: "localhost" } });
+    await db.put("via-client", { tls: true });
+    expect(await db.get("via-client")).toEqual({ tls: true });
+    await db.close();
+
+    const env = { TXKV_HISTFILE: "", NO_COLOR: "1", TXKV_PASSWORD: PASSWORD };
+    const port = String(secured.port);
+    expect(await runIndex(["cli", "-p", port, "--tls-ca", certPath, "PUT", "via-cli", "yes"], { env })).toMatchObject({ code: 0 });
+    expect(await runIndex(["cli", "-p", port, "--tls-ca", certPath, "GET", "via-cli"], { env })).toMatchObject({ code: 0, stdout: "yes\n" });
+    // Without trusting the certificate the CLI refuses to talk.
+    expect((await runIndex(["cli", "-p", port, "--tls", "PING"], { env })).code).not.toBe(0);
+    await secured.shutdown();
+  });
+
+  test("a plain-TCP client gets no reply, is disconnected, and its requests do not run", async () => {
+    const c = await LineClient.connect(server.port);
+    c.write("PUT plaintext 1\n");
+    await c.closed;
+    expect(c.unread).not.toContain("status");
+    const t = await LineClient.connect(server.port, "127.0.0.1", { ca, serverName: "localhost" });
+    expect(await t.request("GET plaintext")).toMatchObject({ code: "NOT_FOUND" });
+    t.close();
+  });
+
+  test("a client that does not trust the certificate fails the handshake", async () => {
+    const c = await LineClient.connect(server.port, "127.0.0.1", { serverName: "localhost" });
+    c.write("PING\n");
+    await c.closed;
+    expect(c.unread).toBe("");
+  });
+
+  test("past --max-connections a TLS client still gets its BUSY reply", async () => {
+    const small = await startInProcess(["--tls-cert", certPath, "--tls-key", keyPath, "--max-connections", "1"]);
+    const a = await LineClient.connect(small.port, "127.0.0.1", { ca, serverName: "localhost" });
+    expect(await a.request("PING")).toMatchObject({ result: "PONG" });
+    const b = await LineClient.connect(small.port, "127.0.0.1", { ca, serverName: "localhost" });
+    expect(await b.readReply()).toMatchObject({ status: "Error", code: "BUSY" });
+    await b.closed;
+    a.close();
+    await small.shutdown();
+  });
+
+  test("the server process serves TLS from TXKV_TLS_CERT/TXKV_TLS_KEY", async () => {
+    const proc = await spawnServer(["--in-memory"], { env: { TXKV_TLS_CERT: certPath, TXKV_TLS_KEY: keyPath } });
+    const c = await LineClient.connect(proc.port, "127.0.0.1", { ca, serverName: "localhost" });
+    expect(await c.request("PING")).toMatchObject({ result: "PONG" });
+    c.close();
+    expect(await proc.kill("SIGTERM")).toBe(0);
+    expect(proc.stderr()).toContain('"tls":true');
+  });
+
+  test("--tls-cert without --tls-key (or the reverse) exits 2 naming both", async () => {
+    for (const args of [["--tls-cert", certPath], ["--tls-key", keyPath]]) {
+      const run = await runIndex(["--in-memory", "--port", "0", ...args]);
+      expect(run.code).toBe(2);
+      expect(run.stderr).toContain("--tls-cert");
+      expect(run.stderr).toContain("--tls-key");
+    }
+    expect(() => parseConfig(["--tls-cert", certPath], {})).toThrow("--tls-key");
+    const parsed = parseConfig([], { TXKV_TLS_CERT: certPath, TXKV_TLS_KEY: keyPath });
+    expect(parsed.kind === "serve" && parsed.config.tls).toEqual({ certPath, keyPath });
+  });
+
+  test("a missing or invalid certificate file stops start-up with a message naming the file", async () => {
+    const missing = join(dir.path, "missing.pem");
+    const run = await runIndex(["--in-memory", "--port", "0", "--tls-cert", missing, "--tls-key", keyPath]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain(missing);
+    expect(run.stderr).toContain("--tls-cert");
+
+    const garbage = join(dir.path, "garbage.pem");
+    writeFileSync(garbage, "not a certificate\n");
+    const bad = await runIndex(["--in-memory", "--port", "0", "--tls-cert", garbage, "--tls-key", keyPath]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain(garbage);
+  });
+});
+
+describe("idle timeout", () => {
+  test("off by default", () => {
+    const parsed = parseConfig([], {});
+    expect(parsed.kind === "serve" && parsed.config.idleTimeoutSeconds).toBe(0);
+  });
+
+  test("--timeout 1 closes a silent connection (rolling back its transaction) and keeps an active one open", async () => {
+    const server = await startInProcess(["--timeout", "1"], "debug");
+    const silent = await LineClient.connect(server.port);
+    const inTx = await LineClient.connect(server.port);
+    const active = await LineClient.connect(server.port);
+    expect(await inTx.pipeline(["START", "PUT idle-tx 1"])).toMatchObject([{ status: "Ok" }, { status: "Ok" }]);
+    let pings = 0;
+    const pinger = (async () => {
+      while (!silent.isClosed || !inTx.isClosed) {
+        expect(await active.request("PING")).toMatchObject({ result: "PONG" });
+        pings++;
+        await Bun.sleep(200);
+      }
+    })();
+    await Promise.all([silent.closed, inTx.closed]);
+    await pinger;
+    expect(pings).toBeGreaterThan(0); // it kept talking through at least the whole timeout
+    expect(active.isClosed).toBe(false);
+    expect(await active.request("GET idle-tx")).toMatchObject({ code: "NOT_FOUND" });
+    expect(server.logs.filter((l) => l.includes("idle timeout")).length).toBeGreaterThanOrEqual(2);
+    active.close();
+    await server.shutdown();
+  }, 15000);
+
+  test("--timeout also closes a client that stopped reading its replies", async () => {
+    const server = await startInProcess(["--timeout", "1", "--max-request-bytes", "65536"]);
+    const setup = await LineClient.connect(server.port);
+    await setup.request(`PUT big ${"b".repeat(60_000)}`);
+    const stuck = await LineClient.connect(server.port);
+    stuck.pauseReading();
+    stuck.write("GET big\n".repeat(500)); // 30 MB of replies it never reads
+    await waitFor(() => server.server.bufferedBytes() > 512 * 1024, 10000, "its replies to back up");
+    await waitFor(() => server.server.connectionCount === 0, 5000, "the idle connections to be released");
+    await setup.closed; // silent too
+    stuck.resumeReading(); // it sees the end once it reads again
+    await stuck.closed;
+    await server.shutdown();
+  }, 15000);
+
+  test("bad --timeout values exit 2 naming the option", () => {
+    expect(() => parseConfig(["--timeout", "-1"], {})).toThrow("--timeout");
+    expect(() => parseConfig([], { TXKV_TIMEOUT: "soon" })).toThrow("--timeout (or TXKV_TIMEOUT)");
+  });
+});
