@@ -12,6 +12,7 @@
  * index.ts and tests; nothing else touches data files.
  */
 import fs from "node:fs";
+import type { CompactMap } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
 import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode, type StoreView } from "./durable-log.ts";
 import { dataFiles } from "./files.ts";
@@ -44,7 +45,7 @@ export const PERSISTENCE_DEFAULTS = {
 export interface OpenedPersistence {
   readonly log: DurableLog;
   /** The recovered state, for the store to start from. */
-  readonly initial: Map<string, string>;
+  readonly initial: CompactMap;
   /** Seq of the newest recovered commit; the executor continues after it. */
   readonly seq: number;
   readonly keysLoaded: number;

@@ -9,6 +9,7 @@
  * Must not: write, truncate or delete anything.
  */
 import fs from "node:fs";
+import { CompactMap } from "../compact-map.ts";
 import type { DataFiles } from "./files.ts";
 import { JournalFormatError, scanJournal } from "./journal-format.ts";
 import { SnapshotFormatError, decodeSnapshot } from "./snapshot-format.ts";
@@ -21,7 +22,7 @@ export interface TornTail {
 }
 
 export interface Recovered {
-  readonly entries: Map<string, string>;
+  readonly entries: CompactMap;
   /** The seq of the newest commit recovered (the executor continues after it). */
   readonly seq: number;
   readonly snapshotSeq: number;
@@ -84,7 +85,7 @@ function readSnapshot(file: string) {
     bytes = fs.readFileSync(file);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") {
-      return { seq: 0, entries: new Map<string, string>(), bytes: 0, format: "none" as const };
+      return { seq: 0, entries: new CompactMap(), bytes: 0, format: "none" as const };
     }
     throw new Error(`${file}: cannot read the snapshot (${(err as Error).message})`);
   }

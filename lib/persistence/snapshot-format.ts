@@ -16,6 +16,7 @@
  *
  * Owns: encoding and decoding of snapshot bytes. Must not: touch files.
  */
+import { CompactMap } from "../compact-map.ts";
 
 const FORMAT = "txkv-snapshot";
 const VERSION = 1;
@@ -51,7 +52,8 @@ export function singleLine(encodedValue: string): string {
 
 export interface DecodedSnapshot {
   readonly seq: number;
-  readonly entries: Map<string, string>;
+  /** A CompactMap, handed to the Store as is (no copy of a million entries at start-up). */
+  readonly entries: CompactMap;
   /** "txkv" for our own format, "plain-json" for a `{"key": value}` object. */
   readonly format: "txkv" | "plain-json";
 }
@@ -80,7 +82,8 @@ function decodeTxkvSnapshot(bytes: Uint8Array, headerLine: string, headerEnd: nu
   if (crc !== trailer.crc32) {
     throw new SnapshotFormatError(`checksum mismatch (stored crc32 ${trailer.crc32}, computed ${crc}): the file is damaged`);
   }
-  const entries = new Map<string, string>();
+  // Sized once for the announced count; a damaged count cannot ask for more than the body could hold.
+  const entries = new CompactMap(Math.min(Math.max(trailer.keys, 0), body.length >>> 2));
   const lines = body.length === 0 ? 0 : parseEntryLines(utf8(body.subarray(1)), entries);
   if (lines !== trailer.keys) {
     throw new SnapshotFormatError(`the closing line announces ${trailer.keys} entries but the file holds ${lines}`);
@@ -116,7 +119,7 @@ function parseTrailer(line: string): { keys: number; crc32: number } {
 }
 
 /** Parses `"key":value[,]` lines into `into`; returns the number of lines. Hot at start-up: no per-line allocation beyond the two strings. */
-function parseEntryLines(text: string, into: Map<string, string>): number {
+function parseEntryLines(text: string, into: CompactMap): number {
   let count = 0;
   let start = 0;
   while (start <= text.length) {
@@ -173,7 +176,7 @@ function decodePlainJson(bytes: Uint8Array): DecodedSnapshot {
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
     throw new SnapshotFormatError("not a txkv snapshot and not a JSON object of key/value pairs");
   }
-  const entries = new Map<string, string>();
+  const entries = new CompactMap();
   for (const [key, value] of Object.entries(parsed)) {
     if (key === "") throw new SnapshotFormatError("holds an empty key");
     entries.set(key, JSON.stringify(value));
