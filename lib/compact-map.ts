@@ -212,7 +212,7 @@ export class CompactMap {
     return out;
   }
 
-  /** Bytes held by the typed arrays (arena, index, ids), for tests and STATS. */
+  /** Bytes held by the typed arrays (arena, index, ids, cache ids), for tests and benchmarks. */
   get allocatedBytes(): number {
     return this.words.byteLength + this.index.byteLength + this.offsets.byteLength + this.recentIds.byteLength;
   }
