@@ -21,16 +21,20 @@ const executor = new Executor(store, new MemoryOnlyLog(), new ServerStats(), {
 const value = "x".repeat(32);
 for (let i = 0; i < 10000; i++) store.put(`key:${String(i).padStart(8, "0")}`, JSON.stringify(value));
 
-function batch(kind: "get" | "mix", n: number, seed: number): Uint8Array {
+type Kind = "get" | "mix" | "tx";
+
+function batch(kind: Kind, n: number, seed: number): Uint8Array {
   let text = "";
   for (let i = 0; i < n; i++) {
     const key = `key:${String((seed * 7919 + i * 104729) % 10000).padStart(8, "0")}`;
-    text += kind === "get" || i % 5 !== 0 ? `GET ${key}\n` : `PUT ${key} ${value}\n`;
+    const key2 = `key:${String((seed * 7907 + i * 7) % 10000).padStart(8, "0")}`;
+    if (kind === "tx") text += `START\nGET ${key}\nPUT ${key2} ${value}\nCOMMIT\n`;
+    else text += kind === "get" || i % 5 !== 0 ? `GET ${key}\n` : `PUT ${key} ${value}\n`;
   }
   return new TextEncoder().encode(text);
 }
 
-function run(kind: "get" | "mix", pipeline: number, rounds: number): number {
+function run(kind: Kind, pipeline: number, rounds: number): number {
   const batches = Array.from({ length: 64 }, (_, i) => batch(kind, pipeline, i));
   const framer = new LineFramer(1024);
   const session = new Session(false);
@@ -51,8 +55,9 @@ function run(kind: "get" | "mix", pipeline: number, rounds: number): number {
   return ns / (rounds * pipeline);
 }
 
-for (const [kind, pipeline] of [["get", 1], ["get", 16], ["mix", 16]] as const) {
+for (const [kind, pipeline] of [["get", 1], ["get", 16], ["mix", 16], ["tx", 1]] as const) {
   run(kind, pipeline, 20000); // warm up
   const results = [0, 1, 2].map(() => run(kind, pipeline, Math.floor(400000 / pipeline)));
-  console.log(`${kind} pipeline ${pipeline}: ${Math.min(...results).toFixed(0)} ns/request (best of 3)`);
+  const unit = kind === "tx" ? "transaction (START GET PUT COMMIT)" : "request";
+  console.log(`${kind} pipeline ${pipeline}: ${Math.min(...results).toFixed(0)} ns/${unit} (best of 3)`);
 }
