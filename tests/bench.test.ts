@@ -2,27 +2,13 @@
  * `txkv bench`: short real runs against a server subprocess, checking the
  * shape of the report (text and --json), request counting and option errors.
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import { BUN, INDEX, runIndex, spawnServer, type ServerProcess } from "./helpers.ts";
+import { expect, test } from "bun:test";
+import { BUN, INDEX, runTxkv, sharedServer, spawnServer } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
-let server: ServerProcess;
-let port: string;
+const shared = sharedServer();
 
-beforeAll(async () => {
-  server = await spawnServer(["--in-memory"]);
-  port = String(server.port);
-});
-
-afterAll(async () => {
-  await server.kill();
-});
-
-/** Runs `index.ts` with stdin from a string; no history file, no colours. */
-const runTxkv = (args: string[], stdin = "", env: Record<string, string> = {}) =>
-  runIndex(args, { stdin, env: { TXKV_HISTFILE: "", NO_COLOR: "1", ...env } });
-
-const bench = (args: string[]) => runTxkv(["bench", "-p", port, "--keys", "500", ...args]);
+const bench = (args: string[]) => runTxkv(["bench", "-p", shared.port, "--keys", "500", ...args]);
 
 test("--json: one JSON line with ops, rate, errors and ordered latency percentiles", async () => {
   const run = await bench(["--requests", "2000", "--conns", "4", "--pipeline", "4", "--workload", "mix", "--json"]);
@@ -43,7 +29,7 @@ test("text report: settings line, ops and errors, ops/s, p50/p99/p99.9 (no progr
   const lines = run.stdout.trimEnd().split("\n");
   expect(lines.length).toBe(4);
   expect(lines[0]).toBe(
-    `txkv bench 127.0.0.1:${port}: workload get, 2 connections, pipeline 1, 500 keys, 32-byte values, 1000 ops`,
+    `txkv bench 127.0.0.1:${shared.port}: workload get, 2 connections, pipeline 1, 500 keys, 32-byte values, 1000 ops`,
   );
   expect(lines[1]).toMatch(/^1000 ops in \d+\.\d\d s, 0 error replies$/);
   expect(lines[2]).toMatch(/^throughput: \d+ ops\/s$/);
@@ -56,7 +42,7 @@ test("tx workload counts transactions; put writes into the key space", async () 
   expect(tx).toMatchObject({ workload: "tx", ops: 300 });
   const put = JSON.parse((await bench(["--requests", "500", "--conns", "2", "--workload", "put", "--json"])).stdout);
   expect(put).toMatchObject({ ops: 500, errors: 0 });
-  const keys = await runTxkv(["cli", "-p", port, "KEYS", "key:0000049"]);
+  const keys = await runTxkv(["cli", "-p", shared.port, "KEYS", "key:0000049"]);
   expect(keys.stdout.split("\n").filter(Boolean).length).toBe(10);
 });
 
@@ -104,7 +90,7 @@ test("bad options exit 2 naming the option", async () => {
 
 test("on a terminal, a progress line is rewritten in place while it runs, then the report", async () => {
   let output = "";
-  const proc = Bun.spawn([BUN, "run", INDEX, "bench", "-p", port, "--secs", "0.7", "--conns", "2", "--keys", "100"], {
+  const proc = Bun.spawn([BUN, "run", INDEX, "bench", "-p", shared.port, "--secs", "0.7", "--conns", "2", "--keys", "100"], {
     terminal: {
       cols: 200,
       data(_terminal, data) {

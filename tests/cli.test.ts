@@ -2,31 +2,17 @@
  * `txkv cli` in its three modes (one-shot, scripted, interactive REPL on a
  * pseudo-terminal), run as a subprocess against a real server subprocess.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { runIndex, spawnServer, type ServerProcess } from "./helpers.ts";
+import { runTxkv, sharedServer, spawnServer } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
-let server: ServerProcess;
-let port: string;
-
-beforeAll(async () => {
-  server = await spawnServer(["--in-memory"]);
-  port = String(server.port);
-});
-
-afterAll(async () => {
-  await server.kill();
-});
-
-/** Runs `index.ts` with stdin from a string; no history file, no colours. */
-const runTxkv = (args: string[], stdin = "", env: Record<string, string> = {}) =>
-  runIndex(args, { stdin, env: { TXKV_HISTFILE: "", NO_COLOR: "1", ...env } });
+const shared = sharedServer();
 
 const cli = (args: string[], stdin = "", env: Record<string, string> = {}) =>
-  runTxkv(["cli", "-p", port, ...args], stdin, env);
+  runTxkv(["cli", "-p", shared.port, ...args], stdin, env);
 
 describe("one-shot", () => {
   test("cli PING prints exactly PONG and exits 0", async () => {
@@ -163,7 +149,7 @@ describe("options and failures", () => {
 
 describe("interactive REPL (on a pseudo-terminal)", () => {
   /** Spawns the cli on a PTY; `until(text)` waits for output containing text. */
-  function startRepl(env: Record<string, string> = {}, replPort = port) {
+  function startRepl(env: Record<string, string> = {}, replPort = shared.port) {
     let output = "";
     let waiter: { text: string; resolve: () => void } | null = null;
     const proc = Bun.spawn([process.execPath, "run", path.resolve(import.meta.dir, "../index.ts"), "cli", "-p", replPort], {
@@ -195,7 +181,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
 
   test("prompt with host:port, readable replies, errors in red, QUIT leaves with status 0", async () => {
     const repl = startRepl();
-    const prompt = `127.0.0.1:${port}> `;
+    const prompt = `127.0.0.1:${shared.port}> `;
     await repl.until(prompt);
     let mark = repl.length;
     repl.type("PUT r:1 hello there\r");
@@ -214,7 +200,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
   test("Ctrl-D leaves; earlier lines are in the history (arrow up recalls them) and saved to the history file", async () => {
     const historyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-")), "history");
     const repl = startRepl({ TXKV_HISTFILE: historyFile });
-    const prompt = `127.0.0.1:${port}> `;
+    const prompt = `127.0.0.1:${shared.port}> `;
     await repl.until(prompt);
     repl.type("PING\r");
     await repl.until("PONG");

@@ -3,6 +3,7 @@
  * subprocess, and a raw line client for byte-level tests.
  * Must not: be imported by lib/ code.
  */
+import { afterAll, beforeAll } from "bun:test";
 import type { Socket } from "bun";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -122,6 +123,24 @@ export async function runIndex(
     proc.exited,
   ]);
   return { code, stdout, stderr };
+}
+
+/** Runs `index.ts` (e.g. `cli ...`, `bench ...`) with stdin from a string; no history file, no colours. */
+export function runTxkv(args: string[], stdin = "", env: Record<string, string> = {}) {
+  return runIndex(args, { stdin, env: { TXKV_HISTFILE: "", NO_COLOR: "1", ...env } });
+}
+
+/** One in-memory server subprocess for a whole test file: port as a string, for command lines. */
+export function sharedServer(): { readonly port: string; readonly server: ServerProcess } {
+  const shared = { port: "", server: undefined as unknown as ServerProcess };
+  beforeAll(async () => {
+    shared.server = await spawnServer(["--in-memory"]);
+    shared.port = String(shared.server.port);
+  });
+  afterAll(async () => {
+    await shared.server.kill();
+  });
+  return shared;
 }
 
 /** A raw TCP client that reads reply lines: for tests where the bytes are the point. */
