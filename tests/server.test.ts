@@ -181,6 +181,39 @@ describe("transactions end to end", () => {
     b.close();
   });
 
+  test("serializable through real connections: absent reads, DEL reads and KEYS prefixes conflict; blind writes and own reads do not", async () => {
+    const a = await LineClient.connect(server.port);
+    const b = await LineClient.connect(server.port);
+    const conflictAfter = async (reads: string[], other: string) => {
+      await a.pipeline(["START", ...reads, "PUT ser:marker 1"]);
+      await b.request(other);
+      return (await a.request("COMMIT")).code ?? "OK";
+    };
+    // A key read as absent that another connection then creates.
+    expect(await conflictAfter(["GET ser:ghost"], "PUT ser:ghost boo")).toBe("CONFLICT");
+    // DEL reads the key it deletes.
+    await b.request("PUT ser:d 1");
+    expect(await conflictAfter(["DEL ser:d"], "PUT ser:d 2")).toBe("CONFLICT");
+    // KEYS reads its prefix: a key created (a phantom) or deleted under it conflicts...
+    expect(await conflictAfter(["KEYS ser:p:"], "PUT ser:p:new 1")).toBe("CONFLICT");
+    expect(await conflictAfter(["KEYS ser:p:"], "DEL ser:p:new")).toBe("CONFLICT");
+    // ...a key created under another prefix, or a value change of a listed key, does not.
+    await b.request("PUT ser:p:kept 1");
+    expect(await conflictAfter(["KEYS ser:p:"], "PUT ser:q:other 1")).toBe("OK");
+    expect(await conflictAfter(["KEYS ser:p:"], "PUT ser:p:kept 2")).toBe("OK");
+    // A blind write (never read) does not conflict: the last commit wins.
+    expect(await conflictAfter(["PUT ser:blind mine"], "PUT ser:blind theirs")).toBe("OK");
+    expect(await b.request("GET ser:blind")).toMatchObject({ result: { value: "mine" } });
+    // A read answered from the transaction's own write is not a read of the store.
+    expect(await conflictAfter(["PUT ser:own x", "GET ser:own", "DEL ser:own"], "PUT ser:own y")).toBe("OK");
+    expect(await b.request("GET ser:own")).toMatchObject({ code: "NOT_FOUND" });
+    // What was kept for conflict checks is gone once no transaction is open.
+    const stats = (await b.request("STATS")).result as { transactions: { open: number; watched_keys: number } };
+    expect(stats.transactions).toMatchObject({ open: 0, watched_keys: 0 });
+    a.close();
+    b.close();
+  });
+
   test("CONFLICT through real connections, and the retry succeeds", async () => {
     const a = await LineClient.connect(server.port);
     const b = await LineClient.connect(server.port);
