@@ -29,6 +29,8 @@ export interface Invalid {
   readonly type: "INVALID";
   readonly code: InvalidCode;
   readonly message: string;
+  /** An HTTP request line (see isCrossProtocolLine): the server closes the connection instead of answering. */
+  readonly crossProtocol?: true;
 }
 
 export const COMMAND_HELP: readonly string[] = [
@@ -91,6 +93,8 @@ export function parseCommand(line: string): Command {
   if (noArg !== undefined) {
     return argStart < line.length ? invalid("BAD_REQUEST", `${name} takes no arguments`) : noArg;
   }
+  // Checked only here: `POST` and `Host:` are never commands, so known ones skip the test.
+  if (isCrossProtocolLine(line)) return { ...invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName}`), crossProtocol: true };
   return invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName}`);
 }
 

@@ -16,7 +16,7 @@
  * the disk.
  */
 import type { Socket, TCPSocketListener } from "bun";
-import { commandFromFrame, isCrossProtocolLine } from "./commands.ts";
+import { commandFromFrame } from "./commands.ts";
 import type { Executor } from "./execute.ts";
 import { LineFramer, type Frame } from "./framing.ts";
 import type { Logger } from "./log.ts";
@@ -356,7 +356,8 @@ export class TxkvServer {
 
   /** Executes one request; returns the reply text if it may go out now, else holds it and returns "". */
   private run(socket: Socket<SocketData>, conn: Connection, frame: Frame): string {
-    if (typeof frame === "string" && isCrossProtocolLine(frame)) {
+    const cmd = commandFromFrame(frame, this.options.maxRequestBytes);
+    if (cmd.type === "INVALID" && cmd.crossProtocol) {
       this.log.limited("warn", "cross-protocol-guard", "connection closed by the cross-protocol guard", {
         reason: "an HTTP request (POST or Host:) was sent to the txkv port",
         conn: conn.id,
@@ -367,7 +368,7 @@ export class TxkvServer {
     }
     const session = conn.session;
     session.waitSeq = 0;
-    const reply = this.executor.execute(commandFromFrame(frame, this.options.maxRequestBytes), session);
+    const reply = this.executor.execute(cmd, session);
     if (session.quitting) conn.closing = true;
     if (typeof reply === "string") {
       const seq = session.waitSeq > this.durableSeq ? session.waitSeq : 0;

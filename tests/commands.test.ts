@@ -89,6 +89,14 @@ describe("framing errors and the HTTP guard", () => {
     expect(commandFromFrame(INVALID_UTF8, 1024)).toMatchObject({ code: "BAD_REQUEST", message: expect.stringContaining("UTF-8") });
   });
 
+  test("the parser marks POST and Host: lines (and only those) for the guard", () => {
+    expect(parseCommand("POST / HTTP/1.1")).toMatchObject({ code: "UNKNOWN_COMMAND", crossProtocol: true });
+    expect(parseCommand("Host: 127.0.0.1:8080")).toMatchObject({ code: "UNKNOWN_COMMAND", crossProtocol: true });
+    expect(parseCommand("GET / HTTP/1.1")).not.toHaveProperty("crossProtocol");
+    expect(parseCommand("POSTAL x")).not.toHaveProperty("crossProtocol");
+    expect(parseCommand("PUT Host: x")).not.toHaveProperty("crossProtocol");
+  });
+
   test("POST and Host: lines are HTTP; GET is not", () => {
     expect(isCrossProtocolLine("POST / HTTP/1.1")).toBe(true);
     expect(isCrossProtocolLine("post /x HTTP/1.1")).toBe(true);
