@@ -47,6 +47,29 @@ async function putMany(c: LineClient, entries: [string, string][]): Promise<void
   for (const reply of replies) expect(reply.status).toBe("Ok");
 }
 
+/**
+ * Runs each writer step in a loop until the server is killed with SIGKILL
+ * once `killWhen` resolves; a writer failing after the kill is expected.
+ */
+async function killWhileWriting(server: ServerProcess, steps: (() => Promise<void>)[], killWhen: () => Promise<void>): Promise<void> {
+  let killed = false;
+  const loops = steps.map(async (step) => {
+    try {
+      while (!killed) await step();
+    } catch (err) {
+      if (!killed) throw err;
+    }
+  });
+  await killWhen();
+  killed = true;
+  server.proc.kill("SIGKILL");
+  await server.exited;
+  await Promise.all(loops);
+}
+
+/** A random moment 150-400 ms from now. */
+const randomMoment = () => Bun.sleep(150 + Math.floor(Math.random() * 250));
+
 function fileBytes(dir: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const name of fs.readdirSync(dir).sort()) out[name] = fs.readFileSync(path.join(dir, name)).toString("base64");
@@ -108,24 +131,13 @@ describe("kill -9", () => {
     for (let round = 0; round < 3; round++) {
       const server = await start(dir, ["--fsync", "always"]);
       const clients = await Promise.all(Array.from({ length: writers }, () => client(server)));
-      let stop = false;
-      const loops = clients.map(async (c, w) => {
-        try {
-          while (!stop) {
-            const n = acked[w]! + 1;
-            const reply = await c.request(`PUT w${w}-${String(n).padStart(6, "0")} r${round}`);
-            if (reply.status !== "Ok") throw new Error(`write refused: ${JSON.stringify(reply)}`);
-            acked[w] = n;
-          }
-        } catch (err) {
-          if (!stop) throw err;
-        }
+      const steps = clients.map((c, w) => async () => {
+        const n = acked[w]! + 1;
+        const reply = await c.request(`PUT w${w}-${String(n).padStart(6, "0")} r${round}`);
+        if (reply.status !== "Ok") throw new Error(`write refused: ${JSON.stringify(reply)}`);
+        acked[w] = n;
       });
-      await Bun.sleep(150 + Math.floor(Math.random() * 250));
-      stop = true;
-      server.proc.kill("SIGKILL");
-      await server.exited;
-      await Promise.all(loops);
+      await killWhileWriting(server, steps, randomMoment);
 
       const check = await start(dir);
       const c = await client(check);
@@ -148,24 +160,16 @@ describe("kill -9", () => {
     for (let round = 0; round < 3; round++) {
       const server = await start(dir, ["--fsync", "everysec"]);
       const clients = await Promise.all(Array.from({ length: 4 }, () => client(server)));
-      let stop = false;
       let commits = 0;
-      const loops = clients.map(async (c, w) => {
-        try {
-          for (let n = 0; !stop; n++) {
-            const token = `r${round}-w${w}-${n}`;
-            const replies = await c.pipeline(["START", `PUT x ${token}`, `PUT y ${token}`, `PUT own${w} ${token}`, "COMMIT"]);
-            if (replies[4]?.status === "Ok") commits++;
-          }
-        } catch (err) {
-          if (!stop) throw err;
-        }
+      const steps = clients.map((c, w) => {
+        let n = 0;
+        return async () => {
+          const token = `r${round}-w${w}-${n++}`;
+          const replies = await c.pipeline(["START", `PUT x ${token}`, `PUT y ${token}`, `PUT own${w} ${token}`, "COMMIT"]);
+          if (replies[4]?.status === "Ok") commits++;
+        };
       });
-      await Bun.sleep(150 + Math.floor(Math.random() * 250));
-      stop = true;
-      server.proc.kill("SIGKILL");
-      await server.exited;
-      await Promise.all(loops);
+      await killWhileWriting(server, steps, randomMoment);
       expect(commits).toBeGreaterThan(0);
 
       const check = await start(dir);
@@ -192,32 +196,23 @@ describe("kill -9", () => {
       const server = await start(dir, ["--fsync", "always"]);
       const writer = await client(server);
       const saver = await client(server);
-      let stop = false;
-      const loop = (async () => {
-        try {
-          while (!stop) {
-            const reply = await writer.request(`PUT during${acked + 1} r${round}`);
-            if (reply.status !== "Ok") throw new Error(JSON.stringify(reply));
-            acked++;
-          }
-        } catch (err) {
-          if (!stop) throw err;
-        }
-      })();
+      const writeOne = async () => {
+        const reply = await writer.request(`PUT during${acked + 1} r${round}`);
+        if (reply.status !== "Ok") throw new Error(JSON.stringify(reply));
+        acked++;
+      };
       const tmp = path.join(dir, "data.json.tmp");
-      const ackedBefore = acked;
-      await waitFor(() => acked >= ackedBefore + 20, 5000, "some writes before the compaction");
-      saver.write("SAVE\n");
-      await waitFor(() => fs.existsSync(tmp), 10_000, "the compaction to start");
-      if (round === 1) {
-        // Later in the compaction (or just after it): writes keep being acknowledged meanwhile.
-        const ackedAtStart = acked;
-        await waitFor(() => acked >= ackedAtStart + 5, 5000, "writes acknowledged during the compaction");
-      }
-      stop = true;
-      server.proc.kill("SIGKILL");
-      await server.exited;
-      await loop;
+      await killWhileWriting(server, [writeOne], async () => {
+        const ackedBefore = acked;
+        await waitFor(() => acked >= ackedBefore + 20, 5000, "some writes before the compaction");
+        saver.write("SAVE\n");
+        await waitFor(() => fs.existsSync(tmp), 10_000, "the compaction to start");
+        if (round === 1) {
+          // Later in the compaction (or just after it): writes keep being acknowledged meanwhile.
+          const ackedAtStart = acked;
+          await waitFor(() => acked >= ackedAtStart + 5, 5000, "writes acknowledged during the compaction");
+        }
+      });
       // Round 0 killed the server with the snapshot half written.
       if (round === 0) expect(fs.existsSync(tmp)).toBe(true);
 

@@ -1,7 +1,7 @@
 /**
  * Test TLS material: a throwaway CA and a server certificate made with the
- * `openssl` command, and a TLS stand-in server (txkv's own TLS listener is
- * not built yet).
+ * `openssl` command, and a minimal TLS stand-in server for the client-side
+ * tests (txkv's own TLS listener is tested in security.test.ts).
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
