@@ -5,6 +5,9 @@
  * is the verbatim rest of the line) and the JSON form (an argument starting
  * with `{`, validated with valibot, unknown fields rejected), and the HELP text.
  * Plain requests are parsed with index scans: no regex, no JSON.
+ * `parsePlainRequest` reads the commonest requests (plain GET and PUT whose
+ * key and value need no JSON escaping) straight from the line's bytes, for
+ * the server's fast path; every other line is decoded and parsed as text.
  * Must not: look at the store, the session or the transaction state; a parse
  * failure is returned as an `Invalid` command, never thrown.
  */
@@ -96,6 +99,71 @@ export function parseCommand(line: string): Command {
   // Checked only here: `POST` and `Host:` are never commands, so known ones skip the test.
   if (isCrossProtocolLine(line)) return { ...invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName}`), crossProtocol: true };
   return invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName}`);
+}
+
+/**
+ * A plain GET or PUT located in a request line's bytes (the fast path). Its
+ * key and value are printable ASCII without quote or backslash, so they are
+ * their own JSON text, and each byte is one code unit of the string.
+ */
+export interface PlainRequest {
+  type: "GET" | "PUT";
+  keyStart: number;
+  keyEnd: number;
+  /** PUT only: the value is the rest of the line, as in the text form. */
+  valueStart: number;
+  valueEnd: number;
+}
+
+export function newPlainRequest(): PlainRequest {
+  return { type: "GET", keyStart: 0, keyEnd: 0, valueStart: 0, valueEnd: 0 };
+}
+
+/**
+ * Reads bytes[start, end) as a plain GET or PUT into `into`, meaning exactly
+ * what parseCommand would make of the same line. Returns false for anything
+ * else (other commands, JSON forms, errors, bytes needing escaping): the
+ * caller then takes the general path with the decoded line.
+ */
+export function parsePlainRequest(bytes: Uint8Array, start: number, end: number, into: PlainRequest): boolean {
+  let i = skipBlankBytes(bytes, start, end);
+  if (end - i < 5) return false;
+  const c0 = bytes[i]! | LOWERCASE;
+  const c1 = bytes[i + 1]! | LOWERCASE;
+  const c2 = bytes[i + 2]! | LOWERCASE;
+  const separator = bytes[i + 3];
+  if (separator !== SPACE && separator !== TAB) return false;
+  let type: "GET" | "PUT";
+  if (c0 === 0x67 && c1 === 0x65 && c2 === 0x74) type = "GET";
+  else if (c0 === 0x70 && c1 === 0x75 && c2 === 0x74) type = "PUT";
+  else return false;
+  const keyStart = skipBlankBytes(bytes, i + 4, end);
+  if (keyStart >= end || bytes[keyStart] === OPEN_BRACE) return false;
+  for (i = keyStart; i < end; i++) {
+    const c = bytes[i]!;
+    if (c === SPACE || c === TAB) break;
+    if (!isPlainJsonByte(c)) return false;
+  }
+  const keyEnd = i;
+  const valueStart = skipBlankBytes(bytes, keyEnd, end);
+  if (type === "GET" ? valueStart < end : valueStart >= end) return false;
+  for (i = valueStart; i < end; i++) if (!isPlainJsonByte(bytes[i]!)) return false;
+  into.type = type;
+  into.keyStart = keyStart;
+  into.keyEnd = keyEnd;
+  into.valueStart = valueStart;
+  into.valueEnd = end;
+  return true;
+}
+
+/** Printable ASCII other than quote and backslash: JSON.stringify leaves it as it is. */
+function isPlainJsonByte(c: number): boolean {
+  return c >= 0x20 && c < 0x7f && c !== 0x22 && c !== 0x5c;
+}
+
+function skipBlankBytes(bytes: Uint8Array, i: number, end: number): number {
+  while (i < end && (bytes[i] === SPACE || bytes[i] === TAB)) i++;
+  return i;
 }
 
 function parseGetOrDel(type: "GET" | "DEL", line: string, argStart: number): Command {

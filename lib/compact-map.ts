@@ -74,6 +74,17 @@ function hashString(text: string): number {
   return h ^ (h >>> 16);
 }
 
+/** hashString of the string whose code units are bytes[start, end) (one per byte, as for ASCII). */
+function hashBytes(bytes: Uint8Array, start: number, end: number): number {
+  let h = HASH_SEED ^ (end - start);
+  for (let i = start; i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  return h ^ (h >>> 16);
+}
+
 /** 1 when text needs two bytes per code unit, else 0. */
 function wideFlag(text: string): number {
   let all = 0;
@@ -136,6 +147,52 @@ export class CompactMap {
 
   has(key: string): boolean {
     return this.index[this.probe(key, hashString(key)) << 1] !== 0;
+  }
+
+  // ---- byte access, for the server's fast path ----
+
+  /**
+   * The entry whose key is the ASCII text in src[start, end) (every byte below
+   * 0x80), as a handle for the two methods below, or -1 when absent. A handle
+   * is valid only until the map next changes.
+   */
+  findAscii(src: Uint8Array, start: number, end: number): number {
+    const index = this.index;
+    const mask = this.mask;
+    const hash = hashBytes(src, start, end);
+    for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
+      const entry = index[slot << 1]!;
+      if (entry === 0) return -1;
+      if (index[(slot << 1) + 1] === hash && this.keyEqualsBytes(entry - 1, src, start, end)) return entry - 1;
+    }
+  }
+
+  /** Bytes the value of entry takes (the room copyAsciiValue needs). */
+  valueByteLength(entry: number): number {
+    const head = this.words[entry + VALUE_HEAD]!;
+    return (head >>> 1) << (head & 1);
+  }
+
+  /**
+   * Copies the value of entry to dest at pos when it is all ASCII (so its
+   * bytes are also its UTF-8) and returns the position after it; returns -1
+   * otherwise, when what was written must be ignored.
+   */
+  copyAsciiValue(entry: number, dest: Uint8Array, pos: number): number {
+    const words = this.words;
+    const head = words[entry + VALUE_HEAD]!;
+    if ((head & 1) !== 0) return -1;
+    const keyHead = words[entry + KEY_HEAD]!;
+    const start = ((entry + HEADER_WORDS) << 2) + ((keyHead >>> 1) << (keyHead & 1));
+    const end = start + (head >>> 1);
+    const bytes = this.bytes;
+    let all = 0;
+    for (let i = start; i < end; i++) {
+      const c = bytes[i]!;
+      all |= c;
+      dest[pos++] = c;
+    }
+    return all < 0x80 ? pos : -1;
   }
 
   /** Sets key to value. Returns true when the key was not present before. */
@@ -332,6 +389,16 @@ export class CompactMap {
       return all <= 0xff;
     }
     return this.wideEquals((at + HEADER_WORDS) << 2, key, length);
+  }
+
+  /** Whether the key of record at is the string whose code units are src[start, end). */
+  private keyEqualsBytes(at: number, src: Uint8Array, start: number, end: number): boolean {
+    const head = this.words[at + KEY_HEAD]!;
+    // A wide key holds a code unit above 255: never equal to one made of bytes.
+    if (head !== (end - start) << 1) return false;
+    const bytes = this.bytes;
+    for (let i = start, p = (at + HEADER_WORDS) << 2; i < end; i++, p++) if (bytes[p] !== src[i]) return false;
+    return true;
   }
 
   private keyStartsWith(at: number, prefix: string): boolean {

@@ -7,16 +7,31 @@
  * handing each commit to the CommitLog, AUTH, STATS.
  * Most replies are returned as a string at once; SAVE and a failed AUTH
  * (delayed) return a Promise; a durable write sets `session.waitSeq`.
+ * `executePlain` is the fast path for plain GET/PUT outside transactions:
+ * same meaning, but read from the request's bytes and answered as bytes.
  * Must not: touch sockets or the disk, or parse request text.
  */
 import { timingSafeEqual, createHash } from "node:crypto";
 import type { CommitLog, EncodedValue } from "./commit-log.ts";
-import { COMMAND_HELP, type Command, type Invalid } from "./commands.ts";
-import { error, notFound, okEntry, okJson, REPLY, type ErrorCode } from "./replies.ts";
+import { COMMAND_HELP, type Command, type Invalid, type PlainRequest } from "./commands.ts";
+import type { ReplyBuffer } from "./reply-buffer.ts";
+import {
+  entryHead,
+  entryTail,
+  ENTRY_TAIL_BYTES,
+  error,
+  notFound,
+  notFoundBytes,
+  okEntry,
+  okJson,
+  REPLY,
+  stringEntry,
+  type ErrorCode,
+} from "./replies.ts";
 import type { Session } from "./session.ts";
 import type { ServerStats } from "./stats.ts";
 import type { Store } from "./store.ts";
-import { detach } from "./text.ts";
+import { detach, latin1Text } from "./text.ts";
 import { DELETED, Transaction } from "./transaction.ts";
 
 /** Nested START levels beyond this are refused: each level costs memory. */
@@ -87,6 +102,51 @@ export class Executor {
     }
   }
 
+  /**
+   * The fast path: a plain GET or PUT (see parsePlainRequest) outside a
+   * transaction, answered into out. A GET makes no string at all: the key is
+   * looked up by its bytes and the reply copied from the request and the
+   * store. Returns false, having changed and written nothing, when the
+   * request needs the general path (not authenticated, in a transaction, a
+   * stored value that is not ASCII, persistence failing).
+   */
+  executePlain(req: PlainRequest, src: Uint8Array, session: Session, out: ReplyBuffer): boolean {
+    if (!session.authenticated || session.tx !== null) return false;
+    return req.type === "GET" ? this.getPlain(req, src, out) : this.putPlain(req, src, session, out);
+  }
+
+  private getPlain(req: PlainRequest, src: Uint8Array, out: ReplyBuffer): boolean {
+    const entry = this.store.findAscii(src, req.keyStart, req.keyEnd);
+    if (entry < 0) {
+      this.stats.countCommand("GET");
+      this.stats.countError("NOT_FOUND");
+      notFoundBytes(out, src, req.keyStart, req.keyEnd);
+      return true;
+    }
+    const mark = out.length;
+    entryHead(out, src, req.keyStart, req.keyEnd);
+    out.reserve(this.store.valueByteLength(entry) + ENTRY_TAIL_BYTES);
+    const end = this.store.copyAsciiValue(entry, out.bytes, out.length);
+    if (end < 0) {
+      out.length = mark;
+      return false;
+    }
+    out.length = end;
+    entryTail(out);
+    this.stats.countCommand("GET");
+    return true;
+  }
+
+  private putPlain(req: PlainRequest, src: Uint8Array, session: Session, out: ReplyBuffer): boolean {
+    if (this.commitLog.unavailableReason !== null) return false;
+    this.stats.countCommand("PUT");
+    // Fresh strings (latin1Text pins no buffer): the store and the journal keep them.
+    const key = latin1Text(src, req.keyStart, req.keyEnd);
+    this.commitPut(session, key, '"' + latin1Text(src, req.valueStart, req.valueEnd) + '"');
+    stringEntry(out, src, req.keyStart, req.keyEnd, req.valueStart, req.valueEnd);
+    return true;
+  }
+
   /** The connection closed: an open transaction is rolled back. */
   closeSession(session: Session): void {
     if (session.tx !== null) this.endTransaction(session, session.tx, "rolledBack");
@@ -107,9 +167,14 @@ export class Executor {
   private put(session: Session, key: string, value: EncodedValue): string {
     const refusal = this.persistenceRefusal();
     if (refusal !== null) return refusal;
+    this.commitPut(session, key, value);
+    return okEntry(key, value);
+  }
+
+  /** An auto-committed PUT, once persistence has been checked. */
+  private commitPut(session: Session, key: string, value: EncodedValue): void {
     const seq = this.store.put(key, value);
     if (this.commitLog.enabled) session.waitSeq = this.commitLog.append({ seq, ops: [[key, value]] });
-    return okEntry(key, value);
   }
 
   private putInTx(session: Session, tx: Transaction, key: string, value: EncodedValue, line: string): string {

@@ -5,9 +5,13 @@
  * `{"status":"Error","code":...,"message":...}`), the error codes, and
  * preassembled constant replies. Replies are built as strings around a
  * JSON.stringify of just the parts that vary; values arrive already encoded.
+ * The fast path's replies (plain GET/PUT, see Executor.executePlain) are
+ * written as bytes into a ReplyBuffer instead, byte for byte the same as the
+ * strings would encode to: their keys and values need no JSON escaping.
  * Must not: decide what a command means or touch sockets.
  */
 import type { EncodedValue } from "./commit-log.ts";
+import type { ReplyBuffer } from "./reply-buffer.ts";
 import { jsonString } from "./text.ts";
 
 export type ErrorCode =
@@ -50,3 +54,51 @@ export const REPLY = {
   authenticated: okJson('"Authenticated"'),
   saved: okJson('"Saved"'),
 } as const;
+
+// ---- byte replies of the fast path ----
+
+const QUOTE = 0x22;
+const ascii = (text: string): Uint8Array => Buffer.from(text, "latin1");
+const ENTRY_HEAD = ascii('{"status":"Ok","result":{"key":"');
+const ENTRY_MIDDLE = ascii('","value":');
+const ENTRY_TAIL = ascii("}}\n");
+const NOT_FOUND_HEAD = ascii('{"status":"Error","code":"NOT_FOUND","message":"Key not found: ');
+const NOT_FOUND_TAIL = ascii('"}\n');
+
+/** Bytes that entryTail() appends. */
+export const ENTRY_TAIL_BYTES = ENTRY_TAIL.length;
+
+/** okEntry() up to the value, for the key src[keyStart, keyEnd) (bytes that need no JSON escaping). */
+export function entryHead(out: ReplyBuffer, src: Uint8Array, keyStart: number, keyEnd: number): void {
+  out.constant(ENTRY_HEAD);
+  out.range(src, keyStart, keyEnd);
+  out.constant(ENTRY_MIDDLE);
+}
+
+/** The rest of okEntry() after the value. */
+export function entryTail(out: ReplyBuffer): void {
+  out.constant(ENTRY_TAIL);
+}
+
+/** okEntry() of a key and a string value given as bytes that need no JSON escaping. */
+export function stringEntry(
+  out: ReplyBuffer,
+  src: Uint8Array,
+  keyStart: number,
+  keyEnd: number,
+  valueStart: number,
+  valueEnd: number,
+): void {
+  entryHead(out, src, keyStart, keyEnd);
+  out.byte(QUOTE);
+  out.range(src, valueStart, valueEnd);
+  out.byte(QUOTE);
+  entryTail(out);
+}
+
+/** notFound() for the key src[keyStart, keyEnd) (bytes that need no JSON escaping). */
+export function notFoundBytes(out: ReplyBuffer, src: Uint8Array, keyStart: number, keyEnd: number): void {
+  out.constant(NOT_FOUND_HEAD);
+  out.range(src, keyStart, keyEnd);
+  out.constant(NOT_FOUND_TAIL);
+}

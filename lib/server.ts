@@ -6,7 +6,11 @@
  * unterminated-request timer, read pausing when a client does not read its
  * replies, the connection limit, the idle timeout, the cross-protocol guard,
  * the order of replies, and the graceful drain at shutdown.
- * Per data event, all replies that are ready go out in one socket write.
+ * Per data event, all replies that are ready are built in one ReplyBuffer
+ * and go out in one socket write. A plain GET or PUT outside a transaction
+ * takes the fast path (parsePlainRequest + Executor.executePlain), straight
+ * from the request's bytes into the reply bytes; every other line is decoded
+ * and goes through commandFromFrame + Executor.execute.
  * Replies that must wait (a durable write under --fsync always, SAVE, a
  * delayed AUTH failure) are held in order; later replies queue behind them.
  * A request whose reply is asynchronous (SAVE, a failed AUTH) also holds the
@@ -16,10 +20,11 @@
  * the disk.
  */
 import type { Socket, TCPSocketListener } from "bun";
-import { commandFromFrame } from "./commands.ts";
+import { commandFromFrame, newPlainRequest, parsePlainRequest } from "./commands.ts";
 import type { Executor } from "./execute.ts";
-import { LineFramer, type Frame } from "./framing.ts";
+import { LINE, LineFramer, type Frame } from "./framing.ts";
 import type { Logger } from "./log.ts";
+import { ReplyBuffer } from "./reply-buffer.ts";
 import { error } from "./replies.ts";
 import { Session } from "./session.ts";
 
@@ -86,6 +91,10 @@ export class TxkvServer {
   private idleTimer: Timer | null = null;
   /** Set while draining: called when the last connection has closed. */
   private onAllClosed: (() => void) | null = null;
+  /** The batch being answered: one buffer for all connections, since one batch is built and sent at a time. */
+  private readonly replies = new ReplyBuffer();
+  /** The fast path's parsed request, reused. */
+  private readonly plain = newPlainRequest();
 
   constructor(
     private readonly options: ServerOptions,
@@ -290,18 +299,22 @@ export class TxkvServer {
    */
   private processInput(socket: Socket<SocketData>, conn: Connection): void {
     const limit = this.options.maxOutputBytes;
+    const out = this.replies;
+    const framer = conn.framer;
     let exhausted = false;
     while (!conn.closing && !conn.awaitingReply) {
-      let out = "";
+      out.clear();
       while (out.length < limit && !conn.closing && !conn.awaitingReply) {
-        const frame = conn.framer.next();
-        if (frame === null) {
+        const found = framer.nextLine();
+        if (found === null) {
           exhausted = true;
           break;
         }
-        out += this.run(socket, conn, frame);
+        if (found === LINE && this.runPlain(socket, conn, out)) continue;
+        const reply = this.run(socket, conn, found === LINE ? framer.lineText() : found);
+        if (reply !== "") out.text(reply);
       }
-      this.send(socket, conn, out);
+      this.sendReplies(socket, conn, out);
       if (conn.queuedBytes + conn.heldBytes > limit && !conn.closing) {
         this.pauseReading(socket, conn);
         return;
@@ -370,14 +383,7 @@ export class TxkvServer {
     session.waitSeq = 0;
     const reply = this.executor.execute(cmd, session);
     if (session.quitting) conn.closing = true;
-    if (typeof reply === "string") {
-      const seq = session.waitSeq > this.durableSeq ? session.waitSeq : 0;
-      if (seq === 0 && conn.held.length === 0) return reply;
-      conn.held.push({ text: reply, seq });
-      conn.heldBytes += reply.length;
-      if (seq !== 0) this.waitingForDurability.add(socket);
-      return "";
-    }
+    if (typeof reply === "string") return this.holdIfMustWait(socket, conn, reply);
     const held: HeldReply = { text: null, seq: 0 };
     conn.held.push(held);
     conn.awaitingReply = true;
@@ -389,6 +395,38 @@ export class TxkvServer {
       this.releaseHeld(socket, conn);
       if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
     });
+    return "";
+  }
+
+  /**
+   * The fast path for the line the framer just found; false when it needs the
+   * general path. A reply that must wait is moved out of the batch and held.
+   */
+  private runPlain(socket: Socket<SocketData>, conn: Connection, out: ReplyBuffer): boolean {
+    const framer = conn.framer;
+    const src = framer.bytes;
+    if (!parsePlainRequest(src, framer.lineStart, framer.lineEnd, this.plain)) return false;
+    const session = conn.session;
+    session.waitSeq = 0;
+    const mark = out.length;
+    if (!this.executor.executePlain(this.plain, src, session, out)) return false;
+    if (session.waitSeq > this.durableSeq || conn.held.length !== 0) {
+      this.holdIfMustWait(socket, conn, out.takeText(mark));
+    }
+    return true;
+  }
+
+  /**
+   * A synchronous reply goes out now (returned) unless it waits for an fsync
+   * (session.waitSeq) or queues behind held replies: then it is held and ""
+   * is returned.
+   */
+  private holdIfMustWait(socket: Socket<SocketData>, conn: Connection, reply: string): string {
+    const seq = conn.session.waitSeq > this.durableSeq ? conn.session.waitSeq : 0;
+    if (seq === 0 && conn.held.length === 0) return reply;
+    conn.held.push({ text: reply, seq });
+    conn.heldBytes += reply.length;
+    if (seq !== 0) this.waitingForDurability.add(socket);
     return "";
   }
 
@@ -432,6 +470,18 @@ export class TxkvServer {
     const written = socket.write(bytes);
     if (written < 0 || written === bytes.length) return; // closed, or all taken
     this.enqueue(conn, bytes.subarray(written));
+  }
+
+  /** Writes the batch in out now, or queues a copy of what the kernel does not take (out is reused). */
+  private sendReplies(socket: Socket<SocketData>, conn: Connection, out: ReplyBuffer): void {
+    if (out.length === 0 || conn.closed) return;
+    if (conn.queue.length !== 0) {
+      this.enqueue(conn, out.copy(0));
+      return;
+    }
+    const written = socket.write(out.bytes, 0, out.length);
+    if (written < 0 || written === out.length) return; // closed, or all taken
+    this.enqueue(conn, out.copy(written));
   }
 
   private enqueue(conn: Connection, bytes: Uint8Array): void {

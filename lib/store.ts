@@ -51,6 +51,20 @@ export class Store {
     return this.data.get(key);
   }
 
+  /** The fast path's read by bytes (see CompactMap.findAscii): an entry handle, or -1 when absent. */
+  findAscii(src: Uint8Array, start: number, end: number): number {
+    return this.data.findAscii(src, start, end);
+  }
+
+  valueByteLength(entry: number): number {
+    return this.data.valueByteLength(entry);
+  }
+
+  /** Copies the encoded value of entry to dest at pos; the end, or -1 when it is not all ASCII. */
+  copyAsciiValue(entry: number, dest: Uint8Array, pos: number): number {
+    return this.data.copyAsciiValue(entry, dest, pos);
+  }
+
   /**
    * Live iteration over the committed entries (snapshots read this across
    * many event-loop turns while commits go on): an entry present throughout

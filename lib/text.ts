@@ -2,7 +2,8 @@
  * String helpers for the hot path.
  *
  * Owns: encoding a string as JSON without the native call when nothing needs
- * escaping, and `detach`, which copies a string that will be kept.
+ * escaping, `detach`, which copies a string that will be kept, and
+ * `latin1Text`, the cheapest exact decode of bytes known to be ASCII.
  * Must not: know about commands or replies.
  *
  * Why detach: request lines are slices of one string decoded from a whole
@@ -31,4 +32,16 @@ function needsEscape(text: string): boolean {
     if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return true;
   }
   return false;
+}
+
+/** Bun's Buffer#latin1Slice, which works on any Uint8Array. */
+const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(this: Uint8Array, start: number, end: number): string })
+  .latin1Slice;
+
+/**
+ * bytes[start, end) as a string of one code unit per byte: exact for ASCII
+ * (the caller checks), and a fresh string that pins no buffer.
+ */
+export function latin1Text(bytes: Uint8Array, start: number, end: number): string {
+  return latin1Slice.call(bytes, start, end);
 }

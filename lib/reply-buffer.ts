@@ -1,0 +1,88 @@
+/**
+ * ReplyBuffer: the bytes of one batch of replies, built in place.
+ *
+ * Owns: a growable byte buffer that replies are appended to (as text, as
+ * constant byte strings, or as ranges copied from other buffers), reused for
+ * every batch so that building replies allocates nothing.
+ * The server fills it from one data event, writes it to the socket, and
+ * copies out only what the kernel did not take.
+ * Must not: know about sockets, commands or the reply shapes (replies.ts).
+ */
+
+/** Bun's Buffer#utf8Write: encodes in place without allocating (never splits a character). */
+interface WritableBuffer extends Buffer {
+  utf8Write(text: string, offset: number, maxLength: number): number;
+}
+
+const INITIAL_BYTES = 64 * 1024;
+/** A buffer grown past this for one huge batch is dropped after it, so it does not stay allocated. */
+const KEEP_BYTES = 1024 * 1024;
+
+export class ReplyBuffer {
+  bytes: WritableBuffer = allocate(INITIAL_BYTES);
+  /** Bytes in use: the batch so far. Writers may set it back to undo an unfinished reply. */
+  length = 0;
+
+  /** Makes room for n more bytes. */
+  reserve(n: number): void {
+    const needed = this.length + n;
+    if (needed <= this.bytes.length) return;
+    const grown = allocate(Math.max(needed, this.bytes.length * 2));
+    grown.set(this.bytes.subarray(0, this.length));
+    this.bytes = grown;
+  }
+
+  /** Appends text as UTF-8. */
+  text(text: string): void {
+    this.reserve(text.length * 3);
+    this.length += this.bytes.utf8Write(text, this.length, text.length * 3);
+  }
+
+  /** Appends all of a constant's bytes. */
+  constant(bytes: Uint8Array): void {
+    this.reserve(bytes.length);
+    this.bytes.set(bytes, this.length);
+    this.length += bytes.length;
+  }
+
+  /** Appends one byte. */
+  byte(value: number): void {
+    this.reserve(1);
+    this.bytes[this.length++] = value;
+  }
+
+  /** Appends src[start, end). */
+  range(src: Uint8Array, start: number, end: number): void {
+    const n = end - start;
+    this.reserve(n);
+    const bytes = this.bytes;
+    let at = this.length;
+    // Short ranges (keys, small values) copy faster in a loop than through subarray + set.
+    if (n <= 64) for (let i = start; i < end; i++) bytes[at++] = src[i]!;
+    else bytes.set(src.subarray(start, end), at);
+    this.length += n;
+  }
+
+  /** A copy of the bytes from `from` to the end, which outlives the buffer's reuse. */
+  copy(from: number): Uint8Array {
+    // Buffer#slice would give a view of the reused memory; Uint8Array's slice copies.
+    return Uint8Array.prototype.slice.call(this.bytes, from, this.length);
+  }
+
+  /** The bytes from `from` to the end as text (they must be whole UTF-8), removed from the buffer. */
+  takeText(from: number): string {
+    const text = this.bytes.toString("utf8", from, this.length);
+    this.length = from;
+    return text;
+  }
+
+  /** Empties the buffer for the next batch (and lets go of one grown for a huge batch). */
+  clear(): void {
+    this.length = 0;
+    if (this.bytes.length > KEEP_BYTES) this.bytes = allocate(INITIAL_BYTES);
+  }
+}
+
+function allocate(size: number): WritableBuffer {
+  return Buffer.allocUnsafe(size) as WritableBuffer;
+}
