@@ -1,13 +1,16 @@
 /**
- * Microbenchmark of the request path without sockets: framing → parse →
- * execute → reply text, for pipelined GET/PUT batches like kvload's.
+ * Microbenchmark of the request path without sockets, as the server walks
+ * it: framing → the fast path for plain GET/PUT outside transactions (bytes
+ * to reply bytes), else parse → execute → reply text, all into one
+ * ReplyBuffer; for pipelined GET/PUT batches and transactions like kvload's.
  * Run: bun run bench/hotpath.ts. Reports ns per request (compare before/after
  * a change in one run on one machine; absolute numbers mean little).
  */
 import { MemoryOnlyLog } from "../lib/commit-log.ts";
-import { commandFromFrame } from "../lib/commands.ts";
+import { commandFromFrame, newPlainRequest, noArgCommandOf, parsePlainRequest } from "../lib/commands.ts";
 import { Executor } from "../lib/execute.ts";
-import { LineFramer } from "../lib/framing.ts";
+import { LINE, LineFramer } from "../lib/framing.ts";
+import { ReplyBuffer } from "../lib/reply-buffer.ts";
 import { Session } from "../lib/session.ts";
 import { ServerStats } from "../lib/stats.ts";
 import { Store } from "../lib/store.ts";
@@ -38,16 +41,25 @@ function run(kind: Kind, pipeline: number, rounds: number): number {
   const batches = Array.from({ length: 64 }, (_, i) => batch(kind, pipeline, i));
   const framer = new LineFramer(1024);
   const session = new Session(false);
+  const out = new ReplyBuffer();
+  const plain = newPlainRequest();
   let bytes = 0;
   const start = Bun.nanoseconds();
   for (let r = 0; r < rounds; r++) {
     framer.push(batches[r & 63]!);
-    let out = "";
-    for (let f = framer.next(); f !== null; f = framer.next()) {
-      const reply = executor.execute(commandFromFrame(f, 1024), session);
-      out += reply as string;
+    out.clear();
+    for (let found = framer.nextLine(); found !== null; found = framer.nextLine()) {
+      const src = framer.bytes;
+      if (found === LINE && parsePlainRequest(src, framer.lineStart, framer.lineEnd, plain)) {
+        if (executor.executePlain(plain, src, session, out)) continue;
+      }
+      const cmd =
+        found === LINE
+          ? (noArgCommandOf(src, framer.lineStart, framer.lineEnd) ?? commandFromFrame(framer.lineText(), 1024))
+          : commandFromFrame(found, 1024);
+      out.text(executor.execute(cmd, session) as string);
     }
-    bytes += Buffer.from(out).length;
+    bytes += out.length;
     framer.retain();
   }
   const ns = Bun.nanoseconds() - start;

@@ -59,6 +59,11 @@ const NO_ARG_COMMANDS: ReadonlySet<string> = new Set<NoArgCommandType>([
 /** Shared command objects for argument-less requests: nothing to allocate. */
 const NO_ARG: Record<string, Command> = {};
 for (const name of NO_ARG_COMMANDS) NO_ARG[name] = Object.freeze({ type: name as NoArgCommandType });
+/** The same, with each name's lower-case char codes, for noArgCommandOf. */
+const NO_ARG_BY_CODES = [...NO_ARG_COMMANDS].map((name) => ({
+  codes: [...name.toLowerCase()].map((c) => c.charCodeAt(0)),
+  command: NO_ARG[name]!,
+}));
 
 const SPACE = 32;
 const TAB = 9;
@@ -113,10 +118,12 @@ export interface PlainRequest {
   /** PUT only: the value is the rest of the line, as in the text form. */
   valueStart: number;
   valueEnd: number;
+  /** The line's length in bytes (what a PUT costs a transaction's byte budget). */
+  lineBytes: number;
 }
 
 export function newPlainRequest(): PlainRequest {
-  return { type: "GET", keyStart: 0, keyEnd: 0, valueStart: 0, valueEnd: 0 };
+  return { type: "GET", keyStart: 0, keyEnd: 0, valueStart: 0, valueEnd: 0, lineBytes: 0 };
 }
 
 /**
@@ -153,7 +160,26 @@ export function parsePlainRequest(bytes: Uint8Array, start: number, end: number,
   into.keyEnd = keyEnd;
   into.valueStart = valueStart;
   into.valueEnd = end;
+  into.lineBytes = end - start;
   return true;
+}
+
+/**
+ * The shared command of a line that is exactly one argument-less command
+ * name (START, COMMIT, PING, ...; any case, blanks around it allowed), read
+ * from its bytes so that such lines need no decoding; null for any other line.
+ */
+export function noArgCommandOf(bytes: Uint8Array, start: number, end: number): Command | null {
+  start = skipBlankBytes(bytes, start, end);
+  while (end > start && (bytes[end - 1] === SPACE || bytes[end - 1] === TAB)) end--;
+  const length = end - start;
+  for (const { codes, command } of NO_ARG_BY_CODES) {
+    if (codes.length !== length) continue;
+    let i = 0;
+    while (i < length && (bytes[start + i]! | LOWERCASE) === codes[i]) i++;
+    if (i === length) return command;
+  }
+  return null;
 }
 
 /** Printable ASCII other than quote and backslash: JSON.stringify leaves it as it is. */

@@ -92,6 +92,13 @@ function wideFlag(text: string): number {
   return all > 0xff ? 1 : 0;
 }
 
+/** Copies src[start, end) to dest at pos. */
+function copyBytes(src: Uint8Array, start: number, end: number, dest: Uint8Array, pos: number): void {
+  // Keys and short values copy faster in a loop than through subarray + set.
+  if (end - start > 128) dest.set(src.subarray(start, end), pos);
+  else for (let i = start; i < end; i++) dest[pos++] = src[i]!;
+}
+
 function wordsFor(bytes: number): number {
   return (bytes + 3) >>> 2;
 }
@@ -157,14 +164,8 @@ export class CompactMap {
    * is valid only until the map next changes.
    */
   findAscii(src: Uint8Array, start: number, end: number): number {
-    const index = this.index;
-    const mask = this.mask;
-    const hash = hashBytes(src, start, end);
-    for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
-      const entry = index[slot << 1]!;
-      if (entry === 0) return -1;
-      if (index[(slot << 1) + 1] === hash && this.keyEqualsBytes(entry - 1, src, start, end)) return entry - 1;
-    }
+    const entry = this.index[this.probeBytes(src, start, end, hashBytes(src, start, end)) << 1]!;
+    return entry - 1;
   }
 
   /** Bytes the value of entry takes (the room copyAsciiValue needs). */
@@ -200,18 +201,52 @@ export class CompactMap {
     const hash = hashString(key);
     const slot = this.probe(key, hash);
     const entry = this.index[slot << 1]!;
+    const valueWide = wideFlag(value);
     if (entry !== 0) {
       this.forget(this.words[entry - 1 + ID]!);
-      this.replaceValue(slot, value);
+      this.writeString(value, valueWide, this.prepareValue(slot, value.length, valueWide));
       return false;
     }
     const id = this.takeId();
-    const at = this.appendRecord(key, value, id);
-    // appendRecord may compact the arena, which rewrites slots' words but moves no slot.
-    this.index[slot << 1] = at + 1;
-    this.index[(slot << 1) + 1] = hash;
-    this.offsets[id] = at;
-    if (++this.count > (this.mask + 1) * MAX_LOAD) this.growIndex();
+    const keyWide = wideFlag(key);
+    const at = this.newRecord(id, key.length, keyWide, value.length, valueWide);
+    const keyStart = (at + HEADER_WORDS) << 2;
+    this.writeString(key, keyWide, keyStart);
+    this.writeString(value, valueWide, keyStart + (key.length << keyWide));
+    this.insert(slot, hash, at, id);
+    return true;
+  }
+
+  /**
+   * set() for a key and a value given as ASCII bytes (every byte below 0x80),
+   * keySrc[keyStart, keyEnd) and valueSrc[valueStart, valueEnd): the fast
+   * path stores a PUT without making strings. Returns true when the key is new.
+   */
+  setAscii(
+    keySrc: Uint8Array,
+    keyStart: number,
+    keyEnd: number,
+    valueSrc: Uint8Array,
+    valueStart: number,
+    valueEnd: number,
+  ): boolean {
+    const hash = hashBytes(keySrc, keyStart, keyEnd);
+    const slot = this.probeBytes(keySrc, keyStart, keyEnd, hash);
+    const entry = this.index[slot << 1]!;
+    const valueLength = valueEnd - valueStart;
+    if (entry !== 0) {
+      this.forget(this.words[entry - 1 + ID]!);
+      copyBytes(valueSrc, valueStart, valueEnd, this.bytes, this.prepareValue(slot, valueLength, 0));
+      return false;
+    }
+    const id = this.takeId();
+    const keyLength = keyEnd - keyStart;
+    const at = this.newRecord(id, keyLength, 0, valueLength, 0);
+    const bytes = this.bytes;
+    const start = (at + HEADER_WORDS) << 2;
+    copyBytes(keySrc, keyStart, keyEnd, bytes, start);
+    copyBytes(valueSrc, valueStart, valueEnd, bytes, start + keyLength);
+    this.insert(slot, hash, at, id);
     return true;
   }
 
@@ -287,6 +322,28 @@ export class CompactMap {
       if (index[(slot << 1) + 1] === hash && this.keyEquals(entry - 1, key)) return slot;
       slot = (slot + 1) & mask;
     }
+  }
+
+  /** probe() for the key whose code units are src[start, end). */
+  private probeBytes(src: Uint8Array, start: number, end: number, hash: number): number {
+    const index = this.index;
+    const mask = this.mask;
+    let slot = hash & mask;
+    for (;;) {
+      const entry = index[slot << 1]!;
+      if (entry === 0) return slot;
+      if (index[(slot << 1) + 1] === hash && this.keyEqualsBytes(entry - 1, src, start, end)) return slot;
+      slot = (slot + 1) & mask;
+    }
+  }
+
+  /** Puts a new entry's record into the empty slot found by a probe, growing the index when it gets full. */
+  private insert(slot: number, hash: number, at: number, id: number): void {
+    // newRecord may have compacted the arena, which rewrites slots' words but moves no slot.
+    this.index[slot << 1] = at + 1;
+    this.index[(slot << 1) + 1] = hash;
+    this.offsets[id] = at;
+    if (++this.count > (this.mask + 1) * MAX_LOAD) this.growIndex();
   }
 
   /** Empties slot, then moves back each following entry that may not stay behind the gap (no tombstones). */
@@ -442,51 +499,53 @@ export class CompactMap {
     return HEADER_WORDS + wordsFor(((keyHead >>> 1) << (keyHead & 1)) + this.words[at + VALUE_CAPACITY]!);
   }
 
-  /** Writes value into the record in slot, in place when it fits, else into a new record. */
-  private replaceValue(slot: number, value: string): void {
-    const wide = wideFlag(value);
-    const valueBytes = value.length << wide;
+  /**
+   * Readies the record in slot for a new value of `length` code units: in
+   * place when it fits, else in a new record (the old one becomes garbage).
+   * Sets the value's header; returns the byte offset where its bytes go.
+   */
+  private prepareValue(slot: number, length: number, wide: number): number {
+    const valueBytes = length << wide;
     let at = this.index[slot << 1]! - 1;
     const keyHead = this.words[at + KEY_HEAD]!;
     const keyBytes = (keyHead >>> 1) << (keyHead & 1);
-    if (valueBytes <= this.words[at + VALUE_CAPACITY]!) {
-      this.writeString(value, wide, ((at + HEADER_WORDS) << 2) + keyBytes);
-      this.words[at + VALUE_HEAD] = (value.length << 1) | wide;
-      return;
+    if (valueBytes > this.words[at + VALUE_CAPACITY]!) {
+      const size = HEADER_WORDS + wordsFor(keyBytes + valueBytes);
+      const fresh = this.reserve(size);
+      at = this.index[slot << 1]! - 1; // reserve may have compacted the arena and moved the record
+      const id = this.words[at + ID]!;
+      const keyStart = (at + HEADER_WORDS) << 2;
+      this.bytes.copyWithin((fresh + HEADER_WORDS) << 2, keyStart, keyStart + keyBytes);
+      this.garbageWords += this.recordWords(at);
+      this.writeHeader(fresh, id, keyHead, keyBytes, size);
+      this.index[slot << 1] = fresh + 1;
+      this.offsets[id] = fresh;
+      at = fresh;
     }
-    const size = HEADER_WORDS + wordsFor(keyBytes + valueBytes);
-    const fresh = this.reserve(size);
-    at = this.index[slot << 1]! - 1; // reserve may have compacted the arena and moved the record
-    const id = this.words[at + ID]!;
-    const keyStart = (at + HEADER_WORDS) << 2;
-    this.bytes.copyWithin((fresh + HEADER_WORDS) << 2, keyStart, keyStart + keyBytes);
-    this.fillRecord(fresh, id, keyHead, keyBytes, value, wide, size);
-    this.garbageWords += this.recordWords(at);
-    this.index[slot << 1] = fresh + 1;
-    this.offsets[id] = fresh;
+    this.words[at + VALUE_HEAD] = (length << 1) | wide;
+    return ((at + HEADER_WORDS) << 2) + keyBytes;
   }
 
-  /** Appends a record for a new entry; returns its word. May compact the arena; adds nothing to the index. */
-  private appendRecord(key: string, value: string, id: number): number {
-    const keyWide = wideFlag(key);
-    const keyBytes = key.length << keyWide;
-    const valueWide = wideFlag(value);
-    const size = HEADER_WORDS + wordsFor(keyBytes + (value.length << valueWide));
+  /**
+   * Reserves a record for a new entry and writes its header; the caller
+   * writes the key and value bytes. May compact the arena; adds nothing to the index.
+   */
+  private newRecord(id: number, keyLength: number, keyWide: number, valueLength: number, valueWide: number): number {
+    const keyBytes = keyLength << keyWide;
+    const size = HEADER_WORDS + wordsFor(keyBytes + (valueLength << valueWide));
     const at = this.reserve(size);
-    this.writeString(key, keyWide, (at + HEADER_WORDS) << 2);
-    this.fillRecord(at, id, (key.length << 1) | keyWide, keyBytes, value, valueWide, size);
+    this.writeHeader(at, id, (keyLength << 1) | keyWide, keyBytes, size);
+    this.words[at + VALUE_HEAD] = (valueLength << 1) | valueWide;
     return at;
   }
 
-  /** Writes the header and value of a record whose key bytes are in place. */
-  private fillRecord(at: number, id: number, keyHead: number, keyBytes: number, value: string, wide: number, size: number): void {
+  /** Writes a record's header words but the value's. */
+  private writeHeader(at: number, id: number, keyHead: number, keyBytes: number, size: number): void {
     const words = this.words;
     words[at + KEY_HEAD] = keyHead;
-    words[at + VALUE_HEAD] = (value.length << 1) | wide;
     // The padding up to the next word is capacity the value may grow into.
     words[at + VALUE_CAPACITY] = ((size - HEADER_WORDS) << 2) - keyBytes;
     words[at + ID] = id;
-    this.writeString(value, wide, ((at + HEADER_WORDS) << 2) + keyBytes);
   }
 
   private writeString(text: string, wide: number, byteOffset: number): void {

@@ -12,7 +12,7 @@
  * Must not: touch sockets or the disk, or parse request text.
  */
 import { timingSafeEqual, createHash } from "node:crypto";
-import type { CommitLog, EncodedValue } from "./commit-log.ts";
+import type { CommitLog, CommitOp, EncodedValue } from "./commit-log.ts";
 import { COMMAND_HELP, type Command, type Invalid, type PlainRequest } from "./commands.ts";
 import type { ReplyBuffer } from "./reply-buffer.ts";
 import {
@@ -31,8 +31,8 @@ import {
 import type { Session } from "./session.ts";
 import type { ServerStats } from "./stats.ts";
 import type { Store } from "./store.ts";
-import { detach, latin1Text } from "./text.ts";
-import { DELETED, Transaction } from "./transaction.ts";
+import { latin1Text } from "./text.ts";
+import { DELETED, type Transaction } from "./transaction.ts";
 
 /** Nested START levels beyond this are refused: each level costs memory. */
 export const MAX_TRANSACTION_DEPTH = 1000;
@@ -103,16 +103,21 @@ export class Executor {
   }
 
   /**
-   * The fast path: a plain GET or PUT (see parsePlainRequest) outside a
-   * transaction, answered into out. A GET makes no string at all: the key is
+   * The fast path: a plain GET or PUT (see parsePlainRequest), answered into
+   * out. Outside a transaction a GET makes no string at all: the key is
    * looked up by its bytes and the reply copied from the request and the
-   * store. Returns false, having changed and written nothing, when the
-   * request needs the general path (not authenticated, in a transaction, a
-   * stored value that is not ASCII, persistence failing).
+   * store. Returns false when the request needs the general path, having
+   * written nothing and changed nothing but, at most, a watch the general
+   * path would add anyway (not authenticated, a failed transaction level, a
+   * read of the transaction's own write, a stored value that is not ASCII,
+   * the byte budget exceeded, persistence failing).
    */
   executePlain(req: PlainRequest, src: Uint8Array, session: Session, out: ReplyBuffer): boolean {
-    if (!session.authenticated || session.tx !== null) return false;
-    return req.type === "GET" ? this.getPlain(req, src, out) : this.putPlain(req, src, session, out);
+    if (!session.authenticated) return false;
+    const tx = session.tx;
+    if (tx === null) return req.type === "GET" ? this.getPlain(req, src, out) : this.putPlain(req, src, session, out);
+    if (tx.failed) return false;
+    return req.type === "GET" ? this.getPlainInTx(tx, req, src, out) : this.putPlainInTx(tx, req, src, out);
   }
 
   private getPlain(req: PlainRequest, src: Uint8Array, out: ReplyBuffer): boolean {
@@ -137,13 +142,36 @@ export class Executor {
     return true;
   }
 
+  /** getInTx() for the fast path: the key becomes a string only to be watched. */
+  private getPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ReplyBuffer): boolean {
+    const key = latin1Text(src, req.keyStart, req.keyEnd);
+    if (tx.hasWrites && tx.ownWrite(key) !== undefined) return false;
+    this.watch(tx, key);
+    return this.getPlain(req, src, out);
+  }
+
   private putPlain(req: PlainRequest, src: Uint8Array, session: Session, out: ReplyBuffer): boolean {
     if (this.commitLog.unavailableReason !== null) return false;
     this.stats.countCommand("PUT");
-    // Fresh strings (latin1Text pins no buffer): the store and the journal keep them.
-    const key = latin1Text(src, req.keyStart, req.keyEnd);
-    this.commitPut(session, key, '"' + latin1Text(src, req.valueStart, req.valueEnd) + '"');
-    stringEntry(out, src, req.keyStart, req.keyEnd, req.valueStart, req.valueEnd);
+    const { keyStart, keyEnd } = req;
+    // The reply holds the value's JSON text ("..."): the store copies it from there.
+    const valueAt = stringEntry(out, src, keyStart, keyEnd, req.valueStart, req.valueEnd);
+    const valueEnd = valueAt + 2 + req.valueEnd - req.valueStart;
+    const seq = this.store.putAscii(src, keyStart, keyEnd, out.bytes, valueAt, valueEnd);
+    if (this.commitLog.enabled) {
+      const op: CommitOp = [latin1Text(src, keyStart, keyEnd), latin1Text(out.bytes, valueAt, valueEnd)];
+      session.waitSeq = this.commitLog.append({ seq, ops: [op] });
+    }
+    return true;
+  }
+
+  /** putInTx() for the fast path. */
+  private putPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ReplyBuffer): boolean {
+    if (tx.bytes + req.lineBytes > this.options.maxTransactionBytes) return false;
+    this.stats.countCommand("PUT");
+    const valueAt = stringEntry(out, src, req.keyStart, req.keyEnd, req.valueStart, req.valueEnd);
+    const value = latin1Text(out.bytes, valueAt, valueAt + 2 + req.valueEnd - req.valueStart);
+    tx.write(latin1Text(src, req.keyStart, req.keyEnd), value, req.lineBytes);
     return true;
   }
 
@@ -167,14 +195,9 @@ export class Executor {
   private put(session: Session, key: string, value: EncodedValue): string {
     const refusal = this.persistenceRefusal();
     if (refusal !== null) return refusal;
-    this.commitPut(session, key, value);
-    return okEntry(key, value);
-  }
-
-  /** An auto-committed PUT, once persistence has been checked. */
-  private commitPut(session: Session, key: string, value: EncodedValue): void {
     const seq = this.store.put(key, value);
     if (this.commitLog.enabled) session.waitSeq = this.commitLog.append({ seq, ops: [[key, value]] });
+    return okEntry(key, value);
   }
 
   private putInTx(session: Session, tx: Transaction, key: string, value: EncodedValue, line: string): string {
@@ -206,14 +229,14 @@ export class Executor {
       tx.charge(bytes);
       return this.notFound(key);
     }
-    tx.write(detach(key), DELETED, bytes);
+    tx.write(key, DELETED, bytes);
     return okEntry(key, value);
   }
 
   private keys(tx: Transaction | null, prefix: string): string {
     let keys = this.store.keysWithPrefix(prefix);
     if (tx !== null) {
-      this.store.watchPrefix(tx, detach(prefix));
+      this.store.watchPrefix(tx, prefix);
       keys = tx.overlayKeys(keys, prefix);
     }
     keys.sort();
@@ -222,7 +245,7 @@ export class Executor {
 
   private start(session: Session, tx: Transaction | null): string {
     if (tx === null) {
-      session.tx = new Transaction();
+      session.beginTransaction();
       this.stats.txOpen++;
     } else if (tx.depth >= MAX_TRANSACTION_DEPTH) {
       tx.markFailed();
@@ -305,10 +328,8 @@ export class Executor {
   }
 
   private watch(tx: Transaction, key: string): void {
-    if (tx.conflicted || tx.watchedKeys.has(key)) return;
-    const kept = detach(key);
-    tx.watchedKeys.add(kept);
-    this.store.watchKey(tx, kept);
+    // No detach: a GET or DEL line is little more than its key, so a slice of it pins nothing large.
+    if (this.store.watchKey(tx, key)) tx.watchedKeys.push(key);
   }
 
   private endTransaction(

@@ -80,7 +80,10 @@ export function entryTail(out: ReplyBuffer): void {
   out.constant(ENTRY_TAIL);
 }
 
-/** okEntry() of a key and a string value given as bytes that need no JSON escaping. */
+/**
+ * okEntry() of a key and a string value given as bytes that need no JSON
+ * escaping. Returns where the value's JSON text (quotes included) starts in out.bytes.
+ */
 export function stringEntry(
   out: ReplyBuffer,
   src: Uint8Array,
@@ -88,12 +91,14 @@ export function stringEntry(
   keyEnd: number,
   valueStart: number,
   valueEnd: number,
-): void {
+): number {
   entryHead(out, src, keyStart, keyEnd);
+  const valueAt = out.length;
   out.byte(QUOTE);
   out.range(src, valueStart, valueEnd);
   out.byte(QUOTE);
   entryTail(out);
+  return valueAt;
 }
 
 /** notFound() for the key src[keyStart, keyEnd) (bytes that need no JSON escaping). */

@@ -20,7 +20,7 @@
  * the disk.
  */
 import type { Socket, TCPSocketListener } from "bun";
-import { commandFromFrame, newPlainRequest, parsePlainRequest } from "./commands.ts";
+import { commandFromFrame, newPlainRequest, noArgCommandOf, parsePlainRequest, type Command } from "./commands.ts";
 import type { Executor } from "./execute.ts";
 import { LINE, LineFramer, type Frame } from "./framing.ts";
 import type { Logger } from "./log.ts";
@@ -311,7 +311,7 @@ export class TxkvServer {
           break;
         }
         if (found === LINE && this.runPlain(socket, conn, out)) continue;
-        const reply = this.run(socket, conn, found === LINE ? framer.lineText() : found);
+        const reply = this.run(socket, conn, this.commandOfLine(framer, found));
         if (reply !== "") out.text(reply);
       }
       this.sendReplies(socket, conn, out);
@@ -326,6 +326,13 @@ export class TxkvServer {
     this.afterInput(socket, conn);
   }
 
+  /** The command of the line (or framing failure) the framer just found; argument-less commands skip decoding. */
+  private commandOfLine(framer: LineFramer, found: typeof LINE | Exclude<Frame, string>): Command {
+    if (found !== LINE) return commandFromFrame(found, this.options.maxRequestBytes);
+    const noArg = noArgCommandOf(framer.bytes, framer.lineStart, framer.lineEnd);
+    return noArg ?? commandFromFrame(framer.lineText(), this.options.maxRequestBytes);
+  }
+
   /** Input is exhausted for now: arm the partial-request timer, or finish a half-closed connection. */
   private afterInput(socket: Socket<SocketData>, conn: Connection): void {
     if (conn.closing) {
@@ -334,7 +341,7 @@ export class TxkvServer {
     }
     if (conn.peerEnded) {
       const partial = conn.framer.takePartial();
-      if (partial !== null) this.send(socket, conn, this.run(socket, conn, partial));
+      if (partial !== null) this.send(socket, conn, this.runFrame(socket, conn, partial));
       conn.closing = true;
       this.closeWhenFlushed(socket, conn);
       return;
@@ -363,13 +370,17 @@ export class TxkvServer {
     if (conn.closed || conn.closing || conn.readPaused || conn.awaitingReply) return;
     const partial = conn.framer.takePartial();
     conn.framer.retain();
-    if (partial !== null) this.send(socket, conn, this.run(socket, conn, partial));
+    if (partial !== null) this.send(socket, conn, this.runFrame(socket, conn, partial));
     if (conn.closing) this.closeWhenFlushed(socket, conn);
   }
 
+  /** run() for a decoded frame (an unterminated request taken after a pause or half-close). */
+  private runFrame(socket: Socket<SocketData>, conn: Connection, frame: Frame): string {
+    return this.run(socket, conn, commandFromFrame(frame, this.options.maxRequestBytes));
+  }
+
   /** Executes one request; returns the reply text if it may go out now, else holds it and returns "". */
-  private run(socket: Socket<SocketData>, conn: Connection, frame: Frame): string {
-    const cmd = commandFromFrame(frame, this.options.maxRequestBytes);
+  private run(socket: Socket<SocketData>, conn: Connection, cmd: Command): string {
     if (cmd.type === "INVALID" && cmd.crossProtocol) {
       this.log.limited("warn", "cross-protocol-guard", "connection closed by the cross-protocol guard", {
         reason: "an HTTP request (POST or Host:) was sent to the txkv port",

@@ -1,12 +1,12 @@
 /**
  * One connection's protocol state.
  *
- * Owns: the open transaction (if any), whether the connection has
+ * Owns: the open transaction (if any) and the object reused for it, whether the connection has
  * authenticated, and the reply's durability wait set by the executor.
  * Must not: touch sockets (the server owns the socket and its buffers) or
  * the store.
  */
-import type { Transaction } from "./transaction.ts";
+import { Transaction } from "./transaction.ts";
 
 export class Session {
   tx: Transaction | null = null;
@@ -18,7 +18,18 @@ export class Session {
   /** Set by QUIT: the server closes the connection once the reply is out. */
   quitting = false;
 
+  /** This connection's Transaction object, reused by every START at the outermost level. */
+  private reusable: Transaction | null = null;
+
   constructor(needsAuth: boolean) {
     this.authenticated = !needsAuth;
+  }
+
+  /** Opens a transaction (the previous one must have ended). */
+  beginTransaction(): Transaction {
+    const tx = (this.reusable ??= new Transaction());
+    tx.reset();
+    this.tx = tx;
+    return tx;
   }
 }

@@ -15,6 +15,7 @@
  */
 import type { CommitOp, EncodedValue } from "./commit-log.ts";
 import { CompactMap } from "./compact-map.ts";
+import { latin1Text } from "./text.ts";
 
 /** Something that can be marked conflicted: an open transaction. */
 export interface Watcher {
@@ -25,7 +26,8 @@ export class Store {
   private readonly data: CompactMap;
   /** Number of the last commit. */
   seq: number;
-  private readonly keyWatchers = new Map<string, Set<Watcher>>();
+  /** Who watches each key: one transaction as itself (the common case, no Set to allocate), or a Set. */
+  private readonly keyWatchers = new Map<string, Watcher | Set<Watcher>>();
   private readonly prefixWatchers = new Map<Watcher, string[]>();
 
   /**
@@ -86,6 +88,26 @@ export class Store {
     return ++this.seq;
   }
 
+  /**
+   * put() for a key and an encoded value given as ASCII bytes (the fast
+   * path; see CompactMap.setAscii). Returns the commit's seq.
+   */
+  putAscii(
+    keySrc: Uint8Array,
+    keyStart: number,
+    keyEnd: number,
+    valueSrc: Uint8Array,
+    valueStart: number,
+    valueEnd: number,
+  ): number {
+    const created = this.data.setAscii(keySrc, keyStart, keyEnd, valueSrc, valueStart, valueEnd);
+    // The key is made a string only when a transaction watches something.
+    if (this.keyWatchers.size !== 0 || (created && this.prefixWatchers.size !== 0)) {
+      this.changed(latin1Text(keySrc, keyStart, keyEnd), created, null);
+    }
+    return ++this.seq;
+  }
+
   /** Auto-committed DEL of a present key. Returns the commit's seq. */
   delete(key: string): number {
     this.data.delete(key);
@@ -107,15 +129,25 @@ export class Store {
     return ++this.seq;
   }
 
-  /** Marks w conflicted when another commit changes key (present or absent now). */
-  watchKey(w: Watcher, key: string): void {
-    if (w.conflicted) return;
-    let set = this.keyWatchers.get(key);
-    if (set === undefined) {
-      set = new Set();
-      this.keyWatchers.set(key, set);
+  /**
+   * Marks w conflicted when another commit changes key (present or absent
+   * now). Returns true when this is a new watch (so w must unwatch key later).
+   */
+  watchKey(w: Watcher, key: string): boolean {
+    if (w.conflicted) return false;
+    const current = this.keyWatchers.get(key);
+    if (current === undefined) {
+      this.keyWatchers.set(key, w);
+      return true;
     }
-    set.add(w);
+    if (current === w) return false;
+    if (current instanceof Set) {
+      if (current.has(w)) return false;
+      current.add(w);
+      return true;
+    }
+    this.keyWatchers.set(key, new Set([current, w]));
+    return true;
   }
 
   /** Marks w conflicted when another commit creates or deletes a key under prefix. */
@@ -127,12 +159,15 @@ export class Store {
   }
 
   /** Drops every watch of w on the given keys and all its prefixes. */
-  unwatch(w: Watcher, keys: Iterable<string>): void {
+  unwatch(w: Watcher, keys: readonly string[]): void {
     for (const key of keys) {
-      const set = this.keyWatchers.get(key);
-      if (set === undefined) continue;
-      set.delete(w);
-      if (set.size === 0) this.keyWatchers.delete(key);
+      const current = this.keyWatchers.get(key);
+      if (current === w) {
+        this.keyWatchers.delete(key);
+      } else if (current instanceof Set) {
+        current.delete(w);
+        if (current.size === 0) this.keyWatchers.delete(key);
+      }
     }
     this.prefixWatchers.delete(w);
   }
@@ -144,8 +179,10 @@ export class Store {
 
   private changed(key: string, existenceChanged: boolean, committer: Watcher | null): void {
     const watchers = this.keyWatchers.get(key);
-    if (watchers !== undefined) {
+    if (watchers instanceof Set) {
       for (const w of watchers) if (w !== committer) w.conflicted = true;
+    } else if (watchers !== undefined && watchers !== committer) {
+      watchers.conflicted = true;
     }
     if (existenceChanged && this.prefixWatchers.size !== 0) {
       for (const [w, prefixes] of this.prefixWatchers) {

@@ -6,11 +6,12 @@
  * `latin1Text`, the cheapest exact decode of bytes known to be ASCII.
  * Must not: know about commands or replies.
  *
- * Why detach: request lines are slices of one string decoded from a whole
- * batch of input, and JavaScriptCore lets a slice share its parent's buffer.
- * A 12-byte key kept in the store as such a slice would pin the whole decoded
- * batch (up to hundreds of KB). Anything kept beyond the request (stored keys,
- * values, watched keys) is detached first.
+ * Why detach: JavaScriptCore lets a slice share its parent's buffer. Request
+ * lines are decoded one by one (framing.ts), so a key sliced from a line pins
+ * at most that line: harmless for GET, DEL and KEYS, whose lines are little
+ * more than their key, but a PUT line also holds its value, which may be
+ * megabytes. A PUT's key is therefore detached before a transaction keeps it.
+ * (The store itself keeps bytes, never the caller's strings.)
  */
 
 /** JSON.stringify for a string, skipping the native call for the common case of nothing to escape. */
