@@ -314,7 +314,7 @@ export class TxkvServer {
         const reply = this.run(socket, conn, this.commandOfLine(framer, found));
         if (reply !== "") out.text(reply);
       }
-      this.sendReplies(socket, conn, out);
+      this.sendOrHoldReplies(socket, conn, out);
       if (conn.queuedBytes + conn.heldBytes > limit && !conn.closing) {
         this.pauseReading(socket, conn);
         return;
@@ -481,6 +481,25 @@ export class TxkvServer {
     const written = socket.write(bytes);
     if (written < 0 || written === bytes.length) return; // closed, or all taken
     this.enqueue(conn, bytes.subarray(written));
+  }
+
+  /**
+   * Sends the batch, unless a reply in it waits for an fsync (--fsync
+   * always): then the ready replies before it wait with it, and all leave in
+   * one write once it is durable (as Redis answers after its fsync).
+   * A held reply at the end of a batch always came from that batch: while
+   * replies are held, every later reply is held too, so out holds only
+   * replies that precede them.
+   */
+  private sendOrHoldReplies(socket: Socket<SocketData>, conn: Connection, out: ReplyBuffer): void {
+    const first = conn.held[0];
+    if (first === undefined || first.seq === 0 || out.length === 0) {
+      this.sendReplies(socket, conn, out);
+      return;
+    }
+    const text = out.takeText(0);
+    conn.held.unshift({ text, seq: 0 });
+    conn.heldBytes += text.length;
   }
 
   /** Writes the batch in out now, or queues a copy of what the kernel does not take (out is reused). */

@@ -171,6 +171,19 @@ describe("durability", () => {
     expect(calls.length).toBe(1);
   });
 
+  test("always: in the common case the turn's records are durable within that turn (fsync on the loop)", async () => {
+    const a = await open(tempDir(), { fsync: "always" });
+    let durable = 0;
+    a.log.onDurable = (seq) => (durable = seq);
+    // The first round after opening also fsyncs the new journal's directory (thread pool): let it pass.
+    const first = a.put("first", 1);
+    await until(() => durable >= first, "the first round");
+    const wait = a.put("k", "v");
+    // The log's flush was scheduled by put(), before this immediate: it runs first, fsync included.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(durable).toBe(wait);
+  });
+
   test("everysec and no: the reply does not wait, the record still reaches the file", async () => {
     for (const fsync of ["everysec", "no"] as const) {
       const dir = tempDir();

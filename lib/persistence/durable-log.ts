@@ -6,7 +6,8 @@
  * the data) and queues it; once per event-loop turn the queue is written with
  * one `write`; fsyncs run on the thread pool in "rounds", one at a time, each
  * covering everything written before it started (group commit), and report
- * the highest durable seq through `onDurable`.
+ * the highest durable seq through `onDurable`. Under `always`, the common
+ * case skips the round: the turn's write is fdatasynced at once, on the loop.
  *
  * Failures (disk full, read-only, data directory removed, fsync error) make
  * `unavailableReason` non-null so the executor refuses writes; records already
@@ -237,8 +238,33 @@ export class DurableLog implements CommitLog {
       this.fail(err, writeErrorLeavesJournalIntact(err));
       return;
     }
-    if (this.opts.fsync === "always") this.requestSyncRound();
+    if (this.opts.fsync === "always" && !this.syncNow()) this.requestSyncRound();
     this.maybeAutoCompact();
+  }
+
+  /**
+   * --fsync always, in the common case (no round running, nothing retired,
+   * the directory clean): fdatasync right here, as Redis does, so the
+   * replies leave in this same turn instead of waiting for a thread-pool
+   * round to be noticed by a busy event loop. Returns false when the full
+   * asynchronous round must do it (it also handles every failure).
+   */
+  private syncNow(): boolean {
+    if (this.syncLoop !== null || this.retired.length > 0 || this.directoryDirty || this.failure) return false;
+    const journal = this.journal;
+    try {
+      fs.fdatasyncSync(journal.handle.fd);
+    } catch {
+      return false;
+    }
+    if (!stillAtPath(journal.handle.fd, journal.path)) return false;
+    this.lastFlushAt = new Date();
+    if (this.writtenSeq > this.durableSeq) {
+      this.durableSeq = this.writtenSeq;
+      this.durableRecords = this.writtenRecords;
+      this.onDurable?.(this.durableSeq);
+    }
+    return true;
   }
 
   /** Writes queued records to the journal in one go. Throws on a write error, keeping what was not written. */
