@@ -6,6 +6,7 @@
  * in `lib/persistence/`; the executor only ever sees this interface.
  * Must not: touch sockets or the disk.
  */
+import { latin1Text } from "./text.ts";
 
 /** A stored value: the JSON text of the value (already encoded once, at write time). */
 export type EncodedValue = string;
@@ -33,6 +34,20 @@ export interface CommitLog {
    * `always`), or 0 when the reply may leave at once.
    */
   append(record: CommitRecord): number;
+  /**
+   * append() of an auto-committed PUT given as bytes (the server's fast
+   * path): keySrc[keyStart, keyEnd) is the key and valueSrc[valueStart,
+   * valueEnd) the encoded value, both ASCII needing no JSON escaping.
+   */
+  appendAsciiPut(
+    seq: number,
+    keySrc: Uint8Array,
+    keyStart: number,
+    keyEnd: number,
+    valueSrc: Uint8Array,
+    valueStart: number,
+    valueEnd: number,
+  ): number;
   /** The server subscribes here: called with the highest seq now durable. */
   onDurable: ((durableSeq: number) => void) | null;
   /** SAVE: compact now; resolves when the snapshot is durable. Rejects with the reason on failure. */
@@ -43,6 +58,19 @@ export interface CommitLog {
   stats(): Record<string, unknown>;
 }
 
+/** The CommitRecord of an appendAsciiPut() call, for logs that work with records. */
+export function asciiPutRecord(
+  seq: number,
+  keySrc: Uint8Array,
+  keyStart: number,
+  keyEnd: number,
+  valueSrc: Uint8Array,
+  valueStart: number,
+  valueEnd: number,
+): CommitRecord {
+  return { seq, ops: [[latin1Text(keySrc, keyStart, keyEnd), latin1Text(valueSrc, valueStart, valueEnd)]] };
+}
+
 /** `--in-memory`: nothing is written, every reply may leave at once. */
 export class MemoryOnlyLog implements CommitLog {
   readonly enabled = false;
@@ -50,6 +78,18 @@ export class MemoryOnlyLog implements CommitLog {
   onDurable: ((durableSeq: number) => void) | null = null;
   append(_record: CommitRecord): number {
     return 0;
+  }
+  /** Through append(), so that a subclass recording append() sees these too. */
+  appendAsciiPut(
+    seq: number,
+    keySrc: Uint8Array,
+    keyStart: number,
+    keyEnd: number,
+    valueSrc: Uint8Array,
+    valueStart: number,
+    valueEnd: number,
+  ): number {
+    return this.append(asciiPutRecord(seq, keySrc, keyStart, keyEnd, valueSrc, valueStart, valueEnd));
   }
   save(): Promise<void> {
     return Promise.reject(new Error("persistence is off (--in-memory): nothing to save"));

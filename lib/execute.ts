@@ -12,7 +12,7 @@
  * Must not: touch sockets or the disk, or parse request text.
  */
 import { timingSafeEqual, createHash } from "node:crypto";
-import type { CommitLog, CommitOp, EncodedValue } from "./commit-log.ts";
+import type { CommitLog, EncodedValue } from "./commit-log.ts";
 import { COMMAND_HELP, type Command, type Invalid, type PlainRequest } from "./commands.ts";
 import type { ReplyBuffer } from "./reply-buffer.ts";
 import {
@@ -159,8 +159,7 @@ export class Executor {
     const valueEnd = valueAt + 2 + req.valueEnd - req.valueStart;
     const seq = this.store.putAscii(src, keyStart, keyEnd, out.bytes, valueAt, valueEnd);
     if (this.commitLog.enabled) {
-      const op: CommitOp = [latin1Text(src, keyStart, keyEnd), latin1Text(out.bytes, valueAt, valueEnd)];
-      session.waitSeq = this.commitLog.append({ seq, ops: [op] });
+      session.waitSeq = this.commitLog.appendAsciiPut(seq, src, keyStart, keyEnd, out.bytes, valueAt, valueEnd);
     }
     return true;
   }

@@ -74,6 +74,14 @@ export class ReplyBuffer {
     return text;
   }
 
+  /** Removes the first n bytes (written out), moving the rest to the front. */
+  dropFront(n: number): void {
+    if (n === 0) return;
+    if (n < this.length) this.bytes.copyWithin(0, n, this.length);
+    this.length -= Math.min(n, this.length);
+    if (this.length === 0) this.clear();
+  }
+
   /** Empties the buffer for the next batch (and lets go of one grown for a huge batch). */
   clear(): void {
     this.length = 0;

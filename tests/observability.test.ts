@@ -263,6 +263,9 @@ class FlakyLog implements CommitLog {
   append(_record: CommitRecord): number {
     return 0;
   }
+  appendAsciiPut(): number {
+    return 0;
+  }
   async save(): Promise<void> {}
   async close(): Promise<void> {}
   stats(): Record<string, unknown> {

@@ -4,7 +4,8 @@
  * refuse or (journal tail only) drop.
  */
 import { describe, expect, test } from "bun:test";
-import { encodeRecord, JournalFormatError, scanJournal } from "../lib/persistence/journal-format.ts";
+import { encodeRecord, JournalFormatError, scanJournal, writeAsciiPutRecord } from "../lib/persistence/journal-format.ts";
+import { ReplyBuffer } from "../lib/reply-buffer.ts";
 import {
   decodeSnapshot,
   snapshotEntry,
@@ -124,6 +125,22 @@ describe("journal format", () => {
     const records = keys.flatMap((key) => values.map((value) => ({ seq: ++seq, ops: [[key, value] as const] })));
     const { seen } = scan(records.map(encodeRecord).join(""));
     expect(seen).toEqual(records.map((r) => [r.seq, r.ops.map(([k, v]) => [k, v])]));
+  });
+
+  test("a put record written from bytes (the server's fast path) is byte for byte encodeRecord's", () => {
+    const cases: [number, string, string][] = [
+      [1, "k", '"v"'],
+      [42, "key:00001234", JSON.stringify("x".repeat(32))],
+      [9007199254740991, "a{b}c~!", JSON.stringify("with spaces and ' quotes")],
+    ];
+    for (const [seq, key, value] of cases) {
+      const out = new ReplyBuffer();
+      out.text("before|");
+      const keyBytes = Buffer.from(`..${key}..`, "latin1");
+      const valueBytes = Buffer.from(`#${value}`, "latin1");
+      writeAsciiPutRecord(out, seq, keyBytes, 2, 2 + key.length, valueBytes, 1, 1 + value.length);
+      expect(out.takeText(0)).toBe("before|" + encodeRecord({ seq, ops: [[key, value]] }));
+    }
   });
 
   test("a final record without its line end is a torn tail: dropped, earlier records kept", () => {

@@ -25,7 +25,8 @@ import type { FileHandle } from "node:fs/promises";
 import type { CommitLog, CommitRecord } from "../commit-log.ts";
 import type { Logger } from "../log.ts";
 import { describeError, fsyncDir, stillAtPath, type DataFiles } from "./files.ts";
-import { encodeRecord } from "./journal-format.ts";
+import { ReplyBuffer } from "../reply-buffer.ts";
+import { encodeRecord, writeAsciiPutRecord } from "./journal-format.ts";
 import { acquireLock, holdsLock, releaseLock } from "./lock.ts";
 import { writeSnapshot } from "./snapshot-writer.ts";
 
@@ -102,9 +103,8 @@ export class DurableLog implements CommitLog {
   /** A journal file was created: the next sync round also fsyncs the directory. */
   private directoryDirty: boolean;
 
-  /** Encoded records not yet written, and bytes of a write that stopped part way. */
-  private queue: string[] = [];
-  private unwritten: Buffer | null = null;
+  /** Encoded records not yet written (also the rest of a write that stopped part way), as bytes. */
+  private readonly unwritten = new ReplyBuffer();
   private lastAppendedSeq: number;
   private writtenSeq: number;
   private durableSeq: number;
@@ -170,14 +170,32 @@ export class DurableLog implements CommitLog {
   }
 
   append(record: CommitRecord): number {
-    this.queue.push(encodeRecord(record));
-    this.lastAppendedSeq = record.seq;
+    this.unwritten.text(encodeRecord(record));
+    return this.appended(record.seq);
+  }
+
+  appendAsciiPut(
+    seq: number,
+    keySrc: Uint8Array,
+    keyStart: number,
+    keyEnd: number,
+    valueSrc: Uint8Array,
+    valueStart: number,
+    valueEnd: number,
+  ): number {
+    writeAsciiPutRecord(this.unwritten, seq, keySrc, keyStart, keyEnd, valueSrc, valueStart, valueEnd);
+    return this.appended(seq);
+  }
+
+  /** A record was queued: schedules this turn's write; returns the seq the reply must wait for, or 0. */
+  private appended(seq: number): number {
+    this.lastAppendedSeq = seq;
     this.appendedRecords++;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       setImmediate(() => this.flushTurn());
     }
-    return this.opts.fsync === "always" ? record.seq : 0;
+    return this.opts.fsync === "always" ? seq : 0;
   }
 
   save(): Promise<void> {
@@ -269,19 +287,16 @@ export class DurableLog implements CommitLog {
 
   /** Writes queued records to the journal in one go. Throws on a write error, keeping what was not written. */
   private writeQueue(): void {
-    if (this.queue.length === 0 && this.unwritten === null) return;
-    let buf = this.queue.length > 0 ? Buffer.from(this.queue.join("")) : Buffer.alloc(0);
-    if (this.unwritten !== null) buf = Buffer.concat([this.unwritten, buf]);
-    this.queue = [];
-    this.unwritten = buf;
+    const buf = this.unwritten;
+    if (buf.length === 0) return;
     const seq = this.lastAppendedSeq;
     const records = this.appendedRecords;
     let offset = 0;
     try {
-      while (offset < buf.length) offset += fs.writeSync(this.journal.handle.fd, buf, offset, buf.length - offset);
+      while (offset < buf.length) offset += fs.writeSync(this.journal.handle.fd, buf.bytes, offset, buf.length - offset);
     } finally {
       this.journal.bytes += offset;
-      this.unwritten = offset < buf.length ? buf.subarray(offset) : null;
+      buf.dropFront(offset);
     }
     this.writtenSeq = seq;
     this.writtenRecords = records;
@@ -430,8 +445,7 @@ export class DurableLog implements CommitLog {
     this.journal = fresh;
     this.retired = [];
     this.directoryDirty = true;
-    this.queue = [];
-    this.unwritten = null;
+    this.unwritten.clear();
     this.writtenSeq = seq;
     this.writtenRecords = records;
     await this.writeSnapshotAndDropJournals(seq, async () => {});

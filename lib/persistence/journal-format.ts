@@ -11,6 +11,7 @@
  * Owns: encoding and decoding of journal lines. Must not: touch files.
  */
 import type { CommitOp, CommitRecord } from "../commit-log.ts";
+import type { ReplyBuffer } from "../reply-buffer.ts";
 import { isSeq, singleLine } from "./snapshot-format.ts";
 
 export function encodeRecord(record: CommitRecord): string {
@@ -22,6 +23,30 @@ export function encodeRecord(record: CommitRecord): string {
   }
   return line + "]}\n";
 }
+
+/**
+ * encodeRecord() of a one-put record, written as bytes into out: the key
+ * keySrc[keyStart, keyEnd) and the encoded value valueSrc[valueStart,
+ * valueEnd) are ASCII needing no escaping (and so hold no line break).
+ */
+export function writeAsciiPutRecord(
+  out: ReplyBuffer,
+  seq: number,
+  keySrc: Uint8Array,
+  keyStart: number,
+  keyEnd: number,
+  valueSrc: Uint8Array,
+  valueStart: number,
+  valueEnd: number,
+): void {
+  out.text(`{"seq":${seq},"ops":[["`);
+  out.range(keySrc, keyStart, keyEnd);
+  out.constant(KEY_END);
+  out.range(valueSrc, valueStart, valueEnd);
+  out.constant(RECORD_END);
+}
+const KEY_END = Buffer.from('",', "latin1");
+const RECORD_END = Buffer.from("]]}\n", "latin1");
 
 /** Thrown with the problem only; the caller adds the file name. */
 export class JournalFormatError extends Error {}
