@@ -236,7 +236,8 @@ export class CompactMap {
     const valueLength = valueEnd - valueStart;
     if (entry !== 0) {
       this.forget(this.words[entry - 1 + ID]!);
-      copyBytes(valueSrc, valueStart, valueEnd, this.bytes, this.prepareValue(slot, valueLength, 0));
+      const at = this.prepareValue(slot, valueLength, 0); // may compact or grow the arena: read this.bytes after
+      copyBytes(valueSrc, valueStart, valueEnd, this.bytes, at);
       return false;
     }
     const id = this.takeId();

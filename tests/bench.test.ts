@@ -75,6 +75,7 @@ test("--tls-ca connects over TLS (TLS stand-in server answering PONG)", async ()
   const refused = await runTxkv(["bench", "-p", String(fake.port), "--tls", "--workload", "ping", "--requests", "10"]);
   expect(refused.code).toBe(1);
   fake.stop(true);
+  certs.remove();
 });
 
 test("bad options exit 2 naming the option", async () => {

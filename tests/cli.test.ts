@@ -135,6 +135,7 @@ describe("options and failures", () => {
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain("TLS connection to 127.0.0.1:" + fakePort + " refused");
     fake.stop(true);
+    certs.remove();
   });
 
   test("a bad option or port: exit 2 with one line naming it", async () => {
@@ -213,6 +214,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     expect(await repl.proc.exited).toBe(0);
     repl.proc.terminal!.close();
     expect(fs.readFileSync(historyFile, "utf8")).toBe("PING\n");
+    fs.rmSync(path.dirname(historyFile), { recursive: true, force: true });
   });
 
   test("when the server goes away: the error is shown, the prompt says not connected, the REPL stays usable", async () => {

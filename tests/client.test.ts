@@ -382,7 +382,7 @@ describe("when the connection goes away", () => {
 });
 
 describe("TLS", () => {
-  // txkv's own TLS listener is not built yet: a TLS stand-in server answers PONG.
+  // The client side alone: a TLS stand-in server answers PONG (txkv's own TLS listener: security.test.ts).
   test("connects with a custom CA; refuses a server whose certificate it cannot verify", async () => {
     const certs = makeTestCertificates();
     const fake = tlsPongServer(certs);
@@ -403,5 +403,6 @@ describe("TLS", () => {
       .catch((e) => e);
     expect(plain).toBeInstanceOf(TxkvConnectionError);
     fake.stop(true);
+    certs.remove();
   });
 });

@@ -7,7 +7,15 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 
-export type TestCertificates = { dir: string; caFile: string; ca: string; cert: string; key: string };
+export type TestCertificates = {
+  dir: string;
+  caFile: string;
+  ca: string;
+  cert: string;
+  key: string;
+  /** Deletes the files (call when the test is done with caFile). */
+  remove(): void;
+};
 
 /** A throwaway CA and a server certificate for localhost/127.0.0.1 signed by it (needs `openssl`). */
 export function makeTestCertificates(): TestCertificates {
@@ -23,7 +31,8 @@ export function makeTestCertificates(): TestCertificates {
   openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
     "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf");
   const read = (name: string) => fs.readFileSync(path.join(dir, name), "utf8");
-  return { dir, caFile: path.join(dir, "ca.pem"), ca: read("ca.pem"), cert: read("server.pem"), key: read("server.key") };
+  const remove = () => fs.rmSync(dir, { recursive: true, force: true });
+  return { dir, caFile: path.join(dir, "ca.pem"), ca: read("ca.pem"), cert: read("server.pem"), key: read("server.key"), remove };
 }
 
 /** A TLS listener that answers every line with PONG, standing in for a TLS-enabled server. */
