@@ -2,7 +2,7 @@
  * Microbenchmark of the request path without sockets, as the server walks
  * it: framing → the fast path for plain GET/PUT outside transactions (bytes
  * to reply bytes), else parse → execute → reply text, all into one
- * ReplyBuffer; for pipelined GET/PUT batches and transactions like kvload's.
+ * ByteBuffer; for pipelined GET/PUT batches and transactions like kvload's.
  * Run: bun run bench/hotpath.ts. Reports ns per request (compare before/after
  * a change in one run on one machine; absolute numbers mean little).
  */
@@ -10,7 +10,7 @@ import { MemoryOnlyLog } from "../lib/commit-log.ts";
 import { commandFromFrame, newPlainRequest, noArgCommandOf, parsePlainRequest } from "../lib/commands.ts";
 import { Executor } from "../lib/execute.ts";
 import { LINE, LineFramer } from "../lib/framing.ts";
-import { ReplyBuffer } from "../lib/reply-buffer.ts";
+import { ByteBuffer } from "../lib/byte-buffer.ts";
 import { Session } from "../lib/session.ts";
 import { ServerStats } from "../lib/stats.ts";
 import { Store } from "../lib/store.ts";
@@ -41,7 +41,7 @@ function run(kind: Kind, pipeline: number, rounds: number): number {
   const batches = Array.from({ length: 64 }, (_, i) => batch(kind, pipeline, i));
   const framer = new LineFramer(1024);
   const session = new Session(false);
-  const out = new ReplyBuffer();
+  const out = new ByteBuffer();
   const plain = newPlainRequest();
   let bytes = 0;
   const start = Bun.nanoseconds();

@@ -14,7 +14,7 @@
 import { timingSafeEqual, createHash } from "node:crypto";
 import type { CommitLog, EncodedValue } from "./commit-log.ts";
 import { COMMAND_HELP, type Command, type Invalid, type PlainRequest } from "./commands.ts";
-import type { ReplyBuffer } from "./reply-buffer.ts";
+import type { ByteBuffer } from "./byte-buffer.ts";
 import {
   entryHead,
   entryTail,
@@ -112,7 +112,7 @@ export class Executor {
    * read of the transaction's own write, a stored value that is not ASCII,
    * the byte budget exceeded, persistence failing).
    */
-  executePlain(req: PlainRequest, src: Uint8Array, session: Session, out: ReplyBuffer): boolean {
+  executePlain(req: PlainRequest, src: Uint8Array, session: Session, out: ByteBuffer): boolean {
     if (!session.authenticated) return false;
     const tx = session.tx;
     if (tx === null) return req.type === "GET" ? this.getPlain(req, src, out) : this.putPlain(req, src, session, out);
@@ -120,7 +120,7 @@ export class Executor {
     return req.type === "GET" ? this.getPlainInTx(tx, req, src, out) : this.putPlainInTx(tx, req, src, out);
   }
 
-  private getPlain(req: PlainRequest, src: Uint8Array, out: ReplyBuffer): boolean {
+  private getPlain(req: PlainRequest, src: Uint8Array, out: ByteBuffer): boolean {
     const entry = this.store.findAscii(src, req.keyStart, req.keyEnd);
     if (entry < 0) {
       this.stats.countCommand("GET");
@@ -143,14 +143,14 @@ export class Executor {
   }
 
   /** getInTx() for the fast path: the key becomes a string only to be watched. */
-  private getPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ReplyBuffer): boolean {
+  private getPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ByteBuffer): boolean {
     const key = latin1Text(src, req.keyStart, req.keyEnd);
     if (tx.hasWrites && tx.ownWrite(key) !== undefined) return false;
     this.watch(tx, key);
     return this.getPlain(req, src, out);
   }
 
-  private putPlain(req: PlainRequest, src: Uint8Array, session: Session, out: ReplyBuffer): boolean {
+  private putPlain(req: PlainRequest, src: Uint8Array, session: Session, out: ByteBuffer): boolean {
     if (this.commitLog.unavailableReason !== null) return false;
     this.stats.countCommand("PUT");
     const { keyStart, keyEnd } = req;
@@ -165,7 +165,7 @@ export class Executor {
   }
 
   /** putInTx() for the fast path. */
-  private putPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ReplyBuffer): boolean {
+  private putPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ByteBuffer): boolean {
     if (tx.bytes + req.lineBytes > this.options.maxTransactionBytes) return false;
     this.stats.countCommand("PUT");
     const valueAt = stringEntry(out, src, req.keyStart, req.keyEnd, req.valueStart, req.valueEnd);

@@ -6,12 +6,12 @@
  * preassembled constant replies. Replies are built as strings around a
  * JSON.stringify of just the parts that vary; values arrive already encoded.
  * The fast path's replies (plain GET/PUT, see Executor.executePlain) are
- * written as bytes into a ReplyBuffer instead, byte for byte the same as the
+ * written as bytes into a ByteBuffer instead, byte for byte the same as the
  * strings would encode to: their keys and values need no JSON escaping.
  * Must not: decide what a command means or touch sockets.
  */
 import type { EncodedValue } from "./commit-log.ts";
-import type { ReplyBuffer } from "./reply-buffer.ts";
+import type { ByteBuffer } from "./byte-buffer.ts";
 import { jsonString } from "./text.ts";
 
 export type ErrorCode =
@@ -69,14 +69,14 @@ const NOT_FOUND_TAIL = ascii('"}\n');
 export const ENTRY_TAIL_BYTES = ENTRY_TAIL.length;
 
 /** okEntry() up to the value, for the key src[keyStart, keyEnd) (bytes that need no JSON escaping). */
-export function entryHead(out: ReplyBuffer, src: Uint8Array, keyStart: number, keyEnd: number): void {
+export function entryHead(out: ByteBuffer, src: Uint8Array, keyStart: number, keyEnd: number): void {
   out.constant(ENTRY_HEAD);
   out.range(src, keyStart, keyEnd);
   out.constant(ENTRY_MIDDLE);
 }
 
 /** The rest of okEntry() after the value. */
-export function entryTail(out: ReplyBuffer): void {
+export function entryTail(out: ByteBuffer): void {
   out.constant(ENTRY_TAIL);
 }
 
@@ -85,7 +85,7 @@ export function entryTail(out: ReplyBuffer): void {
  * escaping. Returns where the value's JSON text (quotes included) starts in out.bytes.
  */
 export function stringEntry(
-  out: ReplyBuffer,
+  out: ByteBuffer,
   src: Uint8Array,
   keyStart: number,
   keyEnd: number,
@@ -102,7 +102,7 @@ export function stringEntry(
 }
 
 /** notFound() for the key src[keyStart, keyEnd) (bytes that need no JSON escaping). */
-export function notFoundBytes(out: ReplyBuffer, src: Uint8Array, keyStart: number, keyEnd: number): void {
+export function notFoundBytes(out: ByteBuffer, src: Uint8Array, keyStart: number, keyEnd: number): void {
   out.constant(NOT_FOUND_HEAD);
   out.range(src, keyStart, keyEnd);
   out.constant(NOT_FOUND_TAIL);

@@ -6,7 +6,7 @@
  * unterminated-request timer, read pausing when a client does not read its
  * replies, the connection limit, the idle timeout, the cross-protocol guard,
  * the order of replies, and the graceful drain at shutdown.
- * Per data event, all replies that are ready are built in one ReplyBuffer
+ * Per data event, all replies that are ready are built in one ByteBuffer
  * and go out in one socket write. A plain GET or PUT outside a transaction
  * takes the fast path (parsePlainRequest + Executor.executePlain), straight
  * from the request's bytes into the reply bytes; every other line is decoded
@@ -24,7 +24,7 @@ import { commandFromFrame, newPlainRequest, noArgCommandOf, parsePlainRequest, t
 import type { Executor } from "./execute.ts";
 import { LINE, LineFramer, type Frame } from "./framing.ts";
 import type { Logger } from "./log.ts";
-import { ReplyBuffer } from "./reply-buffer.ts";
+import { ByteBuffer } from "./byte-buffer.ts";
 import { error } from "./replies.ts";
 import { Session } from "./session.ts";
 
@@ -92,7 +92,7 @@ export class TxkvServer {
   /** Set while draining: called when the last connection has closed. */
   private onAllClosed: (() => void) | null = null;
   /** The batch being answered: one buffer for all connections, since one batch is built and sent at a time. */
-  private readonly replies = new ReplyBuffer();
+  private readonly replies = new ByteBuffer();
   /** The fast path's parsed request, reused. */
   private readonly plain = newPlainRequest();
 
@@ -413,7 +413,7 @@ export class TxkvServer {
    * The fast path for the line the framer just found; false when it needs the
    * general path. A reply that must wait is moved out of the batch and held.
    */
-  private runPlain(socket: Socket<SocketData>, conn: Connection, out: ReplyBuffer): boolean {
+  private runPlain(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer): boolean {
     const framer = conn.framer;
     const src = framer.bytes;
     if (!parsePlainRequest(src, framer.lineStart, framer.lineEnd, this.plain)) return false;
@@ -491,7 +491,7 @@ export class TxkvServer {
    * replies are held, every later reply is held too, so out holds only
    * replies that precede them.
    */
-  private sendOrHoldReplies(socket: Socket<SocketData>, conn: Connection, out: ReplyBuffer): void {
+  private sendOrHoldReplies(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer): void {
     const first = conn.held[0];
     if (first === undefined || first.seq === 0 || out.length === 0) {
       this.sendReplies(socket, conn, out);
@@ -503,7 +503,7 @@ export class TxkvServer {
   }
 
   /** Writes the batch in out now, or queues a copy of what the kernel does not take (out is reused). */
-  private sendReplies(socket: Socket<SocketData>, conn: Connection, out: ReplyBuffer): void {
+  private sendReplies(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer): void {
     if (out.length === 0 || conn.closed) return;
     if (conn.queue.length !== 0) {
       this.enqueue(conn, out.copy(0));

@@ -10,7 +10,7 @@
  *     escaping, and then means what parseCommand means; plus specific lines;
  * (2) the byte replies (stringEntry, entryHead/entryTail, notFoundBytes) are
  *     byte for byte the string replies (okEntry, notFound);
- * (3) ReplyBuffer: growth, takeText, copy, clear;
+ * (3) ByteBuffer: growth, takeText, copy, clear;
  * (4) CompactMap byte access (findAscii, valueByteLength, copyAsciiValue)
  *     against get/has through growth, deletes and compaction;
  * (5) LineFramer.nextLine/lineText: positions, CR, blank lines, invalid
@@ -39,7 +39,7 @@ import { parseConfig } from "../lib/config.ts";
 import { Executor } from "../lib/execute.ts";
 import { INVALID_UTF8, LINE, LineFramer, TOO_LARGE, type Frame } from "../lib/framing.ts";
 import { Logger } from "../lib/log.ts";
-import { ReplyBuffer } from "../lib/reply-buffer.ts";
+import { ByteBuffer } from "../lib/byte-buffer.ts";
 import { entryHead, entryTail, notFound, notFoundBytes, okEntry, stringEntry } from "../lib/replies.ts";
 import { Session } from "../lib/session.ts";
 import { ServerStats } from "../lib/stats.ts";
@@ -288,7 +288,7 @@ describe("byte replies equal the string replies", () => {
         const keyEnd = keyStart + key.length;
         const valueStart = keyEnd + padLength;
         const valueEnd = valueStart + value.length;
-        const out = new ReplyBuffer();
+        const out = new ByteBuffer();
         const earlier = Buffer.from('{"status":"Ok","result":"héllo ✓"}\n');
         out.text(earlier.toString());
         const start = out.length;
@@ -311,11 +311,11 @@ describe("byte replies equal the string replies", () => {
   });
 });
 
-// ---------------------------------------------------------------- (3) ReplyBuffer
+// ---------------------------------------------------------------- (3) ByteBuffer
 
-describe("ReplyBuffer", () => {
+describe("ByteBuffer", () => {
   test("growing past the initial 64 KiB keeps everything written, through text, constant, byte and range", () => {
-    const out = new ReplyBuffer();
+    const out = new ByteBuffer();
     const initial = out.bytes.length;
     const expected: Buffer[] = [];
     const src = Buffer.from("0123456789abcdefghijklmnopqrstuvwxyz".repeat(10));
@@ -339,7 +339,7 @@ describe("ReplyBuffer", () => {
   });
 
   test("reserve(n) gives room for n more bytes after the current length", () => {
-    const out = new ReplyBuffer();
+    const out = new ByteBuffer();
     out.text("abc");
     out.reserve(200_000);
     expect(out.bytes.length).toBeGreaterThanOrEqual(3 + 200_000);
@@ -347,7 +347,7 @@ describe("ReplyBuffer", () => {
   });
 
   test("takeText(from) returns the bytes from `from` as UTF-8 text and removes them; later writes follow what is left", () => {
-    const out = new ReplyBuffer();
+    const out = new ByteBuffer();
     out.text("first\n");
     const mark = out.length;
     out.text("héllo ✓ 😀\n");
@@ -359,7 +359,7 @@ describe("ReplyBuffer", () => {
   });
 
   test("copy(from) is a real copy: changing or reusing the buffer afterwards does not change it", () => {
-    const out = new ReplyBuffer();
+    const out = new ByteBuffer();
     out.text("hello world");
     const copy = out.copy(6);
     expect(Buffer.from(copy).toString()).toBe("world");
@@ -372,7 +372,7 @@ describe("ReplyBuffer", () => {
   });
 
   test("clear() after a huge batch empties it and lets go of the grown buffer; a moderate one is kept for reuse", () => {
-    const out = new ReplyBuffer();
+    const out = new ByteBuffer();
     const block = Buffer.alloc(64 * 1024, 0x61);
     for (let i = 0; i < 48; i++) out.constant(block); // 3 MiB
     expect(out.bytes.length).toBeGreaterThanOrEqual(3 * 1024 * 1024);
@@ -653,12 +653,12 @@ class FailingLog extends MemoryOnlyLog {
   override readonly unavailableReason = "disk full (test)" as unknown as null;
 }
 
-/** An executor with its store, log and stats, run as the server runs lines: one ReplyBuffer per batch. */
+/** An executor with its store, log and stats, run as the server runs lines: one ByteBuffer per batch. */
 class Harness {
   readonly store: Store;
   readonly stats = new ServerStats();
   readonly executor: Executor;
-  readonly out = new ReplyBuffer();
+  readonly out = new ByteBuffer();
   private readonly req = newPlainRequest();
 
   constructor(

@@ -5,7 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { encodeRecord, JournalFormatError, scanJournal, writeAsciiPutRecord } from "../lib/persistence/journal-format.ts";
-import { ReplyBuffer } from "../lib/reply-buffer.ts";
+import { ByteBuffer } from "../lib/byte-buffer.ts";
 import {
   decodeSnapshot,
   snapshotEntry,
@@ -134,7 +134,7 @@ describe("journal format", () => {
       [9007199254740991, "a{b}c~!", JSON.stringify("with spaces and ' quotes")],
     ];
     for (const [seq, key, value] of cases) {
-      const out = new ReplyBuffer();
+      const out = new ByteBuffer();
       out.text("before|");
       const keyBytes = Buffer.from(`..${key}..`, "latin1");
       const valueBytes = Buffer.from(`#${value}`, "latin1");

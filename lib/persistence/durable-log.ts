@@ -25,7 +25,7 @@ import type { FileHandle } from "node:fs/promises";
 import type { CommitLog, CommitRecord } from "../commit-log.ts";
 import type { Logger } from "../log.ts";
 import { describeError, fsyncDir, stillAtPath, type DataFiles } from "./files.ts";
-import { ReplyBuffer } from "../reply-buffer.ts";
+import { ByteBuffer } from "../byte-buffer.ts";
 import { encodeRecord, writeAsciiPutRecord } from "./journal-format.ts";
 import { acquireLock, holdsLock, releaseLock } from "./lock.ts";
 import { writeSnapshot } from "./snapshot-writer.ts";
@@ -104,7 +104,7 @@ export class DurableLog implements CommitLog {
   private directoryDirty: boolean;
 
   /** Encoded records not yet written (also the rest of a write that stopped part way), as bytes. */
-  private readonly unwritten = new ReplyBuffer();
+  private readonly unwritten = new ByteBuffer();
   private lastAppendedSeq: number;
   private writtenSeq: number;
   private durableSeq: number;

@@ -11,7 +11,7 @@
  * Owns: encoding and decoding of journal lines. Must not: touch files.
  */
 import type { CommitOp, CommitRecord } from "../commit-log.ts";
-import type { ReplyBuffer } from "../reply-buffer.ts";
+import type { ByteBuffer } from "../byte-buffer.ts";
 import { isSeq, singleLine } from "./snapshot-format.ts";
 
 export function encodeRecord(record: CommitRecord): string {
@@ -30,7 +30,7 @@ export function encodeRecord(record: CommitRecord): string {
  * valueEnd) are ASCII needing no escaping (and so hold no line break).
  */
 export function writeAsciiPutRecord(
-  out: ReplyBuffer,
+  out: ByteBuffer,
   seq: number,
   keySrc: Uint8Array,
   keyStart: number,

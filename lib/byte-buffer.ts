@@ -1,12 +1,13 @@
 /**
- * ReplyBuffer: the bytes of one batch of replies, built in place.
+ * ByteBuffer: bytes built in place in one growable buffer.
  *
- * Owns: a growable byte buffer that replies are appended to (as text, as
- * constant byte strings, or as ranges copied from other buffers), reused for
- * every batch so that building replies allocates nothing.
- * The server fills it from one data event, writes it to the socket, and
- * copies out only what the kernel did not take.
- * Must not: know about sockets, commands or the reply shapes (replies.ts).
+ * Owns: appending text (as UTF-8), constant byte strings and ranges copied
+ * from other buffers, and reuse: the same buffer serves batch after batch,
+ * so that building output allocates nothing.
+ * Used for a batch of replies (the server fills it from one data event,
+ * writes it to the socket, and copies out only what the kernel did not take)
+ * and for journal records not yet written (persistence).
+ * Must not: know about sockets, files, commands or reply shapes.
  */
 
 /** Bun's Buffer#utf8Write: encodes in place without allocating (never splits a character). */
@@ -18,9 +19,9 @@ const INITIAL_BYTES = 64 * 1024;
 /** A buffer grown past this for one huge batch is dropped after it, so it does not stay allocated. */
 const KEEP_BYTES = 1024 * 1024;
 
-export class ReplyBuffer {
+export class ByteBuffer {
   bytes: WritableBuffer = allocate(INITIAL_BYTES);
-  /** Bytes in use: the batch so far. Writers may set it back to undo an unfinished reply. */
+  /** Bytes in use. Writers may set it back to undo an unfinished reply. */
   length = 0;
 
   /** Makes room for n more bytes. */
@@ -78,7 +79,7 @@ export class ReplyBuffer {
   dropFront(n: number): void {
     if (n === 0) return;
     if (n < this.length) this.bytes.copyWithin(0, n, this.length);
-    this.length -= Math.min(n, this.length);
+    this.length -= n;
     if (this.length === 0) this.clear();
   }
 
