@@ -4,7 +4,7 @@
  * Prints the median ratio txkv/Redis per cell, txkv against the fastest
  * possible Bun server on this framing, and bytes per key for 1,000,000 keys.
  *
- *   bun run bench/compare.ts [--secs 3] [--rounds 3] [--pairing in-memory] [--skip-memory]
+ *   bun run bench/compare.ts [--secs 3] [--rounds 3] [--pairing in-memory] [--workload PUT] [--skip-memory]
  *
  * Needs cargo (to build kvload) and redis-server (apt-get install redis-server).
  * Not a test: nothing here asserts a time.
@@ -27,6 +27,8 @@ const { values: opts } = parseArgs({
     "skip-memory": { type: "boolean", default: false },
     /** Run only the pairings whose name contains this text (e.g. "in-memory"). */
     pairing: { type: "string", default: "" },
+    /** Run only the workloads whose name contains this text (e.g. "PUT", "transactions"). */
+    workload: { type: "string", default: "" },
   },
 });
 const SECS = Number(opts.secs);
@@ -145,7 +147,7 @@ async function main() {
     const redis = await startRedis(pairing.redis, dir);
     kvload(bin, "kv", txkv.port, ["--workload", "get"], true, 0.2);
     kvload(bin, "resp", redis.port, ["--workload", "get"], true, 0.2);
-    for (const workload of WORKLOADS) {
+    for (const workload of WORKLOADS.filter((w) => w.name.includes(opts.workload!))) {
       const ratios: number[] = [];
       const t: number[] = [];
       const r: number[] = [];

@@ -68,13 +68,6 @@ export class ByteBuffer {
     return Uint8Array.prototype.slice.call(this.bytes, from, this.length);
   }
 
-  /** The bytes from `from` to the end as text (they must be whole UTF-8), removed from the buffer. */
-  takeText(from: number): string {
-    const text = this.bytes.toString("utf8", from, this.length);
-    this.length = from;
-    return text;
-  }
-
   /** Removes the first n bytes (written out), moving the rest to the front. */
   dropFront(n: number): void {
     if (n === 0) return;

@@ -45,9 +45,9 @@ export interface ServerOptions {
 /** A TLS connection that never completes its handshake after being refused (BUSY) is dropped after this. */
 const REFUSED_HANDSHAKE_GRACE_MS = 5000;
 
-/** A reply that cannot leave yet: text null until an async reply resolves; seq > durableSeq until fsynced. */
+/** A reply that cannot leave yet, as bytes: null until an async reply resolves; seq > durableSeq until fsynced. */
 interface HeldReply {
-  text: string | null;
+  bytes: Uint8Array | null;
   seq: number;
 }
 
@@ -394,14 +394,19 @@ export class TxkvServer {
     session.waitSeq = 0;
     const reply = this.executor.execute(cmd, session);
     if (session.quitting) conn.closing = true;
-    if (typeof reply === "string") return this.holdIfMustWait(socket, conn, reply);
-    const held: HeldReply = { text: null, seq: 0 };
+    if (typeof reply === "string") {
+      const seq = this.replyWaitSeq(conn);
+      if (seq === 0 && conn.held.length === 0) return reply;
+      this.hold(socket, conn, Buffer.from(reply), seq);
+      return "";
+    }
+    const held: HeldReply = { bytes: null, seq: 0 };
     conn.held.push(held);
     conn.awaitingReply = true;
     socket.pause();
     reply.then((text) => {
-      held.text = text;
-      conn.heldBytes += text.length;
+      held.bytes = Buffer.from(text);
+      conn.heldBytes += held.bytes.length;
       conn.awaitingReply = false;
       this.releaseHeld(socket, conn);
       if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
@@ -421,24 +426,25 @@ export class TxkvServer {
     session.waitSeq = 0;
     const mark = out.length;
     if (!this.executor.executePlain(this.plain, src, session, out)) return false;
-    if (session.waitSeq > this.durableSeq || conn.held.length !== 0) {
-      this.holdIfMustWait(socket, conn, out.takeText(mark));
+    const seq = this.replyWaitSeq(conn);
+    if (seq !== 0 || conn.held.length !== 0) {
+      this.hold(socket, conn, out.copy(mark), seq);
+      out.length = mark;
     }
     return true;
   }
 
-  /**
-   * A synchronous reply goes out now (returned) unless it waits for an fsync
-   * (session.waitSeq) or queues behind held replies: then it is held and ""
-   * is returned.
-   */
-  private holdIfMustWait(socket: Socket<SocketData>, conn: Connection, reply: string): string {
-    const seq = conn.session.waitSeq > this.durableSeq ? conn.session.waitSeq : 0;
-    if (seq === 0 && conn.held.length === 0) return reply;
-    conn.held.push({ text: reply, seq });
-    conn.heldBytes += reply.length;
+  /** The commit seq the reply just produced must wait for before it leaves (--fsync always), or 0. */
+  private replyWaitSeq(conn: Connection): number {
+    const seq = conn.session.waitSeq;
+    return seq > this.durableSeq ? seq : 0;
+  }
+
+  /** Holds a reply that waits for an fsync (seq) or queues behind held replies (seq 0). */
+  private hold(socket: Socket<SocketData>, conn: Connection, bytes: Uint8Array, seq: number): void {
+    conn.held.push({ bytes, seq });
+    conn.heldBytes += bytes.length;
     if (seq !== 0) this.waitingForDurability.add(socket);
-    return "";
   }
 
   private onDurable(seq: number): void {
@@ -453,27 +459,28 @@ export class TxkvServer {
   /** Sends the held replies that are ready, in order, up to the first that is not. */
   private releaseHeld(socket: Socket<SocketData>, conn: Connection): void {
     if (conn.closed) return;
-    let out = "";
     let released = 0;
     for (const held of conn.held) {
-      if (held.text === null || held.seq > this.durableSeq) break;
-      out += held.text;
-      conn.heldBytes -= held.text.length;
+      if (held.bytes === null || held.seq > this.durableSeq) break;
+      conn.heldBytes -= held.bytes.length;
       released++;
     }
     if (released === 0) return;
-    conn.held.splice(0, released);
+    const ready = conn.held.splice(0, released).map((held) => held.bytes!);
     if (!conn.held.some((held) => held.seq > this.durableSeq)) this.waitingForDurability.delete(socket);
-    this.send(socket, conn, out);
+    this.sendBytes(socket, conn, ready.length === 1 ? ready[0]! : Buffer.concat(ready));
     if (conn.readPaused) this.resumeIfDrained(socket, conn);
     else if (conn.closing) this.closeWhenFlushed(socket, conn);
   }
 
   /** Writes text now, or queues what the kernel does not take; order is kept. */
   private send(socket: Socket<SocketData>, conn: Connection, text: string): void {
-    if (text === "" || conn.closed) return;
-    // Encoding once here gives the exact byte count for a short write (and Bun writes bytes faster than strings).
-    const bytes = Buffer.from(text);
+    if (text !== "") this.sendBytes(socket, conn, Buffer.from(text));
+  }
+
+  /** Writes bytes (which the server owns: nothing else reuses them) now, or queues what the kernel does not take. */
+  private sendBytes(socket: Socket<SocketData>, conn: Connection, bytes: Uint8Array): void {
+    if (bytes.length === 0 || conn.closed) return;
     if (conn.queue.length !== 0) {
       this.enqueue(conn, bytes);
       return;
@@ -497,9 +504,10 @@ export class TxkvServer {
       this.sendReplies(socket, conn, out);
       return;
     }
-    const text = out.takeText(0);
-    conn.held.unshift({ text, seq: 0 });
-    conn.heldBytes += text.length;
+    const bytes = out.copy(0);
+    out.length = 0;
+    conn.held.unshift({ bytes, seq: 0 });
+    conn.heldBytes += bytes.length;
   }
 
   /** Writes the batch in out now, or queues a copy of what the kernel does not take (out is reused). */

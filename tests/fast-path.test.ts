@@ -10,7 +10,7 @@
  *     escaping, and then means what parseCommand means; plus specific lines;
  * (2) the byte replies (stringEntry, entryHead/entryTail, notFoundBytes) are
  *     byte for byte the string replies (okEntry, notFound);
- * (3) ByteBuffer: growth, takeText, copy, clear;
+ * (3) ByteBuffer: growth, UTF-8 text, undoing by length, dropFront, copy, clear;
  * (4) CompactMap byte access (findAscii, valueByteLength, copyAsciiValue)
  *     against get/has through growth, deletes and compaction;
  * (5) LineFramer.nextLine/lineText: positions, CR, blank lines, invalid
@@ -346,16 +346,20 @@ describe("ByteBuffer", () => {
     expect(out.bytes.toString("latin1", 0, 3)).toBe("abc");
   });
 
-  test("takeText(from) returns the bytes from `from` as UTF-8 text and removes them; later writes follow what is left", () => {
+  test("text() appends UTF-8; setting length back undoes what came after; dropFront keeps the rest in order", () => {
     const out = new ByteBuffer();
     out.text("first\n");
     const mark = out.length;
     out.text("héllo ✓ 😀\n");
     out.constant(Buffer.from("tail\n"));
-    expect(out.takeText(mark)).toBe("héllo ✓ 😀\ntail\n");
-    expect(out.length).toBe(mark);
+    expect(out.bytes.toString("utf8", mark, out.length)).toBe("héllo ✓ 😀\ntail\n");
+    out.length = mark;
     out.text("next\n");
     expect(out.bytes.toString("utf8", 0, out.length)).toBe("first\nnext\n");
+    out.dropFront(6);
+    expect(out.bytes.toString("utf8", 0, out.length)).toBe("next\n");
+    out.dropFront(out.length);
+    expect(out.length).toBe(0);
   });
 
   test("copy(from) is a real copy: changing or reusing the buffer afterwards does not change it", () => {
