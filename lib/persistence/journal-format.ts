@@ -12,6 +12,7 @@
  */
 import type { CommitOp, CommitRecord } from "../commit-log.ts";
 import type { ByteBuffer } from "../byte-buffer.ts";
+import { jsonString } from "../text.ts";
 import { isSeq, singleLine } from "./snapshot-format.ts";
 
 export function encodeRecord(record: CommitRecord): string {
@@ -19,7 +20,7 @@ export function encodeRecord(record: CommitRecord): string {
   for (let i = 0; i < record.ops.length; i++) {
     const [key, value] = record.ops[i]!;
     if (i > 0) line += ",";
-    line += value === null ? `[${JSON.stringify(key)}]` : `[${JSON.stringify(key)},${singleLine(value)}]`;
+    line += value === null ? `[${jsonString(key)}]` : `[${jsonString(key)},${singleLine(value)}]`;
   }
   return line + "]}\n";
 }
