@@ -4,8 +4,10 @@
  * and give the garbage collector nothing to trace.
  *
  * Owns: the byte layout of entries, hashing and probing, growth and
- * compaction, iteration that tolerates changes between steps, and a small
- * cache of recently used values as strings.
+ * compaction, iteration that tolerates changes between steps, a small
+ * cache of recently used values as strings, and byte access for the
+ * server's fast path (find an ASCII key given as bytes, copy an ASCII value
+ * out, set a key and value given as bytes) that never makes a string.
  * Must not: know about JSON, watches, commits or anything above a plain map.
  *
  * Layout

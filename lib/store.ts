@@ -10,7 +10,9 @@
  * (as Redis WATCH does). Nothing is kept for conflict checks beyond the open
  * transactions' own watches, which are dropped when they end.
  * The data lives in a CompactMap (bytes in typed arrays, not JS strings): a
- * million keys cost tens of bytes each instead of hundreds (issue 6).
+ * million keys cost tens of bytes each instead of hundreds (issue 6). The
+ * fast path reads and writes it by bytes (findAscii, putAscii); a key becomes
+ * a string only when a transaction watches something.
  * Must not: know about sockets, replies, sessions or the disk.
  */
 import type { CommitOp, EncodedValue } from "./commit-log.ts";
