@@ -6,6 +6,7 @@
  * in `lib/persistence/`; the executor only ever sees this interface.
  * Must not: touch sockets or the disk.
  */
+import type { AsciiEntry } from "./compact-map.ts";
 import { latin1Text } from "./text.ts";
 
 /** A stored value: the JSON text of the value (already encoded once, at write time). */
@@ -36,18 +37,9 @@ export interface CommitLog {
   append(record: CommitRecord): number;
   /**
    * append() of an auto-committed PUT given as bytes (the server's fast
-   * path): keySrc[keyStart, keyEnd) is the key and valueSrc[valueStart,
-   * valueEnd) the encoded value, both ASCII needing no JSON escaping.
+   * path): a key and an encoded value that need no JSON escaping.
    */
-  appendAsciiPut(
-    seq: number,
-    keySrc: Uint8Array,
-    keyStart: number,
-    keyEnd: number,
-    valueSrc: Uint8Array,
-    valueStart: number,
-    valueEnd: number,
-  ): number;
+  appendAsciiPut(seq: number, entry: AsciiEntry): number;
   /** The server subscribes here: called with the highest seq now durable. */
   onDurable: ((durableSeq: number) => void) | null;
   /** SAVE: compact now; resolves when the snapshot is durable. Rejects with the reason on failure. */
@@ -59,16 +51,9 @@ export interface CommitLog {
 }
 
 /** The CommitRecord of an appendAsciiPut() call, for logs that work with records. */
-export function asciiPutRecord(
-  seq: number,
-  keySrc: Uint8Array,
-  keyStart: number,
-  keyEnd: number,
-  valueSrc: Uint8Array,
-  valueStart: number,
-  valueEnd: number,
-): CommitRecord {
-  return { seq, ops: [[latin1Text(keySrc, keyStart, keyEnd), latin1Text(valueSrc, valueStart, valueEnd)]] };
+export function asciiPutRecord(seq: number, entry: AsciiEntry): CommitRecord {
+  const key = latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd);
+  return { seq, ops: [[key, latin1Text(entry.valueSrc, entry.valueStart, entry.valueEnd)]] };
 }
 
 /** `--in-memory`: nothing is written, every reply may leave at once. */
@@ -80,16 +65,8 @@ export class MemoryOnlyLog implements CommitLog {
     return 0;
   }
   /** Through append(), so that a subclass recording append() sees these too. */
-  appendAsciiPut(
-    seq: number,
-    keySrc: Uint8Array,
-    keyStart: number,
-    keyEnd: number,
-    valueSrc: Uint8Array,
-    valueStart: number,
-    valueEnd: number,
-  ): number {
-    return this.append(asciiPutRecord(seq, keySrc, keyStart, keyEnd, valueSrc, valueStart, valueEnd));
+  appendAsciiPut(seq: number, entry: AsciiEntry): number {
+    return this.append(asciiPutRecord(seq, entry));
   }
   save(): Promise<void> {
     return Promise.reject(new Error("persistence is off (--in-memory): nothing to save"));

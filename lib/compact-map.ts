@@ -87,6 +87,21 @@ function hashBytes(bytes: Uint8Array, start: number, end: number): number {
   return h ^ (h >>> 16);
 }
 
+/**
+ * An entry given as bytes, for the fast path: the key is
+ * keySrc[keyStart, keyEnd) and the value valueSrc[valueStart, valueEnd), both
+ * ASCII (every byte below 0x80, so each byte is one code unit). The fast path
+ * fills one such object and passes it down through the store and the journal.
+ */
+export interface AsciiEntry {
+  keySrc: Uint8Array;
+  keyStart: number;
+  keyEnd: number;
+  valueSrc: Uint8Array;
+  valueStart: number;
+  valueEnd: number;
+}
+
 /** 1 when text needs two bytes per code unit, else 0. */
 function wideFlag(text: string): number {
   let all = 0;
@@ -219,25 +234,15 @@ export class CompactMap {
     return true;
   }
 
-  /**
-   * set() for a key and a value given as ASCII bytes (every byte below 0x80),
-   * keySrc[keyStart, keyEnd) and valueSrc[valueStart, valueEnd): the fast
-   * path stores a PUT without making strings. Returns true when the key is new.
-   */
-  setAscii(
-    keySrc: Uint8Array,
-    keyStart: number,
-    keyEnd: number,
-    valueSrc: Uint8Array,
-    valueStart: number,
-    valueEnd: number,
-  ): boolean {
+  /** set() for an entry given as ASCII bytes: the fast path stores a PUT without making strings. Returns true when the key is new. */
+  setAscii(entry: AsciiEntry): boolean {
+    const { keySrc, keyStart, keyEnd, valueSrc, valueStart, valueEnd } = entry;
     const hash = hashBytes(keySrc, keyStart, keyEnd);
     const slot = this.probeBytes(keySrc, keyStart, keyEnd, hash);
-    const entry = this.index[slot << 1]!;
+    const found = this.index[slot << 1]!;
     const valueLength = valueEnd - valueStart;
-    if (entry !== 0) {
-      this.forget(this.words[entry - 1 + ID]!);
+    if (found !== 0) {
+      this.forget(this.words[found - 1 + ID]!);
       const at = this.prepareValue(slot, valueLength, 0); // may compact or grow the arena: read this.bytes after
       copyBytes(valueSrc, valueStart, valueEnd, this.bytes, at);
       return false;

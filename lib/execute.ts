@@ -13,6 +13,7 @@
  */
 import { timingSafeEqual, createHash } from "node:crypto";
 import type { CommitLog, EncodedValue } from "./commit-log.ts";
+import type { AsciiEntry } from "./compact-map.ts";
 import { COMMAND_HELP, type Command, type Invalid, type PlainRequest } from "./commands.ts";
 import type { ByteBuffer } from "./byte-buffer.ts";
 import {
@@ -47,9 +48,19 @@ export interface ExecutorOptions {
 }
 
 const HELP_REPLY = okJson(JSON.stringify(COMMAND_HELP));
+const EMPTY_BYTES = new Uint8Array(0);
 
 export class Executor {
   private readonly passwordDigest: Buffer | null;
+  /** The fast path's PUT as bytes, reused (see putPlain). */
+  private readonly plainEntry: AsciiEntry = {
+    keySrc: EMPTY_BYTES,
+    keyStart: 0,
+    keyEnd: 0,
+    valueSrc: EMPTY_BYTES,
+    valueStart: 0,
+    valueEnd: 0,
+  };
 
   constructor(
     readonly store: Store,
@@ -153,14 +164,17 @@ export class Executor {
   private putPlain(req: PlainRequest, src: Uint8Array, session: Session, out: ByteBuffer): boolean {
     if (this.commitLog.unavailableReason !== null) return false;
     this.stats.countCommand("PUT");
-    const { keyStart, keyEnd } = req;
-    // The reply holds the value's JSON text ("..."): the store copies it from there.
-    const valueAt = stringEntry(out, src, keyStart, keyEnd, req.valueStart, req.valueEnd);
-    const valueEnd = valueAt + 2 + req.valueEnd - req.valueStart;
-    const seq = this.store.putAscii(src, keyStart, keyEnd, out.bytes, valueAt, valueEnd);
-    if (this.commitLog.enabled) {
-      session.waitSeq = this.commitLog.appendAsciiPut(seq, src, keyStart, keyEnd, out.bytes, valueAt, valueEnd);
-    }
+    const valueAt = stringEntry(out, src, req.keyStart, req.keyEnd, req.valueStart, req.valueEnd);
+    // The key is in the request; the value's JSON text ("...") is in the reply just built.
+    const entry = this.plainEntry;
+    entry.keySrc = src;
+    entry.keyStart = req.keyStart;
+    entry.keyEnd = req.keyEnd;
+    entry.valueSrc = out.bytes;
+    entry.valueStart = valueAt;
+    entry.valueEnd = valueAt + 2 + req.valueEnd - req.valueStart;
+    const seq = this.store.putAscii(entry);
+    if (this.commitLog.enabled) session.waitSeq = this.commitLog.appendAsciiPut(seq, entry);
     return true;
   }
 

@@ -16,7 +16,7 @@
  * Must not: know about sockets, replies, sessions or the disk.
  */
 import type { CommitOp, EncodedValue } from "./commit-log.ts";
-import { CompactMap } from "./compact-map.ts";
+import { CompactMap, type AsciiEntry } from "./compact-map.ts";
 import { latin1Text } from "./text.ts";
 
 /** Something that can be marked conflicted: an open transaction. */
@@ -90,22 +90,12 @@ export class Store {
     return ++this.seq;
   }
 
-  /**
-   * put() for a key and an encoded value given as ASCII bytes (the fast
-   * path; see CompactMap.setAscii). Returns the commit's seq.
-   */
-  putAscii(
-    keySrc: Uint8Array,
-    keyStart: number,
-    keyEnd: number,
-    valueSrc: Uint8Array,
-    valueStart: number,
-    valueEnd: number,
-  ): number {
-    const created = this.data.setAscii(keySrc, keyStart, keyEnd, valueSrc, valueStart, valueEnd);
+  /** put() for a key and an encoded value given as ASCII bytes (the fast path). Returns the commit's seq. */
+  putAscii(entry: AsciiEntry): number {
+    const created = this.data.setAscii(entry);
     // The key is made a string only when a transaction watches something.
     if (this.keyWatchers.size !== 0 || (created && this.prefixWatchers.size !== 0)) {
-      this.changed(latin1Text(keySrc, keyStart, keyEnd), created, null);
+      this.changed(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd), created, null);
     }
     return ++this.seq;
   }

@@ -7,16 +7,7 @@
 import { describe, expect, test } from "bun:test";
 import { CompactMap } from "../lib/compact-map.ts";
 import { Store } from "../lib/store.ts";
-
-/** mulberry32: a small seeded generator, so a failing sequence can be replayed. */
-function random(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from "./helpers.ts";
 
 const PIECES = ["a", "key:", "Z9", "é", "ÿ", "日本", "€", "😀", "\ud800", "\udfff", " ", "\u0000", "\n", '"', "\\", "x".repeat(300)];
 
@@ -46,7 +37,7 @@ function expectSameContents(map: CompactMap, model: Map<string, string>): void {
 describe("CompactMap against a Map", () => {
   test("random set/delete/get/has/size sequences agree with the model", () => {
     for (const seed of [1, 2, 3, 4, 5, 6]) {
-      const next = random(seed);
+      const next = seededRandom(seed);
       const map = new CompactMap();
       const model = new Map<string, string>();
       // Small key pools force overwrites and deletes of present keys; larger ones force growth.
@@ -171,7 +162,7 @@ describe("CompactMap against a Map", () => {
 describe("CompactMap iteration while the map changes", () => {
   test("an entry present throughout is visited exactly once, with a value it had meanwhile", () => {
     for (const seed of [11, 12, 13]) {
-      const next = random(seed);
+      const next = seededRandom(seed);
       const map = new CompactMap();
       const stable = Array.from({ length: 2000 }, (_, i) => `stable:${i}`);
       const valuesHad = new Map<string, Set<string>>();
@@ -220,7 +211,7 @@ describe("CompactMap iteration while the map changes", () => {
 
 describe("CompactMap.keysWithPrefix", () => {
   test("matches String.startsWith for every stored key, including non-ASCII prefixes", () => {
-    const next = random(99);
+    const next = seededRandom(99);
     const map = new CompactMap();
     const model = new Map<string, string>();
     for (let i = 0; i < 3000; i++) {

@@ -44,7 +44,7 @@ import { entryHead, entryTail, notFound, notFoundBytes, okEntry, stringEntry } f
 import { Session } from "../lib/session.ts";
 import { ServerStats } from "../lib/stats.ts";
 import { Store } from "../lib/store.ts";
-import { LineClient, startInProcess, tempDir, type Reply } from "./helpers.ts";
+import { concat, LineClient, seededRandom, splitAt, startInProcess, tempDir, type Reply } from "./helpers.ts";
 
 const RUNS = Math.max(1, Number(process.env.TXKV_FUZZ_RUNS ?? 100) || 100);
 const TEST_TIMEOUT_MS = 30_000 + RUNS * 20;
@@ -57,27 +57,6 @@ const SAFE_SET = new Set(SAFE_CHARS);
 
 const latin1 = (bytes: Uint8Array, start: number, end: number): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("latin1", start, end);
 const needsNoEscape = (text: string): boolean => [...text].every((c) => SAFE_SET.has(c));
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-function splitAt(bytes: Uint8Array, cuts: number[]): Uint8Array[] {
-  const points = [...new Set(cuts.map((c) => (bytes.length === 0 ? 0 : c % (bytes.length + 1))))].sort((a, b) => a - b);
-  const chunks: Uint8Array[] = [];
-  let start = 0;
-  for (const p of [...points, bytes.length]) {
-    chunks.push(bytes.slice(start, p));
-    start = p;
-  }
-  return chunks;
-}
 
 /**
  * The oracle for parsePlainRequest, from parseCommand alone: a plain-form (not
@@ -396,16 +375,6 @@ describe("ByteBuffer", () => {
 
 // ---------------------------------------------------------------- (4) CompactMap byte access
 
-/** mulberry32: a small seeded generator, so a failing sequence can be replayed. */
-function random(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** findAscii with the key's bytes in the middle of other bytes. */
 function findAscii(map: CompactMap, key: string): number {
   const src = Buffer.from("~~k" + key + "~~", "latin1");
@@ -431,7 +400,7 @@ describe("CompactMap byte access", () => {
   test("findAscii agrees with has/get for present and absent keys through overwrites, deletes, growth and compaction", () => {
     const VALUE_PIECES = ["v", "plain value ", '"q"', "é", "ÿ", "✓", "😀", "x".repeat(200), "", "{\"a\":[1,2]}"];
     for (const seed of [11, 12, 13]) {
-      const next = random(seed);
+      const next = seededRandom(seed);
       const map = new CompactMap();
       const model = new Map<string, string>();
       const asciiKeys = Array.from({ length: 300 }, (_, i) => (i % 5 === 0 ? `key:${i}` : i % 7 === 0 ? "x".repeat(i) : `k${i}`));

@@ -20,7 +20,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { commandFromFrame } from "../lib/commands.ts";
 import { INVALID_UTF8, LineFramer, TOO_LARGE, type Frame } from "../lib/framing.ts";
-import { LineClient, spawnServer, type Reply, type ServerProcess } from "./helpers.ts";
+import { concat, LineClient, spawnServer, splitAt, type Reply, type ServerProcess } from "./helpers.ts";
 
 const RUNS = Math.max(1, Number(process.env.TXKV_FUZZ_RUNS ?? 100) || 100);
 /** Long runs need room: about 20 ms per live run is plenty. */
@@ -90,27 +90,6 @@ const requestLines = fc.array(
 );
 
 // ---------------------------------------------------------------- helpers
-
-function splitAt(bytes: Uint8Array, cuts: number[]): Uint8Array[] {
-  const points = [...new Set(cuts.map((c) => (bytes.length === 0 ? 0 : c % (bytes.length + 1))))].sort((a, b) => a - b);
-  const chunks: Uint8Array[] = [];
-  let start = 0;
-  for (const p of [...points, bytes.length]) {
-    chunks.push(bytes.slice(start, p));
-    start = p;
-  }
-  return chunks;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 /** Frames a whole stream as the server does at end of input (complete lines, then the partial). */
 function frameAll(chunks: Uint8Array[], maxRequestBytes: number): Frame[] {

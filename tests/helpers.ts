@@ -288,3 +288,36 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs 
     await Bun.sleep(5);
   }
 }
+
+/** The bytes of parts, one after the other. */
+export function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** bytes cut into chunks at the given positions (taken modulo the length, deduplicated, in order). */
+export function splitAt(bytes: Uint8Array, cuts: number[]): Uint8Array[] {
+  const points = [...new Set(cuts.map((c) => (bytes.length === 0 ? 0 : c % (bytes.length + 1))))].sort((a, b) => a - b);
+  const chunks: Uint8Array[] = [];
+  let start = 0;
+  for (const p of [...points, bytes.length]) {
+    chunks.push(bytes.slice(start, p));
+    start = p;
+  }
+  return chunks;
+}
+
+/** mulberry32: a small seeded generator, so a failing sequence can be replayed. */
+export function seededRandom(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

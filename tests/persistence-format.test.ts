@@ -138,7 +138,8 @@ describe("journal format", () => {
       out.text("before|");
       const keyBytes = Buffer.from(`..${key}..`, "latin1");
       const valueBytes = Buffer.from(`#${value}`, "latin1");
-      writeAsciiPutRecord(out, seq, keyBytes, 2, 2 + key.length, valueBytes, 1, 1 + value.length);
+      const entry = { keySrc: keyBytes, keyStart: 2, keyEnd: 2 + key.length, valueSrc: valueBytes, valueStart: 1, valueEnd: 1 + value.length };
+      writeAsciiPutRecord(out, seq, entry);
       expect(out.bytes.toString("utf8", 0, out.length)).toBe("before|" + encodeRecord({ seq, ops: [[key, value]] }));
     }
   });

@@ -23,6 +23,7 @@
 import fs from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import type { CommitLog, CommitRecord } from "../commit-log.ts";
+import type { AsciiEntry } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
 import { describeError, fsyncDir, stillAtPath, type DataFiles } from "./files.ts";
 import { ByteBuffer } from "../byte-buffer.ts";
@@ -174,16 +175,8 @@ export class DurableLog implements CommitLog {
     return this.appended(record.seq);
   }
 
-  appendAsciiPut(
-    seq: number,
-    keySrc: Uint8Array,
-    keyStart: number,
-    keyEnd: number,
-    valueSrc: Uint8Array,
-    valueStart: number,
-    valueEnd: number,
-  ): number {
-    writeAsciiPutRecord(this.unwritten, seq, keySrc, keyStart, keyEnd, valueSrc, valueStart, valueEnd);
+  appendAsciiPut(seq: number, entry: AsciiEntry): number {
+    writeAsciiPutRecord(this.unwritten, seq, entry);
     return this.appended(seq);
   }
 

@@ -12,6 +12,7 @@
  */
 import type { CommitOp, CommitRecord } from "../commit-log.ts";
 import type { ByteBuffer } from "../byte-buffer.ts";
+import type { AsciiEntry } from "../compact-map.ts";
 import { jsonString } from "../text.ts";
 import { isSeq, singleLine } from "./snapshot-format.ts";
 
@@ -26,24 +27,14 @@ export function encodeRecord(record: CommitRecord): string {
 }
 
 /**
- * encodeRecord() of a one-put record, written as bytes into out: the key
- * keySrc[keyStart, keyEnd) and the encoded value valueSrc[valueStart,
- * valueEnd) are ASCII needing no escaping (and so hold no line break).
+ * encodeRecord() of a one-put record, written as bytes into out: the key and
+ * the encoded value are ASCII needing no escaping (and so hold no line break).
  */
-export function writeAsciiPutRecord(
-  out: ByteBuffer,
-  seq: number,
-  keySrc: Uint8Array,
-  keyStart: number,
-  keyEnd: number,
-  valueSrc: Uint8Array,
-  valueStart: number,
-  valueEnd: number,
-): void {
+export function writeAsciiPutRecord(out: ByteBuffer, seq: number, entry: AsciiEntry): void {
   out.text(`{"seq":${seq},"ops":[["`);
-  out.range(keySrc, keyStart, keyEnd);
+  out.range(entry.keySrc, entry.keyStart, entry.keyEnd);
   out.constant(KEY_END);
-  out.range(valueSrc, valueStart, valueEnd);
+  out.range(entry.valueSrc, entry.valueStart, entry.valueEnd);
   out.constant(RECORD_END);
 }
 const KEY_END = Buffer.from('",', "latin1");
