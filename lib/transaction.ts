@@ -6,7 +6,9 @@
  * nested level into its parent on COMMIT; the final list of changes. The
  * `conflicted` flag is set by the store's watches. A session keeps its
  * Transaction and `reset()`s it for the next START, so the object, its
- * watch list and its levels are reused rather than allocated per transaction.
+ * watch list and its levels are reused rather than allocated per transaction,
+ * and a level's first write is kept in two fields: a Map is made only for a
+ * level that writes a second key (most transactions write one).
  * Must not: touch the store (the executor decides what is read from it and
  * when to watch), build replies, or know about sockets.
  */
@@ -18,7 +20,10 @@ export const DELETED = Symbol("DELETED");
 export type Write = EncodedValue | typeof DELETED;
 
 interface Level {
-  /** Created on the first write: most levels of a read-only transaction stay empty. */
+  /** The level's only write so far (null: none, or `writes` holds them all). */
+  firstKey: string | null;
+  firstValue: Write;
+  /** Every write of the level, once it wrote a second key; else null. */
   writes: Map<string, Write> | null;
   /** UTF-8 bytes of this level's PUT/DEL request lines. */
   bytes: number;
@@ -26,7 +31,7 @@ interface Level {
 }
 
 function newLevel(): Level {
-  return { writes: null, bytes: 0, failed: false };
+  return { firstKey: null, firstValue: DELETED, writes: null, bytes: 0, failed: false };
 }
 
 export class Transaction implements Watcher {
@@ -63,8 +68,7 @@ export class Transaction implements Watcher {
   begin(): void {
     if (this.levelCount === this.levels.length) this.levels.push(newLevel());
     const level = this.levels[this.levelCount++]!;
-    // A new map on the first write is cheaper than clearing the old one.
-    level.writes = null;
+    clearWrites(level);
     level.bytes = 0;
     level.failed = false;
   }
@@ -75,14 +79,16 @@ export class Transaction implements Watcher {
 
   /** True when some level has buffered a write. */
   get hasWrites(): boolean {
-    for (let i = 0; i < this.levelCount; i++) if (this.levels[i]!.writes !== null) return true;
+    for (let i = 0; i < this.levelCount; i++) if (levelHasWrites(this.levels[i]!)) return true;
     return false;
   }
 
   /** This transaction's own latest write of key: a value, DELETED, or undefined when it never wrote it. */
   ownWrite(key: string): Write | undefined {
     for (let i = this.levelCount - 1; i >= 0; i--) {
-      const write = this.levels[i]!.writes?.get(key);
+      const level = this.levels[i]!;
+      if (level.firstKey === key) return level.firstValue;
+      const write = level.writes?.get(key);
       if (write !== undefined) return write;
     }
     return undefined;
@@ -91,7 +97,7 @@ export class Transaction implements Watcher {
   /** Buffers a PUT (value) or DEL (DELETED) in the innermost level, charging its request bytes. */
   write(key: string, value: Write, requestBytes: number): void {
     const level = this.innermost();
-    (level.writes ??= new Map()).set(key, value);
+    addWrite(level, key, value);
     level.bytes += requestBytes;
     this.totalBytes += requestBytes;
   }
@@ -106,11 +112,8 @@ export class Transaction implements Watcher {
   commitNested(): void {
     const child = this.levels[--this.levelCount]!;
     const parent = this.innermost();
-    if (child.writes !== null) {
-      if (parent.writes === null) parent.writes = child.writes;
-      else for (const [key, value] of child.writes) parent.writes.set(key, value);
-      child.writes = null;
-    }
+    for (const [key, value] of writesOf(child)) addWrite(parent, key, value);
+    clearWrites(child);
     parent.bytes += child.bytes;
   }
 
@@ -123,9 +126,10 @@ export class Transaction implements Watcher {
 
   /** The outermost level's changes as commit ops (call at the outermost COMMIT). */
   changes(): CommitOp[] {
+    const level = this.levels[0]!;
+    if (level.firstKey !== null) return [[level.firstKey, commitValue(level.firstValue)]];
     const ops: CommitOp[] = [];
-    const writes = this.levels[0]!.writes;
-    if (writes !== null) for (const [key, value] of writes) ops.push([key, value === DELETED ? null : value]);
+    if (level.writes !== null) for (const [key, value] of level.writes) ops.push([key, commitValue(value)]);
     return ops;
   }
 
@@ -134,9 +138,7 @@ export class Transaction implements Watcher {
     if (!this.hasWrites) return storeKeys;
     const keys = new Set(storeKeys);
     for (let i = 0; i < this.levelCount; i++) {
-      const writes = this.levels[i]!.writes;
-      if (writes === null) continue;
-      for (const [key, value] of writes) {
+      for (const [key, value] of writesOf(this.levels[i]!)) {
         if (!key.startsWith(prefix)) continue;
         if (value === DELETED) keys.delete(key);
         else keys.add(key);
@@ -148,4 +150,37 @@ export class Transaction implements Watcher {
   private innermost(): Level {
     return this.levels[this.levelCount - 1]!;
   }
+}
+
+function levelHasWrites(level: Level): boolean {
+  return level.firstKey !== null || level.writes !== null;
+}
+
+/** Records key's latest write in level: in the first-write fields until a second key needs a Map. */
+function addWrite(level: Level, key: string, value: Write): void {
+  if (level.writes !== null) {
+    level.writes.set(key, value);
+  } else if (level.firstKey === null || level.firstKey === key) {
+    level.firstKey = key;
+    level.firstValue = value;
+  } else {
+    level.writes = new Map<string, Write>([[level.firstKey, level.firstValue], [key, value]]);
+    level.firstKey = null;
+  }
+}
+
+function clearWrites(level: Level): void {
+  level.firstKey = null;
+  level.firstValue = DELETED;
+  level.writes = null;
+}
+
+/** The level's writes in the order they were first made (not for the hot path: it may allocate). */
+function writesOf(level: Level): Iterable<[string, Write]> {
+  if (level.firstKey !== null) return [[level.firstKey, level.firstValue]];
+  return level.writes ?? [];
+}
+
+function commitValue(value: Write): EncodedValue | null {
+  return value === DELETED ? null : value;
 }

@@ -128,6 +128,41 @@ describe("transactions", () => {
     ]);
   });
 
+  test("a level's writes, one key or several, rewritten, deleted and merged across levels in every combination, read back and commit their latest values", () => {
+    const log = new RecordingLog();
+    const a = setup({ log }).session();
+    a("START");
+    a("PUT k 1");
+    a("PUT k 2"); // the same key again: still one write
+    expect(a("GET k")).toEqual(ok({ key: "k", value: "2" }));
+    a("START"); // a one-write level merged into a one-write parent with another key
+    a("PUT j 1");
+    a("COMMIT");
+    expect(a("GET j")).toEqual(ok({ key: "j", value: "1" }));
+    a("START"); // a several-write level merged into a several-write parent, overwriting and deleting
+    a("PUT k 3");
+    a("DEL j");
+    a("PUT m 1");
+    expect(a("GET j").code).toBe("NOT_FOUND");
+    a("COMMIT");
+    a("START"); // a one-write level rolled back: the parent's value of k shows again
+    a("PUT k 9");
+    a("ROLLBACK");
+    expect(a("GET k")).toEqual(ok({ key: "k", value: "3" }));
+    expect(a("KEYS")).toEqual(ok(["k", "m"]));
+    a("COMMIT");
+    a("START"); // a level whose only write is a delete, merged into an empty parent
+    a("START");
+    a("DEL m");
+    a("COMMIT");
+    a("COMMIT");
+    expect(log.records).toEqual([
+      { seq: 1, ops: [["k", '"3"'], ["j", null], ["m", '"1"']] },
+      { seq: 2, ops: [["m", null]] },
+    ]);
+    expect(a("KEYS")).toEqual(ok(["k"]));
+  });
+
   test("a read-only transaction commits without a record", () => {
     const log = new RecordingLog();
     const a = setup({ log }).session();
