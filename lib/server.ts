@@ -301,20 +301,33 @@ export class TxkvServer {
     const limit = this.options.maxOutputBytes;
     const out = this.replies;
     const framer = conn.framer;
+    const session = conn.session;
     let exhausted = false;
     while (!conn.closing && !conn.awaitingReply) {
       out.clear();
+      /** The highest commit seq a reply of this batch waits for. */
+      let batchSeq = 0;
       while (out.length < limit && !conn.closing && !conn.awaitingReply) {
         const found = framer.nextLine();
         if (found === null) {
           exhausted = true;
           break;
         }
-        if (found === LINE && this.runPlain(socket, conn, out)) continue;
-        const reply = this.run(socket, conn, this.commandOfLine(framer, found));
-        if (reply !== "") out.text(reply);
+        session.waitSeq = 0;
+        if (!(found === LINE && this.runPlain(conn, out))) {
+          const reply = this.run(socket, conn, this.commandOfLine(framer, found));
+          if (typeof reply === "string") {
+            out.text(reply);
+          } else {
+            // Replies before an asynchronous one go first (or are held first); later requests wait for it.
+            this.finishBatch(socket, conn, out, batchSeq);
+            batchSeq = 0;
+            this.awaitReply(socket, conn, reply);
+          }
+        }
+        if (session.waitSeq > batchSeq) batchSeq = session.waitSeq;
       }
-      this.sendOrHoldReplies(socket, conn, out);
+      this.finishBatch(socket, conn, out, batchSeq);
       if (conn.queuedBytes + conn.heldBytes > limit && !conn.closing) {
         this.pauseReading(socket, conn);
         return;
@@ -341,7 +354,7 @@ export class TxkvServer {
     }
     if (conn.peerEnded) {
       const partial = conn.framer.takePartial();
-      if (partial !== null) this.send(socket, conn, this.runFrame(socket, conn, partial));
+      if (partial !== null) this.runAlone(socket, conn, partial);
       conn.closing = true;
       this.closeWhenFlushed(socket, conn);
       return;
@@ -370,17 +383,30 @@ export class TxkvServer {
     if (conn.closed || conn.closing || conn.readPaused || conn.awaitingReply) return;
     const partial = conn.framer.takePartial();
     conn.framer.retain();
-    if (partial !== null) this.send(socket, conn, this.runFrame(socket, conn, partial));
+    if (partial !== null) this.runAlone(socket, conn, partial);
     if (conn.closing) this.closeWhenFlushed(socket, conn);
   }
 
-  /** run() for a decoded frame (an unterminated request taken after a pause or half-close). */
-  private runFrame(socket: Socket<SocketData>, conn: Connection, frame: Frame): string {
-    return this.run(socket, conn, commandFromFrame(frame, this.options.maxRequestBytes));
+  /** Runs one decoded frame on its own (an unterminated request taken after a pause or half-close). */
+  private runAlone(socket: Socket<SocketData>, conn: Connection, frame: Frame): void {
+    const out = this.replies;
+    out.clear();
+    conn.session.waitSeq = 0;
+    const reply = this.run(socket, conn, commandFromFrame(frame, this.options.maxRequestBytes));
+    if (typeof reply !== "string") {
+      this.awaitReply(socket, conn, reply);
+      return;
+    }
+    out.text(reply);
+    this.finishBatch(socket, conn, out, conn.session.waitSeq);
   }
 
-  /** Executes one request; returns the reply text if it may go out now, else holds it and returns "". */
-  private run(socket: Socket<SocketData>, conn: Connection, cmd: Command): string {
+  /**
+   * Executes one request: its reply text ("" when there is none: the
+   * cross-protocol guard closes the connection), or a Promise for a reply
+   * that comes later (SAVE, a failed AUTH).
+   */
+  private run(socket: Socket<SocketData>, conn: Connection, cmd: Command): string | Promise<string> {
     if (cmd.type === "INVALID" && cmd.crossProtocol) {
       this.log.limited("warn", "cross-protocol-guard", "connection closed by the cross-protocol guard", {
         reason: "an HTTP request (POST or Host:) was sent to the txkv port",
@@ -390,16 +416,24 @@ export class TxkvServer {
       conn.closing = true;
       return "";
     }
-    const session = conn.session;
-    session.waitSeq = 0;
-    const reply = this.executor.execute(cmd, session);
-    if (session.quitting) conn.closing = true;
-    if (typeof reply === "string") {
-      const seq = this.replyWaitSeq(conn);
-      if (seq === 0 && conn.held.length === 0) return reply;
-      this.hold(socket, conn, Buffer.from(reply), seq);
-      return "";
-    }
+    const reply = this.executor.execute(cmd, conn.session);
+    if (conn.session.quitting) conn.closing = true;
+    return reply;
+  }
+
+  /** The fast path for the line the framer just found, into out; false when it needs the general path. */
+  private runPlain(conn: Connection, out: ByteBuffer): boolean {
+    const framer = conn.framer;
+    if (!parsePlainRequest(framer.bytes, framer.lineStart, framer.lineEnd, this.plain)) return false;
+    return this.executor.executePlain(this.plain, framer.bytes, conn.session, out);
+  }
+
+  /**
+   * An asynchronous reply: held (its place in the order kept) until it
+   * resolves; reading pauses and later requests wait, so that a client
+   * cannot pipeline password guesses past an AUTH failure's delay.
+   */
+  private awaitReply(socket: Socket<SocketData>, conn: Connection, reply: Promise<string>): void {
     const held: HeldReply = { bytes: null, seq: 0 };
     conn.held.push(held);
     conn.awaitingReply = true;
@@ -411,40 +445,25 @@ export class TxkvServer {
       this.releaseHeld(socket, conn);
       if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
     });
-    return "";
   }
 
   /**
-   * The fast path for the line the framer just found; false when it needs the
-   * general path. A reply that must wait is moved out of the batch and held.
+   * Sends the batch of replies in out, or holds it whole: when one of its
+   * replies waits for an fsync (seq, under --fsync always), all of them leave
+   * together once it is durable, in one write (as Redis answers after its
+   * fsync); when earlier replies are still held, the batch queues behind them.
    */
-  private runPlain(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer): boolean {
-    const framer = conn.framer;
-    const src = framer.bytes;
-    if (!parsePlainRequest(src, framer.lineStart, framer.lineEnd, this.plain)) return false;
-    const session = conn.session;
-    session.waitSeq = 0;
-    const mark = out.length;
-    if (!this.executor.executePlain(this.plain, src, session, out)) return false;
-    const seq = this.replyWaitSeq(conn);
-    if (seq !== 0 || conn.held.length !== 0) {
-      this.hold(socket, conn, out.copy(mark), seq);
-      out.length = mark;
+  private finishBatch(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer, seq: number): void {
+    const waitSeq = seq > this.durableSeq ? seq : 0;
+    if (waitSeq === 0 && conn.held.length === 0) {
+      this.sendReplies(socket, conn, out);
+    } else if (out.length !== 0) {
+      const bytes = out.copy(0);
+      conn.held.push({ bytes, seq: waitSeq });
+      conn.heldBytes += bytes.length;
+      if (waitSeq !== 0) this.waitingForDurability.add(socket);
     }
-    return true;
-  }
-
-  /** The commit seq the reply just produced must wait for before it leaves (--fsync always), or 0. */
-  private replyWaitSeq(conn: Connection): number {
-    const seq = conn.session.waitSeq;
-    return seq > this.durableSeq ? seq : 0;
-  }
-
-  /** Holds a reply that waits for an fsync (seq) or queues behind held replies (seq 0). */
-  private hold(socket: Socket<SocketData>, conn: Connection, bytes: Uint8Array, seq: number): void {
-    conn.held.push({ bytes, seq });
-    conn.heldBytes += bytes.length;
-    if (seq !== 0) this.waitingForDurability.add(socket);
+    out.length = 0;
   }
 
   private onDurable(seq: number): void {
@@ -488,26 +507,6 @@ export class TxkvServer {
     const written = socket.write(bytes);
     if (written < 0 || written === bytes.length) return; // closed, or all taken
     this.enqueue(conn, bytes.subarray(written));
-  }
-
-  /**
-   * Sends the batch, unless a reply in it waits for an fsync (--fsync
-   * always): then the ready replies before it wait with it, and all leave in
-   * one write once it is durable (as Redis answers after its fsync).
-   * A held reply at the end of a batch always came from that batch: while
-   * replies are held, every later reply is held too, so out holds only
-   * replies that precede them.
-   */
-  private sendOrHoldReplies(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer): void {
-    const first = conn.held[0];
-    if (first === undefined || first.seq === 0 || out.length === 0) {
-      this.sendReplies(socket, conn, out);
-      return;
-    }
-    const bytes = out.copy(0);
-    out.length = 0;
-    conn.held.unshift({ bytes, seq: 0 });
-    conn.heldBytes += bytes.length;
   }
 
   /** Writes the batch in out now, or queues a copy of what the kernel does not take (out is reused). */
