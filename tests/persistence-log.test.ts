@@ -184,6 +184,34 @@ describe("durability", () => {
     expect(durable).toBe(wait);
   });
 
+  test("always: a failed on-loop fsync is a persistence failure, and the write is acknowledged only once a rebuild made it durable", async () => {
+    const dir = tempDir();
+    const a = await open(dir, { fsync: "always" });
+    let durable = 0;
+    a.log.onDurable = (seq) => (durable = seq);
+    const first = a.put("first", 1);
+    await until(() => durable >= first, "the first round");
+    const original = fs.fdatasyncSync;
+    let calls = 0;
+    // One fsync error (EIO), as a failing disk gives: on Linux the next fsync may "succeed" without the lost pages.
+    fs.fdatasyncSync = ((fd: number) => {
+      if (calls++ === 0) throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+      return original(fd);
+    }) as typeof fs.fdatasyncSync;
+    try {
+      const wait = a.put("k", "v");
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(calls).toBe(1);
+      expect(durable).toBeLessThan(wait);
+      expect(a.log.unavailableReason).toContain("EIO");
+      await until(() => durable >= wait && a.log.unavailableReason === null, "durable after the rebuild");
+    } finally {
+      fs.fdatasyncSync = original;
+    }
+    await a.log.close();
+    expect((await open(dir, { fsync: "always" })).store.get("k")).toBe('"v"');
+  });
+
   test("everysec and no: the reply does not wait, the record still reaches the file", async () => {
     for (const fsync of ["everysec", "no"] as const) {
       const dir = tempDir();

@@ -258,15 +258,18 @@ export class DurableLog implements CommitLog {
    * the directory clean): fdatasync right here, as Redis does, so the
    * replies leave in this same turn instead of waiting for a thread-pool
    * round to be noticed by a busy event loop. Returns false when the full
-   * asynchronous round must do it (it also handles every failure).
+   * asynchronous round must do it. A failed fsync is a failure here too: on
+   * Linux the next fsync may "succeed" without the lost pages, so retrying
+   * it in a round would acknowledge writes that are not on disk.
    */
   private syncNow(): boolean {
     if (this.syncLoop !== null || this.retired.length > 0 || this.directoryDirty || this.failure) return false;
     const journal = this.journal;
     try {
       fs.fdatasyncSync(journal.handle.fd);
-    } catch {
-      return false;
+    } catch (err) {
+      this.fail(err, false);
+      return true;
     }
     if (!stillAtPath(journal.handle.fd, journal.path)) return false;
     this.lastFlushAt = new Date();
