@@ -492,11 +492,6 @@ export class TxkvServer {
     else if (conn.closing) this.closeWhenFlushed(socket, conn);
   }
 
-  /** Writes text now, or queues what the kernel does not take; order is kept. */
-  private send(socket: Socket<SocketData>, conn: Connection, text: string): void {
-    if (text !== "") this.sendBytes(socket, conn, Buffer.from(text));
-  }
-
   /** Writes bytes (which the server owns: nothing else reuses them) now, or queues what the kernel does not take. */
   private sendBytes(socket: Socket<SocketData>, conn: Connection, bytes: Uint8Array): void {
     if (bytes.length === 0 || conn.closed) return;
