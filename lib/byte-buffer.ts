@@ -2,7 +2,7 @@
  * ByteBuffer: bytes built in place in one growable buffer.
  *
  * Owns: appending text (as UTF-8), constant byte strings and ranges copied
- * from other buffers, and reuse: the same buffer serves batch after batch,
+ * from other buffers (copyBytes, also used by the compact store), and reuse: the same buffer serves batch after batch,
  * so that building output allocates nothing.
  * Used for a batch of replies (the server fills it from one data event,
  * writes it to the socket, and copies out only what the kernel did not take)
@@ -54,11 +54,7 @@ export class ByteBuffer {
   range(src: Uint8Array, start: number, end: number): void {
     const n = end - start;
     this.reserve(n);
-    const bytes = this.bytes;
-    let at = this.length;
-    // Short ranges (keys, small values, reply constants) copy faster in a loop than through a native call.
-    if (n <= 128) for (let i = start; i < end; i++) bytes[at++] = src[i]!;
-    else bytes.set(src.subarray(start, end), at);
+    copyBytes(src, start, end, this.bytes, this.length);
     this.length += n;
   }
 
@@ -81,6 +77,13 @@ export class ByteBuffer {
     this.length = 0;
     if (this.bytes.length > KEEP_BYTES) this.bytes = allocate(INITIAL_BYTES);
   }
+}
+
+/** Copies src[start, end) to dest at pos. */
+export function copyBytes(src: Uint8Array, start: number, end: number, dest: Uint8Array, pos: number): void {
+  // Short ranges (keys, small values, reply constants) copy faster in a loop than through subarray + set.
+  if (end - start > 128) dest.set(src.subarray(start, end), pos);
+  else for (let i = start; i < end; i++) dest[pos++] = src[i]!;
 }
 
 function allocate(size: number): WritableBuffer {

@@ -40,6 +40,8 @@
  *   string, which may be a slice pinning a much larger one).
  */
 
+import { copyBytes } from "./byte-buffer.ts";
+
 /** The few Node Buffer methods used here that @types/node leaves out (Bun implements them). */
 interface RawBuffer extends Buffer {
   latin1Slice(start: number, end: number): string;
@@ -107,13 +109,6 @@ function wideFlag(text: string): number {
   let all = 0;
   for (let i = 0; i < text.length; i++) all |= text.charCodeAt(i);
   return all > 0xff ? 1 : 0;
-}
-
-/** Copies src[start, end) to dest at pos. */
-function copyBytes(src: Uint8Array, start: number, end: number, dest: Uint8Array, pos: number): void {
-  // Keys and short values copy faster in a loop than through subarray + set.
-  if (end - start > 128) dest.set(src.subarray(start, end), pos);
-  else for (let i = start; i < end; i++) dest[pos++] = src[i]!;
 }
 
 function wordsFor(bytes: number): number {
