@@ -13,16 +13,12 @@
  * `START`, `GET`, `PUT`, `COMMIT` as one request and counts a transaction as one op.
  */
 
-import * as fs from "node:fs";
 import { parseArgs } from "node:util";
 import * as v from "valibot";
+import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 
 const BENCH_OPTIONS = {
-  host: { type: "string", short: "h", default: "127.0.0.1" },
-  port: { type: "string", short: "p", default: "8080" },
-  password: { type: "string", short: "a" },
-  tls: { type: "boolean" },
-  "tls-ca": { type: "string" },
+  ...CONNECTION_OPTIONS,
   conns: { type: "string", short: "c", default: "50" },
   pipeline: { type: "string", short: "P", default: "1" },
   workload: { type: "string", short: "w", default: "mix" },
@@ -38,12 +34,7 @@ const BENCH_OPTIONS = {
 const BENCH_HELP = `Usage: txkv bench [options]
 
 Options:
-  -h, --host <addr>        server address (default 127.0.0.1)
-  -p, --port <n>           server port (default 8080)
-  -a, --password <pw>      send AUTH first on every connection (or TXKV_PASSWORD)
-      --tls                connect with TLS
-      --tls-ca <file>      trust this CA certificate (PEM); implies --tls
-  -c, --conns <n>          connections (default 50)
+${CONNECTION_HELP}  -c, --conns <n>          connections (default 50)
   -P, --pipeline <n>       requests in flight per connection (default 1)
   -w, --workload <w>       get | put | mix (80 % GET, 20 % PUT) | tx | ping (default mix)
       --keys <n>           key space: key:00000000 … (default 10000)
@@ -62,8 +53,6 @@ const count = (min: number) =>
   v.pipe(v.string(), v.transform(Number), v.number(), v.integer("must be an integer"), v.minValue(min, `must be at least ${min}`));
 
 const BenchSchema = v.object({
-  host: v.string(),
-  port: v.pipe(count(1), v.maxValue(65535, "must be 1-65535")),
   conns: count(1),
   pipeline: count(1),
   workload: v.picklist(WORKLOADS, `must be one of ${WORKLOADS.join(", ")}`),
@@ -74,9 +63,8 @@ const BenchSchema = v.object({
 });
 
 export type BenchConfig = v.InferOutput<typeof BenchSchema> & {
-  password?: string;
-  /** `true`: system CAs; a string: the PEM of the CA to trust. */
-  tls: boolean | string;
+  /** Where and how every connection connects (--host, --port, --password, --tls, --tls-ca). */
+  server: ReturnType<typeof clientOptionsFrom>;
   preload: boolean;
   json: boolean;
 };
@@ -132,29 +120,19 @@ function toConfig(values: Record<string, string | boolean | undefined>): BenchCo
   if (parsed.output.secs !== undefined && parsed.output.requests !== undefined) {
     throw new Error("--secs and --requests exclude each other");
   }
-  const password = (values.password as string | undefined) ?? process.env.TXKV_PASSWORD;
   return {
     ...parsed.output,
     secs: parsed.output.requests === undefined ? (parsed.output.secs ?? 5) : undefined,
-    password: password === "" ? undefined : password,
-    tls: values["tls-ca"] !== undefined ? readCa(values["tls-ca"] as string) : values.tls === true,
+    server: clientOptionsFrom(values),
     preload: values["no-preload"] !== true && parsed.output.workload !== "put" && parsed.output.workload !== "ping",
     json: values.json === true,
   };
 }
 
-function readCa(file: string): string {
-  try {
-    return fs.readFileSync(file, "utf8");
-  } catch (error) {
-    throw new Error(`--tls-ca ${file}: ${(error as Error).message}`);
-  }
-}
-
 function describe(config: BenchConfig): string {
   const limit = config.requests !== undefined ? `${config.requests} ops` : `${config.secs} s`;
   return (
-    `txkv bench ${config.host}:${config.port}: workload ${config.workload}, ${config.conns} connections, ` +
+    `txkv bench ${config.server.host}:${config.server.port}: workload ${config.workload}, ${config.conns} connections, ` +
     `pipeline ${config.pipeline}, ${config.keys} keys, ${config.vsize}-byte values, ${limit}`
   );
 }
@@ -333,11 +311,12 @@ class LineConnection {
 
   static async open(config: BenchConfig): Promise<LineConnection> {
     const connection = new LineConnection();
-    const where = `${config.host}:${config.port}`;
+    const { host, port, password, tls } = config.server;
+    const where = `${host}:${port}`;
     connection.socket = await Bun.connect({
-      hostname: config.host,
-      port: config.port,
-      tls: typeof config.tls === "string" ? { ca: config.tls } : config.tls || undefined,
+      hostname: host,
+      port,
+      tls: tls || undefined,
       socket: {
         data: (_socket, chunk) => connection.onData(chunk),
         drain: () => connection.flush(),
@@ -348,8 +327,8 @@ class LineConnection {
     }).catch((error: Error) => {
       throw new Error(`cannot connect to ${where}: ${error.message}`);
     });
-    if (config.password !== undefined) {
-      const errors = await connection.roundTrip(`AUTH ${config.password}\n`, 1);
+    if (password !== undefined) {
+      const errors = await connection.roundTrip(`AUTH ${password}\n`, 1);
       if (errors > 0) {
         connection.close();
         throw new Error(`AUTH to ${where} failed`);

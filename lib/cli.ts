@@ -18,15 +18,11 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as readline from "node:readline";
 import { parseArgs } from "node:util";
-import * as v from "valibot";
 import { connect, TxkvClient, type ClientOptions, type Reply } from "./client.ts";
+import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 
 const CLI_OPTIONS = {
-  host: { type: "string", short: "h" },
-  port: { type: "string", short: "p" },
-  password: { type: "string", short: "a" },
-  tls: { type: "boolean" },
-  "tls-ca": { type: "string" },
+  ...CONNECTION_OPTIONS,
   json: { type: "boolean" },
   help: { type: "boolean" },
 } as const;
@@ -38,26 +34,9 @@ const CLI_HELP = `Usage: txkv cli [options] [command ...]
   With stdin a file or pipe: one request per line, one reply line per request.
 
 Options:
-  -h, --host <addr>      server address (default 127.0.0.1)
-  -p, --port <n>         server port (default 8080)
-  -a, --password <pw>    send AUTH first (or set TXKV_PASSWORD)
-      --tls              connect with TLS
-      --tls-ca <file>    trust this CA certificate (PEM); implies --tls
-      --json             print replies as the server's raw JSON lines
-      --help             this text
+${CONNECTION_HELP}      --json               print replies as the server's raw JSON lines
+      --help               this text
 `;
-
-const PortSchema = v.pipe(
-  v.string(),
-  v.transform(Number),
-  v.number(),
-  v.integer("must be an integer"),
-  v.minValue(1, "must be 1-65535"),
-  v.maxValue(65535, "must be 1-65535"),
-);
-
-/** A usage problem: reported in one line, exit status 2. */
-class UsageError extends Error {}
 
 type CliSettings = { client: ClientOptions; json: boolean };
 
@@ -273,27 +252,7 @@ function takesSeparateValue(arg: string): boolean {
 }
 
 function toSettings(values: { [K in keyof typeof CLI_OPTIONS]?: string | boolean }): CliSettings {
-  const client: ClientOptions = { host: (values.host as string | undefined) ?? "127.0.0.1", port: 8080 };
-  if (values.port !== undefined) {
-    const port = v.safeParse(PortSchema, values.port);
-    if (!port.success) throw new UsageError(`--port ${values.port}: ${port.issues[0].message}`);
-    client.port = port.output;
-  }
-  const password = (values.password as string | undefined) ?? process.env.TXKV_PASSWORD;
-  if (password !== undefined && password !== "") client.password = password;
-  const caFile = values["tls-ca"] as string | undefined;
-  if (caFile !== undefined) {
-    let ca: string;
-    try {
-      ca = fs.readFileSync(caFile, "utf8");
-    } catch (error) {
-      throw new UsageError(`--tls-ca ${caFile}: ${(error as Error).message}`);
-    }
-    client.tls = { ca };
-  } else if (values.tls) {
-    client.tls = true;
-  }
-  return { client, json: values.json === true };
+  return { client: clientOptionsFrom(values), json: values.json === true };
 }
 
 // ---- small helpers --------------------------------------------------------
