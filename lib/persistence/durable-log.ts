@@ -272,12 +272,7 @@ export class DurableLog implements CommitLog {
       return true;
     }
     if (!stillAtPath(journal.handle.fd, journal.path)) return false;
-    this.lastFlushAt = new Date();
-    if (this.writtenSeq > this.durableSeq) {
-      this.durableSeq = this.writtenSeq;
-      this.durableRecords = this.writtenRecords;
-      this.onDurable?.(this.durableSeq);
-    }
+    this.markDurable(this.writtenSeq, this.writtenRecords);
     return true;
   }
 
@@ -362,12 +357,16 @@ export class DurableLog implements CommitLog {
     if (!stillAtPath(journal.handle.fd, journal.path)) {
       throw this.fail(new Error(`${journal.path} was removed (is the data directory gone?)`), false);
     }
+    this.markDurable(seq, records);
+  }
+
+  /** Everything through seq (records appended so far) is on disk: tell the server, whose held replies wait for it. */
+  private markDurable(seq: number, records: number): void {
     this.lastFlushAt = new Date();
-    if (seq > this.durableSeq) {
-      this.durableSeq = seq;
-      this.durableRecords = records;
-      this.onDurable?.(seq);
-    }
+    if (seq <= this.durableSeq) return;
+    this.durableSeq = seq;
+    this.durableRecords = records;
+    this.onDurable?.(seq);
   }
 
   /** Periodic: everysec fsync, and in every mode the check that the journal is still on disk. */
@@ -445,10 +444,7 @@ export class DurableLog implements CommitLog {
     this.writtenSeq = seq;
     this.writtenRecords = records;
     await this.writeSnapshotAndDropJournals(seq, async () => {});
-    this.durableSeq = seq;
-    this.durableRecords = records;
-    this.lastFlushAt = new Date();
-    this.onDurable?.(seq);
+    this.markDurable(seq, records);
   }
 
   /** A generation above every journal file present, so a new journal never appends to an old file. */
