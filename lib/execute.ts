@@ -73,7 +73,8 @@ export class Executor {
 
   execute(cmd: Command, session: Session): string | Promise<string> {
     this.stats.countCommand(cmd.type);
-    if (!session.authenticated && cmd.type !== "AUTH" && cmd.type !== "QUIT") {
+    // PROTOCOL §6: before AUTH every other command, QUIT included, answers AUTH_REQUIRED.
+    if (!session.authenticated && cmd.type !== "AUTH") {
       return this.fail("AUTH_REQUIRED", "Authentication required: send AUTH <password> first");
     }
     const tx = session.tx;

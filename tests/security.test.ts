@@ -22,9 +22,9 @@ describe("AUTH", () => {
   });
   afterAll(() => server.shutdown());
 
-  test("before AUTH every command but AUTH and QUIT answers AUTH_REQUIRED; a wrong password AUTH_FAILED; the right one opens the connection", async () => {
+  test("before AUTH every command but AUTH (QUIT included) answers AUTH_REQUIRED; a wrong password AUTH_FAILED; the right one opens the connection", async () => {
     const c = await LineClient.connect(server.port);
-    for (const line of ["PING", "GET k", "PUT k v", "START", "KEYS", "STATS", "HELP", "SAVE", "NOPE"]) {
+    for (const line of ["PING", "GET k", "PUT k v", "START", "KEYS", "STATS", "HELP", "SAVE", "QUIT", "NOPE"]) {
       expect(await c.request(line)).toMatchObject({ status: "Error", code: "AUTH_REQUIRED" });
     }
     expect(await c.request("AUTH guess")).toMatchObject({ status: "Error", code: "AUTH_FAILED", message: "Wrong password" });
@@ -39,6 +39,8 @@ describe("AUTH", () => {
     d.close();
 
     const q = await LineClient.connect(server.port);
+    expect(await q.request("QUIT")).toMatchObject({ status: "Error", code: "AUTH_REQUIRED" });
+    expect(await q.request(`AUTH ${PASSWORD}`)).toEqual({ status: "Ok", result: "Authenticated" });
     expect(await q.request("QUIT")).toEqual({ status: "Ok", result: "Bye" });
     await q.closed;
   });
