@@ -74,6 +74,28 @@ describe("framing", () => {
     c.close();
   });
 
+  test("the pause is configurable: with --partial-request-ms 0 (and with a pause longer than the client's) a stalled line is not cut in two", async () => {
+    for (const args of [["--partial-request-ms", "0"], ["--partial-request-ms", "2000"]]) {
+      const paused = await startInProcess(args);
+      try {
+        const c = await LineClient.connect(paused.port);
+        c.write("PI");
+        // The client stalls mid-line longer than the default 10 ms: that would run "PI" as a request of its own.
+        await Bun.sleep(100);
+        c.write("NG\n");
+        expect(await c.readReply()).toEqual({ status: "Ok", result: "PONG" });
+        c.close();
+      } finally {
+        await paused.shutdown();
+      }
+    }
+    // The default does cut it: the same stall runs the first part.
+    const c = await LineClient.connect(server.port);
+    c.write("PI");
+    expect(await c.readReply()).toMatchObject({ code: "UNKNOWN_COMMAND", message: expect.stringContaining("PI") });
+    c.close();
+  });
+
   test("an unterminated request is run when the client half-closes, then the server closes", async () => {
     const c = await LineClient.connect(server.port);
     c.write("PUT half a b c\nGET half");
@@ -148,6 +170,40 @@ describe("commands end to end", () => {
     expect(await c.request("SAVE")).toMatchObject({ status: "Error", code: "PERSISTENCE" });
     expect(await c.request("QUIT")).toEqual({ status: "Ok", result: "Bye" });
     await c.closed;
+  });
+
+  test("argument rules (§3): extra words and missing or malformed arguments are BAD_REQUEST, and the connection stays open", async () => {
+    const c = await LineClient.connect(server.port);
+    const bad = [
+      "START now", "COMMIT x", "ROLLBACK x", "PING x", "STATS x", "SAVE x", "HELP x", "QUIT x",
+      "DEL a b", "GET a b", "PUT", "PUT k", "GET", "DEL",
+      "PUT {not json", 'PUT {"key":1,"value":1}', 'PUT {"key":"","value":1}', 'PUT {"key":"k"}', 'GET {"key":"k","x":1}',
+    ];
+    const replies = await c.pipeline([...bad, "PING"]);
+    for (const [i, reply] of replies.slice(0, -1).entries()) expect({ line: bad[i], reply }).toMatchObject({ reply: { status: "Error", code: "BAD_REQUEST" } });
+    expect(replies.at(-1)).toEqual({ status: "Ok", result: "PONG" });
+    c.close();
+  });
+
+  test("plain-form separators (§3): spaces and tabs around the key; the value starts after them and keeps its inner spaces", async () => {
+    const c = await LineClient.connect(server.port);
+    // ASCII takes the byte-level fast path, é the general path: both must read the line the same way.
+    expect(await c.pipeline(["put \t sep1 \t  a  b ", "PUT\tsep2\t é  b", "  get\tsep1  ", "GET sep2"])).toEqual([
+      { status: "Ok", result: { key: "sep1", value: "a  b " } },
+      { status: "Ok", result: { key: "sep2", value: "é  b" } },
+      { status: "Ok", result: { key: "sep1", value: "a  b " } },
+      { status: "Ok", result: { key: "sep2", value: "é  b" } },
+    ]);
+    c.close();
+  });
+
+  test("HELP lists every command with its syntax", async () => {
+    const c = await LineClient.connect(server.port);
+    const help = ((await c.request("HELP")).result as string[]).join("\n");
+    for (const syntax of ["PUT <key> <value>", 'PUT {"key":K,"value":V}', "GET <key>", "DEL <key>", "KEYS [<prefix>]", "START", "COMMIT", "ROLLBACK", "AUTH <password>", "PING", "STATS", "SAVE", "HELP", "QUIT"]) {
+      expect(help).toContain(syntax);
+    }
+    c.close();
   });
 
   test("every reply is one JSON line with status and, on errors, code and message", async () => {
