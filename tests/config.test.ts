@@ -1,6 +1,9 @@
 /** Configuration: options, environment variables, --help/--version, bad values (exit 2), the listening line. */
 import { describe, expect, test } from "bun:test";
 import { ConfigError, OPTIONS, parseConfig } from "../lib/config.ts";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { LineClient, runIndex, spawnServer } from "./helpers.ts";
 
 const serveConfig = (argv: string[], env: Record<string, string> = {}) => {
@@ -86,6 +89,69 @@ describe("the process", () => {
     expect(await c.request("PING")).toEqual({ status: "Ok", result: "PONG" });
     c.close();
     expect(await server.kill("SIGTERM")).toBe(0);
+  });
+
+  test("the defaults through a real server: 1024-byte requests and transactions, everysec at 1 s, data.json in the working directory", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-defaults-"));
+    const server = await spawnServer([], { cwd: dir });
+    try {
+      const c = await LineClient.connect(server.port);
+      // "GET " + 1020 bytes is exactly 1024 (the CRLF not counted); one byte more is TOO_LARGE.
+      expect(await c.request("GET " + "k".repeat(1020) + "\r")).toMatchObject({ code: "NOT_FOUND" });
+      expect(await c.request("GET " + "k".repeat(1021))).toMatchObject({ code: "TOO_LARGE", message: expect.stringContaining("1024") });
+      const put = (key: string) => `PUT ${key} ${"x".repeat(500)}`; // 506 bytes
+      expect(await c.pipeline(["START", put("a"), put("b"), put("c"), "ROLLBACK"])).toMatchObject([
+        { status: "Ok" }, { status: "Ok" }, { status: "Ok" }, { code: "TOO_LARGE" }, { status: "Ok" },
+      ]);
+      const stats = (await c.request("STATS")).result as { persistence: Record<string, unknown> };
+      expect(stats.persistence).toMatchObject({ mode: "everysec", fsyncIntervalMs: 1000, dataFile: path.join(dir, "data.json") });
+      c.close();
+      expect(await server.kill("SIGTERM")).toBe(0);
+    } finally {
+      await server.kill("SIGKILL");
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("the TXKV_ environment variables configure a real server (host, port, data, fsync, limits, connections, password, in-memory)", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-env-"));
+    const env = {
+      TXKV_PORT: "0",
+      TXKV_HOST: "127.0.0.2",
+      TXKV_DATA: path.join(dir, "env.json"),
+      TXKV_FSYNC: "always",
+      TXKV_MAX_REQUEST_BYTES: "64",
+      TXKV_MAX_TRANSACTION_BYTES: "40",
+      TXKV_MAX_CONNECTIONS: "1",
+      TXKV_PASSWORD: "env-secret",
+    };
+    const server = await spawnServer([], { env, portFromEnv: true });
+    try {
+      expect(server.stdout()).toContain(`listening on 127.0.0.2:${server.port}`);
+      const c = await LineClient.connect(server.port, "127.0.0.2");
+      expect(await c.request("PING")).toMatchObject({ code: "AUTH_REQUIRED" });
+      expect(await c.request("AUTH env-secret")).toEqual({ status: "Ok", result: "Authenticated" });
+      expect(await c.request("GET " + "k".repeat(61))).toMatchObject({ code: "TOO_LARGE", message: expect.stringContaining("64") });
+      expect(await c.pipeline(["START", `PUT a ${"x".repeat(30)}`, `PUT b ${"x".repeat(30)}`, "ROLLBACK"])).toMatchObject([
+        { status: "Ok" }, { status: "Ok" }, { code: "TOO_LARGE" }, { status: "Ok" },
+      ]);
+      const stats = (await c.request("STATS")).result as { persistence: Record<string, unknown> };
+      expect(stats.persistence).toMatchObject({ mode: "always", dataFile: env.TXKV_DATA });
+      const second = await LineClient.connect(server.port, "127.0.0.2");
+      expect(await second.readReply()).toMatchObject({ code: "BUSY" });
+      c.close();
+    } finally {
+      await server.kill("SIGTERM");
+    }
+    const memory = await spawnServer([], { env: { TXKV_PORT: "0", TXKV_IN_MEMORY: "1" }, portFromEnv: true });
+    try {
+      const c = await LineClient.connect(memory.port);
+      expect(((await c.request("STATS")).result as { persistence: unknown }).persistence).toEqual({ mode: "in-memory" });
+      c.close();
+    } finally {
+      await memory.kill("SIGTERM");
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("protected mode: a non-loopback address without a password refuses to start and says how to set one", async () => {

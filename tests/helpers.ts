@@ -63,9 +63,10 @@ export interface ServerProcess {
 /** Spawns `bun run index.ts --port 0 ...args` and resolves once it prints `listening on`. */
 export async function spawnServer(
   args: string[],
-  options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {},
+  /** portFromEnv: no `--port 0` on the command line (the env must then give TXKV_PORT=0). */
+  options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; portFromEnv?: boolean } = {},
 ): Promise<ServerProcess> {
-  const proc = Bun.spawn([BUN, "run", INDEX, "--port", "0", ...args], {
+  const proc = Bun.spawn([BUN, "run", INDEX, ...(options.portFromEnv ? [] : ["--port", "0"]), ...args], {
     cwd: options.cwd ?? ROOT,
     env: { ...process.env, ...options.env },
     stdout: "pipe",
