@@ -338,7 +338,7 @@ describe("lock", () => {
 });
 
 describe("disk failure while running", () => {
-  test("data directory removed: writes answer PERSISTENCE, reads work, and it resumes when the directory is back", async () => {
+  test("data directory removed: writes (PUT, DEL, COMMIT) and SAVE answer PERSISTENCE, reads work, and it resumes when the directory is back", async () => {
     const parent = dataDir();
     const dir = path.join(parent, "data");
     fs.mkdirSync(dir);
@@ -350,7 +350,16 @@ describe("disk failure while running", () => {
     const refused = await c.request("PUT during 2");
     expect(refused.code).toBe("PERSISTENCE");
     expect(refused.message).toMatch(/removed|ENOENT/);
+    expect(await c.pipeline(["DEL before", "START", "PUT during 3", "COMMIT", "SAVE"])).toMatchObject([
+      { code: "PERSISTENCE" },
+      { status: "Ok" },
+      { status: "Ok" },
+      { code: "PERSISTENCE" },
+      { code: "PERSISTENCE" },
+    ]);
+    expect(await c.request("COMMIT")).toMatchObject({ code: "NO_TRANSACTION" }); // the refused COMMIT ended the transaction
     expect((await c.request("GET before")).result).toEqual({ key: "before", value: "1" });
+    expect((await c.request("GET during")).code).toBe("NOT_FOUND");
     expect((await persistenceStats(c)).lastError).not.toBeNull();
 
     fs.mkdirSync(dir);
