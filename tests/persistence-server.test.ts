@@ -185,6 +185,29 @@ describe("kill -9", () => {
     }
   }, 30_000);
 
+  test("the cost of a write follows the change: 1,000 PUTs to a 100,000-key store add 1,000 journal lines and leave the snapshot untouched", async () => {
+    const dir = dataDir();
+    const initial: Record<string, string> = {};
+    for (let i = 0; i < 100_000; i++) initial[`base${i}`] = `value ${i}`;
+    const snapshot = path.join(dir, "data.json");
+    fs.writeFileSync(snapshot, JSON.stringify(initial));
+    const before = fs.statSync(snapshot);
+    const server = await start(dir);
+    const c = await client(server);
+    const journalBefore = (await persistenceStats(c)).journalBytes as number;
+    const lines = Array.from({ length: 1000 }, (_, i) => `PUT base${i * 97} changed ${i}`);
+    expect((await c.pipeline(lines)).every((reply) => reply.status === "Ok")).toBe(true);
+    const stats = await persistenceStats(c);
+    const journal = fs.readFileSync(String(stats.journalFile), "utf8");
+    expect(journal.trimEnd().split("\n")).toHaveLength(1000);
+    // About 50 bytes per line: nothing in the journal grows with the 100,000 keys.
+    expect((stats.journalBytes as number) - journalBefore).toBeLessThan(1000 * 80);
+    const after = fs.statSync(snapshot);
+    expect([after.size, after.mtimeMs]).toEqual([before.size, before.mtimeMs]);
+    server.proc.kill("SIGKILL");
+    await server.exited;
+  });
+
   test("kill -9 in the middle of a compaction loses nothing acknowledged", async () => {
     const dir = dataDir();
     // A large starting state (in the original server's plain JSON format), so compaction takes a while.
