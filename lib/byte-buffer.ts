@@ -20,9 +20,14 @@ const INITIAL_BYTES = 64 * 1024;
 const KEEP_BYTES = 1024 * 1024;
 
 export class ByteBuffer {
-  bytes: WritableBuffer = allocate(INITIAL_BYTES);
+  bytes: WritableBuffer;
   /** Bytes in use. Writers may set it back to undo an unfinished reply. */
   length = 0;
+
+  /** initialBytes: small for buffers kept per connection, the default for per-server ones. */
+  constructor(private readonly initialBytes = INITIAL_BYTES) {
+    this.bytes = allocate(initialBytes);
+  }
 
   /** Makes room for n more bytes. */
   reserve(n: number): void {
@@ -75,7 +80,7 @@ export class ByteBuffer {
   /** Empties the buffer for the next batch (and lets go of one grown for a huge batch). */
   clear(): void {
     this.length = 0;
-    if (this.bytes.length > KEEP_BYTES) this.bytes = allocate(INITIAL_BYTES);
+    if (this.bytes.length > KEEP_BYTES) this.bytes = allocate(this.initialBytes);
   }
 }
 

@@ -59,11 +59,14 @@ const NO_ARG_COMMANDS: ReadonlySet<string> = new Set<NoArgCommandType>([
 /** Shared command objects for argument-less requests: nothing to allocate. */
 const NO_ARG: Record<string, Command> = {};
 for (const name of NO_ARG_COMMANDS) NO_ARG[name] = Object.freeze({ type: name as NoArgCommandType });
-/** The same, with each name's lower-case char codes, for noArgCommandOf. */
-const NO_ARG_BY_CODES = [...NO_ARG_COMMANDS].map((name) => ({
-  codes: [...name.toLowerCase()].map((c) => c.charCodeAt(0)),
-  command: NO_ARG[name]!,
-}));
+/** The same, with each name's lower-case char codes, grouped by name length, for noArgCommandOf. */
+const NO_ARG_BY_LENGTH: { codes: number[]; command: Command }[][] = [];
+for (const name of NO_ARG_COMMANDS) {
+  (NO_ARG_BY_LENGTH[name.length] ??= []).push({
+    codes: [...name.toLowerCase()].map((c) => c.charCodeAt(0)),
+    command: NO_ARG[name]!,
+  });
+}
 
 const SPACE = 32;
 const TAB = 9;
@@ -173,8 +176,9 @@ export function noArgCommandOf(bytes: Uint8Array, start: number, end: number): C
   start = skipBlankBytes(bytes, start, end);
   while (end > start && (bytes[end - 1] === SPACE || bytes[end - 1] === TAB)) end--;
   const length = end - start;
-  for (const { codes, command } of NO_ARG_BY_CODES) {
-    if (codes.length !== length) continue;
+  const candidates = NO_ARG_BY_LENGTH[length];
+  if (candidates === undefined) return null;
+  for (const { codes, command } of candidates) {
     let i = 0;
     while (i < length && (bytes[start + i]! | LOWERCASE) === codes[i]) i++;
     if (i === length) return command;

@@ -154,11 +154,14 @@ export class Executor {
     return true;
   }
 
-  /** getInTx() for the fast path: the key becomes a string only to be watched. */
+  /**
+   * getInTx() for the fast path: the read is watched by its bytes (a deferred
+   * watch, see Store.watchAscii); the key becomes a string only when the
+   * transaction has writes of its own to look in.
+   */
   private getPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ByteBuffer): boolean {
-    const key = latin1Text(src, req.keyStart, req.keyEnd);
-    if (tx.hasWrites && tx.ownWrite(key) !== undefined) return false;
-    this.watch(tx, key);
+    if (tx.hasWrites && tx.ownWrite(latin1Text(src, req.keyStart, req.keyEnd)) !== undefined) return false;
+    this.store.watchAscii(tx, src, req.keyStart, req.keyEnd);
     return this.getPlain(req, src, out);
   }
 
@@ -179,13 +182,14 @@ export class Executor {
     return true;
   }
 
-  /** putInTx() for the fast path. */
+  /** putInTx() for the fast path: the write is kept as bytes (see Transaction.writeAscii). */
   private putPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ByteBuffer): boolean {
     if (tx.bytes + req.lineBytes > this.options.maxTransactionBytes) return false;
     this.stats.countCommand("PUT");
     const valueAt = stringEntry(out, src, req.keyStart, req.keyEnd, req.valueStart, req.valueEnd);
-    const value = latin1Text(out.bytes, valueAt, valueAt + 2 + req.valueEnd - req.valueStart);
-    tx.write(latin1Text(src, req.keyStart, req.keyEnd), value, req.lineBytes);
+    // The value's JSON text ("...") is in the reply just built.
+    const valueEnd = valueAt + 2 + req.valueEnd - req.valueStart;
+    tx.writeAscii(src, req.keyStart, req.keyEnd, out.bytes, valueAt, valueEnd, req.lineBytes);
     return true;
   }
 
@@ -284,18 +288,35 @@ export class Executor {
       this.endTransaction(session, tx, "conflicted");
       return this.fail("CONFLICT", "Transaction conflicted: a key it read was changed by another commit; nothing was applied, retry it");
     }
-    const ops = tx.changes();
-    if (ops.length > 0) {
-      const refusal = this.persistenceRefusal();
-      if (refusal !== null) {
-        this.endTransaction(session, tx, "aborted");
-        return refusal;
-      }
-      const seq = this.store.apply(ops, tx);
-      if (this.commitLog.enabled) session.waitSeq = this.commitLog.append({ seq, ops });
+    const refusal = this.applyCommit(session, tx);
+    if (refusal !== null) {
+      this.endTransaction(session, tx, "aborted");
+      return refusal;
     }
     this.endTransaction(session, tx, "committed");
     return REPLY.committed;
+  }
+
+  /** Applies and logs an outermost COMMIT's changes; the PERSISTENCE refusal when they must not be. */
+  private applyCommit(session: Session, tx: Transaction): string | null {
+    // The conflict check is done: the watches are dropped first, so the store need not skip the committer's.
+    this.store.unwatch(tx);
+    const sole = tx.soleAsciiWrite();
+    if (sole !== null) {
+      // The common one-PUT transaction of the fast path: from its bytes, as an auto-committed plain PUT.
+      const refusal = this.persistenceRefusal();
+      if (refusal !== null) return refusal;
+      const seq = this.store.putAscii(sole);
+      if (this.commitLog.enabled) session.waitSeq = this.commitLog.appendAsciiPut(seq, sole);
+      return null;
+    }
+    const ops = tx.changes();
+    if (ops.length === 0) return null;
+    const refusal = this.persistenceRefusal();
+    if (refusal !== null) return refusal;
+    const seq = this.store.apply(ops);
+    if (this.commitLog.enabled) session.waitSeq = this.commitLog.append({ seq, ops });
+    return null;
   }
 
   private rollback(session: Session, tx: Transaction | null): string {
@@ -343,7 +364,7 @@ export class Executor {
 
   private watch(tx: Transaction, key: string): void {
     // No detach: a GET or DEL line is little more than its key, so a slice of it pins nothing large.
-    if (this.store.watchKey(tx, key)) tx.watchedKeys.push(key);
+    this.store.watchKey(tx, key);
   }
 
   private endTransaction(
@@ -351,7 +372,7 @@ export class Executor {
     tx: Transaction,
     outcome: "committed" | "rolledBack" | "conflicted" | "aborted",
   ): void {
-    this.store.unwatch(tx, tx.watchedKeys);
+    this.store.unwatch(tx);
     session.tx = null;
     this.stats.txOpen--;
     if (outcome === "committed") this.stats.txCommitted++;
@@ -385,7 +406,7 @@ export class Executor {
       rolled_back: s.txRolledBack,
       conflicted: s.txConflicted,
       aborted: s.txAborted,
-      watched_keys: this.store.watchCounts.keys,
+      watched_keys: watchedKeys(this.store),
     };
     return {
       keys: this.store.size,
@@ -417,6 +438,12 @@ export class Executor {
 /** How long the reply to the nth failed AUTH on a connection waits: 50 ms, doubling, at most 5 s. */
 export function authFailureDelayMs(failures: number): number {
   return Math.min(AUTH_FAILURE_BASE_DELAY_MS * 2 ** (failures - 1), AUTH_FAILURE_MAX_DELAY_MS);
+}
+
+/** Keys watched by open transactions, counting reads not yet made watches (a key read twice before a commit counts twice). */
+function watchedKeys(store: Store): number {
+  const counts = store.watchCounts;
+  return counts.keys + counts.deferredReads;
 }
 
 function abortedInFailedLevel(type: Command["type"]): boolean {

@@ -25,7 +25,7 @@ import type { Executor } from "./execute.ts";
 import { LINE, LineFramer, type Frame } from "./framing.ts";
 import type { Logger } from "./log.ts";
 import { ByteBuffer } from "./byte-buffer.ts";
-import { error } from "./replies.ts";
+import { appendReply, error } from "./replies.ts";
 import { Session } from "./session.ts";
 
 export interface ServerOptions {
@@ -317,7 +317,7 @@ export class TxkvServer {
         if (!(found === LINE && this.runPlain(conn, out))) {
           const reply = this.run(socket, conn, this.commandOfLine(framer, found));
           if (typeof reply === "string") {
-            out.text(reply);
+            appendReply(out, reply);
           } else {
             // Replies before an asynchronous one go first (or are held first); later requests wait for it.
             this.finishBatch(socket, conn, out, batchSeq);
@@ -397,7 +397,7 @@ export class TxkvServer {
       this.awaitReply(socket, conn, reply);
       return;
     }
-    out.text(reply);
+    appendReply(out, reply);
     this.finishBatch(socket, conn, out, conn.session.waitSeq);
   }
 
@@ -485,9 +485,10 @@ export class TxkvServer {
       released++;
     }
     if (released === 0) return;
-    const ready = conn.held.splice(0, released).map((held) => held.bytes!);
-    if (!conn.held.some((held) => held.seq > this.durableSeq)) this.waitingForDurability.delete(socket);
-    this.sendBytes(socket, conn, ready.length === 1 ? ready[0]! : Buffer.concat(ready));
+    // The common case under --fsync always: one held batch, now durable.
+    const bytes = released === 1 ? conn.held.shift()!.bytes! : Buffer.concat(conn.held.splice(0, released).map((held) => held.bytes!));
+    if (conn.held.length === 0 || !conn.held.some((held) => held.seq > this.durableSeq)) this.waitingForDurability.delete(socket);
+    this.sendBytes(socket, conn, bytes);
     if (conn.readPaused) this.resumeIfDrained(socket, conn);
     else if (conn.closing) this.closeWhenFlushed(socket, conn);
   }

@@ -9,6 +9,12 @@
  * prefix, every other watching transaction is marked conflicted at once
  * (as Redis WATCH does). Nothing is kept for conflict checks beyond the open
  * transactions' own watches, which are dropped when they end.
+ * Deferred watches (watchAscii): a read by the fast path is only noted, as
+ * bytes, and becomes a real watch (a string in a Map) at the next commit, or
+ * never if its transaction ends first. Until some commit happens nothing can
+ * conflict with it, so this changes no outcome; and the common transaction
+ * (START, GET, PUT, COMMIT in one batch) then watches without a string or a
+ * Map entry at all.
  * The data lives in a CompactMap (bytes in typed arrays, not JS strings): a
  * million keys cost tens of bytes each instead of hundreds (issue 6). The
  * fast path reads and writes it by bytes (findAscii, putAscii); a key becomes
@@ -16,13 +22,20 @@
  * Must not: know about sockets, replies, sessions or the disk.
  */
 import type { CommitOp, EncodedValue } from "./commit-log.ts";
+import { ByteBuffer } from "./byte-buffer.ts";
 import { CompactMap, type AsciiEntry } from "./compact-map.ts";
 import { latin1Text } from "./text.ts";
 
 /** Something that can be marked conflicted: an open transaction. */
 export interface Watcher {
   conflicted: boolean;
+  /** The keys it watches (kept by the store, unique), so that unwatch can drop them. */
+  readonly watchedKeys: string[];
 }
+
+/** Deferred watches beyond these are made real at once, so a long run of reads holds bounded memory. */
+const MAX_DEFERRED_READS = 1024;
+const MAX_DEFERRED_KEY_BYTES = 64 * 1024;
 
 export class Store {
   private readonly data: CompactMap;
@@ -31,6 +44,15 @@ export class Store {
   /** Who watches each key: one transaction as itself (the common case, no Set to allocate), or a Set. */
   private readonly keyWatchers = new Map<string, Watcher | Set<Watcher>>();
   private readonly prefixWatchers = new Map<Watcher, string[]>();
+  /**
+   * Reads noted by watchAscii since the last commit, the first deferredCount
+   * entries: the reader (null once it ended) and where its key ends in deferredKeys.
+   * Fixed-size arrays with a count: nothing is allocated or resized per read.
+   */
+  private deferredCount = 0;
+  private readonly deferredReaders: (Watcher | null)[] = new Array<Watcher | null>(MAX_DEFERRED_READS).fill(null);
+  private readonly deferredKeyEnds = new Int32Array(MAX_DEFERRED_READS);
+  private readonly deferredKeys = new ByteBuffer(1024);
 
   /**
    * Starts from initial: a CompactMap is adopted as is (a loader can build
@@ -85,30 +107,40 @@ export class Store {
 
   /** Auto-committed PUT. Returns the commit's seq. */
   put(key: string, value: EncodedValue): number {
+    this.beforeCommit();
     const created = this.data.set(key, value);
-    this.changed(key, created, null);
+    this.changed(key, created);
     return ++this.seq;
   }
 
-  /** put() for a key and an encoded value given as ASCII bytes (the fast path). Returns the commit's seq. */
+  /**
+   * put() for a key and an encoded value given as ASCII bytes (the fast path,
+   * and a transaction whose only change that is). Returns the commit's seq.
+   */
   putAscii(entry: AsciiEntry): number {
+    this.beforeCommit();
     const created = this.data.setAscii(entry);
     // The key is made a string only when a transaction watches something.
     if (this.keyWatchers.size !== 0 || (created && this.prefixWatchers.size !== 0)) {
-      this.changed(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd), created, null);
+      this.changed(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd), created);
     }
     return ++this.seq;
   }
 
   /** Auto-committed DEL of a present key. Returns the commit's seq. */
   delete(key: string): number {
+    this.beforeCommit();
     this.data.delete(key);
-    this.changed(key, true, null);
+    this.changed(key, true);
     return ++this.seq;
   }
 
-  /** Applies one transaction's changes at once. Returns the commit's seq. */
-  apply(ops: readonly CommitOp[], committer: Watcher | null): number {
+  /**
+   * Applies one transaction's changes at once. Returns the commit's seq. The
+   * committing transaction must have dropped its own watches (unwatch) first.
+   */
+  apply(ops: readonly CommitOp[]): number {
+    this.beforeCommit();
     for (const [key, value] of ops) {
       let existenceChanged: boolean;
       if (value === null) {
@@ -116,30 +148,39 @@ export class Store {
       } else {
         existenceChanged = this.data.set(key, value);
       }
-      this.changed(key, existenceChanged, committer);
+      this.changed(key, existenceChanged);
     }
     return ++this.seq;
   }
 
-  /**
-   * Marks w conflicted when another commit changes key (present or absent
-   * now). Returns true when this is a new watch (so w must unwatch key later).
-   */
-  watchKey(w: Watcher, key: string): boolean {
-    if (w.conflicted) return false;
+  /** Marks w conflicted when another commit changes key (present or absent now). */
+  watchKey(w: Watcher, key: string): void {
+    if (w.conflicted) return;
     const current = this.keyWatchers.get(key);
+    if (current === w) return;
     if (current === undefined) {
       this.keyWatchers.set(key, w);
-      return true;
-    }
-    if (current === w) return false;
-    if (current instanceof Set) {
-      if (current.has(w)) return false;
+    } else if (current instanceof Set) {
+      if (current.has(w)) return;
       current.add(w);
-      return true;
+    } else {
+      this.keyWatchers.set(key, new Set([current, w]));
     }
-    this.keyWatchers.set(key, new Set([current, w]));
-    return true;
+    w.watchedKeys.push(key);
+  }
+
+  /**
+   * watchKey() for a key given as ASCII bytes (the fast path), deferred: the
+   * bytes are copied and become a watch at the next commit (see the top).
+   */
+  watchAscii(w: Watcher, src: Uint8Array, start: number, end: number): void {
+    if (w.conflicted) return;
+    if (this.deferredCount === MAX_DEFERRED_READS || this.deferredKeys.length >= MAX_DEFERRED_KEY_BYTES) {
+      this.watchDeferred();
+    }
+    this.deferredKeys.range(src, start, end);
+    this.deferredReaders[this.deferredCount] = w;
+    this.deferredKeyEnds[this.deferredCount++] = this.deferredKeys.length;
   }
 
   /** Marks w conflicted when another commit creates or deletes a key under prefix. */
@@ -150,9 +191,16 @@ export class Store {
     else if (!prefixes.includes(prefix)) prefixes.push(prefix);
   }
 
-  /** Drops every watch of w on the given keys and all its prefixes. */
-  unwatch(w: Watcher, keys: readonly string[]): void {
-    for (const key of keys) {
+  /** Drops every watch of w: its keys, its prefixes and its deferred reads. */
+  unwatch(w: Watcher): void {
+    // Each step only when there is something to drop: most transactions have only deferred reads.
+    if (w.watchedKeys.length !== 0) this.unwatchKeys(w);
+    if (this.prefixWatchers.size !== 0) this.prefixWatchers.delete(w);
+    if (this.deferredCount !== 0) this.dropDeferred(w);
+  }
+
+  private unwatchKeys(w: Watcher): void {
+    for (const key of w.watchedKeys) {
       const current = this.keyWatchers.get(key);
       if (current === w) {
         this.keyWatchers.delete(key);
@@ -161,24 +209,62 @@ export class Store {
         if (current.size === 0) this.keyWatchers.delete(key);
       }
     }
-    this.prefixWatchers.delete(w);
+    w.watchedKeys.length = 0;
   }
 
-  /** Watch entries held, for STATS and for tests that check bookkeeping is freed. */
-  get watchCounts(): { keys: number; prefixes: number } {
-    return { keys: this.keyWatchers.size, prefixes: this.prefixWatchers.size };
+  /** Watch entries held (deferred reads included), for STATS and for tests that check bookkeeping is freed. */
+  get watchCounts(): { keys: number; prefixes: number; deferredReads: number } {
+    return { keys: this.keyWatchers.size, prefixes: this.prefixWatchers.size, deferredReads: this.deferredCount };
   }
 
-  private changed(key: string, existenceChanged: boolean, committer: Watcher | null): void {
+  /** A commit is about to change something: deferred reads become watches first, so it can conflict them. */
+  private beforeCommit(): void {
+    if (this.deferredCount !== 0) this.watchDeferred();
+  }
+
+  private watchDeferred(): void {
+    const readers = this.deferredReaders;
+    const ends = this.deferredKeyEnds;
+    const keys = this.deferredKeys.bytes;
+    let start = 0;
+    for (let i = 0; i < this.deferredCount; i++) {
+      const reader = readers[i]!;
+      const end = ends[i]!;
+      if (reader !== null) this.watchKey(reader, latin1Text(keys, start, end));
+      start = end;
+    }
+    this.clearDeferred();
+  }
+
+  /** Forgets w's deferred reads (it ended); when no other reader's remain, all of them. */
+  private dropDeferred(w: Watcher): void {
+    const readers = this.deferredReaders;
+    let others = 0;
+    for (let i = 0; i < this.deferredCount; i++) {
+      if (readers[i] === w) readers[i] = null;
+      else if (readers[i] !== null) others++;
+    }
+    if (others === 0) this.clearDeferred();
+  }
+
+  private clearDeferred(): void {
+    // Dropped so that ended transactions are not kept reachable from here.
+    for (let i = 0; i < this.deferredCount; i++) this.deferredReaders[i] = null;
+    this.deferredCount = 0;
+    this.deferredKeys.clear();
+  }
+
+  /** Marks every transaction watching key (or, when it was created or deleted, a prefix of it) conflicted. */
+  private changed(key: string, existenceChanged: boolean): void {
     const watchers = this.keyWatchers.get(key);
     if (watchers instanceof Set) {
-      for (const w of watchers) if (w !== committer) w.conflicted = true;
-    } else if (watchers !== undefined && watchers !== committer) {
+      for (const w of watchers) w.conflicted = true;
+    } else if (watchers !== undefined) {
       watchers.conflicted = true;
     }
     if (existenceChanged && this.prefixWatchers.size !== 0) {
       for (const [w, prefixes] of this.prefixWatchers) {
-        if (w === committer || w.conflicted) continue;
+        if (w.conflicted) continue;
         for (const prefix of prefixes) {
           if (key.startsWith(prefix)) {
             w.conflicted = true;

@@ -9,11 +9,18 @@
  * watch list and its levels are reused rather than allocated per transaction,
  * and a level's first write is kept in two fields: a Map is made only for a
  * level that writes a second key (most transactions write one).
+ * The transaction's latest write may also be held as bytes (a plain PUT from
+ * the server's fast path): a transaction whose only change it is commits
+ * straight from those bytes (soleAsciiWrite), making no string at all; any
+ * other use of the writes first turns it into strings (settle).
  * Must not: touch the store (the executor decides what is read from it and
  * when to watch), build replies, or know about sockets.
  */
+import { ByteBuffer } from "./byte-buffer.ts";
 import type { CommitOp, EncodedValue } from "./commit-log.ts";
+import type { AsciiEntry } from "./compact-map.ts";
 import type { Watcher } from "./store.ts";
+import { latin1Text } from "./text.ts";
 
 /** A buffered delete. */
 export const DELETED = Symbol("DELETED");
@@ -30,25 +37,41 @@ interface Level {
   failed: boolean;
 }
 
+/** Room for a typical key and value; the buffer grows for longer ones. */
+const ASCII_WRITE_INITIAL_BYTES = 256;
+
 function newLevel(): Level {
   return { firstKey: null, firstValue: DELETED, writes: null, bytes: 0, failed: false };
 }
 
 export class Transaction implements Watcher {
   conflicted = false;
-  /** Keys this transaction watches in the store (so they can be unwatched); the store keeps them unique. */
+  /** Keys this transaction watches (kept by the store, see Watcher). */
   readonly watchedKeys: string[] = [];
   /** levels[0, depth) are in use; the ones above are kept for reuse. */
   private readonly levels: Level[] = [newLevel()];
   private levelCount = 1;
   private totalBytes = 0;
+  /** The level whose latest write is held as bytes in asciiWrite (see writeAscii), or -1. */
+  private asciiLevel = -1;
+  /** That write: key and encoded value, pointing into asciiBytes. */
+  private readonly asciiWrite: AsciiEntry = {
+    keySrc: new Uint8Array(0),
+    keyStart: 0,
+    keyEnd: 0,
+    valueSrc: new Uint8Array(0),
+    valueStart: 0,
+    valueEnd: 0,
+  };
+  /** Made at the first such write, then reused. */
+  private asciiBytes: ByteBuffer | null = null;
 
-  /** Makes this a fresh transaction of one level (the previous one must have ended and unwatched). */
+  /** Makes this a fresh transaction of one level (the previous one must have ended: unwatch left watchedKeys empty). */
   reset(): void {
     this.conflicted = false;
-    this.watchedKeys.length = 0;
     this.totalBytes = 0;
     this.levelCount = 0;
+    this.asciiLevel = -1;
     this.begin();
   }
 
@@ -79,12 +102,14 @@ export class Transaction implements Watcher {
 
   /** True when some level has buffered a write. */
   get hasWrites(): boolean {
+    if (this.asciiLevel >= 0) return true;
     for (let i = 0; i < this.levelCount; i++) if (levelHasWrites(this.levels[i]!)) return true;
     return false;
   }
 
   /** This transaction's own latest write of key: a value, DELETED, or undefined when it never wrote it. */
   ownWrite(key: string): Write | undefined {
+    this.settle();
     for (let i = this.levelCount - 1; i >= 0; i--) {
       const level = this.levels[i]!;
       if (level.firstKey === key) return level.firstValue;
@@ -96,10 +121,46 @@ export class Transaction implements Watcher {
 
   /** Buffers a PUT (value) or DEL (DELETED) in the innermost level, charging its request bytes. */
   write(key: string, value: Write, requestBytes: number): void {
-    const level = this.innermost();
-    addWrite(level, key, value);
-    level.bytes += requestBytes;
-    this.totalBytes += requestBytes;
+    this.settle();
+    addWrite(this.innermost(), key, value);
+    this.charge(requestBytes);
+  }
+
+  /**
+   * write() of a PUT given as bytes: the key keySrc[keyStart, keyEnd) and the
+   * value's JSON text valueSrc[valueStart, valueEnd), both ASCII needing no
+   * JSON escaping. They are copied: the sources may be reused afterwards.
+   */
+  writeAscii(
+    keySrc: Uint8Array,
+    keyStart: number,
+    keyEnd: number,
+    valueSrc: Uint8Array,
+    valueStart: number,
+    valueEnd: number,
+    requestBytes: number,
+  ): void {
+    this.settle();
+    const buffer = (this.asciiBytes ??= new ByteBuffer(ASCII_WRITE_INITIAL_BYTES));
+    buffer.clear();
+    buffer.range(keySrc, keyStart, keyEnd);
+    buffer.range(valueSrc, valueStart, valueEnd);
+    const entry = this.asciiWrite;
+    entry.keySrc = entry.valueSrc = buffer.bytes;
+    entry.keyStart = 0;
+    entry.keyEnd = entry.valueStart = keyEnd - keyStart;
+    entry.valueEnd = buffer.length;
+    this.asciiLevel = this.levelCount - 1;
+    this.charge(requestBytes);
+  }
+
+  /**
+   * The transaction's only change, when it is a write held as bytes (the
+   * common one-PUT transaction of the fast path): commit it from these. Else null.
+   * Only at the outermost level.
+   */
+  soleAsciiWrite(): AsciiEntry | null {
+    return this.asciiLevel === 0 && !levelHasWrites(this.levels[0]!) ? this.asciiWrite : null;
   }
 
   /** Charges request bytes without a write (a DEL that found nothing). */
@@ -110,6 +171,7 @@ export class Transaction implements Watcher {
 
   /** Merges the innermost level into its parent. Only for depth > 1. */
   commitNested(): void {
+    this.settle();
     const child = this.levels[--this.levelCount]!;
     const parent = this.innermost();
     for (const [key, value] of writesOf(child)) addWrite(parent, key, value);
@@ -119,6 +181,7 @@ export class Transaction implements Watcher {
 
   /** Discards the innermost level. Returns true when that was the outermost (the transaction is over). */
   rollbackLevel(): boolean {
+    if (this.asciiLevel === this.levelCount - 1) this.asciiLevel = -1;
     const level = this.levels[--this.levelCount]!;
     this.totalBytes -= level.bytes;
     return this.levelCount === 0;
@@ -126,6 +189,7 @@ export class Transaction implements Watcher {
 
   /** The outermost level's changes as commit ops (call at the outermost COMMIT). */
   changes(): CommitOp[] {
+    this.settle();
     const level = this.levels[0]!;
     if (level.firstKey !== null) return [[level.firstKey, commitValue(level.firstValue)]];
     const ops: CommitOp[] = [];
@@ -135,6 +199,7 @@ export class Transaction implements Watcher {
 
   /** Applies this transaction's own writes to the store's keys under prefix: what KEYS answers inside it. */
   overlayKeys(storeKeys: string[], prefix: string): string[] {
+    this.settle();
     if (!this.hasWrites) return storeKeys;
     const keys = new Set(storeKeys);
     for (let i = 0; i < this.levelCount; i++) {
@@ -145,6 +210,16 @@ export class Transaction implements Watcher {
       }
     }
     return [...keys];
+  }
+
+  /** Turns the write held as bytes into strings in its level (it is that level's latest write). */
+  private settle(): void {
+    if (this.asciiLevel < 0) return;
+    const level = this.levels[this.asciiLevel]!;
+    this.asciiLevel = -1;
+    const entry = this.asciiWrite;
+    const key = latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd);
+    addWrite(level, key, latin1Text(entry.valueSrc, entry.valueStart, entry.valueEnd));
   }
 
   private innermost(): Level {

@@ -251,7 +251,7 @@ describe("Store over CompactMap", () => {
       // Commits between steps, as while a snapshot is written in slices: only keys >= 2000 change.
       const n = 2000 + (step++ % 1000);
       if (step % 3 === 0) store.delete(`key:${n}`);
-      else store.apply([[`key:${n}`, `"changed ${step} ${"x".repeat(step % 50)}"`], [`new:${step}`, "1"]], null);
+      else store.apply([[`key:${n}`, `"changed ${step} ${"x".repeat(step % 50)}"`], [`new:${step}`, "1"]]);
     }
     for (let i = 0; i < 2000; i++) expect(seen.get(`key:${i}`)).toBe(`"${i}"`);
     expect(store.seq).toBe(step);

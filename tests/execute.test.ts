@@ -273,9 +273,9 @@ describe("serializable conflicts", () => {
     a("START");
     for (let i = 0; i < 50; i++) a(`GET k${i}`);
     a("KEYS k");
-    expect(store.watchCounts).toEqual({ keys: 50, prefixes: 1 });
+    expect(store.watchCounts).toEqual({ keys: 50, prefixes: 1, deferredReads: 0 });
     a("ROLLBACK");
-    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0 });
+    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
     a("START");
     a("GET k1");
     b("START");
@@ -283,7 +283,7 @@ describe("serializable conflicts", () => {
     b("PUT k1 x");
     b("COMMIT");
     a("COMMIT");
-    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0 });
+    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
   });
 
   test("closing a session rolls its transaction back and frees its watches", () => {
@@ -295,7 +295,7 @@ describe("serializable conflicts", () => {
     executor.closeSession(a.session);
     expect(a.session.tx).toBeNull();
     expect(b("GET k")).toEqual(err("NOT_FOUND"));
-    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0 });
+    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
   });
 });
 

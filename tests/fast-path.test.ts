@@ -901,6 +901,141 @@ describe("Executor.executePlain does what execute does", () => {
   });
 });
 
+describe("deferred watches and transaction writes held as bytes", () => {
+  const reply = (h: Harness, session: Session, line: string) => h.run(session, line).reply;
+  const codeOf = (text: string) => (JSON.parse(text) as { code?: string }).code ?? "Ok";
+
+  test("a fast-path read in a transaction is noted as bytes, becomes a watch at the next commit, and that commit conflicts it", () => {
+    const h = new Harness(new RecordingLog(), { initial: [["k", '"1"']] });
+    const [reader, writer] = [new Session(false), new Session(false)];
+    h.run(reader, "START");
+    expect(h.run(reader, "GET k")).toEqual({ reply: okEntry("k", '"1"'), fast: true });
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 1 });
+    expect(h.run(writer, "PUT k 2").fast).toBe(true);
+    // The commit made the deferred read a watch before changing k, and marked the reader.
+    expect(h.store.watchCounts).toEqual({ keys: 1, prefixes: 0, deferredReads: 0 });
+    expect(codeOf(reply(h, reader, "COMMIT"))).toBe("CONFLICT");
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+  });
+
+  test("a commit of an unrelated key turns deferred reads into watches without conflicting them", () => {
+    const h = new Harness(new RecordingLog());
+    const [reader, writer] = [new Session(false), new Session(false)];
+    h.run(reader, "START");
+    h.run(reader, "GET a");
+    h.run(writer, "PUT b 1");
+    expect(h.store.watchCounts).toEqual({ keys: 1, prefixes: 0, deferredReads: 0 });
+    h.run(writer, "PUT a 1");
+    expect(codeOf(reply(h, reader, "COMMIT"))).toBe("CONFLICT");
+  });
+
+  test("a transaction that ends drops only its own deferred reads; another's still conflict", () => {
+    const h = new Harness(new RecordingLog());
+    const [a, b, writer] = [new Session(false), new Session(false), new Session(false)];
+    h.run(a, "START");
+    h.run(a, "GET x");
+    h.run(b, "START");
+    h.run(b, "GET y");
+    expect(h.store.watchCounts.deferredReads).toBe(2);
+    h.run(a, "ROLLBACK");
+    expect(h.store.watchCounts.deferredReads).toBe(2); // a's is kept as a dropped entry until b's goes too
+    h.run(writer, "PUT x 1");
+    h.run(writer, "PUT y 1");
+    expect(codeOf(reply(h, b, "COMMIT"))).toBe("CONFLICT");
+    h.run(a, "START");
+    h.run(a, "GET x");
+    expect(reply(h, a, "COMMIT")).toContain("Transaction committed");
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+  });
+
+  test("past 1,024 deferred reads they become watches at once (bounded memory), and still conflict", () => {
+    const h = new Harness(new RecordingLog());
+    const [reader, writer] = [new Session(false), new Session(false)];
+    h.run(reader, "START");
+    for (let i = 0; i < 3000; i++) h.run(reader, "GET same");
+    expect(h.store.watchCounts.deferredReads).toBeLessThanOrEqual(1024);
+    expect(h.store.watchCounts.keys).toBe(1);
+    h.out.clear();
+    h.run(writer, "PUT same 1");
+    expect(codeOf(reply(h, reader, "COMMIT"))).toBe("CONFLICT");
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+  });
+
+  test("a one-PUT transaction commits from its bytes: the same store, journal record and durability wait as the general path", () => {
+    const fast = new Harness(new RecordingLog((seq) => seq), { initial: [["k", '"0"']] });
+    const general = new Harness(new RecordingLog((seq) => seq), { initial: [["k", '"0"']] });
+    const [a, b] = [new Session(false), new Session(false)];
+    for (const [h, s, useFastPath] of [[fast, a, true], [general, b, false]] as const) {
+      for (const line of ["START", "GET k", "PUT k {v} w", "COMMIT", "START", "PUT new 1", "COMMIT"]) h.run(s, line, useFastPath);
+    }
+    expect(a.waitSeq).toBe(2);
+    expect(b.waitSeq).toBe(2);
+    expect(fast.batch).toBe(general.batch);
+    expect((fast.log as RecordingLog).records).toEqual([
+      { seq: 1, ops: [["k", '"{v} w"']] },
+      { seq: 2, ops: [["new", '"1"']] },
+    ]);
+    expect((fast.log as RecordingLog).records).toEqual((general.log as RecordingLog).records);
+    expect(new Map(fast.store.entries())).toEqual(new Map(general.store.entries()));
+  });
+
+  test("a write held as bytes keeps its meaning through reads of it, later writes, nested levels and rollbacks", () => {
+    const h = new Harness(new RecordingLog());
+    const s = new Session(false);
+    const run = (line: string) => h.run(s, line).reply;
+    // Read back, then overwritten by a JSON-form PUT in the same level.
+    run("START");
+    run("PUT a 1");
+    expect(run("GET a")).toBe(okEntry("a", '"1"'));
+    run('PUT {"key":"a","value":[1]}');
+    run("PUT b 2");
+    run("COMMIT");
+    expect([h.store.get("a"), h.store.get("b")]).toEqual(["[1]", '"2"']);
+    // Written in a nested level that is rolled back: gone; the outer level's write stays.
+    run("START");
+    run("PUT c 1");
+    run("START");
+    run("PUT c 2");
+    run("ROLLBACK");
+    expect(run("GET c")).toBe(okEntry("c", '"1"'));
+    run("COMMIT");
+    expect(h.store.get("c")).toBe('"1"');
+    // Written in a nested level that commits into its parent: committed with the outer COMMIT.
+    run("START");
+    run("START");
+    run("PUT d 1");
+    run("COMMIT");
+    expect(h.store.get("d")).toBeUndefined();
+    run("COMMIT");
+    expect(h.store.get("d")).toBe('"1"');
+    // A rolled-back nested level's write does not come back in a new level at the same depth.
+    run("START");
+    run("START");
+    run("PUT g 1");
+    run("ROLLBACK");
+    run("START");
+    run("COMMIT");
+    run("COMMIT");
+    expect(h.store.get("g")).toBeUndefined();
+    // The whole transaction rolled back: nothing.
+    run("START");
+    run("PUT e 1");
+    run("ROLLBACK");
+    expect(h.store.get("e")).toBeUndefined();
+    // KEYS inside the transaction sees the write held as bytes.
+    run("START");
+    run("PUT f:1 x");
+    expect(JSON.parse(run("KEYS f:")).result).toEqual(["f:1"]);
+    run("COMMIT");
+    expect((h.log as RecordingLog).records.map((r) => r.ops)).toEqual([
+      [["a", "[1]"], ["b", '"2"']],
+      [["c", '"1"']],
+      [["d", '"1"']],
+      [["f:1", '"x"']],
+    ]);
+  });
+});
+
 // ---------------------------------------------------------------- (7) end to end
 
 let server: RunningServer & { logs: string[] };

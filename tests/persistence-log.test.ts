@@ -59,7 +59,7 @@ async function open(
   const store = new Store(opened.initial, opened.seq);
   opened.log.attach(store);
   openLogs.push(opened.log);
-  const commit = (ops: CommitOp[]) => opened.log.append({ seq: store.apply(ops, null), ops });
+  const commit = (ops: CommitOp[]) => opened.log.append({ seq: store.apply(ops), ops });
   return {
     log: opened.log,
     store,
@@ -440,7 +440,7 @@ describe("failures while running", () => {
     log.attach(store);
     let durable = 0;
     log.onDurable = (seq) => (durable = seq);
-    const put = (key: string, value: string) => log.append({ seq: store.apply([[key, value]], null), ops: [[key, value]] });
+    const put = (key: string, value: string) => log.append({ seq: store.apply([[key, value]]), ops: [[key, value]] });
     put("k1", "1");
     const held = put("k2", "2");
     await until(() => log.unavailableReason !== null, "the write error");
