@@ -7,8 +7,11 @@
  * handing each commit to the CommitLog, AUTH, STATS.
  * Most replies are returned as a string at once; SAVE and a failed AUTH
  * (delayed) return a Promise; a durable write sets `session.waitSeq`.
- * `executePlain` is the fast path for plain GET/PUT outside transactions:
- * same meaning, but read from the request's bytes and answered as bytes.
+ * `executePlain` is the fast path for plain GET/PUT, in and outside
+ * transactions: same meaning, but read from the request's bytes and
+ * answered as bytes. Inside a transaction its reads are watched as bytes
+ * (Store.watchAscii) and its PUT kept as bytes (Transaction.writeAscii), so
+ * a START/GET/PUT/COMMIT makes no string when nothing else interleaves.
  * Must not: touch sockets or the disk, or parse request text.
  */
 import { timingSafeEqual, createHash } from "node:crypto";

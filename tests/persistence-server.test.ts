@@ -155,6 +155,38 @@ describe("kill -9", () => {
     expect(acked.every((n) => n > 0)).toBe(true);
   }, 30_000);
 
+  test("always: one-PUT transactions (committed from their bytes) acknowledged before kill -9 are all there, in order, and read-then-write keeps its value", async () => {
+    const dir = dataDir();
+    const writers = 4;
+    const acked: number[] = new Array(writers).fill(-1);
+    for (let round = 0; round < 2; round++) {
+      const server = await start(dir, ["--fsync", "always"]);
+      const clients = await Promise.all(Array.from({ length: writers }, () => client(server)));
+      const steps = clients.map((c, w) => async () => {
+        const n = acked[w]! + 1;
+        const key = `t${w}-${String(n).padStart(6, "0")}`;
+        // kvload's transaction: START, GET, PUT, COMMIT in one batch.
+        const replies = await c.pipeline(["START", `GET t${w}-last`, `PUT ${key} r${round}`, "COMMIT"]);
+        if (replies[3]?.status !== "Ok") throw new Error(`commit refused: ${JSON.stringify(replies)}`);
+        acked[w] = n;
+      });
+      await killWhileWriting(server, steps, randomMoment);
+
+      const check = await start(dir);
+      const c = await client(check);
+      for (let w = 0; w < writers; w++) {
+        const keys = (await c.request(`KEYS t${w}-0`)).result as string[];
+        expect(keys.length).toBeGreaterThanOrEqual(acked[w]! + 1);
+        expect(keys.length).toBeLessThanOrEqual(acked[w]! + 2);
+        keys.forEach((key, i) => expect(key).toBe(`t${w}-${String(i).padStart(6, "0")}`));
+        acked[w] = keys.length - 1;
+      }
+      check.proc.kill("SIGKILL");
+      await check.exited;
+    }
+    expect(acked.every((n) => n > 0)).toBe(true);
+  }, 30_000);
+
   test("everysec: transactions writing one token to two keys are never half applied after kill -9", async () => {
     const dir = dataDir();
     for (let round = 0; round < 3; round++) {
