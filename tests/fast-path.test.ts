@@ -16,7 +16,7 @@
  * (5) LineFramer.nextLine/lineText: positions, CR, blank lines, invalid
  *     UTF-8, a long line in many chunks, and next() ≡ nextLine() + lineText();
  * (6) Executor.executePlain vs execute: random request mixes (transactions
- *     on two sessions included) on two executors give the same reply bytes,
+ *     on three sessions included) on two executors give the same reply bytes,
  *     journal records, stats and store; overwrites with ever longer values;
  *     transaction semantics whichever path answers; every refusal (not
  *     authenticated, a stored value that is not ASCII, persistence failing,
@@ -718,24 +718,36 @@ const requestLine = fc.oneof(
   { weight: 1, arbitrary: fc.constantFrom("GET a b", "PUT a", "PUT a \t", 'GET {"key":"a"}', "PUT a tab\there", 'PUT a q"uote', "PUT a é", "PING", "KEYS", "KEYS k") },
   { weight: 3, arbitrary: fc.constantFrom("START", "START", "COMMIT", "COMMIT", "ROLLBACK") },
 );
-/** A request and which of two sessions sends it (so transactions meet other sessions' writes). */
-const sessionRequest = fc.tuple(fc.constantFrom(0, 0, 1), requestLine);
+/**
+ * A request and which of three sessions sends it (so transactions meet other
+ * sessions' writes, and deferred reads of several open transactions meet commits).
+ */
+const sessionRequest = fc.tuple(fc.constantFrom(0, 0, 1, 2), requestLine);
+const anySession = fc.constantFrom(0, 0, 1, 2);
+/** A run of one session's requests dense in START/COMMIT/ROLLBACK: nested levels, their rollbacks and commits. */
+const nestedRun = fc
+  .tuple(anySession, fc.array(fc.oneof(requestLine, fc.constantFrom("START", "START", "COMMIT", "ROLLBACK")), { maxLength: 10 }))
+  .map(([who, lines]) => lines.map((line): [number, string] => [who, line]));
+/** Single requests of any session, and runs of one session's nested transactions, interleaved. */
+const requestMix = fc
+  .array(fc.oneof({ weight: 4, arbitrary: sessionRequest.map((r) => [r]) }, { weight: 1, arbitrary: nestedRun }), { maxLength: 40, size: "max" })
+  .map((chunks) => chunks.flat());
 
 describe("Executor.executePlain does what execute does", () => {
   test(
-    "random plain GET/PUT, JSON-form PUTs (non-ASCII, nested), DELs, errors and transactions on two sessions: same reply bytes, journal records, stats and store",
+    "random plain GET/PUT, JSON-form PUTs (non-ASCII, nested), DELs, errors and transactions on three sessions: same reply bytes, journal records, stats and store",
     () => {
       let fastTotal = 0;
       let runs = 0;
       fc.assert(
-        fc.property(fc.array(sessionRequest, { maxLength: 80, size: "max" }), (rest) => {
+        fc.property(requestMix, (rest) => {
           runs++;
           const requests: [number, string][] = [[0, "PUT a v"], [0, "GET a"], ...rest];
           // A small transaction budget, so that PUTs inside transactions also run out of it.
           const fast = new Harness(new RecordingLog(), { maxTransactionBytes: 2000 });
           const general = new Harness(new RecordingLog(), { maxTransactionBytes: 2000 });
-          const fastSessions = [new Session(false), new Session(false)];
-          const generalSessions = [new Session(false), new Session(false)];
+          const fastSessions = [new Session(false), new Session(false), new Session(false)];
+          const generalSessions = [new Session(false), new Session(false), new Session(false)];
           for (const [who, line] of requests) {
             const a = fast.run(fastSessions[who]!, line);
             const b = general.run(generalSessions[who]!, line, false);
