@@ -11,7 +11,6 @@ import { commandFromFrame, newPlainRequest, noArgCommandOf, parsePlainRequest } 
 import { Executor } from "../lib/execute.ts";
 import { LINE, LineFramer } from "../lib/framing.ts";
 import { ByteBuffer } from "../lib/byte-buffer.ts";
-import { appendReply } from "../lib/replies.ts";
 import { Session } from "../lib/session.ts";
 import { ServerStats } from "../lib/stats.ts";
 import { Store } from "../lib/store.ts";
@@ -58,7 +57,7 @@ function run(kind: Kind, pipeline: number, rounds: number): number {
         found === LINE
           ? (noArgCommandOf(src, framer.lineStart, framer.lineEnd) ?? commandFromFrame(framer.lineText(), 1024))
           : commandFromFrame(found, 1024);
-      appendReply(out, executor.execute(cmd, session) as string);
+      out.text(executor.execute(cmd, session) as string);
     }
     bytes += out.length;
     framer.retain();

@@ -65,20 +65,6 @@ const ENTRY_TAIL = ascii("}}\n");
 const NOT_FOUND_HEAD = ascii('{"status":"Error","code":"NOT_FOUND","message":"Key not found: ');
 const NOT_FOUND_TAIL = ascii('"}\n');
 
-const STARTED_BYTES = ascii(REPLY.started);
-const COMMITTED_BYTES = ascii(REPLY.committed);
-
-/**
- * Appends a reply string to out as UTF-8. The replies of START and COMMIT,
- * constants sent with every transaction, are copied as bytes instead of being
- * encoded again (the check is by identity first, so other replies pay little).
- */
-export function appendReply(out: ByteBuffer, reply: string): void {
-  if (reply === REPLY.started) out.constant(STARTED_BYTES);
-  else if (reply === REPLY.committed) out.constant(COMMITTED_BYTES);
-  else out.text(reply);
-}
-
 /** Bytes that entryTail() appends. */
 export const ENTRY_TAIL_BYTES = ENTRY_TAIL.length;
 

@@ -25,7 +25,7 @@ import type { Executor } from "./execute.ts";
 import { LINE, LineFramer, type Frame } from "./framing.ts";
 import type { Logger } from "./log.ts";
 import { ByteBuffer } from "./byte-buffer.ts";
-import { appendReply, error } from "./replies.ts";
+import { error } from "./replies.ts";
 import { Session } from "./session.ts";
 
 export interface ServerOptions {
@@ -317,7 +317,7 @@ export class TxkvServer {
         if (!(found === LINE && this.runPlain(conn, out))) {
           const reply = this.run(socket, conn, this.commandOfLine(framer, found));
           if (typeof reply === "string") {
-            appendReply(out, reply);
+            out.text(reply);
           } else {
             // Replies before an asynchronous one go first (or are held first); later requests wait for it.
             this.finishBatch(socket, conn, out, batchSeq);
@@ -397,7 +397,7 @@ export class TxkvServer {
       this.awaitReply(socket, conn, reply);
       return;
     }
-    appendReply(out, reply);
+    out.text(reply);
     this.finishBatch(socket, conn, out, conn.session.waitSeq);
   }
 
