@@ -7,10 +7,11 @@
  * replies, the connection limit, the idle timeout, the cross-protocol guard,
  * the order of replies, and the graceful drain at shutdown.
  * Per data event, all replies that are ready are built in one ByteBuffer
- * and go out in one socket write. A plain GET or PUT outside a transaction
- * takes the fast path (parsePlainRequest + Executor.executePlain), straight
- * from the request's bytes into the reply bytes; every other line is decoded
- * and goes through commandFromFrame + Executor.execute.
+ * and go out in one socket write. A plain GET or PUT, in or outside a
+ * transaction, takes the fast path (parsePlainRequest +
+ * Executor.executePlain), straight from the request's bytes into the reply
+ * bytes; every other line is decoded and goes through commandFromFrame +
+ * Executor.execute.
  * Replies that must wait (a durable write under --fsync always, SAVE, a
  * delayed AUTH failure) are held in order; later replies queue behind them.
  * A request whose reply is asynchronous (SAVE, a failed AUTH) also holds the
@@ -485,10 +486,9 @@ export class TxkvServer {
       released++;
     }
     if (released === 0) return;
-    // The common case under --fsync always: one held batch, now durable.
-    const bytes = released === 1 ? conn.held.shift()!.bytes! : Buffer.concat(conn.held.splice(0, released).map((held) => held.bytes!));
-    if (conn.held.length === 0 || !conn.held.some((held) => held.seq > this.durableSeq)) this.waitingForDurability.delete(socket);
-    this.sendBytes(socket, conn, bytes);
+    const ready = conn.held.splice(0, released).map((held) => held.bytes!);
+    if (!conn.held.some((held) => held.seq > this.durableSeq)) this.waitingForDurability.delete(socket);
+    this.sendBytes(socket, conn, ready.length === 1 ? ready[0]! : Buffer.concat(ready));
     if (conn.readPaused) this.resumeIfDrained(socket, conn);
     else if (conn.closing) this.closeWhenFlushed(socket, conn);
   }
