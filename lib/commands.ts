@@ -14,7 +14,6 @@
 import * as v from "valibot";
 import type { EncodedValue } from "./commit-log.ts";
 import { INVALID_UTF8, TOO_LARGE, type Frame } from "./framing.ts";
-import { detach } from "./text.ts";
 
 export type NoArgCommandType = "START" | "COMMIT" | "ROLLBACK" | "PING" | "STATS" | "SAVE" | "HELP" | "QUIT";
 
@@ -216,18 +215,12 @@ function parsePut(line: string, argStart: number): Command {
   if (line.charCodeAt(argStart) === OPEN_BRACE) {
     const parsed = parseJsonArgument("PUT", line.slice(argStart), PutRequest);
     if ("type" in parsed) return parsed;
-    return { type: "PUT", key: detach(parsed.key), value: JSON.stringify(parsed.value), line };
+    return { type: "PUT", key: parsed.key, value: JSON.stringify(parsed.value), line };
   }
   const keyEnd = wordEnd(line, argStart);
   const valueStart = skipBlanks(line, keyEnd);
   if (valueStart >= line.length) return invalid("BAD_REQUEST", "PUT needs a value: PUT <key> <value>");
-  // The key and value will be kept: copy them out of the request's buffer (see text.ts).
-  return {
-    type: "PUT",
-    key: detach(line.slice(argStart, keyEnd)),
-    value: JSON.stringify(line.slice(valueStart)),
-    line,
-  };
+  return { type: "PUT", key: line.slice(argStart, keyEnd), value: JSON.stringify(line.slice(valueStart)), line };
 }
 
 function parseKeys(line: string, argStart: number): Command {

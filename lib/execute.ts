@@ -35,7 +35,7 @@ import {
 import type { Session } from "./session.ts";
 import type { ServerStats } from "./stats.ts";
 import type { Store } from "./store.ts";
-import { latin1Text } from "./text.ts";
+import { detach, latin1Text } from "./text.ts";
 import { DELETED, type Transaction } from "./transaction.ts";
 
 /** Nested START levels beyond this are refused: each level costs memory. */
@@ -224,7 +224,8 @@ export class Executor {
   private putInTx(session: Session, tx: Transaction, key: string, value: EncodedValue, line: string): string {
     const bytes = Buffer.byteLength(line);
     if (tx.bytes + bytes > this.options.maxTransactionBytes) return this.overBudget(session, tx);
-    tx.write(key, value, bytes);
+    // The key is a slice of the request line, which holds the value too: copy it before the transaction keeps it.
+    tx.write(detach(key), value, bytes);
     return okEntry(key, value);
   }
 
