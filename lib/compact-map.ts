@@ -71,17 +71,18 @@ const RECENT_MAX_LENGTH = 256;
 function hashString(text: string): number {
   let h = HASH_SEED ^ text.length;
   for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  return h ^ (h >>> 16);
+  return finalMix(h);
 }
 
 /** hashString of the string whose code units are bytes[start, end) (one per byte, as for ASCII). */
 function hashBytes(bytes: Uint8Array, start: number, end: number): number {
   let h = HASH_SEED ^ (end - start);
   for (let i = start; i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
+  return finalMix(h);
+}
+
+/** murmur3's fmix32: spreads FNV-1a's weak low bits over the whole word. */
+function finalMix(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;
