@@ -87,6 +87,20 @@ function dirBytes(dir: string): Record<string, string> {
   return out;
 }
 
+/**
+ * An `always` log whose first write is durable, so that its first round
+ * (which also fsyncs the new journal's directory, on the thread pool) is
+ * past; durable() is the last seq reported durable.
+ */
+async function openAlwaysPastFirstRound(dir: string): Promise<Opened & { durable: () => number }> {
+  const a = await open(dir, { fsync: "always" });
+  let durable = 0;
+  a.log.onDurable = (seq) => (durable = seq);
+  const first = a.put("first", 1);
+  await until(() => durable >= first, "the first round");
+  return { ...a, durable: () => durable };
+}
+
 async function until(condition: () => boolean, what: string, timeoutMs = 4000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!condition()) {
@@ -172,25 +186,16 @@ describe("durability", () => {
   });
 
   test("always: in the common case the turn's records are durable within that turn (fsync on the loop)", async () => {
-    const a = await open(tempDir(), { fsync: "always" });
-    let durable = 0;
-    a.log.onDurable = (seq) => (durable = seq);
-    // The first round after opening also fsyncs the new journal's directory (thread pool): let it pass.
-    const first = a.put("first", 1);
-    await until(() => durable >= first, "the first round");
+    const a = await openAlwaysPastFirstRound(tempDir());
     const wait = a.put("k", "v");
     // The log's flush was scheduled by put(), before this immediate: it runs first, fsync included.
     await new Promise((resolve) => setImmediate(resolve));
-    expect(durable).toBe(wait);
+    expect(a.durable()).toBe(wait);
   });
 
   test("always: a failed on-loop fsync is a persistence failure, and the write is acknowledged only once a rebuild made it durable", async () => {
     const dir = tempDir();
-    const a = await open(dir, { fsync: "always" });
-    let durable = 0;
-    a.log.onDurable = (seq) => (durable = seq);
-    const first = a.put("first", 1);
-    await until(() => durable >= first, "the first round");
+    const a = await openAlwaysPastFirstRound(dir);
     const original = fs.fdatasyncSync;
     let calls = 0;
     // One fsync error (EIO), as a failing disk gives: on Linux the next fsync may "succeed" without the lost pages.
@@ -202,9 +207,9 @@ describe("durability", () => {
       const wait = a.put("k", "v");
       await new Promise((resolve) => setImmediate(resolve));
       expect(calls).toBe(1);
-      expect(durable).toBeLessThan(wait);
+      expect(a.durable()).toBeLessThan(wait);
       expect(a.log.unavailableReason).toContain("EIO");
-      await until(() => durable >= wait && a.log.unavailableReason === null, "durable after the rebuild");
+      await until(() => a.durable() >= wait && a.log.unavailableReason === null, "durable after the rebuild");
     } finally {
       fs.fdatasyncSync = original;
     }
@@ -400,20 +405,16 @@ describe("lock", () => {
 describe("failures while running", () => {
   test("data directory removed: writes refused with the reason, then resumed when it is back", async () => {
     const dir = tempDir();
-    const a = await open(dir, { fsync: "always" });
-    let durable = 0;
-    a.log.onDurable = (seq) => (durable = seq);
-    const first = a.put("before", 1);
-    await until(() => durable >= first, "the first write to be durable");
+    const a = await openAlwaysPastFirstRound(dir);
     fs.rmSync(dir, { recursive: true });
     await until(() => a.log.unavailableReason !== null, "the removal to be noticed");
     expect(a.log.unavailableReason).toMatch(/removed|ENOENT/);
     expect(a.log.stats().available).toBe(false);
-    expect(a.store.get("before")).toBe("1");
+    expect(a.store.get("first")).toBe("1");
     fs.mkdirSync(dir);
     await until(() => a.log.unavailableReason === null, "persistence to resume");
     const second = a.put("after", 2);
-    await until(() => durable >= second, "the write after resuming to be durable");
+    await until(() => a.durable() >= second, "the write after resuming to be durable");
     expect(fs.readFileSync(path.join(dir, "data.json.lock"), "utf8").trim()).toBe(String(process.pid));
     const expected = contents(a.store);
     await closeLog(a);

@@ -263,9 +263,16 @@ describe("transactions end to end", () => {
     // A read answered from the transaction's own write is not a read of the store.
     expect(await conflictAfter(["PUT ser:own x", "GET ser:own", "DEL ser:own"], "PUT ser:own y")).toBe("OK");
     expect(await b.request("GET ser:own")).toMatchObject({ code: "NOT_FOUND" });
-    // What was kept for conflict checks is gone once no transaction is open.
-    const stats = (await b.request("STATS")).result as { transactions: { open: number; watched_keys: number } };
-    expect(stats.transactions).toMatchObject({ open: 0, watched_keys: 0 });
+    // STATS counts an open transaction's reads as watched keys, before any commit (reads noted as bytes)
+    // and after one (made watches); what was kept is gone once no transaction is open.
+    const watched = async () => ((await b.request("STATS")).result as { transactions: { open: number; watched_keys: number } }).transactions;
+    await a.request("START");
+    await a.pipeline(["GET ser:w1", "GET ser:w2"]);
+    expect(await watched()).toMatchObject({ open: 1, watched_keys: 2 });
+    await b.request("PUT ser:unrelated 1");
+    expect(await watched()).toMatchObject({ open: 1, watched_keys: 2 });
+    await a.request("ROLLBACK");
+    expect(await watched()).toMatchObject({ open: 0, watched_keys: 0 });
     a.close();
     b.close();
   });
