@@ -13,7 +13,8 @@
  * bytes; every other line is decoded and goes through commandFromFrame +
  * Executor.execute.
  * Replies that must wait (a durable write under --fsync always, SAVE, a
- * delayed AUTH failure) are held in order; later replies queue behind them.
+ * delayed AUTH failure) are held in order (HeldReplies: bytes in one reused
+ * buffer per connection); later replies queue behind them.
  * A request whose reply is asynchronous (SAVE, a failed AUTH) also holds the
  * connection's later requests: they run once it is answered, so a client
  * cannot pipeline password guesses past the failure delay.
@@ -26,6 +27,7 @@ import type { Executor } from "./execute.ts";
 import { LINE, LineFramer, type Frame } from "./framing.ts";
 import type { Logger } from "./log.ts";
 import { ByteBuffer } from "./byte-buffer.ts";
+import { HeldReplies } from "./held-replies.ts";
 import { error } from "./replies.ts";
 import { Session } from "./session.ts";
 
@@ -46,12 +48,6 @@ export interface ServerOptions {
 /** A TLS connection that never completes its handshake after being refused (BUSY) is dropped after this. */
 const REFUSED_HANDSHAKE_GRACE_MS = 5000;
 
-/** A reply that cannot leave yet, as bytes: null until an async reply resolves; seq > durableSeq until fsynced. */
-interface HeldReply {
-  bytes: Uint8Array | null;
-  seq: number;
-}
-
 interface Connection {
   readonly id: number;
   readonly remote: string;
@@ -60,8 +56,8 @@ interface Connection {
   /** Reply bytes the kernel has not accepted yet, in order. */
   queue: Uint8Array[];
   queuedBytes: number;
-  held: HeldReply[];
-  heldBytes: number;
+  /** Replies that may not leave yet (their writes are not durable, or an earlier reply is), in order. */
+  readonly held: HeldReplies;
   /** Reading is paused because too many reply bytes are waiting. */
   readPaused: boolean;
   /** A request's reply is asynchronous (SAVE, failed AUTH): later requests wait for it, reading is paused. */
@@ -189,7 +185,7 @@ export class TxkvServer {
     let total = 0;
     for (const socket of this.connections) {
       const conn = socket.data;
-      if (conn) total += conn.queuedBytes + conn.heldBytes + conn.framer.bufferedBytes;
+      if (conn) total += conn.queuedBytes + conn.held.length + conn.framer.bufferedBytes;
     }
     return total;
   }
@@ -220,8 +216,7 @@ export class TxkvServer {
       session: new Session(this.options.password !== undefined),
       queue: [],
       queuedBytes: 0,
-      held: [],
-      heldBytes: 0,
+      held: new HeldReplies(),
       readPaused: false,
       awaitingReply: false,
       idleSweeps: 0,
@@ -269,7 +264,7 @@ export class TxkvServer {
       const conn = socket.data;
       if (conn === null || conn.closed) continue;
       // A reply the server still owes (fsync, SAVE, AUTH delay) is the server's wait, not the client's silence.
-      if (conn.held.length !== 0) conn.idleSweeps = 0;
+      if (!conn.held.isEmpty || conn.awaitingReply) conn.idleSweeps = 0;
       if (++conn.idleSweeps <= limit) continue;
       this.log.debug("connection closed: idle timeout", {
         conn: conn.id,
@@ -329,7 +324,7 @@ export class TxkvServer {
         if (session.waitSeq > batchSeq) batchSeq = session.waitSeq;
       }
       this.finishBatch(socket, conn, out, batchSeq);
-      if (conn.queuedBytes + conn.heldBytes > limit && !conn.closing) {
+      if (conn.queuedBytes + conn.held.length > limit && !conn.closing) {
         this.pauseReading(socket, conn);
         return;
       }
@@ -435,13 +430,12 @@ export class TxkvServer {
    * cannot pipeline password guesses past an AUTH failure's delay.
    */
   private awaitReply(socket: Socket<SocketData>, conn: Connection, reply: Promise<string>): void {
-    const held: HeldReply = { bytes: null, seq: 0 };
-    conn.held.push(held);
     conn.awaitingReply = true;
     socket.pause();
     reply.then((text) => {
-      held.bytes = Buffer.from(text);
-      conn.heldBytes += held.bytes.length;
+      // Nothing was held after it meanwhile: no request ran while it was awaited.
+      const bytes = Buffer.from(text);
+      conn.held.hold(bytes, 0, bytes.length, 0);
       conn.awaitingReply = false;
       this.releaseHeld(socket, conn);
       if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
@@ -456,12 +450,10 @@ export class TxkvServer {
    */
   private finishBatch(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer, seq: number): void {
     const waitSeq = seq > this.durableSeq ? seq : 0;
-    if (waitSeq === 0 && conn.held.length === 0) {
-      this.sendReplies(socket, conn, out);
-    } else if (out.length !== 0) {
-      const bytes = out.copy(0);
-      conn.held.push({ bytes, seq: waitSeq });
-      conn.heldBytes += bytes.length;
+    if (waitSeq === 0 && conn.held.isEmpty) {
+      this.sendRange(socket, conn, out.bytes, out.length);
+    } else {
+      conn.held.hold(out.bytes, 0, out.length, waitSeq);
       if (waitSeq !== 0) this.waitingForDurability.add(socket);
     }
     out.length = 0;
@@ -479,42 +471,26 @@ export class TxkvServer {
   /** Sends the held replies that are ready, in order, up to the first that is not. */
   private releaseHeld(socket: Socket<SocketData>, conn: Connection): void {
     if (conn.closed) return;
-    let released = 0;
-    for (const held of conn.held) {
-      if (held.bytes === null || held.seq > this.durableSeq) break;
-      conn.heldBytes -= held.bytes.length;
-      released++;
-    }
-    if (released === 0) return;
-    const ready = conn.held.splice(0, released).map((held) => held.bytes!);
-    if (!conn.held.some((held) => held.seq > this.durableSeq)) this.waitingForDurability.delete(socket);
-    this.sendBytes(socket, conn, ready.length === 1 ? ready[0]! : Buffer.concat(ready));
+    const held = conn.held;
+    const ready = held.readyLength(this.durableSeq);
+    if (ready === 0) return;
+    if (!held.waitsBeyond(this.durableSeq)) this.waitingForDurability.delete(socket);
+    this.sendRange(socket, conn, held.bytes, ready);
+    held.release(ready);
     if (conn.readPaused) this.resumeIfDrained(socket, conn);
     else if (conn.closing) this.closeWhenFlushed(socket, conn);
   }
 
-  /** Writes bytes (which the server owns: nothing else reuses them) now, or queues what the kernel does not take. */
-  private sendBytes(socket: Socket<SocketData>, conn: Connection, bytes: Uint8Array): void {
-    if (bytes.length === 0 || conn.closed) return;
+  /** Writes bytes[0, length) now, or queues a copy of what the kernel does not take (the caller reuses bytes). */
+  private sendRange(socket: Socket<SocketData>, conn: Connection, bytes: Uint8Array, length: number): void {
+    if (length === 0 || conn.closed) return;
     if (conn.queue.length !== 0) {
-      this.enqueue(conn, bytes);
+      this.enqueue(conn, bytes.slice(0, length));
       return;
     }
-    const written = socket.write(bytes);
-    if (written < 0 || written === bytes.length) return; // closed, or all taken
-    this.enqueue(conn, bytes.subarray(written));
-  }
-
-  /** Writes the batch in out now, or queues a copy of what the kernel does not take (out is reused). */
-  private sendReplies(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer): void {
-    if (out.length === 0 || conn.closed) return;
-    if (conn.queue.length !== 0) {
-      this.enqueue(conn, out.copy(0));
-      return;
-    }
-    const written = socket.write(out.bytes, 0, out.length);
-    if (written < 0 || written === out.length) return; // closed, or all taken
-    this.enqueue(conn, out.copy(written));
+    const written = socket.write(bytes, 0, length);
+    if (written < 0 || written === length) return; // closed, or all taken
+    this.enqueue(conn, bytes.slice(written, length));
   }
 
   private enqueue(conn: Connection, bytes: Uint8Array): void {
@@ -550,7 +526,7 @@ export class TxkvServer {
 
   /** Once the replies have drained below half the limit, runs the buffered requests and reads again. */
   private resumeIfDrained(socket: Socket<SocketData>, conn: Connection): void {
-    if (conn.queuedBytes + conn.heldBytes > this.options.maxOutputBytes / 2) return;
+    if (conn.queuedBytes + conn.held.length > this.options.maxOutputBytes / 2) return;
     conn.readPaused = false;
     this.resumeInput(socket, conn);
   }
@@ -573,7 +549,7 @@ export class TxkvServer {
   }
 
   private closeWhenFlushed(socket: Socket<SocketData>, conn: Connection): void {
-    if (conn.queue.length === 0 && conn.held.length === 0 && !conn.closed) socket.end();
+    if (conn.queue.length === 0 && conn.held.isEmpty && !conn.awaitingReply && !conn.closed) socket.end();
   }
 
   private onClose(socket: Socket<SocketData>, err?: Error): void {

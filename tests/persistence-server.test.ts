@@ -180,6 +180,30 @@ describe("kill -9", () => {
     });
   }, 30_000);
 
+  test("always: a client that does not read while its writes wait for fsyncs gets every reply, in order, once it reads", async () => {
+    const dir = dataDir();
+    const server = await start(dir, ["--fsync", "always", "--max-output-bytes", "65536"]);
+    const c = await client(server);
+    c.pauseReading();
+    // Writes (held until durable), then reads (whose batches wait for nothing but must queue behind the
+    // writes' replies), with a SAVE (an asynchronous reply) among them: about 5 MB of replies, far past the
+    // output limit, so held replies also meet the send queue and paused reading.
+    const n = 6000;
+    const entry = (i: number) => ({ key: `held${i}`, value: `${"v".repeat(400)}${i}` });
+    const lines: string[] = [];
+    for (let i = 0; i < n; i++) lines.push(`PUT held${i} ${entry(i).value}`);
+    for (let i = 0; i < n; i++) lines.push(i === n / 2 ? "SAVE" : `GET held${i}`);
+    c.write(lines.map((line) => `${line}\n`).join(""));
+    await waitFor(() => c.allWritten, 10_000, "the requests to be sent");
+    c.resumeReading();
+    for (let i = 0; i < n; i++) expect(await c.readReply()).toEqual({ status: "Ok", result: entry(i) });
+    for (let i = 0; i < n; i++) {
+      if (i === n / 2) expect((await c.readReply()).status).toBe("Ok");
+      else expect(await c.readReply()).toEqual({ status: "Ok", result: entry(i) });
+    }
+    expect(c.unread).toBe("");
+  }, 30_000);
+
   test("everysec: transactions writing one token to two keys are never half applied after kill -9", async () => {
     const dir = dataDir();
     for (let round = 0; round < 3; round++) {

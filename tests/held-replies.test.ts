@@ -1,0 +1,170 @@
+/**
+ * HeldReplies on its own: bytes held in order, each part released once the
+ * seq it waits for is durable, never before what precedes it. Then through a
+ * real TCP server whose commit log makes writes durable only when the test
+ * says so. With real fsyncs: persistence-server.test.ts ("always: a client
+ * that does not read ...").
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { MemoryOnlyLog, type CommitRecord } from "../lib/commit-log.ts";
+import { Executor } from "../lib/execute.ts";
+import { HeldReplies } from "../lib/held-replies.ts";
+import { Logger } from "../lib/log.ts";
+import { TxkvServer } from "../lib/server.ts";
+import { ServerStats } from "../lib/stats.ts";
+import { Store } from "../lib/store.ts";
+import { LineClient, waitFor } from "./helpers.ts";
+
+const enc = new TextEncoder();
+
+function hold(held: HeldReplies, text: string, seq: number): void {
+  const bytes = enc.encode(`--${text}--`);
+  held.hold(bytes, 2, bytes.length - 2, seq);
+}
+
+/** Sends what is ready (as the server would) and returns it as text. */
+function take(held: HeldReplies, durableSeq: number): string {
+  const ready = held.readyLength(durableSeq);
+  const text = Buffer.from(held.bytes.subarray(0, ready)).toString();
+  held.release(ready);
+  return text;
+}
+
+describe("HeldReplies", () => {
+  test("a batch waits for its seq: nothing is ready before it is durable, all of it after", () => {
+    const held = new HeldReplies();
+    expect(held.isEmpty).toBe(true);
+    expect(held.length).toBe(0);
+    hold(held, "a\n", 5);
+    expect(held.isEmpty).toBe(false);
+    expect(held.length).toBe(2);
+    expect(held.readyLength(4)).toBe(0);
+    expect(held.waitsBeyond(4)).toBe(true);
+    expect(take(held, 5)).toBe("a\n");
+    expect(held.isEmpty).toBe(true);
+    expect(held.length).toBe(0);
+    expect(held.waitsBeyond(5)).toBe(false);
+  });
+
+  test("a later batch that waits for nothing still waits behind the earlier one", () => {
+    const held = new HeldReplies();
+    hold(held, "put\n", 7);
+    hold(held, "get\n", 0);
+    expect(held.readyLength(6)).toBe(0);
+    expect(take(held, 7)).toBe("put\nget\n");
+  });
+
+  test("batches waiting for different seqs leave one after the other, each when its own seq is durable", () => {
+    const held = new HeldReplies();
+    hold(held, "one\n", 3);
+    hold(held, "two\n", 3);
+    hold(held, "three\n", 9);
+    hold(held, "four\n", 0);
+    hold(held, "five\n", 12);
+    expect(take(held, 2)).toBe("");
+    expect(take(held, 8)).toBe("one\ntwo\n");
+    expect(held.waitsBeyond(8)).toBe(true);
+    expect(held.length).toBe("three\nfour\nfive\n".length);
+    // More is held while some waits: it queues behind.
+    hold(held, "six\n", 0);
+    expect(take(held, 11)).toBe("three\nfour\n");
+    expect(take(held, 12)).toBe("five\nsix\n");
+    expect(held.isEmpty).toBe(true);
+  });
+
+  test("an async reply held with seq 0 on an empty hold is ready at once", () => {
+    const held = new HeldReplies();
+    hold(held, "saved\n", 0);
+    expect(take(held, 0)).toBe("saved\n");
+  });
+
+  test("a big held batch (grown buffer) is released whole, and holding works again afterwards", () => {
+    const held = new HeldReplies();
+    const big = "x".repeat(200 * 1024) + "\n";
+    hold(held, big, 4);
+    expect(held.length).toBe(big.length);
+    expect(take(held, 4)).toBe(big);
+    expect(held.isEmpty).toBe(true);
+    hold(held, "after\n", 5);
+    expect(take(held, 5)).toBe("after\n");
+  });
+
+  test("holding nothing holds nothing", () => {
+    const held = new HeldReplies();
+    held.hold(new Uint8Array(4), 2, 2, 9);
+    expect(held.isEmpty).toBe(true);
+    expect(held.readyLength(100)).toBe(0);
+  });
+});
+
+/** A log like --fsync always whose writes become durable only when the test calls durable(). */
+class ManualFsyncLog extends MemoryOnlyLog {
+  override readonly enabled = true as unknown as false;
+  lastSeq = 0;
+  override append(record: CommitRecord): number {
+    this.lastSeq = record.seq;
+    return record.seq;
+  }
+  durable(seq: number): void {
+    this.onDurable?.(seq);
+  }
+}
+
+describe("held replies through a real server", () => {
+  const cleanups: (() => void)[] = [];
+  afterEach(() => {
+    for (const cleanup of cleanups.splice(0)) cleanup();
+  });
+
+  async function start() {
+    const log = new ManualFsyncLog();
+    const stats = new ServerStats();
+    const executor = new Executor(new Store(), log, stats, { maxTransactionBytes: 1 << 20, password: undefined, version: "test" });
+    const server = new TxkvServer(
+      {
+        host: "127.0.0.1",
+        port: 0,
+        maxConnections: 100,
+        maxRequestBytes: 1 << 20,
+        maxOutputBytes: 1 << 20,
+        partialRequestMs: 0,
+        password: undefined,
+        tls: undefined,
+        idleTimeoutSeconds: 0,
+      },
+      executor,
+      new Logger("error", () => {}),
+    );
+    const { port } = server.start();
+    const c = await LineClient.connect(port);
+    cleanups.push(() => {
+      c.close();
+      server.stop();
+    });
+    return { log, stats, c };
+  }
+
+  test("a request sent after a write that waits for its fsync is answered after the write, not before", async () => {
+    const { log, stats, c } = await start();
+    c.write("PUT a 1\n");
+    await waitFor(() => log.lastSeq === 1, 5000, "the PUT to be committed");
+    // A separate data event: its batch waits for nothing itself, but must queue behind the held PUT reply.
+    c.write("PING\n");
+    await waitFor(() => stats.commands === 2, 5000, "the PING to run");
+    log.durable(1);
+    expect(await c.readReply()).toEqual({ status: "Ok", result: { key: "a", value: "1" } });
+    expect(await c.readReply()).toEqual({ status: "Ok", result: "PONG" });
+  });
+
+  test("each write's reply leaves when its own commit is durable, in order", async () => {
+    const { log, c } = await start();
+    c.write("PUT a 1\n");
+    await waitFor(() => log.lastSeq === 1, 5000, "the first PUT to be committed");
+    c.write("PUT b 2\n");
+    await waitFor(() => log.lastSeq === 2, 5000, "the second PUT to be committed");
+    log.durable(1);
+    expect(await c.readReply()).toEqual({ status: "Ok", result: { key: "a", value: "1" } });
+    log.durable(2);
+    expect(await c.readReply()).toEqual({ status: "Ok", result: { key: "b", value: "2" } });
+  });
+});
