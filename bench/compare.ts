@@ -1,8 +1,10 @@
 /**
  * txkv vs Redis on this machine, with the same load generator and command
  * stream (../shared/tools/kvload), interleaving the two servers in one run.
- * Prints the median ratio txkv/Redis per cell, txkv against the fastest
- * possible Bun server on this framing, and bytes per key for 1,000,000 keys.
+ * Prints the median ratio txkv/Redis per cell (and the median ratio of the
+ * servers' CPU time per operation, steadier than throughput on a busy
+ * machine), txkv against the fastest possible Bun server on this framing,
+ * and bytes per key for 1,000,000 keys.
  *
  *   bun run bench/compare.ts [--secs 3] [--rounds 3] [--pairing in-memory] [--workload PUT] [--skip-memory]
  *
@@ -32,6 +34,8 @@ const { values: opts } = parseArgs({
   },
 });
 const SECS = Number(opts.secs);
+/** Each workload runs this long, unmeasured, against both servers before its rounds. */
+const WARMUP_SECS = 1;
 const ROUNDS = Number(opts.rounds);
 
 interface Workload {
@@ -118,12 +122,30 @@ async function startFixedReply(): Promise<Server> {
   return { port: Number(match[1]), pid: proc.pid, stop: async () => void (proc.kill("SIGTERM"), await proc.exited) };
 }
 
-function kvload(bin: string, proto: "kv" | "resp", port: number, args: string[], preload: boolean, secs = SECS): { ops: number; p50: number; p99: number } {
-  const run = spawnSync([bin, "--proto", proto, "--port", String(port), "--secs", String(secs), "--preload", preload ? "1" : "0", ...args]);
+/** CPU time (user + system, all threads) a process has used so far, in clock ticks (1/100 s on Linux). */
+function cpuTicks(pid: number): number {
+  // The fields after the command name (which is in parentheses and may hold spaces): utime and stime are 14th and 15th.
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+/** One kvload run against the server; cpuUs is the server's CPU time per operation (µs) during it. */
+function kvload(
+  bin: string,
+  proto: "kv" | "resp",
+  server: Server,
+  args: string[],
+  preload: boolean,
+  secs = SECS,
+): { ops: number; p50: number; p99: number; cpuUs: number } {
+  const ticksBefore = cpuTicks(server.pid);
+  const run = spawnSync([bin, "--proto", proto, "--port", String(server.port), "--secs", String(secs), "--preload", preload ? "1" : "0", ...args]);
+  const ticks = cpuTicks(server.pid) - ticksBefore;
   if (run.exitCode !== 0) throw new Error(`kvload failed: ${run.stderr.toString()}`);
-  const result = JSON.parse(run.stdout.toString()) as { ops_per_s: number; errors: number; p50_us: number; p99_us: number };
+  const result = JSON.parse(run.stdout.toString()) as { ops: number; ops_per_s: number; errors: number; p50_us: number; p99_us: number };
   if (result.errors > 0) throw new Error(`kvload saw ${result.errors} error replies (${proto})`);
-  return { ops: result.ops_per_s, p50: result.p50_us, p99: result.p99_us };
+  return { ops: result.ops_per_s, p50: result.p50_us, p99: result.p99_us, cpuUs: (ticks * 10_000) / result.ops };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -139,29 +161,40 @@ async function main() {
   say(`# txkv vs Redis — ${new Date().toISOString()}, ${SECS} s per run, ${ROUNDS} rounds, median ratio txkv/Redis (ops/s)`);
   say(`redis: ${spawnSync(["redis-server", "--version"]).stdout.toString().trim()}; bun ${Bun.version}; ${navigator.hardwareConcurrency} cores`);
   say("");
-  say(`| pairing | workload | txkv ops/s | Redis ops/s | ratio (median) | ratios per round |`);
-  say(`|---|---|---|---|---|---|`);
+  say(`| pairing | workload | txkv ops/s | Redis ops/s | ratio (median) | ratios per round | server CPU µs/op, txkv / Redis (medians) |`);
+  say(`|---|---|---|---|---|---|---|`);
   for (const pairing of PAIRINGS.filter((p) => p.name.includes(opts.pairing!))) {
     const dir = mkdtempSync(join(tmpdir(), "txkv-bench-"));
     const txkv = await startTxkv(pairing.txkv, dir);
     const redis = await startRedis(pairing.redis, dir);
-    kvload(bin, "kv", txkv.port, ["--workload", "get"], true, 0.2);
-    kvload(bin, "resp", redis.port, ["--workload", "get"], true, 0.2);
+    kvload(bin, "kv", txkv, ["--workload", "get"], true, 0.2);
+    kvload(bin, "resp", redis, ["--workload", "get"], true, 0.2);
     for (const workload of WORKLOADS.filter((w) => w.name.includes(opts.workload!))) {
       const ratios: number[] = [];
       const t: number[] = [];
       const r: number[] = [];
+      const cpuRatios: number[] = [];
+      const tCpu: number[] = [];
+      const rCpu: number[] = [];
+      // An unmeasured run of this workload first: the JIT compiles its path (about 0.5 µs per request of
+      // a compiler thread's CPU during the first seconds), as it would early in a long-running server's life.
+      kvload(bin, "kv", txkv, workload.args, false, WARMUP_SECS);
+      kvload(bin, "resp", redis, workload.args, false, WARMUP_SECS);
       for (let round = 0; round < ROUNDS; round++) {
         // Alternate which server goes first so drift in the machine's load evens out.
         const first = round % 2 === 0;
-        const a = first ? kvload(bin, "kv", txkv.port, workload.args, false) : null;
-        const b = kvload(bin, "resp", redis.port, workload.args, false);
-        const c = a ?? kvload(bin, "kv", txkv.port, workload.args, false);
+        const a = first ? kvload(bin, "kv", txkv, workload.args, false) : null;
+        const b = kvload(bin, "resp", redis, workload.args, false);
+        const c = a ?? kvload(bin, "kv", txkv, workload.args, false);
         t.push(c.ops);
         r.push(b.ops);
         ratios.push(c.ops / b.ops);
+        tCpu.push(c.cpuUs);
+        rCpu.push(b.cpuUs);
+        cpuRatios.push(c.cpuUs / b.cpuUs);
       }
-      say(`| ${pairing.name} | ${workload.name} | ${median(t).toFixed(0)} | ${median(r).toFixed(0)} | **${median(ratios).toFixed(2)}** | ${ratios.map((x) => x.toFixed(2)).join(", ")} |`);
+      const cpu = `${median(tCpu).toFixed(2)} / ${median(rCpu).toFixed(2)} (ratio ${median(cpuRatios).toFixed(2)})`;
+      say(`| ${pairing.name} | ${workload.name} | ${median(t).toFixed(0)} | ${median(r).toFixed(0)} | **${median(ratios).toFixed(2)}** | ${ratios.map((x) => x.toFixed(2)).join(", ")} | ${cpu} |`);
     }
     await txkv.stop();
     await redis.stop();
@@ -174,12 +207,12 @@ async function main() {
     const dir = mkdtempSync(join(tmpdir(), "txkv-bench-"));
     const txkv = await startTxkv(["--in-memory"], dir);
     const fixed = await startFixedReply();
-    kvload(bin, "kv", txkv.port, ["--workload", "get"], true, 0.2);
+    kvload(bin, "kv", txkv, ["--workload", "get"], true, 0.2);
     const ratios: number[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       const args = ["--workload", "get", "--pipeline", "16"];
-      const f = kvload(bin, "kv", fixed.port, args, false);
-      const x = kvload(bin, "kv", txkv.port, args, false);
+      const f = kvload(bin, "kv", fixed, args, false);
+      const x = kvload(bin, "kv", txkv, args, false);
       ratios.push(x.ops / f.ops);
     }
     say(`txkv / fixed-reply server: **${median(ratios).toFixed(2)}** (rounds: ${ratios.map((x) => x.toFixed(2)).join(", ")})`);
@@ -195,8 +228,8 @@ async function main() {
     const txkv = await startTxkv(["--in-memory"], dir);
     const redis = await startRedis(["--save", "", "--appendonly", "no"], dir);
     const before = { txkv: rssBytes(txkv.pid), redis: rssBytes(redis.pid) };
-    kvload(bin, "kv", txkv.port, ["--workload", "get", "--keys", "1000000", "--conns", "1"], true, 0.1);
-    kvload(bin, "resp", redis.port, ["--workload", "get", "--keys", "1000000", "--conns", "1"], true, 0.1);
+    kvload(bin, "kv", txkv, ["--workload", "get", "--keys", "1000000", "--conns", "1"], true, 0.1);
+    kvload(bin, "resp", redis, ["--workload", "get", "--keys", "1000000", "--conns", "1"], true, 0.1);
     await Bun.sleep(2000); // let the collector settle after the load
     const perKey = { txkv: (rssBytes(txkv.pid) - before.txkv) / 1e6, redis: (rssBytes(redis.pid) - before.redis) / 1e6 };
     say(`txkv ${perKey.txkv.toFixed(0)} bytes/key, Redis ${perKey.redis.toFixed(0)} bytes/key: ratio **${(perKey.txkv / perKey.redis).toFixed(2)}**`);
