@@ -86,6 +86,13 @@ export function copyBytes(src: Uint8Array, start: number, end: number, dest: Uin
   else for (let i = start; i < end; i++) dest[pos++] = src[i]!;
 }
 
+/** A copy of src[start, end) in memory of its own (Buffer#slice would be a view of memory that gets reused). */
+export function copyOf(src: Uint8Array, start: number, end: number): Uint8Array {
+  const copy = new Uint8Array(end - start);
+  copyBytes(src, start, end, copy, 0);
+  return copy;
+}
+
 function allocate(size: number): WritableBuffer {
   return Buffer.allocUnsafe(size) as WritableBuffer;
 }

@@ -26,7 +26,7 @@ import { commandFromFrame, newPlainRequest, noArgCommandOf, parsePlainRequest, t
 import type { Executor } from "./execute.ts";
 import { LINE, LineFramer, type Frame } from "./framing.ts";
 import type { Logger } from "./log.ts";
-import { ByteBuffer } from "./byte-buffer.ts";
+import { ByteBuffer, copyOf } from "./byte-buffer.ts";
 import { HeldReplies } from "./held-replies.ts";
 import { error } from "./replies.ts";
 import { Session } from "./session.ts";
@@ -485,12 +485,12 @@ export class TxkvServer {
   private sendRange(socket: Socket<SocketData>, conn: Connection, bytes: Uint8Array, length: number): void {
     if (length === 0 || conn.closed) return;
     if (conn.queue.length !== 0) {
-      this.enqueue(conn, bytes.slice(0, length));
+      this.enqueue(conn, copyOf(bytes, 0, length));
       return;
     }
     const written = socket.write(bytes, 0, length);
     if (written < 0 || written === length) return; // closed, or all taken
-    this.enqueue(conn, bytes.slice(written, length));
+    this.enqueue(conn, copyOf(bytes, written, length));
   }
 
   private enqueue(conn: Connection, bytes: Uint8Array): void {

@@ -348,6 +348,33 @@ describe("backpressure and output", () => {
     setup.close();
   }, 30000);
 
+  test("replies queued for a slow reader keep their bytes while later batches reuse the server's reply buffer", async () => {
+    // A small output limit keeps the shared reply buffer small enough to be reused batch after batch.
+    const small = await startInProcess(["--max-output-bytes", "65536"]);
+    try {
+      const keys = 100;
+      const valueOf = (k: number) => `${k}:${"v".repeat(900)}`;
+      const setup = await LineClient.connect(small.port);
+      await setup.pipeline(Array.from({ length: keys }, (_, k) => `PUT q${k} ${valueOf(k)}`));
+      const requests = 10000; // ≈ 9 MB of replies, all different from their neighbours
+      const reader = await LineClient.connect(small.port);
+      reader.pauseReading();
+      reader.write(Array.from({ length: requests }, (_, i) => `GET q${i % keys}\n`).join(""));
+      await waitFor(() => reader.allWritten, 10000, "the requests to be sent");
+      // Another connection's batches reuse the buffer too.
+      for (let i = 0; i < 20; i++) expect((await setup.request(`GET q${i}`)).result).toEqual({ key: `q${i}`, value: valueOf(i) });
+      reader.resumeReading();
+      for (let i = 0; i < requests; i++) {
+        const k = i % keys;
+        expect(await reader.readLine()).toBe(`{"status":"Ok","result":{"key":"q${k}","value":"${valueOf(k)}"}}`);
+      }
+      reader.close();
+      setup.close();
+    } finally {
+      await small.shutdown();
+    }
+  }, 30000);
+
   test("a large reply (KEYS over many keys) is written in full to a slow reader", async () => {
     const c = await LineClient.connect(bulkServer.port);
     const lines: string[] = [];
