@@ -44,7 +44,7 @@ import { entryHead, entryTail, notFound, notFoundBytes, okEntry, stringEntry } f
 import { Session } from "../lib/session.ts";
 import { ServerStats } from "../lib/stats.ts";
 import { Store } from "../lib/store.ts";
-import { concat, LineClient, seededRandom, splitAt, startInProcess, tempDir, type Reply } from "./helpers.ts";
+import { LineClient, seededRandom, splitAt, startInProcess, tempDir, type Reply } from "./helpers.ts";
 
 const RUNS = Math.max(1, Number(process.env.TXKV_FUZZ_RUNS ?? 100) || 100);
 const TEST_TIMEOUT_MS = 30_000 + RUNS * 20;
@@ -78,7 +78,7 @@ function fastPathMeaning(text: string): Extract<Command, { type: "GET" | "PUT" }
 function plain(line: string): { type: string; key: string; value?: string } | null {
   const body = encoder.encode(line);
   const before = encoder.encode("GET x\n");
-  const src = concat([before, body, encoder.encode(' y"\\\n')]);
+  const src = Buffer.concat([before, body, encoder.encode(' y"\\\n')]);
   const req = newPlainRequest();
   if (!parsePlainRequest(src, before.length, before.length + body.length, req)) return null;
   const key = latin1(src, req.keyStart, req.keyEnd);
@@ -99,7 +99,7 @@ const fieldPiece = fc.oneof(
   { weight: 1, arbitrary: fc.constantFrom([0xff], [0xc3], [0x80], [0xc0, 0x80], [0xed, 0xa0, 0x80], [0xe2, 0x82]).map((b) => new Uint8Array(b)) },
   { weight: 1, arbitrary: fc.integer({ min: 0, max: 255 }).map((b) => new Uint8Array([b])) },
 );
-const field = fc.array(fieldPiece, { maxLength: 5 }).map(concat);
+const field = fc.array(fieldPiece, { maxLength: 5 }).map((parts) => Buffer.concat(parts));
 const blanksOrNone = fc.constantFrom("", " ", "\t", "  ", " \t ");
 const someBlanks = fc.constantFrom(" ", "\t", "  ", " \t ");
 const anyName = fc.constantFrom("get", "put", "getx", "pu", "ge", "del", "keys", "puts", "g", "").chain((n) => fc.mixedCase(fc.constant(n)));
@@ -107,7 +107,7 @@ const anyName = fc.constantFrom("get", "put", "getx", "pu", "ge", "del", "keys",
 /** A line likely to be plain GET/PUT, with anything in its key and value. */
 const wildLine = fc
   .tuple(blanksOrNone, anyName, blanksOrNone, field, blanksOrNone, fc.option(field, { nil: new Uint8Array(0) }), fc.constantFrom("", " ", "\t", "\r", " \r"))
-  .map(([lead, name, sep1, key, sep2, value, trail]) => concat([encoder.encode(lead + name + sep1), key, encoder.encode(sep2), value, encoder.encode(trail)]));
+  .map(([lead, name, sep1, key, sep2, value, trail]) => Buffer.concat([encoder.encode(lead + name + sep1), key, encoder.encode(sep2), value, encoder.encode(trail)]));
 /** A simple plain GET or PUT: always for the fast path. */
 const simpleWord = fc.string({ unit: fc.constantFrom(...SAFE_WORD_CHARS), minLength: 1, maxLength: 12 }).filter((w) => w[0] !== "{");
 const simpleLine = fc.oneof(
@@ -130,7 +130,7 @@ describe("parsePlainRequest means what parseCommand means", () => {
           (first, rest, cuts) => {
             runs++;
             const lf = new Uint8Array([0x0a]);
-            const stream = concat([encoder.encode(first), lf, ...rest.flatMap((line) => [line, lf])]);
+            const stream = Buffer.concat([encoder.encode(first), lf, ...rest.flatMap((line) => [line, lf])]);
             const framer = new LineFramer(4096);
             const req = newPlainRequest();
             let firstSeen = false;
@@ -531,7 +531,7 @@ describe("LineFramer.nextLine and lineText", () => {
   });
 
   test("invalid UTF-8 makes lineText() INVALID_UTF8 for that line only; valid non-ASCII lines decode", () => {
-    const bytes = concat([
+    const bytes = Buffer.concat([
       encoder.encode("GET a\n"),
       new Uint8Array([0x47, 0x45, 0x54, 0x20, 0xff, 0x0a]),
       encoder.encode("PUT é ✓ 😀\n"),
@@ -579,7 +579,7 @@ describe("LineFramer.nextLine and lineText", () => {
     );
     fc.assert(
       fc.property(fc.array(piece, { maxLength: 40 }), fc.array(fc.nat(), { maxLength: 6 }), fc.integer({ min: 4, max: 64 }), (pieces, cuts, limit) => {
-        const chunks = splitAt(concat(pieces), cuts);
+        const chunks = splitAt(Buffer.concat(pieces), cuts);
         const viaNext: Frame[] = [];
         const framer = new LineFramer(limit);
         for (const chunk of chunks) {

@@ -20,7 +20,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { commandFromFrame } from "../lib/commands.ts";
 import { INVALID_UTF8, LineFramer, TOO_LARGE, type Frame } from "../lib/framing.ts";
-import { concat, LineClient, spawnServer, splitAt, type Reply, type ServerProcess } from "./helpers.ts";
+import { LineClient, spawnServer, splitAt, type Reply, type ServerProcess } from "./helpers.ts";
 
 const RUNS = Math.max(1, Number(process.env.TXKV_FUZZ_RUNS ?? 100) || 100);
 /** Long runs need room: about 20 ms per live run is plenty. */
@@ -54,7 +54,7 @@ const protocolishBytes = fc
     ),
     { maxLength: 60, size: "max" },
   )
-  .map(concat);
+  .map((parts) => Buffer.concat(parts));
 
 const lonelySurrogate = fc.integer({ min: 0xd800, max: 0xdfff }).map((c) => String.fromCharCode(c));
 /** Strings with unicode, control characters and lone surrogates (valid inside JSON escapes). */
