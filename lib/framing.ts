@@ -14,6 +14,7 @@
  * `lineText()` decodes it when the general path is needed.
  * Must not: parse commands, know about sockets or timers.
  */
+import { copyOf } from "./byte-buffer.ts";
 import { latin1Text } from "./text.ts";
 
 /** A request that exceeded the size limit (already discarded). */
@@ -137,7 +138,8 @@ export class LineFramer {
   /** Copies unconsumed bytes out of the caller's chunk so it can be reused. */
   retain(): void {
     this.scanned = Math.max(0, this.scanned - this.pos);
-    this.buf = this.pos >= this.buf.length ? EMPTY : this.buf.slice(this.pos);
+    // copyOf, not slice: on a Buffer (Bun's chunks) slice is a view of the caller's memory.
+    this.buf = this.pos >= this.buf.length ? EMPTY : copyOf(this.buf, this.pos, this.buf.length);
     this.pos = 0;
   }
 
