@@ -101,6 +101,10 @@ async function openAlwaysPastFirstRound(dir: string): Promise<Opened & { durable
   return { ...a, durable: () => durable };
 }
 
+function nextImmediate(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 async function until(condition: () => boolean, what: string, timeoutMs = 4000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!condition()) {
@@ -185,12 +189,30 @@ describe("durability", () => {
     expect(calls.length).toBe(1);
   });
 
-  test("always: in the common case the turn's records are durable within that turn (fsync on the loop)", async () => {
+  test("always: in the common case the records are durable one loop pass later (fsync on the loop, no thread-pool round)", async () => {
     const a = await openAlwaysPastFirstRound(tempDir());
     const wait = a.put("k", "v");
-    // The log's flush was scheduled by put(), before this immediate: it runs first, fsync included.
-    await new Promise((resolve) => setImmediate(resolve));
+    // put() scheduled the flush before these immediates; it takes one more look at the loop, then fsyncs.
+    await nextImmediate();
+    expect(a.durable()).toBeLessThan(wait);
+    await nextImmediate();
     expect(a.durable()).toBe(wait);
+  });
+
+  test("always: commits made during the flush's extra loop pass share its fsync", async () => {
+    const a = await openAlwaysPastFirstRound(tempDir());
+    const fsyncsBefore = a.log.stats().fsyncs as number;
+    const durableCalls: number[] = [];
+    a.log.onDurable = (seq) => durableCalls.push(seq);
+    a.put("early", 1);
+    // Runs after the flush's first look, as a request read in the next loop pass would.
+    let late = 0;
+    setImmediate(() => (late = a.put("late", 2)));
+    await nextImmediate();
+    await nextImmediate();
+    expect(late).toBeGreaterThan(0);
+    expect(durableCalls).toEqual([late]);
+    expect(a.log.stats().fsyncs).toBe(fsyncsBefore + 1);
   });
 
   test("always: a failed on-loop fsync is a persistence failure, and the write is acknowledged only once a rebuild made it durable", async () => {
@@ -205,7 +227,8 @@ describe("durability", () => {
     }) as typeof fs.fdatasyncSync;
     try {
       const wait = a.put("k", "v");
-      await new Promise((resolve) => setImmediate(resolve));
+      await nextImmediate(); // the flush's extra look
+      await nextImmediate(); // the flush, with its fsync
       expect(calls).toBe(1);
       expect(a.durable()).toBeLessThan(wait);
       expect(a.log.unavailableReason).toContain("EIO");
@@ -253,7 +276,7 @@ describe("compaction", () => {
       a.put(`key${(i * 7919) % 45_000}`, `changed ${i}`);
       if (i % 3 === 0) a.del(`key${(i * 104_729) % 40_000}`);
       if (i % 5 === 0) a.tx([[`new${i}`, i], [`key${i % 100}`, undefined]]);
-      await new Promise((resolve) => setImmediate(resolve));
+      await nextImmediate();
     }
     await saved;
     expect(writesDuringSave).toBeGreaterThan(1);
@@ -271,7 +294,7 @@ describe("compaction", () => {
     await a.log.save(); // data.json at seq 50, journal.2 current
     for (let i = 0; i < 30; i++) a.put(`k${i}`, `second ${i}`);
     a.del("k49");
-    await new Promise((resolve) => setImmediate(resolve));
+    await nextImmediate();
     const oldSnapshot = fs.readFileSync(path.join(dir, "data.json"));
     const oldJournal = fs.readFileSync(path.join(dir, "data.json.journal.2"));
     await a.log.save(); // data.json at seq 81, journal.3 current, journal.2 deleted
@@ -300,7 +323,7 @@ describe("compaction", () => {
     const a = await open(dir, { compactMinBytes: 2000, compactPercent: 100 });
     for (let i = 0; i < 200; i++) {
       a.put(`k${i % 20}`, "x".repeat(50));
-      await new Promise((resolve) => setImmediate(resolve));
+      await nextImmediate();
     }
     await until(() => a.log.stats().lastCompaction !== null, "an automatic compaction");
     expect(fs.existsSync(path.join(dir, "data.json"))).toBe(true);
