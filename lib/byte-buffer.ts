@@ -50,6 +50,21 @@ export class ByteBuffer {
     this.range(bytes, 0, bytes.length);
   }
 
+  /** Appends a non-negative integer's decimal digits (no string, no native call: journal seqs, once per record). */
+  decimal(value: number): void {
+    let digits = 1;
+    for (let rest = value; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+    this.reserve(digits);
+    const bytes = this.bytes;
+    let at = this.length + digits;
+    this.length = at;
+    let rest = value;
+    do {
+      bytes[--at] = 48 + (rest % 10);
+      rest = Math.floor(rest / 10);
+    } while (rest > 0);
+  }
+
   /** Appends one byte. */
   byte(value: number): void {
     this.reserve(1);

@@ -317,6 +317,16 @@ describe("ByteBuffer", () => {
     expect(Buffer.compare(Buffer.from(out.bytes.subarray(0, out.length)), Buffer.concat(expected))).toBe(0);
   });
 
+  test("decimal() appends an integer's digits as String() writes them, at every digit count and across a growth", () => {
+    const values = [0, 1, 9, 10, 99, 100, 12_345, 1_000_000, 2 ** 31, 2 ** 32 + 7, Number.MAX_SAFE_INTEGER];
+    const out = new ByteBuffer(8); // small, so the digits also land across a growth of the buffer
+    for (const value of values) {
+      out.decimal(value);
+      out.byte(0x2c);
+    }
+    expect(out.bytes.toString("latin1", 0, out.length)).toBe(values.map((v) => `${v},`).join(""));
+  });
+
   test("reserve(n) gives room for n more bytes after the current length", () => {
     const out = new ByteBuffer();
     out.text("abc");

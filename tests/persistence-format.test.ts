@@ -130,7 +130,10 @@ describe("journal format", () => {
   test("a put record written from bytes (the server's fast path) is byte for byte encodeRecord's", () => {
     const cases: [number, string, string][] = [
       [1, "k", '"v"'],
+      [9, "k9", "true"],
+      [10, "k10", "null"],
       [42, "key:00001234", JSON.stringify("x".repeat(32))],
+      [100_000, "k", '""'],
       [9007199254740991, "a{b}c~!", JSON.stringify("with spaces and ' quotes")],
     ];
     for (const [seq, key, value] of cases) {

@@ -31,12 +31,16 @@ export function encodeRecord(record: CommitRecord): string {
  * the encoded value are ASCII needing no escaping (and so hold no line break).
  */
 export function writeAsciiPutRecord(out: ByteBuffer, seq: number, entry: AsciiEntry): void {
-  out.text(`{"seq":${seq},"ops":[["`);
+  out.constant(RECORD_START);
+  out.decimal(seq);
+  out.constant(OPS_START);
   out.range(entry.keySrc, entry.keyStart, entry.keyEnd);
   out.constant(KEY_END);
   out.range(entry.valueSrc, entry.valueStart, entry.valueEnd);
   out.constant(RECORD_END);
 }
+const RECORD_START = Buffer.from('{"seq":', "latin1");
+const OPS_START = Buffer.from(',"ops":[["', "latin1");
 const KEY_END = Buffer.from('",', "latin1");
 const RECORD_END = Buffer.from("]]}\n", "latin1");
 
