@@ -126,6 +126,32 @@ describe("restart", () => {
   });
 });
 
+describe("--fsync always: group commit", () => {
+  test("writes from many connections at once share fsyncs, and each is acknowledged only once durable", async () => {
+    const dir = dataDir();
+    const server = await start(dir, ["--fsync", "always"]);
+    const writers = 30;
+    const clients = await Promise.all(Array.from({ length: writers }, () => client(server)));
+    // Past the first round (which also fsyncs the new journal's directory on the thread pool).
+    expect((await clients[0]!.request("PUT warm 1")).status).toBe("Ok");
+    const before = (await persistenceStats(clients[0]!)).fsyncs as number;
+    clients.forEach((c, i) => c.write(`PUT shared${i} ${i}\n`));
+    const replies = await Promise.all(clients.map((c) => c.readReply()));
+    expect(replies.every((reply) => reply.status === "Ok")).toBe(true);
+    const stats = await persistenceStats(clients[0]!);
+    expect(stats.pendingRecords).toBe(0);
+    // One fsync per write without group commit; with it, the writes of a loop pass (and of its one more look) share one.
+    const fsyncs = (stats.fsyncs as number) - before;
+    expect(fsyncs).toBeGreaterThanOrEqual(1);
+    expect(fsyncs).toBeLessThanOrEqual(writers / 3);
+    // Acknowledged means durable: all of them survive a kill -9.
+    await server.kill("SIGKILL");
+    const again = await start(dir, ["--fsync", "always"]);
+    const c = await client(again);
+    for (let i = 0; i < writers; i++) expect((await c.request(`GET shared${i}`)).result).toEqual({ key: `shared${i}`, value: String(i) });
+  });
+});
+
 describe("kill -9", () => {
   /**
    * Under --fsync always, round after round: each writer writes the keys
