@@ -58,7 +58,7 @@ export function asciiPutRecord(seq: number, entry: AsciiEntry): CommitRecord {
 
 /** `--in-memory`: nothing is written, every reply may leave at once. */
 export class MemoryOnlyLog implements CommitLog {
-  readonly enabled = false;
+  readonly enabled: boolean = false;
   readonly unavailableReason = null;
   onDurable: ((durableSeq: number) => void) | null = null;
   append(_record: CommitRecord): number {

@@ -99,7 +99,7 @@ describe("HeldReplies", () => {
 
 /** A log like --fsync always whose writes become durable only when the test calls durable(). */
 class ManualFsyncLog extends MemoryOnlyLog {
-  override readonly enabled = true as unknown as false;
+  override readonly enabled = true;
   lastSeq = 0;
   override append(record: CommitRecord): number {
     this.lastSeq = record.seq;
