@@ -11,7 +11,7 @@ import { ServerStats } from "../lib/stats.ts";
 import { Store } from "../lib/store.ts";
 
 class RecordingLog extends MemoryOnlyLog {
-  override readonly enabled = true as unknown as false;
+  override readonly enabled = true;
   readonly records: CommitRecord[] = [];
   override append(record: CommitRecord): number {
     this.records.push(record);

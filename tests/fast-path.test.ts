@@ -607,7 +607,7 @@ describe("LineFramer.nextLine and lineText", () => {
 // ---------------------------------------------------------------- (6) Executor.executePlain
 
 class RecordingLog extends MemoryOnlyLog {
-  override readonly enabled = true as unknown as false;
+  override readonly enabled = true;
   readonly records: { seq: number; ops: CommitOp[] }[] = [];
   /** What append() answers: the seq a reply must wait for (0: none). */
   constructor(private readonly waitFor: (seq: number) => number = () => 0) {
