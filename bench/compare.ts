@@ -1,8 +1,10 @@
 /**
  * txkv vs Redis on this machine, with the same load generator and command
  * stream (../shared/tools/kvload), interleaving the two servers in one run.
- * Prints the median ratio txkv/Redis per cell (and the median ratio of the
- * servers' CPU time per operation, steadier than throughput on a busy
+ * Prints the median ratio txkv/Redis per cell with a 90 % confidence
+ * interval for it (bench/median-interval.ts: whether a cell is measurably
+ * above or below parity, or within the machine's noise), the median ratio of
+ * the servers' CPU time per operation (steadier than throughput on a busy
  * machine), txkv against the fastest possible Bun server on this framing,
  * and bytes per key for 1,000,000 keys.
  *
@@ -17,6 +19,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { median, medianInterval } from "./median-interval.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const KVLOAD_SRC = join(ROOT, "..", "shared", "tools", "kvload");
@@ -148,7 +151,13 @@ function kvload(
   return { ops: result.ops_per_s, p50: result.p50_us, p99: result.p99_us, cpuUs: (ticks * 10_000) / result.ops };
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+/** Where a cell stands against parity (1.0), given its median's interval. */
+function verdictOf(interval: { lo: number; hi: number }): string {
+  if (interval.lo >= 1) return "above parity";
+  if (interval.hi < 1) return "BELOW parity";
+  return "parity within noise";
+}
+
 const rssBytes = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
 
 async function main() {
@@ -161,8 +170,9 @@ async function main() {
   say(`# txkv vs Redis — ${new Date().toISOString()}, ${SECS} s per run, ${ROUNDS} rounds, median ratio txkv/Redis (ops/s)`);
   say(`redis: ${spawnSync(["redis-server", "--version"]).stdout.toString().trim()}; bun ${Bun.version}; ${navigator.hardwareConcurrency} cores`);
   say("");
-  say(`| pairing | workload | txkv ops/s | Redis ops/s | ratio (median) | ratios per round | server CPU µs/op, txkv / Redis (medians) |`);
-  say(`|---|---|---|---|---|---|---|`);
+  say(`| pairing | workload | txkv ops/s | Redis ops/s | ratio (median) | interval | ratios per round | server CPU µs/op, txkv / Redis (medians) |`);
+  say(`|---|---|---|---|---|---|---|---|`);
+  const verdicts: string[] = [];
   for (const pairing of PAIRINGS.filter((p) => p.name.includes(opts.pairing!))) {
     const dir = mkdtempSync(join(tmpdir(), "txkv-bench-"));
     const txkv = await startTxkv(pairing.txkv, dir);
@@ -194,12 +204,20 @@ async function main() {
         cpuRatios.push(c.cpuUs / b.cpuUs);
       }
       const cpu = `${median(tCpu).toFixed(2)} / ${median(rCpu).toFixed(2)} (ratio ${median(cpuRatios).toFixed(2)})`;
-      say(`| ${pairing.name} | ${workload.name} | ${median(t).toFixed(0)} | ${median(r).toFixed(0)} | **${median(ratios).toFixed(2)}** | ${ratios.map((x) => x.toFixed(2)).join(", ")} | ${cpu} |`);
+      const interval = medianInterval(ratios);
+      const range = `${interval.lo.toFixed(2)}-${interval.hi.toFixed(2)} (${Math.round(interval.coverage * 100)} %)`;
+      say(`| ${pairing.name} | ${workload.name} | ${median(t).toFixed(0)} | ${median(r).toFixed(0)} | **${median(ratios).toFixed(2)}** | ${range} | ${ratios.map((x) => x.toFixed(2)).join(", ")} | ${cpu} |`);
+      verdicts.push(`${verdictOf(interval)} (${Math.round(interval.coverage * 100)} % interval): ${pairing.name}, ${workload.name}`);
     }
     await txkv.stop();
     await redis.stop();
     rmSync(dir, { recursive: true, force: true });
   }
+
+  say("");
+  say("Interval: a confidence interval for the median ratio (order statistics, no assumption about the noise).");
+  say("A cell is measurably above or below parity only when its whole interval is.");
+  for (const verdict of verdicts) say(`- ${verdict}`);
 
   say("");
   say("## txkv vs the fastest possible Bun server on this framing (GET, pipeline 16)");
@@ -215,7 +233,11 @@ async function main() {
       const x = kvload(bin, "kv", txkv, args, false);
       ratios.push(x.ops / f.ops);
     }
-    say(`txkv / fixed-reply server: **${median(ratios).toFixed(2)}** (rounds: ${ratios.map((x) => x.toFixed(2)).join(", ")})`);
+    const interval = medianInterval(ratios);
+    say(
+      `txkv / fixed-reply server: **${median(ratios).toFixed(2)}**, interval ${interval.lo.toFixed(2)}-${interval.hi.toFixed(2)} ` +
+        `(${Math.round(interval.coverage * 100)} %) (rounds: ${ratios.map((x) => x.toFixed(2)).join(", ")})`,
+    );
     await txkv.stop();
     await fixed.stop();
     rmSync(dir, { recursive: true, force: true });
