@@ -1,14 +1,14 @@
 /**
  * txkv vs Redis on this machine, with the same load generator and command
  * stream (../shared/tools/kvload), interleaving the two servers in one run.
- * Prints the median ratio txkv/Redis per cell with a 90 % confidence
- * interval for it (bench/median-interval.ts: whether a cell is measurably
- * above or below parity, or within the machine's noise), the median ratio of
- * the servers' CPU time per operation (steadier than throughput on a busy
- * machine), txkv against the fastest possible Bun server on this framing,
- * and bytes per key for 1,000,000 keys.
+ * Prints the median ratio txkv/Redis per cell with a confidence interval
+ * for it (at least 90 % from 5 rounds on; bench/median-interval.ts) and a
+ * verdict per cell (measurably above or below parity, or parity within the
+ * machine's noise), the median ratio of the servers' CPU time per operation
+ * (steadier than throughput on a busy machine), txkv against the fastest
+ * possible Bun server on this framing, and bytes per key for 1,000,000 keys.
  *
- *   bun run bench/compare.ts [--secs 3] [--rounds 3] [--pairing in-memory] [--workload PUT] [--skip-memory]
+ *   bun run bench/compare.ts [--secs 3] [--rounds 5] [--pairing in-memory] [--workload PUT] [--skip-memory]
  *
  * Needs cargo (to build kvload) and redis-server (apt-get install redis-server).
  * Not a test: nothing here asserts a time.
@@ -19,7 +19,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { median, medianInterval } from "./median-interval.ts";
+import { median, medianInterval, type MedianInterval } from "./median-interval.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const KVLOAD_SRC = join(ROOT, "..", "shared", "tools", "kvload");
@@ -28,7 +28,7 @@ const OUT = join(ROOT, "bench", "out");
 const { values: opts } = parseArgs({
   options: {
     secs: { type: "string", default: "3" },
-    rounds: { type: "string", default: "3" },
+    rounds: { type: "string", default: "5" },
     "skip-memory": { type: "boolean", default: false },
     /** Run only the pairings whose name contains this text (e.g. "in-memory"). */
     pairing: { type: "string", default: "" },
@@ -151,8 +151,13 @@ function kvload(
   return { ops: result.ops_per_s, p50: result.p50_us, p99: result.p99_us, cpuUs: (ticks * 10_000) / result.ops };
 }
 
+/** "0.94-1.06 (93 %)": an interval and how likely it holds the true median. */
+function describeInterval(interval: MedianInterval): string {
+  return `${interval.lo.toFixed(2)}-${interval.hi.toFixed(2)} (${Math.round(interval.coverage * 100)} %)`;
+}
+
 /** Where a cell stands against parity (1.0), given its median's interval. */
-function verdictOf(interval: { lo: number; hi: number }): string {
+function verdictOf(interval: MedianInterval): string {
   if (interval.lo >= 1) return "above parity";
   if (interval.hi < 1) return "BELOW parity";
   return "parity within noise";
@@ -205,9 +210,8 @@ async function main() {
       }
       const cpu = `${median(tCpu).toFixed(2)} / ${median(rCpu).toFixed(2)} (ratio ${median(cpuRatios).toFixed(2)})`;
       const interval = medianInterval(ratios);
-      const range = `${interval.lo.toFixed(2)}-${interval.hi.toFixed(2)} (${Math.round(interval.coverage * 100)} %)`;
-      say(`| ${pairing.name} | ${workload.name} | ${median(t).toFixed(0)} | ${median(r).toFixed(0)} | **${median(ratios).toFixed(2)}** | ${range} | ${ratios.map((x) => x.toFixed(2)).join(", ")} | ${cpu} |`);
-      verdicts.push(`${verdictOf(interval)} (${Math.round(interval.coverage * 100)} % interval): ${pairing.name}, ${workload.name}`);
+      say(`| ${pairing.name} | ${workload.name} | ${median(t).toFixed(0)} | ${median(r).toFixed(0)} | **${median(ratios).toFixed(2)}** | ${describeInterval(interval)} | ${ratios.map((x) => x.toFixed(2)).join(", ")} | ${cpu} |`);
+      verdicts.push(`${verdictOf(interval)}, interval ${describeInterval(interval)}: ${pairing.name}, ${workload.name}`);
     }
     await txkv.stop();
     await redis.stop();
@@ -233,11 +237,8 @@ async function main() {
       const x = kvload(bin, "kv", txkv, args, false);
       ratios.push(x.ops / f.ops);
     }
-    const interval = medianInterval(ratios);
-    say(
-      `txkv / fixed-reply server: **${median(ratios).toFixed(2)}**, interval ${interval.lo.toFixed(2)}-${interval.hi.toFixed(2)} ` +
-        `(${Math.round(interval.coverage * 100)} %) (rounds: ${ratios.map((x) => x.toFixed(2)).join(", ")})`,
-    );
+    const interval = describeInterval(medianInterval(ratios));
+    say(`txkv / fixed-reply server: **${median(ratios).toFixed(2)}**, interval ${interval} (rounds: ${ratios.map((x) => x.toFixed(2)).join(", ")})`);
     await txkv.stop();
     await fixed.stop();
     rmSync(dir, { recursive: true, force: true });
