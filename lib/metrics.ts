@@ -85,9 +85,16 @@ export function renderMetrics(executor: Executor, health: Health, version: strin
 }
 
 /**
- * Persistence gauges: availability, the mode as a label, then every numeric
- * or boolean field of the commit log's STATS (`journalBytes` becomes
- * `txkv_persistence_journal_bytes`), so new fields show up by themselves.
+ * STATS persistence fields that count events since start: exported as
+ * counters named `_total`, as Prometheus expects (rate() over a restart).
+ */
+const PERSISTENCE_COUNTERS: ReadonlySet<string> = new Set(["fsyncs"]);
+
+/**
+ * Persistence metrics: availability, the mode as a label, then every numeric
+ * or boolean field of the commit log's STATS (`journalBytes` becomes the
+ * gauge `txkv_persistence_journal_bytes`, `fsyncs` the counter
+ * `txkv_persistence_fsyncs_total`), so new fields show up by themselves.
  */
 function renderPersistence(out: Exposition, executor: Executor): void {
   const fields = executor.commitLog.stats();
@@ -103,9 +110,11 @@ function renderPersistence(out: Exposition, executor: Executor): void {
   for (const [field, value] of Object.entries(fields)) {
     if (typeof value !== "number" && typeof value !== "boolean") continue;
     if (typeof value === "number" && !Number.isFinite(value)) continue;
-    const name = `txkv_persistence_${snakeCase(field)}`;
+    const counter = PERSISTENCE_COUNTERS.has(field);
+    const name = `txkv_persistence_${snakeCase(field)}${counter ? "_total" : ""}`;
     if (out.has(name)) continue;
-    out.single(name, "gauge", `persistence field "${field}" of STATS${typeof value === "boolean" ? " (1: true, 0: false)" : ""}`, Number(value));
+    const help = `persistence field "${field}" of STATS${typeof value === "boolean" ? " (1: true, 0: false)" : ""}`;
+    out.single(name, counter ? "counter" : "gauge", help, Number(value));
   }
 }
 

@@ -12,7 +12,9 @@ import { Logger } from "../lib/log.ts";
 import { healthOf, MetricsServer, renderMetrics } from "../lib/metrics.ts";
 import { ServerStats } from "../lib/stats.ts";
 import { Store } from "../lib/store.ts";
-import { LineClient, spawnServer, startInProcess, testConfig, waitFor } from "./helpers.ts";
+import { join } from "node:path";
+import { parseConfig } from "../lib/config.ts";
+import { LineClient, spawnServer, startInProcess, tempDir, testConfig, waitFor } from "./helpers.ts";
 
 interface Sample {
   name: string;
@@ -308,6 +310,29 @@ describe("health and persistence gauges", () => {
       expect(await stopping.json()).toEqual({ status: "unavailable", reason: "shutting down" });
     } finally {
       await metrics.stop();
+    }
+  });
+
+  test("a durable server's journal fsyncs are the counter txkv_persistence_fsyncs_total, equal to STATS persistence.fsyncs", async () => {
+    const dir = tempDir();
+    const parsed = parseConfig(["--port", "0", "--metrics-port", "0", "--data", join(dir.path, "data.json"), "--fsync", "always"], {});
+    if (parsed.kind !== "serve") throw new Error("unexpected --help/--version");
+    const running = await startServer(parsed.config, "test", new Logger("warn", () => {}));
+    try {
+      const c = await LineClient.connect(running.port);
+      // One at a time: under --fsync always each acknowledged PUT waited for an fsync of its own.
+      for (let i = 0; i < 3; i++) expect((await c.request(`PUT k${i} v`)).status).toBe("Ok");
+      const fsyncs = ((await c.request("STATS")).result as { persistence: { fsyncs: number } }).persistence.fsyncs;
+      expect(fsyncs).toBeGreaterThanOrEqual(3);
+      const m = await scrape(running.metricsPort!);
+      expect(m.type.get("txkv_persistence_fsyncs_total")).toBe("counter");
+      expect(m.type.has("txkv_persistence_fsyncs")).toBe(false);
+      expect(sample(m, "txkv_persistence_fsyncs_total")).toBe(fsyncs);
+      expect(m.type.get("txkv_persistence_journal_bytes")).toBe("gauge");
+      c.close();
+    } finally {
+      await running.shutdown();
+      dir.cleanup();
     }
   });
 
