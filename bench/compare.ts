@@ -133,7 +133,7 @@ function cpuTicks(pid: number): number {
   return Number(fields[11]) + Number(fields[12]);
 }
 
-/** One kvload run against the server; cpuUs is the server's CPU time per operation (µs) during it. */
+/** One kvload run against the server: its throughput, and the server's CPU time per operation (µs) during it. */
 function kvload(
   bin: string,
   proto: "kv" | "resp",
@@ -141,14 +141,14 @@ function kvload(
   args: string[],
   preload: boolean,
   secs = SECS,
-): { ops: number; p50: number; p99: number; cpuUs: number } {
+): { opsPerSec: number; cpuUs: number } {
   const ticksBefore = cpuTicks(server.pid);
   const run = spawnSync([bin, "--proto", proto, "--port", String(server.port), "--secs", String(secs), "--preload", preload ? "1" : "0", ...args]);
   const ticks = cpuTicks(server.pid) - ticksBefore;
   if (run.exitCode !== 0) throw new Error(`kvload failed: ${run.stderr.toString()}`);
-  const result = JSON.parse(run.stdout.toString()) as { ops: number; ops_per_s: number; errors: number; p50_us: number; p99_us: number };
+  const result = JSON.parse(run.stdout.toString()) as { ops: number; ops_per_s: number; errors: number };
   if (result.errors > 0) throw new Error(`kvload saw ${result.errors} error replies (${proto})`);
-  return { ops: result.ops_per_s, p50: result.p50_us, p99: result.p99_us, cpuUs: (ticks * 10_000) / result.ops };
+  return { opsPerSec: result.ops_per_s, cpuUs: (ticks * 10_000) / result.ops };
 }
 
 /** "0.94-1.06 (93 %)": an interval and how likely it holds the true median. */
@@ -201,9 +201,9 @@ async function main() {
         const a = first ? kvload(bin, "kv", txkv, workload.args, false) : null;
         const b = kvload(bin, "resp", redis, workload.args, false);
         const c = a ?? kvload(bin, "kv", txkv, workload.args, false);
-        t.push(c.ops);
-        r.push(b.ops);
-        ratios.push(c.ops / b.ops);
+        t.push(c.opsPerSec);
+        r.push(b.opsPerSec);
+        ratios.push(c.opsPerSec / b.opsPerSec);
         tCpu.push(c.cpuUs);
         rCpu.push(b.cpuUs);
         cpuRatios.push(c.cpuUs / b.cpuUs);
@@ -235,7 +235,7 @@ async function main() {
       const args = ["--workload", "get", "--pipeline", "16"];
       const f = kvload(bin, "kv", fixed, args, false);
       const x = kvload(bin, "kv", txkv, args, false);
-      ratios.push(x.ops / f.ops);
+      ratios.push(x.opsPerSec / f.opsPerSec);
     }
     const interval = describeInterval(medianInterval(ratios));
     say(`txkv / fixed-reply server: **${median(ratios).toFixed(2)}**, interval ${interval} (rounds: ${ratios.map((x) => x.toFixed(2)).join(", ")})`);
