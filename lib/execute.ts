@@ -258,7 +258,8 @@ export class Executor {
   private keys(tx: Transaction | null, prefix: string): string {
     let keys = this.store.keysWithPrefix(prefix);
     if (tx !== null) {
-      this.store.watchPrefix(tx, prefix);
+      // A key the transaction wrote is listed or not by its own write: not a read of the store.
+      this.store.watchPrefix(tx, prefix, tx.ownKeysWithPrefix(prefix));
       keys = tx.overlayKeys(keys, prefix);
     }
     keys.sort();

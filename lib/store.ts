@@ -4,10 +4,11 @@
  *
  * Owns: the data map, `seq` (one per commit), applying a commit atomically
  * (one synchronous step), and conflict marking. A transaction watches each key
- * it read from the store (present or absent) and each KEYS prefix; when a
- * commit changes a watched key, or creates or deletes a key under a watched
- * prefix, every other watching transaction is marked conflicted at once
- * (as Redis WATCH does). Nothing is kept for conflict checks beyond the open
+ * it read from the store (present or absent) and each KEYS prefix (less the
+ * keys its answer took from the transaction's own writes); when a commit
+ * changes a watched key, or creates or deletes a key under a watched prefix,
+ * every other watching transaction is marked conflicted at once (as Redis
+ * WATCH does). A delete of an absent key changes nothing. Nothing is kept for conflict checks beyond the open
  * transactions' own watches, which are dropped when they end.
  * Deferred watches (watchAscii): a read by the fast path is only noted, as
  * bytes, and becomes a real watch (a string in a Map) at the next commit, or
@@ -33,6 +34,16 @@ export interface Watcher {
   readonly watchedKeys: string[];
 }
 
+/**
+ * A KEYS prefix a transaction read. ownKeys: keys under it whose presence the
+ * answer took from the transaction's own writes, not from the store, so
+ * another commit creating or deleting one of them is no conflict (null: none).
+ */
+interface PrefixWatch {
+  readonly prefix: string;
+  ownKeys: ReadonlySet<string> | null;
+}
+
 /** Deferred watches beyond these are made real at once, so a long run of reads holds bounded memory. */
 const MAX_DEFERRED_READS = 1024;
 const MAX_DEFERRED_KEY_BYTES = 64 * 1024;
@@ -43,7 +54,7 @@ export class Store {
   seq: number;
   /** Who watches each key: one transaction as itself (the common case, no Set to allocate), or a Set. */
   private readonly keyWatchers = new Map<string, Watcher | Set<Watcher>>();
-  private readonly prefixWatchers = new Map<Watcher, string[]>();
+  private readonly prefixWatchers = new Map<Watcher, PrefixWatch[]>();
   /**
    * Reads noted by watchAscii since the last commit, the first deferredCount
    * entries: the reader (null once it ended) and where its key ends in deferredKeys.
@@ -142,13 +153,13 @@ export class Store {
   apply(ops: readonly CommitOp[]): number {
     this.beforeCommit();
     for (const [key, value] of ops) {
-      let existenceChanged: boolean;
-      if (value === null) {
-        existenceChanged = this.data.delete(key);
-      } else {
-        existenceChanged = this.data.set(key, value);
+      if (value !== null) {
+        this.changed(key, this.data.set(key, value));
+      } else if (this.data.delete(key)) {
+        this.changed(key, true);
       }
-      this.changed(key, existenceChanged);
+      // A delete of an absent key (a transaction created and then deleted
+      // it) changes nothing, so it conflicts no one, as in Redis WATCH.
     }
     return ++this.seq;
   }
@@ -183,12 +194,22 @@ export class Store {
     this.deferredKeyEnds[this.deferredCount++] = this.deferredKeys.length;
   }
 
-  /** Marks w conflicted when another commit creates or deletes a key under prefix. */
-  watchPrefix(w: Watcher, prefix: string): void {
+  /**
+   * Marks w conflicted when another commit creates or deletes a key under
+   * prefix, except the keys in ownKeys (answered from w's own writes).
+   */
+  watchPrefix(w: Watcher, prefix: string, ownKeys: ReadonlySet<string> | null): void {
     if (w.conflicted) return;
-    const prefixes = this.prefixWatchers.get(w);
-    if (prefixes === undefined) this.prefixWatchers.set(w, [prefix]);
-    else if (!prefixes.includes(prefix)) prefixes.push(prefix);
+    const watches = this.prefixWatchers.get(w);
+    const same = watches?.find((watch) => watch.prefix === prefix);
+    if (same !== undefined) {
+      // Read twice: a key is exempt only if neither read took it from the store.
+      same.ownKeys = bothOwn(same.ownKeys, ownKeys);
+    } else if (watches !== undefined) {
+      watches.push({ prefix, ownKeys });
+    } else {
+      this.prefixWatchers.set(w, [{ prefix, ownKeys }]);
+    }
   }
 
   /** Drops every watch of w: its keys, its prefixes and its deferred reads. */
@@ -263,10 +284,10 @@ export class Store {
       watchers.conflicted = true;
     }
     if (existenceChanged && this.prefixWatchers.size !== 0) {
-      for (const [w, prefixes] of this.prefixWatchers) {
+      for (const [w, watches] of this.prefixWatchers) {
         if (w.conflicted) continue;
-        for (const prefix of prefixes) {
-          if (key.startsWith(prefix)) {
+        for (const watch of watches) {
+          if (key.startsWith(watch.prefix) && watch.ownKeys?.has(key) !== true) {
             w.conflicted = true;
             break;
           }
@@ -274,4 +295,12 @@ export class Store {
       }
     }
   }
+}
+
+/** The keys in both sets (null: no keys). */
+function bothOwn(a: ReadonlySet<string> | null, b: ReadonlySet<string> | null): ReadonlySet<string> | null {
+  if (a === null || b === null) return null;
+  const both = new Set<string>();
+  for (const key of a) if (b.has(key)) both.add(key);
+  return both.size === 0 ? null : both;
 }

@@ -212,6 +212,18 @@ export class Transaction implements Watcher {
     return [...keys];
   }
 
+  /** The keys under prefix this transaction has written (put or deleted) at any open level, or null when none. */
+  ownKeysWithPrefix(prefix: string): Set<string> | null {
+    this.settle();
+    let keys: Set<string> | null = null;
+    for (let i = 0; i < this.levelCount; i++) {
+      for (const [key] of writesOf(this.levels[i]!)) {
+        if (key.startsWith(prefix)) (keys ??= new Set()).add(key);
+      }
+    }
+    return keys;
+  }
+
   /** Turns the write held as bytes into strings in its level (it is that level's latest write). */
   private settle(): void {
     if (this.asciiLevel < 0) return;

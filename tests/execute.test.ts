@@ -257,6 +257,66 @@ describe("serializable conflicts", () => {
     expect(b("GET k")).toEqual(err("NOT_FOUND"));
   });
 
+  test("KEYS lists a key by the transaction's own write: another commit creating or deleting that key does not conflict", () => {
+    const { session } = setup();
+    const [a, b] = [session(), session()];
+    b("PUT p:1 old");
+    a("START");
+    a("PUT p:1 mine");
+    expect(a("KEYS p:")).toEqual(ok(["p:1"]));
+    b("DEL p:1");
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+
+    a("START");
+    a("PUT p:2 mine");
+    a("DEL p:2");
+    expect(a("KEYS p:")).toEqual(ok(["p:1"]));
+    b("PUT p:2 theirs");
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+    expect(b("GET p:2")).toEqual(err("NOT_FOUND"));
+  });
+
+  test("KEYS still watches the keys it took from the store, and an own key read from the store by an earlier KEYS", () => {
+    const { session } = setup();
+    const [a, b] = [session(), session()];
+    a("START");
+    a("PUT p:own mine");
+    a("KEYS p:");
+    b("PUT p:other theirs");
+    expect(a("COMMIT")).toEqual(err("CONFLICT"));
+
+    // The first KEYS read p:x from the store (absent); writing it afterwards does not undo that read.
+    a("START");
+    a("KEYS p:");
+    a("PUT p:x mine");
+    a("KEYS p:");
+    b("PUT p:x theirs");
+    expect(a("COMMIT")).toEqual(err("CONFLICT"));
+  });
+
+  test("a commit that creates and then deletes an absent key changes nothing: a reader of that key does not conflict", () => {
+    const { session } = setup();
+    const [a, b] = [session(), session()];
+    a("START");
+    expect(a("GET t1")).toEqual(err("NOT_FOUND"));
+    a("KEYS t");
+    b("START");
+    b("PUT t1 v");
+    b("DEL t1");
+    expect(b("COMMIT")).toEqual(ok("Transaction committed"));
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+
+    // Deleting a key that exists still conflicts its readers.
+    b("PUT t2 v");
+    a("START");
+    a("GET t2");
+    b("START");
+    b("PUT t2 w");
+    b("DEL t2");
+    b("COMMIT");
+    expect(a("COMMIT")).toEqual(err("CONFLICT"));
+  });
+
   test("a change by the same connection's own earlier commit is not a conflict with a later transaction", () => {
     const { session } = setup();
     const a = session();

@@ -240,9 +240,9 @@ describe("transactions end to end", () => {
   test("serializable through real connections: absent reads, DEL reads and KEYS prefixes conflict; blind writes and own reads do not", async () => {
     const a = await LineClient.connect(server.port);
     const b = await LineClient.connect(server.port);
-    const conflictAfter = async (reads: string[], other: string) => {
+    const conflictAfter = async (reads: string[], other: string | string[]) => {
       await a.pipeline(["START", ...reads, "PUT ser:marker 1"]);
-      await b.request(other);
+      await b.pipeline(typeof other === "string" ? [other] : other);
       return (await a.request("COMMIT")).code ?? "OK";
     };
     // A key read as absent that another connection then creates.
@@ -263,6 +263,11 @@ describe("transactions end to end", () => {
     // A read answered from the transaction's own write is not a read of the store.
     expect(await conflictAfter(["PUT ser:own x", "GET ser:own", "DEL ser:own"], "PUT ser:own y")).toBe("OK");
     expect(await b.request("GET ser:own")).toMatchObject({ code: "NOT_FOUND" });
+    // Nor is a KEYS answer about a key the transaction wrote itself.
+    expect(await conflictAfter(["PUT ser:k:own x", "KEYS ser:k:"], "PUT ser:k:own y")).toBe("OK");
+    expect(await conflictAfter(["KEYS ser:k:"], "DEL ser:k:own")).toBe("CONFLICT");
+    // A commit that creates and deletes a key that was absent changes nothing, so a reader of it does not conflict.
+    expect(await conflictAfter(["GET ser:never"], ["START", "PUT ser:never 1", "DEL ser:never", "COMMIT"])).toBe("OK");
     // STATS counts an open transaction's reads as watched keys, before any commit (reads noted as bytes)
     // and after one (made watches); what was kept is gone once no transaction is open.
     const watched = async () => ((await b.request("STATS")).result as { transactions: { open: number; watched_keys: number } }).transactions;
