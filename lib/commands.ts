@@ -13,7 +13,7 @@
  */
 import * as v from "valibot";
 import type { EncodedValue } from "./commit-log.ts";
-import { INVALID_UTF8, TOO_LARGE, type Frame } from "./framing.ts";
+import { HTTP_REQUEST, INVALID_UTF8, TOO_LARGE, type Frame } from "./framing.ts";
 
 export type NoArgCommandType = "START" | "COMMIT" | "ROLLBACK" | "PING" | "STATS" | "SAVE" | "HELP" | "QUIT";
 
@@ -31,7 +31,7 @@ export interface Invalid {
   readonly type: "INVALID";
   readonly code: InvalidCode;
   readonly message: string;
-  /** An HTTP request line (see isCrossProtocolLine): the server closes the connection instead of answering. */
+  /** An HTTP request line (the framer's HTTP_REQUEST): the server closes the connection instead of answering. */
   readonly crossProtocol?: true;
 }
 
@@ -103,8 +103,6 @@ export function parseCommand(line: string): Command {
   if (noArg !== undefined) {
     return argStart < line.length ? invalid("BAD_REQUEST", `${name} takes no arguments`) : noArg;
   }
-  // Checked only here: `POST` and `Host:` are never commands, so known ones skip the test.
-  if (isCrossProtocolLine(line)) return { ...invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName}`), crossProtocol: true };
   return invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName}`);
 }
 
@@ -293,21 +291,20 @@ function wordEnd(line: string, i: number): number {
   return i;
 }
 
+/** An HTTP request line: never executed or answered (the server closes the connection). */
+const HTTP_REQUEST_COMMAND: Invalid = Object.freeze({
+  type: "INVALID",
+  code: "BAD_REQUEST",
+  message: "An HTTP request was sent to the txkv port",
+  crossProtocol: true,
+});
+
 /** A framed request → its Command: framing failures become Invalid commands. */
 export function commandFromFrame(frame: Frame, maxRequestBytes: number): Command {
   if (frame === TOO_LARGE) return invalid("TOO_LARGE", `Request too large: the limit is ${maxRequestBytes} bytes`);
   if (frame === INVALID_UTF8) return invalid("BAD_REQUEST", "Request is not valid UTF-8");
+  if (frame === HTTP_REQUEST) return HTTP_REQUEST_COMMAND;
   return parseCommand(frame);
 }
 
-/**
- * True for a line that starts an HTTP request (`POST ` or `Host:`, any case),
- * as a browser tricked into posting to localhost would send: the server
- * closes such a connection without running it (Redis does the same).
- */
-export function isCrossProtocolLine(line: string): boolean {
-  const c = line.charCodeAt(0) | 0x20;
-  if (c === 0x70 /* p */) return line.length >= 5 && line.slice(0, 5).toUpperCase() === "POST ";
-  if (c === 0x68 /* h */) return line.length >= 5 && line.slice(0, 5).toLowerCase() === "host:";
-  return false;
-}
+

@@ -1,12 +1,14 @@
 /**
  * Framing: a connection's bytes → request lines.
  *
- * Owns: splitting on LF (dropping a CR before it), skipping blank lines, the
- * request size limit in bytes (a too-long request becomes one TOO_LARGE event
- * and its bytes are discarded up to the next LF), UTF-8 validation, and the
- * partial (unterminated) request that the server may run after a pause or
- * half-close. Holds at most about one limit of an incomplete request in
- * memory; complete lines not yet taken stay only in the chunk they arrived in.
+ * Owns: splitting on LF (dropping a CR before it), skipping blank lines (of
+ * any length), recognising a line that starts an HTTP request (checked first,
+ * so a long or non-UTF-8 one is caught too), the request size limit in bytes
+ * (a too-long request becomes one TOO_LARGE event and its bytes are discarded
+ * up to the next LF), UTF-8 validation, and the partial (unterminated)
+ * request that the server may run after a pause or half-close. Holds at most
+ * about one limit of an incomplete request in memory; complete lines not yet
+ * taken stay only in the chunk they arrived in.
  *
  * Two ways to take a line: `next()` gives its text; `nextLine()` only finds
  * it, leaving its bytes at `bytes[lineStart, lineEnd)` so the server's fast
@@ -21,17 +23,25 @@ import { latin1Text } from "./text.ts";
 export const TOO_LARGE = Symbol("TOO_LARGE");
 /** A request that was not valid UTF-8. */
 export const INVALID_UTF8 = Symbol("INVALID_UTF8");
+/**
+ * A line that starts an HTTP request (see startsHttpRequest), as a browser
+ * tricked into posting to localhost sends: the server closes the connection
+ * without running it or anything after it (Redis does the same).
+ */
+export const HTTP_REQUEST = Symbol("HTTP_REQUEST");
 /** nextLine() found a complete line: its bytes are at bytes[lineStart, lineEnd). */
 export const LINE = Symbol("LINE");
 
 /** One framed request: its text, or why it could not be read. */
-export type Frame = string | typeof TOO_LARGE | typeof INVALID_UTF8;
+export type Frame = string | typeof TOO_LARGE | typeof INVALID_UTF8 | typeof HTTP_REQUEST;
 
 const LF = 10;
 const CR = 13;
 const SPACE = 32;
 const TAB = 9;
 const ASCII_LIMIT = 0x80;
+/** OR-ing it into an ASCII letter gives the lower-case letter. */
+const CASE_BIT = 0x20;
 
 const EMPTY = new Uint8Array(0);
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
@@ -44,6 +54,12 @@ export class LineFramer {
   private scanned = 0;
   /** True while skipping the rest of a too-long request, up to its LF. */
   private discarding = false;
+  /**
+   * Leading spaces and tabs of the incomplete request, already dropped: they
+   * count towards its size but are not held (a blank line of any length gets
+   * no reply, and this keeps memory bounded while one arrives).
+   */
+  private droppedBlanks = 0;
   /** The line found by the last nextLine(), CR dropped. */
   lineStart = 0;
   lineEnd = 0;
@@ -83,10 +99,10 @@ export class LineFramer {
 
   /**
    * Finds the next complete non-blank request without decoding it: LINE
-   * (then see lineStart/lineEnd and lineText()), TOO_LARGE as next() does, or
-   * null when none is complete yet.
+   * (then see lineStart/lineEnd and lineText()), TOO_LARGE as next() does,
+   * HTTP_REQUEST, or null when none is complete yet.
    */
-  nextLine(): typeof LINE | typeof TOO_LARGE | null {
+  nextLine(): typeof LINE | typeof TOO_LARGE | typeof HTTP_REQUEST | null {
     for (;;) {
       if (this.pos >= this.buf.length) return null;
       if (this.discarding && !this.skipDiscarded()) return null;
@@ -94,15 +110,12 @@ export class LineFramer {
       const lf = this.buf.indexOf(LF, Math.max(start, this.scanned));
       if (lf === -1) {
         this.scanned = this.buf.length;
-        return this.checkPartialSize();
+        return this.checkPartial();
       }
       this.pos = lf + 1;
       const end = lf > start && this.buf[lf - 1] === CR ? lf - 1 : lf;
-      if (end - start > this.maxRequestBytes) return TOO_LARGE;
-      if (isBlank(this.buf, start, end)) continue;
-      this.lineStart = start;
-      this.lineEnd = end;
-      return LINE;
+      const frame = this.classify(start, end);
+      if (frame !== null) return frame;
     }
   }
 
@@ -113,7 +126,7 @@ export class LineFramer {
 
   /** True when bytes of an unterminated request are waiting (not counting a discarded one). */
   hasPartial(): boolean {
-    return !this.discarding && this.pos < this.buf.length;
+    return !this.discarding && (this.pos < this.buf.length || this.droppedBlanks > 0);
   }
 
   /**
@@ -129,10 +142,9 @@ export class LineFramer {
       this.discarding = false;
       return null;
     }
-    if (start >= end) return null;
-    const trimmedEnd = this.buf[end - 1] === CR ? end - 1 : end;
-    if (trimmedEnd - start > this.maxRequestBytes) return TOO_LARGE;
-    return isBlank(this.buf, start, trimmedEnd) ? null : decodeLine(this.buf, start, trimmedEnd);
+    const trimmedEnd = end > start && this.buf[end - 1] === CR ? end - 1 : end;
+    const frame = this.classify(start, trimmedEnd);
+    return frame === LINE ? decodeLine(this.buf, start, trimmedEnd) : frame;
   }
 
   /** Copies unconsumed bytes out of the caller's chunk so it can be reused. */
@@ -160,18 +172,78 @@ export class LineFramer {
     return true;
   }
 
-  /** An unterminated request longer than the limit is answered now and then skipped. */
-  private checkPartialSize(): typeof TOO_LARGE | null {
-    const pending = this.buf.length - this.pos;
-    // One extra byte may be the CR of a CRLF that has not fully arrived.
-    const over =
-      pending > this.maxRequestBytes + 1 ||
-      (pending === this.maxRequestBytes + 1 && this.buf[this.buf.length - 1] !== CR);
-    if (!over) return null;
-    this.pos = this.buf.length;
-    this.discarding = true;
-    return TOO_LARGE;
+  /**
+   * The complete request bytes[start, end) (CR dropped), with any blanks
+   * dropped before it: HTTP_REQUEST, TOO_LARGE, LINE (then lineStart/lineEnd
+   * are set), or null for a blank line. The HTTP check comes first, so no
+   * size or encoding error lets the lines after an HTTP request run.
+   */
+  private classify(start: number, end: number): typeof LINE | typeof TOO_LARGE | typeof HTTP_REQUEST | null {
+    const dropped = this.droppedBlanks;
+    this.droppedBlanks = 0;
+    if (startsHttpRequest(this.buf, start, end)) return HTTP_REQUEST;
+    if (isBlank(this.buf, start, end)) return null;
+    if (dropped + end - start > this.maxRequestBytes) return TOO_LARGE;
+    this.lineStart = start;
+    this.lineEnd = end;
+    return LINE;
   }
+
+  /**
+   * An unterminated request longer than the limit: blanks so far are dropped
+   * and counted (it may still be a blank line); else it is answered now, as
+   * HTTP_REQUEST or TOO_LARGE, and the rest of it is skipped.
+   */
+  private checkPartial(): typeof TOO_LARGE | typeof HTTP_REQUEST | null {
+    const end = this.buf.length;
+    // One extra byte may be the CR of a CRLF that has not fully arrived.
+    const heldCr = this.buf[end - 1] === CR ? 1 : 0;
+    if (this.droppedBlanks + end - heldCr - this.pos <= this.maxRequestBytes) return null;
+    if (isBlank(this.buf, this.pos, end - heldCr)) {
+      this.droppedBlanks += end - heldCr - this.pos;
+      this.pos = end - heldCr;
+      return null;
+    }
+    const http = startsHttpRequest(this.buf, this.pos, end);
+    this.pos = end;
+    this.droppedBlanks = 0;
+    this.discarding = true;
+    return http ? HTTP_REQUEST : TOO_LARGE;
+  }
+}
+
+/**
+ * bytes[start, end) begins an HTTP request: its first word (after any blanks)
+ * is `POST`, or begins with `Host:`, in any case. The contract's `POST ` and
+ * `Host:` prefixes, and the variants Redis also catches by its first word.
+ * Cheap for every line: most fail at the first or second byte.
+ */
+export function startsHttpRequest(bytes: Uint8Array, start: number, end: number): boolean {
+  const first = bytes[start]! | CASE_BIT;
+  // Most lines are decided here: their first byte is no p, h, space or tab (TAB | CASE_BIT is ")").
+  if (first !== 0x70 && first !== 0x68 && first !== SPACE && first !== (TAB | CASE_BIT)) return false;
+  let i = start;
+  while (i < end && (bytes[i] === SPACE || bytes[i] === TAB)) i++;
+  if (end - i < 4) return false;
+  const c0 = bytes[i]! | CASE_BIT;
+  if (c0 === 0x70 /* p */) {
+    return (
+      (bytes[i + 1]! | CASE_BIT) === 0x6f /* o */ &&
+      (bytes[i + 2]! | CASE_BIT) === 0x73 /* s */ &&
+      (bytes[i + 3]! | CASE_BIT) === 0x74 /* t */ &&
+      (i + 4 === end || bytes[i + 4] === SPACE || bytes[i + 4] === TAB)
+    );
+  }
+  if (c0 === 0x68 /* h */) {
+    return (
+      end - i >= 5 &&
+      (bytes[i + 1]! | CASE_BIT) === 0x6f /* o */ &&
+      (bytes[i + 2]! | CASE_BIT) === 0x73 /* s */ &&
+      (bytes[i + 3]! | CASE_BIT) === 0x74 /* t */ &&
+      bytes[i + 4] === 0x3a /* : */
+    );
+  }
+  return false;
 }
 
 /** bytes[start, end) as text: ASCII is copied as is, anything else is strictly UTF-8 decoded. */

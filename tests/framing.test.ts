@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { INVALID_UTF8, LineFramer, TOO_LARGE, type Frame } from "../lib/framing.ts";
+import { HTTP_REQUEST, INVALID_UTF8, LineFramer, TOO_LARGE, startsHttpRequest, type Frame } from "../lib/framing.ts";
 
 const enc = new TextEncoder();
 
@@ -77,6 +77,44 @@ describe("LineFramer", () => {
     expect(f.takePartial()).toBeNull();
     expect(feed(f, "toolong")).toEqual([TOO_LARGE]);
     expect(f.takePartial()).toBeNull();
+  });
+
+  test("a blank line longer than the limit is still no request, whole or in pieces, with its bytes not held", () => {
+    const f = new LineFramer(10);
+    expect(feed(f, " ".repeat(11) + "\nPING\n")).toEqual(["PING"]);
+    expect(feed(f, " \t".repeat(30), "\t".repeat(30) + "\r", "\n", "PING\n")).toEqual(["PING"]);
+    expect(f.bufferedBytes).toBe(0);
+    // Blanks count towards a request that follows them on the same line.
+    expect(feed(f, " ".repeat(30), "PING\nGET a\n")).toEqual([TOO_LARGE, "GET a"]);
+    expect(feed(f, " ".repeat(6), "PING\n")).toEqual(["      PING"]);
+    // A pause ends a blank unterminated request: its dropped blanks are not charged to the next line.
+    feed(f, " ".repeat(30));
+    expect(f.bufferedBytes).toBeLessThanOrEqual(11);
+    expect(f.hasPartial()).toBe(true);
+    expect(f.takePartial()).toBeNull();
+    expect(feed(f, "GET a\n")).toEqual(["GET a"]);
+  });
+
+  test("an HTTP request line is its own frame, before the size and UTF-8 checks", () => {
+    const f = new LineFramer(16);
+    expect(feed(f, "GET a\nPOST / HTTP/1.1\r\nGET b\n")).toEqual(["GET a", HTTP_REQUEST, "GET b"]);
+    expect(feed(new LineFramer(16), "POST /" + "a".repeat(100) + " HTTP/1.1\r\n")).toEqual([HTTP_REQUEST]);
+    expect(feed(new LineFramer(16), "Host: " + "h".repeat(100))).toEqual([HTTP_REQUEST]);
+    expect(feed(new LineFramer(16), enc.encode("POST /"), new Uint8Array([0xff, 0x0a]))).toEqual([HTTP_REQUEST]);
+    expect(feed(new LineFramer(16), enc.encode("Host: "), new Uint8Array([0xff, 0x0a]))).toEqual([HTTP_REQUEST]);
+    const paused = new LineFramer(16);
+    expect(feed(paused, "POST")).toEqual([]);
+    expect(paused.takePartial()).toBe(HTTP_REQUEST);
+  });
+
+  test("startsHttpRequest: the first word is POST or begins with Host:, in any case, after any blanks", () => {
+    const http = (line: string) => startsHttpRequest(enc.encode(line), 0, enc.encode(line).length);
+    for (const line of ["POST / HTTP/1.1", "post /x", "POST", "POST\t/", "  POST /", "Host: localhost", "HOST:x", "host:", "\tHost: a"]) {
+      expect(http(line)).toBe(true);
+    }
+    for (const line of ["POSTAL code", "POS", "PUT Host: x", "PUT k v", "Host :x", "Hostname: x", "GET / HTTP/1.1", "", "   "]) {
+      expect(http(line)).toBe(false);
+    }
   });
 
   test("retain copies unconsumed bytes so the caller may reuse its chunk (a Buffer, as Bun delivers, too)", () => {

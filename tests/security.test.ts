@@ -176,6 +176,38 @@ describe("the cross-protocol guard", () => {
   });
 });
 
+describe("the cross-protocol guard catches every form of an HTTP first line", () => {
+  test("a POST or Host: line that is too long or not UTF-8, or a bare POST ended by a pause, closes the connection; nothing after it runs", async () => {
+    const server = await startInProcess(["--max-request-bytes", "64"]);
+    const encoder = new TextEncoder();
+    const attacks: [string, Uint8Array][] = [
+      ["long POST", encoder.encode(`POST /${"a".repeat(200)} HTTP/1.1\r\nPUT ran:long-post 1\n`)],
+      ["long Host:", encoder.encode(`Host: ${"h".repeat(200)}\r\nPUT ran:long-host 1\n`)],
+      ["non-UTF-8 POST", Buffer.concat([encoder.encode("POST /"), Buffer.from([0xff]), encoder.encode(" HTTP/1.1\r\nPUT ran:utf8-post 1\n")])],
+      ["non-UTF-8 Host:", Buffer.concat([encoder.encode("Host: "), Buffer.from([0xff]), encoder.encode("\r\nPUT ran:utf8-host 1\n")])],
+      ["POST and a tab", encoder.encode("POST\t/ HTTP/1.1\nPUT ran:tab 1\n")],
+      ["indented, lower-case post", encoder.encode("  post / HTTP/1.1\nPUT ran:indented 1\n")],
+    ];
+    for (const [name, bytes] of attacks) {
+      const c = await LineClient.connect(server.port);
+      c.write(bytes);
+      await c.closed;
+      expect(c.unread, name).toBe("");
+    }
+    // A bare POST, then a pause (the unterminated-request rule runs it alone), then the rest of an HTTP request.
+    const paused = await LineClient.connect(server.port);
+    paused.write("POST");
+    await paused.closed;
+    const d = await LineClient.connect(server.port);
+    expect(await d.request("KEYS ran:")).toEqual({ status: "Ok", result: [] });
+    // Words that only start like POST or Host: are ordinary (unknown) commands.
+    expect(await d.request("POSTAL code")).toMatchObject({ code: "UNKNOWN_COMMAND" });
+    expect(await d.request("Hostname: x")).toMatchObject({ code: "UNKNOWN_COMMAND" });
+    d.close();
+    await server.shutdown();
+  });
+});
+
 describe("TLS", () => {
   const dir = tempDir();
   const certPath = join(dir.path, "cert.pem");
