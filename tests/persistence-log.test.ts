@@ -397,6 +397,52 @@ describe("start-up with damaged files", () => {
   });
 });
 
+describe("a torn record ends the log", () => {
+  async function prepareTorn() {
+    const dir = tempDir();
+    const a = await open(dir);
+    for (let i = 0; i < 5; i++) a.put(`k${i}`, i);
+    await closeLog(a);
+    const journal = path.join(dir, "data.json.journal.1");
+    const clean = fs.readFileSync(journal);
+    fs.appendFileSync(journal, '{"seq":6,"ops":[["torn","val');
+    return { dir, journal, clean };
+  }
+
+  test("in a journal followed by a newer, empty one (kill -9 as a compaction switched journals): cut; appends go to the newest", async () => {
+    const { dir, journal, clean } = await prepareTorn();
+    const newer = path.join(dir, "data.json.journal.2");
+    fs.writeFileSync(newer, "");
+    const a = await open(dir);
+    expect(a.store.get("torn")).toBeUndefined();
+    expect(a.store.get("k4")).toBe("4");
+    expect(a.logLines.some((l) => l.includes("torn final journal record"))).toBe(true);
+    expect(fs.readFileSync(journal)).toEqual(clean);
+    a.put("after", "ok");
+    const expected = contents(a.store);
+    await closeLog(a);
+    expect(fs.readFileSync(newer, "utf8")).toContain('"after"');
+    expect(contents((await open(dir)).store)).toEqual(expected);
+  });
+
+  test("records in newer journals after it (possible after a power cut) are not replayed: set aside with a warning", async () => {
+    const { dir, journal, clean } = await prepareTorn();
+    const newer = path.join(dir, "data.json.journal.2");
+    fs.writeFileSync(newer, '{"seq":7,"ops":[["late","1"]]}\n');
+    const a = await open(dir);
+    expect(a.store.get("late")).toBeUndefined();
+    expect(a.store.get("k4")).toBe("4");
+    expect(fs.readFileSync(journal)).toEqual(clean);
+    expect(fs.existsSync(newer)).toBe(false);
+    expect(fs.readFileSync(`${newer}.unreplayed`, "utf8")).toContain('"late"');
+    expect(a.logLines.some((l) => l.includes('"level":"warn"') && l.includes("not replayed") && l.includes("journal.2"))).toBe(true);
+    a.put("after", "ok");
+    const expected = contents(a.store);
+    await closeLog(a);
+    expect(contents((await open(dir)).store)).toEqual(expected);
+  });
+});
+
 describe("lock", () => {
   test("a lock held by a live process refuses the start and changes nothing", async () => {
     const dir = tempDir();
@@ -484,6 +530,51 @@ describe("failures while running", () => {
     expect(contents(b.store)).toEqual([
       ["k1", "1"],
       ["k2", "2"],
+    ]);
+  });
+
+  test("disk full: a rebuild whose snapshot fails leaves the journal untrusted; a write is acknowledged only once a rebuild completes", async () => {
+    const dir = tempDir();
+    const files = dataFiles(path.join(dir, "data.json"));
+    // The journal and the snapshot's temp file are on a "disk" that is always full.
+    fs.symlinkSync("/dev/full", files.journal(1));
+    fs.symlinkSync("/dev/full", files.snapshotTemp);
+    acquireLock(files.lock);
+    const handle = await fs.promises.open(files.journal(1), "a");
+    const settings = { fsync: "always", fsyncIntervalMs: 20, retryMs: 5, compactMinBytes: 1e9, compactPercent: 100, sliceMs: 1 } as const;
+    const log = new DurableLog(files, settings, new Logger("error", () => {}), {
+      journal: { gen: 1, path: files.journal(1), handle, bytes: 0 },
+      journalCreated: false,
+      seq: 0,
+      snapshotSeq: 0,
+      snapshotBytes: 0,
+    });
+    openLogs.push(log);
+    const store = new Store();
+    log.attach(store);
+    let durable = 0;
+    let snapshotWhenDurable = null as string | null;
+    log.onDurable = (seq) => {
+      durable = seq;
+      snapshotWhenDurable = fs.existsSync(files.snapshot) ? fs.readFileSync(files.snapshot, "utf8") : null;
+    };
+    const put = (key: string, value: string) => log.append({ seq: store.apply([[key, value]]), ops: [[key, value]] });
+    put("k1", '"1"');
+    const held = put("k2", '"2"');
+    // The write fails (ENOSPC); the retries write the journal again until one of them rebuilds:
+    // it switches to a new journal (generation 2), and its snapshot fails on the full temp file.
+    await until(() => fs.existsSync(files.journal(2)), "a rebuild");
+    // That failed snapshot removed its temp file, so the next rebuild succeeds. Before the fix the
+    // next retry instead fsynced the new, empty journal and acknowledged k1 and k2, which were on no disk.
+    await until(() => durable >= held, "the held writes to become durable");
+    expect(snapshotWhenDurable).toContain('"k2"');
+    await log.close();
+    openLogs.splice(openLogs.indexOf(log), 1);
+    fs.rmSync(files.journal(1), { force: true });
+    const b = await open(dir);
+    expect(contents(b.store)).toEqual([
+      ["k1", '"1"'],
+      ["k2", '"2"'],
     ]);
   });
 });

@@ -422,6 +422,25 @@ describe("start-up with damaged files", () => {
     const again = await start(dir);
     expect((await (await client(again)).request("GET e")).result).toEqual({ key: "e", value: "6" });
   });
+
+  test("a torn record in a journal followed by a newer, empty one (kill -9 as a compaction switched journals): cut, and the server starts", async () => {
+    const dir = await dirWithData();
+    const name = fs.readdirSync(dir).find((n) => n.includes(".journal."))!;
+    const journal = path.join(dir, name);
+    const gen = Number(name.split(".").at(-1));
+    fs.appendFileSync(journal, '{"seq":1000,"ops":[["e","' + "x".repeat(5000));
+    const newer = path.join(dir, `data.json.journal.${gen + 1}`);
+    fs.writeFileSync(newer, "");
+    const server = await start(dir);
+    expect(server.stderr()).toContain("torn final journal record");
+    const c = await client(server);
+    expect((await c.request("KEYS")).result).toEqual(["a", "b", "c", "d"]);
+    expect((await c.request("PUT e 6")).status).toBe("Ok");
+    expect(await server.kill("SIGTERM")).toBe(0);
+    expect(fs.readFileSync(newer, "utf8")).toContain('"e"');
+    const again = await start(dir);
+    expect((await (await client(again)).request("KEYS")).result).toEqual(["a", "b", "c", "d", "e"]);
+  });
 });
 
 describe("lock", () => {
@@ -435,6 +454,25 @@ describe("lock", () => {
     await first.exited;
     const third = await start(dir);
     expect((await (await client(third)).request("PING")).result).toBe("PONG");
+  });
+
+  test("a second server given a symbolic link to the data file refuses too; snapshots go to the file, not the link", async () => {
+    const dir = dataDir();
+    const first = await start(dir);
+    const c = await client(first);
+    expect((await c.request("PUT k v")).status).toBe("Ok");
+    expect((await c.request("SAVE")).status).toBe("Ok");
+    const alias = path.join(dir, "alias.json");
+    fs.symlinkSync(path.join(dir, "data.json"), alias);
+    const second = await runIndex(["--port", "0", "--data", alias]);
+    expect(second.code).not.toBe(0);
+    expect(second.stderr).toContain("locked by another running server");
+    expect(await first.kill("SIGTERM")).toBe(0);
+    const viaAlias = await start(dir, ["--data", alias]);
+    const d = await client(viaAlias);
+    expect((await d.request("GET k")).result).toEqual({ key: "k", value: "v" });
+    expect((await d.request("SAVE")).status).toBe("Ok");
+    expect(fs.lstatSync(alias).isSymbolicLink()).toBe(true);
   });
 });
 

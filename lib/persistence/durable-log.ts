@@ -128,6 +128,8 @@ export class DurableLog implements CommitLog {
   private failure: Failure | null = null;
   private resuming: Promise<void> | null = null;
   private resumeAttempts = 0;
+  /** The journal opened by a rebuild that has not completed yet (see rebuild). */
+  private failedRebuildJournal: JournalFile | null = null;
   private compaction: Promise<void> | null = null;
   private nextAutoCompactionAt = 0;
   private closing = false;
@@ -435,20 +437,25 @@ export class DurableLog implements CommitLog {
     const failure = this.failure!;
     // Every few attempts, a rebuild even when the journal looked intact: its file handle may stay broken.
     const rebuildAnyway = ++this.resumeAttempts % REBUILD_EVERY_ATTEMPTS === 0;
+    const retryJournal =
+      failure.journalIntact && !rebuildAnyway && stillAtPath(this.journal.handle.fd, this.journal.path);
     try {
-      if (failure.journalIntact && !rebuildAnyway && stillAtPath(this.journal.handle.fd, this.journal.path)) {
+      if (retryJournal) {
         await this.sync();
       } else {
         await this.rebuild();
       }
       this.resumeAttempts = 0;
+      this.failedRebuildJournal = null;
       this.failure = null;
       if (this.retryTimer) clearInterval(this.retryTimer);
       this.retryTimer = null;
       this.log.info("persistence resumed", { journal: this.journal.path });
     } catch (err) {
-      // A failed sync round has already classified its error; a failed rebuild leaves the journal untrusted.
-      this.fail(err, this.failure?.journalIntact ?? false);
+      // A failed sync round has already classified its error. A failed rebuild
+      // leaves the journal untrusted: it switched to a new, empty journal and
+      // dropped the queue, so only a rebuild that completes covers the records.
+      this.fail(err, retryJournal && (this.failure?.journalIntact ?? false));
     }
   }
 
@@ -463,8 +470,17 @@ export class DurableLog implements CommitLog {
     if (!holdsLock(this.files.lock)) acquireLock(this.files.lock);
     const seq = this.lastAppendedSeq;
     const records = this.appendedRecords;
-    const fresh = await openJournal(this.files, this.nextJournalGen());
-    for (const old of [this.journal, ...this.retired]) await old.handle.close().catch(() => {});
+    // The journal an earlier failed rebuild opened, still empty, serves as well as a new one:
+    // while the disk stays full, retries must not leave an empty file each.
+    const current = this.journal;
+    const reuse =
+      current === this.failedRebuildJournal &&
+      current.bytes === 0 &&
+      this.retired.length === 0 &&
+      stillAtPath(current.handle.fd, current.path);
+    const fresh = reuse ? current : await openJournal(this.files, this.nextJournalGen());
+    this.failedRebuildJournal = fresh;
+    for (const old of [current, ...this.retired]) if (old !== fresh) await old.handle.close().catch(() => {});
     this.journal = fresh;
     this.retired = [];
     this.directoryDirty = true;

@@ -26,7 +26,7 @@ export interface DataFiles {
 }
 
 export function dataFiles(dataPath: string): DataFiles {
-  const snapshot = path.resolve(dataPath);
+  const snapshot = realPath(path.resolve(dataPath));
   const dir = path.dirname(snapshot);
   const base = path.basename(snapshot);
   const journalPrefix = `${base}.journal.`;
@@ -46,6 +46,24 @@ export function dataFiles(dataPath: string): DataFiles {
       return gens.sort((a, b) => a - b);
     },
   };
+}
+
+/**
+ * The path with symbolic links resolved (the file's own too, when it exists),
+ * so that two servers given two names of one data file share one lock, and a
+ * snapshot replaces the file rather than the link. (Hard links are not
+ * detected: see the README.)
+ */
+function realPath(absolute: string): string {
+  try {
+    return fs.realpathSync(absolute);
+  } catch {
+    try {
+      return path.join(fs.realpathSync(path.dirname(absolute)), path.basename(absolute));
+    } catch {
+      return absolute;
+    }
+  }
 }
 
 /** fsync a directory so that renames, creations and removals in it survive a power cut. */

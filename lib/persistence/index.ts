@@ -72,6 +72,12 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
       });
       cutFile(torn.file, torn.validBytes);
     }
+    if (recovered.unreplayedJournals.length > 0) {
+      log.warn("journals written after the torn record were not replayed; they are kept aside as <file>.unreplayed", {
+        files: recovered.unreplayedJournals,
+      });
+      setAside(recovered.unreplayedJournals, files.dir);
+    }
     // Left by a compaction that was interrupted; the next one would overwrite it anyway.
     fs.rmSync(files.snapshotTemp, { force: true });
     const lastGen = recovered.journalGens.at(-1);
@@ -101,6 +107,21 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
   } catch (err) {
     releaseLock(files.lock);
     throw err;
+  }
+}
+
+/** Renames journals out of the log (their records come after a torn one) and makes that durable. */
+function setAside(journals: readonly string[], dir: string): void {
+  try {
+    for (const file of journals) fs.renameSync(file, `${file}.unreplayed`);
+    const fd = fs.openSync(dir, "r");
+    try {
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch (err) {
+    throw new Error(`${dir}: cannot set aside the journals after a torn record (${(err as Error).message})`);
   }
 }
 

@@ -59,13 +59,12 @@ export interface JournalScan {
 /**
  * Decodes every record of one journal file, in order, calling `onRecord`.
  * `afterSeq`: seqs must be strictly greater than the previous one (across files).
- * `mayBeTorn`: only the newest journal may end in a torn record; elsewhere a bad
- * line is corruption.
+ * A final line without its line end, or unreadable, is a torn tail (reported,
+ * the records before it kept); a bad line before the final one is corruption.
  */
 export function scanJournal(
   bytes: Uint8Array,
   afterSeq: number,
-  mayBeTorn: boolean,
   onRecord: (seq: number, ops: CommitOp[]) => void,
 ): JournalScan {
   const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("utf8");
@@ -84,15 +83,12 @@ export function scanJournal(
       records,
       lastSeq,
     });
-    if (newline === -1) {
-      if (mayBeTorn) return torn("incomplete final record (no line end)");
-      throw new JournalFormatError(`line ${lineNo}: incomplete record (no line end) before a newer journal file`);
-    }
+    if (newline === -1) return torn("incomplete final record (no line end)");
     let decoded: { seq: number; ops: CommitOp[] };
     try {
       decoded = decodeSimpleRecord(line) ?? decodeRecord(line);
     } catch (err) {
-      if (mayBeTorn && isFinal) return torn(`unreadable final record (${(err as Error).message})`);
+      if (isFinal) return torn(`unreadable final record (${(err as Error).message})`);
       throw new JournalFormatError(`line ${lineNo}: ${(err as Error).message}`);
     }
     if (decoded.seq <= lastSeq) {

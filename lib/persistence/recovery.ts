@@ -2,8 +2,15 @@
  * Start-up recovery: the snapshot, then every journal record newer than it.
  *
  * Reads only; changes no file. A corrupt or unreadable file throws an Error
- * whose message names the file and the problem. A torn final record in the
- * newest journal is reported (not fixed) so the caller can warn and cut it.
+ * whose message names the file and the problem. A torn final record is
+ * reported (not fixed) so the caller can warn and cut it. It ends the log,
+ * as the first invalid record ends PostgreSQL's WAL: a crash while writing
+ * it can leave it in a journal that is not the newest (a compaction had just
+ * created the next, still empty, journal), and after a power cut a later
+ * journal may hold records written after it. Those were never acknowledged
+ * as durable (under `always` a later journal's records wait for the fsync of
+ * the earlier ones), and replaying them past the hole would not give a prefix
+ * of the commits, so they are reported as unreplayed.
  *
  * Owns: turning the files on disk into the initial key/value map and seq.
  * Must not: write, truncate or delete anything.
@@ -32,6 +39,8 @@ export interface Recovered {
   readonly journalGens: readonly number[];
   readonly journalRecordsReplayed: number;
   readonly tornTail: TornTail | null;
+  /** Non-empty journals after the torn tail, not replayed (the caller sets them aside). Their gens are not in journalGens. */
+  readonly unreplayedJournals: readonly string[];
 }
 
 export function recover(files: DataFiles): Recovered {
@@ -54,28 +63,37 @@ export function recover(files: DataFiles): Recovered {
     }
     replayed++;
   };
-  gens.forEach((gen, index) => {
+  const journalGens: number[] = [];
+  const unreplayedJournals: string[] = [];
+  for (const gen of gens) {
     const file = files.journal(gen);
-    const isNewest = index === gens.length - 1;
     const bytes = readFile(file);
+    if (tornTail !== null) {
+      // After the end of the log: an empty journal stays (appends may go there), records are set aside.
+      if (bytes.length === 0) journalGens.push(gen);
+      else unreplayedJournals.push(file);
+      continue;
+    }
+    journalGens.push(gen);
     try {
-      const scan = scanJournal(bytes, lastSeq, isNewest, apply);
+      const scan = scanJournal(bytes, lastSeq, apply);
       lastSeq = scan.lastSeq;
       if (scan.tornTail !== null) tornTail = { file, reason: scan.tornTail, validBytes: scan.validBytes };
     } catch (err) {
       if (err instanceof JournalFormatError) throw new Error(`${file}: corrupt journal, ${err.message}`);
       throw err;
     }
-  });
+  }
   return {
     entries,
     seq: Math.max(snapshot.seq, lastSeq),
     snapshotSeq: snapshot.seq,
     snapshotBytes: snapshot.bytes,
     snapshotFormat: snapshot.format,
-    journalGens: gens,
+    journalGens,
     journalRecordsReplayed: replayed,
     tornTail,
+    unreplayedJournals,
   };
 }
 
