@@ -213,6 +213,8 @@ function parsePut(line: string, argStart: number): Command {
   if (line.charCodeAt(argStart) === OPEN_BRACE) {
     const parsed = parseJsonArgument("PUT", line.slice(argStart), PutRequest);
     if ("type" in parsed) return parsed;
+    const unstorable = unstorableValue(parsed.value);
+    if (unstorable !== null) return invalid("BAD_REQUEST", `PUT: ${unstorable}`);
     return { type: "PUT", key: parsed.key, value: JSON.stringify(parsed.value), line };
   }
   const keyEnd = wordEnd(line, argStart);
@@ -258,12 +260,39 @@ function parseJsonArgument<S extends v.GenericSchema>(
   let json: unknown;
   try {
     json = JSON.parse(text);
-  } catch {
+  } catch (err) {
+    // JSON.parse recurses: input nested tens of thousands deep overflows the stack.
+    if (err instanceof RangeError) return invalid("BAD_REQUEST", `${type}: the argument is nested too deeply`);
     return invalid("BAD_REQUEST", `${type}: the argument is not valid JSON`);
   }
   const result = v.safeParse(schema, json);
   if (result.success) return result.output;
   return invalid("BAD_REQUEST", `${type}: ${describeJsonIssue(result.issues[0])}`);
+}
+
+/**
+ * Deepest nesting of arrays and objects a stored value may have. Deeper
+ * values could not be read back by many clients (Python's json module fails
+ * near 1000 levels; RedisJSON allows 128), and JSON.stringify would overflow
+ * the stack on them.
+ */
+export const MAX_VALUE_DEPTH = 512;
+
+/**
+ * Why a parsed JSON value cannot be stored as it was written, or null: too
+ * deep, or holding a number beyond the double range (JSON.parse reads 1e400
+ * as Infinity, which would be stored as null). Walks with its own stack.
+ */
+function unstorableValue(value: unknown): string | null {
+  const pending: [unknown, number][] = [[value, 1]];
+  while (pending.length > 0) {
+    const [item, depth] = pending.pop()!;
+    if (typeof item === "number" && !Number.isFinite(item)) return "a number in the value is out of range (beyond ±1.8e308)";
+    if (item === null || typeof item !== "object") continue;
+    if (depth > MAX_VALUE_DEPTH) return `the value is nested deeper than ${MAX_VALUE_DEPTH} levels`;
+    for (const child of Array.isArray(item) ? item : Object.values(item)) pending.push([child, depth + 1]);
+  }
+  return null;
 }
 
 function describeJsonIssue(issue: v.BaseIssue<unknown>): string {

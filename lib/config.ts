@@ -64,8 +64,15 @@ function integer(min: number, max: number) {
   );
 }
 
+/** A switch: the bare option, or its environment variable set to 1/true/yes (on) or 0/false/no/empty (off). */
 const flag = v.pipe(
-  v.optional(v.union([v.boolean(), v.string()]), false),
+  v.optional(
+    v.union(
+      [v.boolean(), v.pipe(v.string(), v.toLowerCase(), v.picklist(["1", "true", "yes", "0", "false", "no", ""]))],
+      "expected 1, true or yes (on), or 0, false or no (off)",
+    ),
+    false,
+  ),
   v.transform((x) => x === true || x === "1" || x === "true" || x === "yes"),
 );
 

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { commandFromFrame, parseCommand } from "../lib/commands.ts";
+import { commandFromFrame, MAX_VALUE_DEPTH, parseCommand } from "../lib/commands.ts";
 import { HTTP_REQUEST, INVALID_UTF8, TOO_LARGE } from "../lib/framing.ts";
 
 describe("parseCommand, plain form", () => {
@@ -76,6 +76,24 @@ describe("parseCommand, JSON form", () => {
       expect(cmd).toMatchObject({ type: "INVALID", code: "BAD_REQUEST" });
       if (cmd.type === "INVALID") expect(cmd.message).toContain(fragment);
     }
+  });
+
+  test("a value is stored as written or refused: numbers beyond the double range and nesting past the limit are BAD_REQUEST", () => {
+    for (const value of ["1e400", "-1e400", "[1, 1e999]", '{"a":{"b":-2e308}}']) {
+      expect(parseCommand(`PUT {"key":"n","value":${value}}`)).toMatchObject({ code: "BAD_REQUEST", message: expect.stringContaining("out of range") });
+    }
+    // Small numbers round to zero and big integers to the nearest double: that is normalising, not a change of type.
+    expect(parseCommand('PUT {"key":"n","value":1e-400}')).toMatchObject({ type: "PUT", value: "0" });
+    expect(parseCommand('PUT {"key":"n","value":1.7e308}')).toMatchObject({ type: "PUT", value: "1.7e+308" });
+    const nested = (depth: number) => "[".repeat(depth) + "]".repeat(depth);
+    expect(parseCommand(`PUT {"key":"d","value":${nested(MAX_VALUE_DEPTH)}}`)).toMatchObject({ type: "PUT" });
+    expect(parseCommand(`PUT {"key":"d","value":${nested(MAX_VALUE_DEPTH + 1)}}`)).toMatchObject({
+      code: "BAD_REQUEST",
+      message: expect.stringContaining(`deeper than ${MAX_VALUE_DEPTH} levels`),
+    });
+    expect(parseCommand(`PUT {"key":"d","value":${'{"a":'.repeat(MAX_VALUE_DEPTH + 1)}1${"}".repeat(MAX_VALUE_DEPTH + 1)}}`)).toMatchObject({ code: "BAD_REQUEST" });
+    // So deep that JSON.parse itself overflows the stack: an answer, not an exception.
+    expect(parseCommand(`PUT {"key":"d","value":${nested(200_000)}}`)).toMatchObject({ code: "BAD_REQUEST" });
   });
 
   test("JSON null is a value; a value may be missing only as an error", () => {

@@ -41,6 +41,14 @@ describe("parseConfig", () => {
     expect(serveConfig(["--port", "9"], { TXKV_PORT: "7" }).port).toBe(9);
   });
 
+  test("TXKV_IN_MEMORY is a switch: 1/true/yes turn it on, 0/false/no/empty off, in any case; anything else is an error", () => {
+    for (const on of ["1", "true", "yes", "TRUE", "Yes"]) expect(serveConfig([], { TXKV_IN_MEMORY: on }).inMemory).toBe(true);
+    for (const off of ["0", "false", "no", "", "NO"]) expect(serveConfig([], { TXKV_IN_MEMORY: off }).inMemory).toBe(false);
+    for (const bad of ["banana", "2", "on-ish"]) {
+      expect(() => parseConfig([], { TXKV_IN_MEMORY: bad })).toThrow("--in-memory (or TXKV_IN_MEMORY)");
+    }
+  });
+
   test("bad values name the option", () => {
     const bad: [string[], Record<string, string>, string][] = [
       [["--port", "70000"], {}, "--port"],
@@ -73,6 +81,7 @@ describe("the process", () => {
       [["--port", "nope"], {}, "--port"],
       [["--max-request-bytes", "0"], {}, "--max-request-bytes"],
       [[], { TXKV_FSYNC: "maybe" }, "--fsync"],
+      [[], { TXKV_IN_MEMORY: "banana" }, "--in-memory"],
       [["--frobnicate"], {}, "--frobnicate"],
     ] as [string[], Record<string, string>, string][]) {
       const run = await runIndex(args, { env });

@@ -221,6 +221,21 @@ describe("commands end to end", () => {
   });
 });
 
+describe("values that cannot be stored as written", () => {
+  test("a number beyond the double range or nesting past the limit is BAD_REQUEST; input that would overflow the parser's stack gets an answer too", async () => {
+    const roomy = await startInProcess(["--max-request-bytes", "1000000"]);
+    const c = await LineClient.connect(roomy.port);
+    expect(await c.request('PUT {"key":"big","value":[1e400]}')).toMatchObject({ code: "BAD_REQUEST", message: expect.stringContaining("out of range") });
+    const nested = (depth: number) => "[".repeat(depth) + "]".repeat(depth);
+    expect(await c.request(`PUT {"key":"deep","value":${nested(513)}}`)).toMatchObject({ code: "BAD_REQUEST", message: expect.stringContaining("512") });
+    expect(await c.request(`PUT {"key":"deeper","value":${nested(400_000)}}`)).toMatchObject({ code: "BAD_REQUEST" });
+    expect(await c.request(`PUT {"key":"ok","value":${nested(512)}}`)).toMatchObject({ status: "Ok" });
+    expect(await c.request("KEYS")).toEqual({ status: "Ok", result: ["ok"] });
+    c.close();
+    await roomy.shutdown();
+  });
+});
+
 describe("transactions end to end", () => {
   test("isolation: uncommitted writes are invisible; the outermost COMMIT shows them all at once", async () => {
     const a = await LineClient.connect(server.port);
