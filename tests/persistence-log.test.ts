@@ -471,6 +471,32 @@ describe("lock", () => {
   });
 });
 
+/**
+ * An `always` log whose journal is a "disk" that is always full (/dev/full:
+ * every write fails with ENOSPC), and with fullSnapshot its snapshot's temp
+ * file too; put() commits one key through it.
+ */
+async function alwaysLogOnFullDisk(dir: string, opts: { retryMs: number; fullSnapshot?: boolean }) {
+  const files = dataFiles(path.join(dir, "data.json"));
+  fs.symlinkSync("/dev/full", files.journal(1));
+  if (opts.fullSnapshot) fs.symlinkSync("/dev/full", files.snapshotTemp);
+  acquireLock(files.lock);
+  const handle = await fs.promises.open(files.journal(1), "a");
+  const settings = { fsync: "always", fsyncIntervalMs: 20, retryMs: opts.retryMs, compactMinBytes: 1e9, compactPercent: 100, sliceMs: 1 } as const;
+  const log = new DurableLog(files, settings, new Logger("error", () => {}), {
+    journal: { gen: 1, path: files.journal(1), handle, bytes: 0 },
+    journalCreated: false,
+    seq: 0,
+    snapshotSeq: 0,
+    snapshotBytes: 0,
+  });
+  openLogs.push(log);
+  const store = new Store();
+  log.attach(store);
+  const put = (key: string, value: string) => log.append({ seq: store.apply([[key, value]]), ops: [[key, value]] });
+  return { files, log, put };
+}
+
 describe("failures while running", () => {
   test("data directory removed: writes refused with the reason, then resumed when it is back", async () => {
     const dir = tempDir();
@@ -492,25 +518,9 @@ describe("failures while running", () => {
 
   test("disk full: records are kept in order, writes refused, then everything lands once the disk works", async () => {
     const dir = tempDir();
-    const files = dataFiles(path.join(dir, "data.json"));
-    // The journal is a "disk" that is always full: every write fails with ENOSPC.
-    fs.symlinkSync("/dev/full", files.journal(1));
-    acquireLock(files.lock);
-    const handle = await fs.promises.open(files.journal(1), "a");
-    const settings = { fsync: "always", fsyncIntervalMs: 20, retryMs: 20, compactMinBytes: 1e9, compactPercent: 100, sliceMs: 1 } as const;
-    const log = new DurableLog(files, settings, new Logger("error", () => {}), {
-      journal: { gen: 1, path: files.journal(1), handle, bytes: 0 },
-      journalCreated: false,
-      seq: 0,
-      snapshotSeq: 0,
-      snapshotBytes: 0,
-    });
-    openLogs.push(log);
-    const store = new Store();
-    log.attach(store);
+    const { files, log, put } = await alwaysLogOnFullDisk(dir, { retryMs: 20 });
     let durable = 0;
     log.onDurable = (seq) => (durable = seq);
-    const put = (key: string, value: string) => log.append({ seq: store.apply([[key, value]]), ops: [[key, value]] });
     put("k1", "1");
     const held = put("k2", "2");
     await until(() => log.unavailableReason !== null, "the write error");
@@ -535,30 +545,14 @@ describe("failures while running", () => {
 
   test("disk full: a rebuild whose snapshot fails leaves the journal untrusted; a write is acknowledged only once a rebuild completes", async () => {
     const dir = tempDir();
-    const files = dataFiles(path.join(dir, "data.json"));
-    // The journal and the snapshot's temp file are on a "disk" that is always full.
-    fs.symlinkSync("/dev/full", files.journal(1));
-    fs.symlinkSync("/dev/full", files.snapshotTemp);
-    acquireLock(files.lock);
-    const handle = await fs.promises.open(files.journal(1), "a");
-    const settings = { fsync: "always", fsyncIntervalMs: 20, retryMs: 5, compactMinBytes: 1e9, compactPercent: 100, sliceMs: 1 } as const;
-    const log = new DurableLog(files, settings, new Logger("error", () => {}), {
-      journal: { gen: 1, path: files.journal(1), handle, bytes: 0 },
-      journalCreated: false,
-      seq: 0,
-      snapshotSeq: 0,
-      snapshotBytes: 0,
-    });
-    openLogs.push(log);
-    const store = new Store();
-    log.attach(store);
+    // The snapshot's temp file is on the full "disk" too.
+    const { files, log, put } = await alwaysLogOnFullDisk(dir, { retryMs: 5, fullSnapshot: true });
     let durable = 0;
     let snapshotWhenDurable = null as string | null;
     log.onDurable = (seq) => {
       durable = seq;
       snapshotWhenDurable = fs.existsSync(files.snapshot) ? fs.readFileSync(files.snapshot, "utf8") : null;
     };
-    const put = (key: string, value: string) => log.append({ seq: store.apply([[key, value]]), ops: [[key, value]] });
     put("k1", '"1"');
     const held = put("k2", '"2"');
     // The write fails (ENOSPC); the retries write the journal again until one of them rebuilds:
