@@ -190,18 +190,23 @@ export class LineFramer {
   }
 
   /**
-   * An unterminated request longer than the limit: blanks so far are dropped
-   * and counted (it may still be a blank line); else it is answered now, as
-   * HTTP_REQUEST or TOO_LARGE, and the rest of it is skipped.
+   * An unterminated request longer than the limit: its leading blanks are
+   * dropped and counted, and it waits while it is all blanks (it may be a
+   * blank line) or its first word could still become POST or Host: (a few
+   * bytes decide); else it is answered now, as HTTP_REQUEST or TOO_LARGE,
+   * and the rest of it is skipped. So the answer does not depend on where
+   * the chunks were cut.
    */
   private checkPartial(): typeof TOO_LARGE | typeof HTTP_REQUEST | null {
     const end = this.buf.length;
     // One extra byte may be the CR of a CRLF that has not fully arrived.
     const heldCr = this.buf[end - 1] === CR ? 1 : 0;
     if (this.droppedBlanks + end - heldCr - this.pos <= this.maxRequestBytes) return null;
-    if (isBlank(this.buf, this.pos, end - heldCr)) {
-      this.droppedBlanks += end - heldCr - this.pos;
-      this.pos = end - heldCr;
+    let first = this.pos;
+    while (first < end - heldCr && (this.buf[first] === SPACE || this.buf[first] === TAB)) first++;
+    if (first === end - heldCr || mayBecomeHttpRequest(this.buf, first, end)) {
+      this.droppedBlanks += first - this.pos;
+      this.pos = first;
       return null;
     }
     const http = startsHttpRequest(this.buf, this.pos, end);
@@ -244,6 +249,21 @@ export function startsHttpRequest(bytes: Uint8Array, start: number, end: number)
     );
   }
   return false;
+}
+
+/**
+ * bytes[i, end), a first word cut off by the end of the data, could still
+ * become POST or Host: once more bytes come: a prefix of either, or POST
+ * followed by the CR of a CRLF (then it is a bare POST line).
+ */
+function mayBecomeHttpRequest(bytes: Uint8Array, i: number, end: number): boolean {
+  const n = end - i;
+  const startsLike = (word: string) => {
+    for (let k = 0; k < Math.min(n, word.length); k++) if ((bytes[i + k]! | CASE_BIT) !== word.charCodeAt(k)) return false;
+    return true;
+  };
+  if (n < 5 && startsLike("host:")) return true;
+  return startsLike("post") && (n <= 4 || (n === 5 && bytes[i + 4] === CR));
 }
 
 /** bytes[start, end) as text: ASCII is copied as is, anything else is strictly UTF-8 decoded. */

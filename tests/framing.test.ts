@@ -107,6 +107,16 @@ describe("LineFramer", () => {
     expect(paused.takePartial()).toBe(HTTP_REQUEST);
   });
 
+  test("an over-long line's first word is judged whole, wherever the chunks were cut", () => {
+    // Six tabs of a limit of 8 push the first word past the limit: its few deciding bytes are awaited.
+    const judge = (...chunks: string[]) => feed(new LineFramer(8), ...chunks, "PUT k v\n");
+    expect(judge("\t".repeat(6) + "POST", "MAN x\n")).toEqual([TOO_LARGE, "PUT k v"]);
+    // (The framer goes on after HTTP_REQUEST; the server closes the connection there.)
+    expect(judge("\t".repeat(6) + "Hos", "t: x\n")).toEqual([HTTP_REQUEST, "PUT k v"]);
+    expect(judge("\t".repeat(6) + "POST\r", "\n")).toEqual([HTTP_REQUEST, "PUT k v"]);
+    expect(judge("\t".repeat(6) + "POSTMAN x\n")).toEqual([TOO_LARGE, "PUT k v"]);
+  });
+
   test("startsHttpRequest: the first word is POST or begins with Host:, in any case, after any blanks", () => {
     const http = (line: string) => startsHttpRequest(enc.encode(line), 0, enc.encode(line).length);
     for (const line of ["POST / HTTP/1.1", "post /x", "POST", "POST\t/", "  POST /", "Host: localhost", "HOST:x", "host:", "\tHost: a"]) {
