@@ -397,7 +397,7 @@ describe("start-up with damaged files", () => {
   });
 });
 
-describe("a torn record ends the log", () => {
+describe("a torn record in a journal that is not the newest", () => {
   async function prepareTorn() {
     const dir = tempDir();
     const a = await open(dir);
@@ -425,21 +425,61 @@ describe("a torn record ends the log", () => {
     expect(contents((await open(dir)).store)).toEqual(expected);
   });
 
-  test("records in newer journals after it (possible after a power cut) are not replayed: set aside with a warning", async () => {
-    const { dir, journal, clean } = await prepareTorn();
-    const newer = path.join(dir, "data.json.journal.2");
-    fs.writeFileSync(newer, '{"seq":7,"ops":[["late","1"]]}\n');
+  test("before a newer journal with records, or with its line end (not a crash's trace there): corruption, refused, nothing changed", async () => {
+    for (const [name, torn, newerJournal] of [
+      ["a newer journal with records", '{"seq":6,"ops":[["torn","val', '{"seq":7,"ops":[["late","1"]]}\n'],
+      ["an unreadable line with its line end", '{"seq":6,"ops":[["torn","val"]]]\n', ""],
+    ] as const) {
+      const dir = tempDir();
+      const a = await open(dir);
+      for (let i = 0; i < 5; i++) a.put(`k${i}`, i);
+      await closeLog(a);
+      const journal = path.join(dir, "data.json.journal.1");
+      fs.appendFileSync(journal, torn);
+      fs.writeFileSync(path.join(dir, "data.json.journal.2"), newerJournal);
+      const before = dirBytes(dir);
+      await expect(open(dir), name).rejects.toThrow(`${journal}: corrupt journal, line 6:`);
+      await expect(open(dir), name).rejects.toThrow("before a newer journal file with records");
+      expect(dirBytes(dir)).toEqual(before);
+    }
+  });
+});
+
+describe("records follow the snapshot without gaps", () => {
+  test("a deleted journal file or a snapshot older than the journals is refused, naming the missing seq", async () => {
+    const dir = tempDir();
     const a = await open(dir);
-    expect(a.store.get("late")).toBeUndefined();
-    expect(a.store.get("k4")).toBe("4");
-    expect(fs.readFileSync(journal)).toEqual(clean);
-    expect(fs.existsSync(newer)).toBe(false);
-    expect(fs.readFileSync(`${newer}.unreplayed`, "utf8")).toContain('"late"');
-    expect(a.logLines.some((l) => l.includes('"level":"warn"') && l.includes("not replayed") && l.includes("journal.2"))).toBe(true);
-    a.put("after", "ok");
-    const expected = contents(a.store);
+    for (let i = 0; i < 3; i++) a.put(`k${i}`, i);
+    await a.log.save(); // snapshot at seq 3, a new journal
+    for (let i = 3; i < 6; i++) a.put(`k${i}`, i);
+    const snapshotAt3 = fs.readFileSync(path.join(dir, "data.json"));
+    await a.log.save(); // snapshot at seq 6
+    for (let i = 6; i < 8; i++) a.put(`k${i}`, i);
     await closeLog(a);
-    expect(contents((await open(dir)).store)).toEqual(expected);
+    // The snapshot of seq 3 put back in place: the records 4-6 are in no file left.
+    fs.writeFileSync(path.join(dir, "data.json"), snapshotAt3);
+    const before = dirBytes(dir);
+    await expect(open(dir)).rejects.toThrow("seq 7 where seq 4 was expected: records are missing");
+    expect(dirBytes(dir)).toEqual(before);
+  });
+});
+
+describe("a data path that is a symbolic link", () => {
+  test("the files live beside the target; journal files beside the link itself are refused, not ignored", async () => {
+    const dir = tempDir();
+    fs.mkdirSync(path.join(dir, "real"));
+    const a = await open(path.join(dir, "real"));
+    a.put("k", 1);
+    await closeLog(a);
+    const link = path.join(dir, "link.json");
+    fs.symlinkSync(path.join(dir, "real", "data.json"), link);
+    const logger = new Logger("error", () => {});
+    const options = { path: link, fsync: "everysec", fsyncIntervalMs: 20 } as const;
+    const opened = await openPersistence(options, logger);
+    expect(opened.initial.get("k")).toBe("1");
+    await opened.log.close();
+    fs.writeFileSync(path.join(dir, "link.json.journal.1"), '{"seq":2,"ops":[["lost","1"]]}\n');
+    await expect(openPersistence(options, logger)).rejects.toThrow("journal files sit beside the link (link.json.journal.1)");
   });
 });
 

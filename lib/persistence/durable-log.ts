@@ -526,12 +526,26 @@ export class DurableLog implements CommitLog {
     try {
       const fresh = await openJournal(this.files, this.nextJournalGen());
       // From here to the switch nothing awaits: no record can fall between the two journals.
+      // The old journal is made durable before any record goes to the new one, so a crash
+      // (a power cut too) can leave a torn record in it only while the new one is empty.
+      let failure: Error | null = null;
       try {
         this.writeQueue();
       } catch (err) {
+        failure = this.fail(err, writeErrorLeavesJournalIntact(err));
+      }
+      if (failure === null) {
+        try {
+          fs.fdatasyncSync(this.journal.handle.fd);
+          this.fsyncs++;
+        } catch (err) {
+          failure = this.fail(err, false);
+        }
+      }
+      if (failure !== null) {
         await fresh.handle.close().catch(() => {});
         fs.rmSync(fresh.path, { force: true });
-        throw this.fail(err, writeErrorLeavesJournalIntact(err));
+        throw failure;
       }
       const startSeq = this.lastAppendedSeq;
       this.retired.push(this.journal);

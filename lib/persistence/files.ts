@@ -49,22 +49,36 @@ export function dataFiles(dataPath: string): DataFiles {
 }
 
 /**
- * The path with symbolic links resolved (the file's own too, when it exists),
- * so that two servers given two names of one data file share one lock, and a
- * snapshot replaces the file rather than the link. (Hard links are not
- * detected: see the README.)
+ * The path with symbolic links resolved (the file's own too, even when it
+ * does not exist yet: a fresh server writes no snapshot until its first
+ * compaction), so that two servers given two names of one data file share
+ * one lock, and a snapshot replaces the file rather than the link. (Hard
+ * links are not detected: see the README.)
  */
-function realPath(absolute: string): string {
+function realPath(absolute: string, linksFollowed = 0): string {
   try {
     return fs.realpathSync(absolute);
   } catch {
+    // Absent, or a link to something absent.
+  }
+  if (linksFollowed < MAX_LINKS_FOLLOWED) {
+    let target: string | null = null;
     try {
-      return path.join(fs.realpathSync(path.dirname(absolute)), path.basename(absolute));
+      target = fs.readlinkSync(absolute);
     } catch {
-      return absolute;
+      // Not a link (or absent): keep the name, resolve its directory.
     }
+    if (target !== null) return realPath(path.resolve(path.dirname(absolute), target), linksFollowed + 1);
+  }
+  try {
+    return path.join(fs.realpathSync(path.dirname(absolute)), path.basename(absolute));
+  } catch {
+    return absolute;
   }
 }
+
+/** As the kernel's limit on nested links: a loop of links ends here. */
+const MAX_LINKS_FOLLOWED = 40;
 
 /** fsync a directory so that renames, creations and removals in it survive a power cut. */
 export async function fsyncDir(dir: string): Promise<void> {

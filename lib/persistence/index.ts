@@ -12,6 +12,7 @@
  * index.ts and tests; nothing else touches data files.
  */
 import fs from "node:fs";
+import path from "node:path";
 import type { CompactMap } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
 import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode, type StoreView } from "./durable-log.ts";
@@ -60,6 +61,7 @@ export interface OpenedPersistence {
 export async function openPersistence(opts: PersistenceOptions, log: Logger): Promise<OpenedPersistence> {
   const started = performance.now();
   const files = dataFiles(opts.path);
+  refuseJournalsBesideLink(path.resolve(opts.path), files.snapshot);
   acquireLock(files.lock);
   try {
     const recovered = recover(files);
@@ -71,12 +73,6 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
         keptBytes: torn.validBytes,
       });
       cutFile(torn.file, torn.validBytes);
-    }
-    if (recovered.unreplayedJournals.length > 0) {
-      log.warn("journals written after the torn record were not replayed; they are kept aside as <file>.unreplayed", {
-        files: recovered.unreplayedJournals,
-      });
-      setAside(recovered.unreplayedJournals, files.dir);
     }
     // Left by a compaction that was interrupted; the next one would overwrite it anyway.
     fs.rmSync(files.snapshotTemp, { force: true });
@@ -110,18 +106,25 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
   }
 }
 
-/** Renames journals out of the log (their records come after a torn one) and makes that durable. */
-function setAside(journals: readonly string[], dir: string): void {
+/**
+ * The data path is a symbolic link: the files live beside its target. A
+ * journal beside the link itself (written by a version that did not resolve
+ * links) would be silently ignored, losing its records: refuse instead.
+ */
+function refuseJournalsBesideLink(given: string, resolved: string): void {
+  if (given === resolved) return;
+  const prefix = `${path.basename(given)}.journal.`;
+  let names: string[];
   try {
-    for (const file of journals) fs.renameSync(file, `${file}.unreplayed`);
-    const fd = fs.openSync(dir, "r");
-    try {
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch (err) {
-    throw new Error(`${dir}: cannot set aside the journals after a torn record (${(err as Error).message})`);
+    names = fs.readdirSync(path.dirname(given)).filter((name) => name.startsWith(prefix));
+  } catch {
+    return;
+  }
+  if (names.length > 0) {
+    throw new Error(
+      `${given}: is a link to ${resolved}, and journal files sit beside the link (${names.join(", ")}); ` +
+        `move them beside ${resolved}, renamed to ${path.basename(resolved)}.journal.<n>`,
+    );
   }
 }
 

@@ -3,14 +3,10 @@
  *
  * Reads only; changes no file. A corrupt or unreadable file throws an Error
  * whose message names the file and the problem. A torn final record is
- * reported (not fixed) so the caller can warn and cut it. It ends the log,
- * as the first invalid record ends PostgreSQL's WAL: a crash while writing
- * it can leave it in a journal that is not the newest (a compaction had just
- * created the next, still empty, journal), and after a power cut a later
- * journal may hold records written after it. Those were never acknowledged
- * as durable (under `always` a later journal's records wait for the fsync of
- * the earlier ones), and replaying them past the hole would not give a prefix
- * of the commits, so they are reported as unreplayed.
+ * reported (not fixed) so the caller can warn and cut it: in the newest
+ * journal, or in the one before newer journals that are all empty (a crash
+ * as a compaction switched journals). Records must follow the snapshot with
+ * consecutive seqs: a gap (a journal file deleted) is corruption too.
  *
  * Owns: turning the files on disk into the initial key/value map and seq.
  * Must not: write, truncate or delete anything.
@@ -18,7 +14,7 @@
 import fs from "node:fs";
 import { CompactMap } from "../compact-map.ts";
 import type { DataFiles } from "./files.ts";
-import { JournalFormatError, scanJournal } from "./journal-format.ts";
+import { JournalFormatError, scanJournal, type JournalScan } from "./journal-format.ts";
 import { SnapshotFormatError, decodeSnapshot } from "./snapshot-format.ts";
 
 export interface TornTail {
@@ -39,8 +35,6 @@ export interface Recovered {
   readonly journalGens: readonly number[];
   readonly journalRecordsReplayed: number;
   readonly tornTail: TornTail | null;
-  /** Non-empty journals after the torn tail, not replayed (the caller sets them aside). Their gens are not in journalGens. */
-  readonly unreplayedJournals: readonly string[];
 }
 
 export function recover(files: DataFiles): Recovered {
@@ -55,30 +49,32 @@ export function recover(files: DataFiles): Recovered {
   let lastSeq = 0;
   let replayed = 0;
   let tornTail: TornTail | null = null;
+  let expectedSeq = snapshot.seq + 1;
   const apply = (seq: number, ops: readonly (readonly [string, string | null])[]) => {
     if (seq <= snapshot.seq) return;
+    // Commits are numbered without gaps, so a gap is lost records: replaying past it would not give a prefix.
+    if (seq !== expectedSeq) {
+      throw new JournalFormatError(
+        `seq ${seq} where seq ${expectedSeq} was expected: records are missing (a deleted journal file, or a snapshot older than the journals?)`,
+      );
+    }
+    expectedSeq++;
     for (const [key, value] of ops) {
       if (value === null) entries.delete(key);
       else entries.set(key, value);
     }
     replayed++;
   };
-  const journalGens: number[] = [];
-  const unreplayedJournals: string[] = [];
-  for (const gen of gens) {
+  for (const [index, gen] of gens.entries()) {
     const file = files.journal(gen);
-    const bytes = readFile(file);
-    if (tornTail !== null) {
-      // After the end of the log: an empty journal stays (appends may go there), records are set aside.
-      if (bytes.length === 0) journalGens.push(gen);
-      else unreplayedJournals.push(file);
-      continue;
-    }
-    journalGens.push(gen);
     try {
-      const scan = scanJournal(bytes, lastSeq, apply);
+      const scan = scanJournal(readFile(file), lastSeq, apply);
       lastSeq = scan.lastSeq;
-      if (scan.tornTail !== null) tornTail = { file, reason: scan.tornTail, validBytes: scan.validBytes };
+      if (scan.tornTail !== null) {
+        checkNothingAfterTornTail(scan, gens.slice(index + 1).map((later) => files.journal(later)));
+        tornTail = { file, reason: scan.tornTail, validBytes: scan.validBytes };
+        break;
+      }
     } catch (err) {
       if (err instanceof JournalFormatError) throw new Error(`${file}: corrupt journal, ${err.message}`);
       throw err;
@@ -90,11 +86,32 @@ export function recover(files: DataFiles): Recovered {
     snapshotSeq: snapshot.seq,
     snapshotBytes: snapshot.bytes,
     snapshotFormat: snapshot.format,
-    journalGens,
+    journalGens: gens,
     journalRecordsReplayed: replayed,
     tornTail,
-    unreplayedJournals,
   };
+}
+
+/**
+ * A torn record in a journal that is not the newest is a crash's trace only
+ * in one state: a compaction had just created the next journal, and was
+ * writing the last records to this one. Then the record has no line end and
+ * every newer journal is empty (the older journal is fsynced before any
+ * record goes to the new one). Anything else is corruption.
+ */
+function checkNothingAfterTornTail(scan: JournalScan, newerJournals: string[]): void {
+  if (newerJournals.length === 0) return;
+  if (!scan.tornWithoutLineEnd || newerJournals.some((file) => fileSize(file) > 0)) {
+    throw new JournalFormatError(`${scan.tornTail}, before a newer journal file with records`);
+  }
+}
+
+function fileSize(file: string): number {
+  try {
+    return fs.statSync(file).size;
+  } catch (err) {
+    throw new Error(`${file}: cannot read the journal (${(err as Error).message})`);
+  }
 }
 
 function readSnapshot(file: string) {
