@@ -328,7 +328,8 @@ class LineConnection {
       throw new Error(`cannot connect to ${where}: ${error.message}`);
     });
     if (password !== undefined) {
-      const errors = await connection.roundTrip(`AUTH ${password}\n`, 1);
+      // The JSON form, as the client library sends it: any password, "{" or spaces first included.
+      const errors = await connection.roundTrip(`AUTH ${JSON.stringify({ password })}\n`, 1);
       if (errors > 0) {
         connection.close();
         throw new Error(`AUTH to ${where} failed`);

@@ -95,8 +95,8 @@ async function scripted(settings: CliSettings): Promise<number> {
   let last: Promise<void> = Promise.resolve();
   let inFlight = 0;
   const output = new LineWriter(process.stdout);
-  const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
-  for await (const line of lines) {
+  for await (const line of requestLines(process.stdin)) {
+    if (output.closed) break; // the reader went away (`| head`): stop quietly
     if (line.trim() === "" || lost) continue;
     inFlight++;
     last = client.send(line).then(
@@ -113,7 +113,6 @@ async function scripted(settings: CliSettings): Promise<number> {
     if (commandName(line) === "QUIT") break;
     if (inFlight >= maxInFlight) await last;
   }
-  lines.close();
   await last;
   await output.flushed();
   await client.close();
@@ -139,8 +138,13 @@ async function repl(settings: CliSettings): Promise<number> {
   let client: TxkvClient | null = null;
   const reconnect = async (): Promise<TxkvClient | null> => {
     if (client?.isOpen) return client;
+    const lostOne = client !== null;
     client = await connectOrReport(settings.client);
     rl.setPrompt(client ? `${address}> ` : "not connected> ");
+    if (client && lostOne) {
+      // A new connection starts outside any transaction: say so, or the next PUT would commit at once unnoticed.
+      process.stdout.write(`(reconnected to ${address}: the previous connection was lost; a transaction open on it was rolled back)\n`);
+    }
     return client;
   };
   rl.on("SIGINT", () => rl.close());
@@ -301,13 +305,46 @@ function saveHistory(file: string | null, rl: readline.Interface): void {
   }
 }
 
+/**
+ * Request lines of a script: split at LF only, a CR before it dropped, as
+ * the server frames them. (readline also ends a line at a lone CR, which a
+ * plain value may hold.)
+ */
+async function* requestLines(input: NodeJS.ReadableStream): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let rest = "";
+  for await (const chunk of input) {
+    rest += decoder.decode(chunk as Uint8Array, { stream: true });
+    let start = 0;
+    for (let newline = rest.indexOf("\n"); newline !== -1; newline = rest.indexOf("\n", start)) {
+      yield withoutFinalCr(rest.slice(start, newline));
+      start = newline + 1;
+    }
+    rest = rest.slice(start);
+  }
+  rest += decoder.decode();
+  if (rest !== "") yield withoutFinalCr(rest);
+}
+
+function withoutFinalCr(line: string): string {
+  return line.endsWith("\r") ? line.slice(0, -1) : line;
+}
+
 /** Collects output lines and writes them in one go per tick, respecting backpressure. */
 class LineWriter {
+  /** The reader went away (EPIPE, as with `| head -1`): later output is dropped. */
+  closed = false;
   private buffered = "";
   private scheduled = false;
   private writing: Promise<void> = Promise.resolve();
+  private wakeWriter: (() => void) | null = null;
 
-  constructor(private readonly stream: NodeJS.WriteStream) {}
+  constructor(private readonly stream: NodeJS.WriteStream) {
+    stream.on("error", () => {
+      this.closed = true;
+      this.wakeWriter?.();
+    });
+  }
 
   write(line: string): void {
     this.buffered += line + "\n";
@@ -323,7 +360,13 @@ class LineWriter {
     this.buffered = "";
     if (text === "") return;
     this.writing = this.writing.then(
-      () => new Promise<void>((resolve) => (this.stream.write(text) ? resolve() : this.stream.once("drain", resolve))),
+      () =>
+        new Promise<void>((resolve) => {
+          if (this.closed || this.stream.write(text)) return resolve();
+          // Woken by "drain", or by an error: an errored stream never drains.
+          this.wakeWriter = resolve;
+          this.stream.once("drain", resolve);
+        }),
     );
   }
 

@@ -5,6 +5,11 @@
  * a write queue flushed on `drain`), matching reply lines to requests in order
  * (a FIFO of pending replies, so many requests may be in flight), typed errors,
  * and the retrying `transaction()` helper.
+ * At most IN_FLIGHT_BYTES of requests are sent and unanswered at a time; the
+ * rest wait here. Then the kernel takes each write whole, so the server never
+ * holds half a line while this process is busy (a GC pause): the server runs
+ * such a fragment on its own after --partial-request-ms (PROTOCOL §1), which
+ * would shift every later reply onto the wrong request.
  * Must not: import server code, or retry anything whose outcome is unknown.
  *
  * Requests use the JSON form (`PUT {"key":K,"value":V}`), so any string key
@@ -43,7 +48,7 @@ export type ClientOptions = {
   host?: string;
   /** Default 8080. */
   port?: number;
-  /** Sent as `AUTH <password>` before anything else. */
+  /** Sent as `AUTH {"password":…}` before anything else. */
   password?: string;
   /** `true` for TLS with the system's trusted CAs, or TLS options. Default: plain TCP. */
   tls?: boolean | TlsClientOptions;
@@ -104,7 +109,24 @@ export interface Transaction {
   keys(prefix?: string): Promise<string[]>;
 }
 
-type Pending = { resolve: (reply: Reply) => void; reject: (error: Error) => void };
+/** A request made and not yet answered. */
+type Pending = {
+  resolve: (reply: Reply) => void;
+  reject: (error: Error) => void;
+  /** The request line, LF included; dropped once written. */
+  text: string;
+  /** Its UTF-8 length. */
+  bytes: number;
+  /** Handed to the socket (some of it may have reached the server). */
+  written: boolean;
+};
+
+/**
+ * Request bytes sent and not yet answered, at most (one longer request goes
+ * alone). Below the kernel's smallest default send buffer (16 KiB), so a
+ * write of them is always taken whole.
+ */
+const IN_FLIGHT_BYTES = 8 * 1024;
 
 const encoder = new TextEncoder();
 
@@ -124,13 +146,19 @@ export class TxkvClient {
   private closeError: TxkvConnectionError | null = null;
   private resolveClosed!: () => void;
 
+  /** Requests not answered yet, in order, from pendingHead; those from unsentIndex are not written yet. */
   private readonly pending: Pending[] = [];
   private pendingHead = 0;
+  private unsentIndex = 0;
+  private inFlightBytes = 0;
 
-  private outText = "";
   private flushScheduled = false;
+  /** Bytes of the last write the socket did not take yet. */
   private writeQueue: Uint8Array | null = null;
+  /** close() was called: new calls reject; the ones already made go on. */
+  private closeRequested = false;
   private endWhenFlushed = false;
+  private readonly idleWaiters: Array<() => void> = [];
 
   private readonly decoder = new TextDecoder();
   private partialLine = "";
@@ -186,7 +214,11 @@ export class TxkvClient {
    * such as the CLI; waits, like every call, while a transaction holds the client.
    */
   send(line: string): Promise<Reply> {
-    checkRequestLine(line);
+    try {
+      checkRequestLine(line);
+    } catch (error) {
+      return Promise.reject(error);
+    }
     return this.request(line);
   }
 
@@ -205,6 +237,7 @@ export class TxkvClient {
    * While `fn` runs, other calls on this client wait (see the file comment).
    */
   async transaction<T>(fn: (tx: Transaction) => Promise<T> | T, options: TransactionOptions = {}): Promise<T> {
+    if (this.closeRequested || this.isClosed) throw this.closeError ?? new TxkvConnectionError("connection closed");
     const retries = options.retries ?? 10;
     const baseBackoff = options.backoffMs ?? 5;
     const maxBackoff = options.maxBackoffMs ?? 250;
@@ -222,12 +255,17 @@ export class TxkvClient {
 
   /**
    * Closes the connection gracefully: requests already made still get their
-   * replies, later calls reject with `TxkvConnectionError`.
+   * replies (those waiting behind a running transaction too, and the
+   * transaction runs to its end); later calls reject with `TxkvConnectionError`.
    */
   async close(): Promise<void> {
     if (this.isClosed) return;
-    this.endWhenFlushed = true;
+    this.closeRequested = true;
     this.closeError ??= new TxkvConnectionError("connection closed by the client");
+    while (!this.isClosed && (this.held || this.waiters.length > 0)) {
+      await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    }
+    this.endWhenFlushed = true;
     this.endIfIdle();
     await this.closed;
   }
@@ -268,10 +306,13 @@ export class TxkvClient {
       }
       active = false;
       let commitReply: Reply;
+      const commit = this.sendNow("COMMIT");
+      const commitRequest = this.pending.at(-1);
       try {
-        commitReply = await this.sendNow("COMMIT");
+        commitReply = await commit;
       } catch (error) {
-        if (error instanceof TxkvConnectionError) {
+        // Only a COMMIT that reached the socket may have been applied; one never written was not.
+        if (error instanceof TxkvConnectionError && commitRequest?.written === true) {
           throw new TxkvOutcomeUnknownError(`connection lost before the COMMIT reply: outcome unknown (${error.message})`);
         }
         throw error;
@@ -310,12 +351,14 @@ export class TxkvClient {
   private release(): void {
     this.held = false;
     while (!this.held && this.waiters.length > 0) this.waiters.shift()!();
+    if (!this.held) for (const idle of this.idleWaiters.splice(0)) idle();
   }
 
   // ---- requests and replies --------------------------------------------
 
   /** Sends now, or after the transaction holding the client ends. */
   private request(line: string): Promise<Reply> {
+    if (this.closeRequested && !this.isClosed) return Promise.reject(this.closeError);
     if (!this.held && this.waiters.length === 0) return this.sendNow(line);
     return new Promise((resolve, reject) => this.waiters.push(() => this.sendNow(line).then(resolve, reject)));
   }
@@ -324,30 +367,52 @@ export class TxkvClient {
     if (this.isClosed || this.endWhenFlushed) {
       return Promise.reject(this.closeError ?? new TxkvConnectionError("connection closed"));
     }
-    this.outText += line + "\n";
+    const text = line + "\n";
+    const promise = new Promise<Reply>((resolve, reject) =>
+      this.pending.push({ resolve, reject, text, bytes: Buffer.byteLength(text), written: false }),
+    );
+    this.scheduleFlush();
+    return promise;
+  }
+
+  private scheduleFlush(): void {
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       queueMicrotask(() => this.flush());
     }
-    return new Promise((resolve, reject) => this.pending.push({ resolve, reject }));
   }
 
-  /** One write per tick for all requests made in it (pipelining without a write per request). */
+  /**
+   * Writes the requests made so far, as many as the in-flight window allows,
+   * in one write (pipelining without a write per request). Runs once per
+   * tick, on `drain`, and when replies make room in the window.
+   */
   private flush(): void {
     this.flushScheduled = false;
     const socket = this.socket;
     if (!socket || this.isClosed) return; // before open: open() flushes; after close: already rejected
-    if (this.outText.length > 0) {
-      const bytes = encoder.encode(this.outText);
-      this.outText = "";
-      this.writeQueue = this.writeQueue === null ? bytes : concat(this.writeQueue, bytes);
-    }
+    if (this.writeQueue === null) this.writeQueue = this.takeWindow();
     if (this.writeQueue !== null) {
       const written = socket.write(this.writeQueue);
       if (written < 0) return; // closed: the close handler rejects the pending requests
       this.writeQueue = written >= this.writeQueue.length ? null : this.writeQueue.subarray(written);
     }
     this.endIfIdle();
+  }
+
+  /** The next unwritten requests that fit in the window, as bytes (null: none may go now). */
+  private takeWindow(): Uint8Array | null {
+    let text = "";
+    while (this.unsentIndex < this.pending.length) {
+      const request = this.pending[this.unsentIndex]!;
+      if (this.inFlightBytes > 0 && this.inFlightBytes + request.bytes > IN_FLIGHT_BYTES) break;
+      this.inFlightBytes += request.bytes;
+      request.written = true;
+      text += request.text;
+      request.text = "";
+      this.unsentIndex++;
+    }
+    return text === "" ? null : encoder.encode(text);
   }
 
   /** After close(): end the socket once every request is written and answered. */
@@ -382,10 +447,13 @@ export class TxkvClient {
       return;
     }
     this.pending[this.pendingHead++] = undefined as unknown as Pending;
+    this.inFlightBytes -= waiter.bytes;
     if (this.pendingHead > 1024 && this.pendingHead * 2 > this.pending.length) {
       this.pending.splice(0, this.pendingHead);
+      this.unsentIndex -= this.pendingHead;
       this.pendingHead = 0;
     }
+    if (this.unsentIndex < this.pending.length) this.scheduleFlush();
     waiter.resolve(reply);
     if (this.endWhenFlushed) this.endIfIdle();
   }
@@ -397,9 +465,12 @@ export class TxkvClient {
       this.closeError ??= error;
       const waiting = this.pending.splice(this.pendingHead);
       this.pendingHead = 0;
+      this.unsentIndex = 0;
+      this.inFlightBytes = 0;
       this.pending.length = 0;
       for (const waiter of waiting) waiter.reject(this.closeError);
       this.release();
+      for (const idle of this.idleWaiters.splice(0)) idle();
       this.socket?.end();
       this.resolveClosed();
     }
@@ -442,7 +513,8 @@ export class TxkvClient {
       if (this.isClosed) throw this.closeError;
     }
     if (options.password !== undefined) {
-      const reply = await this.sendNow(`AUTH ${options.password}`);
+      // The JSON form: a password may begin with "{" or a space, or hold any character.
+      const reply = await this.sendNow(`AUTH ${JSON.stringify({ password: options.password })}`);
       if (reply.status === "Error") {
         await this.close();
         throw new TxkvError(reply.code, reply.message);
@@ -469,7 +541,8 @@ function keysLine(prefix: string): string {
 }
 
 function checkRequestLine(line: string): void {
-  if (/[\r\n]/.test(line)) throw new TypeError("a request line must not contain CR or LF");
+  // A CR inside the line is data (a plain value may hold one); one at its end the server would drop.
+  if (line.includes("\n") || line.endsWith("\r")) throw new TypeError("a request line must not contain LF or end in CR");
   if (line.trim() === "") throw new TypeError("a blank line is not a request (the server would not reply)");
 }
 
@@ -479,9 +552,3 @@ function tlsConfig(tls: ClientOptions["tls"]): Bun.TLSOptions | boolean | undefi
   return { ca: tls.ca, rejectUnauthorized: tls.rejectUnauthorized, serverName: tls.serverName };
 }
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const joined = new Uint8Array(a.length + b.length);
-  joined.set(a, 0);
-  joined.set(b, a.length);
-  return joined;
-}

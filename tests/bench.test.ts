@@ -54,11 +54,11 @@ test("a duration run stops by itself", async () => {
   expect(result.errors).toBe(0);
 });
 
-test("Error replies are counted; a wrong password stops the run with status 1", async () => {
-  const guarded = await spawnServer(["--in-memory", "--password", "pw"]);
+test("Error replies are counted; a wrong password stops the run with status 1; any password works (even one starting with {)", async () => {
+  const guarded = await spawnServer(["--in-memory", "--password", "{p w}"]);
   const denied = await runTxkv(["bench", "-p", String(guarded.port), "--requests", "50", "--workload", "ping", "--json"]);
   expect(JSON.parse(denied.stdout)).toMatchObject({ ops: 50, errors: 50 });
-  const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "pw", "--requests", "50", "--json"]);
+  const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--requests", "50", "--json"]);
   expect(JSON.parse(allowed.stdout)).toMatchObject({ ops: 50, errors: 0 });
   const wrong = await runTxkv(["bench", "-p", String(guarded.port), "-a", "nope", "--requests", "50", "--conns", "3"]);
   expect(wrong.code).toBe(1);

@@ -95,6 +95,22 @@ describe("scripted (stdin not a terminal)", () => {
     expect(run.stdout).toBe('OK\n"a\\nb"\n');
   });
 
+  test("a line ends at LF only: a lone CR stays in the value (a CR before the LF is dropped)", async () => {
+    const run = await cli([], "PUT cr:1 a\rb\r\nGET cr:1\n");
+    expect(run).toMatchObject({ code: 0, stdout: 'OK\n"a\\rb"\n' }); // a control character: printed JSON-quoted
+  });
+
+  test("when the reader of its output goes away (| head -1), the cli stops quietly instead of hanging", async () => {
+    const script = Array.from({ length: 20000 }, (_, i) => `PUT pipe:${i} v${i}`).join("\n") + "\n";
+    const proc = Bun.spawn(
+      ["sh", "-c", `"$0" run "$1" cli -p "$2" | head -1`, process.execPath, path.resolve(import.meta.dir, "../index.ts"), shared.port],
+      { stdin: new TextEncoder().encode(script), stdout: "pipe", stderr: "pipe", env: { ...process.env, TXKV_HISTFILE: "", NO_COLOR: "1" } },
+    );
+    expect(await proc.exited).toBe(0);
+    expect(await new Response(proc.stdout).text()).toBe("OK\n");
+    expect(await new Response(proc.stderr).text()).not.toContain("EPIPE");
+  });
+
   test("QUIT ends the script", async () => {
     const run = await cli([], "PING\nQUIT\nPING\n");
     expect(run).toMatchObject({ code: 0, stdout: "PONG\nBye\n" });
@@ -215,6 +231,25 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     repl.proc.terminal!.close();
     expect(fs.readFileSync(historyFile, "utf8")).toBe("PING\n");
     fs.rmSync(path.dirname(historyFile), { recursive: true, force: true });
+  });
+
+  test("a lost connection is reconnected by the next command, which says an open transaction was rolled back", async () => {
+    const first = await spawnServer(["--in-memory"]);
+    const port = String(first.port);
+    const repl = startRepl({}, port);
+    await repl.until(`127.0.0.1:${port}> `);
+    repl.type("START\r");
+    await repl.until("Transaction started");
+    await first.kill("SIGKILL");
+    const second = await spawnServer(["--in-memory", "--port", port]);
+    const mark = repl.length;
+    repl.type("PUT r:after 1\r");
+    await repl.until("OK");
+    expect(repl.since(mark)).toContain("a transaction open on it was rolled back");
+    repl.type("QUIT\r");
+    expect(await repl.proc.exited).toBe(0);
+    repl.proc.terminal!.close();
+    await second.kill();
   });
 
   test("when the server goes away: the error is shown, the prompt says not connected, the REPL stays usable", async () => {

@@ -14,7 +14,7 @@ import {
   TxkvOutcomeUnknownError,
   type JsonValue,
 } from "../lib/client.ts";
-import { spawnServer, startInProcess as inProcessServer } from "./helpers.ts";
+import { spawnServer, startInProcess as inProcessServer, waitFor } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 /**
@@ -123,6 +123,42 @@ describe("pipelining", () => {
     expect(b).toEqual({ status: "Ok", result: { key: "mix:a", value: "A" } });
   });
 
+  test("at most a window of request bytes is in flight: the rest waits in the client, so the kernel takes each write whole", async () => {
+    const received: string[] = [];
+    let answerAll: (() => void) | null = null;
+    const fake = Bun.listen<{ buffered: string }>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open(socket) {
+          socket.data = { buffered: "" };
+        },
+        data(socket, chunk) {
+          socket.data.buffered += chunk.toString();
+          const lines = socket.data.buffered.split("\n");
+          socket.data.buffered = lines.pop()!;
+          received.push(...lines);
+          // Silent until told: then every line received so far gets its reply, and later ones at once.
+          answerAll = () => {
+            for (const _ of received.splice(0)) socket.write(JSON.stringify(ok("PONG")) + "\n");
+          };
+        },
+      },
+    });
+    const c = await connect({ port: fake.port });
+    const line = "PING"; // 5 bytes with its LF
+    const replies = Array.from({ length: 5000 }, () => c.send(line));
+    await waitFor(() => received.length > 0, 2000, "the first requests");
+    await Bun.sleep(50); // room for more to arrive, if the client sent more than its window
+    expect(received.length * 5).toBeLessThanOrEqual(8 * 1024);
+    expect(received.length).toBeGreaterThan(1000); // pipelined, not one at a time
+    const interval = setInterval(() => answerAll?.(), 1);
+    expect((await Promise.all(replies)).every((r) => r.status === "Ok")).toBe(true);
+    clearInterval(interval);
+    await c.close();
+    fake.stop(true);
+  });
+
   test("a request larger than the socket buffer is written in full (drain)", async () => {
     // No partial-request timer: under load a pause between two chunks of this one
     // request could pass 10 ms, and the server would run the first part alone.
@@ -166,9 +202,21 @@ describe("typed errors", () => {
     await guarded.shutdown();
   });
 
-  test("send rejects lines the protocol cannot carry, before sending anything", () => {
-    expect(() => client.send("GET a\nGET b")).toThrow(TypeError);
-    expect(() => client.send("   ")).toThrow(TypeError);
+  test("passwords that begin with { or a space, or hold any character, authenticate (AUTH goes in the JSON form)", async () => {
+    for (const password of ['{"not":"json form"}', " leading space", "tab\there"]) {
+      const guarded = await inProcessServer(["--password", password]);
+      const c = await connect({ port: guarded.port, password });
+      expect(await c.ping()).toBe("PONG");
+      await c.close();
+      await guarded.shutdown();
+    }
+  });
+
+  test("send rejects lines the protocol cannot carry, before sending anything; a CR inside a line is data", async () => {
+    await expect(client.send("GET a\nGET b")).rejects.toBeInstanceOf(TypeError);
+    await expect(client.send("PING\r")).rejects.toBeInstanceOf(TypeError);
+    await expect(client.send("   ")).rejects.toBeInstanceOf(TypeError);
+    expect(await client.send("PUT send:cr a\rb")).toMatchObject({ status: "Ok", result: { value: "a\rb" } });
   });
 });
 
@@ -371,13 +419,38 @@ describe("when the connection goes away", () => {
     fake.stop(true);
   });
 
-  test("close() lets requests already made get their replies, then refuses new ones", async () => {
+  test("the connection drops while the function awaits something else: COMMIT was never written, so TxkvConnectionError", async () => {
+    const fake = fakeServer((line) => (line === "START" ? ok("Transaction started") : null));
+    const c = await connect({ port: fake.port });
+    const error = await c
+      .transaction(async () => {
+        fake.stop(true); // the server goes away mid-function
+        await c.closed;
+      })
+      .catch((e) => e);
+    expect(error).toBeInstanceOf(TxkvConnectionError);
+    expect(error).not.toBeInstanceOf(TxkvOutcomeUnknownError);
+  });
+
+  test("close() lets requests already made get their replies, those queued behind a running transaction too, then refuses new ones", async () => {
     const c = await connect({ port: server.port });
     const inFlight = [c.put("close:a", 1), c.get("close:a")];
-    const closing = c.close();
+    let closing!: Promise<void>;
+    const transaction = c.transaction(async (tx) => {
+      queued = c.get("close:a"); // made before close(): waits for the transaction, then is answered
+      closing = c.close();
+      await tx.put("close:b", 2);
+      return "done";
+    });
+    let queued!: Promise<unknown>;
+    expect(await transaction).toBe("done");
     expect(await Promise.all(inFlight)).toEqual([undefined, 1]);
+    expect(await queued).toBe(1);
     await closing;
     await expect(c.ping()).rejects.toBeInstanceOf(TxkvConnectionError);
+    const d = await connect({ port: server.port });
+    expect(await d.get("close:b")).toBe(2);
+    await d.close();
   });
 });
 
