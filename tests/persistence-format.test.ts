@@ -100,6 +100,13 @@ describe("snapshot format", () => {
     expect(() => decodeSnapshot(Buffer.from('{"key1": "val'))).toThrow(/not valid JSON/);
     expect(() => decodeSnapshot(Buffer.from("[1,2]"))).toThrow(/not a txkv snapshot/);
   });
+
+  test("bytes that are not UTF-8 are refused, not read as U+FFFD", () => {
+    const plain = Buffer.concat([Buffer.from('{"k": "a'), Buffer.from([0xff]), Buffer.from('b"}')]);
+    expect(() => decodeSnapshot(plain)).toThrow(/not valid UTF-8/);
+    // A real U+FFFD is a character like any other.
+    expect([...decodeSnapshot(Buffer.from('{"k": "a\uFFFDb"}')).entries]).toEqual([["k", '"a\uFFFDb"']]);
+  });
 });
 
 describe("journal format", () => {
@@ -167,6 +174,20 @@ describe("journal format", () => {
     const text =
       encodeRecord({ seq: 1, ops: [["a", "1"]] }) + "not json\n" + encodeRecord({ seq: 3, ops: [["c", "3"]] });
     expect(() => scan(text)).toThrow(/line 2: not valid JSON/);
+  });
+
+  test("a record that is not UTF-8 is corruption before the end, a torn tail at the end; a real U+FFFD is data", () => {
+    const bad = Buffer.concat([Buffer.from('{"seq":2,"ops":[["b","\\"x'), Buffer.from([0xff]), Buffer.from('\\""]]}\n')]);
+    const good = (seq: number) => Buffer.from(encodeRecord({ seq, ops: [["k", '"\uFFFD"']] }));
+    const scanBytes = (bytes: Buffer) => {
+      const seen: number[] = [];
+      return { result: scanJournal(bytes, 0, (seq) => seen.push(seq)), seen };
+    };
+    expect(() => scanBytes(Buffer.concat([good(1), bad, good(3)]))).toThrow(/line 2: not valid UTF-8/);
+    const { result, seen } = scanBytes(Buffer.concat([good(1), bad]));
+    expect(result.tornTail).toMatch(/line 2: unreadable final record \(not valid UTF-8\)/);
+    expect(seen).toEqual([1]);
+    expect(scanBytes(Buffer.concat([good(1), good(2)])).seen).toEqual([1, 2]);
   });
 
   test("records out of seq order are corruption", () => {

@@ -58,6 +58,23 @@ export interface JournalScan {
   readonly lastSeq: number;
 }
 
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** The number (from 1) of the first LF-ended line of bytes that is not valid UTF-8, or 0. */
+function firstLineNotUtf8(bytes: Uint8Array): number {
+  let start = 0;
+  for (let lineNo = 1; ; lineNo++) {
+    const newline = bytes.indexOf(0x0a, start);
+    if (newline === -1) return 0;
+    try {
+      strictUtf8.decode(bytes.subarray(start, newline));
+    } catch {
+      return lineNo;
+    }
+    start = newline + 1;
+  }
+}
+
 /**
  * Decodes every record of one journal file, in order, calling `onRecord`.
  * `afterSeq`: seqs must be strictly greater than the previous one (across files).
@@ -70,6 +87,8 @@ export function scanJournal(
   onRecord: (seq: number, ops: CommitOp[]) => void,
 ): JournalScan {
   const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("utf8");
+  // The lenient decoding above turns bad bytes into U+FFFD; only then is it worth finding them exactly.
+  const badUtf8Line = text.includes("\uFFFD") ? firstLineNotUtf8(bytes) : 0;
   let lastSeq = afterSeq;
   let records = 0;
   let start = 0;
@@ -89,6 +108,7 @@ export function scanJournal(
     if (newline === -1) return torn("incomplete final record (no line end)");
     let decoded: { seq: number; ops: CommitOp[] };
     try {
+      if (lineNo === badUtf8Line) throw new Error("not valid UTF-8");
       decoded = decodeSimpleRecord(line) ?? decodeRecord(line);
     } catch (err) {
       if (isFinal) return torn(`unreadable final record (${(err as Error).message})`);

@@ -184,9 +184,15 @@ function decodePlainJson(bytes: Uint8Array): DecodedSnapshot {
   return { seq: 0, entries, format: "plain-json" };
 }
 
-/** Decodes without copying the bytes first. */
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Decodes without copying the bytes first; bytes that are not UTF-8 are damage (txkv writes only UTF-8). */
 function utf8(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("utf8");
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    throw new SnapshotFormatError("not valid UTF-8");
+  }
 }
 
 export function isSeq(value: unknown): value is number {
