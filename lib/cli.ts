@@ -97,7 +97,7 @@ async function scripted(settings: CliSettings): Promise<number> {
   const output = new LineWriter(process.stdout);
   for await (const line of requestLines(process.stdin)) {
     if (output.closed) break; // the reader went away (`| head`): stop quietly
-    if (line.trim() === "" || lost) continue;
+    if (isBlank(line) || lost) continue;
     inFlight++;
     last = client.send(line).then(
       (reply) => {
@@ -107,7 +107,13 @@ async function scripted(settings: CliSettings): Promise<number> {
       },
       (error) => {
         inFlight--;
-        lost ??= error;
+        if (error instanceof TypeError) {
+          // A line the protocol cannot carry (it ends in CR): its own error line, and the script goes on.
+          sawError = true;
+          output.write(`(error) ${error.message}`);
+        } else {
+          lost ??= error;
+        }
       },
     );
     if (commandName(line) === "QUIT") break;
@@ -136,11 +142,14 @@ async function repl(settings: CliSettings): Promise<number> {
   });
   const style = { json: settings.json, color: colorFor(process.stdout), multiline: true, quoteStrings: true };
   let client: TxkvClient | null = null;
+  /** A connection was made before: a new one must say that its transaction state is gone. */
+  let hadConnection = false;
   const reconnect = async (): Promise<TxkvClient | null> => {
     if (client?.isOpen) return client;
-    const lostOne = client !== null;
+    const lostOne = hadConnection;
     client = await connectOrReport(settings.client);
     rl.setPrompt(client ? `${address}> ` : "not connected> ");
+    if (client) hadConnection = true;
     if (client && lostOne) {
       // A new connection starts outside any transaction: say so, or the next PUT would commit at once unnoticed.
       process.stdout.write(`(reconnected to ${address}: the previous connection was lost; a transaction open on it was rolled back)\n`);
@@ -153,7 +162,7 @@ async function repl(settings: CliSettings): Promise<number> {
   for await (const line of rl) {
     const name = commandName(line);
     if (name === "QUIT" || name === "EXIT") break;
-    if (line.trim() !== "") {
+    if (!isBlank(line)) {
       const connected = await reconnect();
       if (connected) {
         try {
@@ -324,6 +333,11 @@ async function* requestLines(input: NodeJS.ReadableStream): AsyncGenerator<strin
   }
   rest += decoder.decode();
   if (rest !== "") yield withoutFinalCr(rest);
+}
+
+/** As the server sees it: empty, or only spaces and tabs. */
+function isBlank(line: string): boolean {
+  return /^[ \t]*$/.test(line);
 }
 
 function withoutFinalCr(line: string): string {

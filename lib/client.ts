@@ -165,6 +165,8 @@ export class TxkvClient {
 
   /** A transaction holds the connection; plain calls wait in `waiters`. */
   private held = false;
+  /** transaction() calls not finished (one may be between attempts, holding nothing). */
+  private runningTransactions = 0;
   private readonly waiters: Array<() => void> = [];
 
   /** Connects, authenticates when a password is given, and resolves with a ready client. */
@@ -241,28 +243,36 @@ export class TxkvClient {
     const retries = options.retries ?? 10;
     const baseBackoff = options.backoffMs ?? 5;
     const maxBackoff = options.maxBackoffMs ?? 250;
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await this.runTransactionOnce(fn);
-      } catch (error) {
-        const conflict = error instanceof TxkvError && error.code === "CONFLICT";
-        if (!conflict || attempt >= retries) throw error;
+    this.runningTransactions++;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await this.runTransactionOnce(fn);
+        } catch (error) {
+          const conflict = error instanceof TxkvError && error.code === "CONFLICT";
+          if (!conflict || attempt >= retries) throw error;
+        }
+        const ceiling = Math.min(maxBackoff, baseBackoff * 2 ** attempt);
+        await Bun.sleep(ceiling / 2 + (Math.random() * ceiling) / 2);
       }
-      const ceiling = Math.min(maxBackoff, baseBackoff * 2 ** attempt);
-      await Bun.sleep(ceiling / 2 + (Math.random() * ceiling) / 2);
+    } finally {
+      this.runningTransactions--;
+      this.wakeCloseIfIdle();
     }
   }
 
   /**
    * Closes the connection gracefully: requests already made still get their
    * replies (those waiting behind a running transaction too, and the
-   * transaction runs to its end); later calls reject with `TxkvConnectionError`.
+   * transaction runs to its end, retries included); later calls reject with
+   * `TxkvConnectionError`. It waits for running transactions, so calling it
+   * from inside a transaction's function waits forever, like any call there.
    */
   async close(): Promise<void> {
     if (this.isClosed) return;
     this.closeRequested = true;
     this.closeError ??= new TxkvConnectionError("connection closed by the client");
-    while (!this.isClosed && (this.held || this.waiters.length > 0)) {
+    while (!this.isClosed && (this.held || this.waiters.length > 0 || this.runningTransactions > 0)) {
       await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     }
     this.endWhenFlushed = true;
@@ -351,7 +361,14 @@ export class TxkvClient {
   private release(): void {
     this.held = false;
     while (!this.held && this.waiters.length > 0) this.waiters.shift()!();
-    if (!this.held) for (const idle of this.idleWaiters.splice(0)) idle();
+    this.wakeCloseIfIdle();
+  }
+
+  /** close() waits for the connection to be free of transactions and queued calls. */
+  private wakeCloseIfIdle(): void {
+    if (!this.held && this.waiters.length === 0 && this.runningTransactions === 0) {
+      for (const idle of this.idleWaiters.splice(0)) idle();
+    }
   }
 
   // ---- requests and replies --------------------------------------------
@@ -415,6 +432,16 @@ export class TxkvClient {
     return text === "" ? null : encoder.encode(text);
   }
 
+  /** True when every byte of pending[index] has been handed to the socket. */
+  private fullyWritten(index: number): boolean {
+    if (index >= this.unsentIndex) return false;
+    if (this.writeQueue === null) return true;
+    // The bytes the socket has not taken yet are the end of the last write: the last requests taken.
+    let after = 0;
+    for (let i = this.unsentIndex - 1; i > index; i--) after += this.pending[i]!.bytes;
+    return this.writeQueue.length <= after;
+  }
+
   /** After close(): end the socket once every request is written and answered. */
   private endIfIdle(): void {
     const idle = this.writeQueue === null && !this.flushScheduled && this.pending.length === this.pendingHead;
@@ -444,6 +471,13 @@ export class TxkvClient {
     if (waiter === undefined) {
       // A reply nobody asked for: the server refusing us (BUSY) right before it closes.
       if (reply.status === "Error") this.closeError ??= new TxkvConnectionError(`${reply.code}: ${reply.message}`);
+      return;
+    }
+    if (!this.fullyWritten(this.pendingHead)) {
+      // A reply to a request not (wholly) sent: the server ran a fragment of a line on its own
+      // (a request bigger than the socket takes at once, then a pause). Every later reply would
+      // be off by one: fail rather than hand out wrong answers.
+      this.fail(new TxkvConnectionError(`reply out of step with the requests (the server ran part of a request line): ${line.slice(0, 200)}`));
       return;
     }
     this.pending[this.pendingHead++] = undefined as unknown as Pending;
@@ -543,7 +577,7 @@ function keysLine(prefix: string): string {
 function checkRequestLine(line: string): void {
   // A CR inside the line is data (a plain value may hold one); one at its end the server would drop.
   if (line.includes("\n") || line.endsWith("\r")) throw new TypeError("a request line must not contain LF or end in CR");
-  if (line.trim() === "") throw new TypeError("a blank line is not a request (the server would not reply)");
+  if (/^[ \t]*$/.test(line)) throw new TypeError("a blank line is not a request (the server would not reply)");
 }
 
 function tlsConfig(tls: ClientOptions["tls"]): Bun.TLSOptions | boolean | undefined {

@@ -100,6 +100,12 @@ describe("scripted (stdin not a terminal)", () => {
     expect(run).toMatchObject({ code: 0, stdout: 'OK\n"a\\rb"\n' }); // a control character: printed JSON-quoted
   });
 
+  test("a line the protocol cannot carry (it ends in CR) gets its own error line, and the script goes on", async () => {
+    const run = await cli([], "PUT cr:2 v\r\r\nPING\n");
+    expect(run.code).toBe(1);
+    expect(run.stdout).toBe("(error) a request line must not contain LF or end in CR\nPONG\n");
+  });
+
   test("when the reader of its output goes away (| head -1), the cli stops quietly instead of hanging", async () => {
     const script = Array.from({ length: 20000 }, (_, i) => `PUT pipe:${i} v${i}`).join("\n") + "\n";
     const proc = Bun.spawn(

@@ -18,10 +18,11 @@ import { spawnServer, startInProcess as inProcessServer, waitFor } from "./helpe
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 /**
- * A fake server: `answer(line)` returns the reply object to send, or "close"
- * to drop the connection at that request, or null to stay silent.
+ * A fake server: `answer(line)` returns the reply object to send (or several,
+ * in one write), or "close" to drop the connection at that request, or null
+ * to stay silent.
  */
-function fakeServer(answer: (line: string) => object | "close" | null): TCPSocketListener<{ buffered: string }> {
+function fakeServer(answer: (line: string) => object | object[] | "close" | null): TCPSocketListener<{ buffered: string }> {
   return Bun.listen<{ buffered: string }>({
     hostname: "127.0.0.1",
     port: 0,
@@ -40,7 +41,7 @@ function fakeServer(answer: (line: string) => object | "close" | null): TCPSocke
             socket.end();
             return;
           }
-          if (reply !== null) socket.write(JSON.stringify(reply) + "\n");
+          if (reply !== null) socket.write((Array.isArray(reply) ? reply : [reply]).map((r) => JSON.stringify(r) + "\n").join(""));
         }
       },
     },
@@ -430,6 +431,47 @@ describe("when the connection goes away", () => {
       .catch((e) => e);
     expect(error).toBeInstanceOf(TxkvConnectionError);
     expect(error).not.toBeInstanceOf(TxkvOutcomeUnknownError);
+  });
+
+  test("close() during a transaction's CONFLICT backoff lets the retry run to its end", async () => {
+    let commits = 0;
+    const fake = fakeServer((line) => {
+      if (line === "COMMIT") return ++commits === 1 ? { status: "Error", code: "CONFLICT", message: "conflict" } : ok("Transaction committed");
+      return ok("x");
+    });
+    const c = await connect({ port: fake.port });
+    let closing: Promise<void> | null = null;
+    let runs = 0;
+    const result = await c.transaction(
+      async (tx) => {
+        if (++runs === 1) closing = c.close();
+        await tx.put("k", 1);
+        return "done";
+      },
+      { backoffMs: 20 },
+    );
+    expect(result).toBe("done");
+    expect(runs).toBe(2);
+    await closing;
+    expect(c.isOpen).toBe(false);
+    fake.stop(true);
+  });
+
+  test("a reply to a request not yet wholly sent (the server ran a fragment) fails the connection instead of shifting replies", async () => {
+    let first = true;
+    const fake = fakeServer(() => {
+      if (!first) return ok("b");
+      first = false;
+      return [ok("a"), ok("one too many")]; // two replies for one request, as when a fragment ran on its own
+    });
+    const c = await connect({ port: fake.port });
+    const big = "x".repeat(5000); // two do not fit in the window: the second waits unsent
+    const results = await Promise.all([c.send(`PUT k ${big}`), c.send(`PUT k ${big}`), c.send(`PUT k ${big}`)].map((p) => p.catch((e) => e)));
+    expect(results[0]).toMatchObject({ status: "Ok", result: "a" });
+    expect(results[1]).toBeInstanceOf(TxkvConnectionError);
+    expect(String(results[1])).toContain("out of step");
+    expect(results[2]).toBeInstanceOf(TxkvConnectionError);
+    fake.stop(true);
   });
 
   test("close() lets requests already made get their replies, those queued behind a running transaction too, then refuses new ones", async () => {

@@ -425,23 +425,22 @@ describe("a torn record in a journal that is not the newest", () => {
     expect(contents((await open(dir)).store)).toEqual(expected);
   });
 
-  test("before a newer journal with records, or with its line end (not a crash's trace there): corruption, refused, nothing changed", async () => {
-    for (const [name, torn, newerJournal] of [
-      ["a newer journal with records", '{"seq":6,"ops":[["torn","val', '{"seq":7,"ops":[["late","1"]]}\n'],
-      ["an unreadable line with its line end", '{"seq":6,"ops":[["torn","val"]]]\n', ""],
-    ] as const) {
-      const dir = tempDir();
-      const a = await open(dir);
-      for (let i = 0; i < 5; i++) a.put(`k${i}`, i);
-      await closeLog(a);
-      const journal = path.join(dir, "data.json.journal.1");
-      fs.appendFileSync(journal, torn);
-      fs.writeFileSync(path.join(dir, "data.json.journal.2"), newerJournal);
-      const before = dirBytes(dir);
-      await expect(open(dir), name).rejects.toThrow(`${journal}: corrupt journal, line 6:`);
-      await expect(open(dir), name).rejects.toThrow("before a newer journal file with records");
-      expect(dirBytes(dir)).toEqual(before);
-    }
+  test("before a newer journal with records (no crash leaves that): corruption, refused, nothing changed", async () => {
+    const { dir, journal } = await prepareTorn();
+    fs.writeFileSync(path.join(dir, "data.json.journal.2"), '{"seq":7,"ops":[["late","1"]]}\n');
+    const before = dirBytes(dir);
+    await expect(open(dir)).rejects.toThrow(`${journal}: corrupt journal, line 6:`);
+    await expect(open(dir)).rejects.toThrow("before a newer journal file with records");
+    expect(dirBytes(dir)).toEqual(before);
+  });
+
+  test("an unreadable last line with its line end, before an empty newer journal (a power cut as a rebuild switched journals): cut too", async () => {
+    const { dir, journal, clean } = await prepareTorn();
+    fs.appendFileSync(journal, "\u0000\u0000\n");
+    fs.writeFileSync(path.join(dir, "data.json.journal.2"), "");
+    const a = await open(dir);
+    expect(a.store.get("k4")).toBe("4");
+    expect(fs.readFileSync(journal)).toEqual(clean);
   });
 });
 
@@ -480,6 +479,26 @@ describe("a data path that is a symbolic link", () => {
     await opened.log.close();
     fs.writeFileSync(path.join(dir, "link.json.journal.1"), '{"seq":2,"ops":[["lost","1"]]}\n');
     await expect(openPersistence(options, logger)).rejects.toThrow("journal files sit beside the link (link.json.journal.1)");
+  });
+
+  test("a path through a linked directory is no link to the file: it restarts as often as you like", async () => {
+    const dir = tempDir();
+    fs.mkdirSync(path.join(dir, "real"));
+    fs.symlinkSync(path.join(dir, "real"), path.join(dir, "alias"));
+    for (let run = 0; run < 3; run++) {
+      const a = await open(path.join(dir, "alias"));
+      a.put(`run${run}`, run);
+      await closeLog(a);
+    }
+    expect(contents((await open(path.join(dir, "real"))).store).map(([k]) => k)).toEqual(["run0", "run1", "run2"]);
+  });
+
+  test("a relative link with .. inside a linked directory is followed as the kernel follows it, also before the file exists", async () => {
+    const dir = tempDir();
+    fs.mkdirSync(path.join(dir, "x", "y"), { recursive: true });
+    fs.symlinkSync(path.join(dir, "x", "y"), path.join(dir, "a"));
+    fs.symlinkSync("../data.json", path.join(dir, "x", "y", "link.json")); // from x/y: x/data.json
+    expect(dataFiles(path.join(dir, "a", "link.json")).snapshot).toBe(path.join(fs.realpathSync(dir), "x", "data.json"));
   });
 });
 

@@ -68,12 +68,17 @@ function realPath(absolute: string, linksFollowed = 0): string {
     } catch {
       // Not a link (or absent): keep the name, resolve its directory.
     }
-    if (target !== null) return realPath(path.resolve(path.dirname(absolute), target), linksFollowed + 1);
+    // Relative to the link's real directory, as the kernel resolves it ("../x" from a linked directory).
+    if (target !== null) return realPath(path.resolve(realDirectory(absolute), target), linksFollowed + 1);
   }
+  return path.join(realDirectory(absolute), path.basename(absolute));
+}
+
+function realDirectory(file: string): string {
   try {
-    return path.join(fs.realpathSync(path.dirname(absolute)), path.basename(absolute));
+    return fs.realpathSync(path.dirname(file));
   } catch {
-    return absolute;
+    return path.dirname(file);
   }
 }
 

@@ -112,11 +112,18 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
  * links) would be silently ignored, losing its records: refuse instead.
  */
 function refuseJournalsBesideLink(given: string, resolved: string): void {
-  if (given === resolved) return;
-  const prefix = `${path.basename(given)}.journal.`;
+  let link: string;
+  try {
+    if (!fs.lstatSync(given).isSymbolicLink()) return; // a linked directory moves nothing apart
+    link = path.join(fs.realpathSync(path.dirname(given)), path.basename(given));
+  } catch {
+    return;
+  }
+  if (link === resolved) return;
+  const prefix = `${path.basename(link)}.journal.`;
   let names: string[];
   try {
-    names = fs.readdirSync(path.dirname(given)).filter((name) => name.startsWith(prefix));
+    names = fs.readdirSync(path.dirname(link)).filter((name) => name.startsWith(prefix));
   } catch {
     return;
   }

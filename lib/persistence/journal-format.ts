@@ -52,8 +52,6 @@ export interface JournalScan {
   readonly validBytes: number;
   /** Why the final line was dropped, or null when the file ends cleanly. */
   readonly tornTail: string | null;
-  /** The torn final line has no line end: the file stops inside it (the common trace of a crash). */
-  readonly tornWithoutLineEnd: boolean;
   readonly records: number;
   readonly lastSeq: number;
 }
@@ -101,7 +99,6 @@ export function scanJournal(
     const torn = (reason: string): JournalScan => ({
       validBytes: Buffer.byteLength(text.slice(0, start)),
       tornTail: `line ${lineNo}: ${reason}`,
-      tornWithoutLineEnd: newline === -1,
       records,
       lastSeq,
     });
@@ -122,7 +119,7 @@ export function scanJournal(
     onRecord(decoded.seq, decoded.ops);
     start = newline + 1;
   }
-  return { validBytes: bytes.length, tornTail: null, tornWithoutLineEnd: false, records, lastSeq };
+  return { validBytes: bytes.length, tornTail: null, records, lastSeq };
 }
 
 /**

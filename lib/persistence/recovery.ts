@@ -5,7 +5,7 @@
  * whose message names the file and the problem. A torn final record is
  * reported (not fixed) so the caller can warn and cut it: in the newest
  * journal, or in the one before newer journals that are all empty (a crash
- * as a compaction switched journals). Records must follow the snapshot with
+ * as a compaction or a rebuild switched journals). Records must follow the snapshot with
  * consecutive seqs: a gap (a journal file deleted) is corruption too.
  *
  * Owns: turning the files on disk into the initial key/value map and seq.
@@ -94,14 +94,13 @@ export function recover(files: DataFiles): Recovered {
 
 /**
  * A torn record in a journal that is not the newest is a crash's trace only
- * in one state: a compaction had just created the next journal, and was
- * writing the last records to this one. Then the record has no line end and
- * every newer journal is empty (the older journal is fsynced before any
- * record goes to the new one). Anything else is corruption.
+ * while every newer journal is still empty: a compaction or a rebuild had
+ * just created the next journal (a compaction fsyncs the old one before any
+ * record goes to the new one; a rebuild refuses writes until its snapshot
+ * covers everything). Records after a torn one are corruption.
  */
 function checkNothingAfterTornTail(scan: JournalScan, newerJournals: string[]): void {
-  if (newerJournals.length === 0) return;
-  if (!scan.tornWithoutLineEnd || newerJournals.some((file) => fileSize(file) > 0)) {
+  if (newerJournals.some((file) => fileSize(file) > 0)) {
     throw new JournalFormatError(`${scan.tornTail}, before a newer journal file with records`);
   }
 }
