@@ -199,6 +199,12 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
         return output.length;
       },
       type: (text: string) => proc.terminal!.write(text),
+      /** Types QUIT and expects the cli to leave with status 0. */
+      async quit() {
+        proc.terminal!.write("QUIT\r");
+        expect(await proc.exited).toBe(0);
+        proc.terminal!.close();
+      },
     };
   }
 
@@ -215,9 +221,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     repl.type("GET r:missing\r");
     await repl.until("NOT_FOUND");
     expect(repl.since(mark)).toContain("\x1b[31m(error) NOT_FOUND: Key not found: r:missing\x1b[0m");
-    repl.type("QUIT\r");
-    expect(await repl.proc.exited).toBe(0);
-    repl.proc.terminal!.close();
+    await repl.quit();
   });
 
   test("Ctrl-D leaves; earlier lines are in the history (arrow up recalls them) and saved to the history file", async () => {
@@ -252,9 +256,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     repl.type("PUT r:after 1\r");
     await repl.until("OK");
     expect(repl.since(mark)).toContain("a transaction open on it was rolled back");
-    repl.type("QUIT\r");
-    expect(await repl.proc.exited).toBe(0);
-    repl.proc.terminal!.close();
+    await repl.quit();
     await second.kill();
   });
 
@@ -270,8 +272,6 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     repl.type("PING\r"); // reconnecting fails too: reported, and the REPL goes on
     await repl.until(`cannot connect to 127.0.0.1:${doomed.port}`);
     expect(repl.since(mark)).not.toContain("PONG");
-    repl.type("QUIT\r");
-    expect(await repl.proc.exited).toBe(0);
-    repl.proc.terminal!.close();
+    await repl.quit();
   });
 });
