@@ -79,7 +79,15 @@ const flag = v.pipe(
 const ConfigSchema = v.object({
   host: v.pipe(v.string(), v.minLength(1, "expected an address")),
   port: integer(0, 65535),
-  data: v.pipe(v.string(), v.minLength(1, "expected a path")),
+  data: v.pipe(
+    v.string(),
+    v.minLength(1, "expected a path"),
+    // Names txkv gives the files beside a data file: another server's data file must not take one.
+    v.check(
+      (path) => !/\.(tmp|lock|journal\.\d+)$/.test(path),
+      "a name ending in .tmp, .lock or .journal.<n> is taken by the files kept beside a data file",
+    ),
+  ),
   "in-memory": flag,
   fsync: v.picklist(["always", "everysec", "no"], "expected always, everysec or no"),
   "fsync-interval-ms": integer(1, 60_000),

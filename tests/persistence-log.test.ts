@@ -531,17 +531,17 @@ describe("lock", () => {
 });
 
 /**
- * An `always` log whose journal is a "disk" that is always full (/dev/full:
- * every write fails with ENOSPC), and with fullSnapshot its snapshot's temp
- * file too; put() commits one key through it.
+ * A log (`always` unless told) whose journal is a "disk" that is always full
+ * (/dev/full: every write fails with ENOSPC), and with fullSnapshot its
+ * snapshot's temp file too; put() commits one key through it.
  */
-async function alwaysLogOnFullDisk(dir: string, opts: { retryMs: number; fullSnapshot?: boolean }) {
+async function logOnFullDisk(dir: string, opts: { retryMs: number; fullSnapshot?: boolean; fsync?: FsyncMode }) {
   const files = dataFiles(path.join(dir, "data.json"));
   fs.symlinkSync("/dev/full", files.journal(1));
   if (opts.fullSnapshot) fs.symlinkSync("/dev/full", files.snapshotTemp);
   acquireLock(files.lock);
   const handle = await fs.promises.open(files.journal(1), "a");
-  const settings = { fsync: "always", fsyncIntervalMs: 20, retryMs: opts.retryMs, compactMinBytes: 1e9, compactPercent: 100, sliceMs: 1 } as const;
+  const settings = { fsync: opts.fsync ?? "always", fsyncIntervalMs: 20, retryMs: opts.retryMs, compactMinBytes: 1e9, compactPercent: 100, sliceMs: 1 } as const;
   const log = new DurableLog(files, settings, new Logger("error", () => {}), {
     journal: { gen: 1, path: files.journal(1), handle, bytes: 0 },
     journalCreated: false,
@@ -575,9 +575,23 @@ describe("failures while running", () => {
     expect(contents((await open(dir)).store)).toEqual(expected);
   });
 
+  test("data directory removed, then recreated and used by another server: this one never overwrites it", async () => {
+    const dir = tempDir();
+    const a = await openAlwaysPastFirstRound(dir);
+    fs.rmSync(dir, { recursive: true });
+    await until(() => a.log.unavailableReason !== null, "the removal to be noticed");
+    fs.mkdirSync(dir);
+    const b = await open(dir); // the lock went with the old directory: a second server starts there
+    b.put("from-b", 1);
+    await closeLog(b); // and stops cleanly, releasing the lock
+    await until(() => JSON.stringify(a.log.stats().lastError).includes("came back holding other data files"), "a refusal to take over");
+    expect(a.log.unavailableReason).toContain("not overwriting them");
+    expect(contents((await open(dir)).store)).toEqual([["from-b", "1"]]);
+  });
+
   test("disk full: records are kept in order, writes refused, then everything lands once the disk works", async () => {
     const dir = tempDir();
-    const { files, log, put } = await alwaysLogOnFullDisk(dir, { retryMs: 20 });
+    const { files, log, put } = await logOnFullDisk(dir, { retryMs: 20 });
     let durable = 0;
     log.onDurable = (seq) => (durable = seq);
     put("k1", "1");
@@ -602,10 +616,23 @@ describe("failures while running", () => {
     ]);
   });
 
+  test("a shutdown on a full disk keeps retrying for a while: space freed a moment later, nothing acknowledged is lost (everysec)", async () => {
+    const dir = tempDir();
+    const { files, log, put } = await logOnFullDisk(dir, { retryMs: 20, fsync: "everysec" });
+    put("acked", '"1"'); // everysec: acknowledged at once, written later
+    await until(() => log.unavailableReason !== null, "the write error");
+    const closing = log.close();
+    await Bun.sleep(100);
+    fs.rmSync(files.journal(1), { force: true }); // the disk has room again (unless a rebuild moved off it first)
+    await closing;
+    openLogs.splice(openLogs.indexOf(log), 1);
+    expect(contents((await open(dir)).store)).toEqual([["acked", '"1"']]);
+  });
+
   test("disk full: a rebuild whose snapshot fails leaves the journal untrusted; a write is acknowledged only once a rebuild completes", async () => {
     const dir = tempDir();
     // The snapshot's temp file is on the full "disk" too.
-    const { files, log, put } = await alwaysLogOnFullDisk(dir, { retryMs: 5, fullSnapshot: true });
+    const { files, log, put } = await logOnFullDisk(dir, { retryMs: 5, fullSnapshot: true });
     let durable = 0;
     let snapshotWhenDurable = null as string | null;
     log.onDurable = (seq) => {

@@ -91,6 +91,12 @@ const RETRYABLE_WRITE_ERRORS = new Set(["ENOSPC", "EDQUOT", "EROFS", "EAGAIN", "
 /** While a write error repeats on a journal that looks intact, every Nth retry rebuilds instead. */
 const REBUILD_EVERY_ATTEMPTS = 10;
 
+/**
+ * How long a shutdown keeps retrying a failed disk before it gives up (exit
+ * 1): under index.ts's grace of 5 s after the drain, so the reason is ours.
+ */
+const CLOSE_RETRY_MS = 4000;
+
 /** How long auto-compaction waits after a failed compaction before trying again. */
 const COMPACTION_RETRY_MS = 30_000;
 
@@ -209,7 +215,16 @@ export class DurableLog implements CommitLog {
     clearInterval(this.tickTimer);
     if (this.compaction) await this.compaction.catch(() => {});
     if (this.resuming) await this.resuming;
-    if (this.failure) await this.tryResume();
+    if (this.failure) {
+      // Keep trying a while: a disk that was full a moment ago may have room again, and
+      // under everysec and no the records waiting here were already acknowledged.
+      const giveUpAt = Date.now() + CLOSE_RETRY_MS;
+      await this.tryResume();
+      while (this.failure && Date.now() < giveUpAt) {
+        await Bun.sleep(this.opts.retryMs);
+        await this.tryResume();
+      }
+    }
     if (this.retryTimer) clearInterval(this.retryTimer);
     if (this.failure) {
       throw new Error(`could not flush the journal before exit: ${this.failure.reason}`);
@@ -467,7 +482,18 @@ export class DurableLog implements CommitLog {
   private async rebuild(): Promise<void> {
     // A round still waiting on the old journal's fsync must finish before its handle is closed.
     if (this.syncLoop) await this.syncLoop;
-    if (!holdsLock(this.files.lock)) acquireLock(this.files.lock);
+    if (!holdsLock(this.files.lock)) {
+      // The lock went with the data directory. If the directory came back holding data files that
+      // are not ours (our journal is not among them), another server may have started there since:
+      // never overwrite them.
+      if (!stillAtPath(this.journal.handle.fd, this.journal.path) && this.files.holdsData()) {
+        throw new PersistenceFailure(
+          `the data directory ${this.files.dir} came back holding other data files (another server's?); ` +
+            `not overwriting them: writes stay refused until this server restarts`,
+        );
+      }
+      acquireLock(this.files.lock);
+    }
     const seq = this.lastAppendedSeq;
     const records = this.appendedRecords;
     // The journal an earlier failed rebuild opened, still empty, serves as well as a new one:

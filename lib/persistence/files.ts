@@ -23,6 +23,8 @@ export interface DataFiles {
   journal(gen: number): string;
   /** The generations of the journal files present in the directory, ascending. */
   listJournalGens(): number[];
+  /** A snapshot or a journal file is present. */
+  holdsData(): boolean;
 }
 
 export function dataFiles(dataPath: string): DataFiles {
@@ -44,6 +46,9 @@ export function dataFiles(dataPath: string): DataFiles {
         if (/^[1-9][0-9]{0,14}$/.test(suffix)) gens.push(Number(suffix));
       }
       return gens.sort((a, b) => a - b);
+    },
+    holdsData() {
+      return fs.existsSync(snapshot) || this.listJournalGens().length > 0;
     },
   };
 }
