@@ -335,5 +335,3 @@ export function commandFromFrame(frame: Frame, maxRequestBytes: number): Command
   if (frame === HTTP_REQUEST) return HTTP_REQUEST_COMMAND;
   return parseCommand(frame);
 }
-
-

@@ -36,7 +36,7 @@ import type { Session } from "./session.ts";
 import type { ServerStats } from "./stats.ts";
 import type { Store } from "./store.ts";
 import { detach, latin1Text } from "./text.ts";
-import { DELETED, type Transaction } from "./transaction.ts";
+import { DELETED, type Transaction, type Write } from "./transaction.ts";
 
 /** Nested START levels beyond this are refused: each level costs memory. */
 export const MAX_TRANSACTION_DEPTH = 1000;
@@ -258,9 +258,10 @@ export class Executor {
   private keys(tx: Transaction | null, prefix: string): string {
     let keys = this.store.keysWithPrefix(prefix);
     if (tx !== null) {
+      const own = tx.ownWritesWithPrefix(prefix);
       // A key the transaction wrote is listed or not by its own write: not a read of the store.
-      this.store.watchPrefix(tx, prefix, tx.ownKeysWithPrefix(prefix));
-      keys = tx.overlayKeys(keys, prefix);
+      this.store.watchPrefix(tx, prefix, own);
+      if (own !== null) keys = withOwnWrites(keys, own);
     }
     keys.sort();
     return okJson(JSON.stringify(keys));
@@ -457,4 +458,14 @@ function abortedInFailedLevel(type: Command["type"]): boolean {
 
 function sha256(text: string): Buffer {
   return createHash("sha256").update(text).digest();
+}
+
+/** The store's keys under a prefix with a transaction's own writes under it applied: what KEYS answers inside it. */
+function withOwnWrites(storeKeys: string[], own: ReadonlyMap<string, Write>): string[] {
+  const keys = new Set(storeKeys);
+  for (const [key, value] of own) {
+    if (value === DELETED) keys.delete(key);
+    else keys.add(key);
+  }
+  return [...keys];
 }

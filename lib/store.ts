@@ -8,8 +8,9 @@
  * keys its answer took from the transaction's own writes); when a commit
  * changes a watched key, or creates or deletes a key under a watched prefix,
  * every other watching transaction is marked conflicted at once (as Redis
- * WATCH does). A delete of an absent key changes nothing. Nothing is kept for conflict checks beyond the open
- * transactions' own watches, which are dropped when they end.
+ * WATCH does). A delete of an absent key changes nothing. Nothing is kept
+ * for conflict checks beyond the open transactions' own watches, which are
+ * dropped when they end.
  * Deferred watches (watchAscii): a read by the fast path is only noted, as
  * bytes, and becomes a real watch (a string in a Map) at the next commit, or
  * never if its transaction ends first. Until some commit happens nothing can
@@ -41,8 +42,11 @@ export interface Watcher {
  */
 interface PrefixWatch {
   readonly prefix: string;
-  ownKeys: ReadonlySet<string> | null;
+  ownKeys: OwnKeys | null;
 }
+
+/** Keys a transaction wrote (a Set, or the Map of its writes). */
+type OwnKeys = { has(key: string): boolean; keys(): Iterable<string> };
 
 /** Deferred watches beyond these are made real at once, so a long run of reads holds bounded memory. */
 const MAX_DEFERRED_READS = 1024;
@@ -198,7 +202,7 @@ export class Store {
    * Marks w conflicted when another commit creates or deletes a key under
    * prefix, except the keys in ownKeys (answered from w's own writes).
    */
-  watchPrefix(w: Watcher, prefix: string, ownKeys: ReadonlySet<string> | null): void {
+  watchPrefix(w: Watcher, prefix: string, ownKeys: OwnKeys | null): void {
     if (w.conflicted) return;
     const watches = this.prefixWatchers.get(w);
     const same = watches?.find((watch) => watch.prefix === prefix);
@@ -298,9 +302,9 @@ export class Store {
 }
 
 /** The keys in both sets (null: no keys). */
-function bothOwn(a: ReadonlySet<string> | null, b: ReadonlySet<string> | null): ReadonlySet<string> | null {
+function bothOwn(a: OwnKeys | null, b: OwnKeys | null): OwnKeys | null {
   if (a === null || b === null) return null;
   const both = new Set<string>();
-  for (const key of a) if (b.has(key)) both.add(key);
+  for (const key of a.keys()) if (b.has(key)) both.add(key);
   return both.size === 0 ? null : both;
 }

@@ -197,31 +197,21 @@ export class Transaction implements Watcher {
     return ops;
   }
 
-  /** Applies this transaction's own writes to the store's keys under prefix: what KEYS answers inside it. */
-  overlayKeys(storeKeys: string[], prefix: string): string[] {
+  /**
+   * This transaction's latest write of each key under prefix (a value, or
+   * DELETED), over every open level, inner levels winning; null when none.
+   * What KEYS answers inside it is the store's keys with these applied, and
+   * these keys' presence is no read of the store.
+   */
+  ownWritesWithPrefix(prefix: string): Map<string, Write> | null {
     this.settle();
-    if (!this.hasWrites) return storeKeys;
-    const keys = new Set(storeKeys);
+    let writes: Map<string, Write> | null = null;
     for (let i = 0; i < this.levelCount; i++) {
       for (const [key, value] of writesOf(this.levels[i]!)) {
-        if (!key.startsWith(prefix)) continue;
-        if (value === DELETED) keys.delete(key);
-        else keys.add(key);
+        if (key.startsWith(prefix)) (writes ??= new Map()).set(key, value);
       }
     }
-    return [...keys];
-  }
-
-  /** The keys under prefix this transaction has written (put or deleted) at any open level, or null when none. */
-  ownKeysWithPrefix(prefix: string): Set<string> | null {
-    this.settle();
-    let keys: Set<string> | null = null;
-    for (let i = 0; i < this.levelCount; i++) {
-      for (const [key] of writesOf(this.levels[i]!)) {
-        if (key.startsWith(prefix)) (keys ??= new Set()).add(key);
-      }
-    }
-    return keys;
+    return writes;
   }
 
   /** Turns the write held as bytes into strings in its level (it is that level's latest write). */
