@@ -18,7 +18,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as readline from "node:readline";
 import { parseArgs } from "node:util";
-import { connect, TxkvClient, type ClientOptions, type Reply } from "./client.ts";
+import { connect, isBlankLine, TxkvClient, type ClientOptions, type Reply } from "./client.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 
 const CLI_OPTIONS = {
@@ -97,7 +97,7 @@ async function scripted(settings: CliSettings): Promise<number> {
   const output = new LineWriter(process.stdout);
   for await (const line of requestLines(process.stdin)) {
     if (output.closed) break; // the reader went away (`| head`): stop quietly
-    if (isBlank(line) || lost) continue;
+    if (isBlankLine(line) || lost) continue;
     inFlight++;
     last = client.send(line).then(
       (reply) => {
@@ -162,7 +162,7 @@ async function repl(settings: CliSettings): Promise<number> {
   for await (const line of rl) {
     const name = commandName(line);
     if (name === "QUIT" || name === "EXIT") break;
-    if (!isBlank(line)) {
+    if (!isBlankLine(line)) {
       const connected = await reconnect();
       if (connected) {
         try {
@@ -333,11 +333,6 @@ async function* requestLines(input: NodeJS.ReadableStream): AsyncGenerator<strin
   }
   rest += decoder.decode();
   if (rest !== "") yield withoutFinalCr(rest);
-}
-
-/** As the server sees it: empty, or only spaces and tabs. */
-function isBlank(line: string): boolean {
-  return /^[ \t]*$/.test(line);
 }
 
 function withoutFinalCr(line: string): string {

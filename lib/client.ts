@@ -577,7 +577,12 @@ function keysLine(prefix: string): string {
 function checkRequestLine(line: string): void {
   // A CR inside the line is data (a plain value may hold one); one at its end the server would drop.
   if (line.includes("\n") || line.endsWith("\r")) throw new TypeError("a request line must not contain LF or end in CR");
-  if (/^[ \t]*$/.test(line)) throw new TypeError("a blank line is not a request (the server would not reply)");
+  if (isBlankLine(line)) throw new TypeError("a blank line is not a request (the server would not reply)");
+}
+
+/** Not a request, as the server frames lines: empty, or only spaces and tabs (it gets no reply). */
+export function isBlankLine(line: string): boolean {
+  return /^[ \t]*$/.test(line);
 }
 
 function tlsConfig(tls: ClientOptions["tls"]): Bun.TLSOptions | boolean | undefined {
