@@ -85,6 +85,7 @@ describe("the process", () => {
       [["--max-request-bytes", "0"], {}, "--max-request-bytes"],
       [[], { TXKV_FSYNC: "maybe" }, "--fsync"],
       [[], { TXKV_IN_MEMORY: "banana" }, "--in-memory"],
+      [["--data", "db.journal.7"], {}, "--data"],
       [["--frobnicate"], {}, "--frobnicate"],
     ] as [string[], Record<string, string>, string][]) {
       const run = await runIndex(args, { env });

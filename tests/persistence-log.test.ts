@@ -621,8 +621,10 @@ describe("failures while running", () => {
     const { files, log, put } = await logOnFullDisk(dir, { retryMs: 20, fsync: "everysec" });
     put("acked", '"1"'); // everysec: acknowledged at once, written later
     await until(() => log.unavailableReason !== null, "the write error");
+    const failedAt = () => JSON.stringify(log.stats().lastError);
+    const before = failedAt();
     const closing = log.close();
-    await Bun.sleep(100);
+    await until(() => failedAt() !== before, "the shutdown's first attempt to fail");
     fs.rmSync(files.journal(1), { force: true }); // the disk has room again (unless a rebuild moved off it first)
     await closing;
     openLogs.splice(openLogs.indexOf(log), 1);

@@ -409,6 +409,16 @@ describe("start-up with damaged files", () => {
     expect(fileBytes(dir)).toEqual(before);
   });
 
+  test("records missing after the snapshot (a journal of seq 3-4 beside a snapshot of seq 0): exit non-zero naming the gap, files untouched", async () => {
+    const dir = await dirWithData(); // snapshot at seq 2, a journal with seq 3 and 4
+    fs.rmSync(path.join(dir, "data.json")); // as if an older snapshot (none) were put back
+    const before = fileBytes(dir);
+    const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+    expect(run.code).not.toBe(0);
+    expect(run.stderr).toContain("seq 3 where seq 1 was expected: records are missing");
+    expect(fileBytes(dir)).toEqual(before);
+  });
+
   test("a torn final journal record is dropped with a warning and the rest loads, also in a journal followed by a newer, empty one (kill -9 as a compaction switched journals)", async () => {
     for (const newerEmptyJournal of [false, true]) {
       const dir = await dirWithData();

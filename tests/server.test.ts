@@ -65,6 +65,17 @@ describe("framing", () => {
     c.close();
   });
 
+  test("a blank line longer than the request limit still gets no reply, whole or in pieces", async () => {
+    const c = await LineClient.connect(server.port); // --max-request-bytes 1024
+    c.write(" ".repeat(3000) + "\nPING\n");
+    expect(await c.readReply()).toEqual({ status: "Ok", result: "PONG" });
+    c.write("\t".repeat(2000));
+    c.write(" ".repeat(2000) + "\r\nPING\n");
+    expect(await c.readReply()).toEqual({ status: "Ok", result: "PONG" });
+    expect(await c.request("PING")).toEqual({ status: "Ok", result: "PONG" }); // and no stray reply came before it
+    c.close();
+  });
+
   test("an unterminated request is run after a short pause (the seed's Python client sends no LF)", async () => {
     const c = await LineClient.connect(server.port);
     c.write("PUT nolf value1");
