@@ -5,8 +5,9 @@
  * whose message names the file and the problem. A torn final record is
  * reported (not fixed) so the caller can warn and cut it: in the newest
  * journal, or in the one before newer journals that are all empty (a crash
- * as a compaction or a rebuild switched journals). Records must follow the snapshot with
- * consecutive seqs: a gap (a journal file deleted) is corruption too.
+ * as a compaction or a rebuild switched journals). Records must follow the
+ * snapshot with consecutive seqs: a gap (a journal file deleted) is
+ * corruption too.
  *
  * Owns: turning the files on disk into the initial key/value map and seq.
  * Must not: write, truncate or delete anything.
