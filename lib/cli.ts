@@ -19,6 +19,7 @@ import * as path from "node:path";
 import * as readline from "node:readline";
 import { parseArgs } from "node:util";
 import { connect, isBlankLine, TxkvClient, type ClientOptions, type Reply } from "./client.ts";
+import { stringifyJson } from "./exact-json.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 
 const CLI_OPTIONS = {
@@ -198,7 +199,7 @@ const DIM = "\x1b[2m";
 
 /** How one reply is shown. Exported for tests. */
 export function formatReply(request: string, reply: Reply, style: Style): string {
-  if (style.json) return JSON.stringify(reply);
+  if (style.json) return stringifyJson(reply);
   if (reply.status === "Error") return paint(`(error) ${reply.code}: ${reply.message}`, RED, style.color);
   const result = reply.result;
   const name = commandName(request);
@@ -207,13 +208,13 @@ export function formatReply(request: string, reply: Reply, style: Style): string
   if (typeof result === "string") return style.multiline ? result : oneLine(result);
   if (Array.isArray(result) && style.multiline) {
     if (result.length === 0) return paint("(empty list)", DIM, style.color);
-    return result.map((item, i) => `${i + 1}) ${typeof item === "string" ? item : JSON.stringify(item)}`).join("\n");
+    return result.map((item, i) => `${i + 1}) ${typeof item === "string" ? item : stringifyJson(item)}`).join("\n");
   }
-  return style.multiline && isObject(result) ? JSON.stringify(result, null, 2) : JSON.stringify(result);
+  return style.multiline && isObject(result) ? stringifyJson(result, 2) : stringifyJson(result);
 }
 
 function formatValue(value: unknown, style: Style): string {
-  if (typeof value !== "string") return JSON.stringify(value);
+  if (typeof value !== "string") return stringifyJson(value);
   if (style.quoteStrings) return JSON.stringify(value);
   return style.multiline ? value : oneLine(value);
 }

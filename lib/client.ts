@@ -30,9 +30,13 @@
  */
 
 import * as v from "valibot";
+import { parseJsonExact, stringifyJson } from "./exact-json.ts";
 
-/** Any value JSON can carry. */
-export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+/**
+ * Any value JSON can carry. An integer beyond 2^53 (which a `number` would
+ * round) is read as a `bigint`, and a `bigint` is written as its digits.
+ */
+export type JsonValue = null | boolean | number | bigint | string | JsonValue[] | { [key: string]: JsonValue };
 
 export type TlsClientOptions = {
   /** PEM certificate(s) of the CA that signed the server's certificate. */
@@ -189,7 +193,7 @@ export class TxkvClient {
   }
 
   async put(key: string, value: JsonValue): Promise<void> {
-    checkOk(await this.request(`PUT ${JSON.stringify({ key, value })}`));
+    checkOk(await this.request(`PUT ${stringifyJson({ key, value })}`));
   }
 
   /** Deletes the key; resolves to the deleted value, or `undefined` when there was none. */
@@ -300,7 +304,7 @@ export class TxkvClient {
     };
     const tx: Transaction = {
       get: async (key) => valueOrUndefined(await direct(`GET ${JSON.stringify({ key })}`)),
-      put: async (key, value) => void checkOk(await direct(`PUT ${JSON.stringify({ key, value })}`)),
+      put: async (key, value) => void checkOk(await direct(`PUT ${stringifyJson({ key, value })}`)),
       del: async (key) => valueOrUndefined(await direct(`DEL ${JSON.stringify({ key })}`)),
       keys: async (prefix = "") => checkOk(await direct(keysLine(prefix))) as string[],
     };
@@ -462,7 +466,7 @@ export class TxkvClient {
   private onReplyLine(line: string): void {
     let reply: Reply;
     try {
-      reply = v.parse(ReplySchema, JSON.parse(line));
+      reply = v.parse(ReplySchema, parseJsonExact(line, BigInt));
     } catch {
       this.fail(new TxkvConnectionError(`unreadable reply from the server: ${line.slice(0, 200)}`));
       return;

@@ -13,6 +13,7 @@
  */
 import * as v from "valibot";
 import type { EncodedValue } from "./commit-log.ts";
+import { isRawJsonText, parseJsonExact } from "./exact-json.ts";
 import { HTTP_REQUEST, INVALID_UTF8, TOO_LARGE, type Frame } from "./framing.ts";
 
 export type NoArgCommandType = "START" | "COMMIT" | "ROLLBACK" | "PING" | "STATS" | "SAVE" | "HELP" | "QUIT";
@@ -259,7 +260,7 @@ function parseJsonArgument<S extends v.GenericSchema>(
 ): v.InferOutput<S> | Invalid {
   let json: unknown;
   try {
-    json = JSON.parse(text);
+    json = parseJsonExact(text);
   } catch (err) {
     // JSON.parse recurses: input nested tens of thousands deep overflows the stack.
     if (err instanceof RangeError) return invalid("BAD_REQUEST", `${type}: the argument is nested too deeply`);
@@ -288,7 +289,7 @@ function unstorableValue(value: unknown): string | null {
   while (pending.length > 0) {
     const [item, depth] = pending.pop()!;
     if (typeof item === "number" && !Number.isFinite(item)) return "a number in the value is out of range (beyond ±1.8e308)";
-    if (item === null || typeof item !== "object") continue;
+    if (item === null || typeof item !== "object" || isRawJsonText(item)) continue;
     if (depth > MAX_VALUE_DEPTH) return `the value is nested deeper than ${MAX_VALUE_DEPTH} levels`;
     for (const child of Array.isArray(item) ? item : Object.values(item)) pending.push([child, depth + 1]);
   }

@@ -32,6 +32,12 @@ describe("one-shot", () => {
     expect((await cli(["GET", "neg"])).stdout).toBe("-5\n");
   });
 
+  test("integers beyond 2^53 print exactly as stored, also with --json", async () => {
+    expect((await cli(["PUT", '{"key":"id","value":{"id":12345678901234567890}}'])).code).toBe(0);
+    expect((await cli(["GET", "id"])).stdout).toBe('{"id":12345678901234567890}\n');
+    expect((await cli(["--json", "GET", "id"])).stdout).toBe('{"status":"Ok","result":{"key":"id","value":{"id":12345678901234567890}}}\n');
+  });
+
   test("an Error reply: exit 1, the error on stderr, nothing on stdout", async () => {
     const run = await cli(["GET", "no-such-key"]);
     expect(run.code).toBe(1);

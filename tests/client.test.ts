@@ -81,6 +81,23 @@ describe("commands", () => {
     expect(await client.get("rt:number")).toBeUndefined();
   });
 
+  test("an integer beyond 2^53 round-trips exactly as a bigint, also inside a value and a transaction; smaller ones stay numbers", async () => {
+    const id = 12345678901234567890n;
+    await client.put("big:id", id);
+    expect(await client.get("big:id")).toBe(id);
+    await client.put("big:doc", { ids: [id, -9007199254740993n, 7], ratio: 0.5 });
+    expect(await client.get("big:doc")).toEqual({ ids: [id, -9007199254740993n, 7], ratio: 0.5 });
+    // Written by someone else in the JSON form: read exactly, not rounded to 12345678901234567000.
+    expect(await client.send('PUT {"key":"big:raw","value":12345678901234567890}')).toMatchObject({ status: "Ok" });
+    expect(await client.get("big:raw")).toBe(id);
+    await client.transaction(async (tx) => {
+      await tx.put("big:tx", ((await tx.get("big:id")) as bigint) + 1n);
+    });
+    expect(await client.get("big:tx")).toBe(id + 1n);
+    await client.put("big:safe", 9007199254740991);
+    expect(await client.get("big:safe")).toBe(9007199254740991);
+  });
+
   test("get and del of a missing key resolve to undefined; a stored null stays null", async () => {
     expect(await client.get("missing:1")).toBeUndefined();
     expect(await client.del("missing:1")).toBeUndefined();

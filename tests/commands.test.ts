@@ -82,9 +82,13 @@ describe("parseCommand, JSON form", () => {
     for (const value of ["1e400", "-1e400", "[1, 1e999]", '{"a":{"b":-2e308}}']) {
       expect(parseCommand(`PUT {"key":"n","value":${value}}`)).toMatchObject({ code: "BAD_REQUEST", message: expect.stringContaining("out of range") });
     }
-    // Small numbers round to zero and big integers to the nearest double: that is normalising, not a change of type.
+    // A fraction or an exponent makes a double: small ones round to zero, others print as JavaScript does.
     expect(parseCommand('PUT {"key":"n","value":1e-400}')).toMatchObject({ type: "PUT", value: "0" });
     expect(parseCommand('PUT {"key":"n","value":1.7e308}')).toMatchObject({ type: "PUT", value: "1.7e+308" });
+    // An integer is kept exactly, also beyond 2^53 (64-bit ids) and beyond the double range.
+    expect(parseCommand('PUT {"key":"n","value":12345678901234567890}')).toMatchObject({ type: "PUT", value: "12345678901234567890" });
+    expect(parseCommand('PUT {"key":"n","value":{"ids":[-9007199254740993]}}')).toMatchObject({ value: '{"ids":[-9007199254740993]}' });
+    expect(parseCommand(`PUT {"key":"n","value":1${"0".repeat(400)}}`)).toMatchObject({ type: "PUT", value: `1${"0".repeat(400)}` });
     const nested = (depth: number) => "[".repeat(depth) + "]".repeat(depth);
     expect(parseCommand(`PUT {"key":"d","value":${nested(MAX_VALUE_DEPTH)}}`)).toMatchObject({ type: "PUT" });
     expect(parseCommand(`PUT {"key":"d","value":${nested(MAX_VALUE_DEPTH + 1)}}`)).toMatchObject({

@@ -96,6 +96,14 @@ describe("snapshot format", () => {
     ]);
   });
 
+  test("a plain JSON object keeps integers beyond 2^53 exactly", () => {
+    const decoded = decodeSnapshot(Buffer.from('{"id": 12345678901234567890, "o": {"ids": [-9007199254740993]}}'));
+    expect([...decoded.entries]).toEqual([
+      ["id", "12345678901234567890"],
+      ["o", '{"ids":[-9007199254740993]}'],
+    ]);
+  });
+
   test("invalid JSON and non-object JSON are refused", () => {
     expect(() => decodeSnapshot(Buffer.from('{"key1": "val'))).toThrow(/not valid JSON/);
     expect(() => decodeSnapshot(Buffer.from("[1,2]"))).toThrow(/not a txkv snapshot/);
@@ -126,7 +134,7 @@ describe("journal format", () => {
   });
 
   test("single-op records of every value kind round trip (the fast path and the general one agree)", () => {
-    const values = ['"plain"', '""', "true", "false", "null", "0", "-1.5e-7", '"quote\\"d"', '"tab\\t"', '{"a":1}', "[1,2]", '"ключ 🔑"'];
+    const values = ['"plain"', '""', "true", "false", "null", "0", "-1.5e-7", "12345678901234567890", '[{"id":-9007199254740993}]', '"quote\\"d"', '"tab\\t"', '{"a":1}', "[1,2]", '"ключ 🔑"'];
     const keys = ["k", 'q"k', "back\\slash", "ключ", " spaced "];
     let seq = 0;
     const records = keys.flatMap((key) => values.map((value) => ({ seq: ++seq, ops: [[key, value] as const] })));

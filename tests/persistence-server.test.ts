@@ -96,6 +96,40 @@ describe("restart", () => {
     expect((await d.request('GET {"key":"json key"}')).result).toEqual({ key: "json key", value: { n: [1, 2.5, null] } });
   });
 
+  test("integers beyond 2^53 come back exactly as written: from memory, from the journal after kill -9, from a snapshot, and from the original server's data.json", async () => {
+    const dir = dataDir();
+    const ids = '{"id":12345678901234567890,"refs":[-9007199254740993,1.5]}';
+    const rawGet = async (c: LineClient, key: string) => {
+      c.write(`GET ${key}\n`);
+      return c.readLine();
+    };
+    const expected = `{"status":"Ok","result":{"key":"doc","value":${ids}}}`;
+    const a = await start(dir, ["--fsync", "always"]);
+    const c = await client(a);
+    expect((await c.request(`PUT {"key":"doc","value":${ids}}`)).status).toBe("Ok");
+    const tx = await c.pipeline(["START", 'PUT {"key":"big","value":99999999999999999999999}', "COMMIT"]);
+    expect(tx.map((r) => r.status)).toEqual(["Ok", "Ok", "Ok"]);
+    expect(await rawGet(c, "doc")).toBe(expected);
+    a.proc.kill("SIGKILL");
+    await a.exited;
+
+    const b = await start(dir);
+    const d = await client(b);
+    expect(await rawGet(d, "doc")).toBe(expected);
+    expect(await rawGet(d, "big")).toBe('{"status":"Ok","result":{"key":"big","value":99999999999999999999999}}');
+    expect((await d.request("SAVE")).status).toBe("Ok");
+    expect(await b.kill("SIGTERM")).toBe(0);
+
+    const e = await start(dir);
+    expect(await rawGet(await client(e), "doc")).toBe(expected);
+    expect(await e.kill("SIGTERM")).toBe(0);
+
+    const seedDir = dataDir();
+    fs.writeFileSync(path.join(seedDir, "data.json"), `{"doc": ${ids}}`);
+    const f = await start(seedDir);
+    expect(await rawGet(await client(f), "doc")).toBe(expected);
+  });
+
   test("SIGINT under --fsync no still flushes every acknowledged write", async () => {
     const dir = dataDir();
     const a = await start(dir, ["--fsync", "no"]);

@@ -13,6 +13,7 @@
 import type { CommitOp, CommitRecord } from "../commit-log.ts";
 import type { ByteBuffer } from "../byte-buffer.ts";
 import type { AsciiEntry } from "../compact-map.ts";
+import { parseJsonExact } from "../exact-json.ts";
 import { jsonString } from "../text.ts";
 import { isSeq, singleLine } from "./snapshot-format.ts";
 
@@ -141,7 +142,7 @@ function decodeSimpleRecord(line: string): { seq: number; ops: CommitOp[] } | nu
 function decodeRecord(line: string): { seq: number; ops: CommitOp[] } {
   let parsed: unknown;
   try {
-    parsed = JSON.parse(line);
+    parsed = parseJsonExact(line);
   } catch {
     throw new Error("not valid JSON");
   }

@@ -17,6 +17,7 @@
  * Owns: encoding and decoding of snapshot bytes. Must not: touch files.
  */
 import { CompactMap } from "../compact-map.ts";
+import { parseJsonExact } from "../exact-json.ts";
 
 const FORMAT = "txkv-snapshot";
 const VERSION = 1;
@@ -47,7 +48,7 @@ export function snapshotTrailer(keys: number, crc32: number): string {
  * would break the one-entry-per-line layout: re-encode it compactly.
  */
 export function singleLine(encodedValue: string): string {
-  return encodedValue.includes("\n") ? JSON.stringify(JSON.parse(encodedValue)) : encodedValue;
+  return encodedValue.includes("\n") ? JSON.stringify(parseJsonExact(encodedValue)) : encodedValue;
 }
 
 export interface DecodedSnapshot {
@@ -169,7 +170,7 @@ function badEntry(lineNo: number): SnapshotFormatError {
 function decodePlainJson(bytes: Uint8Array): DecodedSnapshot {
   let parsed: unknown;
   try {
-    parsed = JSON.parse(utf8(bytes));
+    parsed = parseJsonExact(utf8(bytes));
   } catch (err) {
     throw new SnapshotFormatError(`not valid JSON (${err instanceof Error ? err.message : String(err)})`);
   }

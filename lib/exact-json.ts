@@ -1,0 +1,80 @@
+/**
+ * JSON parsing that keeps every integer exactly as written.
+ *
+ * `JSON.parse` reads numbers as doubles, so an integer beyond 2^53 (a 64-bit
+ * id, say) comes back changed: 12345678901234567890 becomes
+ * 12345678901234567000. txkv stores values as JSON text and must hand back
+ * what it was given, as the Python server it was specified from does, so
+ * such integers are kept as their source text (`JSON.rawJSON`), which
+ * `JSON.stringify` writes back verbatim. Numbers with a fraction or an
+ * exponent are doubles by definition and are left to `JSON.parse`.
+ *
+ * The bundled client and `txkv cli` read such integers as `bigint` instead
+ * (what a JavaScript caller can compute with) and write a `bigint` as its
+ * digits.
+ *
+ * Owns: that one rule. Used wherever a value's JSON text is parsed and
+ * written again (requests in the JSON form, journal records, a plain JSON
+ * data file) and by the client. Must not: validate shapes (valibot does) or
+ * touch I/O.
+ */
+
+interface JsonWithRawText extends JSON {
+  rawJSON(text: string): object;
+  isRawJSON(value: unknown): boolean;
+}
+const json = JSON as JsonWithRawText;
+
+/** Digits in the longest integer that is always exact as a double (999,999,999,999,999 < 2^53). */
+const ALWAYS_EXACT_DIGITS = 15;
+
+/**
+ * `JSON.parse`, except that an integer a double cannot hold exactly comes back
+ * as `keep(its source text)`: by default raw JSON text, which `JSON.stringify`
+ * writes back verbatim.
+ */
+export function parseJsonExact(text: string, keep: (digits: string) => unknown = json.rawJSON): unknown {
+  // The reviver costs a call per value: only text with a long run of digits can need it.
+  if (!hasLongDigitRun(text)) return JSON.parse(text);
+  return JSON.parse(text, (_key: string, value: unknown, context?: { source?: string }) => {
+    if (typeof value !== "number" || Number.isSafeInteger(value)) return value;
+    const source = context?.source;
+    return source !== undefined && isIntegerLiteral(source) ? keep(source) : value;
+  });
+}
+
+/** True for the stand-in `parseJsonExact` returns for an integer it kept as text. */
+export function isRawJsonText(value: unknown): boolean {
+  return json.isRawJSON(value);
+}
+
+/** `JSON.stringify`, writing a `bigint` as its digits (where JSON.stringify would throw). */
+export function stringifyJson(value: unknown, indent?: number): string {
+  return JSON.stringify(value, bigintAsDigits, indent);
+}
+
+function bigintAsDigits(_key: string, value: unknown): unknown {
+  return typeof value === "bigint" ? json.rawJSON(value.toString()) : value;
+}
+
+function hasLongDigitRun(text: string): boolean {
+  let run = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c >= 48 && c <= 57) {
+      if (++run > ALWAYS_EXACT_DIGITS) return true;
+    } else {
+      run = 0;
+    }
+  }
+  return false;
+}
+
+/** A JSON number with neither fraction nor exponent: an optional minus, then digits. */
+function isIntegerLiteral(source: string): boolean {
+  for (let i = source.charCodeAt(0) === 45 ? 1 : 0; i < source.length; i++) {
+    const c = source.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return true;
+}

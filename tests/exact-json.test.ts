@@ -1,0 +1,42 @@
+/**
+ * Unit tests of lib/exact-json.ts: integers that a double cannot hold come
+ * back exactly as written; everything else parses as JSON.parse does.
+ */
+import { describe, expect, test } from "bun:test";
+import { isRawJsonText, parseJsonExact, stringifyJson } from "../lib/exact-json.ts";
+
+const roundTrip = (text: string) => JSON.stringify(parseJsonExact(text));
+
+describe("parseJsonExact", () => {
+  test("integers beyond 2^53 are written back exactly, at any depth and sign", () => {
+    expect(roundTrip("12345678901234567890")).toBe("12345678901234567890");
+    expect(roundTrip("-9007199254740993")).toBe("-9007199254740993");
+    expect(roundTrip('{"id":1234567890123456789,"list":[1,[99999999999999999999999]]}')).toBe(
+      '{"id":1234567890123456789,"list":[1,[99999999999999999999999]]}',
+    );
+    // A double would print this one as 1e+21.
+    expect(roundTrip("1000000000000000000000")).toBe("1000000000000000000000");
+  });
+
+  test("what a double holds exactly parses as JSON.parse does: safe integers, fractions, exponents, strings of digits", () => {
+    for (const text of ["9007199254740991", "123456789012345", "1.5", "1e-400", "1.7e308", "-0", '"12345678901234567890"', "[0.12345678901234567890]"]) {
+      expect(parseJsonExact(text)).toEqual(JSON.parse(text));
+    }
+    expect(parseJsonExact("12345678901234567.5")).toBe(12345678901234568);
+    expect(parseJsonExact("1e400")).toBe(Infinity);
+  });
+
+  test("only kept integers are raw text; invalid JSON still throws", () => {
+    const parsed = parseJsonExact("[12345678901234567890, 1]") as unknown[];
+    expect(isRawJsonText(parsed[0])).toBe(true);
+    expect(isRawJsonText(parsed[1])).toBe(false);
+    expect(() => parseJsonExact("[12345678901234567890,")).toThrow(SyntaxError);
+  });
+
+  test("the client's reading: kept integers as bigint, and a bigint written back as its digits", () => {
+    const parsed = parseJsonExact('{"id":12345678901234567890,"n":3}', BigInt);
+    expect(parsed).toEqual({ id: 12345678901234567890n, n: 3 });
+    expect(stringifyJson(parsed)).toBe('{"id":12345678901234567890,"n":3}');
+    expect(stringifyJson({ a: [1n] }, 2)).toBe('{\n  "a": [\n    1\n  ]\n}');
+  });
+});
