@@ -98,26 +98,31 @@ async function scripted(settings: CliSettings): Promise<number> {
   const output = new LineWriter(process.stdout);
   for await (const line of requestLines(process.stdin)) {
     if (output.closed) break; // the reader went away (`| head`): stop quietly
-    if (isBlankLine(line) || lost) continue;
+    if (line !== NOT_UTF8 && isBlankLine(line)) continue;
+    if (lost) continue;
     inFlight++;
-    last = client.send(line).then(
-      (reply) => {
-        inFlight--;
-        if (reply.status === "Error") sawError = true;
-        output.write(formatReply(line, reply, style));
-      },
-      (error) => {
-        inFlight--;
-        if (error instanceof TypeError) {
-          // A line the protocol cannot carry (it ends in CR): its own error line, and the script goes on.
-          sawError = true;
-          output.write(`(error) ${error.message}`);
-        } else {
-          lost ??= error;
-        }
-      },
+    const request = line === NOT_UTF8 ? null : line;
+    const answer = request === null ? Promise.reject(new TypeError("the line is not valid UTF-8")) : client.send(request);
+    const outcome = answer.then(
+      (reply) => ({ reply }),
+      (error: unknown) => ({ error }),
     );
-    if (commandName(line) === "QUIT") break;
+    // Printed after the line before it, also when this one fails at once (a line the client refuses).
+    last = last.then(async () => {
+      const result = await outcome;
+      inFlight--;
+      if ("reply" in result) {
+        if (result.reply.status === "Error") sawError = true;
+        output.write(formatReply(request ?? "", result.reply, style));
+      } else if (result.error instanceof TypeError) {
+        // A line the protocol cannot carry (not UTF-8, or ending in CR): its own error line, and the script goes on.
+        sawError = true;
+        output.write(`(error) ${result.error.message}`);
+      } else {
+        lost ??= result.error;
+      }
+    });
+    if (request !== null && commandName(request) === "QUIT") break;
     if (inFlight >= maxInFlight) await last;
   }
   await last;
@@ -315,25 +320,41 @@ function saveHistory(file: string | null, rl: readline.Interface): void {
   }
 }
 
+/** Stands for a script line whose bytes are not UTF-8 (decoding would put U+FFFD in the value). */
+const NOT_UTF8 = Symbol("not UTF-8");
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
 /**
  * Request lines of a script: split at LF only, a CR before it dropped, as
  * the server frames them. (readline also ends a line at a lone CR, which a
- * plain value may hold.)
+ * plain value may hold.) Bytes are split before decoding, so one line that
+ * is not UTF-8 is reported alone.
  */
-async function* requestLines(input: NodeJS.ReadableStream): AsyncGenerator<string> {
-  const decoder = new TextDecoder();
-  let rest = "";
+async function* requestLines(input: NodeJS.ReadableStream): AsyncGenerator<string | typeof NOT_UTF8> {
+  let partial: Uint8Array[] = [];
   for await (const chunk of input) {
-    rest += decoder.decode(chunk as Uint8Array, { stream: true });
+    const bytes = chunk as Uint8Array;
     let start = 0;
-    for (let newline = rest.indexOf("\n"); newline !== -1; newline = rest.indexOf("\n", start)) {
-      yield withoutFinalCr(rest.slice(start, newline));
+    for (let newline = bytes.indexOf(LF); newline !== -1; newline = bytes.indexOf(LF, start)) {
+      partial.push(bytes.subarray(start, newline));
+      yield decodeLine(Buffer.concat(partial));
+      partial = [];
       start = newline + 1;
     }
-    rest = rest.slice(start);
+    // Kept past this chunk: a copy, in case the stream reuses its buffer.
+    if (start < bytes.length) partial.push(bytes.slice(start));
   }
-  rest += decoder.decode();
-  if (rest !== "") yield withoutFinalCr(rest);
+  if (partial.length > 0) yield decodeLine(Buffer.concat(partial));
+}
+
+const LF = 10;
+
+function decodeLine(bytes: Uint8Array): string | typeof NOT_UTF8 {
+  try {
+    return withoutFinalCr(strictUtf8.decode(bytes));
+  } catch {
+    return NOT_UTF8;
+  }
 }
 
 function withoutFinalCr(line: string): string {

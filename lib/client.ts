@@ -30,11 +30,12 @@
  */
 
 import * as v from "valibot";
-import { parseJsonExact, stringifyJson } from "./exact-json.ts";
+import { parseJsonWithBigInts, stringifyJson } from "./exact-json.ts";
 
 /**
- * Any value JSON can carry. An integer beyond 2^53 (which a `number` would
- * round) is read as a `bigint`, and a `bigint` is written as its digits.
+ * Any value JSON can carry. An integer that a `number` would round is read
+ * as a `bigint`, and a `bigint` is written as its digits. NaN and ±Infinity
+ * are refused (TypeError): JSON has no such numbers.
  */
 export type JsonValue = null | boolean | number | bigint | string | JsonValue[] | { [key: string]: JsonValue };
 
@@ -466,7 +467,7 @@ export class TxkvClient {
   private onReplyLine(line: string): void {
     let reply: Reply;
     try {
-      reply = v.parse(ReplySchema, parseJsonExact(line, BigInt));
+      reply = v.parse(ReplySchema, parseJsonWithBigInts(line));
     } catch {
       this.fail(new TxkvConnectionError(`unreadable reply from the server: ${line.slice(0, 200)}`));
       return;
@@ -582,6 +583,8 @@ function checkRequestLine(line: string): void {
   // A CR inside the line is data (a plain value may hold one); one at its end the server would drop.
   if (line.includes("\n") || line.endsWith("\r")) throw new TypeError("a request line must not contain LF or end in CR");
   if (isBlankLine(line)) throw new TypeError("a blank line is not a request (the server would not reply)");
+  // UTF-8 cannot carry a lone surrogate: encoding would silently store U+FFFD in its place.
+  if (!line.isWellFormed()) throw new TypeError("a request line must not hold a lone surrogate (use the JSON form's \\u escapes)");
 }
 
 /** Not a request, as the server frames lines: empty, or only spaces and tabs (it gets no reply). */

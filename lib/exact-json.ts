@@ -29,17 +29,32 @@ const json = JSON as JsonWithRawText;
 const ALWAYS_EXACT_DIGITS = 15;
 
 /**
- * `JSON.parse`, except that an integer a double cannot hold exactly comes back
- * as `keep(its source text)`: by default raw JSON text, which `JSON.stringify`
- * writes back verbatim.
+ * `JSON.parse`, except that an integer beyond 2^53 comes back as raw JSON
+ * text, which `JSON.stringify` writes back verbatim (even 10^21, which a
+ * double holds but would print as 1e+21).
  */
-export function parseJsonExact(text: string, keep: (digits: string) => unknown = json.rawJSON): unknown {
+export function parseJsonExact(text: string): unknown {
+  return parseKeepingIntegers(text, json.rawJSON);
+}
+
+/**
+ * `JSON.parse` for JavaScript callers (the client): an integer that a
+ * `number` would round comes back as a `bigint`; one it holds exactly stays
+ * a `number`.
+ */
+export function parseJsonWithBigInts(text: string): unknown {
+  return parseKeepingIntegers(text, (digits, double) =>
+    Number.isFinite(double) && BigInt(double) === BigInt(digits) ? double : BigInt(digits),
+  );
+}
+
+function parseKeepingIntegers(text: string, keep: (digits: string, double: number) => unknown): unknown {
   // The reviver costs a call per value: only text with a long run of digits can need it.
   if (!hasLongDigitRun(text)) return JSON.parse(text);
   return JSON.parse(text, (_key: string, value: unknown, context?: { source?: string }) => {
     if (typeof value !== "number" || Number.isSafeInteger(value)) return value;
     const source = context?.source;
-    return source !== undefined && isIntegerLiteral(source) ? keep(source) : value;
+    return source !== undefined && isIntegerLiteral(source) ? keep(source, value) : value;
   });
 }
 
@@ -48,13 +63,19 @@ export function isRawJsonText(value: unknown): boolean {
   return json.isRawJSON(value);
 }
 
-/** `JSON.stringify`, writing a `bigint` as its digits (where JSON.stringify would throw). */
+/**
+ * `JSON.stringify` for what a JavaScript caller stores: a `bigint` is written
+ * as its digits (JSON.stringify would throw), and NaN or ±Infinity, which
+ * JSON cannot carry and JSON.stringify would turn into null, throw.
+ */
 export function stringifyJson(value: unknown, indent?: number): string {
-  return JSON.stringify(value, bigintAsDigits, indent);
+  return JSON.stringify(value, exactNumbers, indent);
 }
 
-function bigintAsDigits(_key: string, value: unknown): unknown {
-  return typeof value === "bigint" ? json.rawJSON(value.toString()) : value;
+function exactNumbers(_key: string, value: unknown): unknown {
+  if (typeof value === "bigint") return json.rawJSON(value.toString());
+  if (typeof value === "number" && !Number.isFinite(value)) throw new TypeError(`${value} cannot be stored: JSON has no such number`);
+  return value;
 }
 
 function hasLongDigitRun(text: string): boolean {

@@ -11,7 +11,7 @@ import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 const shared = sharedServer();
 
-const cli = (args: string[], stdin = "", env: Record<string, string> = {}) =>
+const cli = (args: string[], stdin: string | Uint8Array = "", env: Record<string, string> = {}) =>
   runTxkv(["cli", "-p", shared.port, ...args], stdin, env);
 
 describe("one-shot", () => {
@@ -106,10 +106,20 @@ describe("scripted (stdin not a terminal)", () => {
     expect(run).toMatchObject({ code: 0, stdout: 'OK\n"a\\rb"\n' }); // a control character: printed JSON-quoted
   });
 
-  test("a line the protocol cannot carry (it ends in CR) gets its own error line, and the script goes on", async () => {
+  test("a line the protocol cannot carry (it ends in CR) gets its own error line, in its place, and the script goes on", async () => {
     const run = await cli([], "PUT cr:2 v\r\r\nPING\n");
     expect(run.code).toBe(1);
     expect(run.stdout).toBe("(error) a request line must not contain LF or end in CR\nPONG\n");
+    // Refused before sending: its line still comes after the replies to the lines before it.
+    const between = await cli([], "PUT cr:3 1\nGET cr:3\nPUT cr:4 x\r\r\nGET cr:3\n");
+    expect(between.stdout).toBe("OK\n1\n(error) a request line must not contain LF or end in CR\n1\n");
+  });
+
+  test("a line that is not UTF-8 gets its own error line instead of being stored with U+FFFD; the lines around it run", async () => {
+    const script = Buffer.concat([Buffer.from("PUT u8:ok a\nPUT u8:bad "), Buffer.from([0xc3, 0x28]), Buffer.from("\nGET u8:ok\nGET u8:bad\n")]);
+    const run = await cli([], script);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toBe("OK\n(error) the line is not valid UTF-8\na\n(error) NOT_FOUND: Key not found: u8:bad\n");
   });
 
   test("when the reader of its output goes away (| head -1), the cli stops quietly instead of hanging", async () => {

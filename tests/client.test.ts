@@ -81,7 +81,7 @@ describe("commands", () => {
     expect(await client.get("rt:number")).toBeUndefined();
   });
 
-  test("an integer beyond 2^53 round-trips exactly as a bigint, also inside a value and a transaction; smaller ones stay numbers", async () => {
+  test("an integer a number would round round-trips exactly as a bigint, also inside a value and a transaction; others stay numbers", async () => {
     const id = 12345678901234567890n;
     await client.put("big:id", id);
     expect(await client.get("big:id")).toBe(id);
@@ -94,8 +94,13 @@ describe("commands", () => {
       await tx.put("big:tx", ((await tx.get("big:id")) as bigint) + 1n);
     });
     expect(await client.get("big:tx")).toBe(id + 1n);
-    await client.put("big:safe", 9007199254740991);
-    expect(await client.get("big:safe")).toBe(9007199254740991);
+    // A number that holds the integer exactly stays a number (2^53, 10^20); a bigint a number holds comes back as one.
+    for (const exact of [9007199254740991, 2 ** 53, 1e20]) {
+      await client.put("big:exact", exact);
+      expect(await client.get("big:exact")).toBe(exact);
+    }
+    await client.put("big:small", 7n);
+    expect(await client.get("big:small")).toBe(7);
   });
 
   test("get and del of a missing key resolve to undefined; a stored null stays null", async () => {
@@ -235,6 +240,17 @@ describe("typed errors", () => {
     await expect(client.send("PING\r")).rejects.toBeInstanceOf(TypeError);
     await expect(client.send("   ")).rejects.toBeInstanceOf(TypeError);
     expect(await client.send("PUT send:cr a\rb")).toMatchObject({ status: "Ok", result: { value: "a\rb" } });
+    // A lone surrogate cannot be sent as UTF-8 (it would arrive as U+FFFD); the JSON form escapes it.
+    await expect(client.send("PUT send:lone a\ud800b")).rejects.toBeInstanceOf(TypeError);
+    await client.put("send:lone", "a\ud800b");
+    expect(await client.get("send:lone")).toBe("a\ud800b");
+  });
+
+  test("put refuses NaN and Infinity (JSON has no such numbers) instead of storing null", async () => {
+    for (const value of [NaN, Infinity, { nested: [-Infinity] }]) {
+      await expect(client.put("nan:1", value)).rejects.toBeInstanceOf(TypeError);
+    }
+    expect(await client.get("nan:1")).toBeUndefined();
   });
 });
 

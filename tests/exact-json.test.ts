@@ -3,7 +3,7 @@
  * back exactly as written; everything else parses as JSON.parse does.
  */
 import { describe, expect, test } from "bun:test";
-import { isRawJsonText, parseJsonExact, stringifyJson } from "../lib/exact-json.ts";
+import { isRawJsonText, parseJsonExact, parseJsonWithBigInts, stringifyJson } from "../lib/exact-json.ts";
 
 const roundTrip = (text: string) => JSON.stringify(parseJsonExact(text));
 
@@ -33,10 +33,14 @@ describe("parseJsonExact", () => {
     expect(() => parseJsonExact("[12345678901234567890,")).toThrow(SyntaxError);
   });
 
-  test("the client's reading: kept integers as bigint, and a bigint written back as its digits", () => {
-    const parsed = parseJsonExact('{"id":12345678901234567890,"n":3}', BigInt);
-    expect(parsed).toEqual({ id: 12345678901234567890n, n: 3 });
-    expect(stringifyJson(parsed)).toBe('{"id":12345678901234567890,"n":3}');
+  test("the client's reading: a bigint only where a number would round, and a bigint written back as its digits", () => {
+    const parsed = parseJsonWithBigInts('{"id":12345678901234567890,"n":3,"exact":9007199254740992,"e20":100000000000000000000,"big":1' + "0".repeat(400) + "}");
+    expect(parsed).toEqual({ id: 12345678901234567890n, n: 3, exact: 9007199254740992, e20: 1e20, big: 10n ** 400n });
+    expect(stringifyJson({ id: 12345678901234567890n, n: 3 })).toBe('{"id":12345678901234567890,"n":3}');
     expect(stringifyJson({ a: [1n] }, 2)).toBe('{\n  "a": [\n    1\n  ]\n}');
+  });
+
+  test("NaN and Infinity are refused when written, not turned into null", () => {
+    for (const value of [NaN, Infinity, [1, -Infinity], { a: NaN }]) expect(() => stringifyJson(value)).toThrow(TypeError);
   });
 });

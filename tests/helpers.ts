@@ -109,7 +109,7 @@ export async function spawnServer(
 /** Runs `bun run index.ts ...args` to completion (for --help, bad options, start-up failures). */
 export async function runIndex(
   args: string[],
-  options: { env?: Record<string, string>; cwd?: string; stdin?: string } = {},
+  options: { env?: Record<string, string>; cwd?: string; stdin?: string | Uint8Array } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const proc = Bun.spawn([BUN, "run", INDEX, ...args], {
     cwd: options.cwd ?? ROOT,
@@ -126,8 +126,8 @@ export async function runIndex(
   return { code, stdout, stderr };
 }
 
-/** Runs `index.ts` (e.g. `cli ...`, `bench ...`) with stdin from a string; no history file, no colours. */
-export function runTxkv(args: string[], stdin = "", env: Record<string, string> = {}) {
+/** Runs `index.ts` (e.g. `cli ...`, `bench ...`) with stdin from a string or bytes; no history file, no colours. */
+export function runTxkv(args: string[], stdin: string | Uint8Array = "", env: Record<string, string> = {}) {
   return runIndex(args, { stdin, env: { TXKV_HISTFILE: "", NO_COLOR: "1", ...env } });
 }
 
