@@ -58,12 +58,47 @@ export async function runCli(argv: string[]): Promise<number> {
     process.stderr.write(`txkv cli: ${error instanceof Error ? error.message : String(error)}\n`);
     return 2;
   }
-  if (words.length > 0) return oneShot(settings, words.join(" "));
+  if (words.length > 0) return oneShot(settings, oneShotRequest(words));
   if (process.stdin.isTTY) return repl(settings);
   return scripted(settings);
 }
 
 // ---- the three modes ----------------------------------------------------
+
+/**
+ * The request for `txkv cli WORD...`: the words joined by spaces, unless an
+ * argument of GET, DEL, PUT or KEYS would not come through the plain form
+ * whole (an empty one, a key with a space, tab or line break, a PUT value
+ * that begins with a space or tab or holds a line break): then the JSON form, which keeps each argument as the shell
+ * passed it, as redis-cli does. A PUT value may span several words; an
+ * argument that begins with `{` is the user's own JSON form. Exported for tests.
+ */
+export function oneShotRequest(words: string[]): string {
+  const [name = "", ...args] = words;
+  const command = name.toUpperCase();
+  if (args.length === 0 || args[0]!.startsWith("{")) return words.join(" ");
+  if ((command === "GET" || command === "DEL") && args.length === 1 && !survivesPlainForm(args[0]!)) {
+    return `${command} ${JSON.stringify({ key: args[0] })}`;
+  }
+  if (command === "KEYS" && args.length === 1 && !survivesPlainForm(args[0]!)) return `KEYS ${JSON.stringify({ prefix: args[0] })}`;
+  if (command === "PUT" && args.length >= 2) {
+    const [key, ...valueWords] = args as [string, ...string[]];
+    const value = valueWords.join(" ");
+    if (!survivesPlainForm(key) || value === "" || startsWithBlank(value) || /[\r\n]/.test(value)) {
+      return `PUT ${JSON.stringify({ key, value })}`;
+    }
+  }
+  return words.join(" ");
+}
+
+/** A word the plain form reads back whole: not empty, no space, tab or line break in it. */
+function survivesPlainForm(word: string): boolean {
+  return word !== "" && !/[ \t\r\n]/.test(word);
+}
+
+function startsWithBlank(text: string): boolean {
+  return text.startsWith(" ") || text.startsWith("\t");
+}
 
 async function oneShot(settings: CliSettings, line: string): Promise<number> {
   const client = await connectOrReport(settings.client);

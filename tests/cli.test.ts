@@ -38,6 +38,21 @@ describe("one-shot", () => {
     expect((await cli(["--json", "GET", "id"])).stdout).toBe('{"status":"Ok","result":{"key":"id","value":{"id":12345678901234567890}}}\n');
   });
 
+  test("arguments come through whole, as the shell passed them: keys with spaces, values with leading spaces or line breaks, empty values", async () => {
+    expect(await cli(["PUT", "my key", "  two  words "])).toMatchObject({ code: 0, stdout: "OK\n" });
+    expect((await cli(["GET", "my key"])).stdout).toBe("  two  words \n");
+    expect((await cli(["KEYS", "my k"])).stdout).toBe("1) my key\n");
+    expect((await cli(["PUT", "empty", ""])).code).toBe(0);
+    expect((await cli(["--json", "GET", "empty"])).stdout).toBe('{"status":"Ok","result":{"key":"empty","value":""}}\n');
+    expect((await cli(["PUT", "lines", "a\nb"])).code).toBe(0);
+    expect((await cli(["--json", "DEL", "lines"])).stdout).toBe('{"status":"Ok","result":{"key":"lines","value":"a\\nb"}}\n');
+    // A value of several words is still one value; a plain value that looks like JSON stays a string.
+    expect((await cli(["PUT", "words", "hello", "world"])).code).toBe(0);
+    expect((await cli(["GET", "words"])).stdout).toBe("hello world\n");
+    expect((await cli(["PUT", "looks", "[1,2]"])).code).toBe(0);
+    expect((await cli(["--json", "GET", "looks"])).stdout).toBe('{"status":"Ok","result":{"key":"looks","value":"[1,2]"}}\n');
+  });
+
   test("an Error reply: exit 1, the error on stderr, nothing on stdout", async () => {
     const run = await cli(["GET", "no-such-key"]);
     expect(run.code).toBe(1);
