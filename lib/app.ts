@@ -2,7 +2,8 @@
  * Assembly and lifecycle of a serving txkv process.
  *
  * Owns: building the store, commit log, executor and server from a Config;
- * protected mode; reading the TLS files; the optional metrics endpoint; the
+ * protected mode; fitting --max-connections to the open-files limit;
+ * reading the TLS files; the optional metrics endpoint; the
  * start-up and graceful shutdown sequence (index.ts maps signals to it).
  * Must not: parse arguments (config.ts) or implement commands (execute.ts).
  */
@@ -51,6 +52,43 @@ export function isLoopback(host: string): boolean {
   return h === "localhost" || h === "::1" || h === "[::1]" || /^(::ffff:)?127(\.\d{1,3}){3}$/.test(h);
 }
 
+/**
+ * File descriptors kept for everything but client connections (Redis keeps
+ * 32 too): stdio, the listeners, the data files, metrics scrapes, refused
+ * connections on their way out.
+ */
+export const RESERVED_FDS = 32;
+
+/**
+ * Like Redis, a --max-connections the process cannot open files for is
+ * lowered, with a warning, rather than left to fail at accept(): past the
+ * limit Bun neither accepts nor refuses, and spins on the listening socket.
+ */
+export function connectionsThatFit(requested: number, openFiles: number | null, log: Logger): number {
+  if (openFiles === null || requested + RESERVED_FDS <= openFiles) return requested;
+  const fitted = Math.max(1, openFiles - RESERVED_FDS);
+  log.warn("--max-connections lowered to fit the open-files limit", {
+    requested,
+    max_connections: fitted,
+    open_files_limit: openFiles,
+    hint: "raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit)",
+  });
+  return fitted;
+}
+
+/** This process's open-files limit (Bun raises the soft limit to the hard one at start), or null where /proc has no answer. */
+function openFilesLimit(): number | null {
+  try {
+    const line = readFileSync("/proc/self/limits", "utf8")
+      .split("\n")
+      .find((l) => l.startsWith("Max open files"));
+    const soft = Number(line?.slice("Max open files".length).trim().split(/\s+/)[0]);
+    return Number.isSafeInteger(soft) && soft > 0 ? soft : null;
+  } catch {
+    return null;
+  }
+}
+
 export async function startServer(config: Config, version: string, log: Logger): Promise<RunningServer> {
   if (!isLoopback(config.host) && config.password === undefined) {
     throw new StartupError(
@@ -70,7 +108,7 @@ export async function startServer(config: Config, version: string, log: Logger):
     {
       host: config.host,
       port: config.port,
-      maxConnections: config.maxConnections,
+      maxConnections: connectionsThatFit(config.maxConnections, openFilesLimit(), log),
       maxRequestBytes: config.maxRequestBytes,
       maxOutputBytes: config.maxOutputBytes,
       partialRequestMs: config.partialRequestMs,

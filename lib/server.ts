@@ -45,8 +45,22 @@ export interface ServerOptions {
   idleTimeoutSeconds: number;
 }
 
+/**
+ * A data event at least this large ends the connection's turn: Bun reads a
+ * busy socket again and again, 512 KiB at a time, before it serves the next
+ * one, so a client pipelining without pause would hold every other client
+ * for hundreds of milliseconds. (Redis reads at most 16 KiB per client per turn.)
+ */
+const FAIR_SHARE_BYTES = 64 * 1024;
+
 /** A TLS connection that never completes its handshake after being refused (BUSY) is dropped after this. */
 const REFUSED_HANDSHAKE_GRACE_MS = 5000;
+/**
+ * Refused TLS connections waiting for their handshake (to be told BUSY) at
+ * most; past it, a refused connection is dropped at once, so that a flood of
+ * them cannot use up the file descriptors app.ts keeps in reserve.
+ */
+const MAX_REFUSED_IN_HANDSHAKE = 16;
 
 interface Connection {
   readonly id: number;
@@ -62,6 +76,8 @@ interface Connection {
   readPaused: boolean;
   /** A request's reply is asynchronous (SAVE, failed AUTH): later requests wait for it, reading is paused. */
   awaitingReply: boolean;
+  /** Reading is paused until the event loop has served the other connections (after a large read). */
+  yielding: boolean;
   /** Data events so far: tells a partial-request check whether more bytes came. */
   dataEvents: number;
   /** Idle-timeout sweeps since the client last sent bytes or took reply bytes. */
@@ -84,6 +100,8 @@ export class TxkvServer {
   private readonly waitingForDurability = new Set<Socket<SocketData>>();
   private durableSeq = 0;
   private nextConnectionId = 1;
+  /** Refused TLS connections still open, waiting for their handshake to be told BUSY. */
+  private readonly refusedInHandshake = new Set<Socket<SocketData>>();
   private statsTimer: Timer | null = null;
   private idleTimer: Timer | null = null;
   /** Set while draining: called when the last connection has closed. */
@@ -201,8 +219,11 @@ export class TxkvServer {
         reason: `too many connections (--max-connections ${this.options.maxConnections})`,
         remote: `${socket.remoteAddress}:${socket.remotePort}`,
       });
-      if (this.options.tls) {
+      if (this.options.tls && this.refusedInHandshake.size >= MAX_REFUSED_IN_HANDSHAKE) {
+        socket.terminate();
+      } else if (this.options.tls) {
         // Nothing can be written before the TLS handshake: onHandshake sends BUSY.
+        this.refusedInHandshake.add(socket);
         setTimeout(() => socket.terminate(), REFUSED_HANDSHAKE_GRACE_MS).unref();
       } else {
         this.refuseBusy(socket);
@@ -219,6 +240,7 @@ export class TxkvServer {
       held: new HeldReplies(),
       readPaused: false,
       awaitingReply: false,
+      yielding: false,
       idleSweeps: 0,
       dataEvents: 0,
       partialTimer: null,
@@ -286,6 +308,18 @@ export class TxkvServer {
     // While paused, Bun may still deliver what the kernel held: keep it for later.
     if (!conn.readPaused) this.processInput(socket, conn);
     conn.framer.retain();
+    if (chunk.length >= FAIR_SHARE_BYTES) this.yieldTurn(socket, conn);
+  }
+
+  /** Stops reading this connection until the event loop has served the others; see FAIR_SHARE_BYTES. */
+  private yieldTurn(socket: Socket<SocketData>, conn: Connection): void {
+    if (conn.readPaused || conn.awaitingReply || conn.closing || conn.yielding) return;
+    conn.yielding = true;
+    socket.pause();
+    setImmediate(() => {
+      conn.yielding = false;
+      if (!conn.closed && !conn.readPaused && !conn.awaitingReply && !conn.closing) socket.resume();
+    });
   }
 
   /**
@@ -554,6 +588,7 @@ export class TxkvServer {
 
   private onClose(socket: Socket<SocketData>, err?: Error): void {
     const conn = socket.data;
+    if (conn === null) this.refusedInHandshake.delete(socket);
     if (!conn || conn.closed) return;
     conn.closed = true;
     this.clearPartialTimer(conn);

@@ -58,7 +58,8 @@ export class Store {
   seq: number;
   /** Who watches each key: one transaction as itself (the common case, no Set to allocate), or a Set. */
   private readonly keyWatchers = new Map<string, Watcher | Set<Watcher>>();
-  private readonly prefixWatchers = new Map<Watcher, PrefixWatch[]>();
+  /** Each transaction's KEYS prefixes, by prefix (a transaction may read thousands). */
+  private readonly prefixWatchers = new Map<Watcher, Map<string, PrefixWatch>>();
   /**
    * Reads noted by watchAscii since the last commit, the first deferredCount
    * entries: the reader (null once it ended) and where its key ends in deferredKeys.
@@ -205,14 +206,14 @@ export class Store {
   watchPrefix(w: Watcher, prefix: string, ownKeys: OwnKeys | null): void {
     if (w.conflicted) return;
     const watches = this.prefixWatchers.get(w);
-    const same = watches?.find((watch) => watch.prefix === prefix);
+    const same = watches?.get(prefix);
     if (same !== undefined) {
       // Read twice: a key is exempt only if neither read took it from the store.
       same.ownKeys = bothOwn(same.ownKeys, ownKeys);
     } else if (watches !== undefined) {
-      watches.push({ prefix, ownKeys });
+      watches.set(prefix, { prefix, ownKeys });
     } else {
-      this.prefixWatchers.set(w, [{ prefix, ownKeys }]);
+      this.prefixWatchers.set(w, new Map([[prefix, { prefix, ownKeys }]]));
     }
   }
 
@@ -290,7 +291,7 @@ export class Store {
     if (existenceChanged && this.prefixWatchers.size !== 0) {
       for (const [w, watches] of this.prefixWatchers) {
         if (w.conflicted) continue;
-        for (const watch of watches) {
+        for (const watch of watches.values()) {
           if (key.startsWith(watch.prefix) && watch.ownKeys?.has(key) !== true) {
             w.conflicted = true;
             break;

@@ -95,6 +95,20 @@ describe("memory stays bounded and others are served", () => {
     expect(memory().peak).toBeLessThan(RSS_LIMIT_BYTES);
   }, 45000);
 
+  test("a client pipelining a 16 MB burst while reading its replies does not hold the others: they are served within its first quarter", async () => {
+    const requests = 3_200_000; // 16 MB of PING lines
+    const commandsSoFar = async () => ((await watcher.request("STATS")).result as { commands: number }).commands;
+    const before = await commandsSoFar();
+    const flooder = await rawClient();
+    flooder.write("PING\n".repeat(requests));
+    await waitFor(() => flooder.lines > 0, 15000, "the burst's first reply");
+    // STATS counts every command run before it, the burst's PINGs included.
+    const ranBeforeOthers = (await commandsSoFar()) - before - 1;
+    await waitFor(() => flooder.lines >= requests, 30000, "every reply of the burst");
+    flooder.destroy();
+    expect(ranBeforeOthers).toBeLessThan(requests / 4);
+  }, 45000);
+
   test("a 10 MB line with no newline: TOO_LARGE, nothing buffered, the connection recovers", async () => {
     const sender = await rawClient();
     const replies: string[] = [];
@@ -153,4 +167,26 @@ describe("memory stays bounded and others are served", () => {
     const { rss, peak } = memory();
     console.log(`server RSS now ${(rss / 2 ** 20).toFixed(1)} MiB, peak ${(peak / 2 ** 20).toFixed(1)} MiB`);
   });
+});
+
+describe("the open-files limit", () => {
+  test("a --max-connections the process has no descriptors for is lowered with a warning: past it clients get BUSY, they do not hang", async () => {
+    const limited = await spawnServer(["--in-memory"], { openFiles: 100 });
+    try {
+      expect(limited.stderr()).toContain("--max-connections lowered to fit the open-files limit");
+      expect(limited.stderr()).toContain('"max_connections":68');
+      const clients = await Promise.all(Array.from({ length: 120 }, () => LineClient.connect(limited.port)));
+      let busy = 0;
+      for (const c of clients) {
+        c.write("PING\n");
+        const reply = await c.readReply();
+        if (reply.code === "BUSY") busy++;
+        else expect(reply).toEqual({ status: "Ok", result: "PONG" });
+      }
+      expect(busy).toBe(120 - 68);
+      for (const c of clients) c.close();
+    } finally {
+      await limited.kill("SIGKILL");
+    }
+  }, 30000);
 });

@@ -64,9 +64,12 @@ export interface ServerProcess {
 export async function spawnServer(
   args: string[],
   /** portFromEnv: no `--port 0` on the command line (the env must then give TXKV_PORT=0). */
-  options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; portFromEnv?: boolean } = {},
+  /** openFiles: run it under `ulimit -n <openFiles>` (soft and hard). */
+  options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; portFromEnv?: boolean; openFiles?: number } = {},
 ): Promise<ServerProcess> {
-  const proc = Bun.spawn([BUN, "run", INDEX, ...(options.portFromEnv ? [] : ["--port", "0"]), ...args], {
+  const command = [BUN, "run", INDEX, ...(options.portFromEnv ? [] : ["--port", "0"]), ...args];
+  const limited = options.openFiles === undefined ? command : ["bash", "-c", 'ulimit -n "$0" && exec "$@"', String(options.openFiles), ...command];
+  const proc = Bun.spawn(limited, {
     cwd: options.cwd ?? ROOT,
     env: { ...process.env, ...options.env },
     stdout: "pipe",

@@ -285,6 +285,23 @@ describe("TLS", () => {
     await small.shutdown();
   });
 
+  test("past --max-connections, refused TLS clients that never handshake are held 16 at most: the rest are dropped at once, not after 5 s", async () => {
+    const small = await startInProcess(["--tls-cert", certPath, "--tls-key", keyPath, "--max-connections", "1"]);
+    const a = await LineClient.connect(small.port, "127.0.0.1", { ca, serverName: "localhost" });
+    expect(await a.request("PING")).toMatchObject({ result: "PONG" });
+    // Plain TCP clients that send nothing: to a TLS server, a handshake that never comes.
+    const silent = await Promise.all(Array.from({ length: 40 }, () => LineClient.connect(small.port)));
+    await waitFor(() => silent.filter((c) => c.isClosed).length >= 40 - 16, 4000, "all but 16 refused connections closed");
+    expect(silent.filter((c) => c.isClosed).length).toBeLessThanOrEqual(40 - 16 + 1);
+    // While 16 are held, a newcomer is dropped at once too: no descriptors for a BUSY's handshake.
+    const b = await LineClient.connect(small.port, "127.0.0.1", { ca, serverName: "localhost" });
+    await b.closed;
+    expect(b.unread).toBe("");
+    for (const c of silent) c.close();
+    a.close();
+    await small.shutdown();
+  });
+
   test("the server process serves TLS from TXKV_TLS_CERT/TXKV_TLS_KEY", async () => {
     const proc = await spawnServer(["--in-memory"], { env: { TXKV_TLS_CERT: certPath, TXKV_TLS_KEY: keyPath } });
     const c = await LineClient.connect(proc.port, "127.0.0.1", { ca, serverName: "localhost" });
