@@ -41,7 +41,6 @@ export interface Watcher {
  * another commit creating or deleting one of them is no conflict (null: none).
  */
 interface PrefixWatch {
-  readonly prefix: string;
   ownKeys: OwnKeys | null;
 }
 
@@ -58,8 +57,7 @@ export class Store {
   seq: number;
   /** Who watches each key: one transaction as itself (the common case, no Set to allocate), or a Set. */
   private readonly keyWatchers = new Map<string, Watcher | Set<Watcher>>();
-  /** Each transaction's KEYS prefixes, by prefix (a transaction may read thousands). */
-  private readonly prefixWatchers = new Map<Watcher, Map<string, PrefixWatch>>();
+  private readonly prefixWatches = new PrefixWatches();
   /**
    * Reads noted by watchAscii since the last commit, the first deferredCount
    * entries: the reader (null once it ended) and where its key ends in deferredKeys.
@@ -137,7 +135,7 @@ export class Store {
     this.beforeCommit();
     const created = this.data.setAscii(entry);
     // The key is made a string only when a transaction watches something.
-    if (this.keyWatchers.size !== 0 || (created && this.prefixWatchers.size !== 0)) {
+    if (this.keyWatchers.size !== 0 || (created && !this.prefixWatches.isEmpty)) {
       this.changed(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd), created);
     }
     return ++this.seq;
@@ -204,24 +202,14 @@ export class Store {
    * prefix, except the keys in ownKeys (answered from w's own writes).
    */
   watchPrefix(w: Watcher, prefix: string, ownKeys: OwnKeys | null): void {
-    if (w.conflicted) return;
-    const watches = this.prefixWatchers.get(w);
-    const same = watches?.get(prefix);
-    if (same !== undefined) {
-      // Read twice: a key is exempt only if neither read took it from the store.
-      same.ownKeys = bothOwn(same.ownKeys, ownKeys);
-    } else if (watches !== undefined) {
-      watches.set(prefix, { prefix, ownKeys });
-    } else {
-      this.prefixWatchers.set(w, new Map([[prefix, { prefix, ownKeys }]]));
-    }
+    if (!w.conflicted) this.prefixWatches.add(w, prefix, ownKeys);
   }
 
   /** Drops every watch of w: its keys, its prefixes and its deferred reads. */
   unwatch(w: Watcher): void {
     // Each step only when there is something to drop: most transactions have only deferred reads.
     if (w.watchedKeys.length !== 0) this.unwatchKeys(w);
-    if (this.prefixWatchers.size !== 0) this.prefixWatchers.delete(w);
+    if (!this.prefixWatches.isEmpty) this.prefixWatches.remove(w);
     if (this.deferredCount !== 0) this.dropDeferred(w);
   }
 
@@ -240,7 +228,7 @@ export class Store {
 
   /** Watch entries held (deferred reads included), for STATS and for tests that check bookkeeping is freed. */
   get watchCounts(): { keys: number; prefixes: number; deferredReads: number } {
-    return { keys: this.keyWatchers.size, prefixes: this.prefixWatchers.size, deferredReads: this.deferredCount };
+    return { keys: this.keyWatchers.size, prefixes: this.prefixWatches.prefixCount, deferredReads: this.deferredCount };
   }
 
   /** A commit is about to change something: deferred reads become watches first, so it can conflict them. */
@@ -288,15 +276,73 @@ export class Store {
     } else if (watchers !== undefined) {
       watchers.conflicted = true;
     }
-    if (existenceChanged && this.prefixWatchers.size !== 0) {
-      for (const [w, watches] of this.prefixWatchers) {
-        if (w.conflicted) continue;
-        for (const watch of watches.values()) {
-          if (key.startsWith(watch.prefix) && watch.ownKeys?.has(key) !== true) {
-            w.conflicted = true;
-            break;
-          }
-        }
+    if (existenceChanged && !this.prefixWatches.isEmpty) this.prefixWatches.markConflicts(key);
+  }
+}
+
+/**
+ * The KEYS prefixes open transactions read, indexed by prefix: a commit that
+ * creates or deletes a key looks up that key's own prefixes, one lookup per
+ * distinct watched length, instead of scanning every watch of every open
+ * transaction (thousands held open slowed every key creation hundreds of times).
+ */
+class PrefixWatches {
+  private readonly byPrefix = new Map<string, Map<Watcher, PrefixWatch>>();
+  private readonly byWatcher = new Map<Watcher, Map<string, PrefixWatch>>();
+  /** How many watched prefixes there are of each length. */
+  private readonly lengths = new Map<number, number>();
+
+  get isEmpty(): boolean {
+    return this.byWatcher.size === 0;
+  }
+
+  /** Distinct prefixes watched, by anyone. */
+  get prefixCount(): number {
+    return this.byPrefix.size;
+  }
+
+  add(w: Watcher, prefix: string, ownKeys: OwnKeys | null): void {
+    let mine = this.byWatcher.get(w);
+    const same = mine?.get(prefix);
+    if (same !== undefined) {
+      // Read twice: a key is exempt only if neither read took it from the store.
+      same.ownKeys = bothOwn(same.ownKeys, ownKeys);
+      return;
+    }
+    if (mine === undefined) this.byWatcher.set(w, (mine = new Map()));
+    const watch: PrefixWatch = { ownKeys };
+    mine.set(prefix, watch);
+    let watchers = this.byPrefix.get(prefix);
+    if (watchers === undefined) {
+      this.byPrefix.set(prefix, (watchers = new Map()));
+      this.lengths.set(prefix.length, (this.lengths.get(prefix.length) ?? 0) + 1);
+    }
+    watchers.set(w, watch);
+  }
+
+  remove(w: Watcher): void {
+    const mine = this.byWatcher.get(w);
+    if (mine === undefined) return;
+    this.byWatcher.delete(w);
+    for (const prefix of mine.keys()) {
+      const watchers = this.byPrefix.get(prefix)!;
+      watchers.delete(w);
+      if (watchers.size !== 0) continue;
+      this.byPrefix.delete(prefix);
+      const left = this.lengths.get(prefix.length)! - 1;
+      if (left === 0) this.lengths.delete(prefix.length);
+      else this.lengths.set(prefix.length, left);
+    }
+  }
+
+  /** Marks conflicted every transaction watching a prefix of key, unless its answer took key from its own writes. */
+  markConflicts(key: string): void {
+    for (const length of this.lengths.keys()) {
+      if (length > key.length) continue;
+      const watchers = this.byPrefix.get(length === key.length ? key : key.slice(0, length));
+      if (watchers === undefined) continue;
+      for (const [w, watch] of watchers) {
+        if (watch.ownKeys?.has(key) !== true) w.conflicted = true;
       }
     }
   }

@@ -8,7 +8,8 @@ import { parseCommand } from "../lib/commands.ts";
 import { Executor } from "../lib/execute.ts";
 import { Session } from "../lib/session.ts";
 import { ServerStats } from "../lib/stats.ts";
-import { Store } from "../lib/store.ts";
+import { Store, type Watcher } from "../lib/store.ts";
+import { seededRandom } from "./helpers.ts";
 
 class RecordingLog extends MemoryOnlyLog {
   override readonly enabled = true;
@@ -344,6 +345,46 @@ describe("serializable conflicts", () => {
     b("COMMIT");
     a("COMMIT");
     expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+  });
+
+  test("prefix watches (an index by prefix) mark exactly the transactions a brute-force check would, and leave nothing behind", () => {
+    for (let seed = 1; seed <= 20; seed++) {
+      const next = seededRandom(seed);
+      const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)]!;
+      const store = new Store();
+      const alphabet = ["a", "b", "ab", "é", "😀"];
+      const word = (max: number) => Array.from({ length: Math.floor(next() * (max + 1)) }, () => pick(alphabet)).join("");
+      type Modelled = { w: Watcher; prefixes: Map<string, Set<string> | null> };
+      const open: Modelled[] = [];
+      for (let step = 0; step < 400; step++) {
+        const roll = next();
+        if (roll < 0.35 || open.length === 0) {
+          const m = open.length > 0 && next() < 0.5 ? pick(open) : { w: { conflicted: false, watchedKeys: [] }, prefixes: new Map() };
+          if (!open.includes(m)) open.push(m);
+          const prefix = word(3);
+          const own = next() < 0.3 ? new Set([prefix + pick(alphabet)]) : null;
+          store.watchPrefix(m.w, prefix, own);
+          if (m.w.conflicted) continue;
+          // Read twice: exempt only what both reads took from own writes.
+          const before = m.prefixes.get(prefix);
+          const both = before === undefined ? own : before === null || own === null ? null : new Set([...before].filter((k) => own.has(k)));
+          m.prefixes.set(prefix, both);
+        } else if (roll < 0.45) {
+          const m = open.splice(Math.floor(next() * open.length), 1)[0]!;
+          store.unwatch(m.w);
+        } else {
+          const key = word(4) || "a";
+          const expected = open.map(({ w, prefixes }) =>
+            w.conflicted || [...prefixes].some(([p, own]) => key.startsWith(p) && !(own?.has(key) ?? false)),
+          );
+          if (store.get(key) === undefined) store.put(key, '"v"');
+          else store.delete(key);
+          expect(open.map(({ w }) => w.conflicted)).toEqual(expected);
+        }
+      }
+      for (const { w } of open) store.unwatch(w);
+      expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+    }
   });
 
   test("closing a session rolls its transaction back and frees its watches", () => {
