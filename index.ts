@@ -9,7 +9,7 @@
  */
 import { constants } from "node:os";
 import pkg from "./package.json" with { type: "json" };
-import { startServer, StartupError } from "./lib/app.ts";
+import { startServer, StartupError, type RunningServer } from "./lib/app.ts";
 import { ConfigError, parseConfig } from "./lib/config.ts";
 import { Logger } from "./lib/log.ts";
 
@@ -37,7 +37,53 @@ async function serve(argv: string[]): Promise<void> {
   }
   const config = parsed.config;
   const log = new Logger(config.logLevel);
-  let running;
+  let running: RunningServer | null = null;
+  /** A signal that came while starting: acted on once the server is up (the data files are open by then). */
+  let signalWhileStarting: NodeJS.Signals | null = null;
+
+  let signals = 0;
+  const exit = (code: number): never => {
+    log.flushSuppressed();
+    return process.exit(code);
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++;
+    if (signals > 1) {
+      // Shell convention for "terminated by a signal": the supervisor sees that no clean shutdown happened.
+      log.warn("second signal: exiting at once, without waiting for the shutdown", { signal });
+      return exit(128 + (constants.signals[signal] ?? 15));
+    }
+    if (running === null) {
+      signalWhileStarting = signal;
+      return;
+    }
+    log.info("shutting down", { signal, timeout_ms: config.shutdownTimeoutMs });
+    setTimeout(() => {
+      log.error("shutdown did not finish in time: exiting without it", { deadline_ms: config.shutdownTimeoutMs + FLUSH_GRACE_MS });
+      exit(1);
+    }, config.shutdownTimeoutMs + FLUSH_GRACE_MS).unref();
+    running.shutdown().then(
+      (report) => {
+        log.flushSuppressed();
+        log.info("stopped", {
+          ms: report.ms,
+          connections_closed: report.connectionsClosed,
+          connections_forced: report.connectionsForced,
+          transactions_rolled_back: report.transactionsRolledBack,
+        });
+        exit(0);
+      },
+      (err) => {
+        log.error("shutdown failed", { reason: err });
+        exit(1);
+      },
+    );
+  };
+  // Before anything is opened, so that a SIGTERM during start-up (or right after
+  // the listening line) is a graceful stop, not Bun's default of dying at once.
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
   try {
     running = await startServer(config, pkg.version, log);
   } catch (err) {
@@ -63,43 +109,10 @@ async function serve(argv: string[]): Promise<void> {
   });
   if (metricsAddress !== null) process.stdout.write(`txkv ${pkg.version} metrics on ${metricsAddress}\n`);
   process.stdout.write(`txkv ${pkg.version} listening on ${address}\n`);
-
-  let signals = 0;
-  const exit = (code: number): never => {
-    log.flushSuppressed();
-    return process.exit(code);
-  };
-  const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      // Shell convention for "terminated by a signal": the supervisor sees that no clean shutdown happened.
-      log.warn("second signal: exiting at once, without waiting for the shutdown", { signal });
-      return exit(128 + (constants.signals[signal] ?? 15));
-    }
-    log.info("shutting down", { signal, timeout_ms: config.shutdownTimeoutMs });
-    setTimeout(() => {
-      log.error("shutdown did not finish in time: exiting without it", { deadline_ms: config.shutdownTimeoutMs + FLUSH_GRACE_MS });
-      exit(1);
-    }, config.shutdownTimeoutMs + FLUSH_GRACE_MS).unref();
-    running.shutdown().then(
-      (report) => {
-        log.flushSuppressed();
-        log.info("stopped", {
-          ms: report.ms,
-          connections_closed: report.connectionsClosed,
-          connections_forced: report.connectionsForced,
-          transactions_rolled_back: report.transactionsRolledBack,
-        });
-        exit(0);
-      },
-      (err) => {
-        log.error("shutdown failed", { reason: err });
-        exit(1);
-      },
-    );
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  if (signalWhileStarting !== null) {
+    signals--;
+    onSignal(signalWhileStarting);
+  }
 }
 
 /** `txkv cli …` and `txkv bench …` are the client tools; anything else serves. */

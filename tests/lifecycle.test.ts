@@ -5,7 +5,9 @@
  * and a second signal exiting at once.
  */
 import { describe, expect, test } from "bun:test";
-import { LineClient, spawnServer, waitFor, type ServerProcess } from "./helpers.ts";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { BUN, INDEX, LineClient, spawnServer, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
 
 function logEntries(proc: ServerProcess): Array<Record<string, any>> {
   return proc
@@ -119,6 +121,36 @@ describe("graceful shutdown", () => {
     expect(await proc.kill("SIGTERM")).toBe(0);
     expect(logged(proc, "stopped")).toMatchObject({ connections_forced: 1 });
     await flooder.closed;
+  });
+
+  test("SIGTERM while it starts (at its first log line, before it listens) is a graceful stop once started: exit 0, lock released", async () => {
+    const dir = tempDir();
+    try {
+      const proc = Bun.spawn([BUN, "run", INDEX, "--port", "0", "--data", join(dir.path, "data.json")], { stdout: "pipe", stderr: "pipe" });
+      let stderr = "";
+      const decoder = new TextDecoder();
+      void (async () => {
+        for await (const chunk of proc.stderr) stderr += decoder.decode(chunk);
+      })();
+      await waitFor(() => stderr.includes("loaded 0 keys"), 10000, "the start-up's first log line");
+      proc.kill("SIGTERM");
+      expect(await proc.exited).toBe(0);
+      expect(stderr).toContain('"msg":"stopped"');
+      expect(await new Response(proc.stdout).text()).toContain("listening on");
+      expect(existsSync(join(dir.path, "data.json.lock"))).toBe(false);
+    } finally {
+      dir.cleanup();
+    }
+  });
+
+  test("SIGTERM the moment the listening line appears exits 0, every time", async () => {
+    for (let i = 0; i < 5; i++) {
+      const dir = tempDir();
+      const proc = await spawnServer(["--data", join(dir.path, "data.json")]);
+      expect(await proc.kill("SIGTERM")).toBe(0);
+      expect(existsSync(join(dir.path, "data.json.lock"))).toBe(false);
+      dir.cleanup();
+    }
   });
 
   test("a second signal during the shutdown exits at once with 128 + the signal number", async () => {
