@@ -318,7 +318,10 @@ export class TxkvServer {
     socket.pause();
     setImmediate(() => {
       conn.yielding = false;
-      if (!conn.closed && !conn.readPaused && !conn.awaitingReply && !conn.closing) socket.resume();
+      if (conn.closed || conn.readPaused || conn.awaitingReply || conn.closing) return;
+      socket.resume();
+      // An unterminated request's pause is counted from now: the time it was held paused was the server's.
+      this.armPartialTimer(socket, conn);
     });
   }
 
@@ -389,28 +392,34 @@ export class TxkvServer {
       this.closeWhenFlushed(socket, conn);
       return;
     }
-    if (this.options.partialRequestMs > 0 && conn.framer.hasPartial()) {
-      this.clearPartialTimer(conn);
-      conn.partialTimer = setTimeout(() => this.onPartialTimeout(socket, conn), this.options.partialRequestMs);
-    }
+    this.armPartialTimer(socket, conn);
+  }
+
+  /** Bytes without a final LF wait: they run as a request if the client then pauses for --partial-request-ms. */
+  private armPartialTimer(socket: Socket<SocketData>, conn: Connection): void {
+    if (this.options.partialRequestMs === 0 || !conn.framer.hasPartial()) return;
+    this.clearPartialTimer(conn);
+    conn.partialTimer = setTimeout(() => this.onPartialTimeout(socket, conn), this.options.partialRequestMs);
   }
 
   /**
    * Bytes without a final LF were followed by a pause. Timers run before the
    * event loop polls the sockets, so the rest of the line may already be
    * waiting unread (a busy loop, a big pipelined write): look once more after
-   * the poll, and run the bytes as one request only if nothing came.
+   * the poll, and run the bytes as one request only if nothing came. (In Bun
+   * a setImmediate runs before the poll; a 0 ms timer runs after it.)
    */
   private onPartialTimeout(socket: Socket<SocketData>, conn: Connection): void {
     conn.partialTimer = null;
     const dataEventsSeen = conn.dataEvents;
-    setImmediate(() => {
+    setTimeout(() => {
       if (conn.dataEvents === dataEventsSeen) this.runPartial(socket, conn);
-    });
+    }, 0);
   }
 
   private runPartial(socket: Socket<SocketData>, conn: Connection): void {
-    if (conn.closed || conn.closing || conn.readPaused || conn.awaitingReply) return;
+    // While the server itself holds the connection paused, the client is not the one pausing.
+    if (conn.closed || conn.closing || conn.readPaused || conn.awaitingReply || conn.yielding) return;
     const partial = conn.framer.takePartial();
     conn.framer.retain();
     if (partial !== null) this.runAlone(socket, conn, partial);

@@ -109,6 +109,37 @@ describe("memory stays bounded and others are served", () => {
     expect(ranBeforeOthers).toBeLessThan(requests / 4);
   }, 45000);
 
+  test("several clients pipelining multi-KB requests at once: no request is split by the server's own pauses (each gets its exact reply)", async () => {
+    const clients = 8;
+    const perClient = 5000;
+    const value = "x".repeat(1000);
+    const replies: string[][] = Array.from({ length: clients }, () => []);
+    const sockets = await Promise.all(
+      Array.from({ length: clients }, async (_, n) => {
+        const socket = await rawClient();
+        let rest = "";
+        socket.on("data", (chunk: Buffer) => {
+          const lines = (rest + chunk.toString()).split("\n");
+          rest = lines.pop()!;
+          replies[n]!.push(...lines);
+        });
+        return socket;
+      }),
+    );
+    sockets.forEach((socket, n) => {
+      let burst = "";
+      for (let i = 0; i < perClient; i++) burst += `PUT split${n}-${i} ${value}\n`;
+      socket.write(burst);
+    });
+    await waitFor(() => replies.every((r) => r.length >= perClient), 60000, "every reply");
+    for (let n = 0; n < clients; n++) {
+      const wrong = replies[n]!.filter((line, i) => line !== `{"status":"Ok","result":{"key":"split${n}-${i}","value":"${value}"}}`);
+      expect(wrong.slice(0, 2)).toEqual([]);
+      expect(replies[n]!.length).toBe(perClient);
+    }
+    for (const socket of sockets) socket.destroy();
+  }, 90000);
+
   test("a 10 MB line with no newline: TOO_LARGE, nothing buffered, the connection recovers", async () => {
     const sender = await rawClient();
     const replies: string[] = [];
