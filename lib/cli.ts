@@ -356,30 +356,41 @@ function saveHistory(file: string | null, rl: readline.Interface): void {
 }
 
 /** Stands for a script line whose bytes are not UTF-8 (decoding would put U+FFFD in the value). */
-const NOT_UTF8 = Symbol("not UTF-8");
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+export const NOT_UTF8 = Symbol("not UTF-8");
+/** Keeps a BOM: only one at the very start of the script is dropped (requestLines), as before a file's text. */
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+const BOM = "\ufeff";
 
 /**
  * Request lines of a script: split at LF only, a CR before it dropped, as
  * the server frames them. (readline also ends a line at a lone CR, which a
  * plain value may hold.) Bytes are split before decoding, so one line that
- * is not UTF-8 is reported alone.
+ * is not UTF-8 is reported alone. Exported for tests.
  */
-async function* requestLines(input: NodeJS.ReadableStream): AsyncGenerator<string | typeof NOT_UTF8> {
+export async function* requestLines(input: AsyncIterable<unknown>): AsyncGenerator<string | typeof NOT_UTF8> {
+  let first = true;
+  for await (const line of splitAtLf(input)) {
+    const decoded = decodeLine(line);
+    yield first && typeof decoded === "string" && decoded.startsWith(BOM) ? decoded.slice(1) : decoded;
+    first = false;
+  }
+}
+
+async function* splitAtLf(input: AsyncIterable<unknown>): AsyncGenerator<Uint8Array> {
   let partial: Uint8Array[] = [];
   for await (const chunk of input) {
     const bytes = chunk as Uint8Array;
     let start = 0;
     for (let newline = bytes.indexOf(LF); newline !== -1; newline = bytes.indexOf(LF, start)) {
       partial.push(bytes.subarray(start, newline));
-      yield decodeLine(Buffer.concat(partial));
+      yield Buffer.concat(partial);
       partial = [];
       start = newline + 1;
     }
     // Kept past this chunk: a copy, in case the stream reuses its buffer.
     if (start < bytes.length) partial.push(bytes.slice(start));
   }
-  if (partial.length > 0) yield decodeLine(Buffer.concat(partial));
+  if (partial.length > 0) yield Buffer.concat(partial);
 }
 
 const LF = 10;
@@ -416,7 +427,8 @@ class LineWriter {
     this.buffered += line + "\n";
     if (!this.scheduled) {
       this.scheduled = true;
-      queueMicrotask(() => this.flush());
+      // After this turn's replies (each printed from its own promise step), in one write.
+      setImmediate(() => this.flush());
     }
   }
 

@@ -38,14 +38,13 @@ export function parseJsonExact(text: string): unknown {
 }
 
 /**
- * `JSON.parse` for JavaScript callers (the client): an integer that a
- * `number` would round comes back as a `bigint`; one it holds exactly stays
- * a `number`.
+ * `JSON.parse` for JavaScript callers (the client): an integer beyond 2^53
+ * comes back as a `bigint` unless a `number` holds it and prints it the same
+ * (2^53 and 10^20 stay numbers; 12345678901234567890, which would round,
+ * and 10^21, which would print as 1e+21, are bigints).
  */
 export function parseJsonWithBigInts(text: string): unknown {
-  return parseKeepingIntegers(text, (digits, double) =>
-    Number.isFinite(double) && BigInt(double) === BigInt(digits) ? double : BigInt(digits),
-  );
+  return parseKeepingIntegers(text, (digits, double) => (String(double) === digits ? double : BigInt(digits)));
 }
 
 function parseKeepingIntegers(text: string, keep: (digits: string, double: number) => unknown): unknown {
@@ -78,18 +77,27 @@ function exactNumbers(_key: string, value: unknown): unknown {
   return value;
 }
 
+/** True when a number outside any string has more digits than a double always holds exactly. */
 function hasLongDigitRun(text: string): boolean {
   let run = 0;
+  let inString = false;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
-    if (c >= 48 && c <= 57) {
+    if (inString) {
+      if (c === BACKSLASH) i++;
+      else if (c === QUOTE) inString = false;
+    } else if (c >= 48 && c <= 57) {
       if (++run > ALWAYS_EXACT_DIGITS) return true;
     } else {
       run = 0;
+      if (c === QUOTE) inString = true;
     }
   }
   return false;
 }
+
+const QUOTE = 34;
+const BACKSLASH = 92;
 
 /** A JSON number with neither fraction nor exponent: an optional minus, then digits. */
 function isIntegerLiteral(source: string): boolean {

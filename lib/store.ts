@@ -296,9 +296,9 @@ class PrefixWatches {
     return this.byWatcher.size === 0;
   }
 
-  /** Distinct prefixes watched, by anyone. */
+  /** Distinct prefixes watched, by anyone (0 only when the length counts are empty too). */
   get prefixCount(): number {
-    return this.byPrefix.size;
+    return Math.max(this.byPrefix.size, this.lengths.size);
   }
 
   add(w: Watcher, prefix: string, ownKeys: OwnKeys | null): void {

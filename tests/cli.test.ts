@@ -6,6 +6,7 @@ import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { NOT_UTF8, requestLines } from "../lib/cli.ts";
 import { runTxkv, sharedServer, spawnServer } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
@@ -69,6 +70,26 @@ describe("one-shot", () => {
     await cli(["PUT", "list:b", "2"]);
     await cli(["PUT", "list:a", "1"]);
     expect((await cli(["KEYS", "list:"])).stdout).toBe("1) list:a\n2) list:b\n");
+  });
+});
+
+describe("script lines (requestLines), as stdin delivers them in chunks", () => {
+  async function linesOf(chunks: (string | number[])[]): Promise<(string | typeof NOT_UTF8)[]> {
+    async function* stream() {
+      for (const chunk of chunks) yield typeof chunk === "string" ? Buffer.from(chunk) : Buffer.from(chunk);
+    }
+    const out: (string | typeof NOT_UTF8)[] = [];
+    for await (const line of requestLines(stream())) out.push(line);
+    return out;
+  }
+
+  test("a line split across chunks, a character split inside its bytes, CRLF split, a last line without LF", async () => {
+    const e = [...Buffer.from("é")];
+    expect(await linesOf(["PUT a ", "one\nPUT b x", [e[0]!], [e[1]!, 0x0d], "\nGET", " b"])).toEqual(["PUT a one", "PUT b xé", "GET b"]);
+  });
+
+  test("a line that is not UTF-8 is reported alone; a BOM is dropped at the start of the script only", async () => {
+    expect(await linesOf([[0xef, 0xbb, 0xbf], "PING\nPUT c ", [0xc3, 0x28], "\n\ufeffGET c\n"])).toEqual(["PING", NOT_UTF8, "\ufeffGET c"]);
   });
 });
 

@@ -26,6 +26,11 @@ describe("parseJsonExact", () => {
     expect(parseJsonExact("1e400")).toBe(Infinity);
   });
 
+  test("long digit runs inside strings (ids kept as strings, escapes) do not matter; one after a string does", () => {
+    expect(parseJsonExact('["12345678901234567890", "\\"12345678901234567890"]')).toEqual(["12345678901234567890", '"12345678901234567890']);
+    expect(JSON.stringify(parseJsonExact('{"id":"a\\"b","n":12345678901234567890}'))).toBe('{"id":"a\\"b","n":12345678901234567890}');
+  });
+
   test("only kept integers are raw text; invalid JSON still throws", () => {
     const parsed = parseJsonExact("[12345678901234567890, 1]") as unknown[];
     expect(isRawJsonText(parsed[0])).toBe(true);
@@ -36,6 +41,9 @@ describe("parseJsonExact", () => {
   test("the client's reading: a bigint only where a number would round, and a bigint written back as its digits", () => {
     const parsed = parseJsonWithBigInts('{"id":12345678901234567890,"n":3,"exact":9007199254740992,"e20":100000000000000000000,"big":1' + "0".repeat(400) + "}");
     expect(parsed).toEqual({ id: 12345678901234567890n, n: 3, exact: 9007199254740992, e20: 1e20, big: 10n ** 400n });
+    // 10^21 is a double, but one that prints as 1e+21: a bigint keeps the digits written back as they were.
+    expect(parseJsonWithBigInts("[1000000000000000000000]")).toEqual([10n ** 21n]);
+    expect(stringifyJson(parseJsonWithBigInts("[1000000000000000000000]"))).toBe("[1000000000000000000000]");
     expect(stringifyJson({ id: 12345678901234567890n, n: 3 })).toBe('{"id":12345678901234567890,"n":3}');
     expect(stringifyJson({ a: [1n] }, 2)).toBe('{\n  "a": [\n    1\n  ]\n}');
   });
