@@ -413,11 +413,18 @@ export class TxkvClient {
     this.flushScheduled = false;
     const socket = this.socket;
     if (!socket || this.isClosed) return; // before open: open() flushes; after close: already rejected
-    if (this.writeQueue === null) this.writeQueue = this.takeWindow();
-    if (this.writeQueue !== null) {
+    // Until the socket takes no more or the window is full: a window can open while a write is
+    // still going out (a TOO_LARGE answered before its line was wholly sent).
+    for (;;) {
+      if (this.writeQueue === null) this.writeQueue = this.takeWindow();
+      if (this.writeQueue === null) break;
       const written = socket.write(this.writeQueue);
       if (written < 0) return; // closed: the close handler rejects the pending requests
-      this.writeQueue = written >= this.writeQueue.length ? null : this.writeQueue.subarray(written);
+      if (written < this.writeQueue.length) {
+        this.writeQueue = this.writeQueue.subarray(written);
+        break;
+      }
+      this.writeQueue = null;
     }
     this.endIfIdle();
   }
@@ -478,7 +485,9 @@ export class TxkvClient {
       if (reply.status === "Error") this.closeError ??= new TxkvConnectionError(`${reply.code}: ${reply.message}`);
       return;
     }
-    if (!this.fullyWritten(this.pendingHead)) {
+    // TOO_LARGE may come before the line is wholly sent (the server answers once the limit is
+    // passed and skips the rest up to the LF): it is this request's one reply.
+    if (!this.fullyWritten(this.pendingHead) && !(reply.status === "Error" && reply.code === "TOO_LARGE")) {
       // A reply to a request not (wholly) sent: the server ran a fragment of a line on its own
       // (a request bigger than the socket takes at once, then a pause). Every later reply would
       // be off by one: fail rather than hand out wrong answers.

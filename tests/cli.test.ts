@@ -151,6 +151,12 @@ describe("scripted (stdin not a terminal)", () => {
     expect(between.stdout).toBe("OK\n1\n(error) a request line must not contain LF or end in CR\n1\n");
   });
 
+  test("a line over the server's limit gets its TOO_LARGE line in its place, and the script goes on", async () => {
+    const run = await cli([], `PUT tl:1 a\nPUT tl:2 ${"x".repeat(16_000_000)}\nGET tl:1\n`);
+    expect(run.code).toBe(1);
+    expect(run.stdout).toBe("OK\n(error) TOO_LARGE: Request too large: the limit is 1024 bytes\na\n");
+  });
+
   test("a line that is not UTF-8 gets its own error line instead of being stored with U+FFFD; the lines around it run", async () => {
     const script = Buffer.concat([Buffer.from("PUT u8:ok a\nPUT u8:bad "), Buffer.from([0xc3, 0x28]), Buffer.from("\nGET u8:ok\nGET u8:bad\n")]);
     const run = await cli([], script);

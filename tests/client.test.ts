@@ -193,6 +193,20 @@ describe("pipelining", () => {
     await bigClient.close();
     await big.shutdown();
   });
+
+  test("a request over the server's limit gets its TOO_LARGE, which comes before the line is wholly sent; later requests go on", async () => {
+    const proc = await spawnServer(["--in-memory"]);
+    const c = await connect({ port: proc.port });
+    try {
+      await expect(c.put("huge", "v".repeat(16_000_000))).rejects.toMatchObject({ code: "TOO_LARGE" });
+      expect(await c.send(`PUT huge ${"w".repeat(16_000_000)}`)).toMatchObject({ status: "Error", code: "TOO_LARGE" });
+      expect(await c.ping()).toBe("PONG");
+      expect(await c.get("huge")).toBeUndefined();
+    } finally {
+      await c.close();
+      await proc.kill("SIGTERM");
+    }
+  });
 });
 
 describe("typed errors", () => {
