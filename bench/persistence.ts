@@ -57,7 +57,7 @@ function writeSnapshotFile(file: string, count: number): number {
     fs.writeSync(fd, bytes);
   }
   if (count === 0) fs.writeSync(fd, snapshotHeader(0));
-  fs.writeSync(fd, snapshotTrailer(count, crc));
+  fs.writeSync(fd, snapshotTrailer(count, crc, count));
   fs.closeSync(fd);
   return fs.statSync(file).size;
 }

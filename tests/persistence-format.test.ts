@@ -21,7 +21,7 @@ function encodeSnapshot(seq: number, entries: [string, string][]): Buffer {
   return Buffer.concat([
     Buffer.from(snapshotHeader(seq)),
     bodyBytes,
-    Buffer.from(snapshotTrailer(entries.length, Bun.hash.crc32(bodyBytes))),
+    Buffer.from(snapshotTrailer(entries.length, Bun.hash.crc32(bodyBytes), seq)),
   ]);
 }
 
@@ -65,6 +65,15 @@ describe("snapshot format", () => {
     const at = bytes.indexOf("value1");
     bytes[at] = "V".charCodeAt(0);
     expect(() => decodeSnapshot(bytes)).toThrow(/checksum mismatch/);
+  });
+
+  test("a seq changed in the first line (which the checksum does not cover) is refused; a closing line without a seq (older files) is accepted", () => {
+    const bytes = encodeSnapshot(3, awkward);
+    const edited = Buffer.from(bytes.toString().replace('"seq":3}', '"seq":9}'));
+    expect(() => decodeSnapshot(edited)).toThrow(/line 1 gives seq 9 but the closing line seq 3/);
+    const older = Buffer.from(bytes.toString().replace(',"seq":3}}\n', "}}\n"));
+    expect(decodeSnapshot(older).seq).toBe(3);
+    expect(() => decodeSnapshot(Buffer.from(bytes.toString().replace(',"seq":3}}\n', ',"seq":-1}}\n')))).toThrow(/closing line/);
   });
 
   test("a truncated snapshot is refused", () => {

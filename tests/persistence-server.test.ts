@@ -431,6 +431,19 @@ describe("start-up with damaged files", () => {
     expect(fileBytes(dir)).toEqual(before);
   });
 
+  test("a snapshot whose first-line seq was changed (outside the checksum): exit non-zero, instead of silently skipping journal records", async () => {
+    const dir = await dirWithData();
+    const file = path.join(dir, "data.json");
+    const text = fs.readFileSync(file, "utf8");
+    const seq = Number(/"seq":(\d+)\}/.exec(text)![1]);
+    fs.writeFileSync(file, text.replace(`"seq":${seq}}`, `"seq":${seq + 20}}`));
+    const before = fileBytes(dir);
+    const run = await runIndex(["--port", "0", "--data", file]);
+    expect(run.code).not.toBe(0);
+    expect(run.stderr).toContain(`${file}: corrupt snapshot, line 1 gives seq ${seq + 20} but the closing line seq ${seq}`);
+    expect(fileBytes(dir)).toEqual(before);
+  });
+
   test("a corrupt journal: exit non-zero naming the file and the line, every file left as it was", async () => {
     const dir = await dirWithData();
     const journal = fs.readdirSync(dir).find((name) => name.includes(".journal."))!;

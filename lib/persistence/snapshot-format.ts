@@ -4,12 +4,14 @@
  *   {"txkv":{"format":"txkv-snapshot","version":1,"seq":42},"data":{
  *   "key1":"value1",
  *   "key2":{"a":1}
- *   },"end":{"keys":2,"crc32":123456789}}
+ *   },"end":{"keys":2,"crc32":123456789,"seq":42}}
  *
  * The whole file is valid JSON (`jq .data data.json` works). The header line
  * carries the commit seq the snapshot starts from; the last line carries the
  * number of entries and the CRC-32 of the bytes between the two, so a damaged
- * snapshot is detected without parsing every value. Values are stored as the
+ * snapshot is detected without parsing every value, and the seq again: the
+ * CRC does not cover the header, and a seq changed there would silently skip
+ * journal records (snapshots written before it was added have no second seq). Values are stored as the
  * JSON text the store already holds, so loading never re-encodes them.
  * A plain JSON object `{"key": value, ...}` (the original Python server's
  * data.json) is also accepted as a snapshot at seq 0.
@@ -38,9 +40,9 @@ export function snapshotEntry(first: boolean, key: string, value: string): strin
   return (first ? "\n" : ",\n") + JSON.stringify(key) + ":" + singleLine(value);
 }
 
-/** The closing line; `crc32` covers every byte written between header and trailer. */
-export function snapshotTrailer(keys: number, crc32: number): string {
-  return `\n},"end":{"keys":${keys},"crc32":${crc32}}}\n`;
+/** The closing line; `crc32` covers every byte written between header and trailer; `seq` repeats the header's. */
+export function snapshotTrailer(keys: number, crc32: number, seq: number): string {
+  return `\n},"end":{"keys":${keys},"crc32":${crc32},"seq":${seq}}}\n`;
 }
 
 /**
@@ -78,6 +80,9 @@ function decodeTxkvSnapshot(bytes: Uint8Array, headerLine: string, headerEnd: nu
   const trailerStart = bytes.lastIndexOf(10, bytes.length - 2);
   if (trailerStart < headerEnd) throw new SnapshotFormatError("the file is truncated (no closing line)");
   const trailer = parseTrailer(utf8(bytes.subarray(trailerStart + 1, bytes.length - 1)));
+  if (trailer.seq !== null && trailer.seq !== seq) {
+    throw new SnapshotFormatError(`line 1 gives seq ${seq} but the closing line seq ${trailer.seq}: the file is damaged`);
+  }
   const body = bytes.subarray(headerEnd, trailerStart);
   const crc = Bun.hash.crc32(body);
   if (crc !== trailer.crc32) {
@@ -106,12 +111,14 @@ function parseHeader(line: string): number {
   return meta.seq;
 }
 
-function parseTrailer(line: string): { keys: number; crc32: number } {
+/** seq: null in a snapshot written before the closing line repeated it. */
+function parseTrailer(line: string): { keys: number; crc32: number; seq: number | null } {
   try {
     if (!line.startsWith("},")) throw new Error("no closing brace");
-    const end = (JSON.parse("{" + line.slice(2)) as { end?: { keys?: unknown; crc32?: unknown } }).end;
-    if (end && Number.isSafeInteger(end.keys) && Number.isSafeInteger(end.crc32)) {
-      return { keys: end.keys as number, crc32: end.crc32 as number };
+    const end = (JSON.parse("{" + line.slice(2)) as { end?: { keys?: unknown; crc32?: unknown; seq?: unknown } }).end;
+    const seq = end?.seq === undefined ? null : isSeq(end.seq) ? end.seq : undefined;
+    if (end && Number.isSafeInteger(end.keys) && Number.isSafeInteger(end.crc32) && seq !== undefined) {
+      return { keys: end.keys as number, crc32: end.crc32 as number, seq };
     }
   } catch {
     // reported below

@@ -78,7 +78,7 @@ export async function writeSnapshot(job: SnapshotJob): Promise<SnapshotWritten> 
       longestSliceMs = Math.max(longestSliceMs, performance.now() - sliceStart);
       if (!done) await yieldToEventLoop();
     }
-    bytes += writeAll(handle.fd, Buffer.from(snapshotTrailer(lines, crc)));
+    bytes += writeAll(handle.fd, Buffer.from(snapshotTrailer(lines, crc, job.seq)));
     await handle.datasync();
     open = false;
     await handle.close();
