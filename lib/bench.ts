@@ -308,6 +308,8 @@ class LineConnection {
   private outQueue: Uint8Array | null = null;
   private done: ((errors: number) => void) | null = null;
   private closing = false;
+  /** Why the TLS handshake refused the server (its certificate), reported instead of a bare "closed". */
+  private tlsError: Error | null = null;
 
   static async open(config: BenchConfig): Promise<LineConnection> {
     const connection = new LineConnection();
@@ -320,7 +322,10 @@ class LineConnection {
       socket: {
         data: (_socket, chunk) => connection.onData(chunk),
         drain: () => connection.flush(),
-        close: () => connection.onClose(new Error(`connection to ${where} closed during the run`)),
+        handshake: (_socket, _success, authorizationError) => {
+          if (authorizationError) connection.tlsError = new Error(`TLS with ${where}: ${authorizationError.message}`);
+        },
+        close: () => connection.onClose(connection.tlsError ?? new Error(`connection to ${where} closed during the run`)),
         error: (_socket, error) => connection.onClose(error),
         connectError: () => {},
       },

@@ -74,6 +74,8 @@ test("--tls-ca connects over TLS (TLS stand-in server answering PONG)", async ()
   expect(JSON.parse(run.stdout)).toMatchObject({ ops: 100, errors: 0 });
   const refused = await runTxkv(["bench", "-p", String(fake.port), "--tls", "--workload", "ping", "--requests", "10"]);
   expect(refused.code).toBe(1);
+  // Said as a TLS failure, not as a connection that closed.
+  expect(refused.stderr).toContain(`TLS with 127.0.0.1:${fake.port}:`);
   fake.stop(true);
   certs.remove();
 });
