@@ -4,8 +4,9 @@
  * Owns: Bun.listen handlers (open/handshake/data/drain/end/close/error),
  * TLS, each connection's framer, output queue and held replies, the
  * unterminated-request timer, read pausing when a client does not read its
- * replies, the connection limit, the idle timeout, the cross-protocol guard,
- * the order of replies, and the graceful drain at shutdown.
+ * replies, fairness (a connection that brought a large read waits until the
+ * others had their turn), the connection limit, the idle timeout, the
+ * cross-protocol guard, the order of replies, and the graceful drain at shutdown.
  * Per data event, all replies that are ready are built in one ByteBuffer
  * and go out in one socket write. A plain GET or PUT, in or outside a
  * transaction, takes the fast path (parsePlainRequest +
