@@ -20,6 +20,7 @@ import * as readline from "node:readline";
 import { parseArgs } from "node:util";
 import { connect, isBlankLine, TxkvClient, type ClientOptions, type Reply } from "./client.ts";
 import { stringifyJson } from "./exact-json.ts";
+import { strictUtf8 } from "./text.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 
 const CLI_OPTIONS = {
@@ -357,8 +358,7 @@ function saveHistory(file: string | null, rl: readline.Interface): void {
 
 /** Stands for a script line whose bytes are not UTF-8 (decoding would put U+FFFD in the value). */
 export const NOT_UTF8 = Symbol("not UTF-8");
-/** Keeps a BOM: only one at the very start of the script is dropped (requestLines), as before a file's text. */
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+/** strictUtf8 keeps a BOM: only one at the very start of the script is dropped (requestLines), as before a file's text. */
 const BOM = "\ufeff";
 
 /**

@@ -17,7 +17,7 @@
  * Must not: parse commands, know about sockets or timers.
  */
 import { copyOf } from "./byte-buffer.ts";
-import { latin1Text } from "./text.ts";
+import { latin1Text, strictUtf8 } from "./text.ts";
 
 /** A request that exceeded the size limit (already discarded). */
 export const TOO_LARGE = Symbol("TOO_LARGE");
@@ -44,7 +44,6 @@ const ASCII_LIMIT = 0x80;
 const CASE_BIT = 0x20;
 
 const EMPTY = new Uint8Array(0);
-const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 export class LineFramer {
   /** Unconsumed input bytes; `pos` is where the next request starts. */
@@ -272,7 +271,7 @@ function decodeLine(bytes: Uint8Array, start: number, end: number): string | typ
   for (let i = start; i < end; i++) all |= bytes[i]!;
   if (all < ASCII_LIMIT) return latin1Text(bytes, start, end);
   try {
-    return utf8.decode(bytes.subarray(start, end));
+    return strictUtf8.decode(bytes.subarray(start, end));
   } catch {
     return INVALID_UTF8;
   }

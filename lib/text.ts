@@ -14,6 +14,13 @@
  * (The store itself keeps bytes, never the caller's strings.)
  */
 
+/**
+ * Decodes UTF-8 exactly: bytes that are not UTF-8 throw instead of becoming
+ * U+FFFD, and a BOM is kept as data. For request lines (the server's framer,
+ * txkv cli's scripts) and journal records.
+ */
+export const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
 /** JSON.stringify for a string, skipping the native call for the common case of nothing to escape. */
 export function jsonString(text: string): string {
   return needsEscape(text) ? JSON.stringify(text) : '"' + text + '"';

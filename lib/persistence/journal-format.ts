@@ -14,7 +14,7 @@ import type { CommitOp, CommitRecord } from "../commit-log.ts";
 import type { ByteBuffer } from "../byte-buffer.ts";
 import type { AsciiEntry } from "../compact-map.ts";
 import { parseJsonExact } from "../exact-json.ts";
-import { jsonString } from "../text.ts";
+import { jsonString, strictUtf8 } from "../text.ts";
 import { isSeq, singleLine } from "./snapshot-format.ts";
 
 export function encodeRecord(record: CommitRecord): string {
@@ -56,8 +56,6 @@ export interface JournalScan {
   readonly records: number;
   readonly lastSeq: number;
 }
-
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** The number (from 1) of the first LF-ended line of bytes that is not valid UTF-8, or 0. */
 function firstLineNotUtf8(bytes: Uint8Array): number {

@@ -192,6 +192,7 @@ function decodePlainJson(bytes: Uint8Array): DecodedSnapshot {
   return { seq: 0, entries, format: "plain-json" };
 }
 
+/** Not text.ts's strictUtf8: a BOM at the start of a hand-saved plain data.json is dropped here, not data. */
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** Decodes without copying the bytes first; bytes that are not UTF-8 are damage (txkv writes only UTF-8). */
