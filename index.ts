@@ -53,16 +53,16 @@ async function serve(argv: string[]): Promise<void> {
       log.warn("second signal: exiting at once, without waiting for the shutdown", { signal });
       return exit(128 + (constants.signals[signal] ?? 15));
     }
-    if (running === null) {
-      signalWhileStarting = signal;
-      return;
-    }
+    if (running === null) signalWhileStarting = signal;
+    else shutDown(running, signal);
+  };
+  const shutDown = (server: RunningServer, signal: NodeJS.Signals) => {
     log.info("shutting down", { signal, timeout_ms: config.shutdownTimeoutMs });
     setTimeout(() => {
       log.error("shutdown did not finish in time: exiting without it", { deadline_ms: config.shutdownTimeoutMs + FLUSH_GRACE_MS });
       exit(1);
     }, config.shutdownTimeoutMs + FLUSH_GRACE_MS).unref();
-    running.shutdown().then(
+    server.shutdown().then(
       (report) => {
         log.flushSuppressed();
         log.info("stopped", {
@@ -109,10 +109,7 @@ async function serve(argv: string[]): Promise<void> {
   });
   if (metricsAddress !== null) process.stdout.write(`txkv ${pkg.version} metrics on ${metricsAddress}\n`);
   process.stdout.write(`txkv ${pkg.version} listening on ${address}\n`);
-  if (signalWhileStarting !== null) {
-    signals--;
-    onSignal(signalWhileStarting);
-  }
+  if (signalWhileStarting !== null) shutDown(running, signalWhileStarting);
 }
 
 /** `txkv cli …` and `txkv bench …` are the client tools; anything else serves. */
