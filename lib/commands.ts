@@ -7,7 +7,9 @@
  * Plain requests are parsed with index scans: no regex, no JSON.
  * `parsePlainRequest` reads the commonest requests (plain GET and PUT whose
  * key and value need no JSON escaping) straight from the line's bytes, for
- * the server's fast path; every other line is decoded and parsed as text.
+ * the server's fast path, and `noArgCommandOf` recognises the argument-less
+ * commands (START, COMMIT, PING...) from the bytes too; every other line is
+ * decoded and parsed as text.
  * Must not: look at the store, the session or the transaction state; a parse
  * failure is returned as an `Invalid` command, never thrown.
  */

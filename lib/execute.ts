@@ -12,6 +12,9 @@
  * answered as bytes. Inside a transaction its reads are watched as bytes
  * (Store.watchAscii) and its PUT kept as bytes (Transaction.writeAscii), so
  * a START/GET/PUT/COMMIT makes no string when nothing else interleaves.
+ * Where a command lives: `execute` switches on the command type (PUT: `put`
+ * and `putInTx`); plain GET and PUT come through `executePlain` instead
+ * (`getPlain`, `putPlain`), and tests/fast-path.test.ts checks both paths agree.
  * Must not: touch sockets or the disk, or parse request text.
  */
 import { timingSafeEqual, createHash } from "node:crypto";

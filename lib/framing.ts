@@ -6,9 +6,10 @@
  * so a long or non-UTF-8 one is caught too), the request size limit in bytes
  * (a too-long request becomes one TOO_LARGE event and its bytes are discarded
  * up to the next LF), UTF-8 validation, and the partial (unterminated)
- * request that the server may run after a pause or half-close. Holds at most
- * about one limit of an incomplete request in memory; complete lines not yet
- * taken stay only in the chunk they arrived in.
+ * request that the server may run after a pause or half-close. Of an
+ * incomplete request it holds at most about one limit; complete lines not yet
+ * taken (the server stopped reading them: a slow reader, an asynchronous
+ * reply) are copied out of the caller's chunk by `retain()`, up to one read.
  *
  * Two ways to take a line: `next()` gives its text; `nextLine()` only finds
  * it, leaving its bytes at `bytes[lineStart, lineEnd)` so the server's fast

@@ -1,5 +1,7 @@
 /**
- * The TCP server: the only module that touches sockets.
+ * The TCP server: the only module that touches the protocol port's sockets
+ * (the metrics endpoint has its own HTTP server; client.ts and bench.ts are
+ * clients).
  *
  * Owns: Bun.listen handlers (open/handshake/data/drain/end/close/error),
  * TLS, each connection's framer, output queue and held replies, the
@@ -11,8 +13,9 @@
  * and go out in one socket write. A plain GET or PUT, in or outside a
  * transaction, takes the fast path (parsePlainRequest +
  * Executor.executePlain), straight from the request's bytes into the reply
- * bytes; every other line is decoded and goes through commandFromFrame +
- * Executor.execute.
+ * bytes; an argument-less command is recognised from its bytes too
+ * (noArgCommandOf); every other line is decoded and goes through
+ * commandFromFrame + Executor.execute.
  * Replies that must wait (a durable write under --fsync always, SAVE, a
  * delayed AUTH failure) are held in order (HeldReplies: bytes in one reused
  * buffer per connection); later replies queue behind them.

@@ -1,5 +1,5 @@
 /**
- * Counters for STATS (and later metrics).
+ * Counters behind STATS and the /metrics endpoint.
  *
  * Owns: counting commands, error replies by code, transactions and
  * connections; the ops/s estimate over the last seconds.

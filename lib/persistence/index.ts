@@ -4,12 +4,12 @@
  * Files next to `--data <path>` (default data.json):
  *   <path>             snapshot (JSON, see snapshot-format.ts)
  *   <path>.journal.N   journal generations (JSON lines, see journal-format.ts)
- *   <path>.tmp         snapshot being written (ignored at start)
+ *   <path>.tmp         snapshot being written (removed at start: an interrupted compaction's)
  *   <path>.lock        pid of the server owning the files
  *
  * Owns: start-up order (lock first, read everything, change nothing unless the
  * files are sound, then cut a torn tail). Must not: be imported by anything but
- * index.ts and tests; nothing else touches data files.
+ * lib/app.ts and tests; nothing else touches data files.
  */
 import fs from "node:fs";
 import path from "node:path";

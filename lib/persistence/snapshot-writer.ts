@@ -1,13 +1,17 @@
 /**
  * Writes a snapshot of the live store incrementally and replaces the old one atomically.
  *
- * The store's Map is walked in time-boxed slices (about `sliceMs` each) with
- * a yield to the event loop between slices, so clients are never stalled for
- * a time that grows with the data. JS Map iterators survive concurrent
- * set/delete, so the result is a fuzzy snapshot: each key holds some value it
- * had while the walk ran. It is made exact by replaying the journal records
- * newer than the snapshot's start seq, which `beforeRename` must make durable
- * up to the end of the walk before the snapshot takes the old one's place.
+ * The store's entries (`StoreView.entries()`, a live walk of the CompactMap)
+ * are written in time-boxed slices (about `sliceMs` each) with a yield to the
+ * event loop between slices, so clients are never stalled for a time that
+ * grows with the data. The walk survives writes between slices: a key present
+ * throughout is visited once, with some value it had meanwhile, and a key
+ * added or removed meanwhile may or may not be. So the result is a fuzzy
+ * snapshot. It is made exact by replaying the journal records newer than the
+ * snapshot's start seq (each record holds whole values, so replaying one over
+ * a later value of its keys is harmless), which `beforeRename` must make
+ * durable up to the end of the walk before the snapshot takes the old one's
+ * place.
  *
  * Owns: temp file, slices, CRC, fsync, rename, directory fsync.
  * Must not: decide when to snapshot or touch the journal.
