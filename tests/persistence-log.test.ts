@@ -598,7 +598,9 @@ describe("failures while running", () => {
     const held = put("k2", "2");
     await until(() => log.unavailableReason !== null, "the write error");
     expect(log.unavailableReason).toMatch(/ENOSPC|no space left/i);
-    await Bun.sleep(60); // several retries, all failing
+    // Several retries, all failing: each failure records a new lastError.
+    const failures = new Set<unknown>();
+    await until(() => failures.add(log.stats().lastError).size >= 3, "three failed retries");
     expect(log.unavailableReason).not.toBeNull();
     expect(durable).toBe(0);
     expect(log.stats().pendingRecords).toBe(2);
