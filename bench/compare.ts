@@ -24,6 +24,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { parseOption, positiveNumber, wholeNumber } from "../lib/option-schemas.ts";
 import { median, medianInterval, type MedianInterval } from "./median-interval.ts";
 
 const ROOT = join(import.meta.dir, "..");
@@ -41,10 +42,10 @@ const { values: opts } = parseArgs({
     workload: { type: "string", default: "" },
   },
 });
-const SECS = Number(opts.secs);
+const SECS = parseOption("secs", opts.secs, positiveNumber());
 /** Each workload runs this long, unmeasured, against both servers before its rounds. */
 const WARMUP_SECS = 1;
-const ROUNDS = Number(opts.rounds);
+const ROUNDS = parseOption("rounds", opts.rounds, wholeNumber(1));
 
 interface Workload {
   name: string;

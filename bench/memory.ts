@@ -16,6 +16,7 @@
 import { spawnSync } from "bun";
 import { parseArgs } from "node:util";
 import { CompactMap } from "../lib/compact-map.ts";
+import { parseOption, wholeNumber } from "../lib/option-schemas.ts";
 import { Store } from "../lib/store.ts";
 
 const { values: opts } = parseArgs({
@@ -26,7 +27,8 @@ const { values: opts } = parseArgs({
     child: { type: "string" },
   },
 });
-const KEYS = Number(opts.keys);
+const KEYS = parseOption("keys", opts.keys, wholeNumber(1));
+const ROUNDS = parseOption("rounds", opts.rounds, wholeNumber(1));
 
 interface DataMap {
   get(key: string): string | undefined;
@@ -121,7 +123,7 @@ if (opts.child !== undefined) {
   console.log(JSON.stringify(child(opts.child)));
 } else {
   const results: Record<string, Record<string, number>[]> = { map: [], compact: [] };
-  for (let round = 0; round < Number(opts.rounds); round++) {
+  for (let round = 0; round < ROUNDS; round++) {
     for (const variant of ["map", "compact"]) {
       const run = spawnSync([process.execPath, "run", import.meta.path, "--child", variant, "--keys", String(KEYS)], { stderr: "inherit" });
       if (run.exitCode !== 0) throw new Error(`${variant} run failed`);

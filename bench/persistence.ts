@@ -16,9 +16,11 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import { parseOption, positiveNumber, wholeNumber } from "../lib/option-schemas.ts";
 import { encodeRecord } from "../lib/persistence/journal-format.ts";
 import { snapshotEntry, snapshotHeader, snapshotTrailer } from "../lib/persistence/snapshot-format.ts";
 import { spawnServer, type ServerProcess } from "../tests/helpers.ts";
+import { flushPending, writeFully } from "./write-fully.ts";
 
 const { values } = parseArgs({
   options: {
@@ -30,12 +32,12 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "3" },
   },
 });
-const KEYS = Number(values.keys);
-const SECONDS = Number(values.seconds);
-const CONNECTIONS = Number(values.connections);
-const DEPTH = Number(values.depth);
+const KEYS = parseOption("keys", values.keys, wholeNumber(1));
+const SECONDS = parseOption("seconds", values.seconds, positiveNumber());
+const CONNECTIONS = parseOption("connections", values.connections, wholeNumber(1));
+const DEPTH = parseOption("depth", values.depth, wholeNumber(1));
 const PARTS = new Set(values.parts.split(","));
-const ROUNDS = Number(values.rounds);
+const ROUNDS = parseOption("rounds", values.rounds, wholeNumber(1));
 
 const NO_COMPACTION = String(Number.MAX_SAFE_INTEGER);
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-bench-"));
@@ -109,6 +111,7 @@ async function pipelinedWriters(port: number, seconds: number): Promise<number> 
       hostname: "127.0.0.1",
       port,
       socket: {
+        drain: flushPending,
         data(s, chunk) {
           let lines = 0;
           for (let i = 0; i < chunk.length; i++) if (chunk[i] === 10) lines++;
@@ -116,7 +119,7 @@ async function pipelinedWriters(port: number, seconds: number): Promise<number> 
           if (running && lines > 0) {
             let out = "";
             for (let i = 0; i < lines; i++) out += request();
-            s.write(out);
+            writeFully(s, out);
           }
         },
       },
@@ -127,7 +130,7 @@ async function pipelinedWriters(port: number, seconds: number): Promise<number> 
   for (const s of sockets) {
     let out = "";
     for (let i = 0; i < DEPTH; i++) out += request();
-    s.write(out);
+    writeFully(s, out);
   }
   await Bun.sleep(seconds * 1000);
   running = false;
@@ -146,12 +149,13 @@ async function prefill(port: number, count: number): Promise<void> {
   const batch = (s: Socket<undefined>) => {
     let out = "";
     for (let i = 0; i < 1000 && sent < count; i++, sent++) out += `PUT key:${sent} value number ${sent} with some padding\n`;
-    if (out) s.write(out);
+    if (out) writeFully(s, out);
   };
   const socket = await Bun.connect({
     hostname: "127.0.0.1",
     port,
     socket: {
+      drain: flushPending,
       data(s, chunk) {
         for (let i = 0; i < chunk.length; i++) if (chunk[i] === 10) replies++;
         if (replies === count) done();
@@ -175,6 +179,7 @@ async function getLatencies(port: number, until: Promise<unknown>): Promise<numb
     hostname: "127.0.0.1",
     port,
     socket: {
+      drain: flushPending,
       data() {
         resolveReply?.();
       },
@@ -184,7 +189,7 @@ async function getLatencies(port: number, until: Promise<unknown>): Promise<numb
   while (!done) {
     const sent = performance.now();
     const reply = new Promise<void>((resolve) => (resolveReply = resolve));
-    socket.write(`GET key:${(i++ * 104_729) % KEYS}\n`);
+    writeFully(socket, `GET key:${(i++ * 104_729) % KEYS}\n`);
     await reply;
     latencies.push(performance.now() - sent);
   }
@@ -199,8 +204,9 @@ async function requestOnce(port: number, line: string): Promise<string> {
       hostname: "127.0.0.1",
       port,
       socket: {
+        drain: flushPending,
         open(s) {
-          s.write(line + "\n");
+          writeFully(s, line + "\n");
         },
         data(s, chunk) {
           text += Buffer.from(chunk).toString();

@@ -16,6 +16,7 @@
 import { parseArgs } from "node:util";
 import * as v from "valibot";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
+import { positiveNumber, wholeNumber } from "./option-schemas.ts";
 
 const BENCH_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -49,17 +50,14 @@ ${CONNECTION_HELP}  -c, --conns <n>          connections (default 50)
 const WORKLOADS = ["get", "put", "mix", "tx", "ping"] as const;
 type Workload = (typeof WORKLOADS)[number];
 
-const count = (min: number) =>
-  v.pipe(v.string(), v.transform(Number), v.number(), v.integer("must be an integer"), v.minValue(min, `must be at least ${min}`));
-
 const BenchSchema = v.object({
-  conns: count(1),
-  pipeline: count(1),
+  conns: wholeNumber(1),
+  pipeline: wholeNumber(1),
   workload: v.picklist(WORKLOADS, `must be one of ${WORKLOADS.join(", ")}`),
-  keys: count(1),
-  vsize: count(1),
-  secs: v.optional(v.pipe(v.string(), v.transform(Number), v.number(), v.minValue(0.01, "must be positive"))),
-  requests: v.optional(count(1)),
+  keys: wholeNumber(1),
+  vsize: wholeNumber(1),
+  secs: v.optional(positiveNumber()),
+  requests: v.optional(wholeNumber(1)),
 });
 
 export type BenchConfig = v.InferOutput<typeof BenchSchema> & {

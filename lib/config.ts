@@ -12,6 +12,7 @@
 import { parseArgs } from "node:util";
 import * as v from "valibot";
 import { LOG_LEVELS } from "./log.ts";
+import { wholeNumber } from "./option-schemas.ts";
 
 export class ConfigError extends Error {}
 
@@ -53,16 +54,6 @@ export const OPTIONS = {
 
 type OptionName = keyof typeof OPTIONS;
 
-function integer(min: number, max: number) {
-  return v.pipe(
-    v.string(),
-    v.regex(/^\d+$/, `expected a whole number from ${min} to ${max}`),
-    v.transform(Number),
-    v.number(),
-    v.minValue(min, `expected a whole number from ${min} to ${max}`),
-    v.maxValue(max, `expected a whole number from ${min} to ${max}`),
-  );
-}
 
 /** A switch: the bare option, or its environment variable set to 1/true/yes (on) or 0/false/no/empty (off). */
 const flag = v.pipe(
@@ -78,7 +69,7 @@ const flag = v.pipe(
 
 const ConfigSchema = v.object({
   host: v.pipe(v.string(), v.minLength(1, "expected an address")),
-  port: integer(0, 65535),
+  port: wholeNumber(0, 65535),
   data: v.pipe(
     v.string(),
     v.minLength(1, "expected a path"),
@@ -90,21 +81,21 @@ const ConfigSchema = v.object({
   ),
   "in-memory": flag,
   fsync: v.picklist(["always", "everysec", "no"], "expected always, everysec or no"),
-  "fsync-interval-ms": integer(1, 60_000),
-  "compact-min-bytes": integer(0, Number.MAX_SAFE_INTEGER),
-  "compact-percent": integer(1, 1_000_000),
-  "max-request-bytes": integer(16, 64 * 1024 * 1024),
-  "max-transaction-bytes": integer(16, 1024 * 1024 * 1024),
-  "max-connections": integer(1, 1_000_000),
-  "max-output-bytes": integer(1024, 1024 * 1024 * 1024),
-  "partial-request-ms": integer(0, 60_000),
+  "fsync-interval-ms": wholeNumber(1, 60_000),
+  "compact-min-bytes": wholeNumber(0, Number.MAX_SAFE_INTEGER),
+  "compact-percent": wholeNumber(1, 1_000_000),
+  "max-request-bytes": wholeNumber(16, 64 * 1024 * 1024),
+  "max-transaction-bytes": wholeNumber(16, 1024 * 1024 * 1024),
+  "max-connections": wholeNumber(1, 1_000_000),
+  "max-output-bytes": wholeNumber(1024, 1024 * 1024 * 1024),
+  "partial-request-ms": wholeNumber(0, 60_000),
   password: v.optional(v.pipe(v.string(), v.minLength(1, "expected a non-empty password"))),
   "tls-cert": v.optional(v.pipe(v.string(), v.minLength(1, "expected a file path"))),
   "tls-key": v.optional(v.pipe(v.string(), v.minLength(1, "expected a file path"))),
-  timeout: integer(0, 7 * 24 * 3600),
+  timeout: wholeNumber(0, 7 * 24 * 3600),
   "log-level": v.picklist(LOG_LEVELS, `expected one of ${LOG_LEVELS.join(", ")}`),
-  "metrics-port": v.optional(integer(0, 65535)),
-  "shutdown-timeout-ms": integer(0, 3_600_000),
+  "metrics-port": v.optional(wholeNumber(0, 65535)),
+  "shutdown-timeout-ms": wholeNumber(0, 3_600_000),
 });
 
 export type Config = {

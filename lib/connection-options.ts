@@ -8,7 +8,7 @@
  * Must not: connect, or know the tools' other options.
  */
 import * as fs from "node:fs";
-import * as v from "valibot";
+import { parseOption, wholeNumber } from "./option-schemas.ts";
 import type { ClientOptions, TlsClientOptions } from "./client.ts";
 
 export const CONNECTION_OPTIONS = {
@@ -27,24 +27,15 @@ export const CONNECTION_HELP = `  -h, --host <addr>        server address (defau
       --tls-ca <file>      trust this CA certificate (PEM); implies --tls
 `;
 
-const PortSchema = v.pipe(
-  v.string(),
-  v.transform(Number),
-  v.number("must be a number 1-65535"),
-  v.integer("must be an integer"),
-  v.minValue(1, "must be 1-65535"),
-  v.maxValue(65535, "must be 1-65535"),
-);
+const PortSchema = wholeNumber(1, 65535);
 
-/** Where and how to connect. Throws an Error naming the option (`--port 0: must be 1-65535`) on a bad value. */
+/** Where and how to connect. Throws an Error naming the option (`--port 0: expected a whole number from 1 to 65535`) on a bad value. */
 export function clientOptionsFrom(values: {
   [K in keyof typeof CONNECTION_OPTIONS]?: string | boolean;
 }): ClientOptions & { host: string; port: number; tls: boolean | TlsClientOptions } {
   let port = 8080;
   if (values.port !== undefined) {
-    const parsed = v.safeParse(PortSchema, values.port);
-    if (!parsed.success) throw new Error(`--port ${values.port}: ${parsed.issues[0].message}`);
-    port = parsed.output;
+    port = parseOption("port", values.port as string, PortSchema);
   }
   const password = (values.password as string | undefined) ?? process.env.TXKV_PASSWORD;
   const caFile = values["tls-ca"] as string | undefined;

@@ -89,6 +89,13 @@ test("bad options exit 2 naming the option", async () => {
   expect(conns.stderr).toContain("--conns 0");
   const both = await bench(["--secs", "1", "--requests", "5"]);
   expect(both.code).toBe(2);
+  // The same spellings as the server's options: decimal digits, no hex or exponent.
+  const hex = await bench(["--conns", "0x10"]);
+  expect(hex.code).toBe(2);
+  expect(hex.stderr).toContain("--conns 0x10: expected a whole number");
+  const secs = await bench(["--secs", "1e0"]);
+  expect(secs.code).toBe(2);
+  expect(secs.stderr).toContain("--secs 1e0: expected a positive number");
 });
 
 test("on a terminal, a progress line is rewritten in place while it runs, then the report", async () => {

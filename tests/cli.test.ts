@@ -226,6 +226,15 @@ describe("options and failures", () => {
     expect(badPort.code).toBe(2);
     expect(badPort.stderr).toContain("--port 99999");
   });
+
+  test("the port is read as the server reads its own: decimal digits only (not 0x1F90 or 1e3, which Number() would take)", async () => {
+    for (const spelling of ["0x1F90", " 1e3", "80.0", ""]) {
+      const run = await runTxkv(["cli", "-p", spelling, "PING"]);
+      expect(run.code).toBe(2);
+      expect(run.stderr).toContain(`--port ${spelling}: expected a whole number from 1 to 65535`);
+    }
+    expect(await runTxkv(["cli", "-p", shared.port, "PING"])).toMatchObject({ code: 0, stdout: "PONG\n" });
+  });
 });
 
 describe("interactive REPL (on a pseudo-terminal)", () => {

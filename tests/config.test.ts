@@ -1,6 +1,8 @@
 /** Configuration: options, environment variables, --help/--version, bad values (exit 2), the listening line. */
 import { describe, expect, test } from "bun:test";
+import * as v from "valibot";
 import { ConfigError, OPTIONS, parseConfig } from "../lib/config.ts";
+import { parseOption, positiveNumber, wholeNumber } from "../lib/option-schemas.ts";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -47,6 +49,16 @@ describe("parseConfig", () => {
     for (const bad of ["banana", "2", "on-ish"]) {
       expect(() => parseConfig([], { TXKV_IN_MEMORY: bad })).toThrow("--in-memory (or TXKV_IN_MEMORY)");
     }
+  });
+
+  test("numeric options take decimal digits only, as every txkv tool does (lib/option-schemas.ts)", () => {
+    const port = wholeNumber(1, 65535);
+    expect(v.parse(port, "8080")).toBe(8080);
+    for (const text of ["0x1F90", " 80", "80 ", "1e3", "8.0", "", "0", "65536", "-1"]) expect(v.safeParse(port, text).success).toBe(false);
+    expect(v.parse(positiveNumber(), "0.5")).toBe(0.5);
+    expect(v.parse(positiveNumber(), "3")).toBe(3);
+    for (const text of ["0", "1e3", "-1", "abc", "", "Infinity", "0x1"]) expect(v.safeParse(positiveNumber(), text).success).toBe(false);
+    expect(() => parseOption("rounds", "x", wholeNumber(1))).toThrow("--rounds x: expected a whole number of at least 1");
   });
 
   test("bad values name the option", () => {

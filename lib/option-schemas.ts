@@ -1,0 +1,29 @@
+/**
+ * valibot schemas for numeric command-line options, shared by the server's
+ * configuration, the connection options of `txkv cli` and `txkv bench`, and
+ * the scripts in bench/, so that every tool accepts and refuses the same
+ * spellings (digits only: not `0x1F90`, not ` 1e3`).
+ *
+ * Owns: turning one option's text into a number, or a message saying what
+ * was expected. Must not: read argv or the environment, or exit.
+ */
+import * as v from "valibot";
+
+/** A whole number written in decimal digits, from min to max. */
+export function wholeNumber(min: number, max: number = Number.MAX_SAFE_INTEGER) {
+  const expected = max === Number.MAX_SAFE_INTEGER ? `expected a whole number of at least ${min}` : `expected a whole number from ${min} to ${max}`;
+  return v.pipe(v.string(), v.regex(/^\d+$/, expected), v.transform(Number), v.number(), v.minValue(min, expected), v.maxValue(max, expected));
+}
+
+/** A positive decimal number (`3`, `0.5`). */
+export function positiveNumber() {
+  const expected = "expected a positive number";
+  return v.pipe(v.string(), v.regex(/^(\d+\.?\d*|\.\d+)$/, expected), v.transform(Number), v.number(), v.gtValue(0, expected));
+}
+
+/** The option's value through schema; throws an Error naming the option (`--secs abc: expected ...`). */
+export function parseOption<T>(name: string, text: string, schema: v.GenericSchema<string, T>): T {
+  const parsed = v.safeParse(schema, text);
+  if (!parsed.success) throw new Error(`--${name} ${text}: ${parsed.issues[0].message}`);
+  return parsed.output;
+}
