@@ -5,6 +5,8 @@
  *
  * Run: bun run bench/fixed-reply-server.ts <port>
  */
+import { flushPending, writeFully } from "./write-fully.ts";
+
 const REPLY = Buffer.from('{"status":"Ok","result":{"key":"key:00000001","value":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}\n');
 const LF = 10;
 
@@ -18,8 +20,9 @@ const listener = Bun.listen({
       if (lines === 0) return;
       const out = Buffer.allocUnsafe(REPLY.length * lines);
       for (let i = 0; i < lines; i++) out.set(REPLY, i * REPLY.length);
-      socket.write(out);
+      writeFully(socket, out);
     },
+    drain: flushPending,
   },
 });
 process.stdout.write(`fixed-reply server listening on 127.0.0.1:${listener.port}\n`);
