@@ -10,13 +10,26 @@
 import { constants } from "node:os";
 import pkg from "./package.json" with { type: "json" };
 import { startServer, StartupError, type RunningServer } from "./lib/app.ts";
-import { ConfigError, parseConfig } from "./lib/config.ts";
+import { ConfigError, parseConfig, type Config } from "./lib/config.ts";
 import { Logger } from "./lib/log.ts";
 
 /** After the drain timeout, flushing gets this long before the process exits anyway. */
 const FLUSH_GRACE_MS = 5000;
 
 async function serve(argv: string[]): Promise<void> {
+  const config = configOrExit(argv);
+  if (config === null) return;
+  const log = new Logger(config.logLevel);
+  // Before anything is opened, so that a SIGTERM during start-up (or right after
+  // the listening line) is a graceful stop, not Bun's default of dying at once.
+  const signals = new ShutdownOnSignal(config, log);
+  const running = await startOrExit(config, log);
+  announce(running, config, log);
+  signals.serverIsUp(running);
+}
+
+/** The configuration to serve with; null when --help or --version was answered. Exits 2 on a bad option. */
+function configOrExit(argv: string[]): Config | null {
   let parsed;
   try {
     parsed = parseConfig(argv, process.env);
@@ -29,63 +42,19 @@ async function serve(argv: string[]): Promise<void> {
   }
   if (parsed.kind === "help") {
     process.stdout.write(parsed.text);
-    return;
+    return null;
   }
   if (parsed.kind === "version") {
     process.stdout.write(`txkv ${pkg.version}\n`);
-    return;
+    return null;
   }
-  const config = parsed.config;
-  const log = new Logger(config.logLevel);
-  let running: RunningServer | null = null;
-  /** A signal that came while starting: acted on once the server is up (the data files are open by then). */
-  let signalWhileStarting: NodeJS.Signals | null = null;
+  return parsed.config;
+}
 
-  let signals = 0;
-  const exit = (code: number): never => {
-    log.flushSuppressed();
-    return process.exit(code);
-  };
-  const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      // Shell convention for "terminated by a signal": the supervisor sees that no clean shutdown happened.
-      log.warn("second signal: exiting at once, without waiting for the shutdown", { signal });
-      return exit(128 + (constants.signals[signal] ?? 15));
-    }
-    if (running === null) signalWhileStarting = signal;
-    else shutDown(running, signal);
-  };
-  const shutDown = (server: RunningServer, signal: NodeJS.Signals) => {
-    log.info("shutting down", { signal, timeout_ms: config.shutdownTimeoutMs });
-    setTimeout(() => {
-      log.error("shutdown did not finish in time: exiting without it", { deadline_ms: config.shutdownTimeoutMs + FLUSH_GRACE_MS });
-      exit(1);
-    }, config.shutdownTimeoutMs + FLUSH_GRACE_MS).unref();
-    server.shutdown().then(
-      (report) => {
-        log.flushSuppressed();
-        log.info("stopped", {
-          ms: report.ms,
-          connections_closed: report.connectionsClosed,
-          connections_forced: report.connectionsForced,
-          transactions_rolled_back: report.transactionsRolledBack,
-        });
-        exit(0);
-      },
-      (err) => {
-        log.error("shutdown failed", { reason: err });
-        exit(1);
-      },
-    );
-  };
-  // Before anything is opened, so that a SIGTERM during start-up (or right after
-  // the listening line) is a graceful stop, not Bun's default of dying at once.
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
-
+/** The running server; exits 1 with the reason when it cannot start (data files, lock, port). */
+async function startOrExit(config: Config, log: Logger): Promise<RunningServer> {
   try {
-    running = await startServer(config, pkg.version, log);
+    return await startServer(config, pkg.version, log);
   } catch (err) {
     if (err instanceof StartupError) {
       log.error(err.message);
@@ -94,6 +63,10 @@ async function serve(argv: string[]): Promise<void> {
     }
     throw err;
   }
+}
+
+/** The log line and the stdout lines (`metrics on`, then `listening on`) that say the server is up. */
+function announce(running: RunningServer, config: Config, log: Logger): void {
   const address = `${running.host}:${running.port}`;
   const metricsAddress = running.metricsPort === null ? null : `${running.host}:${running.metricsPort}`;
   log.info(`listening on ${address}`, {
@@ -109,7 +82,71 @@ async function serve(argv: string[]): Promise<void> {
   });
   if (metricsAddress !== null) process.stdout.write(`txkv ${pkg.version} metrics on ${metricsAddress}\n`);
   process.stdout.write(`txkv ${pkg.version} listening on ${address}\n`);
-  if (signalWhileStarting !== null) shutDown(running, signalWhileStarting);
+}
+
+/**
+ * SIGINT/SIGTERM: the first starts the graceful shutdown (once the server is
+ * up, when it came during start-up: the data files are open by then); a
+ * second exits at once with 128+signal.
+ */
+class ShutdownOnSignal {
+  private running: RunningServer | null = null;
+  private signalWhileStarting: NodeJS.Signals | null = null;
+  private signals = 0;
+
+  constructor(
+    private readonly config: Config,
+    private readonly log: Logger,
+  ) {
+    process.on("SIGINT", (signal) => this.onSignal(signal));
+    process.on("SIGTERM", (signal) => this.onSignal(signal));
+  }
+
+  serverIsUp(running: RunningServer): void {
+    this.running = running;
+    if (this.signalWhileStarting !== null) this.shutDown(running, this.signalWhileStarting);
+  }
+
+  private onSignal(signal: NodeJS.Signals): void {
+    this.signals++;
+    if (this.signals > 1) {
+      // Shell convention for "terminated by a signal": the supervisor sees that no clean shutdown happened.
+      this.log.warn("second signal: exiting at once, without waiting for the shutdown", { signal });
+      this.exit(128 + (constants.signals[signal] ?? 15));
+    }
+    if (this.running === null) this.signalWhileStarting = signal;
+    else this.shutDown(this.running, signal);
+  }
+
+  private shutDown(server: RunningServer, signal: NodeJS.Signals): void {
+    const { log, config } = this;
+    log.info("shutting down", { signal, timeout_ms: config.shutdownTimeoutMs });
+    setTimeout(() => {
+      log.error("shutdown did not finish in time: exiting without it", { deadline_ms: config.shutdownTimeoutMs + FLUSH_GRACE_MS });
+      this.exit(1);
+    }, config.shutdownTimeoutMs + FLUSH_GRACE_MS).unref();
+    server.shutdown().then(
+      (report) => {
+        log.flushSuppressed();
+        log.info("stopped", {
+          ms: report.ms,
+          connections_closed: report.connectionsClosed,
+          connections_forced: report.connectionsForced,
+          transactions_rolled_back: report.transactionsRolledBack,
+        });
+        this.exit(0);
+      },
+      (err) => {
+        log.error("shutdown failed", { reason: err });
+        this.exit(1);
+      },
+    );
+  }
+
+  private exit(code: number): never {
+    this.log.flushSuppressed();
+    return process.exit(code);
+  }
 }
 
 /** `txkv cli …` and `txkv bench …` are the client tools; anything else serves. */

@@ -90,12 +90,7 @@ function openFilesLimit(): number | null {
 }
 
 export async function startServer(config: Config, version: string, log: Logger): Promise<RunningServer> {
-  if (!isLoopback(config.host) && config.password === undefined) {
-    throw new StartupError(
-      `refusing to listen on ${config.host} without a password (protected mode): ` +
-        `set one with --password <pw> or TXKV_PASSWORD, or bind to 127.0.0.1`,
-    );
-  }
+  refuseUnprotected(config);
   const tls = config.tls && { cert: readPem(config.tls.certPath, "--tls-cert"), key: readPem(config.tls.keyPath, "--tls-key") };
   const { commitLog, store, keysLoaded, loadMs } = await openState(config, log);
   const stats = new ServerStats();
@@ -119,9 +114,36 @@ export async function startServer(config: Config, version: string, log: Logger):
     executor,
     log,
   );
-  let address: { host: string; port: number };
+  const address = await listenOrClose(server, commitLog, config);
+  const metrics = config.metricsPort === null ? null : await startMetricsOrClose(executor, version, config, server, commitLog);
+  let stopping: Promise<ShutdownReport> | null = null;
+  return {
+    ...address,
+    metricsPort: metrics?.port ?? null,
+    keysLoaded,
+    loadMs,
+    server,
+    executor,
+    shutdown() {
+      stopping ??= shutDownInOrder(server, commitLog, metrics?.server ?? null, stats, config.shutdownTimeoutMs);
+      return stopping;
+    },
+  };
+}
+
+/** Protected mode: a non-loopback address needs a password. */
+function refuseUnprotected(config: Config): void {
+  if (isLoopback(config.host) || config.password !== undefined) return;
+  throw new StartupError(
+    `refusing to listen on ${config.host} without a password (protected mode): ` +
+      `set one with --password <pw> or TXKV_PASSWORD, or bind to 127.0.0.1`,
+  );
+}
+
+/** Starts listening; when that fails, closes the data files and says why (the TLS pair, or the address). */
+async function listenOrClose(server: TxkvServer, commitLog: CommitLog, config: Config): Promise<{ host: string; port: number }> {
   try {
-    address = server.start();
+    return server.start();
   } catch (err) {
     await commitLog.close();
     const reason = err instanceof Error ? err.message : String(err);
@@ -132,47 +154,51 @@ export async function startServer(config: Config, version: string, log: Logger):
     }
     throw new StartupError(`cannot listen on ${config.host}:${config.port}: ${reason}`);
   }
-  let metrics: MetricsServer | null = null;
-  let metricsPort: number | null = null;
-  if (config.metricsPort !== null) {
-    metrics = new MetricsServer(executor, version);
-    try {
-      metricsPort = metrics.start(config.host, config.metricsPort);
-    } catch (err) {
-      server.stop();
-      await commitLog.close();
-      throw new StartupError(
-        `cannot serve metrics on ${config.host}:${config.metricsPort}: ${err instanceof Error ? err.message : err}`,
-      );
-    }
+}
+
+/** The metrics endpoint (--metrics-port); when it cannot listen, stops the server and closes the data files. */
+async function startMetricsOrClose(
+  executor: Executor,
+  version: string,
+  config: Config,
+  server: TxkvServer,
+  commitLog: CommitLog,
+): Promise<{ server: MetricsServer; port: number }> {
+  const metrics = new MetricsServer(executor, version);
+  try {
+    return { server: metrics, port: metrics.start(config.host, config.metricsPort!) };
+  } catch (err) {
+    server.stop();
+    await commitLog.close();
+    throw new StartupError(`cannot serve metrics on ${config.host}:${config.metricsPort}: ${err instanceof Error ? err.message : err}`);
   }
-  let stopping: Promise<ShutdownReport> | null = null;
+}
+
+/**
+ * The graceful shutdown: /health says so, open connections drain (their
+ * transactions roll back) for up to timeoutMs, then the listener stops, the
+ * data files are flushed and closed, and the metrics endpoint goes last.
+ */
+async function shutDownInOrder(
+  server: TxkvServer,
+  commitLog: CommitLog,
+  metrics: MetricsServer | null,
+  stats: ServerStats,
+  timeoutMs: number,
+): Promise<ShutdownReport> {
+  const startedAt = performance.now();
+  if (metrics) metrics.shuttingDown = true;
+  const connectionsClosed = server.connectionCount;
+  const rolledBackBefore = stats.txRolledBack;
+  const connectionsForced = await server.drain(timeoutMs);
+  server.stop();
+  await commitLog.close();
+  await metrics?.stop();
   return {
-    ...address,
-    metricsPort,
-    keysLoaded,
-    loadMs,
-    server,
-    executor,
-    shutdown() {
-      stopping ??= (async () => {
-        const startedAt = performance.now();
-        if (metrics) metrics.shuttingDown = true;
-        const connectionsClosed = server.connectionCount;
-        const rolledBackBefore = stats.txRolledBack;
-        const connectionsForced = await server.drain(config.shutdownTimeoutMs);
-        server.stop();
-        await commitLog.close();
-        await metrics?.stop();
-        return {
-          connectionsClosed,
-          connectionsForced,
-          transactionsRolledBack: stats.txRolledBack - rolledBackBefore,
-          ms: Math.round(performance.now() - startedAt),
-        };
-      })();
-      return stopping;
-    },
+    connectionsClosed,
+    connectionsForced,
+    transactionsRolledBack: stats.txRolledBack - rolledBackBefore,
+    ms: Math.round(performance.now() - startedAt),
   };
 }
 
