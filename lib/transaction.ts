@@ -39,6 +39,8 @@ interface Level {
 
 /** Room for a typical key and value; the buffer grows for longer ones. */
 const ASCII_WRITE_INITIAL_BYTES = 256;
+/** Levels a connection keeps for reuse after its transaction ends; deeper ones are made again when needed. */
+const KEPT_LEVELS = 8;
 
 function newLevel(): Level {
   return { firstKey: null, firstValue: DELETED, writes: null, bytes: 0, failed: false };
@@ -68,6 +70,8 @@ export class Transaction implements Watcher {
 
   /** Makes this a fresh transaction of one level (the previous one must have ended: unwatch left watchedKeys empty). */
   reset(): void {
+    // Keep a few reused levels, not every level the deepest transaction so far opened.
+    if (this.levels.length > KEPT_LEVELS) this.levels.length = KEPT_LEVELS;
     this.conflicted = false;
     this.totalBytes = 0;
     this.levelCount = 0;
@@ -184,6 +188,9 @@ export class Transaction implements Watcher {
     if (this.asciiLevel === this.levelCount - 1) this.asciiLevel = -1;
     const level = this.levels[--this.levelCount]!;
     this.totalBytes -= level.bytes;
+    // Level objects are reused: a discarded level's writes must not stay reachable until that depth is reached
+    // again (a connection could keep up to 1,000 levels' worth, each up to the byte budget).
+    clearWrites(level);
     return this.levelCount === 0;
   }
 

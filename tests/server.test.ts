@@ -248,6 +248,40 @@ describe("values that cannot be stored as written", () => {
 });
 
 describe("transactions end to end", () => {
+  test("rolled-back levels keep none of their writes: 3 connections × 1,000 levels of 1 KB values, all rolled back, leave the heap as it was", async () => {
+    const { heapStats } = await import("bun:jsc");
+    const roomy = await startInProcess(["--max-transaction-bytes", "4000000", "--max-request-bytes", "4096"]);
+    const heapBytes = () => (Bun.gc(true), heapStats().heapSize);
+    const deepThenRolledBack = (c: number) => {
+      let lines = "";
+      for (let level = 0; level < 1000; level++) {
+        lines += `START\nPUT {"key":"deep:${c}:${level}","value":"${String(level).padStart(1000, "v")}"}\n`;
+      }
+      return lines + "ROLLBACK\n".repeat(1000);
+    };
+    // Clients that only count reply lines: a LineClient keeps all it received, on this same heap.
+    const counters = await Promise.all([0, 1, 2].map(() => replyCounter(roomy.port)));
+    try {
+      // A first round on other connections, closed since: the server's shared buffers have grown to these
+      // batches before the baseline, so what the heap gains afterwards is what the connections keep.
+      const warmers = await Promise.all([0, 1, 2].map(() => replyCounter(roomy.port)));
+      await Promise.all(warmers.map((counter, c) => counter.send(deepThenRolledBack(c), 3000)));
+      for (const counter of warmers) counter.close();
+      await waitFor(() => roomy.server.connectionCount === 3, 5000, "the first connections to close");
+      await Promise.all(counters.map((counter, c) => counter.send(`START\nPUT {"key":"deep:${c}","value":1}\nROLLBACK\n`, 3)));
+      const before = heapBytes();
+      await Promise.all(counters.map((counter, c) => counter.send(deepThenRolledBack(c), 3000)));
+      expect(Object.keys(roomy.executor.stats.errorsByCode)).toEqual([]);
+      expect(roomy.executor.stats.txOpen).toBe(0);
+      // Before the fix each connection kept the 1,000 rolled-back values of its deepest transaction (about
+      // 3 MB in all) until it closed, or until a transaction reached that depth again.
+      expect(heapBytes() - before).toBeLessThan(1024 * 1024);
+    } finally {
+      for (const counter of counters) counter.close();
+      await roomy.shutdown();
+    }
+  });
+
   test("isolation: uncommitted writes are invisible; the outermost COMMIT shows them all at once", async () => {
     const a = await LineClient.connect(server.port);
     const b = await LineClient.connect(server.port);
@@ -302,8 +336,11 @@ describe("transactions end to end", () => {
     expect(await watched()).toMatchObject({ open: 1, watched_keys: 2 });
     await b.request("PUT ser:unrelated 1");
     expect(await watched()).toMatchObject({ open: 1, watched_keys: 2 });
+    // KEYS prefixes are counted too, each distinct prefix once.
+    await a.pipeline(["KEYS ser:p1", "KEYS ser:p2", "KEYS ser:p1"]);
+    expect(await watched()).toMatchObject({ open: 1, watched_prefixes: 2 });
     await a.request("ROLLBACK");
-    expect(await watched()).toMatchObject({ open: 0, watched_keys: 0 });
+    expect(await watched()).toMatchObject({ open: 0, watched_keys: 0, watched_prefixes: 0 });
     a.close();
     b.close();
   });
@@ -457,3 +494,36 @@ describe("connection limit", () => {
     await small.shutdown();
   });
 });
+
+/** A raw client that sends text and waits for that many reply lines, keeping nothing of them. */
+async function replyCounter(port: number): Promise<{ send(text: string, replies: number): Promise<void>; close(): void }> {
+  let lines = 0;
+  let waiting: { until: number; resolve: () => void } | null = null;
+  let pending: Uint8Array | null = null;
+  const socket = await Bun.connect({
+    hostname: "127.0.0.1",
+    port,
+    socket: {
+      data(_s, chunk) {
+        for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) lines++;
+        if (waiting !== null && lines >= waiting.until) waiting.resolve();
+      },
+      drain(s) {
+        if (pending === null) return;
+        const written = s.write(pending);
+        pending = written < pending.length ? pending.subarray(Math.max(written, 0)) : null;
+      },
+    },
+  });
+  return {
+    send(text, replies) {
+      const until = lines + replies;
+      const done = new Promise<void>((resolve) => (waiting = { until, resolve }));
+      const bytes = Buffer.from(text);
+      const written = socket.write(bytes);
+      if (written < bytes.length) pending = bytes.subarray(Math.max(written, 0));
+      return done;
+    },
+    close: () => socket.end(),
+  };
+}
