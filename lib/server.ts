@@ -91,6 +91,8 @@ interface Connection {
   peerEnded: boolean;
   /** QUIT or the HTTP guard: run nothing more, close once the replies are out. */
   closing: boolean;
+  /** The server has ended its side (endConnection). */
+  ended: boolean;
   closed: boolean;
 }
 
@@ -250,6 +252,7 @@ export class TxkvServer {
       partialTimer: null,
       peerEnded: false,
       closing: false,
+      ended: false,
       closed: false,
     };
     socket.data = conn;
@@ -288,7 +291,7 @@ export class TxkvServer {
     const limit = this.options.idleTimeoutSeconds;
     for (const socket of this.connections) {
       const conn = socket.data;
-      if (conn === null || conn.closed) continue;
+      if (conn === null || conn.closed || conn.ended) continue;
       // A reply the server still owes (fsync, SAVE, AUTH delay) is the server's wait, not the client's silence.
       if (!conn.held.isEmpty || conn.awaitingReply) conn.idleSweeps = 0;
       if (++conn.idleSweeps <= limit) continue;
@@ -298,7 +301,7 @@ export class TxkvServer {
         timeout_seconds: limit,
         in_transaction: conn.session.tx !== null,
       });
-      socket.end();
+      this.endConnection(socket, conn);
     }
   }
 
@@ -596,7 +599,23 @@ export class TxkvServer {
   }
 
   private closeWhenFlushed(socket: Socket<SocketData>, conn: Connection): void {
-    if (conn.queue.length === 0 && conn.held.isEmpty && !conn.awaitingReply && !conn.closed) socket.end();
+    if (conn.queue.length === 0 && conn.held.isEmpty && !conn.awaitingReply && !conn.closed) this.endConnection(socket, conn);
+  }
+
+  /**
+   * Ends the connection from the server's side (QUIT, the HTTP guard, the
+   * idle timeout, shutdown, a finished half-close), once. Over TLS, `end()`
+   * sends close_notify and then waits for the client's, about 12 s when it
+   * never comes, and the socket can no longer be closed meanwhile: the
+   * connection, its slot and its open transaction would be held all along.
+   * `close()` sends close_notify, lets the bytes already written go out, and
+   * releases the connection at once.
+   */
+  private endConnection(socket: Socket<SocketData>, conn: Connection): void {
+    if (conn.ended) return;
+    conn.ended = true;
+    if (this.options.tls) socket.close();
+    else socket.end();
   }
 
   private onClose(socket: Socket<SocketData>, err?: Error): void {

@@ -302,6 +302,44 @@ describe("TLS", () => {
     await small.shutdown();
   });
 
+  test("TLS clients that keep their socket open are let go when the server ends them: after QUIT, at the idle timeout (transaction rolled back), at shutdown (not forced)", async () => {
+    const idle = await startInProcess(["--tls-cert", certPath, "--tls-key", keyPath, "--timeout", "1"]);
+    // A client that never ends its side, as a Python ssl socket left open. Bun's end() on the server then
+    // waits about 12 s for the client's close_notify, holding the connection and its transaction.
+    const holdingClient = async (request: string) => {
+      let text = "";
+      const socket = await Bun.connect({
+        hostname: "127.0.0.1",
+        port: idle.port,
+        tls: { ca, serverName: "localhost" },
+        allowHalfOpen: true,
+        socket: {
+          // Nothing can be written before the handshake.
+          handshake: (s) => void s.write(request),
+          data: (_s, chunk) => void (text += Buffer.from(chunk).toString()),
+          end: () => {},
+        },
+      });
+      return { socket, text: () => text };
+    };
+    const quitter = await holdingClient("QUIT\n");
+    await waitFor(() => quitter.text().includes("Bye"), 5000, "Bye");
+    await waitFor(() => idle.server.connectionCount === 0, 5000, "the QUIT connection released");
+
+    const idler = await holdingClient("START\nPUT held 1\n");
+    await waitFor(() => idler.text().split("\n").length >= 3, 5000, "the replies");
+    expect(idle.executor.stats.txOpen).toBe(1);
+    // The idle timeout ends it 1-2 s later; before the fix it was held until about 12 s.
+    await waitFor(() => idle.server.connectionCount === 0, 6000, "the idle connection released");
+    expect(idle.executor.stats.txOpen).toBe(0);
+
+    const reader = await holdingClient("PING\n");
+    await waitFor(() => reader.text().includes("PONG"), 5000, "PONG");
+    // It reads its replies, so the shutdown closes it like any other (before: forced after the 10 s drain).
+    expect((await idle.shutdown()).connectionsForced).toBe(0);
+    for (const client of [quitter, idler, reader]) client.socket.terminate();
+  }, 30000);
+
   test("the server process serves TLS from TXKV_TLS_CERT/TXKV_TLS_KEY", async () => {
     const proc = await spawnServer(["--in-memory"], { env: { TXKV_TLS_CERT: certPath, TXKV_TLS_KEY: keyPath } });
     const c = await LineClient.connect(proc.port, "127.0.0.1", { ca, serverName: "localhost" });
