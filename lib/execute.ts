@@ -416,6 +416,7 @@ export class Executor {
       conflicted: s.txConflicted,
       aborted: s.txAborted,
       watched_keys: watchedKeys(this.store),
+      watched_prefixes: this.store.watchCounts.prefixes,
     };
     return {
       keys: this.store.size,

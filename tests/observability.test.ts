@@ -132,7 +132,7 @@ describe("STATS", () => {
     expect(stats.memory.heap_used).toBeGreaterThan(0);
     expect(stats.memory.client_buffers).toBeGreaterThanOrEqual(0);
     expect(stats.persistence).toEqual({ mode: "in-memory" });
-    expect(stats.transactions).toEqual({ open: 1, committed: 1, rolled_back: 1, conflicted: 1, aborted: 0, watched_keys: 0 });
+    expect(stats.transactions).toEqual({ open: 1, committed: 1, rolled_back: 1, conflicted: 1, aborted: 0, watched_keys: 0, watched_prefixes: 0 });
     expect(stats.stats).toMatchObject({
       keys: 3,
       commands: 18,
