@@ -89,6 +89,18 @@ describe("HeldReplies", () => {
     expect(take(held, 5)).toBe("after\n");
   });
 
+  test("once emptied, a connection keeps a small held buffer for reuse but lets go of one a pipelined batch grew", () => {
+    const held = new HeldReplies();
+    hold(held, "a reply\n", 1);
+    take(held, 1);
+    const small = held.keptBytes;
+    expect(small).toBeGreaterThan(0);
+    expect(small).toBeLessThanOrEqual(4 * 1024);
+    hold(held, "x".repeat(10 * 1024) + "\n", 2);
+    take(held, 2);
+    expect(held.keptBytes).toBe(0);
+  });
+
   test("holding nothing holds nothing", () => {
     const held = new HeldReplies();
     held.hold(new Uint8Array(4), 2, 2, 9);
