@@ -11,8 +11,11 @@ import * as v from "valibot";
 
 /** A whole number written in decimal digits, from min to max. */
 export function wholeNumber(min: number, max: number = Number.MAX_SAFE_INTEGER) {
-  const expected = max === Number.MAX_SAFE_INTEGER ? `expected a whole number of at least ${min}` : `expected a whole number from ${min} to ${max}`;
-  return v.pipe(v.string(), v.regex(/^\d+$/, expected), v.transform(Number), v.number(), v.minValue(min, expected), v.maxValue(max, expected));
+  const unbounded = max === Number.MAX_SAFE_INTEGER;
+  const expected = unbounded ? `expected a whole number of at least ${min}` : `expected a whole number from ${min} to ${max}`;
+  // Past 2^53 digits no longer name one number: say so rather than repeat "at least".
+  const tooLarge = unbounded ? `expected a whole number of at most ${max}` : expected;
+  return v.pipe(v.string(), v.regex(/^\d+$/, expected), v.transform(Number), v.number(), v.minValue(min, expected), v.maxValue(max, tooLarge));
 }
 
 /** A positive decimal number (`3`, `0.5`). */

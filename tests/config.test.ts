@@ -59,6 +59,10 @@ describe("parseConfig", () => {
     expect(v.parse(positiveNumber(), "3")).toBe(3);
     for (const text of ["0", "1e3", "-1", "abc", "", "Infinity", "0x1"]) expect(v.safeParse(positiveNumber(), text).success).toBe(false);
     expect(() => parseOption("rounds", "x", wholeNumber(1))).toThrow("--rounds x: expected a whole number of at least 1");
+    // Too large for an unbounded option: the message says so rather than "at least 1".
+    expect(() => parseOption("rounds", "99999999999999999999", wholeNumber(1))).toThrow(
+      "--rounds 99999999999999999999: expected a whole number of at most 9007199254740991",
+    );
   });
 
   test("bad values name the option", () => {
