@@ -8,7 +8,8 @@
  * unterminated-request timer, read pausing when a client does not read its
  * replies, fairness (a connection that brought a large read waits until the
  * others had their turn), the connection limit, the idle timeout, the
- * cross-protocol guard, the order of replies, and the graceful drain at shutdown.
+ * cross-protocol guard, the order of replies, the lingering close (see
+ * endConnection), and the graceful drain at shutdown.
  * Per data event, all replies that are ready are built in one ByteBuffer
  * and go out in one socket write. A plain GET or PUT, in or outside a
  * transaction, takes the fast path (parsePlainRequest +
@@ -66,6 +67,13 @@ const REFUSED_HANDSHAKE_GRACE_MS = 5000;
  */
 const MAX_REFUSED_IN_HANDSHAKE = 16;
 
+/**
+ * How long a connection the server has ended keeps reading (and dropping)
+ * what the client still sends, waiting for it to close its side, before it
+ * is closed regardless; see endConnection. (nginx's lingering_timeout is 5 s.)
+ */
+const LINGER_MS = 2000;
+
 interface Connection {
   readonly id: number;
   readonly remote: string;
@@ -91,8 +99,10 @@ interface Connection {
   peerEnded: boolean;
   /** QUIT or the HTTP guard: run nothing more, close once the replies are out. */
   closing: boolean;
-  /** The server has ended its side (endConnection). */
+  /** The server has ended its side (endConnection): input is read and dropped until the close. */
   ended: boolean;
+  /** Closes an ended connection whose client never closes its side. */
+  lingerTimer: Timer | null;
   closed: boolean;
 }
 
@@ -182,12 +192,17 @@ export class TxkvServer {
       clearTimeout(timer);
       this.onAllClosed = null;
     }
-    const forced = [...this.connections];
-    for (const socket of forced) {
-      socket.terminate();
+    let forced = 0;
+    for (const socket of [...this.connections]) {
+      // An ended connection (lingering) had all its replies out: only its wait for the client is cut short.
+      if (socket.data?.ended) socket.close();
+      else {
+        forced++;
+        socket.terminate();
+      }
       this.onClose(socket);
     }
-    return forced.length;
+    return forced;
   }
 
   /** Closes every connection (open transactions roll back) and the listener. */
@@ -253,6 +268,7 @@ export class TxkvServer {
       peerEnded: false,
       closing: false,
       ended: false,
+      lingerTimer: null,
       closed: false,
     };
     socket.data = conn;
@@ -592,6 +608,11 @@ export class TxkvServer {
   private onEnd(socket: Socket<SocketData>): void {
     const conn = socket.data;
     if (!conn) return;
+    if (conn.ended) {
+      // Both sides are done and the client sends nothing more: closing cannot reset anything now.
+      socket.close();
+      return;
+    }
     conn.peerEnded = true;
     this.clearPartialTimer(conn);
     if (!conn.readPaused && !conn.awaitingReply && !conn.closing) this.processInput(socket, conn);
@@ -604,18 +625,30 @@ export class TxkvServer {
 
   /**
    * Ends the connection from the server's side (QUIT, the HTTP guard, the
-   * idle timeout, shutdown, a finished half-close), once. Over TLS, `end()`
-   * sends close_notify and then waits for the client's, about 12 s when it
-   * never comes, and the socket can no longer be closed meanwhile: the
-   * connection, its slot and its open transaction would be held all along.
-   * `close()` sends close_notify, lets the bytes already written go out, and
-   * releases the connection at once.
+   * idle timeout, shutdown, a finished half-close), once: a lingering close,
+   * as web servers do. Closing the socket at once would lose replies: when
+   * input the server has not read is still in the kernel (requests pipelined
+   * after QUIT, a client cut off by the shutdown), close(2) sends a reset and
+   * the kernel drops the replies not yet delivered. So the server sends its
+   * FIN (over TLS, close_notify first), rolls back an open transaction now,
+   * keeps reading and dropping what the client still sends, and closes when
+   * the client closes its side, or after LINGER_MS.
    */
   private endConnection(socket: Socket<SocketData>, conn: Connection): void {
     if (conn.ended) return;
     conn.ended = true;
-    if (this.options.tls) socket.close();
-    else socket.end();
+    conn.closing = true;
+    this.clearPartialTimer(conn);
+    // Replies still queued here (an idle client that stopped reading) can no longer be sent after the FIN.
+    conn.queue.length = 0;
+    conn.queuedBytes = 0;
+    this.executor.closeSession(conn.session);
+    // shutdown() is the half-close (over TLS it sends close_notify). Not end(): over TCP that closes at once,
+    // and over TLS it then waits for the client's close_notify, about 12 s when none comes, and cannot be cut short.
+    socket.shutdown();
+    socket.resume();
+    conn.lingerTimer = setTimeout(() => socket.close(), LINGER_MS);
+    conn.lingerTimer.unref();
   }
 
   private onClose(socket: Socket<SocketData>, err?: Error): void {
@@ -624,6 +657,7 @@ export class TxkvServer {
     if (!conn || conn.closed) return;
     conn.closed = true;
     this.clearPartialTimer(conn);
+    if (conn.lingerTimer !== null) clearTimeout(conn.lingerTimer);
     this.connections.delete(socket);
     this.waitingForDurability.delete(socket);
     this.executor.closeSession(conn.session);

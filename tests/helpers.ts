@@ -314,3 +314,43 @@ export function seededRandom(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/** What tests/quit-pipeliner.py saw: its replies, the last one, and how the connection ended ("eof" when cleanly). */
+export interface QuitPipelinerReport {
+  replies: number;
+  last: string | null;
+  endedBy: string;
+  sendError: string | null;
+}
+
+/**
+ * Runs tests/quit-pipeliner.py against an in-process server: it pipelines
+ * `gets` GETs of a 900-byte value, QUIT, and junkBytes of PINGs, and starts
+ * reading only once it has sent everything and the server has run the QUIT.
+ * caFile makes it speak TLS.
+ */
+export async function pipelineAfterQuit(
+  server: RunningServer,
+  caFile: string | null,
+  gets: number,
+  junkBytes: number,
+): Promise<QuitPipelinerReport> {
+  const quitsBefore = server.executor.stats.commandsByType.QUIT ?? 0;
+  const script = join(import.meta.dir, "quit-pipeliner.py");
+  const args = [String(server.port), caFile ?? "-", String(gets), String(junkBytes)];
+  const proc = Bun.spawn(["python3", script, ...args], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  let out = "";
+  const reading = (async () => {
+    for await (const chunk of proc.stdout) out += new TextDecoder().decode(chunk);
+  })();
+  await waitFor(
+    () => out.startsWith("sent\n") && (server.executor.stats.commandsByType.QUIT ?? 0) > quitsBefore,
+    10000,
+    "the client to send everything and the server to run its QUIT",
+  );
+  proc.stdin.write("go\n");
+  proc.stdin.end();
+  const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text(), reading]);
+  if (code !== 0) throw new Error(`quit-pipeliner.py failed: ${stderr}`);
+  return JSON.parse(out.slice("sent\n".length)) as QuitPipelinerReport;
+}

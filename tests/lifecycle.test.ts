@@ -7,7 +7,8 @@
 import { describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { BUN, INDEX, LineClient, spawnServer, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
+import type { Socket } from "bun";
+import { BUN, INDEX, LineClient, spawnServer, startInProcess, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
 
 function logEntries(proc: ServerProcess): Array<Record<string, any>> {
   return proc
@@ -121,6 +122,45 @@ describe("graceful shutdown", () => {
     expect(await proc.kill("SIGTERM")).toBe(0);
     expect(logged(proc, "stopped")).toMatchObject({ connections_forced: 1 });
     await flooder.closed;
+  });
+
+  test("a shutdown in the middle of a pipelined stream acknowledges every write it applied (its close resets nothing)", async () => {
+    const server = await startInProcess(["--in-memory"]);
+    const requests = Buffer.from(Array.from({ length: 20_000 }, (_, i) => `PUT k${i} ${"v".repeat(1000)}\n`).join(""));
+    let sent = 0;
+    let acks = 0;
+    const ended = Promise.withResolvers<string>();
+    const send = (socket: Socket) => {
+      while (sent < requests.length) {
+        const accepted = socket.write(requests.subarray(sent));
+        if (accepted <= 0) return;
+        sent += accepted;
+      }
+    };
+    // The client sends without reading, so its requests are still arriving when the shutdown ends the connection.
+    const client = await Bun.connect({
+      hostname: "127.0.0.1",
+      port: server.port,
+      socket: {
+        open: (socket) => {
+          socket.pause();
+          send(socket);
+        },
+        drain: send,
+        data: (_socket, chunk) => {
+          for (const byte of chunk) if (byte === 10) acks++;
+        },
+        close: (_socket, err) => ended.resolve(err ? `error: ${err.message}` : "closed"),
+        error: (_socket, err) => ended.resolve(`error: ${err.message}`),
+      },
+    });
+    await waitFor(() => (server.executor.stats.commandsByType.PUT ?? 0) >= 2000, 10000, "2,000 PUTs applied");
+    const report = server.shutdown();
+    client.resume();
+    expect(await ended.promise).toBe("closed");
+    expect((await report).connectionsForced).toBe(0);
+    expect(acks).toBe(server.executor.stats.commandsByType.PUT ?? 0);
+    expect(sent).toBeLessThan(requests.length);
   });
 
   test("SIGTERM while it starts (at its first log line, before it listens) is a graceful stop once started: exit 0, lock released", async () => {

@@ -11,7 +11,7 @@ import { isLoopback } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
 import { connect } from "../lib/client.ts";
 import { authFailureDelayMs } from "../lib/execute.ts";
-import { LineClient, runIndex, spawnServer, startInProcess, tempDir, waitFor } from "./helpers.ts";
+import { LineClient, pipelineAfterQuit, runIndex, spawnServer, startInProcess, tempDir, waitFor } from "./helpers.ts";
 
 const PASSWORD = "correct horse battery staple";
 
@@ -300,6 +300,12 @@ describe("TLS", () => {
     for (const c of silent) c.close();
     a.close();
     await small.shutdown();
+  });
+
+  test("TLS: QUIT with requests pipelined after it: every reply up to Bye arrives, then close_notify", async () => {
+    // The Python client counts a close without close_notify as an error, as strict TLS clients do.
+    const report = await pipelineAfterQuit(server, certPath, 300, 1_000_000);
+    expect(report).toEqual({ replies: 301, last: '{"status":"Ok","result":"Bye"}', endedBy: "eof", sendError: null });
   });
 
   test("TLS clients that keep their socket open are let go when the server ends them: after QUIT, at the idle timeout (transaction rolled back), at shutdown (not forced)", async () => {

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { connect as netConnect } from "node:net";
 import type { RunningServer } from "../lib/app.ts";
-import { LineClient, startInProcess, waitFor } from "./helpers.ts";
+import { LineClient, pipelineAfterQuit, startInProcess, waitFor } from "./helpers.ts";
 
 let server: RunningServer & { logs: string[] };
 /**
@@ -463,6 +463,14 @@ describe("connections", () => {
     expect(await c.request("GET fromhttp")).toMatchObject({ code: "NOT_FOUND" });
     c.close();
     await waitFor(() => server.logs.some((l) => l.includes("cross-protocol guard")), 2000, "the guard's warning");
+  });
+
+  test("QUIT with requests pipelined after it: every reply up to Bye arrives, then a clean close (no reset), and nothing after QUIT runs", async () => {
+    const pingsBefore = server.executor.stats.commandsByType.PING ?? 0;
+    // 1 MB of PINGs still arriving when the server ends the connection: closing the socket then would reset it.
+    const report = await pipelineAfterQuit(server, null, 300, 1_000_000);
+    expect(report).toEqual({ replies: 301, last: '{"status":"Ok","result":"Bye"}', endedBy: "eof", sendError: null });
+    expect(server.executor.stats.commandsByType.PING ?? 0).toBe(pingsBefore);
   });
 
   test("lines after a POST line in the same packet are not run", async () => {
