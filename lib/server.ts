@@ -68,10 +68,13 @@ const REFUSED_HANDSHAKE_GRACE_MS = 5000;
 const MAX_REFUSED_IN_HANDSHAKE = 16;
 
 /**
- * How long a connection the server has ended keeps reading (and dropping)
- * what the client still sends, waiting for it to close its side, before it
- * is closed regardless; see endConnection. (nginx's lingering_timeout is 5 s.)
+ * A connection the server has ended keeps reading (and dropping) what the
+ * client still sends, waiting for it to close its side; see endConnection.
+ * It is closed once nothing has come for LINGER_QUIET_MS, and after
+ * LINGER_MS in any case. (nginx: lingering_timeout 5 s, lingering_time 30 s;
+ * txkv's clients are near, and a shutdown waits on this.)
  */
+const LINGER_QUIET_MS = 200;
 const LINGER_MS = 2000;
 
 interface Connection {
@@ -101,8 +104,12 @@ interface Connection {
   closing: boolean;
   /** The server has ended its side (endConnection): input is read and dropped until the close. */
   ended: boolean;
-  /** Closes an ended connection whose client never closes its side. */
+  /** Closes an ended connection whose client goes quiet without closing its side. */
   lingerTimer: Timer | null;
+  /** When the connection was ended (performance.now()). */
+  endedAt: number;
+  /** Input came since the linger timer last looked. */
+  inputWhileLingering: boolean;
   closed: boolean;
 }
 
@@ -269,6 +276,8 @@ export class TxkvServer {
       closing: false,
       ended: false,
       lingerTimer: null,
+      endedAt: 0,
+      inputWhileLingering: false,
       closed: false,
     };
     socket.data = conn;
@@ -323,7 +332,12 @@ export class TxkvServer {
 
   private onData(socket: Socket<SocketData>, chunk: Uint8Array): void {
     const conn = socket.data;
-    if (conn === null || conn.closing) return;
+    if (conn === null) return;
+    if (conn.closing) {
+      // Nothing more runs; an ended connection only notes that the client is still sending.
+      if (conn.ended) conn.inputWhileLingering = true;
+      return;
+    }
     conn.idleSweeps = 0;
     conn.dataEvents++;
     this.clearPartialTimer(conn);
@@ -632,7 +646,7 @@ export class TxkvServer {
    * the kernel drops the replies not yet delivered. So the server sends its
    * FIN (over TLS, close_notify first), rolls back an open transaction now,
    * keeps reading and dropping what the client still sends, and closes when
-   * the client closes its side, or after LINGER_MS.
+   * the client closes its side or goes quiet (LINGER_QUIET_MS, LINGER_MS).
    */
   private endConnection(socket: Socket<SocketData>, conn: Connection): void {
     if (conn.ended) return;
@@ -646,8 +660,27 @@ export class TxkvServer {
     // shutdown() is the half-close (over TLS it sends close_notify). Not end(): over TCP that closes at once,
     // and over TLS it then waits for the client's close_notify, about 12 s when none comes, and cannot be cut short.
     socket.shutdown();
+    if (conn.peerEnded && !this.options.tls) {
+      // The client has closed its side: nothing can arrive to reset, and its slot is free for its next connection.
+      // (Over TLS, close() could cut off encrypted bytes Bun still holds; the quiet linger ends it instead.)
+      socket.close();
+      return;
+    }
     socket.resume();
-    conn.lingerTimer = setTimeout(() => socket.close(), LINGER_MS);
+    conn.endedAt = performance.now();
+    conn.lingerTimer = setTimeout(() => this.lingerCheck(socket, conn), LINGER_QUIET_MS);
+    conn.lingerTimer.unref();
+  }
+
+  /** Closes an ended connection whose client sent nothing for LINGER_QUIET_MS, or that has lingered LINGER_MS. */
+  private lingerCheck(socket: Socket<SocketData>, conn: Connection): void {
+    if (!conn.inputWhileLingering || performance.now() - conn.endedAt >= LINGER_MS) {
+      conn.lingerTimer = null;
+      socket.close();
+      return;
+    }
+    conn.inputWhileLingering = false;
+    conn.lingerTimer = setTimeout(() => this.lingerCheck(socket, conn), LINGER_QUIET_MS);
     conn.lingerTimer.unref();
   }
 
@@ -662,7 +695,8 @@ export class TxkvServer {
     this.waitingForDurability.delete(socket);
     this.executor.closeSession(conn.session);
     this.executor.stats.connectionsCurrent--;
-    if (err) {
+    // A reset after the server ended the connection is the client closing with replies unread: no news.
+    if (err && !conn.ended) {
       const code = (err as { code?: unknown }).code;
       this.log.limited("info", `connection-error:${String(code ?? err.message)}`, "connection closed by an error", {
         reason: err.message,

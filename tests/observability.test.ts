@@ -415,4 +415,20 @@ describe("operational log events", () => {
     });
     await running.shutdown();
   });
+
+  test("a client that sends QUIT and closes without reading its replies logs no reset: the server had ended the connection", async () => {
+    const { running, entries } = await loggedServer([]);
+    for (let i = 0; i < 5; i++) {
+      const quits = running.executor.stats.commandsByType.QUIT ?? 0;
+      const client = await Bun.connect({ hostname: "127.0.0.1", port: running.port, socket: { data() {} } });
+      client.pause();
+      client.write("PING\nQUIT\n");
+      await waitFor(() => (running.executor.stats.commandsByType.QUIT ?? 0) > quits, 5000, "the QUIT to run");
+      // Closing with the replies unread makes the client's kernel send a reset.
+      client.end();
+    }
+    await waitFor(() => running.server.connectionCount === 0, 5000, "the connections to close");
+    expect(entries().filter((e) => e.msg === "connection closed by an error")).toEqual([]);
+    await running.shutdown();
+  });
 });

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { connect as netConnect } from "node:net";
 import type { RunningServer } from "../lib/app.ts";
-import { LineClient, pipelineAfterQuit, startInProcess, waitFor } from "./helpers.ts";
+import { LineClient, pipelineAfterQuit, spawnServer, startInProcess, waitFor } from "./helpers.ts";
 
 let server: RunningServer & { logs: string[] };
 /**
@@ -500,6 +500,18 @@ describe("connection limit", () => {
     d.close();
     b.close();
     await small.shutdown();
+  });
+
+  test("at --max-connections 1 a client that closes and reconnects at once is never refused: its slot is free when it closes", async () => {
+    const single = await spawnServer(["--in-memory", "--max-connections", "1"]);
+    const replies: unknown[] = [];
+    for (let i = 0; i < 40; i++) {
+      const c = await LineClient.connect(single.port);
+      replies.push(await c.request("PING"));
+      c.close();
+    }
+    expect(replies.filter((r) => (r as { result?: string }).result !== "PONG")).toEqual([]);
+    expect(await single.kill("SIGTERM")).toBe(0);
   });
 });
 
