@@ -668,6 +668,10 @@ export class TxkvServer {
     }
     socket.resume();
     conn.endedAt = performance.now();
+    this.armLingerCheck(socket, conn);
+  }
+
+  private armLingerCheck(socket: Socket<SocketData>, conn: Connection): void {
     conn.lingerTimer = setTimeout(() => this.lingerCheck(socket, conn), LINGER_QUIET_MS);
     conn.lingerTimer.unref();
   }
@@ -680,8 +684,7 @@ export class TxkvServer {
       return;
     }
     conn.inputWhileLingering = false;
-    conn.lingerTimer = setTimeout(() => this.lingerCheck(socket, conn), LINGER_QUIET_MS);
-    conn.lingerTimer.unref();
+    this.armLingerCheck(socket, conn);
   }
 
   private onClose(socket: Socket<SocketData>, err?: Error): void {

@@ -168,6 +168,36 @@ describe("graceful shutdown", () => {
     expect(acks).toBe(server.executor.stats.commandsByType.PUT ?? 0);
   });
 
+  test("past a shutdown timeout shorter than the lingering close, an idle client that never closes still counts as not forced", async () => {
+    const server = await startInProcess(["--in-memory", "--shutdown-timeout-ms", "0"]);
+    // A client that never closes its side (allowHalfOpen, nothing done at the server's FIN).
+    const closed = Promise.withResolvers<void>();
+    let replies = "";
+    const idle = await Bun.connect({
+      hostname: "127.0.0.1",
+      port: server.port,
+      allowHalfOpen: true,
+      socket: {
+        data: (_socket, chunk) => void (replies += Buffer.from(chunk).toString()),
+        end: () => {},
+        close: () => closed.resolve(),
+      },
+    });
+    idle.write("PING\n");
+    await waitFor(() => replies.includes("PONG"), 5000, "PONG");
+    // Its replies were all out when the shutdown ended it; only its wait for the client is cut short.
+    expect((await server.shutdown()).connectionsForced).toBe(0);
+    idle.end();
+    await closed.promise;
+    const flooded = await startInProcess(["--in-memory", "--shutdown-timeout-ms", "0"]);
+    const flooder = await LineClient.connect(flooded.port);
+    await flooder.request(`PUT big ${"v".repeat(900)}`);
+    flooder.pauseReading();
+    flooder.write("GET big\n".repeat(20000));
+    await waitFor(() => flooded.server.bufferedBytes() > 256 * 1024, 10000, "replies to back up");
+    expect((await flooded.shutdown()).connectionsForced).toBe(1);
+  });
+
   test("SIGTERM while it starts (at its first log line, before it listens) is a graceful stop once started: exit 0, lock released", async () => {
     const dir = tempDir();
     try {

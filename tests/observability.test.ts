@@ -420,12 +420,12 @@ describe("operational log events", () => {
     const { running, entries } = await loggedServer([]);
     for (let i = 0; i < 5; i++) {
       const quits = running.executor.stats.commandsByType.QUIT ?? 0;
-      const client = await Bun.connect({ hostname: "127.0.0.1", port: running.port, socket: { data() {} } });
-      client.pause();
+      const client = await LineClient.connect(running.port);
+      client.pauseReading();
       client.write("PING\nQUIT\n");
       await waitFor(() => (running.executor.stats.commandsByType.QUIT ?? 0) > quits, 5000, "the QUIT to run");
       // Closing with the replies unread makes the client's kernel send a reset.
-      client.end();
+      client.close();
     }
     await waitFor(() => running.server.connectionCount === 0, 5000, "the connections to close");
     expect(entries().filter((e) => e.msg === "connection closed by an error")).toEqual([]);
