@@ -30,7 +30,8 @@
  *   final mix (murmur3 fmix32), so colliding keys cannot be precomputed.
  * - entry ids: every entry has an id that stays the same while it lives, across
  *   compactions and index resizes. `offsets[id]` is the word where its record
- *   starts; a free id holds -2 - (next free id) instead, a linked free list.
+ *   starts; a free id holds -2 - (next free id) instead, a linked free list,
+ *   and an id taken for a new entry holds -1 until its record is indexed.
  *   Iterators walk ids, re-reading `offsets` at each step, so they survive changes.
  * - recent values: decoding a value makes a new string (≈30-50 ns with the
  *   collector's share), which a Map of strings never paid. A direct-mapped
@@ -61,6 +62,8 @@ const MIN_SLOTS = 16;
 const MAX_LOAD = 0.6;
 const MIN_IDS = 16;
 const FREE_END = -1;
+/** offsets[id] of an id taken for a new entry whose record is not yet in the index (negative, so walks skip it). */
+const NOT_PLACED = -1;
 const HASH_SEED = (Math.random() * 0x100000000) | 0;
 /** Slots of the recent-values cache (a power of two). */
 const RECENT_SLOTS = 1 << 14;
@@ -394,18 +397,27 @@ export class CompactMap {
 
   // ---- ids and recent values ----
 
+  /**
+   * An id for a new entry. Its offset reads NOT_PLACED until insert(): the
+   * record is reserved after the id is taken, and a compaction run by that
+   * reservation must skip the id (a fresh id's offset 0 would read as a live
+   * record at word 0 and be copied twice).
+   */
   private takeId(): number {
+    let id: number;
     if (this.freeHead !== FREE_END) {
-      const id = this.freeHead;
+      id = this.freeHead;
       this.freeHead = -2 - this.offsets[id]!;
-      return id;
+    } else {
+      if (this.idLimit === this.offsets.length) {
+        const grown = new Int32Array(this.offsets.length * 2);
+        grown.set(this.offsets);
+        this.offsets = grown;
+      }
+      id = this.idLimit++;
     }
-    if (this.idLimit === this.offsets.length) {
-      const grown = new Int32Array(this.offsets.length * 2);
-      grown.set(this.offsets);
-      this.offsets = grown;
-    }
-    return this.idLimit++;
+    this.offsets[id] = NOT_PLACED;
+    return id;
   }
 
   private remember(id: number, value: string): void {

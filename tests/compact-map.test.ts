@@ -157,6 +157,20 @@ describe("CompactMap against a Map", () => {
     // Live data is about 1000 × (16 + 4 + 160) bytes; without compaction the garbage would be ~20× that.
     expect(map.allocatedBytes).toBeLessThan(1_500_000);
   });
+
+  test("a compaction run while a new key's record is reserved copies each live record once (a large record at word 0 no longer overflows the new arena)", () => {
+    const map = new CompactMap();
+    const model = new Map<string, string>();
+    const set = (key: string, value: string) => {
+      map.set(key, value);
+      model.set(key, value);
+    };
+    set("a", "x".repeat(3000)); // the record at word 0
+    for (let i = 0; i < 362; i++) set("c", "y".repeat(40 + 4 * i)); // garbage outweighs the live records
+    set("fresh", "z"); // a new id; its reservation finds the arena full and compacts
+    expectSameContents(map, model);
+    expect(map.keysWithPrefix("fr")).toEqual(["fresh"]);
+  });
 });
 
 describe("CompactMap iteration while the map changes", () => {

@@ -5,7 +5,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { connect as netConnect } from "node:net";
 import type { RunningServer } from "../lib/app.ts";
-import { LineClient, pipelineAfterQuit, spawnServer, startInProcess, waitFor } from "./helpers.ts";
+import { join } from "node:path";
+import { LineClient, pipelineAfterQuit, spawnServer, startInProcess, tempDir, waitFor } from "./helpers.ts";
 
 let server: RunningServer & { logs: string[] };
 /**
@@ -244,6 +245,56 @@ describe("values that cannot be stored as written", () => {
     expect(await c.request("KEYS")).toEqual({ status: "Ok", result: ["ok"] });
     c.close();
     await roomy.shutdown();
+  });
+});
+
+describe("the store's arena under values that grow and escape", () => {
+  /**
+   * Plain PUT/DEL requests under the 1 KB default, as [key, control characters, letters]
+   * (-1: DEL). A control character is stored JSON-escaped (six bytes), so values grow
+   * past the request size. These sequences ran an arena compaction while a new key's
+   * record was being reserved; the compaction then failed half-way and left KEYS,
+   * snapshots and a committing transaction failing (found by a review's search).
+   */
+  const KEYS_SEQUENCE: [string, number, number][] = [["k0", -1, -1], ["k1", 615, 170], ["k6", 631, 43], ["k4", 0, 799], ["k1", -1, -1], ["k4", -1, -1], ["k6", -1, -1], ["k2", 0, 322], ["k5", -1, -1], ["k5", 0, 385], ["k4", 11, 729], ["k0", 44, 232]];
+  const TRANSACTION_SEQUENCE: [string, number, number][] = [["k0", -1, -1], ["k0", 0, 547], ["k1", 0, 39], ["k0", 405, 455], ["t", 0, 1], ["k0", -1, -1], ["k0", 0, 421], ["k0", 322, 145], ["k0", 401, 196], ["k1", -1, -1], ["k0", 758, 150], ["k0", 113, 674], ["k1", 0, 358], ["k0", -1, -1], ["k1", -1, -1], ["k0", 0, 934], ["k1", -1, -1], ["k0", 563, 147], ["k0", 0, 117], ["k1", 0, 587], ["k1", 0, 86], ["k1", 0, 162], ["k1", 493, 420], ["k0", 536, 290], ["k1", -1, -1], ["k1", 684, 192], ["k1", -1, -1], ["k1", -1, -1], ["k1", 629, 124], ["k1", 367, 210], ["k1", 0, 794], ["k0", 205, 432], ["k0", 11, 657], ["k0", 522, 347], ["k0", 0, 564], ["k1", 0, 825], ["k1", -1, -1], ["k1", 0, 256], ["k0", -1, -1], ["k0", 0, 7], ["k0", 0, 928]];
+  const escapedValue = (controls: number, letters: number) => "\x01".repeat(controls) + "x".repeat(letters);
+  const requestOf = ([key, controls, letters]: [string, number, number]) => (controls < 0 ? `DEL ${key}` : `PUT ${key} ${escapedValue(controls, letters)}`);
+
+  test("after PUTs and DELs whose escaped values compact the arena as a new key arrives, KEYS and SAVE answer and every value reads back", async () => {
+    const dir = tempDir();
+    const fresh = await spawnServer(["--data", join(dir.path, "data.json")]);
+    try {
+      const c = await LineClient.connect(fresh.port);
+      const model = new Map<string, string>();
+      for (const op of KEYS_SEQUENCE) {
+        const reply = await c.request(requestOf(op));
+        if (op[1] >= 0) model.set(op[0], escapedValue(op[1], op[2]));
+        else if (model.delete(op[0])) expect(reply.status).toBe("Ok");
+      }
+      expect(await c.request("KEYS")).toEqual({ status: "Ok", result: [...model.keys()].sort() });
+      expect(await c.request("SAVE")).toMatchObject({ status: "Ok" });
+      for (const [key, value] of model) expect(await c.request(`GET ${key}`)).toEqual({ status: "Ok", result: { key, value } });
+      c.close();
+    } finally {
+      await fresh.kill();
+      dir.cleanup();
+    }
+  });
+
+  test("a transaction whose commit compacts the arena as a new key arrives commits whole", async () => {
+    const fresh = await startInProcess();
+    try {
+      const c = await LineClient.connect(fresh.port);
+      for (const op of TRANSACTION_SEQUENCE) await c.request(requestOf(op));
+      const replies = await c.pipeline(["START", "PUT t y", `PUT new ${escapedValue(100, 100)}`, "COMMIT"]);
+      expect(replies.map((reply) => reply.status)).toEqual(["Ok", "Ok", "Ok", "Ok"]);
+      expect(await c.request("GET t")).toEqual({ status: "Ok", result: { key: "t", value: "y" } });
+      expect(await c.request("GET new")).toEqual({ status: "Ok", result: { key: "new", value: escapedValue(100, 100) } });
+      c.close();
+    } finally {
+      await fresh.shutdown();
+    }
   });
 });
 
