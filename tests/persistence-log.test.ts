@@ -14,6 +14,7 @@ import { DurableLog, openPersistence, type FsyncMode } from "../lib/persistence/
 import { dataFiles } from "../lib/persistence/files.ts";
 import { acquireLock } from "../lib/persistence/lock.ts";
 import { Store } from "../lib/store.ts";
+import { waitFor } from "./helpers.ts";
 
 const dirs: string[] = [];
 const openLogs: DurableLog[] = [];
@@ -528,7 +529,37 @@ describe("lock", () => {
     expect(fs.readFileSync(path.join(dir, "data.json.lock"), "utf8").trim()).toBe(String(process.pid));
     await closeLog(a);
   });
+
+  test("a lock left by a killed process that its parent has not reaped yet (a zombie) does not block the next start", async () => {
+    const dir = tempDir();
+    // The shell starts a child, prints its pid and becomes `sleep`, which never
+    // reaps: the child stays a zombie after it exits, as a killed server does
+    // until a slow parent collects it.
+    const parent = Bun.spawn(["bash", "-c", "sleep 0.01 & echo $!; exec sleep 30"], { stdout: "pipe" });
+    try {
+      const zombie = Number(await firstLine(parent.stdout));
+      await waitFor(() => fs.readFileSync(`/proc/${zombie}/stat`, "utf8").split(") ")[1]!.startsWith("Z"), 5000, "the child to become a zombie");
+      fs.writeFileSync(path.join(dir, "data.json.lock"), `${zombie}\n`);
+      const a = await open(dir);
+      expect(fs.readFileSync(path.join(dir, "data.json.lock"), "utf8").trim()).toBe(String(process.pid));
+      await closeLog(a);
+    } finally {
+      parent.kill("SIGKILL");
+      await parent.exited;
+    }
+  });
 });
+
+/** The first line a process prints (its stdout stays open after it). */
+async function firstLine(stdout: ReadableStream<Uint8Array>): Promise<string> {
+  let text = "";
+  const decoder = new TextDecoder();
+  for await (const chunk of stdout) {
+    text += decoder.decode(chunk, { stream: true });
+    if (text.includes("\n")) break;
+  }
+  return text.slice(0, text.indexOf("\n"));
+}
 
 /**
  * A log (`always` unless told) whose journal is a "disk" that is always full

@@ -2,7 +2,8 @@
  * The data-file lock: `<data>.lock`, created exclusively, holding the owner's pid.
  *
  * A second server on the same data file finds a live pid there and refuses to
- * start. A lock left by a killed server names a dead pid and is taken over.
+ * start. A lock left by a killed server names a dead pid (or a zombie, killed
+ * and not yet reaped) and is taken over.
  *
  * Owns: creating, checking and removing the lock file. Must not: read or
  * write any data file.
@@ -68,11 +69,28 @@ function readLockOwner(lockPath: string): number | null {
   }
 }
 
+/**
+ * True while pid names a running process. A zombie (killed, not yet reaped by
+ * its parent, as after `kill -9` of a server started from a script) holds
+ * nothing any more, so it counts as gone; `kill(pid, 0)` alone succeeds for it.
+ */
 function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "EPERM";
   }
+  return !isZombie(pid);
+}
+
+/** Linux: the state letter in /proc/<pid>/stat (after the command's closing parenthesis) is Z or X. Elsewhere: false. */
+function isZombie(pid: number): boolean {
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return false;
+  }
+  const state = stat.charAt(stat.lastIndexOf(")") + 2);
+  return state === "Z" || state === "X";
 }
