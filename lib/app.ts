@@ -152,7 +152,22 @@ async function listenOrClose(server: TxkvServer, commitLog: CommitLog, config: C
         `cannot use the TLS certificate ${config.tls.certPath} with the key ${config.tls.keyPath} (--tls-cert, --tls-key): ${reason}`,
       );
     }
-    throw new StartupError(`cannot listen on ${config.host}:${config.port}: ${reason}`);
+    throw new StartupError(`cannot listen on ${config.host}:${config.port}: ${listenFailure(err)}`);
+  }
+}
+
+/** Why a listen failed, in words, for the errors a user can fix (Bun's own message names neither cause nor fix). */
+function listenFailure(err: unknown): string {
+  const reason = err instanceof Error ? err.message : String(err);
+  switch ((err as NodeJS.ErrnoException | null)?.code) {
+    case "EADDRINUSE":
+      return `the address is already in use (another server on that port?) (${reason})`;
+    case "EADDRNOTAVAIL":
+      return `no network interface of this machine has that address (${reason})`;
+    case "EACCES":
+      return `permission denied (ports below 1024 need privileges) (${reason})`;
+    default:
+      return reason;
   }
 }
 
@@ -170,7 +185,7 @@ async function startMetricsOrClose(
   } catch (err) {
     server.stop();
     await commitLog.close();
-    throw new StartupError(`cannot serve metrics on ${config.host}:${config.metricsPort}: ${err instanceof Error ? err.message : err}`);
+    throw new StartupError(`cannot serve metrics on ${config.host}:${config.metricsPort}: ${listenFailure(err)}`);
   }
 }
 

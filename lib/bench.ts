@@ -16,7 +16,7 @@
 import { parseArgs } from "node:util";
 import * as v from "valibot";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
-import { positiveNumber, wholeNumber } from "./option-schemas.ts";
+import { optionErrorMessage, positiveNumber, wholeNumber } from "./option-schemas.ts";
 
 const BENCH_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -92,7 +92,7 @@ export async function runBench(argv: string[]): Promise<number> {
     }
     config = toConfig(parsed.values);
   } catch (error) {
-    process.stderr.write(`txkv bench: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.stderr.write(`txkv bench: ${optionErrorMessage(error)}\n`);
     return 2;
   }
   try {

@@ -22,6 +22,7 @@ import { connect, isBlankLine, TxkvClient, type ClientOptions, type Reply } from
 import { stringifyJson } from "./exact-json.ts";
 import { strictUtf8 } from "./text.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
+import { optionErrorMessage } from "./option-schemas.ts";
 
 const CLI_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -56,7 +57,7 @@ export async function runCli(argv: string[]): Promise<number> {
     }
     settings = toSettings(parsed.values);
   } catch (error) {
-    process.stderr.write(`txkv cli: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.stderr.write(`txkv cli: ${optionErrorMessage(error)}\n`);
     return 2;
   }
   if (words.length > 0) return oneShot(settings, oneShotRequest(words));

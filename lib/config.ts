@@ -12,7 +12,7 @@
 import { parseArgs } from "node:util";
 import * as v from "valibot";
 import { LOG_LEVELS } from "./log.ts";
-import { wholeNumber } from "./option-schemas.ts";
+import { optionErrorMessage, wholeNumber } from "./option-schemas.ts";
 
 export class ConfigError extends Error {}
 
@@ -180,7 +180,7 @@ function readArgs(argv: readonly string[]): Record<string, string | boolean | un
     return values;
   } catch (err) {
     // parseArgs messages already name the option ("Unknown option '--x'").
-    throw new ConfigError(firstLine(err instanceof Error ? err.message : String(err)));
+    throw new ConfigError(optionErrorMessage(err));
   }
 }
 
@@ -190,10 +190,6 @@ function describeIssue(issue: v.BaseIssue<unknown> | undefined, merged: Record<s
   const spec = OPTIONS[name as OptionName] as OptionSpec | undefined;
   const envNote = spec?.env ? ` (or ${spec.env})` : "";
   return `invalid value for --${name}${envNote}: ${JSON.stringify(merged[name])}: ${issue.message}`;
-}
-
-function firstLine(text: string): string {
-  return text.split("\n", 1)[0] ?? text;
 }
 
 export function helpText(): string {

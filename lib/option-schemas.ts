@@ -5,7 +5,8 @@
  * spellings (digits only: not `0x1F90`, not ` 1e3`).
  *
  * Owns: turning one option's text into a number, or a message saying what
- * was expected. Must not: read argv or the environment, or exit.
+ * was expected; parseArgs' errors as one line. Must not: read argv or the
+ * environment, or exit.
  */
 import * as v from "valibot";
 
@@ -29,4 +30,14 @@ export function parseOption<T>(name: string, text: string, schema: v.GenericSche
   const parsed = v.safeParse(schema, text);
   if (!parsed.success) throw new Error(`--${name} ${text}: ${parsed.issues[0].message}`);
   return parsed.output;
+}
+
+/**
+ * A util.parseArgs error as one line. Its hint is on the following lines
+ * ("To specify an option argument starting with a dash use '--n=-XYZ'"), so
+ * keeping only the first line dropped the part that says what to do.
+ */
+export function optionErrorMessage(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.split("\n").map((line) => line.trim()).filter((line) => line !== "").join(" ");
 }

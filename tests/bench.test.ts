@@ -87,6 +87,10 @@ test("bad options exit 2 naming the option", async () => {
   const conns = await bench(["--conns", "0"]);
   expect(conns.code).toBe(2);
   expect(conns.stderr).toContain("--conns 0");
+  const dashed = await bench(["--conns", "-1"]);
+  expect(dashed.code).toBe(2);
+  expect(dashed.stderr.trim().split("\n")).toHaveLength(1);
+  expect(dashed.stderr).toContain("use '--conns=-XYZ'");
   const both = await bench(["--secs", "1", "--requests", "5"]);
   expect(both.code).toBe(2);
   // The same spellings as the server's options: decimal digits, no hex or exponent.

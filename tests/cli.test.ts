@@ -225,6 +225,10 @@ describe("options and failures", () => {
     const badPort = await runTxkv(["cli", "-p", "99999", "PING"]);
     expect(badPort.code).toBe(2);
     expect(badPort.stderr).toContain("--port 99999");
+    const dashed = await runTxkv(["cli", "-p", "-1", "PING"]);
+    expect(dashed.code).toBe(2);
+    expect(dashed.stderr.trim().split("\n")).toHaveLength(1);
+    expect(dashed.stderr).toContain("use '--port=-XYZ'");
   });
 
   test("the port is read as the server reads its own: decimal digits only (not 0x1F90 or 1e3, which Number() would take)", async () => {

@@ -111,6 +111,24 @@ describe("the process", () => {
     }
   });
 
+  test("a port already in use exits 1 with one line that names the address and says it is in use", async () => {
+    const holder = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    try {
+      const run = await runIndex(["--in-memory", "--port", String(holder.port)]);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain(`txkv: cannot listen on 127.0.0.1:${holder.port}: the address is already in use`);
+    } finally {
+      holder.stop(true);
+    }
+  });
+
+  test("a value that starts with a dash exits 2 with one line that says how to write it", async () => {
+    const run = await runIndex(["--max-request-bytes", "-1"]);
+    expect(run.code).toBe(2);
+    expect(run.stderr.trim().split("\n")).toHaveLength(1);
+    expect(run.stderr).toContain("use '--max-request-bytes=-XYZ'");
+  });
+
   test("prints `listening on host:port` with the real port when --port 0 is asked, and serves", async () => {
     const server = await spawnServer(["--in-memory"]);
     expect(server.port).toBeGreaterThan(0);

@@ -234,7 +234,7 @@ describe("metrics endpoint", () => {
     const taken = server.metricsPort!;
     const log = new Logger("error", () => {});
     await expect(startServer(testConfig(["--metrics-port", String(taken)]), "test", log)).rejects.toThrow(
-      `cannot serve metrics on 127.0.0.1:${taken}`,
+      `cannot serve metrics on 127.0.0.1:${taken}: the address is already in use`,
     );
   });
 
