@@ -8,7 +8,10 @@
  *     --in-memory for comparison;
  *  2. p50/p99 latency of GETs (one at a time) while a compaction (SAVE) of
  *     N keys runs, next to the same without a compaction (target p99 <= 5 ms);
- *  3. time to reload N keys at start-up (target <= 1.5 s).
+ *  3. time to reload N keys at start-up (target <= 1.5 s);
+ *  4. the worst GET round trip while a SAVE replaces a large snapshot and
+ *     journal (N/5 keys of 1,000 bytes, each written twice), under --fsync no
+ *     and everysec: the end of a compaction frees hundreds of MB of files.
  * Must not: be run by `bun test` or assert anything; it prints figures.
  */
 import type { Socket } from "bun";
@@ -28,7 +31,7 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "3" },
     connections: { type: "string", default: "8" },
     depth: { type: "string", default: "32" },
-    parts: { type: "string", default: "1,2,3" },
+    parts: { type: "string", default: "1,2,3,4" },
     rounds: { type: "string", default: "3" },
   },
 });
@@ -40,6 +43,7 @@ const PARTS = new Set(values.parts.split(","));
 const ROUNDS = parseOption("rounds", values.rounds, wholeNumber(1));
 
 const NO_COMPACTION = String(Number.MAX_SAFE_INTEGER);
+const SAVED = `{"status":"Ok","result":"Saved"}`;
 const workDir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-bench-"));
 const loadedSnapshot = path.join(workDir, "loaded.json");
 
@@ -141,14 +145,14 @@ async function pipelinedWriters(port: number, seconds: number): Promise<number> 
 }
 
 /** Puts key:0 .. key:count-1 (the snapshot's keys) over one pipelined connection. */
-async function prefill(port: number, count: number): Promise<void> {
+async function prefill(port: number, count: number, value?: string): Promise<void> {
   let replies = 0;
   let sent = 0;
   let done!: () => void;
   const finished = new Promise<void>((resolve) => (done = resolve));
   const batch = (s: Socket<undefined>) => {
     let out = "";
-    for (let i = 0; i < 1000 && sent < count; i++, sent++) out += `PUT key:${sent} value number ${sent} with some padding\n`;
+    for (let i = 0; i < 1000 && sent < count; i++, sent++) out += `PUT key:${sent} ${value ?? `value number ${sent} with some padding`}\n`;
     if (out) writeFully(s, out);
   };
   const socket = await Bun.connect({
@@ -170,7 +174,7 @@ async function prefill(port: number, count: number): Promise<void> {
 }
 
 /** One GET at a time; returns each round trip in ms until `until` resolves. */
-async function getLatencies(port: number, until: Promise<unknown>): Promise<number[]> {
+async function getLatencies(port: number, until: Promise<unknown>, keys = KEYS): Promise<number[]> {
   let done = false;
   void until.then(() => (done = true));
   const latencies: number[] = [];
@@ -189,7 +193,7 @@ async function getLatencies(port: number, until: Promise<unknown>): Promise<numb
   while (!done) {
     const sent = performance.now();
     const reply = new Promise<void>((resolve) => (resolveReply = resolve));
-    writeFully(socket, `GET key:${(i++ * 104_729) % KEYS}\n`);
+    writeFully(socket, `GET key:${(i++ * 104_729) % keys}\n`);
     await reply;
     latencies.push(performance.now() - sent);
   }
@@ -349,7 +353,28 @@ async function main(): Promise<void> {
     );
     await server.kill("SIGTERM");
   }
+  if (PARTS.has("4")) await worstGetDuringLargeSave();
   fs.rmSync(workDir, { recursive: true, force: true });
+}
+
+/** Part 4: a store of large values, rewritten once so that the journal is as large as the data, then SAVE three times. */
+async function worstGetDuringLargeSave(): Promise<void> {
+  const keys = Math.max(1, Math.floor(KEYS / 5));
+  const value = "v".repeat(1000);
+  console.log(`\n4. worst GET while SAVE replaces a snapshot and journal of ${keys} keys x 1,000 bytes`);
+  for (const fsync of ["no", "everysec"]) {
+    const run = await serverWith(false, ["--fsync", fsync, "--compact-min-bytes", NO_COMPACTION]);
+    await prefill(run.server.port, keys, value);
+    const worst: string[] = [];
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      await prefill(run.server.port, keys, value);
+      const save = requestOnce(run.server.port, "SAVE");
+      const during = await getLatencies(run.server.port, save, keys);
+      worst.push(`${Math.max(...during).toFixed(1)} ms (${during.length} GETs, ${(await save).trim() === SAVED ? "saved" : await save})`);
+    }
+    console.log(`   --fsync ${fsync.padEnd(8)} worst GET per SAVE: ${worst.join("; ")}`);
+    await stop(run);
+  }
 }
 
 await main();

@@ -550,6 +550,7 @@ export class DurableLog implements CommitLog {
     if (this.closing) throw new Error("persistence: shutting down");
     const started = performance.now();
     try {
+      await this.preFlushJournal();
       const fresh = await openJournal(this.files, this.nextJournalGen());
       // From here to the switch nothing awaits: no record can fall between the two journals.
       // The old journal is made durable before any record goes to the new one, so a crash
@@ -598,6 +599,23 @@ export class DurableLog implements CommitLog {
     }
   }
 
+  /**
+   * fdatasync of the current journal on the thread pool, ahead of the switch:
+   * under `--fsync no` the journal may hold hundreds of MB never synced, and
+   * the sync call at the switch (on the event loop, where nothing may await)
+   * then stalled every client for as long as the disk took. After this it has
+   * only what arrived meanwhile. A failure is a failure as anywhere else:
+   * Linux may drop the unwritten pages, so it must not be retried.
+   */
+  private async preFlushJournal(): Promise<void> {
+    try {
+      await this.journal.handle.datasync();
+    } catch (err) {
+      throw this.fail(err, false);
+    }
+    this.fsyncs++;
+  }
+
   private async writeSnapshotAndDropJournals(seq: number, beforeRename: () => Promise<void>) {
     const view = this.view;
     if (!view) throw new Error("persistence: no store attached");
@@ -613,8 +631,9 @@ export class DurableLog implements CommitLog {
     });
     this.snapshotSeq = seq;
     this.snapshotBytes = written.bytes;
+    // On the thread pool: unlinking a large journal frees its blocks, tens of ms.
     for (const gen of this.files.listJournalGens()) {
-      if (gen !== this.journal.gen) fs.rmSync(this.files.journal(gen), { force: true });
+      if (gen !== this.journal.gen) await fs.promises.rm(this.files.journal(gen), { force: true });
     }
     return written;
   }
