@@ -4,7 +4,7 @@
  * and give the garbage collector nothing to trace.
  *
  * Owns: the byte layout of entries, hashing and probing, growth and
- * compaction, iteration that tolerates changes between steps, a small
+ * packing (sweeps), iteration that tolerates changes between steps, a small
  * cache of recently used values as strings, and byte access for the
  * server's fast path (find an ASCII key given as bytes, copy an ASCII value
  * out, set a key and value given as bytes) that never makes a string.
@@ -21,15 +21,17 @@
  *     word 3  the entry's id
  *     then the key bytes, then the value bytes, padded to a whole word.
  *   A value that no longer fits moves to a new record; the old one becomes
- *   garbage. Once garbage outweighs the live records (checked when room is
- *   needed and on delete), the live records are copied into a fresh arena.
+ *   garbage. Once garbage outweighs the live records, a sweep packs the arena
+ *   a little at each change (live records slide down, garbage is dropped), so
+ *   that no single PUT or DEL pays for the whole store. Growing the arena
+ *   still copies it (doubling, so rarely); see reserve().
  * - index: open addressing with linear probing; pairs (record word + 1, hash),
  *   0 for an empty slot; a power-of-two slot count kept at load ≤ 0.6.
  *   Deletion shifts the following entries back instead of leaving tombstones.
  *   The hash is FNV-1a over code units with a per-process random seed and a
  *   final mix (murmur3 fmix32), so colliding keys cannot be precomputed.
  * - entry ids: every entry has an id that stays the same while it lives, across
- *   compactions and index resizes. `offsets[id]` is the word where its record
+ *   sweeps and index resizes. `offsets[id]` is the word where its record
  *   starts; a free id holds -2 - (next free id) instead, a linked free list,
  *   and an id taken for a new entry holds -1 until its record is indexed.
  *   Iterators walk ids, re-reading `offsets` at each step, so they survive changes.
@@ -57,6 +59,13 @@ const VALUE_HEAD = 1;
 const VALUE_CAPACITY = 2;
 const ID = 3;
 const MIN_ARENA_WORDS = 1024;
+/**
+ * Most words of records copied to give memory back after a sweep (16 MiB, a
+ * few ms): past it the arena keeps its size, and the room for new records.
+ */
+const SHRINK_MAX_WORDS = 4 * 1024 * 1024;
+/** Words of records a sweep moves or skips per change of the map, besides twice what the change appends. */
+const SWEEP_WORDS = 1024;
 const MIN_SLOTS = 16;
 /** Most entries per index slot before the index doubles (linear probing stays short below it). */
 const MAX_LOAD = 0.6;
@@ -126,6 +135,9 @@ export class CompactMap {
   /** Words of the arena in use, live records and garbage. */
   private usedWords = 0;
   private garbageWords = 0;
+  /** A running sweep: records before sweepTo are packed, sweepTo..sweepFrom is free, sweepFrom.. not yet swept. -1: none. */
+  private sweepFrom = -1;
+  private sweepTo = 0;
 
   /** Pairs (record word + 1, hash); 0 marks an empty slot. */
   private index: Int32Array;
@@ -242,7 +254,7 @@ export class CompactMap {
     const valueLength = valueEnd - valueStart;
     if (found !== 0) {
       this.forget(this.words[found - 1 + ID]!);
-      const at = this.prepareValue(slot, valueLength, 0); // may compact or grow the arena: read this.bytes after
+      const at = this.prepareValue(slot, valueLength, 0); // may move records (a sweep step) or grow the arena: read this.bytes after
       copyBytes(valueSrc, valueStart, valueEnd, this.bytes, at);
       return false;
     }
@@ -270,7 +282,8 @@ export class CompactMap {
     this.freeHead = id;
     this.count--;
     this.removeSlot(slot);
-    if (this.garbageWords > this.usedWords - this.garbageWords && this.usedWords > MIN_ARENA_WORDS) this.compact(0);
+    this.sweepIfWasteful();
+    this.sweepStep(SWEEP_WORDS);
     return true;
   }
 
@@ -346,7 +359,7 @@ export class CompactMap {
 
   /** Puts a new entry's record into the empty slot found by a probe, growing the index when it gets full. */
   private insert(slot: number, hash: number, at: number, id: number): void {
-    // newRecord may have compacted the arena, which rewrites slots' words but moves no slot.
+    // A sweep step in newRecord may have moved records: that rewrites slots' words but moves no slot.
     this.index[slot << 1] = at + 1;
     this.index[(slot << 1) + 1] = hash;
     this.offsets[id] = at;
@@ -398,10 +411,10 @@ export class CompactMap {
   // ---- ids and recent values ----
 
   /**
-   * An id for a new entry. Its offset reads NOT_PLACED until insert(): the
-   * record is reserved after the id is taken, and a compaction run by that
-   * reservation must skip the id (a fresh id's offset 0 would read as a live
-   * record at word 0 and be copied twice).
+   * An id for a new entry. Its offset reads NOT_PLACED until insert(), so
+   * that anything walking ids meanwhile skips it (a fresh id's offset 0 would
+   * read as a live record at word 0: a whole-arena compaction once copied that
+   * record twice and overflowed).
    */
   private takeId(): number {
     let id: number;
@@ -528,7 +541,7 @@ export class CompactMap {
     if (valueBytes > this.words[at + VALUE_CAPACITY]!) {
       const size = HEADER_WORDS + wordsFor(keyBytes + valueBytes);
       const fresh = this.reserve(size);
-      at = this.index[slot << 1]! - 1; // reserve may have compacted the arena and moved the record
+      at = this.index[slot << 1]! - 1; // reserve's sweep step may have moved the record
       const id = this.words[at + ID]!;
       const keyStart = (at + HEADER_WORDS) << 2;
       this.bytes.copyWithin((fresh + HEADER_WORDS) << 2, keyStart, keyStart + keyBytes);
@@ -537,6 +550,7 @@ export class CompactMap {
       this.index[slot << 1] = fresh + 1;
       this.offsets[id] = fresh;
       at = fresh;
+      this.sweepIfWasteful();
     }
     this.words[at + VALUE_HEAD] = (length << 1) | wide;
     return ((at + HEADER_WORDS) << 2) + keyBytes;
@@ -544,7 +558,7 @@ export class CompactMap {
 
   /**
    * Reserves a record for a new entry and writes its header; the caller
-   * writes the key and value bytes. May compact the arena; adds nothing to the index.
+   * writes the key and value bytes. May run a sweep step (moving records); adds nothing to the index.
    */
   private newRecord(id: number, keyLength: number, keyWide: number, valueLength: number, valueWide: number): number {
     const keyBytes = keyLength << keyWide;
@@ -572,50 +586,116 @@ export class CompactMap {
 
   // ---- arena ----
 
-  /** Room for a record of size words at the end of the arena; returns its word. */
+  /**
+   * Room for a record of size words at the end of the arena; returns its word.
+   * Runs a step of a running sweep first, which may move records: callers
+   * re-read a record's word from the index after it. Growing the arena
+   * copies it into one twice as large: O(arena) in one change, but only at
+   * each doubling. (A resizable ArrayBuffer would grow in place, but typed
+   * arrays over one made this map's JIT code 1.5-2× slower in this Bun.)
+   */
   private reserve(size: number): number {
-    if (this.usedWords + size > this.words.length) {
-      if (this.garbageWords > this.usedWords - this.garbageWords) this.compact(size);
-      if (this.usedWords + size > this.words.length) {
-        const grown = new Int32Array(Math.max(this.words.length * 2, this.usedWords + size));
-        grown.set(this.words.subarray(0, this.usedWords));
-        this.useArena(grown);
-      }
+    this.sweepStep(SWEEP_WORDS + 2 * size);
+    const needed = this.usedWords + size;
+    if (needed > this.words.length) {
+      const grown = new Int32Array(Math.max(this.words.length * 2, needed));
+      grown.set(this.words.subarray(0, this.usedWords));
+      this.useArena(grown);
     }
     const at = this.usedWords;
-    this.usedWords += size;
+    this.usedWords = needed;
     return at;
   }
 
+  /** Starts a sweep once garbage outweighs the live records (so its work is paid for by the changes that made the garbage). */
+  private sweepIfWasteful(): void {
+    if (this.sweepFrom >= 0 || this.usedWords <= MIN_ARENA_WORDS) return;
+    if (this.garbageWords <= this.usedWords - this.garbageWords) return;
+    this.sweepFrom = 0;
+    this.sweepTo = 0;
+  }
+
   /**
-   * Copies the live records, in id order (iteration then reads the arena
-   * front to back), into a fresh arena with room for half as much again plus
-   * `room` words, then points the index at the new places. O(live), and run
-   * only once the garbage outweighs the live records, so its cost is
-   * amortised over the writes that made the garbage.
+   * Packs the arena a little at a time, so that no single change pays for the
+   * whole of it: walks the records in arena order from sweepFrom, slides each
+   * live one down to sweepTo (pointing its id and index slot at the new
+   * place) and skips garbage. Once it reaches the end, the arena ends at
+   * sweepTo. Changes between steps are fine: records appended meanwhile are
+   * swept too, and a record that turns to garbage behind sweepTo waits for
+   * the next sweep.
    */
-  private compact(room: number): void {
-    const live = this.usedWords - this.garbageWords;
-    const old = this.words;
-    const target = new Int32Array(Math.max(MIN_ARENA_WORDS, Math.ceil((live + room) * 1.5)));
+  private sweepStep(budget: number): void {
+    let from = this.sweepFrom;
+    if (from < 0) return;
+    let to = this.sweepTo;
+    const words = this.words;
     const offsets = this.offsets;
-    let used = 0;
-    for (let id = 0; id < this.idLimit; id++) {
-      const at = offsets[id]!;
-      if (at < 0) continue;
-      const size = this.recordWords(at);
-      target.set(old.subarray(at, at + size), used);
-      offsets[id] = used;
-      used += size;
+    while (budget > 0 && from < this.usedWords) {
+      const size = this.recordWords(from);
+      const id = words[from + ID]!;
+      if (offsets[id] === from) {
+        if (to !== from) {
+          words.copyWithin(to, from, from + size);
+          offsets[id] = to;
+          this.repointSlot(from, to);
+        }
+        to += size;
+      } else {
+        this.garbageWords -= size;
+      }
+      from += size;
+      budget -= size;
     }
+    this.sweepTo = to;
+    if (from < this.usedWords) {
+      this.sweepFrom = from;
+      return;
+    }
+    this.sweepFrom = -1;
+    this.usedWords = to;
+    this.shrinkIfMostlyEmpty();
+  }
+
+  /** Points the index slot holding the record at `from` (found by its key's hash) at `to`. */
+  private repointSlot(from: number, to: number): void {
     const index = this.index;
-    for (let i = 0; i < index.length; i += 2) {
-      const entry = index[i]!;
-      if (entry !== 0) index[i] = offsets[old[entry - 1 + ID]!]! + 1;
+    const mask = this.mask;
+    let slot = this.storedKeyHash(to) & mask;
+    for (let probes = 0; index[slot << 1] !== from + 1; probes++) {
+      if (probes > mask) throw new Error("CompactMap: a live record is missing from the index");
+      slot = (slot + 1) & mask;
     }
-    this.useArena(target);
-    this.usedWords = used;
-    this.garbageWords = 0;
+    index[slot << 1] = to + 1;
+  }
+
+  /** hashString of the key stored in the record at `at`. */
+  private storedKeyHash(at: number): number {
+    const head = this.words[at + KEY_HEAD]!;
+    const length = head >>> 1;
+    const bytes = this.bytes;
+    const start = (at + HEADER_WORDS) << 2;
+    let h = HASH_SEED ^ length;
+    if ((head & 1) === 0) {
+      for (let p = start; p < start + length; p++) h = Math.imul(h ^ bytes[p]!, 0x01000193);
+    } else {
+      for (let p = start; p < start + 2 * length; p += 2) h = Math.imul(h ^ (bytes[p]! | (bytes[p + 1]! << 8)), 0x01000193);
+    }
+    return finalMix(h);
+  }
+
+  /**
+   * After a sweep, gives memory back when the arena is mostly empty (many
+   * keys deleted): a shrunk buffer keeps its pages, so the records are copied
+   * into a smaller one. Records keep their words, so the index is untouched.
+   * Only when they fill at most a quarter of the arena and the copy is small
+   * (SHRINK_MAX_WORDS): no change may pay for copying a large store.
+   */
+  private shrinkIfMostlyEmpty(): void {
+    const capacity = this.words.length;
+    if (capacity <= MIN_ARENA_WORDS * 4 || this.usedWords * 4 > capacity || this.usedWords > SHRINK_MAX_WORDS) return;
+    const smaller = new Int32Array(Math.max(MIN_ARENA_WORDS, this.usedWords * 2));
+    smaller.set(this.words.subarray(0, this.usedWords));
+    this.useArena(smaller);
   }
 
   private useArena(words: Int32Array): void {

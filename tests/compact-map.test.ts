@@ -1,7 +1,7 @@
 /**
  * CompactMap (lib/compact-map.ts) against a JS Map as the model: random
  * operation sequences over keys and values of every shape (ASCII, Latin-1,
- * other BMP, astral, lone surrogates, empty, long), growth, compaction,
+ * other BMP, astral, lone surrogates, empty, long), growth, packing (sweeps),
  * iteration while the map changes, and prefix scans.
  */
 import { describe, expect, test } from "bun:test";
@@ -128,7 +128,7 @@ describe("CompactMap against a Map", () => {
     expect(map.get("k")).toBe(long + "!");
   });
 
-  test("growth to many entries and deletion of most of them (index growth, arena compaction)", () => {
+  test("growth to many entries and deletion of most of them (index growth, a sweep, memory given back)", () => {
     const map = new CompactMap();
     const n = 50000;
     for (let i = 0; i < n; i++) map.set(`key:${i}`, `value:${i}`);
@@ -147,18 +147,18 @@ describe("CompactMap against a Map", () => {
     expect(map.get("again:99")).toBe("x");
   });
 
-  test("values that keep outgrowing their records leave garbage that compaction reclaims", () => {
+  test("values that keep outgrowing their records leave garbage that sweeps reclaim", () => {
     const map = new CompactMap();
     for (let i = 0; i < 1000; i++) map.set(`k${i}`, "");
     for (let round = 1; round <= 40; round++) {
       for (let i = 0; i < 1000; i++) map.set(`k${i}`, "y".repeat(round * 4));
     }
     for (let i = 0; i < 1000; i++) expect(map.get(`k${i}`)).toBe("y".repeat(160));
-    // Live data is about 1000 × (16 + 4 + 160) bytes; without compaction the garbage would be ~20× that.
+    // Live data is about 1000 × (16 + 4 + 160) bytes; without sweeps the garbage would be ~20× that.
     expect(map.allocatedBytes).toBeLessThan(1_500_000);
   });
 
-  test("a compaction run while a new key's record is reserved copies each live record once (a large record at word 0 no longer overflows the new arena)", () => {
+  test("a new key reserved while garbage fills the arena, with a large record at word 0, leaves every entry readable and walkable (a whole-arena compaction once copied that record twice)", () => {
     const map = new CompactMap();
     const model = new Map<string, string>();
     const set = (key: string, value: string) => {
@@ -167,7 +167,7 @@ describe("CompactMap against a Map", () => {
     };
     set("a", "x".repeat(3000)); // the record at word 0
     for (let i = 0; i < 362; i++) set("c", "y".repeat(40 + 4 * i)); // garbage outweighs the live records
-    set("fresh", "z"); // a new id; its reservation finds the arena full and compacts
+    set("fresh", "z"); // a new id, reserved while the arena is full of garbage
     expectSameContents(map, model);
     expect(map.keysWithPrefix("fr")).toEqual(["fresh"]);
   });
