@@ -319,6 +319,54 @@ describe("compaction", () => {
     expect(fs.existsSync(path.join(dir, "data.json.tmp"))).toBe(false);
   });
 
+  test("a journal failure while SAVE flushes the old journal stops that SAVE before it writes a snapshot, and the rebuild then makes the write durable", async () => {
+    const dir = tempDir();
+    const a = await openAlwaysPastFirstRound(dir);
+    let storeWalks = 0;
+    a.log.attach({
+      entries: () => (storeWalks++, a.store.entries()),
+      get size() { return a.store.size; },
+      get seq() { return a.store.seq; },
+    });
+    // Hold SAVE inside its thread-pool flush of the old journal, as a slow disk does.
+    const journal = (a.log as unknown as { journal: { handle: { datasync: () => Promise<void> } } }).journal;
+    const realDatasync = journal.handle.datasync.bind(journal.handle);
+    let releaseFlush!: () => void;
+    const flushHeld = new Promise<void>((resolve) => (releaseFlush = resolve));
+    let flushStarted = false;
+    journal.handle.datasync = async () => {
+      flushStarted = true;
+      await flushHeld;
+      return realDatasync();
+    };
+    const original = fs.fdatasyncSync;
+    let failedOnce = false;
+    fs.fdatasyncSync = ((fd: number) => {
+      if (!failedOnce) {
+        failedOnce = true;
+        throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+      }
+      return original(fd);
+    }) as typeof fs.fdatasyncSync;
+    try {
+      const save = a.log.save();
+      await until(() => flushStarted, "SAVE's flush of the old journal");
+      const wait = a.put("k", "v"); // its on-loop fsync fails meanwhile
+      await until(() => a.log.unavailableReason !== null, "the journal failure");
+      releaseFlush();
+      await expect(save).rejects.toThrow("EIO");
+      expect(storeWalks).toBe(0); // it stopped before writing a snapshot the failure would void
+      await until(() => a.durable() >= wait && a.log.unavailableReason === null, "durable after the rebuild");
+    } finally {
+      fs.fdatasyncSync = original;
+      releaseFlush();
+    }
+    await closeLog(a);
+    const reopened = await open(dir, { fsync: "always" });
+    expect(reopened.store.get("k")).toBe('"v"');
+    expect(reopened.store.get("first")).toBe("1");
+  });
+
   test("the journal is compacted automatically past its size threshold", async () => {
     const dir = tempDir();
     const a = await open(dir, { compactMinBytes: 2000, compactPercent: 100 });

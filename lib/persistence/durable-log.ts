@@ -552,6 +552,14 @@ export class DurableLog implements CommitLog {
     try {
       await this.preFlushJournal();
       const fresh = await openJournal(this.files, this.nextJournalGen());
+      // The two awaits above let the loop run: a sync may have failed, or a shutdown begun.
+      const failedMeanwhile = this.unavailableReason;
+      const interrupted = failedMeanwhile !== null ? new PersistenceFailure(failedMeanwhile)
+        : this.closing ? new Error("persistence: shutting down") : null;
+      if (interrupted !== null) {
+        await discardJournal(fresh);
+        throw interrupted;
+      }
       // From here to the switch nothing awaits: no record can fall between the two journals.
       // The old journal is made durable before any record goes to the new one, so a crash
       // (a power cut too) can leave a torn record in it only while the new one is empty.
@@ -570,8 +578,7 @@ export class DurableLog implements CommitLog {
         }
       }
       if (failure !== null) {
-        await fresh.handle.close().catch(() => {});
-        fs.rmSync(fresh.path, { force: true });
+        await discardJournal(fresh);
         throw failure;
       }
       const startSeq = this.lastAppendedSeq;
@@ -645,6 +652,12 @@ export async function openJournal(files: DataFiles, gen: number): Promise<Journa
   const handle = await fs.promises.open(path, "a");
   const bytes = (await handle.stat()).size;
   return { gen, path, handle, bytes };
+}
+
+/** Closes and removes a journal that never received a record (a compaction that stopped short). */
+async function discardJournal(journal: JournalFile): Promise<void> {
+  await journal.handle.close().catch(() => {});
+  fs.rmSync(journal.path, { force: true });
 }
 
 function writeErrorLeavesJournalIntact(err: unknown): boolean {
