@@ -173,6 +173,76 @@ describe("CompactMap against a Map", () => {
   });
 });
 
+describe("CompactMap's byte API (the fast path) against a Map", () => {
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+
+  /** An AsciiEntry over one buffer with some bytes before, between and after, as a request line gives. */
+  function asciiEntry(key: string, value: string) {
+    const line = encoder.encode(`PUT ${key} ${value}\r\n`);
+    const keyStart = 4;
+    const valueStart = keyStart + key.length + 1;
+    return { keySrc: line, keyStart, keyEnd: keyStart + key.length, valueSrc: line, valueStart, valueEnd: valueStart + value.length };
+  }
+
+  /** The fast path's read: find by bytes, then copy the value out, or null when it is not all ASCII. */
+  function readAscii(map: CompactMap, key: string): string | null | undefined {
+    const src = encoder.encode(`GET ${key}\r\n`);
+    const entry = map.findAscii(src, 4, 4 + key.length);
+    if (entry < 0) return undefined;
+    const dest = new Uint8Array(3 + map.valueByteLength(entry));
+    const end = map.copyAsciiValue(entry, dest, 3);
+    return end < 0 ? null : decoder.decode(dest.subarray(3, end));
+  }
+
+  test("set, setAscii, delete and the byte reads, mixed, with values that grow, shrink and move, agree with the model through sweeps, growth and shrinking", () => {
+    for (const seed of [11, 12, 13, 14]) {
+      const next = seededRandom(seed);
+      const map = new CompactMap();
+      const model = new Map<string, string>();
+      // ASCII keys take either write path; the others only set(), as in the server.
+      const asciiKeys = Array.from({ length: 40 + seed * 60 }, (_, i) => `k:${i}`);
+      const otherKeys = Array.from({ length: 30 }, (_, i) => `é${i}` + randomText(next));
+      const asciiValue = () => "v".repeat(next() < 0.02 ? 2000 + Math.floor(next() * 3000) : Math.floor(next() * 120));
+      let phaseDeletes = 0.2;
+      for (let op = 0; op < 20000; op++) {
+        // Alternate phases of mostly deletes and mostly writes, so garbage outweighs live data
+        // (a sweep starts), the arena empties out (it shrinks) and fills again (it grows).
+        if (op % 2500 === 0) phaseDeletes = phaseDeletes === 0.2 ? 0.75 : 0.2;
+        const roll = next();
+        const useAscii = next() < 0.85;
+        const key = useAscii ? asciiKeys[Math.floor(next() * asciiKeys.length)]! : otherKeys[Math.floor(next() * otherKeys.length)]!;
+        if (roll < phaseDeletes) {
+          expect(map.delete(key)).toBe(model.delete(key));
+        } else if (roll < 0.85) {
+          if (useAscii && next() < 0.6) {
+            const value = asciiValue();
+            expect(map.setAscii(asciiEntry(key, value))).toBe(!model.has(key));
+            model.set(key, value);
+          } else {
+            const value = next() < 0.3 ? randomText(next, 6) : asciiValue();
+            expect(map.set(key, value)).toBe(!model.has(key));
+            model.set(key, value);
+          }
+        } else if (useAscii) {
+          const expected = model.get(key);
+          const read = readAscii(map, key);
+          if (expected === undefined) expect(read).toBeUndefined();
+          else if (/^[\x00-\x7f]*$/.test(expected)) expect(read).toBe(expected);
+          else expect(read).toBeNull();
+        } else {
+          expect(map.get(key)).toBe(model.get(key));
+        }
+        if (op % 997 === 0) {
+          expectSameContents(map, model);
+          expect(map.keysWithPrefix("k:1").sort()).toEqual([...model.keys()].filter((k) => k.startsWith("k:1")).sort());
+        }
+      }
+      expectSameContents(map, model);
+    }
+  });
+});
+
 describe("CompactMap iteration while the map changes", () => {
   test("an entry present throughout is visited exactly once, with a value it had meanwhile", () => {
     for (const seed of [11, 12, 13]) {
