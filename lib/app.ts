@@ -93,6 +93,8 @@ export async function startServer(config: Config, version: string, log: Logger):
   refuseUnprotected(config);
   const tls = config.tls && { cert: readPem(config.tls.certPath, "--tls-cert"), key: readPem(config.tls.keyPath, "--tls-key") };
   const { commitLog, store, keysLoaded, loadMs } = await openState(config, log);
+  // Loading ignores the limit (as Redis loads past maxmemory): a smaller limit refuses writes until keys are deleted.
+  store.dataLimitBytes = config.maxDataBytes;
   const stats = new ServerStats();
   const executor = new Executor(store, commitLog, stats, {
     maxTransactionBytes: config.maxTransactionBytes,

@@ -24,7 +24,11 @@
  *   garbage. Once garbage outweighs the live records, a sweep packs the arena
  *   a little at each change (live records slide down, garbage is dropped), so
  *   that no single PUT or DEL pays for the whole store. Growing the arena
- *   still copies it (doubling, so rarely); see reserve().
+ *   still copies it (doubling, so rarely); see reserve(). The arena holds at
+ *   most MAX_DATA_BYTES (2 GiB): byte offsets (word × 4) must stay int32s for
+ *   the shifts below, and Bun caps a typed array at 4 GiB. A caller may set a
+ *   lower limit (`limitBytes`) and asks hasRoomFor() before a change that may
+ *   add records: set() and setAscii() past the limit throw instead.
  * - index: open addressing with linear probing; pairs (record word + 1, hash),
  *   0 for an empty slot; a power-of-two slot count kept at load ≤ 0.6.
  *   Deletion shifts the following entries back instead of leaving tombstones.
@@ -59,6 +63,9 @@ const VALUE_HEAD = 1;
 const VALUE_CAPACITY = 2;
 const ID = 3;
 const MIN_ARENA_WORDS = 1024;
+/** Most bytes of records the arena holds: 2 GiB, less a margin so that a record's end offset is an int32 too. */
+export const MAX_DATA_BYTES = 2 ** 31;
+const MAX_ARENA_WORDS = MAX_DATA_BYTES / 4 - 64;
 /**
  * Most words of records copied to give memory back after a sweep (16 MiB, a
  * few ms): past it the arena keeps its size, and the room for new records.
@@ -138,6 +145,8 @@ export class CompactMap {
   /** A running sweep: records before sweepTo are packed, sweepTo..sweepFrom is free, sweepFrom.. not yet swept. -1: none. */
   private sweepFrom = -1;
   private sweepTo = 0;
+  /** Words the arena may hold: set from limitBytes, at most MAX_ARENA_WORDS. */
+  private limitWords = MAX_ARENA_WORDS;
 
   /** Pairs (record word + 1, hash); 0 marks an empty slot. */
   private index: Int32Array;
@@ -166,6 +175,45 @@ export class CompactMap {
 
   get size(): number {
     return this.count;
+  }
+
+  /** Bytes of records the arena may hold (MAX_DATA_BYTES unless lowered): changes that would pass it are refused. */
+  get limitBytes(): number {
+    return Math.min(this.limitWords * 4, MAX_DATA_BYTES);
+  }
+
+  set limitBytes(bytes: number) {
+    this.limitWords = Math.min(Math.floor(bytes / 4), MAX_ARENA_WORDS);
+  }
+
+  /** Bytes of the arena in use: live records and garbage not yet swept, as counted against limitBytes. */
+  get usedBytes(): number {
+    return this.usedWords * 4;
+  }
+
+  /**
+   * Words a new record for a key and a value of these lengths (in code
+   * units) may take: wide, the most either can need. hasRoomFor() takes a sum
+   * of these for every PUT of a change.
+   */
+  static recordWordsAtMost(keyLength: number, valueLength: number): number {
+    return HEADER_WORDS + wordsFor(2 * (keyLength + valueLength));
+  }
+
+  /**
+   * Whether records of `words` more words fit under the limit. Near the limit
+   * the garbage counts too: when it could make the room and is worth a pass
+   * (at least 1/64 of the limit), a whole sweep runs first, O(arena) once.
+   */
+  hasRoomFor(words: number): boolean {
+    if (this.usedWords + words <= this.limitWords) return true;
+    if (this.garbageWords < Math.max(words, this.limitWords >>> 6)) return false;
+    if (this.sweepFrom < 0) {
+      this.sweepFrom = 0;
+      this.sweepTo = 0;
+    }
+    this.sweepStep(Number.MAX_SAFE_INTEGER);
+    return this.usedWords + words <= this.limitWords;
   }
 
   get(key: string): string | undefined {
@@ -235,13 +283,12 @@ export class CompactMap {
       this.writeString(value, valueWide, this.prepareValue(slot, value.length, valueWide));
       return false;
     }
-    const id = this.takeId();
     const keyWide = wideFlag(key);
-    const at = this.newRecord(id, key.length, keyWide, value.length, valueWide);
+    const at = this.newRecord(key.length, keyWide, value.length, valueWide);
     const keyStart = (at + HEADER_WORDS) << 2;
     this.writeString(key, keyWide, keyStart);
     this.writeString(value, valueWide, keyStart + (key.length << keyWide));
-    this.insert(slot, hash, at, id);
+    this.insert(slot, hash, at, this.words[at + ID]!);
     return true;
   }
 
@@ -258,14 +305,13 @@ export class CompactMap {
       copyBytes(valueSrc, valueStart, valueEnd, this.bytes, at);
       return false;
     }
-    const id = this.takeId();
     const keyLength = keyEnd - keyStart;
-    const at = this.newRecord(id, keyLength, 0, valueLength, 0);
+    const at = this.newRecord(keyLength, 0, valueLength, 0);
     const bytes = this.bytes;
     const start = (at + HEADER_WORDS) << 2;
     copyBytes(keySrc, keyStart, keyEnd, bytes, start);
     copyBytes(valueSrc, valueStart, valueEnd, bytes, start + keyLength);
-    this.insert(slot, hash, at, id);
+    this.insert(slot, hash, at, this.words[at + ID]!);
     return true;
   }
 
@@ -557,13 +603,17 @@ export class CompactMap {
   }
 
   /**
-   * Reserves a record for a new entry and writes its header; the caller
-   * writes the key and value bytes. May run a sweep step (moving records); adds nothing to the index.
+   * Reserves a record for a new entry, takes its id and writes its header;
+   * the caller writes the key and value bytes. May run a sweep step (moving
+   * records); adds nothing to the index. Throws, having changed nothing, when
+   * the record would pass the limit.
    */
-  private newRecord(id: number, keyLength: number, keyWide: number, valueLength: number, valueWide: number): number {
+  private newRecord(keyLength: number, keyWide: number, valueLength: number, valueWide: number): number {
     const keyBytes = keyLength << keyWide;
     const size = HEADER_WORDS + wordsFor(keyBytes + (valueLength << valueWide));
     const at = this.reserve(size);
+    // The id after the reservation: a sweep step run by it never meets an id without its record.
+    const id = this.takeId();
     this.writeHeader(at, id, (keyLength << 1) | keyWide, keyBytes, size);
     this.words[at + VALUE_HEAD] = (valueLength << 1) | valueWide;
     return at;
@@ -597,8 +647,9 @@ export class CompactMap {
   private reserve(size: number): number {
     this.sweepStep(SWEEP_WORDS + 2 * size);
     const needed = this.usedWords + size;
+    if (needed > this.limitWords) throw new RangeError(`CompactMap: full (${this.limitBytes} bytes of records)`);
     if (needed > this.words.length) {
-      const grown = new Int32Array(Math.max(this.words.length * 2, needed));
+      const grown = new Int32Array(Math.min(Math.max(this.words.length * 2, needed), MAX_ARENA_WORDS));
       grown.set(this.words.subarray(0, this.usedWords));
       this.useArena(grown);
     }

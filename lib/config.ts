@@ -11,6 +11,7 @@
  */
 import { parseArgs } from "node:util";
 import * as v from "valibot";
+import { MAX_DATA_BYTES } from "./compact-map.ts";
 import { LOG_LEVELS } from "./log.ts";
 import { optionErrorMessage, wholeNumber } from "./option-schemas.ts";
 
@@ -39,6 +40,7 @@ export const OPTIONS = {
   "max-request-bytes": { kind: "string", env: "TXKV_MAX_REQUEST_BYTES", arg: "<n>", default: "1024", help: "longest request line (TOO_LARGE past it)" },
   "max-transaction-bytes": { kind: "string", env: "TXKV_MAX_TRANSACTION_BYTES", arg: "<n>", default: "1024", help: "PUT/DEL bytes one transaction may hold" },
   "max-connections": { kind: "string", env: "TXKV_MAX_CONNECTIONS", arg: "<n>", default: "10000", help: "connections served at once (BUSY past it)" },
+  "max-data-bytes": { kind: "string", env: "TXKV_MAX_DATA_BYTES", arg: "<n>", default: String(MAX_DATA_BYTES), help: "bytes the stored keys and values may take, 2 GiB at most (writes past it: TOO_LARGE)" },
   "max-output-bytes": { kind: "string", env: "TXKV_MAX_OUTPUT_BYTES", arg: "<n>", default: "1048576", help: "unsent reply bytes per connection before reading pauses" },
   "partial-request-ms": { kind: "string", env: "TXKV_PARTIAL_REQUEST_MS", arg: "<ms>", default: "10", help: "run a request without LF after this pause (0: never)" },
   password: { kind: "string", env: "TXKV_PASSWORD", arg: "<pw>", help: "require AUTH <pw> on every connection" },
@@ -87,6 +89,7 @@ const ConfigSchema = v.object({
   "max-request-bytes": wholeNumber(16, 64 * 1024 * 1024),
   "max-transaction-bytes": wholeNumber(16, 1024 * 1024 * 1024),
   "max-connections": wholeNumber(1, 1_000_000),
+  "max-data-bytes": wholeNumber(4096, MAX_DATA_BYTES),
   "max-output-bytes": wholeNumber(1024, 1024 * 1024 * 1024),
   "partial-request-ms": wholeNumber(0, 60_000),
   password: v.optional(v.pipe(v.string(), v.minLength(1, "expected a non-empty password"))),
@@ -110,6 +113,8 @@ export type Config = {
   maxRequestBytes: number;
   maxTransactionBytes: number;
   maxConnections: number;
+  /** Bytes the store's records may take (CompactMap.limitBytes). */
+  maxDataBytes: number;
   maxOutputBytes: number;
   partialRequestMs: number;
   password: string | undefined;
@@ -160,6 +165,7 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
       maxRequestBytes: c["max-request-bytes"],
       maxTransactionBytes: c["max-transaction-bytes"],
       maxConnections: c["max-connections"],
+      maxDataBytes: c["max-data-bytes"],
       maxOutputBytes: c["max-output-bytes"],
       partialRequestMs: c["partial-request-ms"],
       password: c.password,

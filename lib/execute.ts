@@ -173,6 +173,8 @@ export class Executor {
 
   private putPlain(req: PlainRequest, src: Uint8Array, session: Session, out: ByteBuffer): boolean {
     if (this.commitLog.unavailableReason !== null) return false;
+    // The stored value is the JSON string: the text and two quotes.
+    if (!this.store.hasRoomForPut(req.keyEnd - req.keyStart, req.valueEnd - req.valueStart + 2)) return false;
     this.stats.countCommand("PUT");
     const valueAt = stringEntry(out, src, req.keyStart, req.keyEnd, req.valueStart, req.valueEnd);
     // The key is in the request; the value's JSON text ("...") is in the reply just built.
@@ -217,7 +219,7 @@ export class Executor {
   }
 
   private put(session: Session, key: string, value: EncodedValue): string {
-    const refusal = this.persistenceRefusal();
+    const refusal = this.persistenceRefusal() ?? this.storeFullRefusal(this.store.hasRoomForPut(key.length, value.length));
     if (refusal !== null) return refusal;
     const seq = this.store.put(key, value);
     if (this.commitLog.enabled) session.waitSeq = this.commitLog.append({ seq, ops: [[key, value]] });
@@ -313,7 +315,9 @@ export class Executor {
     const sole = tx.soleAsciiWrite();
     if (sole !== null) {
       // The common one-PUT transaction of the fast path: from its bytes, as an auto-committed plain PUT.
-      const refusal = this.persistenceRefusal();
+      const refusal =
+        this.persistenceRefusal() ??
+        this.storeFullRefusal(this.store.hasRoomForPut(sole.keyEnd - sole.keyStart, sole.valueEnd - sole.valueStart));
       if (refusal !== null) return refusal;
       const seq = this.store.putAscii(sole);
       if (this.commitLog.enabled) session.waitSeq = this.commitLog.appendAsciiPut(seq, sole);
@@ -321,7 +325,7 @@ export class Executor {
     }
     const ops = tx.changes();
     if (ops.length === 0) return null;
-    const refusal = this.persistenceRefusal();
+    const refusal = this.persistenceRefusal() ?? this.storeFullRefusal(this.store.hasRoomFor(ops));
     if (refusal !== null) return refusal;
     const seq = this.store.apply(ops);
     if (this.commitLog.enabled) session.waitSeq = this.commitLog.append({ seq, ops });
@@ -395,6 +399,16 @@ export class Executor {
     return reason === null ? null : this.fail("PERSISTENCE", `Write refused: persistence is failing: ${reason}`);
   }
 
+  /** TOO_LARGE when a write's records would not fit under --max-data-bytes (as Redis answers OOM past maxmemory). */
+  private storeFullRefusal(fits: boolean): string | null {
+    if (fits) return null;
+    const limit = this.store.dataLimitBytes;
+    return this.fail(
+      "TOO_LARGE",
+      `Store full: keys and values take ${this.store.dataBytes} of the ${limit} bytes allowed (--max-data-bytes); nothing was written; delete keys to make room`,
+    );
+  }
+
   private notFound(key: string): string {
     this.stats.countError("NOT_FOUND");
     return notFound(key);
@@ -428,6 +442,8 @@ export class Executor {
         heap_used: memory.heapUsed,
         heap_total: memory.heapTotal,
         client_buffers: s.clientBufferBytes(),
+        data: this.store.dataBytes,
+        data_limit: this.store.dataLimitBytes,
       },
       transactions,
       persistence: this.commitLog.stats(),

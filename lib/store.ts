@@ -87,6 +87,32 @@ export class Store {
     return this.data.size;
   }
 
+  /** Bytes the stored records may take (--max-data-bytes); writes that could pass it are refused. */
+  get dataLimitBytes(): number {
+    return this.data.limitBytes;
+  }
+
+  set dataLimitBytes(bytes: number) {
+    this.data.limitBytes = bytes;
+  }
+
+  /** Bytes the stored records take now, garbage not yet swept included (what the limit counts). */
+  get dataBytes(): number {
+    return this.data.usedBytes;
+  }
+
+  /** Whether a PUT of a key and an encoded value of these lengths (code units) fits under the limit. */
+  hasRoomForPut(keyLength: number, valueLength: number): boolean {
+    return this.data.hasRoomFor(CompactMap.recordWordsAtMost(keyLength, valueLength));
+  }
+
+  /** Whether every PUT of a commit fits under the limit (each counted as a new record: the most it can take). */
+  hasRoomFor(ops: readonly CommitOp[]): boolean {
+    let words = 0;
+    for (const [key, value] of ops) if (value !== null) words += CompactMap.recordWordsAtMost(key.length, value.length);
+    return this.data.hasRoomFor(words);
+  }
+
   get(key: string): EncodedValue | undefined {
     return this.data.get(key);
   }

@@ -5,7 +5,7 @@
  * iteration while the map changes, and prefix scans.
  */
 import { describe, expect, test } from "bun:test";
-import { CompactMap } from "../lib/compact-map.ts";
+import { CompactMap, MAX_DATA_BYTES } from "../lib/compact-map.ts";
 import { Store } from "../lib/store.ts";
 import { seededRandom } from "./helpers.ts";
 
@@ -240,6 +240,49 @@ describe("CompactMap's byte API (the fast path) against a Map", () => {
       }
       expectSameContents(map, model);
     }
+  });
+});
+
+describe("CompactMap's limit on bytes of records", () => {
+  test("a new record past limitBytes throws and changes nothing; hasRoomFor says so first; deleting makes room again", () => {
+    const map = new CompactMap();
+    map.limitBytes = 16384;
+    const model = new Map<string, string>();
+    let n = 0;
+    for (; map.hasRoomFor(CompactMap.recordWordsAtMost(8, 40)); n++) {
+      const key = `k${String(n).padStart(7, "0")}`;
+      map.set(key, "v".repeat(40));
+      model.set(key, "v".repeat(40));
+    }
+    expect(n).toBeGreaterThan(100);
+    expect(map.usedBytes).toBeLessThanOrEqual(16384);
+    // Past the limit, both write paths throw before touching anything.
+    const wide = "\u20ac".repeat(3000);
+    expect(() => map.set("new", wide)).toThrow(RangeError);
+    expect(() => map.set("k0000000", wide)).toThrow(RangeError); // a value that must move to a new record
+    const line = new TextEncoder().encode("newkey" + "x".repeat(5000));
+    expect(() => map.setAscii({ keySrc: line, keyStart: 0, keyEnd: 6, valueSrc: line, valueStart: 6, valueEnd: line.length })).toThrow(RangeError);
+    expectSameContents(map, model);
+    // Deleting makes garbage; hasRoomFor packs it when that makes the room.
+    for (let i = 0; i < n; i += 2) {
+      const key = `k${String(i).padStart(7, "0")}`;
+      map.delete(key);
+      model.delete(key);
+    }
+    for (let i = 0; i < n / 2 - 1; i++) {
+      expect(map.hasRoomFor(CompactMap.recordWordsAtMost(8, 40))).toBe(true);
+      map.set(`again${i}`, "w".repeat(40));
+      model.set(`again${i}`, "w".repeat(40));
+    }
+    expectSameContents(map, model);
+  });
+
+  test("the limit is at most MAX_DATA_BYTES (2 GiB), so every byte offset stays an int32", () => {
+    const map = new CompactMap();
+    map.limitBytes = 2 ** 40;
+    expect(map.limitBytes).toBeLessThanOrEqual(MAX_DATA_BYTES);
+    expect(MAX_DATA_BYTES).toBe(2 ** 31);
+    expect(map.hasRoomFor(MAX_DATA_BYTES / 4)).toBe(false);
   });
 });
 

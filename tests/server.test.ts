@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { connect as netConnect } from "node:net";
 import type { RunningServer } from "../lib/app.ts";
 import { join } from "node:path";
-import { LineClient, pipelineAfterQuit, spawnServer, startInProcess, tempDir, waitFor } from "./helpers.ts";
+import { LineClient, pipelineAfterQuit, spawnServer, startInProcess, tempDir, waitFor, type Reply } from "./helpers.ts";
 
 let server: RunningServer & { logs: string[] };
 /**
@@ -294,6 +294,91 @@ describe("the store's arena under values that grow and escape", () => {
       c.close();
     } finally {
       await fresh.shutdown();
+    }
+  });
+});
+
+describe("--max-data-bytes: a full store refuses writes, as Redis does past maxmemory", () => {
+  const VALUE = "v".repeat(100);
+
+  /** Plain PUTs of new keys until one is refused; returns how many were stored and the refusal. */
+  async function fillUp(c: LineClient): Promise<{ stored: number; refusal: Reply }> {
+    for (let n = 0; n < 100_000; n++) {
+      const reply = await c.request(`PUT fill:${n} ${VALUE}`);
+      if (reply.status !== "Ok") return { stored: n, refusal: reply };
+    }
+    throw new Error("the store never filled up");
+  }
+
+  test("PUTs past the limit answer TOO_LARGE and store nothing; reads go on; DELs make room again", async () => {
+    const server = await startInProcess(["--max-data-bytes", "65536"]);
+    try {
+      const c = await LineClient.connect(server.port);
+      const { stored, refusal } = await fillUp(c);
+      expect(stored).toBeGreaterThan(100);
+      expect(refusal.code).toBe("TOO_LARGE");
+      expect(refusal.message).toContain("--max-data-bytes");
+      // Neither form writes, and nothing of the refused requests was stored.
+      expect((await c.request(`PUT {"key":"json","value":"${VALUE}"}`)).code).toBe("TOO_LARGE");
+      expect((await c.request(`GET fill:${stored}`)).code).toBe("NOT_FOUND");
+      expect((await c.request("GET json")).code).toBe("NOT_FOUND");
+      expect(await c.request("GET fill:0")).toEqual({ status: "Ok", result: { key: "fill:0", value: VALUE } });
+      const stats = (await c.request("STATS")).result as { keys: number; memory: { data: number; data_limit: number } };
+      expect(stats.keys).toBe(stored);
+      expect(stats.memory.data_limit).toBe(65536);
+      expect(stats.memory.data).toBeLessThanOrEqual(65536);
+      // Deleting half of the keys leaves garbage; the next PUT that needs room packs it and goes in.
+      for (let n = 0; n < stored / 2; n++) expect((await c.request(`DEL fill:${n}`)).status).toBe("Ok");
+      expect(await c.request(`PUT again ${VALUE}`)).toEqual({ status: "Ok", result: { key: "again", value: VALUE } });
+      expect(await c.request(`GET fill:${stored - 1}`)).toEqual({ status: "Ok", result: { key: `fill:${stored - 1}`, value: VALUE } });
+      c.close();
+    } finally {
+      await server.shutdown();
+    }
+  });
+
+  test("a COMMIT whose writes do not fit answers TOO_LARGE, applies none of them and ends the transaction; one that only deletes commits", async () => {
+    const server = await startInProcess(["--max-data-bytes", "65536"]);
+    try {
+      const c = await LineClient.connect(server.port);
+      const { stored } = await fillUp(c);
+      const refused = await c.pipeline(["START", "DEL fill:0", `PUT fill:new ${VALUE}`, `PUT fill:other ${VALUE}`, "COMMIT"]);
+      expect(refused.map((reply) => reply.status)).toEqual(["Ok", "Ok", "Ok", "Ok", "Error"]);
+      expect(refused[4]!.code).toBe("TOO_LARGE");
+      expect((await c.request("COMMIT")).code).toBe("NO_TRANSACTION");
+      expect((await c.request("GET fill:0")).status).toBe("Ok"); // the DEL was not applied either
+      expect((await c.request("GET fill:new")).code).toBe("NOT_FOUND");
+      const deletes = await c.pipeline(["START", "DEL fill:1", "DEL fill:2", "COMMIT"]);
+      expect(deletes.map((reply) => reply.status)).toEqual(["Ok", "Ok", "Ok", "Ok"]);
+      expect((await c.request("KEYS fill:")).result).toHaveLength(stored - 2);
+      c.close();
+    } finally {
+      await server.shutdown();
+    }
+  });
+
+  test("a restart with a lower limit than the data loads every key and refuses writes until keys are deleted", async () => {
+    const dir = tempDir();
+    const data = join(dir.path, "data.json");
+    try {
+      const first = await spawnServer(["--data", data, "--fsync", "always"]);
+      const c = await LineClient.connect(first.port);
+      await c.pipeline(Array.from({ length: 1000 }, (_, n) => `PUT fill:${n} ${VALUE}`));
+      c.close();
+      await first.kill("SIGTERM");
+      const second = await spawnServer(["--data", data, "--max-data-bytes", "65536"]);
+      try {
+        const d = await LineClient.connect(second.port);
+        expect((await d.request("KEYS fill:")).result).toHaveLength(1000);
+        expect((await d.request(`PUT more ${VALUE}`)).code).toBe("TOO_LARGE");
+        for (let n = 0; n < 900; n++) await d.request(`DEL fill:${n}`);
+        expect((await d.request(`PUT more ${VALUE}`)).status).toBe("Ok");
+        d.close();
+      } finally {
+        await second.kill();
+      }
+    } finally {
+      dir.cleanup();
     }
   });
 });
