@@ -191,10 +191,14 @@ async function startMetricsOrClose(
   }
 }
 
+/** How long after the drain's timeout the final snapshot may still run. */
+const FINAL_SNAPSHOT_GRACE_MS = 3000;
+
 /**
  * The graceful shutdown: /health says so, open connections drain (their
  * transactions roll back) for up to timeoutMs, then the listener stops, the
- * data files are flushed and closed, and the metrics endpoint goes last.
+ * data files are flushed, a final snapshot is written (when the data file is
+ * behind) and they are closed, and the metrics endpoint goes last.
  */
 async function shutDownInOrder(
   server: TxkvServer,
@@ -204,12 +208,14 @@ async function shutDownInOrder(
   timeoutMs: number,
 ): Promise<ShutdownReport> {
   const startedAt = performance.now();
+  // Before index.ts's own deadline (the timeout plus 5 s), so a long final snapshot is given up, not cut off.
+  const finalSnapshotBy = Date.now() + timeoutMs + FINAL_SNAPSHOT_GRACE_MS;
   if (metrics) metrics.shuttingDown = true;
   const connectionsClosed = server.connectionCount;
   const rolledBackBefore = stats.txRolledBack;
   const connectionsForced = await server.drain(timeoutMs);
   server.stop();
-  await commitLog.close();
+  await commitLog.close(finalSnapshotBy);
   await metrics?.stop();
   return {
     connectionsClosed,

@@ -44,8 +44,12 @@ export interface CommitLog {
   onDurable: ((durableSeq: number) => void) | null;
   /** SAVE: compact now; resolves when the snapshot is durable. Rejects with the reason on failure. */
   save(): Promise<void>;
-  /** Flush and fsync everything, release the lock. */
-  close(): Promise<void>;
+  /**
+   * Flushes and fsyncs everything, releases the lock. finalSnapshotBy: the
+   * server's graceful stop, which also writes a final snapshot when the data
+   * file is behind the journal, given up at this time (ms since the epoch).
+   */
+  close(finalSnapshotBy?: number): Promise<void>;
   /** Persistence fields for STATS. */
   stats(): Record<string, unknown>;
 }

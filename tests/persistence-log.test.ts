@@ -367,6 +367,31 @@ describe("compaction", () => {
     expect(reopened.store.get("first")).toBe("1");
   });
 
+  test("a graceful close writes a final snapshot with every commit, unless its deadline has passed (then the journal keeps them)", async () => {
+    for (const deadlinePassed of [false, true]) {
+      const dir = tempDir();
+      const a = await open(dir);
+      a.put("k", 1);
+      a.tx([["t", "x"], ["u", undefined]]);
+      await a.log.close(deadlinePassed ? Date.now() - 1 : Date.now() + 60_000);
+      openLogs.splice(openLogs.indexOf(a.log), 1);
+      const file = path.join(dir, "data.json");
+      const journalBytes = dataFiles(file)
+        .listJournalGens()
+        .map((gen) => fs.statSync(dataFiles(file).journal(gen)).size);
+      if (deadlinePassed) {
+        expect(fs.existsSync(file)).toBe(false);
+        expect(journalBytes.reduce((x, y) => x + y, 0)).toBeGreaterThan(0);
+        expect(a.logLines.join("\n")).toContain("final snapshot failed; the journal holds every change");
+      } else {
+        expect(JSON.parse(fs.readFileSync(file, "utf8")).data).toEqual({ k: 1, t: "x" });
+        expect(journalBytes).toEqual([0]);
+      }
+      const reopened = await open(dir);
+      expect(contents(reopened.store)).toEqual([["k", "1"], ["t", '"x"']]);
+    }
+  });
+
   test("the journal is compacted automatically past its size threshold", async () => {
     const dir = tempDir();
     const a = await open(dir, { compactMinBytes: 2000, compactPercent: 100 });

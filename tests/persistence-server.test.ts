@@ -96,6 +96,28 @@ describe("restart", () => {
     expect((await d.request('GET {"key":"json key"}')).result).toEqual({ key: "json key", value: { n: [1, 2.5, null] } });
   });
 
+  test("a graceful stop leaves the whole state in data.json and an empty journal; a stop with nothing new rewrites nothing", async () => {
+    const dir = dataDir();
+    const file = path.join(dir, "data.json");
+    const a = await start(dir);
+    const c = await client(a);
+    await putMany(c, [["k1", "one"], ["k2", "two"]]);
+    expect((await c.request("DEL k2")).status).toBe("Ok");
+    expect(fs.existsSync(file)).toBe(false); // nothing is snapshotted while it runs, below the compaction threshold
+    expect(await a.kill("SIGTERM")).toBe(0);
+    expect(JSON.parse(fs.readFileSync(file, "utf8")).data).toEqual({ k1: "one" });
+    const journals = fs.readdirSync(dir).filter((name) => name.includes(".journal."));
+    expect(journals.map((name) => fs.statSync(path.join(dir, name)).size)).toEqual([0]);
+    expect(a.stderr()).toContain('"trigger":"shutdown"');
+
+    const b = await start(dir);
+    expect((await (await client(b)).request("GET k1")).result).toEqual({ key: "k1", value: "one" });
+    const snapshotBefore = fs.readFileSync(file);
+    expect(await b.kill("SIGINT")).toBe(0);
+    expect(fs.readFileSync(file)).toEqual(snapshotBefore);
+    expect(b.stderr()).not.toContain('"trigger":"shutdown"');
+  });
+
   test("integers beyond 2^53 come back exactly as written: from memory, from the journal after kill -9, from a snapshot, and from the original server's data.json", async () => {
     const dir = dataDir();
     const ids = '{"id":12345678901234567890,"refs":[-9007199254740993,1.5]}';
@@ -409,14 +431,18 @@ describe("shutdown during a compaction", () => {
 });
 
 describe("start-up with damaged files", () => {
+  /** A snapshot at seq 2 (a, b) and a journal with seq 3 and 4 (c, d). */
   async function dirWithData(): Promise<string> {
     const dir = dataDir();
-    const a = await start(dir);
+    const a = await start(dir, ["--fsync", "always"]);
     const c = await client(a);
     await putMany(c, [["a", "1"], ["b", "2"]]);
     expect((await c.request("SAVE")).status).toBe("Ok");
     await putMany(c, [["c", "3"], ["d", "4"]]);
-    expect(await a.kill("SIGTERM")).toBe(0);
+    // Killed, not stopped: a graceful stop writes a final snapshot and leaves the journal empty.
+    a.proc.kill("SIGKILL");
+    await a.exited;
+    fs.rmSync(path.join(dir, "data.json.lock"));
     return dir;
   }
 
@@ -478,8 +504,8 @@ describe("start-up with damaged files", () => {
       const c = await client(server);
       expect((await c.request("KEYS")).result).toEqual(["a", "b", "c", "d"]);
       expect((await c.request("PUT e 6")).status).toBe("Ok");
+      if (newerEmptyJournal) await waitFor(() => fs.readFileSync(newer, "utf8").includes('"e"'), 5000, "the PUT in the newest journal");
       expect(await server.kill("SIGTERM")).toBe(0);
-      if (newerEmptyJournal) expect(fs.readFileSync(newer, "utf8")).toContain('"e"');
       const again = await start(dir);
       expect((await (await client(again)).request("GET e")).result).toEqual({ key: "e", value: "6" });
     }

@@ -209,7 +209,7 @@ export class DurableLog implements CommitLog {
     return this.compaction ?? this.startCompaction("SAVE");
   }
 
-  async close(): Promise<void> {
+  async close(finalSnapshotBy?: number): Promise<void> {
     if (this.closed) return;
     this.closing = true;
     clearInterval(this.tickTimer);
@@ -230,6 +230,7 @@ export class DurableLog implements CommitLog {
       throw new Error(`could not flush the journal before exit: ${this.failure.reason}`);
     }
     await this.sync();
+    if (finalSnapshotBy !== undefined) await this.snapshotAtShutdown(finalSnapshotBy);
     this.closed = true;
     if (this.syncLoop) await this.syncLoop;
     await this.journal.handle.close().catch(() => {});
@@ -524,6 +525,25 @@ export class DurableLog implements CommitLog {
 
   // ---- compaction ----------------------------------------------------------------------------
 
+  /**
+   * A graceful stop leaves the whole state in the data file, as Redis saves
+   * its RDB at shutdown and PostgreSQL writes a shutdown checkpoint: someone
+   * who looks at data.json after a clean stop finds everything there, and the
+   * next start reads one file instead of replaying journals. Skipped when the
+   * file already holds every commit; given up at `by`, so that a large store
+   * cannot hold the exit past the shutdown's deadline. A failure is logged
+   * and loses nothing: the journal, already durable, holds every change.
+   */
+  private async snapshotAtShutdown(by: number): Promise<void> {
+    if (!this.view || this.failure) return;
+    if (this.lastAppendedSeq === this.snapshotSeq && fs.existsSync(this.files.snapshot)) return;
+    try {
+      await this.compact("shutdown", by);
+    } catch (err) {
+      this.log.warn("final snapshot failed; the journal holds every change", { reason: describeError(err) });
+    }
+  }
+
   private maybeAutoCompact(): void {
     if (this.compaction || this.failure || !this.view || this.closing) return;
     const threshold = Math.max(this.opts.compactMinBytes, (this.snapshotBytes * this.opts.compactPercent) / 100);
@@ -544,10 +564,12 @@ export class DurableLog implements CommitLog {
    * live store, make the journal durable up to the end of the walk, put the
    * snapshot in place, then delete the journals it covers.
    */
-  private async compact(trigger: string): Promise<void> {
+  private async compact(trigger: string, finalSnapshotBy?: number): Promise<void> {
     if (!this.view) throw new Error("persistence: no store attached, nothing to save");
     if (this.failure) throw new PersistenceFailure(this.failure.reason);
-    if (this.closing) throw new Error("persistence: shutting down");
+    // A shutdown cancels compactions, but for its own final one until its deadline.
+    const cancelled = () => (finalSnapshotBy === undefined ? this.closing : Date.now() > finalSnapshotBy);
+    if (cancelled()) throw new Error("persistence: shutting down");
     const started = performance.now();
     try {
       await this.preFlushJournal();
@@ -555,7 +577,7 @@ export class DurableLog implements CommitLog {
       // The two awaits above let the loop run: a sync may have failed, or a shutdown begun.
       const failedMeanwhile = this.unavailableReason;
       const interrupted = failedMeanwhile !== null ? new PersistenceFailure(failedMeanwhile)
-        : this.closing ? new Error("persistence: shutting down") : null;
+        : cancelled() ? new Error("persistence: shutting down") : null;
       if (interrupted !== null) {
         await discardJournal(fresh);
         throw interrupted;
@@ -585,7 +607,7 @@ export class DurableLog implements CommitLog {
       this.retired.push(this.journal);
       this.journal = fresh;
       this.directoryDirty = true;
-      const written = await this.writeSnapshotAndDropJournals(startSeq, () => this.sync());
+      const written = await this.writeSnapshotAndDropJournals(startSeq, () => this.sync(), cancelled);
       const ms = Math.round(performance.now() - started);
       this.lastCompaction = {
         at: new Date().toISOString(),
@@ -623,7 +645,11 @@ export class DurableLog implements CommitLog {
     this.fsyncs++;
   }
 
-  private async writeSnapshotAndDropJournals(seq: number, beforeRename: () => Promise<void>) {
+  private async writeSnapshotAndDropJournals(
+    seq: number,
+    beforeRename: () => Promise<void>,
+    cancelled = () => this.closing && this.resuming === null,
+  ) {
     const view = this.view;
     if (!view) throw new Error("persistence: no store attached");
     const written = await writeSnapshot({
@@ -632,7 +658,7 @@ export class DurableLog implements CommitLog {
       entries: view.entries(),
       sliceMs: this.opts.sliceMs,
       checkCancelled: () => {
-        if (this.closing && this.resuming === null) throw new Error("shutting down");
+        if (cancelled()) throw new Error("shutting down");
       },
       beforeRename,
     });
