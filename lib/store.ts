@@ -6,9 +6,10 @@
  * (one synchronous step), and conflict marking. A transaction watches each key
  * it read from the store (present or absent) and each KEYS prefix (less the
  * keys its answer took from the transaction's own writes); when a commit
- * changes a watched key, or creates or deletes a key under a watched prefix,
- * every other watching transaction is marked conflicted at once (as Redis
- * WATCH does). A delete of an absent key changes nothing. Nothing is kept
+ * changes a watched key, or creates, changes or deletes a key under a
+ * watched prefix (PROTOCOL §4 counts every key KEYS listed as read, so a new
+ * value conflicts too, though the answer held only names), every other
+ * watching transaction is marked conflicted at once (as Redis WATCH does). A delete of an absent key changes nothing. Nothing is kept
  * for conflict checks beyond the open transactions' own watches, which are
  * dropped when they end.
  * Deferred watches (watchAscii): a read by the fast path is only noted, as
@@ -148,8 +149,8 @@ export class Store {
   /** Auto-committed PUT. Returns the commit's seq. */
   put(key: string, value: EncodedValue): number {
     this.beforeCommit();
-    const created = this.data.set(key, value);
-    this.changed(key, created);
+    this.data.set(key, value);
+    this.changed(key);
     return ++this.seq;
   }
 
@@ -159,10 +160,10 @@ export class Store {
    */
   putAscii(entry: AsciiEntry): number {
     this.beforeCommit();
-    const created = this.data.setAscii(entry);
+    this.data.setAscii(entry);
     // The key is made a string only when a transaction watches something.
-    if (this.keyWatchers.size !== 0 || (created && !this.prefixWatches.isEmpty)) {
-      this.changed(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd), created);
+    if (this.keyWatchers.size !== 0 || !this.prefixWatches.isEmpty) {
+      this.changed(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd));
     }
     return ++this.seq;
   }
@@ -171,7 +172,7 @@ export class Store {
   delete(key: string): number {
     this.beforeCommit();
     this.data.delete(key);
-    this.changed(key, true);
+    this.changed(key);
     return ++this.seq;
   }
 
@@ -183,9 +184,10 @@ export class Store {
     this.beforeCommit();
     for (const [key, value] of ops) {
       if (value !== null) {
-        this.changed(key, this.data.set(key, value));
+        this.data.set(key, value);
+        this.changed(key);
       } else if (this.data.delete(key)) {
-        this.changed(key, true);
+        this.changed(key);
       }
       // A delete of an absent key (a transaction created and then deleted
       // it) changes nothing, so it conflicts no one, as in Redis WATCH.
@@ -294,21 +296,21 @@ export class Store {
     this.deferredKeys.clear();
   }
 
-  /** Marks every transaction watching key (or, when it was created or deleted, a prefix of it) conflicted. */
-  private changed(key: string, existenceChanged: boolean): void {
+  /** Marks every transaction watching key, or a prefix of it, conflicted (less those whose own write it is). */
+  private changed(key: string): void {
     const watchers = this.keyWatchers.get(key);
     if (watchers instanceof Set) {
       for (const w of watchers) w.conflicted = true;
     } else if (watchers !== undefined) {
       watchers.conflicted = true;
     }
-    if (existenceChanged && !this.prefixWatches.isEmpty) this.prefixWatches.markConflicts(key);
+    if (!this.prefixWatches.isEmpty) this.prefixWatches.markConflicts(key);
   }
 }
 
 /**
  * The KEYS prefixes open transactions read, indexed by prefix: a commit that
- * creates or deletes a key looks up that key's own prefixes, one lookup per
+ * changes a key looks up that key's own prefixes, one lookup per
  * distinct watched length, instead of scanning every watch of every open
  * transaction (thousands held open slowed every key creation hundreds of times).
  */

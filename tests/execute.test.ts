@@ -212,7 +212,7 @@ describe("serializable conflicts", () => {
     expect(b("GET k")).toEqual(ok({ key: "k", value: "2" }));
   });
 
-  test("KEYS prefix reads: a key created or deleted under the prefix conflicts (phantoms)", () => {
+  test("KEYS prefix reads: a key created, changed or deleted under the prefix conflicts (phantoms, and PROTOCOL §4's 'a key it read')", () => {
     const { session } = setup();
     const [a, b] = [session(), session()];
     a("PUT user:1 x");
@@ -220,8 +220,12 @@ describe("serializable conflicts", () => {
     a("KEYS user:");
     a("PUT count 1");
     b("PUT item:1 y"); // other prefix: no conflict
-    b("PUT user:1 changed"); // value change, same key set: no phantom
     expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+
+    a("START");
+    a("KEYS user:");
+    b("PUT user:1 changed"); // a new value for a key KEYS listed: it was read
+    expect(a("COMMIT")).toEqual(err("CONFLICT"));
 
     a("START");
     a("KEYS user:");

@@ -433,7 +433,7 @@ describe("transactions end to end", () => {
     b.close();
   });
 
-  test("serializable through real connections: absent reads, DEL reads and KEYS prefixes conflict; blind writes and own reads do not", async () => {
+  test("serializable through real connections: absent reads, DEL reads and KEYS prefixes (created, changed, deleted keys) conflict; blind writes and own reads do not", async () => {
     const a = await LineClient.connect(server.port);
     const b = await LineClient.connect(server.port);
     const conflictAfter = async (reads: string[], other: string | string[]) => {
@@ -449,10 +449,11 @@ describe("transactions end to end", () => {
     // KEYS reads its prefix: a key created (a phantom) or deleted under it conflicts...
     expect(await conflictAfter(["KEYS ser:p:"], "PUT ser:p:new 1")).toBe("CONFLICT");
     expect(await conflictAfter(["KEYS ser:p:"], "DEL ser:p:new")).toBe("CONFLICT");
-    // ...a key created under another prefix, or a value change of a listed key, does not.
+    // ...and so does a new value for a key it listed (PROTOCOL §4: a key the transaction read);
+    // a key created under another prefix does not.
     await b.request("PUT ser:p:kept 1");
+    expect(await conflictAfter(["KEYS ser:p:"], "PUT ser:p:kept 2")).toBe("CONFLICT");
     expect(await conflictAfter(["KEYS ser:p:"], "PUT ser:q:other 1")).toBe("OK");
-    expect(await conflictAfter(["KEYS ser:p:"], "PUT ser:p:kept 2")).toBe("OK");
     // A blind write (never read) does not conflict: the last commit wins.
     expect(await conflictAfter(["PUT ser:blind mine"], "PUT ser:blind theirs")).toBe("OK");
     expect(await b.request("GET ser:blind")).toMatchObject({ result: { value: "mine" } });
