@@ -30,10 +30,13 @@ export type Command =
   | Invalid;
 
 export type InvalidCode = "BAD_REQUEST" | "UNKNOWN_COMMAND" | "TOO_LARGE";
+export type CommandName = Exclude<Command["type"], "INVALID">;
 export interface Invalid {
   readonly type: "INVALID";
   readonly code: InvalidCode;
   readonly message: string;
+  /** The command the line named, when it named one (PROTOCOL §4: in a failed level a PUT answers ABORTED, malformed or not). */
+  readonly command?: CommandName;
   /** An HTTP request line (the framer's HTTP_REQUEST): the server closes the connection instead of answering. */
   readonly crossProtocol?: true;
 }
@@ -80,6 +83,11 @@ export function invalid(code: InvalidCode, message: string): Invalid {
   return { type: "INVALID", code, message };
 }
 
+/** cmd, or, when it is a refusal, the refusal with the command its line named. */
+function named(command: CommandName, cmd: Command): Command {
+  return cmd.type === "INVALID" ? { ...cmd, command } : cmd;
+}
+
 /** Parses one non-blank request line. */
 export function parseCommand(line: string): Command {
   const nameStart = skipBlanks(line, 0);
@@ -90,21 +98,21 @@ export function parseCommand(line: string): Command {
     const c0 = line.charCodeAt(nameStart) | LOWERCASE;
     const c1 = line.charCodeAt(nameStart + 1) | LOWERCASE;
     const c2 = line.charCodeAt(nameStart + 2) | LOWERCASE;
-    if (c0 === 0x67 && c1 === 0x65 && c2 === 0x74) return parseGetOrDel("GET", line, argStart); // get
-    if (c0 === 0x70 && c1 === 0x75 && c2 === 0x74) return parsePut(line, argStart); // put
-    if (c0 === 0x64 && c1 === 0x65 && c2 === 0x6c) return parseGetOrDel("DEL", line, argStart); // del
+    if (c0 === 0x67 && c1 === 0x65 && c2 === 0x74) return named("GET", parseGetOrDel("GET", line, argStart)); // get
+    if (c0 === 0x70 && c1 === 0x75 && c2 === 0x74) return named("PUT", parsePut(line, argStart)); // put
+    if (c0 === 0x64 && c1 === 0x65 && c2 === 0x6c) return named("DEL", parseGetOrDel("DEL", line, argStart)); // del
   }
   const rawName = line.slice(nameStart, nameEnd);
   const name = rawName.toUpperCase();
   switch (name) {
     case "KEYS":
-      return parseKeys(line, argStart);
+      return named("KEYS", parseKeys(line, argStart));
     case "AUTH":
-      return parseAuth(line, argStart);
+      return named("AUTH", parseAuth(line, argStart));
   }
   const noArg = NO_ARG[name];
   if (noArg !== undefined) {
-    return argStart < line.length ? invalid("BAD_REQUEST", `${name} takes no arguments`) : noArg;
+    return argStart < line.length ? named(noArg.type as CommandName, invalid("BAD_REQUEST", `${name} takes no arguments`)) : noArg;
   }
   return invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName}`);
 }

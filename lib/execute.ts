@@ -84,7 +84,7 @@ export class Executor {
       return this.fail("AUTH_REQUIRED", "Authentication required: send AUTH <password> first");
     }
     const tx = session.tx;
-    if (tx !== null && tx.failed && abortedInFailedLevel(cmd.type)) {
+    if (tx !== null && tx.failed && abortedInFailedLevel(cmd.type === "INVALID" ? cmd.command : cmd.type)) {
       return this.fail("ABORTED", "Current transaction level failed: ROLLBACK to end it (COMMIT discards the whole transaction)");
     }
     switch (cmd.type) {
@@ -472,7 +472,7 @@ function watchedKeys(store: Store): number {
   return counts.keys + counts.deferredReads;
 }
 
-function abortedInFailedLevel(type: Command["type"]): boolean {
+function abortedInFailedLevel(type: Command["type"] | undefined): boolean {
   return type === "PUT" || type === "GET" || type === "DEL" || type === "KEYS" || type === "START";
 }
 

@@ -405,7 +405,7 @@ describe("serializable conflicts", () => {
 });
 
 describe("failed levels", () => {
-  test("BAD_REQUEST marks the level failed: reads, writes and START answer ABORTED until ROLLBACK", () => {
+  test("BAD_REQUEST marks the level failed: reads, writes and START, well-formed or not, answer ABORTED until ROLLBACK", () => {
     const a = setup().session();
     a("START");
     a("PUT k 1");
@@ -413,6 +413,10 @@ describe("failed levels", () => {
     a("PUT j 2");
     expect(a("GET")).toEqual(err("BAD_REQUEST"));
     for (const line of ["PUT x 1", "GET k", "DEL k", "KEYS", "START"]) expect(a(line)).toEqual(err("ABORTED"));
+    // Malformed ones too (PROTOCOL §4 names the commands, not their shapes); other commands answer as usual.
+    for (const line of ["PUT k", 'PUT {"key":1}', "GET a b", "DEL", "KEYS a b", "START x", "put x"]) expect(a(line)).toEqual(err("ABORTED"));
+    expect(a("NOPE")).toEqual(err("UNKNOWN_COMMAND"));
+    expect(a("PING x")).toEqual(err("BAD_REQUEST"));
     expect(a("PING")).toEqual(ok("PONG"));
     expect(a("ROLLBACK")).toEqual(ok("Transaction rolled back"));
     expect(a("GET k")).toEqual(ok({ key: "k", value: "1" }));

@@ -384,6 +384,24 @@ describe("--max-data-bytes: a full store refuses writes, as Redis does past maxm
 });
 
 describe("transactions end to end", () => {
+  test("in a failed level, malformed PUT/GET/DEL/KEYS/START answer ABORTED too (PROTOCOL §4), an unknown command UNKNOWN_COMMAND", async () => {
+    const c = await LineClient.connect(server.port);
+    const replies = await c.pipeline(["START", "NOPE", "PUT k", "GET a b", "DEL", "KEYS a b", "START x", "NOPE2", "ROLLBACK", "ROLLBACK"]);
+    expect(replies.map((reply) => reply.code ?? reply.result)).toEqual([
+      "Transaction started",
+      "UNKNOWN_COMMAND",
+      "ABORTED",
+      "ABORTED",
+      "ABORTED",
+      "ABORTED",
+      "ABORTED",
+      "UNKNOWN_COMMAND",
+      "Transaction rolled back",
+      "NO_TRANSACTION",
+    ]);
+    c.close();
+  });
+
   test("rolled-back levels keep none of their writes: 3 connections × 1,000 levels of 1 KB values, all rolled back, leave the heap as it was", async () => {
     const { heapStats } = await import("bun:jsc");
     const roomy = await startInProcess(["--max-transaction-bytes", "4000000", "--max-request-bytes", "4096"]);
