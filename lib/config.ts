@@ -6,8 +6,8 @@
  * Must not: start anything, read data files, or exit the process itself
  * (it throws `ConfigError`; index.ts decides how to exit).
  *
- * Precedence: command-line option, then its `TXKV_*` environment variable,
- * then the default.
+ * Precedence: command-line option, then its `TXKV_*` environment variable
+ * (an empty one counts as unset), then the default.
  */
 import { parseArgs } from "node:util";
 import * as v from "valibot";
@@ -142,7 +142,8 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
   const merged: Record<string, unknown> = {};
   for (const [name, spec] of Object.entries(OPTIONS) as [OptionName, OptionSpec][]) {
     if (name === "help" || name === "version") continue;
-    const fromEnv = spec.env ? env[spec.env] : undefined;
+    // An empty variable is an unset one (as in shells and compose files that pass ${VAR} through).
+    const fromEnv = spec.env ? env[spec.env] || undefined : undefined;
     merged[name] = raw[name] ?? fromEnv ?? spec.default;
   }
   const result = v.safeParse(ConfigSchema, merged);

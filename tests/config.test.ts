@@ -65,6 +65,13 @@ describe("parseConfig", () => {
     );
   });
 
+  test("an empty TXKV_ variable counts as unset (the default applies); an empty command-line value is still an error", () => {
+    const config = serveConfig([], { TXKV_PORT: "", TXKV_HOST: "", TXKV_FSYNC: "", TXKV_PASSWORD: "", TXKV_IN_MEMORY: "", TXKV_MAX_CONNECTIONS: "" });
+    expect(config).toMatchObject({ port: 8080, host: "127.0.0.1", fsync: "everysec", password: undefined, inMemory: false, maxConnections: 10000 });
+    expect(() => parseConfig(["--port", ""], {})).toThrow("--port");
+    expect(() => parseConfig(["--password", ""], {})).toThrow("--password");
+  });
+
   test("bad values name the option", () => {
     const bad: [string[], Record<string, string>, string][] = [
       [["--port", "70000"], {}, "--port"],
