@@ -1,3 +1,4 @@
+#!/usr/bin/env bun
 /**
  * txkv's entry point: `txkv` serves, `txkv cli` and `txkv bench` are the
  * client tools. Parses the configuration, starts the server, prints the
