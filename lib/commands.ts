@@ -114,7 +114,7 @@ export function parseCommand(line: string): Command {
   if (noArg !== undefined) {
     return argStart < line.length ? named(noArg.type as CommandName, invalid("BAD_REQUEST", `${name} takes no arguments`)) : noArg;
   }
-  return invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName}`);
+  return invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName} (HELP lists the commands)`);
 }
 
 /**

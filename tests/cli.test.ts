@@ -114,7 +114,7 @@ describe("scripted (stdin not a terminal)", () => {
     const run = await cli([], "GET s:none\nPING\nFROB\n");
     expect(run.code).toBe(1);
     expect(run.stdout).toBe(
-      "(error) NOT_FOUND: Key not found: s:none\nPONG\n(error) UNKNOWN_COMMAND: Unknown command: FROB\n",
+      "(error) NOT_FOUND: Key not found: s:none\nPONG\n(error) UNKNOWN_COMMAND: Unknown command: FROB (HELP lists the commands)\n",
     );
   });
 

@@ -30,7 +30,7 @@ describe("parseCommand, plain form", () => {
   });
 
   test("an unknown command is UNKNOWN_COMMAND naming it", () => {
-    expect(parseCommand("FLUSHALL now")).toEqual({ type: "INVALID", code: "UNKNOWN_COMMAND", message: "Unknown command: FLUSHALL" });
+    expect(parseCommand("FLUSHALL now")).toEqual({ type: "INVALID", code: "UNKNOWN_COMMAND", message: "Unknown command: FLUSHALL (HELP lists the commands)" });
   });
 
   test("KEYS with and without a prefix", () => {
@@ -116,7 +116,7 @@ describe("framing errors and the HTTP guard", () => {
   });
 
   test("the text parser knows nothing of HTTP: POST is an unknown command (the framer catches it first)", () => {
-    expect(parseCommand("POST / HTTP/1.1")).toEqual({ type: "INVALID", code: "UNKNOWN_COMMAND", message: "Unknown command: POST" });
+    expect(parseCommand("POST / HTTP/1.1")).toEqual({ type: "INVALID", code: "UNKNOWN_COMMAND", message: "Unknown command: POST (HELP lists the commands)" });
   });
 });
 
