@@ -124,6 +124,15 @@ describe("the process", () => {
       const run = await runIndex(["--in-memory", "--port", String(holder.port)]);
       expect(run.code).toBe(1);
       expect(run.stderr).toContain(`txkv: cannot listen on 127.0.0.1:${holder.port}: the address is already in use`);
+      // With a fresh data file, the failed start leaves no file behind (it created a journal and the lock).
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-busy-port-"));
+      try {
+        const withData = await runIndex(["--data", path.join(dir, "data.json"), "--port", String(holder.port)]);
+        expect(withData.code).toBe(1);
+        expect(fs.readdirSync(dir)).toEqual([]);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
     } finally {
       holder.stop(true);
     }

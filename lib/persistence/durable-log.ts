@@ -159,6 +159,8 @@ export class DurableLog implements CommitLog {
 
   private readonly tickTimer: ReturnType<typeof setInterval>;
   private retryTimer: ReturnType<typeof setInterval> | null = null;
+  /** The journal this process created at start, when no journal existed (removed at close if it stayed unused). */
+  private readonly createdJournal: JournalFile | null;
 
   constructor(
     private readonly files: DataFiles,
@@ -168,6 +170,7 @@ export class DurableLog implements CommitLog {
   ) {
     this.journal = initial.journal;
     this.directoryDirty = initial.journalCreated;
+    this.createdJournal = initial.journalCreated ? initial.journal : null;
     this.lastAppendedSeq = this.writtenSeq = this.durableSeq = initial.seq;
     this.snapshotSeq = initial.snapshotSeq;
     this.snapshotBytes = initial.snapshotBytes;
@@ -234,6 +237,10 @@ export class DurableLog implements CommitLog {
     this.closed = true;
     if (this.syncLoop) await this.syncLoop;
     await this.journal.handle.close().catch(() => {});
+    // A start that failed (a port in use, say) leaves the directory as it found it.
+    if (this.journal === this.createdJournal && this.journal.bytes === 0 && this.appendedRecords === 0) {
+      fs.rmSync(this.journal.path, { force: true });
+    }
     releaseLock(this.files.lock);
   }
 
