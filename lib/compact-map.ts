@@ -26,9 +26,12 @@
  *   that no single PUT or DEL pays for the whole store. Growing the arena
  *   still copies it (doubling, so rarely); see reserve(). The arena holds at
  *   most MAX_DATA_BYTES (2 GiB): byte offsets (word × 4) must stay int32s for
- *   the shifts below, and Bun caps a typed array at 4 GiB. A caller may set a
- *   lower limit (`limitBytes`) and asks hasRoomFor() before a change that may
- *   add records: set() and setAscii() past the limit throw instead.
+ *   the shifts below, and Bun caps a typed array at 4 GiB; when garbage
+ *   fills it up to there, the next record packs it all first (O(arena), once).
+ *   A caller may set a lower limit on live records (`limitBytes`) and asks
+ *   hasRoomFor() before a change that may add records; set() and setAscii()
+ *   do not check it (a loader may pass it), only the 2 GiB cap, past which
+ *   they throw, having changed nothing.
  * - index: open addressing with linear probing; pairs (record word + 1, hash),
  *   0 for an empty slot; a power-of-two slot count kept at load ≤ 0.6.
  *   Deletion shifts the following entries back instead of leaving tombstones.
@@ -145,7 +148,7 @@ export class CompactMap {
   /** A running sweep: records before sweepTo are packed, sweepTo..sweepFrom is free, sweepFrom.. not yet swept. -1: none. */
   private sweepFrom = -1;
   private sweepTo = 0;
-  /** Words the arena may hold: set from limitBytes, at most MAX_ARENA_WORDS. */
+  /** Words of live records hasRoomFor() allows: set from limitBytes, at most MAX_ARENA_WORDS. */
   private limitWords = MAX_ARENA_WORDS;
 
   /** Pairs (record word + 1, hash); 0 marks an empty slot. */
@@ -177,7 +180,7 @@ export class CompactMap {
     return this.count;
   }
 
-  /** Bytes of records the arena may hold (MAX_DATA_BYTES unless lowered): changes that would pass it are refused. */
+  /** Bytes of live records hasRoomFor() allows (MAX_DATA_BYTES unless lowered). */
   get limitBytes(): number {
     return Math.min(this.limitWords * 4, MAX_DATA_BYTES);
   }
@@ -186,9 +189,9 @@ export class CompactMap {
     this.limitWords = Math.min(Math.floor(bytes / 4), MAX_ARENA_WORDS);
   }
 
-  /** Bytes of the arena in use: live records and garbage not yet swept, as counted against limitBytes. */
-  get usedBytes(): number {
-    return this.usedWords * 4;
+  /** Bytes of live records (keys, values, headers, padding), as counted against limitBytes; garbage is not counted. */
+  get liveBytes(): number {
+    return this.liveWords() * 4;
   }
 
   /**
@@ -201,19 +204,12 @@ export class CompactMap {
   }
 
   /**
-   * Whether records of `words` more words fit under the limit. Near the limit
-   * the garbage counts too: when it could make the room and is worth a pass
-   * (at least 1/64 of the limit), a whole sweep runs first, O(arena) once.
+   * Whether `words` more words of records stay under the limit on live
+   * records (a change that adds none always does: deletes go on past it).
+   * Space left by deletes and moves is not counted: sweeps reclaim it.
    */
   hasRoomFor(words: number): boolean {
-    if (this.usedWords + words <= this.limitWords) return true;
-    if (this.garbageWords < Math.max(words, this.limitWords >>> 6)) return false;
-    if (this.sweepFrom < 0) {
-      this.sweepFrom = 0;
-      this.sweepTo = 0;
-    }
-    this.sweepStep(Number.MAX_SAFE_INTEGER);
-    return this.usedWords + words <= this.limitWords;
+    return words === 0 || this.liveWords() + words <= this.limitWords;
   }
 
   get(key: string): string | undefined {
@@ -646,8 +642,13 @@ export class CompactMap {
    */
   private reserve(size: number): number {
     this.sweepStep(SWEEP_WORDS + 2 * size);
-    const needed = this.usedWords + size;
-    if (needed > this.limitWords) throw new RangeError(`CompactMap: full (${this.limitBytes} bytes of records)`);
+    let needed = this.usedWords + size;
+    if (needed > MAX_ARENA_WORDS) {
+      // Garbage fills the arena up to its cap: pack all of it now (O(arena), a pause, but only here).
+      this.sweepAll();
+      needed = this.usedWords + size;
+      if (needed > MAX_ARENA_WORDS) throw new RangeError(`CompactMap: full (${MAX_DATA_BYTES} bytes of records)`);
+    }
     if (needed > this.words.length) {
       const grown = new Int32Array(Math.min(Math.max(this.words.length * 2, needed), MAX_ARENA_WORDS));
       grown.set(this.words.subarray(0, this.usedWords));
@@ -656,6 +657,20 @@ export class CompactMap {
     const at = this.usedWords;
     this.usedWords = needed;
     return at;
+  }
+
+  /** Words of live records: the arena's used words less garbage and a running sweep's free gap. */
+  private liveWords(): number {
+    return this.usedWords - this.garbageWords - (this.sweepFrom >= 0 ? this.sweepFrom - this.sweepTo : 0);
+  }
+
+  /** Runs a sweep (starting one if none runs) to the end of the arena. */
+  private sweepAll(): void {
+    if (this.sweepFrom < 0) {
+      this.sweepFrom = 0;
+      this.sweepTo = 0;
+    }
+    this.sweepStep(Number.MAX_SAFE_INTEGER);
   }
 
   /** Starts a sweep once garbage outweighs the live records (so its work is paid for by the changes that made the garbage). */

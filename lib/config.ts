@@ -7,7 +7,8 @@
  * (it throws `ConfigError`; index.ts decides how to exit).
  *
  * Precedence: command-line option, then its `TXKV_*` environment variable
- * (an empty one counts as unset), then the default.
+ * (an empty one counts as unset, but for the password and TLS files), then
+ * the default.
  */
 import { parseArgs } from "node:util";
 import * as v from "valibot";
@@ -55,6 +56,9 @@ export const OPTIONS = {
 } as const satisfies Record<string, OptionSpec>;
 
 type OptionName = keyof typeof OPTIONS;
+
+/** Options whose environment variable, set but empty, is an error rather than unset: they turn protection on. */
+const EMPTY_ENV_IS_AN_ERROR: ReadonlySet<OptionName> = new Set(["password", "tls-cert", "tls-key"]);
 
 
 /** A switch: the bare option, or its environment variable set to 1/true/yes (on) or 0/false/no/empty (off). */
@@ -142,8 +146,10 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
   const merged: Record<string, unknown> = {};
   for (const [name, spec] of Object.entries(OPTIONS) as [OptionName, OptionSpec][]) {
     if (name === "help" || name === "version") continue;
-    // An empty variable is an unset one (as in shells and compose files that pass ${VAR} through).
-    const fromEnv = spec.env ? env[spec.env] || undefined : undefined;
+    // An empty variable is an unset one (as in shells and compose files that pass ${VAR} through),
+    // but for the security options: an empty password or certificate must not turn protection off.
+    const envValue = spec.env ? env[spec.env] : undefined;
+    const fromEnv = envValue === "" && !EMPTY_ENV_IS_AN_ERROR.has(name) ? undefined : envValue;
     merged[name] = raw[name] ?? fromEnv ?? spec.default;
   }
   const result = v.safeParse(ConfigSchema, merged);

@@ -79,7 +79,7 @@ export function renderMetrics(executor: Executor, health: Health, version: strin
   out.single("txkv_memory_rss_bytes", "gauge", "resident set size of the process", memory.rss);
   out.single("txkv_memory_heap_used_bytes", "gauge", "JavaScript heap in use", memory.heapUsed);
   out.single("txkv_memory_heap_total_bytes", "gauge", "JavaScript heap reserved", memory.heapTotal);
-  out.single("txkv_data_bytes", "gauge", "bytes the stored keys and values take (with garbage not yet swept), as --max-data-bytes counts them", executor.store.dataBytes);
+  out.single("txkv_data_bytes", "gauge", "bytes the stored keys and values take (live records with their headers), as --max-data-bytes counts them", executor.store.dataBytes);
   out.single("txkv_data_limit_bytes", "gauge", "--max-data-bytes: writes that would pass it answer TOO_LARGE", executor.store.dataLimitBytes);
   out.single("txkv_client_buffer_bytes", "gauge", "bytes buffered for clients: unsent replies and unprocessed requests", s.clientBufferBytes());
   renderPersistence(out, executor);

@@ -97,9 +97,9 @@ export class Store {
     this.data.limitBytes = bytes;
   }
 
-  /** Bytes the stored records take now, garbage not yet swept included (what the limit counts). */
+  /** Bytes the stored records take now (what the limit counts; space left by deletes is not). */
   get dataBytes(): number {
-    return this.data.usedBytes;
+    return this.data.liveBytes;
   }
 
   /** Whether a PUT of a key and an encoded value of these lengths (code units) fits under the limit. */

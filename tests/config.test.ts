@@ -65,9 +65,12 @@ describe("parseConfig", () => {
     );
   });
 
-  test("an empty TXKV_ variable counts as unset (the default applies); an empty command-line value is still an error", () => {
-    const config = serveConfig([], { TXKV_PORT: "", TXKV_HOST: "", TXKV_FSYNC: "", TXKV_PASSWORD: "", TXKV_IN_MEMORY: "", TXKV_MAX_CONNECTIONS: "" });
-    expect(config).toMatchObject({ port: 8080, host: "127.0.0.1", fsync: "everysec", password: undefined, inMemory: false, maxConnections: 10000 });
+  test("an empty TXKV_ variable counts as unset (the default applies), but for the password and TLS files; an empty command-line value is an error", () => {
+    const config = serveConfig([], { TXKV_PORT: "", TXKV_HOST: "", TXKV_FSYNC: "", TXKV_IN_MEMORY: "", TXKV_MAX_CONNECTIONS: "" });
+    expect(config).toMatchObject({ port: 8080, host: "127.0.0.1", fsync: "everysec", inMemory: false, maxConnections: 10000 });
+    // Set but empty, these would turn protection off without a word: an error, as before.
+    expect(() => parseConfig([], { TXKV_PASSWORD: "" })).toThrow("TXKV_PASSWORD");
+    expect(() => parseConfig([], { TXKV_TLS_CERT: "", TXKV_TLS_KEY: "" })).toThrow("TXKV_TLS_CERT");
     expect(() => parseConfig(["--port", ""], {})).toThrow("--port");
     expect(() => parseConfig(["--password", ""], {})).toThrow("--password");
   });

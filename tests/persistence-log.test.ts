@@ -392,6 +392,30 @@ describe("compaction", () => {
     }
   });
 
+  test("a final snapshot that fails on the disk is logged, and nothing retries or touches the files after close", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    a.put("k", 1);
+    const journal = (a.log as unknown as { journal: { handle: { datasync: () => Promise<void> } } }).journal;
+    const realDatasync = journal.handle.datasync.bind(journal.handle);
+    let calls = 0;
+    // close() syncs the journal first (call 1); the final snapshot's flush of it (call 2) fails.
+    journal.handle.datasync = async () => {
+      if (++calls === 2) throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+      return realDatasync();
+    };
+    await a.log.close(Date.now() + 60_000);
+    openLogs.splice(openLogs.indexOf(a.log), 1);
+    expect(a.logLines.join("\n")).toContain("final snapshot failed; the journal holds every change");
+    expect(fs.readdirSync(dir)).not.toContain("data.json.lock");
+    // An operator moves the stopped server's files away (a backup, say): nothing may write new ones.
+    const moved = tempDir();
+    for (const name of fs.readdirSync(dir)) fs.renameSync(path.join(dir, name), path.join(moved, name));
+    await Bun.sleep(150); // several of the failing disk's 20 ms retries, were one still armed
+    expect(fs.readdirSync(dir)).toEqual([]);
+    expect(contents((await open(moved)).store)).toEqual([["k", "1"]]);
+  });
+
   test("the journal is compacted automatically past its size threshold", async () => {
     const dir = tempDir();
     const a = await open(dir, { compactMinBytes: 2000, compactPercent: 100 });

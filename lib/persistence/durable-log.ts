@@ -233,7 +233,11 @@ export class DurableLog implements CommitLog {
       throw new Error(`could not flush the journal before exit: ${this.failure.reason}`);
     }
     await this.sync();
-    if (finalSnapshotBy !== undefined) await this.snapshotAtShutdown(finalSnapshotBy);
+    if (finalSnapshotBy !== undefined) {
+      await this.snapshotAtShutdown(finalSnapshotBy);
+      // Its failure armed the retry of a failing disk: nothing is left to retry (the journal was synced above).
+      if (this.retryTimer) clearInterval(this.retryTimer);
+    }
     this.closed = true;
     if (this.syncLoop) await this.syncLoop;
     await this.journal.handle.close().catch(() => {});

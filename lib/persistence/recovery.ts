@@ -78,6 +78,7 @@ export function recover(files: DataFiles): Recovered {
       }
     } catch (err) {
       if (err instanceof JournalFormatError) throw new Error(`${file}: corrupt journal, ${err.message}`);
+      if (err instanceof RangeError) throw new Error(`${file}: cannot load the journal (${err.message})`);
       throw err;
     }
   }
