@@ -148,8 +148,12 @@ export class CompactMap {
   /** A running sweep: records before sweepTo are packed, sweepTo..sweepFrom is free, sweepFrom.. not yet swept. -1: none. */
   private sweepFrom = -1;
   private sweepTo = 0;
-  /** Words of live records hasRoomFor() allows: set from limitBytes, at most MAX_ARENA_WORDS. */
-  private limitWords = MAX_ARENA_WORDS;
+  /** The arena's cap in words: MAX_ARENA_WORDS, lower only in tests of what happens there. */
+  private readonly capWords: number;
+  /** Least garbage (1/64 of the cap: 32 MiB) that makes a whole sweep at the cap worth its pause. */
+  private readonly fullSweepMinWords: number;
+  /** Words of live records hasRoomFor() allows: set from limitBytes, at most capWords. */
+  private limitWords: number;
 
   /** Pairs (record word + 1, hash); 0 marks an empty slot. */
   private index: Int32Array;
@@ -166,8 +170,14 @@ export class CompactMap {
   private readonly recent: (string | undefined)[] = new Array<string | undefined>(RECENT_SLOTS).fill(undefined);
   private readonly recentIds = new Int32Array(RECENT_SLOTS);
 
-  /** expectedSize: entries about to be loaded, so that the index and ids are sized once. */
-  constructor(expectedSize = 0) {
+  /**
+   * expectedSize: entries about to be loaded, so that the index and ids are
+   * sized once. capBytes: the arena's cap, MAX_DATA_BYTES; tests lower it to
+   * reach the cap without 2 GiB of records.
+   */
+  constructor(expectedSize = 0, capBytes = MAX_DATA_BYTES) {
+    this.capWords = this.limitWords = Math.min(MAX_ARENA_WORDS, Math.floor(capBytes / 4));
+    this.fullSweepMinWords = this.capWords >>> 6;
     let slots = MIN_SLOTS;
     while (slots * MAX_LOAD < expectedSize) slots *= 2;
     this.index = new Int32Array(slots * 2);
@@ -186,7 +196,7 @@ export class CompactMap {
   }
 
   set limitBytes(bytes: number) {
-    this.limitWords = Math.min(Math.floor(bytes / 4), MAX_ARENA_WORDS);
+    this.limitWords = Math.min(Math.floor(bytes / 4), this.capWords);
   }
 
   /** Bytes of live records (keys, values, headers, padding), as counted against limitBytes; garbage is not counted. */
@@ -206,10 +216,16 @@ export class CompactMap {
   /**
    * Whether `words` more words of records stay under the limit on live
    * records (a change that adds none always does: deletes go on past it).
-   * Space left by deletes and moves is not counted: sweeps reclaim it.
+   * Space left by deletes and moves is not counted: sweeps reclaim it. But
+   * at the arena's 2 GiB cap a new record needs a whole sweep, so there the
+   * space to reclaim must also be worth one (1/64 of the cap): else a store
+   * kept full would pay an O(arena) pass on almost every write.
    */
   hasRoomFor(words: number): boolean {
-    return words === 0 || this.liveWords() + words <= this.limitWords;
+    if (words === 0) return true;
+    const live = this.liveWords();
+    if (live + words > this.limitWords) return false;
+    return this.usedWords + words <= this.capWords || this.usedWords - live >= Math.max(words, this.fullSweepMinWords);
   }
 
   get(key: string): string | undefined {
@@ -643,14 +659,14 @@ export class CompactMap {
   private reserve(size: number): number {
     this.sweepStep(SWEEP_WORDS + 2 * size);
     let needed = this.usedWords + size;
-    if (needed > MAX_ARENA_WORDS) {
+    if (needed > this.capWords) {
       // Garbage fills the arena up to its cap: pack all of it now (O(arena), a pause, but only here).
       this.sweepAll();
       needed = this.usedWords + size;
-      if (needed > MAX_ARENA_WORDS) throw new RangeError(`CompactMap: full (${MAX_DATA_BYTES} bytes of records)`);
+      if (needed > this.capWords) throw new RangeError(`CompactMap: full (${this.capWords * 4} bytes of records)`);
     }
     if (needed > this.words.length) {
-      const grown = new Int32Array(Math.min(Math.max(this.words.length * 2, needed), MAX_ARENA_WORDS));
+      const grown = new Int32Array(Math.min(Math.max(this.words.length * 2, needed), this.capWords));
       grown.set(this.words.subarray(0, this.usedWords));
       this.useArena(grown);
     }
@@ -666,11 +682,14 @@ export class CompactMap {
 
   /** Runs a sweep (starting one if none runs) to the end of the arena. */
   private sweepAll(): void {
-    if (this.sweepFrom < 0) {
-      this.sweepFrom = 0;
-      this.sweepTo = 0;
+    // Twice when a sweep was running: garbage made behind it waits for the next one.
+    for (let pass = 0; pass < 2 && (this.sweepFrom >= 0 || this.garbageWords > 0); pass++) {
+      if (this.sweepFrom < 0) {
+        this.sweepFrom = 0;
+        this.sweepTo = 0;
+      }
+      this.sweepStep(Number.MAX_SAFE_INTEGER);
     }
-    this.sweepStep(Number.MAX_SAFE_INTEGER);
   }
 
   /** Starts a sweep once garbage outweighs the live records (so its work is paid for by the changes that made the garbage). */

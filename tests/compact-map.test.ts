@@ -296,6 +296,46 @@ describe("CompactMap's limit on bytes of live records", () => {
     expect(map.liveBytes).toBe(0);
   });
 
+  test("at the arena's cap (lowered here from 2 GiB), writes are refused until deleting frees 1/64 of it, then one whole sweep makes room; nothing approved ever throws", () => {
+    const capBytes = 65536; // a whole sweep is worth it from 1 KiB of garbage
+    const map = new CompactMap(0, capBytes);
+    const model = new Map<string, string>();
+    const put = (key: string, value: string): boolean => {
+      if (!map.hasRoomFor(CompactMap.recordWordsAtMost(key.length, value.length))) return false;
+      map.set(key, value);
+      model.set(key, value);
+      return true;
+    };
+    let n = 0;
+    while (put(`k${String(n).padStart(5, "0")}`, "v".repeat(40))) n++;
+    expect(map.liveBytes).toBeLessThanOrEqual(capBytes);
+    // Churn at the cap: a DEL leaves too little garbage for a whole sweep, so the PUT after it is refused.
+    map.delete("k00000");
+    model.delete("k00000");
+    expect(put("k00000", "w".repeat(40))).toBe(false);
+    // Enough deleted: the next new record packs the arena once, and writes go on.
+    for (let i = 1; i <= 20; i++) {
+      map.delete(`k${String(i).padStart(5, "0")}`);
+      model.delete(`k${String(i).padStart(5, "0")}`);
+    }
+    for (let i = 0; i <= 20; i++) expect(put(`k${String(i).padStart(5, "0")}`, "w".repeat(40))).toBe(true);
+    expectSameContents(map, model);
+
+    // Random churn at the cap, as the executor drives it (hasRoomFor first): never a throw, always the model.
+    const next = seededRandom(5);
+    for (let op = 0; op < 20000; op++) {
+      const key = `k${String(Math.floor(next() * (n + 50))).padStart(5, "0")}`;
+      if (next() < 0.45) {
+        map.delete(key);
+        model.delete(key);
+      } else {
+        put(key, (next() < 0.2 ? "\u20ac" : "x").repeat(Math.floor(next() * 120)));
+      }
+      if (op % 1000 === 0) expectSameContents(map, model);
+    }
+    expectSameContents(map, model);
+  });
+
   test("the limit is at most MAX_DATA_BYTES (2 GiB), so every byte offset stays an int32", () => {
     const map = new CompactMap();
     map.limitBytes = 2 ** 40;
