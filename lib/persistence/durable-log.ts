@@ -229,15 +229,16 @@ export class DurableLog implements CommitLog {
       }
     }
     if (this.retryTimer) clearInterval(this.retryTimer);
-    if (this.failure) {
-      throw new Error(`could not flush the journal before exit: ${this.failure.reason}`);
+    try {
+      if (this.failure) throw new Error(`could not flush the journal before exit: ${this.failure.reason}`);
+      await this.sync();
+    } catch (err) {
+      // Nothing more will be written: let go of the files (the lock stays, a dead pid's, for the next start to take).
+      this.closed = true;
+      for (const journal of [this.journal, ...this.retired]) await journal.handle.close().catch(() => {});
+      throw err;
     }
-    await this.sync();
-    if (finalSnapshotBy !== undefined) {
-      await this.snapshotAtShutdown(finalSnapshotBy);
-      // Its failure armed the retry of a failing disk: nothing is left to retry (the journal was synced above).
-      if (this.retryTimer) clearInterval(this.retryTimer);
-    }
+    if (finalSnapshotBy !== undefined) await this.snapshotAtShutdown(finalSnapshotBy);
     this.closed = true;
     if (this.syncLoop) await this.syncLoop;
     await this.journal.handle.close().catch(() => {});
@@ -446,8 +447,11 @@ export class DurableLog implements CommitLog {
     this.failure = { reason, journalIntact: journalIntact && (this.failure?.journalIntact ?? true) };
     if (!wasFailing) {
       this.log.error("persistence failed: writes are refused until the disk works again", { reason });
-      this.retryTimer = setInterval(() => void this.tryResume(), this.opts.retryMs);
-      this.retryTimer.unref();
+      // Once closing, close() retries by itself, for a while; a timer would outlive it and touch the files.
+      if (!this.closing) {
+        this.retryTimer = setInterval(() => void this.tryResume(), this.opts.retryMs);
+        this.retryTimer.unref();
+      }
     }
     return new PersistenceFailure(reason);
   }
