@@ -152,8 +152,10 @@ export class CompactMap {
   private readonly capWords: number;
   /** Least garbage (1/64 of the cap: 32 MiB) that makes a whole sweep at the cap worth its pause. */
   private readonly fullSweepMinWords: number;
-  /** Words of live records hasRoomFor() allows: set from limitBytes, at most capWords. */
+  /** Words of live records hasRoomFor() allows: from limitBytes, at most capWords. */
   private limitWords: number;
+  /** limitBytes as set (reported as given; the words above stay within the cap). */
+  private limitSetBytes: number;
 
   /** Pairs (record word + 1, hash); 0 marks an empty slot. */
   private index: Int32Array;
@@ -177,6 +179,7 @@ export class CompactMap {
    */
   constructor(expectedSize = 0, capBytes = MAX_DATA_BYTES) {
     this.capWords = this.limitWords = Math.min(MAX_ARENA_WORDS, Math.floor(capBytes / 4));
+    this.limitSetBytes = Math.min(capBytes, MAX_DATA_BYTES);
     this.fullSweepMinWords = this.capWords >>> 6;
     let slots = MIN_SLOTS;
     while (slots * MAX_LOAD < expectedSize) slots *= 2;
@@ -192,10 +195,11 @@ export class CompactMap {
 
   /** Bytes of live records hasRoomFor() allows (MAX_DATA_BYTES unless lowered). */
   get limitBytes(): number {
-    return Math.min(this.limitWords * 4, MAX_DATA_BYTES);
+    return this.limitSetBytes;
   }
 
   set limitBytes(bytes: number) {
+    this.limitSetBytes = Math.min(bytes, MAX_DATA_BYTES);
     this.limitWords = Math.min(Math.floor(bytes / 4), this.capWords);
   }
 

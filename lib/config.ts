@@ -60,7 +60,6 @@ type OptionName = keyof typeof OPTIONS;
 /** Options whose environment variable, set but empty, is an error rather than unset: they turn protection on. */
 const EMPTY_ENV_IS_AN_ERROR: ReadonlySet<OptionName> = new Set(["password", "tls-cert", "tls-key"]);
 
-
 /** A switch: the bare option, or its environment variable set to 1/true/yes (on) or 0/false/no/empty (off). */
 const flag = v.pipe(
   v.optional(

@@ -179,6 +179,20 @@ describe("the process", () => {
     }
   });
 
+  test("a real server: an empty TXKV_ variable is unset (the default applies), an empty TXKV_PASSWORD stops the start with status 2", async () => {
+    const server = await spawnServer(["--in-memory"], { env: { TXKV_MAX_CONNECTIONS: "", TXKV_FSYNC: "", TXKV_LOG_LEVEL: "" } });
+    try {
+      const c = await LineClient.connect(server.port);
+      expect((await c.request("PING")).result).toBe("PONG");
+      c.close();
+    } finally {
+      await server.kill();
+    }
+    const refused = await runIndex(["--port", "0", "--in-memory"], { env: { TXKV_PASSWORD: "" } });
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain("TXKV_PASSWORD");
+  });
+
   test("the TXKV_ environment variables configure a real server (host, port, data, fsync, limits, connections, password, in-memory)", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-env-"));
     const env = {

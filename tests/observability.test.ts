@@ -182,6 +182,8 @@ describe("metrics endpoint", () => {
       txkv_transactions_total: "counter",
       txkv_transactions_open: "gauge",
       txkv_keys: "gauge",
+      txkv_data_bytes: "gauge",
+      txkv_data_limit_bytes: "gauge",
       txkv_memory_rss_bytes: "gauge",
       txkv_memory_heap_used_bytes: "gauge",
       txkv_persistence_available: "gauge",
@@ -203,6 +205,10 @@ describe("metrics endpoint", () => {
     expect(sample(m, "txkv_transactions_total", { outcome: "aborted" })).toBe(0);
     expect(sample(m, "txkv_transactions_open")).toBe(1);
     expect(sample(m, "txkv_keys")).toBe(3);
+    // Three small records (a 16-byte header each, key and value padded to a word), and the default limit.
+    expect(sample(m, "txkv_data_bytes")).toBeGreaterThanOrEqual(3 * 20);
+    expect(sample(m, "txkv_data_bytes")).toBeLessThan(3 * 200);
+    expect(sample(m, "txkv_data_limit_bytes")).toBe(2 ** 31);
     expect(sample(m, "txkv_memory_rss_bytes")).toBeGreaterThan(sample(m, "txkv_memory_heap_used_bytes")!);
     expect(sample(m, "txkv_persistence_available")).toBe(1);
     expect(sample(m, "txkv_persistence_mode", { mode: "in-memory" })).toBe(1);
