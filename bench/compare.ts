@@ -6,9 +6,11 @@
  * verdict per cell (measurably above or below parity, or parity within the
  * machine's noise), the median ratio of the servers' CPU time per operation
  * (steadier than throughput on a busy machine), txkv against the fastest
- * possible Bun server on this framing, and bytes per key for 1,000,000 keys.
+ * possible Bun server on this framing, where that server itself stands
+ * against Redis on the workloads without pipelining (the floor any Bun
+ * server pays per request), and bytes per key for 1,000,000 keys.
  *
- *   bun run bench/compare.ts [--secs 1] [--rounds 31] [--pairing in-memory] [--workload PUT] [--skip-memory]
+ *   bun run bench/compare.ts [--secs 1] [--rounds 31] [--pairing in-memory] [--workload PUT] [--skip-floor] [--skip-memory]
  *
  * Many short rounds rather than a few long ones: the machine's load drifts
  * over seconds, and the two halves of a short round see nearly the same load,
@@ -36,6 +38,8 @@ const { values: opts } = parseArgs({
     secs: { type: "string", default: "1" },
     rounds: { type: "string", default: "31" },
     "skip-memory": { type: "boolean", default: false },
+    /** Skip measuring the fixed-reply server against Redis (about 5 minutes at the default rounds). */
+    "skip-floor": { type: "boolean", default: false },
     /** Run only the pairings whose name contains this text (e.g. "in-memory"). */
     pairing: { type: "string", default: "" },
     /** Run only the workloads whose name contains this text (e.g. "PUT", "transactions"). */
@@ -250,6 +254,8 @@ async function main() {
     rmSync(dir, { recursive: true, force: true });
   }
 
+  if (!opts["skip-floor"]) await measureFloor(bin, say);
+
   if (!opts["skip-memory"]) {
     say("");
     say("## Memory: 1,000,000 keys of 32-byte values (RSS after loading minus RSS before)");
@@ -267,6 +273,57 @@ async function main() {
     rmSync(dir, { recursive: true, force: true });
   }
   await Bun.write(join(OUT, `compare-${Date.now()}.md`), lines.join("\n") + "\n");
+}
+
+/**
+ * The fixed-reply server answers each line at once and does nothing else, so
+ * no Bun server can be cheaper per request: its ratio to Redis (in memory,
+ * the workloads without pipelining, where each request is a read and a
+ * send) is the most txkv could reach on this machine, and txkv's ratio to it
+ * is what txkv's own work costs. The three servers take turns in each round,
+ * in a rotating order.
+ */
+async function measureFloor(bin: string, say: (line: string) => void): Promise<void> {
+  say("");
+  say("## Where the floor is: the fixed-reply server against Redis, in memory, without pipelining");
+  say("");
+  say("| workload | fixed-reply / Redis | interval | txkv / fixed-reply | interval | txkv / Redis |");
+  say("|---|---|---|---|---|---|");
+  const dir = mkdtempSync(join(tmpdir(), "txkv-bench-"));
+  const txkv = await startTxkv(["--in-memory"], dir);
+  const redis = await startRedis(["--save", "", "--appendonly", "no"], dir);
+  const fixed = await startFixedReply();
+  kvload(bin, "kv", txkv, ["--workload", "get"], true, 0.2);
+  kvload(bin, "resp", redis, ["--workload", "get"], true, 0.2);
+  const withoutPipelining = (w: Workload) => w.args[w.args.indexOf("--pipeline") + 1] === "1";
+  for (const workload of WORKLOADS.filter((w) => withoutPipelining(w) && w.name.includes(opts.workload!))) {
+    const runs = [
+      (secs = SECS) => kvload(bin, "kv", fixed, workload.args, false, secs),
+      (secs = SECS) => kvload(bin, "kv", txkv, workload.args, false, secs),
+      (secs = SECS) => kvload(bin, "resp", redis, workload.args, false, secs),
+    ];
+    for (const run of runs) run(WARMUP_SECS); // unmeasured, as for the cells above
+    const fixedToRedis: number[] = [];
+    const txkvToFixed: number[] = [];
+    const txkvToRedis: number[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      const ops = [0, 0, 0];
+      for (let k = 0; k < 3; k++) {
+        const which = (round + k) % 3;
+        ops[which] = runs[which]!().opsPerSec;
+      }
+      const [f, t, r] = ops as [number, number, number];
+      fixedToRedis.push(f / r);
+      txkvToFixed.push(t / f);
+      txkvToRedis.push(t / r);
+    }
+    say(
+      `| ${workload.name} | **${median(fixedToRedis).toFixed(2)}** | ${describeInterval(medianInterval(fixedToRedis))} | ` +
+        `**${median(txkvToFixed).toFixed(2)}** | ${describeInterval(medianInterval(txkvToFixed))} | ${median(txkvToRedis).toFixed(2)} |`,
+    );
+  }
+  await Promise.all([txkv.stop(), redis.stop(), fixed.stop()]);
+  rmSync(dir, { recursive: true, force: true });
 }
 
 await main();
