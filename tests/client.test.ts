@@ -195,6 +195,37 @@ describe("pipelining", () => {
     await big.shutdown();
   });
 
+  test("long replies arriving in many pieces, cut inside characters and between replies, are read whole and in order", async () => {
+    const long = "\u00e9".repeat(150_000) + "\u20ac\ud83d\ude00" + "x".repeat(50_000);
+    const fake = Bun.listen<{ buffered: string }>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open(socket) {
+          socket.data = { buffered: "" };
+        },
+        async data(socket, chunk) {
+          socket.data.buffered += chunk.toString();
+          if (socket.data.buffered.split("\n").length < 3) return;
+          const bytes = Buffer.from(JSON.stringify(ok({ key: "a", value: long })) + "\n" + JSON.stringify(ok({ key: "b", value: "short" })) + "\n");
+          for (let at = 0; at < bytes.length; at += 997) {
+            socket.write(bytes.subarray(at, at + 997));
+            if ((at / 997) % 20 === 0) await Bun.sleep(1); // so that the client reads many separate chunks
+          }
+        },
+      },
+    });
+    const c = await connect({ port: fake.port });
+    try {
+      const [a, b] = await Promise.all([c.send("GET a"), c.send("GET b")]);
+      expect(a as unknown).toEqual(ok({ key: "a", value: long }));
+      expect(b as unknown).toEqual(ok({ key: "b", value: "short" }));
+    } finally {
+      await c.close();
+      fake.stop(true);
+    }
+  });
+
   test("a request over the server's limit gets its TOO_LARGE, which comes before the line is wholly sent; later requests go on", async () => {
     const proc = await spawnServer(["--in-memory"]);
     const c = await connect({ port: proc.port });

@@ -52,6 +52,26 @@ describe("LineFramer", () => {
     expect(f.bufferedBytes).toBeLessThanOrEqual(101);
   });
 
+  test("a long request arriving in many chunks is moved into a new buffer a few times in all, not at every chunk", () => {
+    const f = new LineFramer(8 * 1024 * 1024);
+    const chunk = enc.encode("x".repeat(4096));
+    const buffers = new Set<ArrayBufferLike>();
+    f.push(enc.encode("PUT k "));
+    expect(drain(f)).toEqual([]);
+    f.retain();
+    for (let i = 0; i < 1000; i++) {
+      f.push(chunk);
+      expect(f.nextLine()).toBeNull();
+      f.retain();
+      buffers.add(f.bytes.buffer);
+    }
+    // Doubling from 256 bytes to 4 MB: 15 buffers, where copying at each chunk made 1000.
+    expect(buffers.size).toBeLessThanOrEqual(16);
+    expect(feed(f, "\nPING\n")).toEqual(["PUT k " + "x".repeat(4096 * 1000), "PING"]);
+    // The room is let go once the request is read.
+    expect(f.bytes.length).toBe(0);
+  });
+
   test("invalid UTF-8 is reported for that line only", () => {
     const bad = new Uint8Array([0x47, 0x45, 0x54, 0x20, 0xff, 0xfe, 0x0a]);
     expect(feed(new LineFramer(1024), bad, "GET é\n")).toEqual([INVALID_UTF8, "GET é"]);
