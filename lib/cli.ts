@@ -242,7 +242,8 @@ const DIM = "\x1b[2m";
 /** How one reply is shown. Exported for tests. */
 export function formatReply(request: string, reply: Reply, style: Style): string {
   if (style.json) return stringifyJson(reply);
-  if (reply.status === "Error") return paint(`(error) ${reply.code}: ${reply.message}`, RED, style.color);
+  // A message may quote a key (NOT_FOUND): its line breaks and escapes are shown escaped, so the error stays one line.
+  if (reply.status === "Error") return paint(`(error) ${reply.code}: ${escapeUnsafe(reply.message)}`, RED, style.color);
   const result = reply.result;
   const name = commandName(request);
   if ((name === "GET" || name === "DEL") && isKeyValue(result)) return formatValue(result.value, style);
@@ -250,20 +251,43 @@ export function formatReply(request: string, reply: Reply, style: Style): string
   if (typeof result === "string") return style.multiline ? result : oneLine(result);
   if (Array.isArray(result) && style.multiline) {
     if (result.length === 0) return paint("(empty list)", DIM, style.color);
-    return result.map((item, i) => `${i + 1}) ${typeof item === "string" ? item : stringifyJson(item)}`).join("\n");
+    // A key is one line of its own whatever it holds: one with a line break or a terminal escape is quoted.
+    const item = (value: unknown) => (typeof value !== "string" ? stringifyJson(value) : style.quoteStrings ? quoted(value) : oneLine(value));
+    return result.map((value, i) => `${i + 1}) ${item(value)}`).join("\n");
   }
   return style.multiline && isObject(result) ? stringifyJson(result, 2) : stringifyJson(result);
 }
 
 function formatValue(value: unknown, style: Style): string {
   if (typeof value !== "string") return stringifyJson(value);
-  if (style.quoteStrings) return JSON.stringify(value);
+  if (style.quoteStrings) return quoted(value);
   return style.multiline ? value : oneLine(value);
 }
 
-/** A string that would break the one-line-per-reply rule is shown JSON-quoted. */
+/**
+ * Control characters (C0, DEL, C1) and the Unicode line and paragraph
+ * separators: they break a line for some readers (Python's splitlines()
+ * splits at U+0085, U+2028 and U+2029) or drive the terminal (ESC, CSI).
+ */
+const UNSAFE_FOR_ONE_LINE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
+
+/** A string that would break the one-line-per-reply rule, or drive the terminal, is shown quoted. */
 function oneLine(text: string): string {
-  return /[\u0000-\u001f\u2028\u2029]/.test(text) ? JSON.stringify(text) : text;
+  return UNSAFE_FOR_ONE_LINE.test(text) ? quoted(text) : text;
+}
+
+/** JSON.stringify, with DEL, C1 and U+2028/U+2029 escaped too (JSON.stringify leaves them raw). */
+export function quoted(text: string): string {
+  return JSON.stringify(text).replace(/[\u007f-\u009f\u2028\u2029]/g, unicodeEscape);
+}
+
+/** text with each character of UNSAFE_FOR_ONE_LINE written as its \uXXXX escape. */
+function escapeUnsafe(text: string): string {
+  return UNSAFE_FOR_ONE_LINE.test(text) ? text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, unicodeEscape) : text;
+}
+
+function unicodeEscape(c: string): string {
+  return "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0");
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

@@ -71,6 +71,13 @@ describe("one-shot", () => {
     await cli(["PUT", "list:a", "1"]);
     expect((await cli(["KEYS", "list:"])).stdout).toBe("1) list:a\n2) list:b\n");
   });
+
+  test("KEYS: a key holding a line break or a terminal escape is printed quoted, so it cannot pose as more entries", async () => {
+    await cli(["PUT", '{"key":"evil:a\\n2) fake","value":1}']);
+    await cli(["PUT", '{"key":"evil:b\\u001b[31mred","value":1}']);
+    await cli(["PUT", "evil:c", "1"]);
+    expect((await cli(["KEYS", "evil:"])).stdout).toBe('1) "evil:a\\n2) fake"\n2) "evil:b\\u001b[31mred"\n3) evil:c\n');
+  });
 });
 
 describe("script lines (requestLines), as stdin delivers them in chunks", () => {
@@ -135,6 +142,12 @@ describe("scripted (stdin not a terminal)", () => {
   test("a value with a newline stays on one line (JSON-quoted)", async () => {
     const run = await cli([], 'PUT {"key":"nl","value":"a\\nb"}\nGET nl\n');
     expect(run.stdout).toBe('OK\n"a\\nb"\n');
+  });
+
+  test("C1 controls, DEL and U+2028/U+2029 are escaped too, in values and in error messages that quote a key", async () => {
+    const run = await cli([], 'PUT {"key":"c1","value":"a\\u0085b\\u009b31m\\u007f\\u2028"}\nGET c1\nGET {"key":"no\\nsuch\\u001b[31m"}\nPING\n');
+    expect(run.code).toBe(1);
+    expect(run.stdout).toBe('OK\n"a\\u0085b\\u009b31m\\u007f\\u2028"\n(error) NOT_FOUND: Key not found: no\\u000asuch\\u001b[31m\nPONG\n');
   });
 
   test("a line ends at LF only: a lone CR stays in the value (a CR before the LF is dropped)", async () => {
