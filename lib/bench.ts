@@ -50,13 +50,17 @@ ${CONNECTION_HELP}  -c, --conns <n>          connections (default 50)
 const WORKLOADS = ["get", "put", "mix", "tx", "ping"] as const;
 type Workload = (typeof WORKLOADS)[number];
 
+/** The longest --secs: a timer waits at most 2^31 - 1 ms. */
+const MAX_SECS = 2_147_483;
+
 const BenchSchema = v.object({
   conns: wholeNumber(1),
   pipeline: wholeNumber(1),
   workload: v.picklist(WORKLOADS, `must be one of ${WORKLOADS.join(", ")}`),
   keys: wholeNumber(1),
   vsize: wholeNumber(1),
-  secs: v.optional(positiveNumber()),
+  /** At most what a timer can wait (2^31 - 1 ms, about 24.8 days): a longer one fires at once. */
+  secs: v.optional(positiveNumber(MAX_SECS)),
   requests: v.optional(wholeNumber(1)),
 });
 
@@ -131,7 +135,7 @@ function describe(config: BenchConfig): string {
   const limit = config.requests !== undefined ? `${config.requests} ops` : `${config.secs} s`;
   return (
     `txkv bench ${config.server.host}:${config.server.port}: workload ${config.workload}, ${config.conns} connections, ` +
-    `pipeline ${config.pipeline}, ${config.keys} keys, ${config.vsize}-byte values, ${limit}`
+    `pipeline ${config.pipeline}, ${config.workload === "ping" ? "" : `${config.keys} keys, ${config.vsize}-byte values, `}${limit}`
   );
 }
 
@@ -303,6 +307,8 @@ class LineConnection {
   private expected = 0;
   private batchErrors = 0;
   private carry: Buffer | null = null;
+  /** While not null, the replies' text is kept here (checkedRoundTrip reads the Error it got). */
+  private transcript: string | null = null;
   private outQueue: Uint8Array | null = null;
   private done: ((errors: number) => void) | null = null;
   private closing = false;
@@ -330,15 +336,24 @@ class LineConnection {
     }).catch((error: Error) => {
       throw new Error(`cannot connect to ${where}: ${error.message}`);
     });
-    if (password !== undefined) {
-      // The JSON form, as the client library sends it: any password, "{" or spaces first included.
-      const errors = await connection.roundTrip(`AUTH ${JSON.stringify({ password })}\n`, 1);
-      if (errors > 0) {
-        connection.close();
-        throw new Error(`AUTH to ${where} failed`);
-      }
-    }
+    // The JSON form, as the client library sends it: any password, "{" or spaces first included.
+    if (password !== undefined) await connection.checkedRoundTrip(`AUTH ${JSON.stringify({ password })}\n`, `AUTH to ${where} failed`);
+    // A run whose every reply is an Error measures nothing: a server that wants a password, or is full (BUSY), is told here.
+    await connection.checkedRoundTrip("PING\n", `${where} refused the run`);
     return connection;
+  }
+
+  /** One request whose reply must not be an Error; else the connection closes and this throws, naming the reply's code. */
+  private async checkedRoundTrip(line: string, failure: string): Promise<void> {
+    this.transcript = "";
+    const errors = await this.roundTrip(line, 1);
+    const reply = this.transcript;
+    this.transcript = null;
+    if (errors === 0) return;
+    this.close();
+    const { code, message } = JSON.parse(reply.slice(0, reply.indexOf("\n"))) as { code: string; message: string };
+    const hint = code === "AUTH_REQUIRED" ? " (give --password, or set TXKV_PASSWORD)" : "";
+    throw new Error(`${failure}: ${code}: ${message}${hint}`);
   }
 
   send(text: string, replies: number, done: (errors: number) => void): void {
@@ -377,6 +392,7 @@ class LineConnection {
 
   /** One chunk holds replies of the current batch only (the next is sent after it completes). */
   private onData(chunk: Buffer): void {
+    if (this.transcript !== null) this.transcript += chunk.toString();
     const scanned = this.carry === null ? chunk : Buffer.concat([this.carry, chunk]);
     for (let at = scanned.indexOf(ERROR_MARK); at !== -1; at = scanned.indexOf(ERROR_MARK, at + ERROR_MARK.length)) {
       this.batchErrors++;

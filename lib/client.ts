@@ -68,6 +68,13 @@ export type TransactionOptions = {
   maxBackoffMs?: number;
 };
 
+/** Backoffs are milliseconds from 0 up, retries a count: NaN, a fraction or a negative number is a mistake to report. */
+const TransactionOptionsSchema = v.object({
+  retries: v.optional(v.pipe(v.number("retries: expected a number"), v.integer("retries: expected a whole number"), v.minValue(0, "retries: expected 0 or more"))),
+  backoffMs: v.optional(v.pipe(v.number("backoffMs: expected a number"), v.finite("backoffMs: expected a finite number"), v.minValue(0, "backoffMs: expected 0 or more"))),
+  maxBackoffMs: v.optional(v.pipe(v.number("maxBackoffMs: expected a number"), v.finite("maxBackoffMs: expected a finite number"), v.minValue(0, "maxBackoffMs: expected 0 or more"))),
+});
+
 const ReplySchema = v.variant("status", [
   v.object({ status: v.literal("Ok"), result: v.unknown(), message: v.optional(v.string()) }),
   v.object({ status: v.literal("Error"), code: v.string(), message: v.string() }),
@@ -93,6 +100,17 @@ export class TxkvError extends Error {
  */
 export class TxkvConnectionError extends Error {
   override readonly name: string = "TxkvConnectionError";
+  /**
+   * The Error code when the server closed the connection with one: `BUSY`
+   * (too many connections). The request that the refusal answered got a
+   * TxkvError with the same code, so `error.code === "BUSY"` finds both.
+   */
+  constructor(
+    message: string,
+    readonly code?: string,
+  ) {
+    super(message);
+  }
 }
 
 /**
@@ -244,10 +262,12 @@ export class TxkvClient {
    * While `fn` runs, other calls on this client wait (see the file comment).
    */
   async transaction<T>(fn: (tx: Transaction) => Promise<T> | T, options: TransactionOptions = {}): Promise<T> {
+    const checked = v.safeParse(TransactionOptionsSchema, options);
+    if (!checked.success) throw new TypeError(`transaction options: ${checked.issues[0].message}`);
     if (this.closeRequested || this.isClosed) throw this.closeError ?? new TxkvConnectionError("connection closed");
-    const retries = options.retries ?? 10;
-    const baseBackoff = options.backoffMs ?? 5;
-    const maxBackoff = options.maxBackoffMs ?? 250;
+    const retries = checked.output.retries ?? 10;
+    const baseBackoff = checked.output.backoffMs ?? 5;
+    const maxBackoff = checked.output.maxBackoffMs ?? 250;
     this.runningTransactions++;
     try {
       for (let attempt = 0; ; attempt++) {
@@ -482,10 +502,14 @@ export class TxkvClient {
       this.fail(new TxkvConnectionError(`unreadable reply from the server: ${line.slice(0, 200)}`));
       return;
     }
+    // BUSY comes right before the server closes: it is also why every later request fails.
+    if (reply.status === "Error" && reply.code === "BUSY") {
+      this.closeError ??= new TxkvConnectionError(`${reply.code}: ${reply.message}`, reply.code);
+    }
     const waiter = this.pending[this.pendingHead];
     if (waiter === undefined) {
       // A reply nobody asked for: the server refusing us (BUSY) right before it closes.
-      if (reply.status === "Error") this.closeError ??= new TxkvConnectionError(`${reply.code}: ${reply.message}`);
+      if (reply.status === "Error") this.closeError ??= new TxkvConnectionError(`${reply.code}: ${reply.message}`, reply.code);
       return;
     }
     // TOO_LARGE may come before the line is wholly sent (the server answers once the limit is

@@ -19,10 +19,17 @@ export function wholeNumber(min: number, max: number = Number.MAX_SAFE_INTEGER) 
   return v.pipe(v.string(), v.regex(/^\d+$/, expected), v.transform(Number), v.number(), v.minValue(min, expected), v.maxValue(max, tooLarge));
 }
 
-/** A positive decimal number (`3`, `0.5`). */
-export function positiveNumber() {
-  const expected = "expected a positive number";
-  return v.pipe(v.string(), v.regex(/^(\d+\.?\d*|\.\d+)$/, expected), v.transform(Number), v.number(), v.gtValue(0, expected));
+/** A positive decimal number (`3`, `0.5`), at most max. */
+export function positiveNumber(max: number = Number.MAX_VALUE) {
+  const expected = max === Number.MAX_VALUE ? "expected a positive number" : `expected a positive number of at most ${max}`;
+  return v.pipe(
+    v.string(),
+    v.regex(/^(\d+\.?\d*|\.\d+)$/, expected),
+    v.transform(Number),
+    v.number(),
+    v.gtValue(0, expected),
+    v.maxValue(max, expected),
+  );
 }
 
 /** The option's value through schema; throws an Error naming the option (`--secs abc: expected ...`). */

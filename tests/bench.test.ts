@@ -3,6 +3,7 @@
  * shape of the report (text and --json), request counting and option errors.
  */
 import { expect, test } from "bun:test";
+import { connect } from "../lib/client.ts";
 import { BUN, INDEX, runTxkv, sharedServer, spawnServer } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
@@ -54,16 +55,42 @@ test("a duration run stops by itself", async () => {
   expect(result.errors).toBe(0);
 });
 
-test("Error replies are counted; a wrong password stops the run with status 1; any password works (even one starting with {)", async () => {
+test("Error replies are counted; no password or a wrong one stops the run at once with status 1, naming the code; any password works (even one starting with {)", async () => {
   const guarded = await spawnServer(["--in-memory", "--password", "{p w}"]);
+  // Without the password every reply would be AUTH_REQUIRED: a run that measures nothing is refused before it starts.
   const denied = await runTxkv(["bench", "-p", String(guarded.port), "--requests", "50", "--workload", "ping", "--json"]);
-  expect(JSON.parse(denied.stdout)).toMatchObject({ ops: 50, errors: 50 });
+  expect(denied.code).toBe(1);
+  expect(denied.stdout).toBe("");
+  expect(denied.stderr).toContain("refused the run: AUTH_REQUIRED");
+  expect(denied.stderr).toContain("--password");
+  // Keys never written (the server is new): each GET is a NOT_FOUND Error reply, counted.
+  const missing = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--workload", "get", "--no-preload", "--keys", "10", "--requests", "50", "--json"]);
+  expect(JSON.parse(missing.stdout)).toMatchObject({ ops: 50, errors: 50 });
   const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--requests", "50", "--json"]);
   expect(JSON.parse(allowed.stdout)).toMatchObject({ ops: 50, errors: 0 });
   const wrong = await runTxkv(["bench", "-p", String(guarded.port), "-a", "nope", "--requests", "50", "--conns", "3"]);
   expect(wrong.code).toBe(1);
-  expect(wrong.stderr).toContain("AUTH");
+  expect(wrong.stderr).toContain("AUTH_FAILED");
   await guarded.kill();
+});
+
+test("a full server (BUSY) stops the run at once with status 1, naming the code", async () => {
+  const full = await spawnServer(["--in-memory", "--max-connections", "1"]);
+  const holder = await connect({ port: full.port });
+  try {
+    const run = await runTxkv(["bench", "-p", String(full.port), "--requests", "10", "--workload", "ping"]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toContain("refused the run: BUSY");
+  } finally {
+    await holder.close();
+    await full.kill();
+  }
+});
+
+test("--secs longer than a timer can wait (about 24.8 days) is refused, not cut to nothing", async () => {
+  const run = await bench(["--secs", "2200000", "--workload", "ping"]);
+  expect(run.code).toBe(2);
+  expect(run.stderr).toContain("--secs 2200000: expected a positive number of at most 2147483");
 });
 
 test("--tls-ca connects over TLS (TLS stand-in server answering PONG)", async () => {

@@ -311,6 +311,26 @@ describe("transaction()", () => {
     expect(await client.get("tx:b")).toBe(2);
   });
 
+  test("options that are not a count or a duration (NaN, negative, fractional retries) are refused before anything runs", async () => {
+    let runs = 0;
+    const fn = async () => void runs++;
+    for (const [options, message] of [
+      [{ retries: NaN }, "retries: expected a number"],
+      [{ retries: -1 }, "retries: expected 0 or more"],
+      [{ retries: 1.5 }, "retries: expected a whole number"],
+      [{ backoffMs: Infinity }, "backoffMs: expected a finite number"],
+      [{ maxBackoffMs: -5 }, "maxBackoffMs: expected 0 or more"],
+    ] as const) {
+      const error = await client.transaction(fn, options).catch((e) => e);
+      expect(error).toBeInstanceOf(TypeError);
+      expect(error.message).toBe(`transaction options: ${message}`);
+    }
+    expect(runs).toBe(0);
+    expect(await client.ping()).toBe("PONG"); // no transaction was left open
+    await client.transaction(fn, { retries: 0, backoffMs: 0, maxBackoffMs: 0 });
+    expect(runs).toBe(1);
+  });
+
   test("retries the whole function on CONFLICT until it commits", async () => {
     const other = await connect({ port: server.port });
     await client.put("counter", 0);
@@ -430,6 +450,25 @@ describe("transaction()", () => {
 });
 
 describe("when the connection goes away", () => {
+  test("a server at its connection limit: every request rejects with code BUSY, the one the refusal answered and the ones after", async () => {
+    const full = await inProcessServer(["--max-connections", "1"]);
+    const holder = await connect({ port: full.port });
+    const refused = await connect({ port: full.port });
+    try {
+      const first = await refused.ping().catch((e) => e);
+      const later = await refused.ping().catch((e) => e);
+      for (const error of [first, later]) {
+        expect(error.code).toBe("BUSY");
+        expect(error.message).toContain("Too many connections");
+      }
+      expect(later).toBeInstanceOf(TxkvConnectionError);
+    } finally {
+      await refused.close().catch(() => {});
+      await holder.close();
+      await full.shutdown();
+    }
+  });
+
   test("connecting to a closed port fails with TxkvConnectionError", async () => {
     const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
     const port = listener.port;
