@@ -66,11 +66,20 @@ async function startOrExit(config: Config, log: Logger): Promise<RunningServer> 
   }
 }
 
-/** The log line and the stdout lines (`metrics on`, then `listening on`) that say the server is up. */
+/**
+ * The stdout lines (`metrics on`, then `listening on`) and the log line that
+ * say the server is up. The stdout line comes first, and the log line does
+ * not repeat its words: the contract's "one line containing `listening on
+ * <host>:<port>`" is then the only one, also for a reader of stdout and
+ * stderr together (a greedy `listening on (\S+):(\d+)` over the JSON log
+ * line read its "pid" as the port).
+ */
 function announce(running: RunningServer, config: Config, log: Logger): void {
   const address = `${running.host}:${running.port}`;
   const metricsAddress = running.metricsPort === null ? null : `${running.host}:${running.metricsPort}`;
-  log.info(`listening on ${address}`, {
+  if (metricsAddress !== null) process.stdout.write(`txkv ${pkg.version} metrics on ${metricsAddress}\n`);
+  process.stdout.write(`txkv ${pkg.version} listening on ${address}\n`);
+  log.info("ready to accept connections", {
     version: pkg.version,
     address,
     data: config.inMemory ? null : config.dataPath,
@@ -81,8 +90,6 @@ function announce(running: RunningServer, config: Config, log: Logger): void {
     pid: process.pid,
     tls: config.tls !== undefined,
   });
-  if (metricsAddress !== null) process.stdout.write(`txkv ${pkg.version} metrics on ${metricsAddress}\n`);
-  process.stdout.write(`txkv ${pkg.version} listening on ${address}\n`);
 }
 
 /**

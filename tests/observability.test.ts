@@ -251,10 +251,11 @@ describe("metrics endpoint", () => {
       expect(match).not.toBeNull();
       const m = await scrape(Number(match![1]));
       expect(sample(m, "txkv_up")).toBe(1);
+      await waitFor(() => proc.stderr().includes('"msg":"ready to accept connections"'), 5000, "the start-up log line");
       const startLine = proc
         .stderr()
         .split("\n")
-        .filter((l) => l.includes("listening on"))
+        .filter((l) => l.includes('"msg":"ready to accept connections"'))
         .map((l) => JSON.parse(l))[0];
       expect(startLine).toMatchObject({ metrics: `127.0.0.1:${match![1]}` });
     } finally {

@@ -940,7 +940,7 @@ async def iteration(seed, it, work, prev, totals, args):
             totals["startup_kills"] += 1
             if "torn" in s1.stderr_text():
                 totals["torn_tails"] += 1
-            if "listening on" in s1.stderr_text():
+            if "ready to accept connections" in s1.stderr_text():
                 totals["startup_kills_after_listening"] += 1
         # restart and read back
         s2 = Server(data_dir, srv_args, "recovery", itdir)
