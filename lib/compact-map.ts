@@ -24,8 +24,7 @@
  *   garbage. Once garbage outweighs the live records, a sweep packs the arena
  *   a little at each change (live records slide down, garbage is dropped), so
  *   that no single PUT or DEL pays for the whole store. Growing the arena
- *   copies it: doubling up to 64 MiB, then once to the cap, whose untouched
- *   pages take no memory (see growArena). The arena holds at
+ *   still copies it (doubling, so rarely); see reserve(). The arena holds at
  *   most MAX_DATA_BYTES (2 GiB): byte offsets (word × 4) must stay int32s for
  *   the shifts below, and Bun caps a typed array at 4 GiB; when garbage
  *   fills it up to there, the next record packs it all first (O(arena), once).
@@ -135,15 +134,6 @@ function wideFlag(text: string): number {
   return all > 0xff ? 1 : 0;
 }
 
-/** A zeroed Int32Array of n words, or null when the system will not give that much memory. */
-function tryAllocateWords(n: number): Int32Array | null {
-  try {
-    return new Int32Array(n);
-  } catch {
-    return null;
-  }
-}
-
 function wordsFor(bytes: number): number {
   return (bytes + 3) >>> 2;
 }
@@ -162,8 +152,6 @@ export class CompactMap {
   private readonly capWords: number;
   /** Least garbage (1/64 of the cap: 32 MiB) that makes a whole sweep at the cap worth its pause. */
   private readonly fullSweepMinWords: number;
-  /** An arena growing past this (1/32 of the cap: 64 MiB) grows straight to the cap; see growArena(). */
-  private readonly growToCapWords: number;
   /** Words of live records hasRoomFor() allows: from limitBytes, at most capWords. */
   private limitWords: number;
   /** limitBytes as set (reported as given; the words above stay within the cap). */
@@ -193,7 +181,6 @@ export class CompactMap {
     this.capWords = this.limitWords = Math.min(MAX_ARENA_WORDS, Math.floor(capBytes / 4));
     this.limitSetBytes = Math.min(capBytes, MAX_DATA_BYTES);
     this.fullSweepMinWords = this.capWords >>> 6;
-    this.growToCapWords = this.capWords >>> 5;
     let slots = MIN_SLOTS;
     while (slots * MAX_LOAD < expectedSize) slots *= 2;
     this.index = new Int32Array(slots * 2);
@@ -397,11 +384,6 @@ export class CompactMap {
       if (at >= 0 && this.keyStartsWith(at, prefix)) out.push(this.keyAt(at));
     }
     return out;
-  }
-
-  /** The arena's size in bytes (records, garbage and room for more), for tests and benchmarks. */
-  get arenaBytes(): number {
-    return this.words.byteLength;
   }
 
   /** Bytes held by the typed arrays (arena, index, ids, cache ids), for tests and benchmarks. */
@@ -674,7 +656,9 @@ export class CompactMap {
    * Room for a record of size words at the end of the arena; returns its word.
    * Runs a step of a running sweep first, which may move records: callers
    * re-read a record's word from the index after it. Growing the arena
-   * copies it (see growArena).
+   * copies it into one twice as large: O(arena) in one change, but only at
+   * each doubling. (A resizable ArrayBuffer would grow in place, but typed
+   * arrays over one made this map's JIT code 1.5-2× slower in this Bun.)
    */
   private reserve(size: number): number {
     this.sweepStep(SWEEP_WORDS + 2 * size);
@@ -685,30 +669,14 @@ export class CompactMap {
       needed = this.usedWords + size;
       if (needed > this.capWords) throw new RangeError(`CompactMap: full (${this.capWords * 4} bytes of records)`);
     }
-    if (needed > this.words.length) this.growArena(needed);
+    if (needed > this.words.length) {
+      const grown = new Int32Array(Math.min(Math.max(this.words.length * 2, needed), this.capWords));
+      grown.set(this.words.subarray(0, this.usedWords));
+      this.useArena(grown);
+    }
     const at = this.usedWords;
     this.usedWords = needed;
     return at;
-  }
-
-  /**
-   * Copies the arena into a larger one: O(arena) in one change, and most of
-   * it is the kernel filling the new pages (about 2 ms per MB in the
-   * benchmark VM: a 1 GB arena's doubling held the server for 2.4 s). So
-   * the arena doubles while small, and past growToCapWords it grows once,
-   * straight to the cap: a typed array's untouched pages take no memory
-   * (2 GiB is reserved in under a millisecond and RSS does not move), and
-   * records then fill the pages a few at a time, so no later change copies
-   * the arena (at most 64 MiB is ever copied). Where the system refuses
-   * that much address space (strict overcommit), it goes on doubling.
-   * (A resizable ArrayBuffer would grow in place, but typed arrays over one
-   * made this map's JIT code 1.5-2× slower in this Bun.)
-   */
-  private growArena(needed: number): void {
-    const doubled = Math.min(Math.max(this.words.length * 2, needed), this.capWords);
-    const grown = (doubled > this.growToCapWords ? tryAllocateWords(this.capWords) : null) ?? new Int32Array(doubled);
-    grown.set(this.words.subarray(0, this.usedWords));
-    this.useArena(grown);
   }
 
   /** Words of live records: the arena's used words less garbage and a running sweep's free gap. */
