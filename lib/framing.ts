@@ -79,7 +79,11 @@ export class LineFramer {
 
   constructor(private readonly maxRequestBytes: number) {}
 
-  /** The buffer that lineStart and lineEnd index; valid until the next push() or retain(). */
+  /**
+   * The buffer that lineStart and lineEnd index; valid until the next push()
+   * or retain(), which may move or overwrite its bytes in place: copy what
+   * must outlive them (the store, the journal and transactions all copy).
+   */
   get bytes(): Uint8Array {
     return this.buf;
   }
@@ -105,10 +109,13 @@ export class LineFramer {
    */
   private keepRest(capacity: number): void {
     const restLength = this.buf.length - this.pos;
-    if (capacity > this.owned.length) {
-      const grown = new Uint8Array(Math.max(capacity, this.owned.length * 2, 256));
-      grown.set(this.buf.subarray(this.pos), 0);
-      this.owned = grown;
+    // A short leftover (the start of the next request, reads ending mid-line) must not keep
+    // the room of a long request that is done, nor of a whole read: it moves to a small buffer.
+    const oversized = this.owned.length > KEEP_OWNED_BYTES && capacity * 4 <= this.owned.length;
+    if (capacity > this.owned.length || oversized) {
+      const fresh = new Uint8Array(oversized ? Math.max(capacity, 256) : Math.max(capacity, this.owned.length * 2, 256));
+      fresh.set(this.buf.subarray(this.pos), 0);
+      this.owned = fresh;
     } else if (!this.bufOwned) {
       this.owned.set(this.buf.subarray(this.pos), 0);
     } else if (this.pos > 0) {
@@ -191,7 +198,10 @@ export class LineFramer {
       if (this.owned.length > KEEP_OWNED_BYTES) this.owned = EMPTY;
       return;
     }
-    if (!this.bufOwned || this.pos > 0) this.keepRest(this.buf.length - this.pos);
+    const restLength = this.buf.length - this.pos;
+    if (!this.bufOwned || this.pos > 0 || (this.owned.length > KEEP_OWNED_BYTES && restLength * 4 <= this.owned.length)) {
+      this.keepRest(restLength);
+    }
   }
 
   /** Bytes held: input not yet taken as requests. */

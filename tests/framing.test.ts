@@ -72,6 +72,22 @@ describe("LineFramer", () => {
     expect(f.bytes.length).toBe(0);
   });
 
+  test("between reads it keeps only about its leftover: reads ending mid-line, after a long request too, hold no read-sized room", () => {
+    const f = new LineFramer(4 * 1024 * 1024);
+    const heldAfterRetain = () => f.bytes.buffer.byteLength;
+    // One long request, then pipelined 64 KiB reads of short lines, each read ending inside a line.
+    expect(feed(f, "PUT big " + "x".repeat(1024 * 1024), "\n")).toHaveLength(1);
+    const line = "PUT key:00000001 " + "v".repeat(80) + "\n"; // 98 bytes: 64 KiB reads end mid-line
+    const stream = enc.encode(line.repeat(2000));
+    let taken = 0;
+    for (let at = 0; at < stream.length; at += 65536) {
+      taken += feed(f, stream.subarray(at, at + 65536)).length;
+      expect(f.bufferedBytes).toBeLessThan(line.length);
+      expect(heldAfterRetain()).toBeLessThanOrEqual(4096);
+    }
+    expect(taken).toBe(2000);
+  });
+
   test("invalid UTF-8 is reported for that line only", () => {
     const bad = new Uint8Array([0x47, 0x45, 0x54, 0x20, 0xff, 0xfe, 0x0a]);
     expect(feed(new LineFramer(1024), bad, "GET é\n")).toEqual([INVALID_UTF8, "GET é"]);
