@@ -252,14 +252,14 @@ export function formatReply(request: string, reply: Reply, style: Style): string
   if (Array.isArray(result) && style.multiline) {
     if (result.length === 0) return paint("(empty list)", DIM, style.color);
     // A key is one line of its own whatever it holds: one with a line break or a terminal escape is quoted.
-    const item = (value: unknown) => (typeof value !== "string" ? stringifyJson(value) : style.quoteStrings ? quoted(value) : oneLine(value));
+    const item = (value: unknown) => (typeof value !== "string" ? displayJson(value) : style.quoteStrings ? quoted(value) : oneLine(value));
     return result.map((value, i) => `${i + 1}) ${item(value)}`).join("\n");
   }
-  return style.multiline && isObject(result) ? stringifyJson(result, 2) : stringifyJson(result);
+  return style.multiline && isObject(result) ? displayJson(result, 2) : displayJson(result);
 }
 
 function formatValue(value: unknown, style: Style): string {
-  if (typeof value !== "string") return stringifyJson(value);
+  if (typeof value !== "string") return displayJson(value);
   if (style.quoteStrings) return quoted(value);
   return style.multiline ? value : oneLine(value);
 }
@@ -276,9 +276,18 @@ function oneLine(text: string): string {
   return UNSAFE_FOR_ONE_LINE.test(text) ? quoted(text) : text;
 }
 
-/** JSON.stringify, with DEL, C1 and U+2028/U+2029 escaped too (JSON.stringify leaves them raw). */
+/** A string JSON-quoted for display (see displayJson). */
 export function quoted(text: string): string {
-  return JSON.stringify(text).replace(/[\u007f-\u009f\u2028\u2029]/g, unicodeEscape);
+  return displayJson(text);
+}
+
+/**
+ * JSON text of a value for display: as stringifyJson, with DEL, C1 and
+ * U+2028/U+2029 escaped too (JSON.stringify leaves them raw; they can only
+ * occur inside strings, where the escape means the same character).
+ */
+function displayJson(value: unknown, indent?: number): string {
+  return stringifyJson(value, indent).replace(/[\u007f-\u009f\u2028\u2029]/g, unicodeEscape);
 }
 
 /** text with each character of UNSAFE_FOR_ONE_LINE written as its \uXXXX escape. */

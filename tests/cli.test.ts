@@ -150,6 +150,17 @@ describe("scripted (stdin not a terminal)", () => {
     expect(run.stdout).toBe('OK\n"a\\u0085b\\u009b31m\\u007f\\u2028"\n(error) NOT_FOUND: Key not found: no\\u000asuch\\u001b[31m\nPONG\n');
   });
 
+  test("...and inside JSON values and KEYS lists too: every reply stays one line, with no raw C1 or separator", async () => {
+    const run = await cli(
+      [],
+      'PUT {"key":"u:a\\u2028b\\u0085c\\u009b31m","value":1}\nPUT {"key":"u:obj","value":{"x":"\\u009b2J\\u2028"}}\nKEYS u:\nGET u:obj\n',
+    );
+    expect(run.code).toBe(0);
+    expect(run.stdout).toBe('OK\nOK\n["u:a\\u2028b\\u0085c\\u009b31m","u:obj"]\n{"x":"\\u009b2J\\u2028"}\n');
+    const oneShot = await cli(["GET", "u:obj"]);
+    expect(oneShot.stdout).toBe('{"x":"\\u009b2J\\u2028"}\n');
+  });
+
   test("a line ends at LF only: a lone CR stays in the value (a CR before the LF is dropped)", async () => {
     const run = await cli([], "PUT cr:1 a\rb\r\nGET cr:1\n");
     expect(run).toMatchObject({ code: 0, stdout: 'OK\n"a\\rb"\n' }); // a control character: printed JSON-quoted
