@@ -23,6 +23,26 @@ import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
  * to stay silent.
  */
 function fakeServer(answer: (line: string) => object | object[] | "close" | null): TCPSocketListener<{ buffered: string }> {
+  return bufferingServer((socket, chunk) => {
+    socket.data.buffered += chunk.toString();
+    let newline: number;
+    while ((newline = socket.data.buffered.indexOf("\n")) !== -1) {
+      const line = socket.data.buffered.slice(0, newline);
+      socket.data.buffered = socket.data.buffered.slice(newline + 1);
+      const reply = answer(line);
+      if (reply === "close") {
+        socket.end();
+        return;
+      }
+      if (reply !== null) socket.write((Array.isArray(reply) ? reply : [reply]).map((r) => JSON.stringify(r) + "\n").join(""));
+    }
+  });
+}
+
+const ok = (result: unknown) => ({ status: "Ok", result });
+
+/** A fake server whose connections each keep the text received so far in socket.data.buffered; data() decides what to do with it. */
+function bufferingServer(data: (socket: Socket<{ buffered: string }>, chunk: Buffer) => void): TCPSocketListener<{ buffered: string }> {
   return Bun.listen<{ buffered: string }>({
     hostname: "127.0.0.1",
     port: 0,
@@ -30,25 +50,11 @@ function fakeServer(answer: (line: string) => object | object[] | "close" | null
       open(socket) {
         socket.data = { buffered: "" };
       },
-      data(socket: Socket<{ buffered: string }>, chunk) {
-        socket.data.buffered += chunk.toString();
-        let newline: number;
-        while ((newline = socket.data.buffered.indexOf("\n")) !== -1) {
-          const line = socket.data.buffered.slice(0, newline);
-          socket.data.buffered = socket.data.buffered.slice(newline + 1);
-          const reply = answer(line);
-          if (reply === "close") {
-            socket.end();
-            return;
-          }
-          if (reply !== null) socket.write((Array.isArray(reply) ? reply : [reply]).map((r) => JSON.stringify(r) + "\n").join(""));
-        }
-      },
+      data,
     },
   });
 }
 
-const ok = (result: unknown) => ({ status: "Ok", result });
 
 let server: RunningServer;
 let client: TxkvClient;
@@ -150,24 +156,15 @@ describe("pipelining", () => {
   test("at most a window of request bytes is in flight: the rest waits in the client, so the kernel takes each write whole", async () => {
     const received: string[] = [];
     let answerAll: (() => void) | null = null;
-    const fake = Bun.listen<{ buffered: string }>({
-      hostname: "127.0.0.1",
-      port: 0,
-      socket: {
-        open(socket) {
-          socket.data = { buffered: "" };
-        },
-        data(socket, chunk) {
-          socket.data.buffered += chunk.toString();
-          const lines = socket.data.buffered.split("\n");
-          socket.data.buffered = lines.pop()!;
-          received.push(...lines);
-          // Silent until told: then every line received so far gets its reply, and later ones at once.
-          answerAll = () => {
-            for (const _ of received.splice(0)) socket.write(JSON.stringify(ok("PONG")) + "\n");
-          };
-        },
-      },
+    const fake = bufferingServer((socket, chunk) => {
+      socket.data.buffered += chunk.toString();
+      const lines = socket.data.buffered.split("\n");
+      socket.data.buffered = lines.pop()!;
+      received.push(...lines);
+      // Silent until told: then every line received so far gets its reply, and later ones at once.
+      answerAll = () => {
+        for (const _ of received.splice(0)) socket.write(JSON.stringify(ok("PONG")) + "\n");
+      };
     });
     const c = await connect({ port: fake.port });
     const line = "PING"; // 5 bytes with its LF
@@ -197,23 +194,14 @@ describe("pipelining", () => {
 
   test("long replies arriving in many pieces, cut inside characters and between replies, are read whole and in order", async () => {
     const long = "\u00e9".repeat(150_000) + "\u20ac\ud83d\ude00" + "x".repeat(50_000);
-    const fake = Bun.listen<{ buffered: string }>({
-      hostname: "127.0.0.1",
-      port: 0,
-      socket: {
-        open(socket) {
-          socket.data = { buffered: "" };
-        },
-        async data(socket, chunk) {
-          socket.data.buffered += chunk.toString();
-          if (socket.data.buffered.split("\n").length < 3) return;
-          const bytes = Buffer.from(JSON.stringify(ok({ key: "a", value: long })) + "\n" + JSON.stringify(ok({ key: "b", value: "short" })) + "\n");
-          for (let at = 0; at < bytes.length; at += 997) {
-            socket.write(bytes.subarray(at, at + 997));
-            if ((at / 997) % 20 === 0) await Bun.sleep(1); // so that the client reads many separate chunks
-          }
-        },
-      },
+    const fake = bufferingServer(async (socket, chunk) => {
+      socket.data.buffered += chunk.toString();
+      if (socket.data.buffered.split("\n").length < 3) return;
+      const bytes = Buffer.from(JSON.stringify(ok({ key: "a", value: long })) + "\n" + JSON.stringify(ok({ key: "b", value: "short" })) + "\n");
+      for (let at = 0; at < bytes.length; at += 997) {
+        socket.write(bytes.subarray(at, at + 997));
+        if ((at / 997) % 20 === 0) await Bun.sleep(1); // so that the client reads many separate chunks
+      }
     });
     const c = await connect({ port: fake.port });
     try {
