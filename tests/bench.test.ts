@@ -57,21 +57,24 @@ test("a duration run stops by itself", async () => {
 
 test("Error replies are counted; no password or a wrong one stops the run at once with status 1, naming the code; any password works (even one starting with {)", async () => {
   const guarded = await spawnServer(["--in-memory", "--password", "{p w}"]);
-  // Without the password every reply would be AUTH_REQUIRED: a run that measures nothing is refused before it starts.
-  const denied = await runTxkv(["bench", "-p", String(guarded.port), "--requests", "50", "--workload", "ping", "--json"]);
-  expect(denied.code).toBe(1);
-  expect(denied.stdout).toBe("");
-  expect(denied.stderr).toContain("refused the run: AUTH_REQUIRED");
-  expect(denied.stderr).toContain("--password");
-  // Keys never written (the server is new): each GET is a NOT_FOUND Error reply, counted.
-  const missing = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--workload", "get", "--no-preload", "--keys", "10", "--requests", "50", "--json"]);
-  expect(JSON.parse(missing.stdout)).toMatchObject({ ops: 50, errors: 50 });
-  const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--requests", "50", "--json"]);
-  expect(JSON.parse(allowed.stdout)).toMatchObject({ ops: 50, errors: 0 });
-  const wrong = await runTxkv(["bench", "-p", String(guarded.port), "-a", "nope", "--requests", "50", "--conns", "3"]);
-  expect(wrong.code).toBe(1);
-  expect(wrong.stderr).toContain("AUTH_FAILED");
-  await guarded.kill();
+  try {
+    // Without the password every reply would be AUTH_REQUIRED: a run that measures nothing is refused before it starts.
+    const denied = await runTxkv(["bench", "-p", String(guarded.port), "--requests", "50", "--workload", "ping", "--json"]);
+    expect(denied.code).toBe(1);
+    expect(denied.stdout).toBe("");
+    expect(denied.stderr).toContain("refused the run: AUTH_REQUIRED");
+    expect(denied.stderr).toContain("--password");
+    // Keys never written (the server is new): each GET is a NOT_FOUND Error reply, counted.
+    const missing = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--workload", "get", "--no-preload", "--keys", "10", "--requests", "50", "--json"]);
+    expect(JSON.parse(missing.stdout)).toMatchObject({ ops: 50, errors: 50 });
+    const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--requests", "50", "--json"]);
+    expect(JSON.parse(allowed.stdout)).toMatchObject({ ops: 50, errors: 0 });
+    const wrong = await runTxkv(["bench", "-p", String(guarded.port), "-a", "nope", "--requests", "50", "--conns", "3"]);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toContain("AUTH_FAILED");
+  } finally {
+    await guarded.kill();
+  }
 });
 
 test("a full server (BUSY) stops the run at once with status 1, naming the code", async () => {
