@@ -5,7 +5,7 @@
  * and a second signal exiting at once.
  */
 import { describe, expect, test } from "bun:test";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
 import { BUN, INDEX, LineClient, spawnServer, startInProcess, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
@@ -79,6 +79,38 @@ describe("start-up", () => {
       expect(saying[0]).toMatch(new RegExp(`^txkv \\S+ listening on 127\\.0\\.0\\.1:${proc.port}$`));
     } finally {
       await proc.kill("SIGTERM");
+    }
+  });
+});
+
+describe("stdout gone, SIGHUP", () => {
+  test("a stdout whose reader already left (| head -0) does not stop the server; SIGHUP is logged and ignored; SIGTERM stops it cleanly", async () => {
+    const dir = tempDir();
+    const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const port = probe.port;
+    probe.stop(true);
+    const errFile = join(dir.path, "stderr.log");
+    const shell = Bun.spawn(["sh", "-c", `'${BUN}' run '${INDEX}' --port ${port} --in-memory 2>'${errFile}' | head -0`]);
+    const entries = () =>
+      (existsSync(errFile) ? readFileSync(errFile, "utf8") : "")
+        .split("\n")
+        .filter((l: string) => l !== "")
+        .map((l: string) => JSON.parse(l)); // every line is JSON: no stack trace
+    try {
+      await waitFor(() => entries().some((e) => e.msg === "stdout is closed: the start-up line was not written"), 10000, "the EPIPE warning");
+      const pid = entries().find((e) => e.msg === "ready to accept connections")!.pid as number;
+      const client = await LineClient.connect(port);
+      expect(await client.request("PING")).toMatchObject({ result: "PONG" });
+      process.kill(pid, "SIGHUP");
+      await waitFor(() => entries().some((e) => String(e.msg).startsWith("SIGHUP ignored")), 5000, "the SIGHUP warning");
+      expect(await client.request("PING")).toMatchObject({ result: "PONG" });
+      client.close();
+      process.kill(pid, "SIGTERM");
+      expect(await shell.exited).toBe(0);
+      expect(entries().some((e) => e.msg === "stopped")).toBe(true);
+    } finally {
+      shell.kill("SIGKILL");
+      dir.cleanup();
     }
   });
 });
