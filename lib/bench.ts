@@ -337,14 +337,19 @@ class LineConnection {
       throw new Error(`cannot connect to ${where}: ${error.message}`);
     });
     // The JSON form, as the client library sends it: any password, "{" or spaces first included.
-    if (password !== undefined) await connection.checkedRoundTrip(`AUTH ${JSON.stringify({ password })}\n`, `AUTH to ${where} failed`);
+    const refused = `${where} refused the run`;
+    if (password !== undefined) await connection.checkedRoundTrip(`AUTH ${JSON.stringify({ password })}\n`, `AUTH to ${where} failed`, refused);
     // A run whose every reply is an Error measures nothing: a server that wants a password, or is full (BUSY), is told here.
-    await connection.checkedRoundTrip("PING\n", `${where} refused the run`);
+    await connection.checkedRoundTrip("PING\n", refused, refused);
     return connection;
   }
 
-  /** One request whose reply must not be an Error; else the connection closes and this throws, naming the reply's code. */
-  private async checkedRoundTrip(line: string, failure: string): Promise<void> {
+  /**
+   * One request whose reply must not be an Error; else the connection closes
+   * and this throws, naming the reply's code. A full server's BUSY comes
+   * first whatever was sent: it is said as a refusal (`refused`), not as the request's failure.
+   */
+  private async checkedRoundTrip(line: string, failure: string, refused: string): Promise<void> {
     this.transcript = "";
     const errors = await this.roundTrip(line, 1);
     const reply = this.transcript;
@@ -353,7 +358,7 @@ class LineConnection {
     this.close();
     const { code, message } = JSON.parse(reply.slice(0, reply.indexOf("\n"))) as { code: string; message: string };
     const hint = code === "AUTH_REQUIRED" ? " (give --password, or set TXKV_PASSWORD)" : "";
-    throw new Error(`${failure}: ${code}: ${message}${hint}`);
+    throw new Error(`${code === "BUSY" ? refused : failure}: ${code}: ${message}${hint}`);
   }
 
   send(text: string, replies: number, done: (errors: number) => void): void {

@@ -84,6 +84,10 @@ test("a full server (BUSY) stops the run at once with status 1, naming the code"
     const run = await runTxkv(["bench", "-p", String(full.port), "--requests", "10", "--workload", "ping"]);
     expect(run.code).toBe(1);
     expect(run.stderr).toContain("refused the run: BUSY");
+    // With a password the refusal comes where AUTH's reply would: still said as a refusal.
+    const withPassword = await runTxkv(["bench", "-p", String(full.port), "-a", "pw", "--requests", "10", "--workload", "ping"]);
+    expect(withPassword.code).toBe(1);
+    expect(withPassword.stderr).toContain("refused the run: BUSY");
   } finally {
     await holder.close();
     await full.kill();
