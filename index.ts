@@ -77,8 +77,12 @@ async function startOrExit(config: Config, log: Logger): Promise<RunningServer> 
 function announce(running: RunningServer, config: Config, log: Logger): void {
   const address = `${running.host}:${running.port}`;
   const metricsAddress = running.metricsPort === null ? null : `${running.host}:${running.metricsPort}`;
-  if (metricsAddress !== null) writeStdout(`txkv ${pkg.version} metrics on ${metricsAddress}\n`, log);
-  writeStdout(`txkv ${pkg.version} listening on ${address}\n`, log);
+  // A reader that already went away (`| head -0`) makes these writes fail with EPIPE, reported as an
+  // 'error' event that would otherwise end the process: the server goes on (the log line below still
+  // says it is up), as it does when the reader leaves after reading.
+  process.stdout.on("error", (err: Error) => log.warn("stdout is closed: the start-up line was not written", { reason: err.message }));
+  if (metricsAddress !== null) process.stdout.write(`txkv ${pkg.version} metrics on ${metricsAddress}\n`);
+  process.stdout.write(`txkv ${pkg.version} listening on ${address}\n`);
   log.info("ready to accept connections", {
     version: pkg.version,
     address,
@@ -90,19 +94,6 @@ function announce(running: RunningServer, config: Config, log: Logger): void {
     pid: process.pid,
     tls: config.tls !== undefined,
   });
-}
-
-/**
- * Writes a start-up line to stdout. A reader that already went away (`| head
- * -0`) makes the write fail with EPIPE, reported as an 'error' event that
- * would otherwise end the process: the server goes on (the log line still
- * says it is up), as it does when the reader leaves after reading.
- */
-function writeStdout(line: string, log: Logger): void {
-  if (process.stdout.listenerCount("error") === 0) {
-    process.stdout.on("error", (err: Error) => log.warn("stdout is closed: the start-up line was not written", { reason: err.message }));
-  }
-  process.stdout.write(line);
 }
 
 /**

@@ -270,6 +270,9 @@ function formatValue(value: unknown, style: Style): string {
  * splits at U+0085, U+2028 and U+2029) or drive the terminal (ESC, CSI).
  */
 const UNSAFE_FOR_ONE_LINE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
+const EACH_UNSAFE_FOR_ONE_LINE = new RegExp(UNSAFE_FOR_ONE_LINE.source, "g");
+/** The ones JSON.stringify leaves raw (it escapes C0). */
+const EACH_LEFT_RAW_BY_JSON = /[\u007f-\u009f\u2028\u2029]/g;
 
 /** A string that would break the one-line-per-reply rule, or drive the terminal, is shown quoted. */
 function oneLine(text: string): string {
@@ -277,7 +280,7 @@ function oneLine(text: string): string {
 }
 
 /** A string JSON-quoted for display (see displayJson). */
-export function quoted(text: string): string {
+function quoted(text: string): string {
   return displayJson(text);
 }
 
@@ -287,12 +290,12 @@ export function quoted(text: string): string {
  * occur inside strings, where the escape means the same character).
  */
 function displayJson(value: unknown, indent?: number): string {
-  return stringifyJson(value, indent).replace(/[\u007f-\u009f\u2028\u2029]/g, unicodeEscape);
+  return stringifyJson(value, indent).replace(EACH_LEFT_RAW_BY_JSON, unicodeEscape);
 }
 
-/** text with each character of UNSAFE_FOR_ONE_LINE written as its \uXXXX escape. */
+/** text with each character of UNSAFE_FOR_ONE_LINE written as a JSON-style unicode escape (backslash, u, four hex digits). */
 function escapeUnsafe(text: string): string {
-  return UNSAFE_FOR_ONE_LINE.test(text) ? text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, unicodeEscape) : text;
+  return text.replace(EACH_UNSAFE_FOR_ONE_LINE, unicodeEscape);
 }
 
 function unicodeEscape(c: string): string {

@@ -109,9 +109,7 @@ export class LineFramer {
    */
   private keepRest(capacity: number): void {
     const restLength = this.buf.length - this.pos;
-    // A short leftover (the start of the next request, reads ending mid-line) must not keep
-    // the room of a long request that is done, nor of a whole read: it moves to a small buffer.
-    const oversized = this.owned.length > KEEP_OWNED_BYTES && capacity * 4 <= this.owned.length;
+    const oversized = this.ownedIsOversizedFor(capacity);
     if (capacity > this.owned.length || oversized) {
       const fresh = new Uint8Array(oversized ? Math.max(capacity, 256) : Math.max(capacity, this.owned.length * 2, 256));
       fresh.set(this.buf.subarray(this.pos), 0);
@@ -199,9 +197,17 @@ export class LineFramer {
       return;
     }
     const restLength = this.buf.length - this.pos;
-    if (!this.bufOwned || this.pos > 0 || (this.owned.length > KEEP_OWNED_BYTES && restLength * 4 <= this.owned.length)) {
-      this.keepRest(restLength);
-    }
+    if (!this.bufOwned || this.pos > 0 || this.ownedIsOversizedFor(restLength)) this.keepRest(restLength);
+  }
+
+  /**
+   * True when the owned buffer is far larger than `capacity` bytes need: a
+   * short leftover (the start of the next request, reads ending mid-line)
+   * must not keep the room of a long request that is done, nor of a whole
+   * read, so it moves to a small buffer.
+   */
+  private ownedIsOversizedFor(capacity: number): boolean {
+    return this.owned.length > KEEP_OWNED_BYTES && capacity * 4 <= this.owned.length;
   }
 
   /** Bytes held: input not yet taken as requests. */
