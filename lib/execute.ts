@@ -466,7 +466,7 @@ export function authFailureDelayMs(failures: number): number {
   return Math.min(AUTH_FAILURE_BASE_DELAY_MS * 2 ** (failures - 1), AUTH_FAILURE_MAX_DELAY_MS);
 }
 
-/** Keys watched by open transactions, counting reads not yet made watches (a key read twice before a commit counts twice). */
+/** Keys watched by open transactions, counting reads not (yet) made watches (a key read twice that way counts twice). */
 function watchedKeys(store: Store): number {
   const counts = store.watchCounts;
   return counts.keys + counts.deferredReads;

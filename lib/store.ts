@@ -13,11 +13,11 @@
  * for conflict checks beyond the open transactions' own watches, which are
  * dropped when they end.
  * Deferred watches (watchAscii): a read by the fast path is only noted, as
- * bytes, and becomes a real watch (a string in a Map) at the next commit, or
- * never if its transaction ends first. Until some commit happens nothing can
- * conflict with it, so this changes no outcome; and the common transaction
- * (START, GET, PUT, COMMIT in one batch) then watches without a string or a
- * Map entry at all.
+ * bytes in a small table (DeferredReads), and a commit looks for the keys it
+ * changes there as well as among the watches; the reads become real watches
+ * (a string in a Map) only when the table fills up. The common transaction
+ * (START, GET, PUT, COMMIT) thus watches without a string or a Map entry,
+ * however many other transactions commit while it is open.
  * The data lives in a CompactMap (bytes in typed arrays, not JS strings): a
  * million keys cost tens of bytes each instead of hundreds (issue 6). The
  * fast path reads and writes it by bytes (findAscii, putAscii); a key becomes
@@ -25,8 +25,8 @@
  * Must not: know about sockets, replies, sessions or the disk.
  */
 import type { CommitOp, EncodedValue } from "./commit-log.ts";
-import { ByteBuffer } from "./byte-buffer.ts";
 import { CompactMap, type AsciiEntry } from "./compact-map.ts";
+import { DEFERRED_KEY_MAX_BYTES, DeferredReads } from "./deferred-reads.ts";
 import { latin1Text } from "./text.ts";
 
 /** Something that can be marked conflicted: an open transaction. */
@@ -48,10 +48,6 @@ interface PrefixWatch {
 /** Keys a transaction wrote (a Set, or the Map of its writes). */
 type OwnKeys = { has(key: string): boolean; keys(): Iterable<string> };
 
-/** Deferred watches beyond these are made real at once, so a long run of reads holds bounded memory. */
-const MAX_DEFERRED_READS = 1024;
-const MAX_DEFERRED_KEY_BYTES = 64 * 1024;
-
 export class Store {
   private readonly data: CompactMap;
   /** Number of the last commit. */
@@ -59,15 +55,8 @@ export class Store {
   /** Who watches each key: one transaction as itself (the common case, no Set to allocate), or a Set. */
   private readonly keyWatchers = new Map<string, Watcher | Set<Watcher>>();
   private readonly prefixWatches = new PrefixWatches();
-  /**
-   * Reads noted by watchAscii since the last commit, the first deferredCount
-   * entries: the reader (null once it ended) and where its key ends in deferredKeys.
-   * Fixed-size arrays with a count: nothing is allocated or resized per read.
-   */
-  private deferredCount = 0;
-  private readonly deferredReaders: (Watcher | null)[] = new Array<Watcher | null>(MAX_DEFERRED_READS).fill(null);
-  private readonly deferredKeyEnds = new Int32Array(MAX_DEFERRED_READS);
-  private readonly deferredKeys = new ByteBuffer(1024);
+  /** Reads by the fast path inside transactions, not (yet) watches: see the top. */
+  private readonly deferred = new DeferredReads();
 
   /**
    * Starts from initial: a CompactMap is adopted as is (a loader can build
@@ -148,7 +137,6 @@ export class Store {
 
   /** Auto-committed PUT. Returns the commit's seq. */
   put(key: string, value: EncodedValue): number {
-    this.beforeCommit();
     this.data.set(key, value);
     this.changed(key);
     return ++this.seq;
@@ -159,8 +147,8 @@ export class Store {
    * and a transaction whose only change that is). Returns the commit's seq.
    */
   putAscii(entry: AsciiEntry): number {
-    this.beforeCommit();
     this.data.setAscii(entry);
+    if (this.deferred.size !== 0) this.deferred.markReadersOfBytes(entry.keySrc, entry.keyStart, entry.keyEnd);
     // The key is made a string only when a transaction watches something.
     if (this.keyWatchers.size !== 0 || !this.prefixWatches.isEmpty) {
       this.changed(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd));
@@ -170,7 +158,6 @@ export class Store {
 
   /** Auto-committed DEL of a present key. Returns the commit's seq. */
   delete(key: string): number {
-    this.beforeCommit();
     this.data.delete(key);
     this.changed(key);
     return ++this.seq;
@@ -181,7 +168,6 @@ export class Store {
    * committing transaction must have dropped its own watches (unwatch) first.
    */
   apply(ops: readonly CommitOp[]): number {
-    this.beforeCommit();
     for (const [key, value] of ops) {
       if (value !== null) {
         this.data.set(key, value);
@@ -213,16 +199,17 @@ export class Store {
 
   /**
    * watchKey() for a key given as ASCII bytes (the fast path), deferred: the
-   * bytes are copied and become a watch at the next commit (see the top).
+   * bytes are noted, and become a watch only if the table of such reads fills
+   * up (see the top). A key too long for the table is watched at once.
    */
   watchAscii(w: Watcher, src: Uint8Array, start: number, end: number): void {
     if (w.conflicted) return;
-    if (this.deferredCount === MAX_DEFERRED_READS || this.deferredKeys.length >= MAX_DEFERRED_KEY_BYTES) {
-      this.watchDeferred();
+    if (end - start > DEFERRED_KEY_MAX_BYTES) {
+      this.watchKey(w, latin1Text(src, start, end));
+      return;
     }
-    this.deferredKeys.range(src, start, end);
-    this.deferredReaders[this.deferredCount] = w;
-    this.deferredKeyEnds[this.deferredCount++] = this.deferredKeys.length;
+    if (this.deferred.isFull) this.watchDeferred();
+    this.deferred.add(w, src, start, end);
   }
 
   /**
@@ -238,7 +225,7 @@ export class Store {
     // Each step only when there is something to drop: most transactions have only deferred reads.
     if (w.watchedKeys.length !== 0) this.unwatchKeys(w);
     if (!this.prefixWatches.isEmpty) this.prefixWatches.remove(w);
-    if (this.deferredCount !== 0) this.dropDeferred(w);
+    if (this.deferred.size !== 0) this.deferred.drop(w);
   }
 
   private unwatchKeys(w: Watcher): void {
@@ -256,44 +243,12 @@ export class Store {
 
   /** Watch entries held (deferred reads included), for STATS and for tests that check bookkeeping is freed. */
   get watchCounts(): { keys: number; prefixes: number; deferredReads: number } {
-    return { keys: this.keyWatchers.size, prefixes: this.prefixWatches.prefixCount, deferredReads: this.deferredCount };
+    return { keys: this.keyWatchers.size, prefixes: this.prefixWatches.prefixCount, deferredReads: this.deferred.size };
   }
 
-  /** A commit is about to change something: deferred reads become watches first, so it can conflict them. */
-  private beforeCommit(): void {
-    if (this.deferredCount !== 0) this.watchDeferred();
-  }
-
+  /** The table of deferred reads is full: they all become watches, which cost a commit nothing when they are not its keys. */
   private watchDeferred(): void {
-    const readers = this.deferredReaders;
-    const ends = this.deferredKeyEnds;
-    const keys = this.deferredKeys.bytes;
-    let start = 0;
-    for (let i = 0; i < this.deferredCount; i++) {
-      const reader = readers[i]!;
-      const end = ends[i]!;
-      if (reader !== null) this.watchKey(reader, latin1Text(keys, start, end));
-      start = end;
-    }
-    this.clearDeferred();
-  }
-
-  /** Forgets w's deferred reads (it ended); when no other reader's remain, all of them. */
-  private dropDeferred(w: Watcher): void {
-    const readers = this.deferredReaders;
-    let others = 0;
-    for (let i = 0; i < this.deferredCount; i++) {
-      if (readers[i] === w) readers[i] = null;
-      else if (readers[i] !== null) others++;
-    }
-    if (others === 0) this.clearDeferred();
-  }
-
-  private clearDeferred(): void {
-    // Dropped so that ended transactions are not kept reachable from here.
-    for (let i = 0; i < this.deferredCount; i++) this.deferredReaders[i] = null;
-    this.deferredCount = 0;
-    this.deferredKeys.clear();
+    this.deferred.drain((reader, key) => this.watchKey(reader, key));
   }
 
   /** Marks every transaction watching key, or a prefix of it, conflicted (less those whose own write it is). */
@@ -304,6 +259,7 @@ export class Store {
     } else if (watchers !== undefined) {
       watchers.conflicted = true;
     }
+    if (this.deferred.size !== 0) this.deferred.markReadersOf(key);
     if (!this.prefixWatches.isEmpty) this.prefixWatches.markConflicts(key);
   }
 }

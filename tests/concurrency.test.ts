@@ -1,12 +1,14 @@
 /**
  * Serializability under real concurrency: many connections racing
  * read-modify-write transactions through a real server, retrying on CONFLICT
- * with the client library's transaction helper.
+ * with the client library's transaction helper (JSON forms: the general
+ * path), and with raw plain-form lines (the fast path, whose reads inside a
+ * transaction are kept as bytes that commits search: lib/deferred-reads.ts).
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import type { RunningServer } from "../lib/app.ts";
 import { connect, type TxkvClient } from "../lib/client.ts";
-import { startInProcess } from "./helpers.ts";
+import { LineClient, startInProcess } from "./helpers.ts";
 
 let server: RunningServer;
 beforeAll(async () => {
@@ -39,6 +41,31 @@ test("20 clients × 50 read-modify-write increments of one counter end at exactl
   // The race is real: with 20 clients some increments had to be retried.
   expect(server.executor.stats.txConflicted).toBeGreaterThan(conflictsBefore);
   await Promise.all([...racers, setup!].map((c) => c.close()));
+}, 60000);
+
+test("20 raw connections × 30 plain-form increments (START, GET, PUT, COMMIT, one round trip each) end at exactly 600", async () => {
+  const setup = await LineClient.connect(server.port);
+  expect((await setup.request("PUT plain-counter 0")).status).toBe("Ok");
+  const conflictsBefore = server.executor.stats.txConflicted;
+  const racers = await Promise.all(Array.from({ length: 20 }, () => LineClient.connect(server.port)));
+  await Promise.all(
+    racers.map(async (c) => {
+      for (let done = 0; done < 30; ) {
+        expect((await c.request("START")).status).toBe("Ok");
+        const read = await c.request("GET plain-counter");
+        const n = Number((read.result as { value: string }).value);
+        expect((await c.request(`PUT plain-counter ${n + 1}`)).status).toBe("Ok");
+        const commit = await c.request("COMMIT");
+        if (commit.status === "Ok") done++;
+        else expect(commit.code).toBe("CONFLICT");
+      }
+    }),
+  );
+  expect(await setup.request("GET plain-counter")).toEqual({ status: "Ok", result: { key: "plain-counter", value: "600" } });
+  expect(server.executor.stats.txConflicted).toBeGreaterThan(conflictsBefore);
+  // Every transaction ended: nothing is left in the table of pending reads, or as a watch.
+  expect(server.executor.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+  for (const c of [...racers, setup]) c.close();
 }, 60000);
 
 test("bank transfers: every committed audit of all balances sees the constant total", async () => {

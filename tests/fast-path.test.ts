@@ -34,6 +34,7 @@ import fc from "fast-check";
 import { startServer, type RunningServer } from "../lib/app.ts";
 import { MemoryOnlyLog, type CommitLog, type CommitOp, type CommitRecord } from "../lib/commit-log.ts";
 import { CompactMap } from "../lib/compact-map.ts";
+import { DEFERRED_KEY_MAX_BYTES, DEFERRED_READS_MAX } from "../lib/deferred-reads.ts";
 import { newPlainRequest, parseCommand, parsePlainRequest, type Command } from "../lib/commands.ts";
 import { parseConfig } from "../lib/config.ts";
 import { Executor } from "../lib/execute.ts";
@@ -914,28 +915,48 @@ describe("deferred watches and transaction writes held as bytes", () => {
   const reply = (h: Harness, session: Session, line: string) => h.run(session, line).reply;
   const codeOf = (text: string) => (JSON.parse(text) as { code?: string }).code ?? "Ok";
 
-  test("a fast-path read in a transaction is noted as bytes, becomes a watch at the next commit, and that commit conflicts it", () => {
+  test("a fast-path read in a transaction is noted as bytes, stays so across commits of other keys, and a commit of its key conflicts it", () => {
     const h = new Harness(new RecordingLog(), { initial: [["k", '"1"']] });
     const [reader, writer] = [new Session(false), new Session(false)];
     h.run(reader, "START");
     expect(h.run(reader, "GET k")).toEqual({ reply: okEntry("k", '"1"'), fast: true });
     expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 1 });
+    expect(h.run(writer, "PUT other 2").fast).toBe(true);
+    // Nothing became a watch: the commit looked for its key among the deferred reads.
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 1 });
     expect(h.run(writer, "PUT k 2").fast).toBe(true);
-    // The commit made the deferred read a watch before changing k, and marked the reader.
-    expect(h.store.watchCounts).toEqual({ keys: 1, prefixes: 0, deferredReads: 0 });
     expect(codeOf(reply(h, reader, "COMMIT"))).toBe("CONFLICT");
     expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
   });
 
-  test("a commit of an unrelated key turns deferred reads into watches without conflicting them", () => {
-    const h = new Harness(new RecordingLog());
+  test("a deferred read conflicts with every kind of commit of its key: plain PUT, general PUT, DEL, and a transaction's PUT or DEL", () => {
+    const commits: [string, string[]][] = [
+      ["plain PUT", ["PUT k 2"]],
+      ["general PUT", ['PUT k "2"']],
+      ["DEL", ["DEL k"]],
+      ["one-PUT transaction", ["START", "PUT k 2", "COMMIT"]],
+      ["transaction of several writes", ["START", "PUT a 1", "DEL k", "PUT b 2", "COMMIT"]],
+      ["transaction reading k as well", ["START", "GET k", "PUT k 3", "COMMIT"]],
+    ];
+    for (const [name, lines] of commits) {
+      const h = new Harness(new RecordingLog(), { initial: [["k", '"1"']] });
+      const [reader, writer] = [new Session(false), new Session(false)];
+      h.run(reader, "START");
+      expect(h.run(reader, "GET k").fast).toBe(true);
+      for (const line of lines) h.run(writer, line);
+      expect({ name, outcome: codeOf(reply(h, reader, "COMMIT")) }).toEqual({ name, outcome: "CONFLICT" });
+      expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+    }
+  });
+
+  test("a commit of another key of the same length and hash filter does not conflict a deferred read", () => {
+    const h = new Harness(new RecordingLog(), { initial: [["k1", '"1"']] });
     const [reader, writer] = [new Session(false), new Session(false)];
     h.run(reader, "START");
-    h.run(reader, "GET a");
-    h.run(writer, "PUT b 1");
-    expect(h.store.watchCounts).toEqual({ keys: 1, prefixes: 0, deferredReads: 0 });
-    h.run(writer, "PUT a 1");
-    expect(codeOf(reply(h, reader, "COMMIT"))).toBe("CONFLICT");
+    h.run(reader, "GET k1");
+    for (const key of ["k2", "k", "k10", "K1"]) h.run(writer, `PUT ${key} 1`);
+    h.run(writer, 'PUT {"key":"k\u0131","value":"1"}'); // "kı": a code unit above 0xff whose low byte is "1"
+    expect(reply(h, reader, "COMMIT")).toContain("Transaction committed");
   });
 
   test("a transaction that ends drops only its own deferred reads; another's still conflict", () => {
@@ -947,7 +968,7 @@ describe("deferred watches and transaction writes held as bytes", () => {
     h.run(b, "GET y");
     expect(h.store.watchCounts.deferredReads).toBe(2);
     h.run(a, "ROLLBACK");
-    expect(h.store.watchCounts.deferredReads).toBe(2); // a's is kept as a dropped entry until b's goes too
+    expect(h.store.watchCounts.deferredReads).toBe(1);
     h.run(writer, "PUT x 1");
     h.run(writer, "PUT y 1");
     expect(codeOf(reply(h, b, "COMMIT"))).toBe("CONFLICT");
@@ -957,15 +978,31 @@ describe("deferred watches and transaction writes held as bytes", () => {
     expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
   });
 
-  test("past 1,024 deferred reads they become watches at once (bounded memory), and still conflict", () => {
+  test(`past ${DEFERRED_READS_MAX} deferred reads they become watches at once (bounded memory and commit scans), and still conflict`, () => {
     const h = new Harness(new RecordingLog());
-    const [reader, writer] = [new Session(false), new Session(false)];
+    const [reader, other, writer] = [new Session(false), new Session(false), new Session(false)];
     h.run(reader, "START");
+    h.run(other, "START");
+    h.run(other, "GET kept");
     for (let i = 0; i < 3000; i++) h.run(reader, "GET same");
-    expect(h.store.watchCounts.deferredReads).toBeLessThanOrEqual(1024);
-    expect(h.store.watchCounts.keys).toBe(1);
+    expect(h.store.watchCounts.deferredReads).toBeLessThanOrEqual(DEFERRED_READS_MAX);
+    expect(h.store.watchCounts.keys).toBe(2);
     h.out.clear();
     h.run(writer, "PUT same 1");
+    h.run(writer, "PUT kept 1");
+    expect(codeOf(reply(h, reader, "COMMIT"))).toBe("CONFLICT");
+    expect(codeOf(reply(h, other, "COMMIT"))).toBe("CONFLICT");
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+  });
+
+  test(`a read of a key longer than ${DEFERRED_KEY_MAX_BYTES} bytes is watched at once, and conflicts`, () => {
+    const long = "k".repeat(DEFERRED_KEY_MAX_BYTES + 1);
+    const h = new Harness(new RecordingLog(), { initial: [[long, '"1"']] });
+    const [reader, writer] = [new Session(false), new Session(false)];
+    h.run(reader, "START");
+    expect(h.run(reader, `GET ${long}`).fast).toBe(true);
+    expect(h.store.watchCounts).toEqual({ keys: 1, prefixes: 0, deferredReads: 0 });
+    h.run(writer, `PUT ${long} 2`);
     expect(codeOf(reply(h, reader, "COMMIT"))).toBe("CONFLICT");
     expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
   });
