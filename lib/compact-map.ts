@@ -24,7 +24,10 @@
  *   garbage. Once garbage outweighs the live records, a sweep packs the arena
  *   a little at each change (live records slide down, garbage is dropped), so
  *   that no single PUT or DEL pays for the whole store. Growing the arena
- *   still copies it (doubling, so rarely); see reserve(). The arena holds at
+ *   (doubling) allocates a new one and moves the records into it a little
+ *   at each change too (a migration: records below copiedTo live in the
+ *   new arena, the rest still in the old one), so that no change pays for
+ *   copying a large store either; see reserve(). The arena holds at
  *   most MAX_DATA_BYTES (2 GiB): byte offsets (word × 4) must stay int32s for
  *   the shifts below, and Bun caps a typed array at 4 GiB; when garbage
  *   fills it up to there, the next record packs it all first (O(arena), once).
@@ -76,6 +79,15 @@ const MAX_ARENA_WORDS = MAX_DATA_BYTES / 4 - 64;
 const SHRINK_MAX_WORDS = 4 * 1024 * 1024;
 /** Words of records a sweep moves or skips per change of the map, besides twice what the change appends. */
 const SWEEP_WORDS = 1024;
+/**
+ * Words of records a migration copies per change, besides twice what the
+ * change appends (so it always ends before the new arena fills): a copy
+ * into fresh pages, cheaper per word than a sweep's moves, but the kernel
+ * fills each new page (about 3 ms per MB on the VM measured).
+ */
+const MIGRATE_WORDS = 4096;
+/** copiedTo while no migration runs: every word is in the current arena. */
+const NOT_MIGRATING = 0x7fffffff;
 const MIN_SLOTS = 16;
 /** Most entries per index slot before the index doubles (linear probing stays short below it). */
 const MAX_LOAD = 0.6;
@@ -138,16 +150,44 @@ function wordsFor(bytes: number): number {
   return (bytes + 3) >>> 2;
 }
 
+/** Whether the first `length` code units stored wide at bytes[start] are text's. */
+function wideEquals(bytes: Uint8Array, start: number, text: string, length: number): boolean {
+  for (let i = 0; i < length; i++) {
+    const p = start + 2 * i;
+    if ((bytes[p]! | (bytes[p + 1]! << 8)) !== text.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
+/** One buffer of records, seen as words, bytes and a Buffer (for its latin1/ucs2 codecs). */
+interface Arena {
+  readonly words: Int32Array;
+  readonly bytes: Uint8Array;
+  readonly text: RawBuffer;
+}
+
+function arenaOver(words: Int32Array): Arena {
+  return { words, bytes: new Uint8Array(words.buffer), text: Buffer.from(words.buffer) as RawBuffer };
+}
+
 export class CompactMap {
-  private words!: Int32Array;
-  private bytes!: Uint8Array;
-  private text!: RawBuffer;
+  private arena!: Arena;
+  /**
+   * While a migration runs: the arena being left, which still holds the
+   * records in [copiedTo, migrateEnd); otherwise the arena itself. A record
+   * never straddles either bound, so any word of a record finds its arena.
+   */
+  private oldArena!: Arena;
+  private copiedTo = NOT_MIGRATING;
+  private migrateEnd = 0;
   /** Words of the arena in use, live records and garbage. */
   private usedWords = 0;
   private garbageWords = 0;
   /** A running sweep: records before sweepTo are packed, sweepTo..sweepFrom is free, sweepFrom.. not yet swept. -1: none. */
   private sweepFrom = -1;
   private sweepTo = 0;
+  /** Words a migration copies per change besides twice what it appends: MIGRATE_WORDS, lower only in tests. */
+  private readonly migrateWords: number;
   /** The arena's cap in words: MAX_ARENA_WORDS, lower only in tests of what happens there. */
   private readonly capWords: number;
   /** Least garbage (1/64 of the cap: 32 MiB) that makes a whole sweep at the cap worth its pause. */
@@ -175,9 +215,11 @@ export class CompactMap {
   /**
    * expectedSize: entries about to be loaded, so that the index and ids are
    * sized once. capBytes: the arena's cap, MAX_DATA_BYTES; tests lower it to
-   * reach the cap without 2 GiB of records.
+   * reach the cap without 2 GiB of records. migrateWords: MIGRATE_WORDS;
+   * tests lower it so that migrations span many changes.
    */
-  constructor(expectedSize = 0, capBytes = MAX_DATA_BYTES) {
+  constructor(expectedSize = 0, capBytes = MAX_DATA_BYTES, migrateWords = MIGRATE_WORDS) {
+    this.migrateWords = migrateWords;
     this.capWords = this.limitWords = Math.min(MAX_ARENA_WORDS, Math.floor(capBytes / 4));
     this.limitSetBytes = Math.min(capBytes, MAX_DATA_BYTES);
     this.fullSweepMinWords = this.capWords >>> 6;
@@ -186,11 +228,16 @@ export class CompactMap {
     this.index = new Int32Array(slots * 2);
     this.mask = slots - 1;
     this.offsets = new Int32Array(Math.max(MIN_IDS, expectedSize));
-    this.useArena(new Int32Array(MIN_ARENA_WORDS));
+    this.arena = this.oldArena = arenaOver(new Int32Array(MIN_ARENA_WORDS));
   }
 
   get size(): number {
     return this.count;
+  }
+
+  /** True while records are being moved into a grown arena, a few at each change (for tests and benchmarks). */
+  get migrating(): boolean {
+    return this.copiedTo !== NOT_MIGRATING;
   }
 
   /** Bytes of live records hasRoomFor() allows (MAX_DATA_BYTES unless lowered). */
@@ -236,7 +283,7 @@ export class CompactMap {
     const entry = this.index[this.probe(key, hashString(key)) << 1]!;
     if (entry === 0) return undefined;
     const at = entry - 1;
-    const id = this.words[at + ID]!;
+    const id = this.arenaOf(at).words[at + ID]!;
     const cached = id & (RECENT_SLOTS - 1);
     if (this.recentIds[cached] === id + 1) return this.recent[cached];
     const value = this.valueAt(at);
@@ -262,7 +309,7 @@ export class CompactMap {
 
   /** Bytes the value of entry takes (the room copyAsciiValue needs). */
   valueByteLength(entry: number): number {
-    const head = this.words[entry + VALUE_HEAD]!;
+    const head = this.arenaOf(entry).words[entry + VALUE_HEAD]!;
     return (head >>> 1) << (head & 1);
   }
 
@@ -272,13 +319,14 @@ export class CompactMap {
    * otherwise, when what was written must be ignored.
    */
   copyAsciiValue(entry: number, dest: Uint8Array, pos: number): number {
-    const words = this.words;
+    const arena = this.arenaOf(entry);
+    const words = arena.words;
     const head = words[entry + VALUE_HEAD]!;
     if ((head & 1) !== 0) return -1;
     const keyHead = words[entry + KEY_HEAD]!;
     const start = ((entry + HEADER_WORDS) << 2) + ((keyHead >>> 1) << (keyHead & 1));
     const end = start + (head >>> 1);
-    const bytes = this.bytes;
+    const bytes = arena.bytes;
     let all = 0;
     for (let i = start; i < end; i++) {
       const c = bytes[i]!;
@@ -295,7 +343,7 @@ export class CompactMap {
     const entry = this.index[slot << 1]!;
     const valueWide = wideFlag(value);
     if (entry !== 0) {
-      this.forget(this.words[entry - 1 + ID]!);
+      this.forget(this.arenaOf(entry - 1).words[entry - 1 + ID]!);
       this.writeString(value, valueWide, this.prepareValue(slot, value.length, valueWide));
       return false;
     }
@@ -304,7 +352,7 @@ export class CompactMap {
     const keyStart = (at + HEADER_WORDS) << 2;
     this.writeString(key, keyWide, keyStart);
     this.writeString(value, valueWide, keyStart + (key.length << keyWide));
-    this.insert(slot, hash, at, this.words[at + ID]!);
+    this.insert(slot, hash, at, this.arenaOf(at).words[at + ID]!);
     return true;
   }
 
@@ -316,18 +364,18 @@ export class CompactMap {
     const found = this.index[slot << 1]!;
     const valueLength = valueEnd - valueStart;
     if (found !== 0) {
-      this.forget(this.words[found - 1 + ID]!);
-      const at = this.prepareValue(slot, valueLength, 0); // may move records (a sweep step) or grow the arena: read this.bytes after
-      copyBytes(valueSrc, valueStart, valueEnd, this.bytes, at);
+      this.forget(this.arenaOf(found - 1).words[found - 1 + ID]!);
+      const at = this.prepareValue(slot, valueLength, 0); // may move records (a sweep step) or grow the arena: find its arena after
+      copyBytes(valueSrc, valueStart, valueEnd, this.arenaOf(at >>> 2).bytes, at);
       return false;
     }
     const keyLength = keyEnd - keyStart;
     const at = this.newRecord(keyLength, 0, valueLength, 0);
-    const bytes = this.bytes;
+    const arena = this.arenaOf(at);
     const start = (at + HEADER_WORDS) << 2;
-    copyBytes(keySrc, keyStart, keyEnd, bytes, start);
-    copyBytes(valueSrc, valueStart, valueEnd, bytes, start + keyLength);
-    this.insert(slot, hash, at, this.words[at + ID]!);
+    copyBytes(keySrc, keyStart, keyEnd, arena.bytes, start);
+    copyBytes(valueSrc, valueStart, valueEnd, arena.bytes, start + keyLength);
+    this.insert(slot, hash, at, arena.words[at + ID]!);
     return true;
   }
 
@@ -337,7 +385,7 @@ export class CompactMap {
     const entry = this.index[slot << 1]!;
     if (entry === 0) return false;
     const at = entry - 1;
-    const id = this.words[at + ID]!;
+    const id = this.arenaOf(at).words[at + ID]!;
     this.forget(id);
     this.garbageWords += this.recordWords(at);
     this.offsets[id] = -2 - this.freeHead;
@@ -345,7 +393,7 @@ export class CompactMap {
     this.count--;
     this.removeSlot(slot);
     this.sweepIfWasteful();
-    this.sweepStep(SWEEP_WORDS);
+    this.arenaStep(SWEEP_WORDS);
     return true;
   }
 
@@ -388,7 +436,8 @@ export class CompactMap {
 
   /** Bytes held by the typed arrays (arena, index, ids, cache ids), for tests and benchmarks. */
   get allocatedBytes(): number {
-    return this.words.byteLength + this.index.byteLength + this.offsets.byteLength + this.recentIds.byteLength;
+    const old = this.oldArena === this.arena ? 0 : this.oldArena.words.byteLength;
+    return this.arena.words.byteLength + old + this.index.byteLength + this.offsets.byteLength + this.recentIds.byteLength;
   }
 
   // ---- index ----
@@ -511,7 +560,8 @@ export class CompactMap {
   // ---- records ----
 
   private keyEquals(at: number, key: string): boolean {
-    const words = this.words;
+    const arena = this.arenaOf(at);
+    const words = arena.words;
     const head = words[at + KEY_HEAD]!;
     const length = key.length;
     if (head >>> 1 !== length) return false;
@@ -528,7 +578,7 @@ export class CompactMap {
         all |= a | b | c | d;
         if (words[w] !== (a | (b << 8) | (c << 16) | (d << 24))) return false;
       }
-      const bytes = this.bytes;
+      const bytes = arena.bytes;
       for (let p = w << 2; i < length; i++, p++) {
         const c = key.charCodeAt(i);
         all |= c;
@@ -536,58 +586,53 @@ export class CompactMap {
       }
       return all <= 0xff;
     }
-    return this.wideEquals((at + HEADER_WORDS) << 2, key, length);
+    return wideEquals(arena.bytes, (at + HEADER_WORDS) << 2, key, length);
   }
 
   /** Whether the key of record at is the string whose code units are src[start, end). */
   private keyEqualsBytes(at: number, src: Uint8Array, start: number, end: number): boolean {
-    const head = this.words[at + KEY_HEAD]!;
+    const arena = this.arenaOf(at);
+    const head = arena.words[at + KEY_HEAD]!;
     // A wide key holds a code unit above 255: never equal to one made of bytes.
     if (head !== (end - start) << 1) return false;
-    const bytes = this.bytes;
+    const bytes = arena.bytes;
     for (let i = start, p = (at + HEADER_WORDS) << 2; i < end; i++, p++) if (bytes[p] !== src[i]) return false;
     return true;
   }
 
   private keyStartsWith(at: number, prefix: string): boolean {
-    const head = this.words[at + KEY_HEAD]!;
+    const arena = this.arenaOf(at);
+    const head = arena.words[at + KEY_HEAD]!;
     const length = prefix.length;
     if (head >>> 1 < length) return false;
     const start = (at + HEADER_WORDS) << 2;
-    if ((head & 1) !== 0) return this.wideEquals(start, prefix, length);
-    const bytes = this.bytes;
+    const bytes = arena.bytes;
+    if ((head & 1) !== 0) return wideEquals(bytes, start, prefix, length);
     for (let i = 0; i < length; i++) if (bytes[start + i] !== prefix.charCodeAt(i)) return false;
     return true;
   }
 
-  /** Whether the first `length` code units stored wide at byte `start` are text's. */
-  private wideEquals(start: number, text: string, length: number): boolean {
-    const bytes = this.bytes;
-    for (let i = 0; i < length; i++) {
-      const p = start + 2 * i;
-      if ((bytes[p]! | (bytes[p + 1]! << 8)) !== text.charCodeAt(i)) return false;
-    }
-    return true;
-  }
-
   private keyAt(at: number): string {
-    const head = this.words[at + KEY_HEAD]!;
+    const arena = this.arenaOf(at);
+    const head = arena.words[at + KEY_HEAD]!;
     const start = (at + HEADER_WORDS) << 2;
     const end = start + ((head >>> 1) << (head & 1));
-    return (head & 1) === 0 ? this.text.latin1Slice(start, end) : this.text.ucs2Slice(start, end);
+    return (head & 1) === 0 ? arena.text.latin1Slice(start, end) : arena.text.ucs2Slice(start, end);
   }
 
   private valueAt(at: number): string {
-    const keyHead = this.words[at + KEY_HEAD]!;
-    const head = this.words[at + VALUE_HEAD]!;
+    const arena = this.arenaOf(at);
+    const keyHead = arena.words[at + KEY_HEAD]!;
+    const head = arena.words[at + VALUE_HEAD]!;
     const start = ((at + HEADER_WORDS) << 2) + ((keyHead >>> 1) << (keyHead & 1));
     const end = start + ((head >>> 1) << (head & 1));
-    return (head & 1) === 0 ? this.text.latin1Slice(start, end) : this.text.ucs2Slice(start, end);
+    return (head & 1) === 0 ? arena.text.latin1Slice(start, end) : arena.text.ucs2Slice(start, end);
   }
 
   private recordWords(at: number): number {
-    const keyHead = this.words[at + KEY_HEAD]!;
-    return HEADER_WORDS + wordsFor(((keyHead >>> 1) << (keyHead & 1)) + this.words[at + VALUE_CAPACITY]!);
+    const words = this.arenaOf(at).words;
+    const keyHead = words[at + KEY_HEAD]!;
+    return HEADER_WORDS + wordsFor(((keyHead >>> 1) << (keyHead & 1)) + words[at + VALUE_CAPACITY]!);
   }
 
   /**
@@ -598,15 +643,19 @@ export class CompactMap {
   private prepareValue(slot: number, length: number, wide: number): number {
     const valueBytes = length << wide;
     let at = this.index[slot << 1]! - 1;
-    const keyHead = this.words[at + KEY_HEAD]!;
+    let arena = this.arenaOf(at);
+    const keyHead = arena.words[at + KEY_HEAD]!;
     const keyBytes = (keyHead >>> 1) << (keyHead & 1);
-    if (valueBytes > this.words[at + VALUE_CAPACITY]!) {
+    if (valueBytes > arena.words[at + VALUE_CAPACITY]!) {
       const size = HEADER_WORDS + wordsFor(keyBytes + valueBytes);
       const fresh = this.reserve(size);
-      at = this.index[slot << 1]! - 1; // reserve's sweep step may have moved the record
-      const id = this.words[at + ID]!;
+      // reserve's step may have moved the record (a sweep) or copied it to a new arena (a migration)
+      at = this.index[slot << 1]! - 1;
+      const from = this.arenaOf(at);
+      const id = from.words[at + ID]!;
       const keyStart = (at + HEADER_WORDS) << 2;
-      this.bytes.copyWithin((fresh + HEADER_WORDS) << 2, keyStart, keyStart + keyBytes);
+      arena = this.arena; // where fresh records go
+      copyBytes(from.bytes, keyStart, keyStart + keyBytes, arena.bytes, (fresh + HEADER_WORDS) << 2);
       this.garbageWords += this.recordWords(at);
       this.writeHeader(fresh, id, keyHead, keyBytes, size);
       this.index[slot << 1] = fresh + 1;
@@ -614,7 +663,7 @@ export class CompactMap {
       at = fresh;
       this.sweepIfWasteful();
     }
-    this.words[at + VALUE_HEAD] = (length << 1) | wide;
+    arena.words[at + VALUE_HEAD] = (length << 1) | wide;
     return ((at + HEADER_WORDS) << 2) + keyBytes;
   }
 
@@ -631,13 +680,13 @@ export class CompactMap {
     // The id after the reservation: a sweep step run by it never meets an id without its record.
     const id = this.takeId();
     this.writeHeader(at, id, (keyLength << 1) | keyWide, keyBytes, size);
-    this.words[at + VALUE_HEAD] = (valueLength << 1) | valueWide;
+    this.arena.words[at + VALUE_HEAD] = (valueLength << 1) | valueWide;
     return at;
   }
 
-  /** Writes a record's header words but the value's. */
+  /** Writes the header words but the value's of a record just reserved (so in the current arena). */
   private writeHeader(at: number, id: number, keyHead: number, keyBytes: number, size: number): void {
-    const words = this.words;
+    const words = this.arena.words;
     words[at + KEY_HEAD] = keyHead;
     // The padding up to the next word is capacity the value may grow into.
     words[at + VALUE_CAPACITY] = ((size - HEADER_WORDS) << 2) - keyBytes;
@@ -646,22 +695,29 @@ export class CompactMap {
 
   private writeString(text: string, wide: number, byteOffset: number): void {
     if (text.length === 0) return;
-    if (wide === 0) this.text.latin1Write(text, byteOffset, text.length);
-    else this.text.ucs2Write(text, byteOffset, text.length * 2);
+    const buffer = this.arenaOf(byteOffset >>> 2).text;
+    if (wide === 0) buffer.latin1Write(text, byteOffset, text.length);
+    else buffer.ucs2Write(text, byteOffset, text.length * 2);
   }
 
   // ---- arena ----
 
+  /** The arena holding the record that starts at (or includes) word at: see oldArena. */
+  private arenaOf(at: number): Arena {
+    return at < this.copiedTo || at >= this.migrateEnd ? this.arena : this.oldArena;
+  }
+
   /**
-   * Room for a record of size words at the end of the arena; returns its word.
-   * Runs a step of a running sweep first, which may move records: callers
-   * re-read a record's word from the index after it. Growing the arena
-   * copies it into one twice as large: O(arena) in one change, but only at
-   * each doubling. (A resizable ArrayBuffer would grow in place, but typed
-   * arrays over one made this map's JIT code 1.5-2× slower in this Bun.)
+   * Room for a record of size words at the end of the arena; returns its
+   * word (always in the current arena). Runs this change's share of a
+   * running sweep or migration first, which may move records: callers
+   * re-read a record's word from the index after it. (A resizable
+   * ArrayBuffer would grow in place, but typed arrays over one made this
+   * map's JIT code 1.5-2× slower in this Bun; reserving the whole 2 GiB up
+   * front made JavaScriptCore count all of it as heap.)
    */
   private reserve(size: number): number {
-    this.sweepStep(SWEEP_WORDS + 2 * size);
+    this.arenaStep(size);
     let needed = this.usedWords + size;
     if (needed > this.capWords) {
       // Garbage fills the arena up to its cap: pack all of it now (O(arena), a pause, but only here).
@@ -669,14 +725,72 @@ export class CompactMap {
       needed = this.usedWords + size;
       if (needed > this.capWords) throw new RangeError(`CompactMap: full (${this.capWords * 4} bytes of records)`);
     }
-    if (needed > this.words.length) {
-      const grown = new Int32Array(Math.min(Math.max(this.words.length * 2, needed), this.capWords));
-      grown.set(this.words.subarray(0, this.usedWords));
-      this.useArena(grown);
-    }
+    if (needed > this.arena.words.length) this.grow(needed);
     const at = this.usedWords;
     this.usedWords = needed;
     return at;
+  }
+
+  /** This change's share of the arena's upkeep, given the words it appends: a migration step while one runs, else a sweep step. */
+  private arenaStep(appended: number): void {
+    if (this.copiedTo !== NOT_MIGRATING) this.migrateStep(this.migrateWords + 2 * appended);
+    else this.sweepStep(SWEEP_WORDS + 2 * appended);
+  }
+
+  /**
+   * Starts a migration into an arena twice as large (at least `needed`
+   * words): records appended from now on go there, and each change copies a
+   * few of the old ones (migrateStep) until none are left. A sweep pauses
+   * meanwhile. A migration still running is finished first (rare: each
+   * change copies twice what it appends, so one ends before its arena fills).
+   */
+  private grow(needed: number): void {
+    this.finishMigration();
+    const words = new Int32Array(Math.min(Math.max(this.arena.words.length * 2, needed), this.capWords));
+    this.oldArena = this.arena;
+    this.arena = arenaOver(words);
+    this.copiedTo = 0;
+    this.migrateEnd = this.usedWords;
+    if (this.migrateEnd === 0) this.endMigration();
+  }
+
+  /**
+   * Copies whole records, at least `budget` words of them, from the old
+   * arena to the same words of the new one, from copiedTo on; a paused
+   * sweep's free gap holds none and is skipped. Ends the migration at
+   * migrateEnd, where the records appended since begin.
+   */
+  private migrateStep(budget: number): void {
+    const end = this.migrateEnd;
+    let from = this.copiedTo;
+    let at = from;
+    while (at < end && budget > 0) {
+      if (at === this.sweepTo && this.sweepFrom > at) {
+        this.copyFromOld(from, at);
+        at = from = this.sweepFrom;
+        continue;
+      }
+      const size = this.recordWords(at);
+      at += size;
+      budget -= size;
+    }
+    this.copyFromOld(from, at);
+    this.copiedTo = at;
+    if (at >= end) this.endMigration();
+  }
+
+  private copyFromOld(from: number, to: number): void {
+    if (to > from) this.arena.words.set(this.oldArena.words.subarray(from, to), from);
+  }
+
+  private finishMigration(): void {
+    if (this.copiedTo !== NOT_MIGRATING) this.migrateStep(Number.MAX_SAFE_INTEGER);
+  }
+
+  private endMigration(): void {
+    this.oldArena = this.arena;
+    this.copiedTo = NOT_MIGRATING;
+    this.migrateEnd = 0;
   }
 
   /** Words of live records: the arena's used words less garbage and a running sweep's free gap. */
@@ -686,6 +800,7 @@ export class CompactMap {
 
   /** Runs a sweep (starting one if none runs) to the end of the arena. */
   private sweepAll(): void {
+    this.finishMigration();
     // Twice when a sweep was running: garbage made behind it waits for the next one.
     for (let pass = 0; pass < 2 && (this.sweepFrom >= 0 || this.garbageWords > 0); pass++) {
       if (this.sweepFrom < 0) {
@@ -717,7 +832,7 @@ export class CompactMap {
     let from = this.sweepFrom;
     if (from < 0) return;
     let to = this.sweepTo;
-    const words = this.words;
+    const words = this.arena.words; // never during a migration (see arenaStep)
     const offsets = this.offsets;
     while (budget > 0 && from < this.usedWords) {
       const size = this.recordWords(from);
@@ -759,9 +874,10 @@ export class CompactMap {
 
   /** hashString of the key stored in the record at `at`. */
   private storedKeyHash(at: number): number {
-    const head = this.words[at + KEY_HEAD]!;
+    const arena = this.arenaOf(at);
+    const head = arena.words[at + KEY_HEAD]!;
     const length = head >>> 1;
-    const bytes = this.bytes;
+    const bytes = arena.bytes;
     const start = (at + HEADER_WORDS) << 2;
     let h = HASH_SEED ^ length;
     if ((head & 1) === 0) {
@@ -780,16 +896,10 @@ export class CompactMap {
    * (SHRINK_MAX_WORDS): no change may pay for copying a large store.
    */
   private shrinkIfMostlyEmpty(): void {
-    const capacity = this.words.length;
+    const capacity = this.arena.words.length;
     if (capacity <= MIN_ARENA_WORDS * 4 || this.usedWords * 4 > capacity || this.usedWords > SHRINK_MAX_WORDS) return;
     const smaller = new Int32Array(Math.max(MIN_ARENA_WORDS, this.usedWords * 2));
-    smaller.set(this.words.subarray(0, this.usedWords));
-    this.useArena(smaller);
-  }
-
-  private useArena(words: Int32Array): void {
-    this.words = words;
-    this.bytes = new Uint8Array(words.buffer);
-    this.text = Buffer.from(words.buffer) as RawBuffer;
+    smaller.set(this.arena.words.subarray(0, this.usedWords));
+    this.arena = this.oldArena = arenaOver(smaller);
   }
 }

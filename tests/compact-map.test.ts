@@ -210,10 +210,16 @@ describe("CompactMap's byte API (the fast path) against a Map", () => {
     return end < 0 ? null : decoder.decode(dest.subarray(3, end));
   }
 
-  test("set, setAscii, delete and the byte reads, mixed, with values that grow, shrink and move, agree with the model through sweeps, growth and shrinking", () => {
+  // migrateWords 0: a grown arena's records move over only as fast as changes append (twice that), so
+  // migrations span many changes and meet deletes, moves, sweeps started or paused, and further growth.
+  test.each([
+    ["default migration steps", undefined],
+    ["migrations spanning many changes", 0],
+  ])("set, setAscii, delete and the byte reads, mixed, with values that grow, shrink and move, agree with the model through sweeps, growth, migrations and shrinking (%s)", (_name, migrateWords) => {
+    let changesWhileMigrating = 0;
     for (const seed of [11, 12, 13, 14]) {
       const next = seededRandom(seed);
-      const map = new CompactMap();
+      const map = new CompactMap(0, MAX_DATA_BYTES, migrateWords);
       const model = new Map<string, string>();
       // ASCII keys take either write path; the others only set(), as in the server.
       const asciiKeys = Array.from({ length: 40 + seed * 60 }, (_, i) => `k:${i}`);
@@ -248,7 +254,8 @@ describe("CompactMap's byte API (the fast path) against a Map", () => {
         } else {
           expect(map.get(key)).toBe(model.get(key));
         }
-        if (op % 997 === 0) {
+        if (map.migrating && roll < 0.85) changesWhileMigrating++;
+        if (op % 997 === 0 || (map.migrating && op % 89 === 0)) {
           expectSameContents(map, model);
           expect(map.keysWithPrefix("k:1").sort()).toEqual([...model.keys()].filter((k) => k.startsWith("k:1")).sort());
           expect(map.liveBytes).toBeGreaterThanOrEqual(minimalLiveBytes(model)); // also in the middle of a sweep
@@ -258,6 +265,7 @@ describe("CompactMap's byte API (the fast path) against a Map", () => {
       for (const key of [...model.keys()]) map.delete(key);
       expect(map.liveBytes).toBe(0);
     }
+    if (migrateWords === 0) expect(changesWhileMigrating).toBeGreaterThan(1000);
   });
 });
 
@@ -345,11 +353,35 @@ describe("CompactMap's limit on bytes of live records", () => {
   });
 });
 
+describe("CompactMap arena growth", () => {
+  test("a grown arena is filled a little at each change (a migration over many changes), never in one copy", () => {
+    const map = new CompactMap();
+    const model = new Map<string, string>();
+    let longestMigration = 0;
+    let migrationChanges = 0;
+    for (let i = 0; i < 60000; i++) {
+      const key = `key:${i}`;
+      const value = "v".repeat(32);
+      map.set(key, value);
+      model.set(key, value);
+      migrationChanges = map.migrating ? migrationChanges + 1 : 0;
+      longestMigration = Math.max(longestMigration, migrationChanges);
+    }
+    // The arena last grew from 2 to 4 MiB: 2 MiB of records moved over in steps of about 16 KiB.
+    expect(longestMigration).toBeGreaterThan(50);
+    expectSameContents(map, model);
+  });
+});
+
 describe("CompactMap iteration while the map changes", () => {
-  test("an entry present throughout is visited exactly once, with a value it had meanwhile", () => {
+  test.each([
+    ["default migration steps", undefined],
+    ["migrations spanning many changes", 0],
+  ])("an entry present throughout is visited exactly once, with a value it had meanwhile (%s)", (_name, migrateWords) => {
+    let stepsWhileMigrating = 0;
     for (const seed of [11, 12, 13]) {
       const next = seededRandom(seed);
-      const map = new CompactMap();
+      const map = new CompactMap(0, MAX_DATA_BYTES, migrateWords);
       const stable = Array.from({ length: 2000 }, (_, i) => `stable:${i}`);
       const valuesHad = new Map<string, Set<string>>();
       for (const key of stable) {
@@ -363,6 +395,7 @@ describe("CompactMap iteration while the map changes", () => {
         visits.set(key, (visits.get(key) ?? 0) + 1);
         if (key.startsWith("stable:")) expect(valuesHad.get(key)!.has(value)).toBe(true);
         step++;
+        if (map.migrating) stepsWhileMigrating++;
         // Between steps: update stable values (in place and relocating), delete and add churn keys.
         for (let j = 0; j < 5; j++) {
           const key2 = stable[Math.floor(next() * stable.length)]!;
@@ -378,6 +411,7 @@ describe("CompactMap iteration while the map changes", () => {
       // A churn key deleted and added again may be seen twice, as with a Map; nothing unknown appears.
       for (const key of visits.keys()) expect(/^(stable|churn):\d+$/.test(key)).toBe(true);
     }
+    if (migrateWords === 0) expect(stepsWhileMigrating).toBeGreaterThan(100);
   });
 
   test("keys() tolerates deletion of the key just visited and of keys not yet visited", () => {
