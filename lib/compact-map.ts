@@ -3,11 +3,12 @@
  * JS strings, so a million entries cost tens of bytes each instead of hundreds
  * and give the garbage collector nothing to trace.
  *
- * Owns: the byte layout of entries, hashing and probing, growth and
- * packing (sweeps), iteration that tolerates changes between steps, a small
- * cache of recently used values as strings, and byte access for the
- * server's fast path (find an ASCII key given as bytes, copy an ASCII value
- * out, set a key and value given as bytes) that never makes a string.
+ * Owns: the byte layout of entries, hashing and probing, growth spread over
+ * changes (arena migrations, index rehashes), packing (sweeps), iteration
+ * that tolerates changes between steps, a small cache of recently used
+ * values as strings, and byte access for the server's fast path (find an
+ * ASCII key given as bytes, copy an ASCII value out, set a key and value
+ * given as bytes) that never makes a string.
  * Must not: know about JSON, watches, commits or anything above a plain map.
  *
  * Layout
@@ -38,13 +39,15 @@
  * - index: open addressing with linear probing; pairs (record word + 1, hash),
  *   0 for an empty slot; a power-of-two slot count kept at load ≤ 0.6.
  *   Deletion shifts the following entries back instead of leaving tombstones.
+ *   Growing it is a rehash spread over the following changes (growIndex).
  *   The hash is FNV-1a over code units with a per-process random seed and a
  *   final mix (murmur3 fmix32), so colliding keys cannot be precomputed.
  * - entry ids: every entry has an id that stays the same while it lives, across
- *   sweeps and index resizes. `offsets[id]` is the word where its record
- *   starts; a free id holds -2 - (next free id) instead, a linked free list,
- *   and an id taken for a new entry holds -1 until its record is indexed.
- *   Iterators walk ids, re-reading `offsets` at each step, so they survive changes.
+ *   sweeps and index resizes. `offsets[id]` (offsetOf, in pages that are
+ *   added, never copied) is the word where its record starts; a free id
+ *   holds -2 - (next free id) instead, a linked free list, and an id taken
+ *   for a new entry holds -1 until its record is indexed. Iterators walk
+ *   ids, re-reading offsets at each step, so they survive changes.
  * - recent values: decoding a value makes a new string (≈30-50 ns with the
  *   collector's share), which a Map of strings never paid. A direct-mapped
  *   cache of the last RECENT_SLOTS short values read, by id, keeps hot keys as
@@ -88,10 +91,18 @@ const SWEEP_WORDS = 1024;
 const MIGRATE_WORDS = 4096;
 /** copiedTo while no migration runs: every word is in the current arena. */
 const NOT_MIGRATING = 0x7fffffff;
+/**
+ * Slots of the old index a rehash moves per new or deleted entry: at least
+ * 2, so that it ends before the new index (twice the slots) fills.
+ */
+const REHASH_SLOTS = 1024;
 const MIN_SLOTS = 16;
 /** Most entries per index slot before the index doubles (linear probing stays short below it). */
 const MAX_LOAD = 0.6;
-const MIN_IDS = 16;
+/** Ids per page of the id table: it grows by a page, never by a copy (16 MB at 4,000,000 keys held the loop for tens of ms). */
+const ID_PAGE_SHIFT = 14;
+const ID_PAGE_SIZE = 1 << ID_PAGE_SHIFT;
+const ID_PAGE_MASK = ID_PAGE_SIZE - 1;
 const FREE_END = -1;
 /** offsets[id] of an id taken for a new entry whose record is not yet in the index (negative, so walks skip it). */
 const NOT_PLACED = -1;
@@ -159,6 +170,27 @@ function wideEquals(bytes: Uint8Array, start: number, text: string, length: numb
   return true;
 }
 
+/** Empties slot of an index, then moves back each following entry that may not stay behind the gap (no tombstones). */
+function removeFrom(index: Int32Array, mask: number, slot: number): void {
+  let gap = slot;
+  let next = (slot + 1) & mask;
+  for (;;) {
+    const entry = index[next << 1]!;
+    if (entry === 0) break;
+    const home = index[(next << 1) + 1]! & mask;
+    // The entry must stay when its home lies cyclically in (gap, next]: moving it would hide it.
+    const stays = gap <= next ? gap < home && home <= next : gap < home || home <= next;
+    if (!stays) {
+      index[gap << 1] = entry;
+      index[(gap << 1) + 1] = index[(next << 1) + 1]!;
+      gap = next;
+    }
+    next = (next + 1) & mask;
+  }
+  index[gap << 1] = 0;
+  index[(gap << 1) + 1] = 0;
+}
+
 /** One buffer of records, seen as words, bytes and a Buffer (for its latin1/ucs2 codecs). */
 interface Arena {
   readonly words: Int32Array;
@@ -201,9 +233,20 @@ export class CompactMap {
   private index: Int32Array;
   private mask: number;
   private count = 0;
+  /**
+   * While a rehash runs (see growIndex): the index being left, else null.
+   * Its slots from rehashStart on, rehashDone of them (cyclically), have
+   * been moved to the new index; what they still hold is stale and skipped,
+   * but kept, so that probes for the entries not yet moved pass over them.
+   */
+  private oldIndex: Int32Array | null = null;
+  private oldMask = 0;
+  private rehashStart = 0;
+  private rehashDone = 0;
+  private readonly rehashSlots: number;
 
-  /** Per id: record word, or -2 - next free id. */
-  private offsets: Int32Array;
+  /** Per id, in pages of ID_PAGE_SIZE: record word, or -2 - next free id. */
+  private readonly idPages: Int32Array[] = [];
   /** Ids below this have been handed out at least once. */
   private idLimit = 0;
   private freeHead = FREE_END;
@@ -214,12 +257,15 @@ export class CompactMap {
 
   /**
    * expectedSize: entries about to be loaded, so that the index and ids are
-   * sized once. capBytes: the arena's cap, MAX_DATA_BYTES; tests lower it to
-   * reach the cap without 2 GiB of records. migrateWords: MIGRATE_WORDS;
-   * tests lower it so that migrations span many changes.
+   * sized once. tuning, for tests only: capBytes, the arena's cap
+   * (MAX_DATA_BYTES), lowered to reach the cap without 2 GiB of records;
+   * migrateWords and rehashSlots (MIGRATE_WORDS, REHASH_SLOTS), lowered so
+   * that a migration or a rehash spans many changes.
    */
-  constructor(expectedSize = 0, capBytes = MAX_DATA_BYTES, migrateWords = MIGRATE_WORDS) {
+  constructor(expectedSize = 0, tuning: { capBytes?: number; migrateWords?: number; rehashSlots?: number } = {}) {
+    const { capBytes = MAX_DATA_BYTES, migrateWords = MIGRATE_WORDS, rehashSlots = REHASH_SLOTS } = tuning;
     this.migrateWords = migrateWords;
+    this.rehashSlots = Math.max(2, rehashSlots);
     this.capWords = this.limitWords = Math.min(MAX_ARENA_WORDS, Math.floor(capBytes / 4));
     this.limitSetBytes = Math.min(capBytes, MAX_DATA_BYTES);
     this.fullSweepMinWords = this.capWords >>> 6;
@@ -227,7 +273,8 @@ export class CompactMap {
     while (slots * MAX_LOAD < expectedSize) slots *= 2;
     this.index = new Int32Array(slots * 2);
     this.mask = slots - 1;
-    this.offsets = new Int32Array(Math.max(MIN_IDS, expectedSize));
+    do this.idPages.push(new Int32Array(ID_PAGE_SIZE));
+    while (this.idPages.length * ID_PAGE_SIZE < expectedSize);
     this.arena = this.oldArena = arenaOver(new Int32Array(MIN_ARENA_WORDS));
   }
 
@@ -238,6 +285,11 @@ export class CompactMap {
   /** True while records are being moved into a grown arena, a few at each change (for tests and benchmarks). */
   get migrating(): boolean {
     return this.copiedTo !== NOT_MIGRATING;
+  }
+
+  /** True while index entries are being moved into a grown index, a few at each change (for tests and benchmarks). */
+  get rehashing(): boolean {
+    return this.oldIndex !== null;
   }
 
   /** Bytes of live records hasRoomFor() allows (MAX_DATA_BYTES unless lowered). */
@@ -280,7 +332,7 @@ export class CompactMap {
   }
 
   get(key: string): string | undefined {
-    const entry = this.index[this.probe(key, hashString(key)) << 1]!;
+    const entry = this.entryAt(this.probe(key, hashString(key)));
     if (entry === 0) return undefined;
     const at = entry - 1;
     const id = this.arenaOf(at).words[at + ID]!;
@@ -292,7 +344,7 @@ export class CompactMap {
   }
 
   has(key: string): boolean {
-    return this.index[this.probe(key, hashString(key)) << 1] !== 0;
+    return this.entryAt(this.probe(key, hashString(key))) !== 0;
   }
 
   // ---- byte access, for the server's fast path ----
@@ -303,8 +355,7 @@ export class CompactMap {
    * is valid only until the map next changes.
    */
   findAscii(src: Uint8Array, start: number, end: number): number {
-    const entry = this.index[this.probeBytes(src, start, end, hashBytes(src, start, end)) << 1]!;
-    return entry - 1;
+    return this.entryAt(this.probeBytes(src, start, end, hashBytes(src, start, end))) - 1;
   }
 
   /** Bytes the value of entry takes (the room copyAsciiValue needs). */
@@ -340,7 +391,7 @@ export class CompactMap {
   set(key: string, value: string): boolean {
     const hash = hashString(key);
     const slot = this.probe(key, hash);
-    const entry = this.index[slot << 1]!;
+    const entry = this.entryAt(slot);
     const valueWide = wideFlag(value);
     if (entry !== 0) {
       this.forget(this.arenaOf(entry - 1).words[entry - 1 + ID]!);
@@ -361,7 +412,7 @@ export class CompactMap {
     const { keySrc, keyStart, keyEnd, valueSrc, valueStart, valueEnd } = entry;
     const hash = hashBytes(keySrc, keyStart, keyEnd);
     const slot = this.probeBytes(keySrc, keyStart, keyEnd, hash);
-    const found = this.index[slot << 1]!;
+    const found = this.entryAt(slot);
     const valueLength = valueEnd - valueStart;
     if (found !== 0) {
       this.forget(this.arenaOf(found - 1).words[found - 1 + ID]!);
@@ -382,16 +433,17 @@ export class CompactMap {
   /** Removes key. Returns true when it was present. */
   delete(key: string): boolean {
     const slot = this.probe(key, hashString(key));
-    const entry = this.index[slot << 1]!;
+    const entry = this.entryAt(slot);
     if (entry === 0) return false;
     const at = entry - 1;
     const id = this.arenaOf(at).words[at + ID]!;
     this.forget(id);
     this.garbageWords += this.recordWords(at);
-    this.offsets[id] = -2 - this.freeHead;
+    this.setOffset(id, -2 - this.freeHead);
     this.freeHead = id;
     this.count--;
     this.removeSlot(slot);
+    this.rehashStep();
     this.sweepIfWasteful();
     this.arenaStep(SWEEP_WORDS);
     return true;
@@ -404,7 +456,7 @@ export class CompactMap {
    */
   *entries(): Generator<[string, string], undefined, undefined> {
     for (let id = 0; id < this.idLimit; id++) {
-      const at = this.offsets[id]!;
+      const at = this.offsetOf(id);
       if (at >= 0) yield [this.keyAt(at), this.valueAt(at)];
     }
     return undefined;
@@ -413,7 +465,7 @@ export class CompactMap {
   /** Live iteration over the keys, with the same guarantee as entries(). */
   *keys(): Generator<string, undefined, undefined> {
     for (let id = 0; id < this.idLimit; id++) {
-      const at = this.offsets[id]!;
+      const at = this.offsetOf(id);
       if (at >= 0) yield this.keyAt(at);
     }
     return undefined;
@@ -426,9 +478,8 @@ export class CompactMap {
   /** Keys that start with prefix, in no particular order; only matching keys are decoded. */
   keysWithPrefix(prefix: string): string[] {
     const out: string[] = [];
-    const offsets = this.offsets;
     for (let id = 0; id < this.idLimit; id++) {
-      const at = offsets[id]!;
+      const at = this.offsetOf(id);
       if (at >= 0 && this.keyStartsWith(at, prefix)) out.push(this.keyAt(at));
     }
     return out;
@@ -437,10 +488,18 @@ export class CompactMap {
   /** Bytes held by the typed arrays (arena, index, ids, cache ids), for tests and benchmarks. */
   get allocatedBytes(): number {
     const old = this.oldArena === this.arena ? 0 : this.oldArena.words.byteLength;
-    return this.arena.words.byteLength + old + this.index.byteLength + this.offsets.byteLength + this.recentIds.byteLength;
+    const oldIndex = this.oldIndex?.byteLength ?? 0;
+    return this.arena.words.byteLength + old + this.index.byteLength + oldIndex + this.idPages.length * ID_PAGE_SIZE * 4 + this.recentIds.byteLength;
   }
 
   // ---- index ----
+
+  /*
+   * Slots: a slot of the current index is its number (>= 0); a slot of the
+   * old index during a rehash is ~number (< 0). A probe looks in the
+   * current index, then in the old one's slots not yet moved; for an absent
+   * key it returns the current index's empty slot where the key would go.
+   */
 
   /** The slot holding key, or the empty slot where it would be inserted. */
   private probe(key: string, hash: number): number {
@@ -449,7 +508,7 @@ export class CompactMap {
     let slot = hash & mask;
     for (;;) {
       const entry = index[slot << 1]!;
-      if (entry === 0) return slot;
+      if (entry === 0) return this.oldIndex === null ? slot : this.probeOld(key, hash, slot);
       if (index[(slot << 1) + 1] === hash && this.keyEquals(entry - 1, key)) return slot;
       slot = (slot + 1) & mask;
     }
@@ -462,10 +521,46 @@ export class CompactMap {
     let slot = hash & mask;
     for (;;) {
       const entry = index[slot << 1]!;
-      if (entry === 0) return slot;
+      if (entry === 0) return this.oldIndex === null ? slot : this.probeOldBytes(src, start, end, hash, slot);
       if (index[(slot << 1) + 1] === hash && this.keyEqualsBytes(entry - 1, src, start, end)) return slot;
       slot = (slot + 1) & mask;
     }
+  }
+
+  /** The old index's slot (as ~slot) holding key among those not yet moved, else emptySlot. */
+  private probeOld(key: string, hash: number, emptySlot: number): number {
+    const old = this.oldIndex!;
+    const mask = this.oldMask;
+    for (let slot = hash & mask; old[slot << 1] !== 0; slot = (slot + 1) & mask) {
+      if (old[(slot << 1) + 1] === hash && !this.isRehashed(slot) && this.keyEquals(old[slot << 1]! - 1, key)) return ~slot;
+    }
+    return emptySlot;
+  }
+
+  private probeOldBytes(src: Uint8Array, start: number, end: number, hash: number, emptySlot: number): number {
+    const old = this.oldIndex!;
+    const mask = this.oldMask;
+    for (let slot = hash & mask; old[slot << 1] !== 0; slot = (slot + 1) & mask) {
+      if (old[(slot << 1) + 1] === hash && !this.isRehashed(slot) && this.keyEqualsBytes(old[slot << 1]! - 1, src, start, end)) {
+        return ~slot;
+      }
+    }
+    return emptySlot;
+  }
+
+  /** Whether the old index's slot has been moved already (its contents are stale). */
+  private isRehashed(oldSlot: number): boolean {
+    return ((oldSlot - this.rehashStart) & this.oldMask) < this.rehashDone;
+  }
+
+  /** The entry (record word + 1) in slot, 0 for none. */
+  private entryAt(slot: number): number {
+    return slot >= 0 ? this.index[slot << 1]! : this.oldIndex![~slot << 1]!;
+  }
+
+  private setEntryAt(slot: number, entry: number): void {
+    if (slot >= 0) this.index[slot << 1] = entry;
+    else this.oldIndex![~slot << 1] = entry;
   }
 
   /** Puts a new entry's record into the empty slot found by a probe, growing the index when it gets full. */
@@ -473,50 +568,65 @@ export class CompactMap {
     // A sweep step in newRecord may have moved records: that rewrites slots' words but moves no slot.
     this.index[slot << 1] = at + 1;
     this.index[(slot << 1) + 1] = hash;
-    this.offsets[id] = at;
-    if (++this.count > (this.mask + 1) * MAX_LOAD) this.growIndex();
+    this.setOffset(id, at);
+    this.count++;
+    this.rehashStep();
+    if (this.count > (this.mask + 1) * MAX_LOAD) this.growIndex();
   }
 
-  /** Empties slot, then moves back each following entry that may not stay behind the gap (no tombstones). */
   private removeSlot(slot: number): void {
+    if (slot >= 0) removeFrom(this.index, this.mask, slot);
+    // In the old index the shifted entries never reach the moved slots: they start after an empty slot (see growIndex).
+    else removeFrom(this.oldIndex!, this.oldMask, ~slot);
+  }
+
+  /**
+   * Starts a rehash into an index with twice the slots: new entries go
+   * there, and each new or deleted entry moves a few of the old index's
+   * (rehashStep; from their stored hashes, no key is read) until none are
+   * left, so that no change pays for the whole index, as Redis rehashes.
+   * The move starts at an empty slot, so that no run of entries not yet
+   * moved begins among moved ones (a probe stops at the first empty slot).
+   * A rehash still running is finished first (rare: the new index fills to
+   * the load limit only after as many new entries as it had old slots / 2).
+   */
+  private growIndex(): void {
+    this.finishRehash();
+    const old = this.index;
+    let start = 0;
+    while (old[start << 1] !== 0) start++; // the load limit leaves empty slots
+    this.oldIndex = old;
+    this.oldMask = this.mask;
+    this.rehashStart = start;
+    this.rehashDone = 0;
+    this.index = new Int32Array(old.length * 2);
+    this.mask = old.length - 1;
+  }
+
+  /** Moves the next rehashSlots slots of the old index to the current one; drops the old index after its last. */
+  private rehashStep(budget = this.rehashSlots): void {
+    const old = this.oldIndex;
+    if (old === null) return;
+    const slots = this.oldMask + 1;
     const index = this.index;
     const mask = this.mask;
-    let gap = slot;
-    let next = (slot + 1) & mask;
-    for (;;) {
-      const entry = index[next << 1]!;
-      if (entry === 0) break;
-      const home = index[(next << 1) + 1]! & mask;
-      // The entry must stay when its home lies cyclically in (gap, next]: moving it would hide it.
-      const stays = gap <= next ? gap < home && home <= next : gap < home || home <= next;
-      if (!stays) {
-        index[gap << 1] = entry;
-        index[(gap << 1) + 1] = index[(next << 1) + 1]!;
-        gap = next;
-      }
-      next = (next + 1) & mask;
-    }
-    index[gap << 1] = 0;
-    index[(gap << 1) + 1] = 0;
-  }
-
-  /** Rebuilds the index with twice the slots (from the stored hashes: no key is read). */
-  private growIndex(): void {
-    const old = this.index;
-    const slots = (this.mask + 1) * 2;
-    const index = new Int32Array(slots * 2);
-    const mask = slots - 1;
-    for (let i = 0; i < old.length; i += 2) {
-      const entry = old[i]!;
+    const end = Math.min(slots, this.rehashDone + budget);
+    for (let done = this.rehashDone; done < end; done++) {
+      const from = (this.rehashStart + done) & this.oldMask;
+      const entry = old[from << 1]!;
       if (entry === 0) continue;
-      const hash = old[i + 1]!;
+      const hash = old[(from << 1) + 1]!;
       let slot = hash & mask;
       while (index[slot << 1] !== 0) slot = (slot + 1) & mask;
       index[slot << 1] = entry;
       index[(slot << 1) + 1] = hash;
     }
-    this.index = index;
-    this.mask = mask;
+    this.rehashDone = end;
+    if (end === slots) this.oldIndex = null;
+  }
+
+  private finishRehash(): void {
+    if (this.oldIndex !== null) this.rehashStep(this.oldMask + 1);
   }
 
   // ---- ids and recent values ----
@@ -531,17 +641,21 @@ export class CompactMap {
     let id: number;
     if (this.freeHead !== FREE_END) {
       id = this.freeHead;
-      this.freeHead = -2 - this.offsets[id]!;
+      this.freeHead = -2 - this.offsetOf(id);
     } else {
-      if (this.idLimit === this.offsets.length) {
-        const grown = new Int32Array(this.offsets.length * 2);
-        grown.set(this.offsets);
-        this.offsets = grown;
-      }
+      if (this.idLimit === this.idPages.length * ID_PAGE_SIZE) this.idPages.push(new Int32Array(ID_PAGE_SIZE));
       id = this.idLimit++;
     }
-    this.offsets[id] = NOT_PLACED;
+    this.setOffset(id, NOT_PLACED);
     return id;
+  }
+
+  private offsetOf(id: number): number {
+    return this.idPages[id >>> ID_PAGE_SHIFT]![id & ID_PAGE_MASK]!;
+  }
+
+  private setOffset(id: number, at: number): void {
+    this.idPages[id >>> ID_PAGE_SHIFT]![id & ID_PAGE_MASK] = at;
   }
 
   private remember(id: number, value: string): void {
@@ -642,7 +756,7 @@ export class CompactMap {
    */
   private prepareValue(slot: number, length: number, wide: number): number {
     const valueBytes = length << wide;
-    let at = this.index[slot << 1]! - 1;
+    let at = this.entryAt(slot) - 1;
     let arena = this.arenaOf(at);
     const keyHead = arena.words[at + KEY_HEAD]!;
     const keyBytes = (keyHead >>> 1) << (keyHead & 1);
@@ -650,7 +764,7 @@ export class CompactMap {
       const size = HEADER_WORDS + wordsFor(keyBytes + valueBytes);
       const fresh = this.reserve(size);
       // reserve's step may have moved the record (a sweep) or copied it to a new arena (a migration)
-      at = this.index[slot << 1]! - 1;
+      at = this.entryAt(slot) - 1;
       const from = this.arenaOf(at);
       const id = from.words[at + ID]!;
       const keyStart = (at + HEADER_WORDS) << 2;
@@ -658,8 +772,8 @@ export class CompactMap {
       copyBytes(from.bytes, keyStart, keyStart + keyBytes, arena.bytes, (fresh + HEADER_WORDS) << 2);
       this.garbageWords += this.recordWords(at);
       this.writeHeader(fresh, id, keyHead, keyBytes, size);
-      this.index[slot << 1] = fresh + 1;
-      this.offsets[id] = fresh;
+      this.setEntryAt(slot, fresh + 1);
+      this.setOffset(id, fresh);
       at = fresh;
       this.sweepIfWasteful();
     }
@@ -833,14 +947,13 @@ export class CompactMap {
     if (from < 0) return;
     let to = this.sweepTo;
     const words = this.arena.words; // never during a migration (see arenaStep)
-    const offsets = this.offsets;
     while (budget > 0 && from < this.usedWords) {
       const size = this.recordWords(from);
       const id = words[from + ID]!;
-      if (offsets[id] === from) {
+      if (this.offsetOf(id) === from) {
         if (to !== from) {
           words.copyWithin(to, from, from + size);
-          offsets[id] = to;
+          this.setOffset(id, to);
           this.repointSlot(from, to);
         }
         to += size;
@@ -862,14 +975,25 @@ export class CompactMap {
 
   /** Points the index slot holding the record at `from` (found by its key's hash) at `to`. */
   private repointSlot(from: number, to: number): void {
+    const hash = this.storedKeyHash(to);
     const index = this.index;
     const mask = this.mask;
-    let slot = this.storedKeyHash(to) & mask;
-    for (let probes = 0; index[slot << 1] !== from + 1; probes++) {
-      if (probes > mask) throw new Error("CompactMap: a live record is missing from the index");
-      slot = (slot + 1) & mask;
+    for (let slot = hash & mask; index[slot << 1] !== 0; slot = (slot + 1) & mask) {
+      if (index[slot << 1] === from + 1) {
+        index[slot << 1] = to + 1;
+        return;
+      }
     }
-    index[slot << 1] = to + 1;
+    const old = this.oldIndex;
+    if (old !== null) {
+      for (let slot = hash & this.oldMask; old[slot << 1] !== 0; slot = (slot + 1) & this.oldMask) {
+        if (old[slot << 1] === from + 1 && !this.isRehashed(slot)) {
+          old[slot << 1] = to + 1;
+          return;
+        }
+      }
+    }
+    throw new Error("CompactMap: a live record is missing from the index");
   }
 
   /** hashString of the key stored in the record at `at`. */

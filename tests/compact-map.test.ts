@@ -42,11 +42,17 @@ function expectSameContents(map: CompactMap, model: Map<string, string>): void {
   expect(new Set(map.keys())).toEqual(new Set(model.keys()));
 }
 
+/** Tuning that makes arena migrations and index rehashes as slow as they may be, so that they span many changes. */
+const SLOW = { migrateWords: 0, rehashSlots: 2 };
+
 describe("CompactMap against a Map", () => {
-  test("random set/delete/get/has/size sequences agree with the model", () => {
+  test.each([
+    ["default steps", {}],
+    ["migrations and rehashes spanning many changes", SLOW],
+  ])("random set/delete/get/has/size sequences agree with the model (%s)", (_name, tuning) => {
     for (const seed of [1, 2, 3, 4, 5, 6]) {
       const next = seededRandom(seed);
-      const map = new CompactMap();
+      const map = new CompactMap(0, tuning);
       const model = new Map<string, string>();
       // Small key pools force overwrites and deletes of present keys; larger ones force growth.
       const keyPool = Array.from({ length: seed * 150 }, (_, i) => (i % 3 === 0 ? `k${i}` : randomText(next) + i));
@@ -210,16 +216,18 @@ describe("CompactMap's byte API (the fast path) against a Map", () => {
     return end < 0 ? null : decoder.decode(dest.subarray(3, end));
   }
 
-  // migrateWords 0: a grown arena's records move over only as fast as changes append (twice that), so
-  // migrations span many changes and meet deletes, moves, sweeps started or paused, and further growth.
+  // SLOW: a grown arena's records move over only as fast as changes append (twice that), and a grown
+  // index takes 2 old slots per new or deleted entry, so migrations and rehashes span many changes and
+  // meet reads, deletes, moves, sweeps started or paused, and further growth.
   test.each([
-    ["default migration steps", undefined],
-    ["migrations spanning many changes", 0],
-  ])("set, setAscii, delete and the byte reads, mixed, with values that grow, shrink and move, agree with the model through sweeps, growth, migrations and shrinking (%s)", (_name, migrateWords) => {
+    ["default steps", {}],
+    ["migrations and rehashes spanning many changes", SLOW],
+  ])("set, setAscii, delete and the byte reads, mixed, with values that grow, shrink and move, agree with the model through sweeps, growth, migrations, rehashes and shrinking (%s)", (_name, tuning) => {
     let changesWhileMigrating = 0;
+    let changesWhileRehashing = 0;
     for (const seed of [11, 12, 13, 14]) {
       const next = seededRandom(seed);
-      const map = new CompactMap(0, MAX_DATA_BYTES, migrateWords);
+      const map = new CompactMap(0, tuning);
       const model = new Map<string, string>();
       // ASCII keys take either write path; the others only set(), as in the server.
       const asciiKeys = Array.from({ length: 40 + seed * 60 }, (_, i) => `k:${i}`);
@@ -255,7 +263,8 @@ describe("CompactMap's byte API (the fast path) against a Map", () => {
           expect(map.get(key)).toBe(model.get(key));
         }
         if (map.migrating && roll < 0.85) changesWhileMigrating++;
-        if (op % 997 === 0 || (map.migrating && op % 89 === 0)) {
+        if (map.rehashing && roll < 0.85) changesWhileRehashing++;
+        if (op % 997 === 0 || ((map.migrating || map.rehashing) && op % 89 === 0)) {
           expectSameContents(map, model);
           expect(map.keysWithPrefix("k:1").sort()).toEqual([...model.keys()].filter((k) => k.startsWith("k:1")).sort());
           expect(map.liveBytes).toBeGreaterThanOrEqual(minimalLiveBytes(model)); // also in the middle of a sweep
@@ -265,7 +274,10 @@ describe("CompactMap's byte API (the fast path) against a Map", () => {
       for (const key of [...model.keys()]) map.delete(key);
       expect(map.liveBytes).toBe(0);
     }
-    if (migrateWords === 0) expect(changesWhileMigrating).toBeGreaterThan(1000);
+    if (tuning === SLOW) {
+      expect(changesWhileMigrating).toBeGreaterThan(1000);
+      expect(changesWhileRehashing).toBeGreaterThan(1000);
+    }
   });
 });
 
@@ -306,7 +318,7 @@ describe("CompactMap's limit on bytes of live records", () => {
 
   test("at the arena's cap (lowered here from 2 GiB), writes are refused until deleting frees 1/64 of it, then one whole sweep makes room; nothing approved ever throws", () => {
     const capBytes = 65536; // a whole sweep is worth it from 1 KiB of garbage
-    const map = new CompactMap(0, capBytes);
+    const map = new CompactMap(0, { capBytes });
     const model = new Map<string, string>();
     const put = (key: string, value: string): boolean => {
       if (!map.hasRoomFor(CompactMap.recordWordsAtMost(key.length, value.length))) return false;
@@ -373,15 +385,40 @@ describe("CompactMap arena growth", () => {
   });
 });
 
+describe("CompactMap index growth", () => {
+  test("small indexes rehashed two slots per change, with deletes and rewrites meanwhile (runs that wrap around the end), agree with the model after every change", () => {
+    let changesWhileRehashing = 0;
+    for (let seed = 1; seed <= 300; seed++) {
+      const next = seededRandom(seed);
+      const map = new CompactMap(0, SLOW);
+      const model = new Map<string, string>();
+      const keys = Array.from({ length: 12 + (seed % 60) }, (_, i) => `k${i}`);
+      for (let op = 0; op < 300; op++) {
+        const key = keys[Math.floor(next() * keys.length)]!;
+        if (next() < 0.35) expect(map.delete(key)).toBe(model.delete(key));
+        else {
+          const value = "v".repeat(Math.floor(next() * 40));
+          expect(map.set(key, value)).toBe(!model.has(key));
+          model.set(key, value);
+        }
+        if (map.rehashing) changesWhileRehashing++;
+        for (const k of keys) expect(map.get(k)).toBe(model.get(k));
+      }
+      expectSameContents(map, model);
+    }
+    expect(changesWhileRehashing).toBeGreaterThan(1000);
+  });
+});
+
 describe("CompactMap iteration while the map changes", () => {
   test.each([
-    ["default migration steps", undefined],
-    ["migrations spanning many changes", 0],
-  ])("an entry present throughout is visited exactly once, with a value it had meanwhile (%s)", (_name, migrateWords) => {
+    ["default steps", {}],
+    ["migrations and rehashes spanning many changes", SLOW],
+  ])("an entry present throughout is visited exactly once, with a value it had meanwhile (%s)", (_name, tuning) => {
     let stepsWhileMigrating = 0;
     for (const seed of [11, 12, 13]) {
       const next = seededRandom(seed);
-      const map = new CompactMap(0, MAX_DATA_BYTES, migrateWords);
+      const map = new CompactMap(0, tuning);
       const stable = Array.from({ length: 2000 }, (_, i) => `stable:${i}`);
       const valuesHad = new Map<string, Set<string>>();
       for (const key of stable) {
@@ -411,7 +448,7 @@ describe("CompactMap iteration while the map changes", () => {
       // A churn key deleted and added again may be seen twice, as with a Map; nothing unknown appears.
       for (const key of visits.keys()) expect(/^(stable|churn):\d+$/.test(key)).toBe(true);
     }
-    if (migrateWords === 0) expect(stepsWhileMigrating).toBeGreaterThan(100);
+    if (tuning === SLOW) expect(stepsWhileMigrating).toBeGreaterThan(100);
   });
 
   test("keys() tolerates deletion of the key just visited and of keys not yet visited", () => {
