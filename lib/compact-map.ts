@@ -212,6 +212,8 @@ export class CompactMap {
   private oldArena!: Arena;
   private copiedTo = NOT_MIGRATING;
   private migrateEnd = 0;
+  /** A migration or a rehash runs (one flag for the read path to test). */
+  private growing = false;
   /** Words of the arena in use, live records and garbage. */
   private usedWords = 0;
   private garbageWords = 0;
@@ -292,6 +294,16 @@ export class CompactMap {
     return this.oldIndex !== null;
   }
 
+  /**
+   * Ends a running migration and rehash at once (O(map)): for a loader
+   * that has built the map, so that a store served mostly by reads does
+   * not hold two arenas or probe two indexes for long.
+   */
+  finishGrowth(): void {
+    this.finishMigration();
+    this.finishRehash();
+  }
+
   /** Bytes of live records hasRoomFor() allows (MAX_DATA_BYTES unless lowered). */
   get limitBytes(): number {
     return this.limitSetBytes;
@@ -332,6 +344,7 @@ export class CompactMap {
   }
 
   get(key: string): string | undefined {
+    if (this.growing) this.growthStepOnRead();
     const entry = this.entryAt(this.probe(key, hashString(key)));
     if (entry === 0) return undefined;
     const at = entry - 1;
@@ -344,6 +357,7 @@ export class CompactMap {
   }
 
   has(key: string): boolean {
+    if (this.growing) this.growthStepOnRead();
     return this.entryAt(this.probe(key, hashString(key))) !== 0;
   }
 
@@ -355,6 +369,7 @@ export class CompactMap {
    * is valid only until the map next changes.
    */
   findAscii(src: Uint8Array, start: number, end: number): number {
+    if (this.growing) this.growthStepOnRead();
     return this.entryAt(this.probeBytes(src, start, end, hashBytes(src, start, end))) - 1;
   }
 
@@ -601,6 +616,7 @@ export class CompactMap {
     this.rehashDone = 0;
     this.index = new Int32Array(old.length * 2);
     this.mask = old.length - 1;
+    this.growing = true;
   }
 
   /** Moves the next rehashSlots slots of the old index to the current one; drops the old index after its last. */
@@ -622,7 +638,10 @@ export class CompactMap {
       index[(slot << 1) + 1] = hash;
     }
     this.rehashDone = end;
-    if (end === slots) this.oldIndex = null;
+    if (end === slots) {
+      this.oldIndex = null;
+      this.growing = this.copiedTo !== NOT_MIGRATING;
+    }
   }
 
   private finishRehash(): void {
@@ -865,6 +884,7 @@ export class CompactMap {
     this.arena = arenaOver(words);
     this.copiedTo = 0;
     this.migrateEnd = this.usedWords;
+    this.growing = true;
     if (this.migrateEnd === 0) this.endMigration();
   }
 
@@ -905,6 +925,17 @@ export class CompactMap {
     this.oldArena = this.arena;
     this.copiedTo = NOT_MIGRATING;
     this.migrateEnd = 0;
+    this.growing = this.oldIndex !== null;
+  }
+
+  /**
+   * Reads move growth along too (as Redis rehashes a step on lookups), by
+   * an eighth of a change's share: else a store read but seldom written
+   * after a growth would hold both arenas and probe both indexes for long.
+   */
+  private growthStepOnRead(): void {
+    if (this.copiedTo !== NOT_MIGRATING) this.migrateStep(this.migrateWords >>> 3);
+    if (this.oldIndex !== null) this.rehashStep(Math.max(1, this.rehashSlots >>> 3));
   }
 
   /** Words of live records: the arena's used words less garbage and a running sweep's free gap. */

@@ -70,6 +70,8 @@ export class Store {
       this.data = new CompactMap(initial instanceof Map ? initial.size : 0);
       for (const [key, value] of initial) this.data.set(key, value);
     }
+    // Loading may have left a growth half done; a store started for reads should not hold two arenas meanwhile.
+    this.data.finishGrowth();
     this.seq = seq;
   }
 
