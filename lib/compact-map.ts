@@ -96,6 +96,8 @@ const NOT_MIGRATING = 0x7fffffff;
  * 2, so that it ends before the new index (twice the slots) fills.
  */
 const REHASH_SLOTS = 1024;
+/** A read moves a migration or rehash along by 1/2^this of a change's share. */
+const READ_STEP_SHIFT = 3;
 const MIN_SLOTS = 16;
 /** Most entries per index slot before the index doubles (linear probing stays short below it). */
 const MAX_LOAD = 0.6;
@@ -344,7 +346,7 @@ export class CompactMap {
   }
 
   get(key: string): string | undefined {
-    if (this.growing) this.growthStepOnRead();
+    if (this.growing) this.growthStep(READ_STEP_SHIFT);
     const entry = this.entryAt(this.probe(key, hashString(key)));
     if (entry === 0) return undefined;
     const at = entry - 1;
@@ -357,7 +359,7 @@ export class CompactMap {
   }
 
   has(key: string): boolean {
-    if (this.growing) this.growthStepOnRead();
+    if (this.growing) this.growthStep(READ_STEP_SHIFT);
     return this.entryAt(this.probe(key, hashString(key))) !== 0;
   }
 
@@ -369,7 +371,7 @@ export class CompactMap {
    * is valid only until the map next changes.
    */
   findAscii(src: Uint8Array, start: number, end: number): number {
-    if (this.growing) this.growthStepOnRead();
+    if (this.growing) this.growthStep(READ_STEP_SHIFT);
     return this.entryAt(this.probeBytes(src, start, end, hashBytes(src, start, end))) - 1;
   }
 
@@ -411,6 +413,8 @@ export class CompactMap {
     if (entry !== 0) {
       this.forget(this.arenaOf(entry - 1).words[entry - 1 + ID]!);
       this.writeString(value, valueWide, this.prepareValue(slot, value.length, valueWide));
+      // After the write: a rehash step may move the entry out of `slot`, a migration step copy the record.
+      if (this.growing) this.growthStep(0);
       return false;
     }
     const keyWide = wideFlag(key);
@@ -433,6 +437,7 @@ export class CompactMap {
       this.forget(this.arenaOf(found - 1).words[found - 1 + ID]!);
       const at = this.prepareValue(slot, valueLength, 0); // may move records (a sweep step) or grow the arena: find its arena after
       copyBytes(valueSrc, valueStart, valueEnd, this.arenaOf(at >>> 2).bytes, at);
+      if (this.growing) this.growthStep(0); // after the write, as in set()
       return false;
     }
     const keyLength = keyEnd - keyStart;
@@ -929,13 +934,15 @@ export class CompactMap {
   }
 
   /**
-   * Reads move growth along too (as Redis rehashes a step on lookups), by
-   * an eighth of a change's share: else a store read but seldom written
-   * after a growth would hold both arenas and probe both indexes for long.
+   * A step of a running migration and rehash for a change that neither adds
+   * nor deletes a key (an overwrite: shift 0), or for a read (shift
+   * READ_STEP_SHIFT, as Redis rehashes a step on lookups): else a store
+   * whose keys are only overwritten, or only read, after a growth would
+   * hold both arenas and probe both indexes for good.
    */
-  private growthStepOnRead(): void {
-    if (this.copiedTo !== NOT_MIGRATING) this.migrateStep(this.migrateWords >>> 3);
-    if (this.oldIndex !== null) this.rehashStep(Math.max(1, this.rehashSlots >>> 3));
+  private growthStep(shift: number): void {
+    if (this.copiedTo !== NOT_MIGRATING) this.migrateStep(this.migrateWords >>> shift);
+    if (this.oldIndex !== null) this.rehashStep(Math.max(1, this.rehashSlots >>> shift));
   }
 
   /** Words of live records: the arena's used words less garbage and a running sweep's free gap. */

@@ -153,7 +153,7 @@ export class Store {
     if (this.deferred.size !== 0) this.deferred.markReadersOfBytes(entry.keySrc, entry.keyStart, entry.keyEnd);
     // The key is made a string only when a transaction watches something.
     if (this.keyWatchers.size !== 0 || !this.prefixWatches.isEmpty) {
-      this.changed(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd));
+      this.markWatchers(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd));
     }
     return ++this.seq;
   }
@@ -255,13 +255,18 @@ export class Store {
 
   /** Marks every transaction watching key, or a prefix of it, conflicted (less those whose own write it is). */
   private changed(key: string): void {
+    if (this.deferred.size !== 0) this.deferred.markReadersOf(key);
+    this.markWatchers(key);
+  }
+
+  /** changed() but for the deferred reads: the watches of key and of its prefixes. */
+  private markWatchers(key: string): void {
     const watchers = this.keyWatchers.get(key);
     if (watchers instanceof Set) {
       for (const w of watchers) w.conflicted = true;
     } else if (watchers !== undefined) {
       watchers.conflicted = true;
     }
-    if (this.deferred.size !== 0) this.deferred.markReadersOf(key);
     if (!this.prefixWatches.isEmpty) this.prefixWatches.markConflicts(key);
   }
 }

@@ -399,6 +399,26 @@ describe("CompactMap growth and reads", () => {
     for (let k = 0; k < i; k++) expect(map.has(`k${k}`)).toBe(true);
   });
 
+  test("overwrites of existing keys alone carry a migration and a rehash to their end (a store whose keys are only updated)", () => {
+    for (const setter of ["set", "setAscii"] as const) {
+      const map = new CompactMap(0, { migrateWords: 64, rehashSlots: 16 });
+      let i = 0;
+      while (!(map.migrating && map.rehashing)) map.set(`k${i++}`, "v".repeat(40));
+      let overwrites = 0;
+      while (map.migrating || map.rehashing) {
+        const key = `k${overwrites % i}`;
+        const value = String(overwrites % 10).repeat(40); // the same length: in place, nothing appended
+        if (setter === "set") map.set(key, value);
+        else {
+          const line = new TextEncoder().encode(`${key} ${value}`);
+          map.setAscii({ keySrc: line, keyStart: 0, keyEnd: key.length, valueSrc: line, valueStart: key.length + 1, valueEnd: line.length });
+        }
+        if (++overwrites > 1_000_000) throw new Error(`${setter}: overwrites did not end the growth`);
+      }
+      for (let k = 0; k < i; k++) expect(map.get(`k${k}`)!.length).toBe(40);
+    }
+  });
+
   test("a Store adopting a map mid-growth finishes it (start-up: the loader's map is settled before serving)", () => {
     const map = new CompactMap(0, { migrateWords: 0, rehashSlots: 2 });
     let i = 0;
