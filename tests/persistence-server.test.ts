@@ -2,7 +2,7 @@
  * Persistence end to end, through real server subprocesses: restart round
  * trips, SIGINT/SIGTERM flushing, kill -9 loops (no acknowledged write lost
  * under `always`, no half transaction under `everysec`), kill -9 during a
- * compaction, damaged files at start-up, the lock, and the data directory
+ * compaction and during the store's growth, damaged files at start-up, the lock, and the data directory
  * disappearing and coming back while the server runs.
  */
 import { afterEach, describe, expect, test } from "bun:test";
@@ -341,6 +341,38 @@ describe("kill -9", () => {
     server.proc.kill("SIGKILL");
     await server.exited;
   });
+
+  test("a SAVE while the store grows (its arena moving and its index rehashing, a few entries per change) keeps every acknowledged write across kill -9", async () => {
+    const dir = dataDir();
+    const server = await start(dir);
+    const [writer, saver] = [await client(server), await client(server)];
+    await putMany(writer, Array.from({ length: 20_000 }, (_, i) => [`pre${i}`, `p${i}`] as [string, string]));
+    // The SAVE walks the store across event-loop turns while 40,000 new keys (two growths of the
+    // index, two of the arena) and overwrites of the first keys arrive in between.
+    saver.write("SAVE\n");
+    const growth = Array.from({ length: 40_000 }, (_, i) => `PUT grow${i} ${"g".repeat(1 + (i % 50))}`);
+    const overwrites = Array.from({ length: 5_000 }, (_, i) => `PUT pre${i * 4} changed${i}`);
+    const replies = await writer.pipeline([...growth, ...overwrites]);
+    expect(replies.every((reply) => reply.status === "Ok")).toBe(true);
+    expect(await saver.readReply(30_000)).toMatchObject({ status: "Ok" });
+    server.proc.kill("SIGKILL");
+    await server.exited;
+
+    const again = await start(dir);
+    const c = await client(again);
+    const keys = await c.request("KEYS");
+    expect((keys.result as string[]).length).toBe(60_000);
+    const reads = await c.pipeline([
+      ...Array.from({ length: 20_000 }, (_, i) => `GET pre${i}`),
+      ...Array.from({ length: 40_000 }, (_, i) => `GET grow${i}`),
+    ]);
+    const expected = [
+      ...Array.from({ length: 20_000 }, (_, i) => (i % 4 === 0 && i / 4 < 5_000 ? `changed${i / 4}` : `p${i}`)),
+      ...Array.from({ length: 40_000 }, (_, i) => "g".repeat(1 + (i % 50))),
+    ];
+    const wrong = reads.flatMap((reply, i) => ((reply.result as { value?: string } | undefined)?.value === expected[i] ? [] : [i]));
+    expect(wrong).toEqual([]);
+  }, 60_000);
 
   test("kill -9 in the middle of a compaction loses nothing acknowledged", async () => {
     const dir = dataDir();
