@@ -2,8 +2,9 @@
  * Persistence end to end, through real server subprocesses: restart round
  * trips, SIGINT/SIGTERM flushing, kill -9 loops (no acknowledged write lost
  * under `always`, no half transaction under `everysec`), kill -9 during a
- * compaction and during the store's growth, damaged files at start-up, the lock, and the data directory
- * disappearing and coming back while the server runs.
+ * compaction and during the store's growth, damaged files at start-up, the
+ * lock, and the data directory disappearing and coming back while the
+ * server runs.
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import fs from "node:fs";
