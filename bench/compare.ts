@@ -18,7 +18,8 @@
  * quarter of an hour (BENCHMARKS.md, "Judging a cell").
  *
  * Needs cargo (to build kvload) and redis-server (apt-get install redis-server).
- * Not a test: nothing here asserts a time.
+ * Not a test: nothing here asserts a time. A run that fails or is stopped
+ * (SIGINT, SIGTERM) kills the servers and kvload runs it started.
  */
 import { spawn, spawnSync, type Subprocess } from "bun";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -108,14 +109,37 @@ interface Server {
   stop(): Promise<void>;
 }
 
+/** Processes started (servers, kvload runs) and not yet ended: killed if the run fails or is interrupted, so none outlives it. */
+const running = new Set<Subprocess>();
+
+/** Tracks proc until stop(), which ends it with SIGTERM and waits. */
+function serverOf(proc: Subprocess, port: number): Server {
+  running.add(proc);
+  return {
+    port,
+    pid: proc.pid,
+    stop: async () => {
+      proc.kill("SIGTERM");
+      await proc.exited;
+      running.delete(proc);
+    },
+  };
+}
+
+function killAll(): void {
+  for (const proc of running) proc.kill("SIGKILL");
+  running.clear();
+}
+
 async function startTxkv(args: string[], dataDir: string): Promise<Server> {
   const proc = spawn([process.execPath, "run", join(ROOT, "index.ts"), "--port", "0", "--data", join(dataDir, "data.json"), "--log-level", "warn", ...args], {
     stdout: "pipe",
     stderr: "inherit",
     stdin: "ignore",
   });
+  running.add(proc); // before the wait: a server that never says it listens is killed too
   const match = await waitForLine(proc, /listening on [^\s]*:(\d+)/);
-  return { port: Number(match[1]), pid: proc.pid, stop: async () => void (proc.kill("SIGTERM"), await proc.exited) };
+  return serverOf(proc, Number(match[1]));
 }
 
 async function startRedis(args: string[], dataDir: string): Promise<Server> {
@@ -125,14 +149,16 @@ async function startRedis(args: string[], dataDir: string): Promise<Server> {
     stderr: "inherit",
     stdin: "ignore",
   });
+  running.add(proc);
   await waitForLine(proc, /Ready to accept connections/);
-  return { port, pid: proc.pid, stop: async () => void (proc.kill("SIGTERM"), await proc.exited) };
+  return serverOf(proc, port);
 }
 
 async function startFixedReply(): Promise<Server> {
   const proc = spawn([process.execPath, "run", join(ROOT, "bench", "fixed-reply-server.ts"), "0"], { stdout: "pipe", stderr: "inherit" });
+  running.add(proc);
   const match = await waitForLine(proc, /listening on [^\s]*:(\d+)/);
-  return { port: Number(match[1]), pid: proc.pid, stop: async () => void (proc.kill("SIGTERM"), await proc.exited) };
+  return serverOf(proc, Number(match[1]));
 }
 
 /** CPU time (user + system, all threads) a process has used so far, in clock ticks (1/100 s on Linux). */
@@ -143,20 +169,30 @@ function cpuTicks(pid: number): number {
   return Number(fields[11]) + Number(fields[12]);
 }
 
-/** One kvload run against the server: its throughput, and the server's CPU time per operation (µs) during it. */
-function kvload(
+/**
+ * One kvload run against the server: its throughput, and the server's CPU
+ * time per operation (µs) during it. Awaited, not spawnSync: a blocked event
+ * loop would not run the signal handlers that stop the servers.
+ */
+async function kvload(
   bin: string,
   proto: "kv" | "resp",
   server: Server,
   args: string[],
   preload: boolean,
   secs = SECS,
-): { opsPerSec: number; cpuUs: number } {
+): Promise<{ opsPerSec: number; cpuUs: number }> {
   const ticksBefore = cpuTicks(server.pid);
-  const run = spawnSync([bin, "--proto", proto, "--port", String(server.port), "--secs", String(secs), "--preload", preload ? "1" : "0", ...args]);
+  const proc = spawn([bin, "--proto", proto, "--port", String(server.port), "--secs", String(secs), "--preload", preload ? "1" : "0", ...args], {
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  running.add(proc);
+  const [stdout, stderr, exitCode] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  running.delete(proc);
   const ticks = cpuTicks(server.pid) - ticksBefore;
-  if (run.exitCode !== 0) throw new Error(`kvload failed: ${run.stderr.toString()}`);
-  const result = JSON.parse(run.stdout.toString()) as { ops: number; ops_per_s: number; errors: number };
+  if (exitCode !== 0) throw new Error(`kvload failed: ${stderr}`);
+  const result = JSON.parse(stdout) as { ops: number; ops_per_s: number; errors: number };
   if (result.errors > 0) throw new Error(`kvload saw ${result.errors} error replies (${proto})`);
   return { opsPerSec: result.ops_per_s, cpuUs: (ticks * 10_000) / result.ops };
 }
@@ -192,8 +228,8 @@ async function main() {
     const dir = mkdtempSync(join(tmpdir(), "txkv-bench-"));
     const txkv = await startTxkv(pairing.txkv, dir);
     const redis = await startRedis(pairing.redis, dir);
-    kvload(bin, "kv", txkv, ["--workload", "get"], true, 0.2);
-    kvload(bin, "resp", redis, ["--workload", "get"], true, 0.2);
+    await kvload(bin, "kv", txkv, ["--workload", "get"], true, 0.2);
+    await kvload(bin, "resp", redis, ["--workload", "get"], true, 0.2);
     for (const workload of WORKLOADS.filter((w) => w.name.includes(opts.workload!))) {
       const ratios: number[] = [];
       const t: number[] = [];
@@ -203,14 +239,14 @@ async function main() {
       const rCpu: number[] = [];
       // An unmeasured run of this workload first: the JIT compiles its path (about 0.5 µs per request of
       // a compiler thread's CPU during the first seconds), as it would early in a long-running server's life.
-      kvload(bin, "kv", txkv, workload.args, false, WARMUP_SECS);
-      kvload(bin, "resp", redis, workload.args, false, WARMUP_SECS);
+      await kvload(bin, "kv", txkv, workload.args, false, WARMUP_SECS);
+      await kvload(bin, "resp", redis, workload.args, false, WARMUP_SECS);
       for (let round = 0; round < ROUNDS; round++) {
         // Alternate which server goes first so drift in the machine's load evens out.
         const first = round % 2 === 0;
-        const a = first ? kvload(bin, "kv", txkv, workload.args, false) : null;
-        const b = kvload(bin, "resp", redis, workload.args, false);
-        const c = a ?? kvload(bin, "kv", txkv, workload.args, false);
+        const a = first ? await kvload(bin, "kv", txkv, workload.args, false) : null;
+        const b = await kvload(bin, "resp", redis, workload.args, false);
+        const c = a ?? (await kvload(bin, "kv", txkv, workload.args, false));
         t.push(c.opsPerSec);
         r.push(b.opsPerSec);
         ratios.push(c.opsPerSec / b.opsPerSec);
@@ -239,12 +275,12 @@ async function main() {
     const dir = mkdtempSync(join(tmpdir(), "txkv-bench-"));
     const txkv = await startTxkv(["--in-memory"], dir);
     const fixed = await startFixedReply();
-    kvload(bin, "kv", txkv, ["--workload", "get"], true, 0.2);
+    await kvload(bin, "kv", txkv, ["--workload", "get"], true, 0.2);
     const ratios: number[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       const args = ["--workload", "get", "--pipeline", "16"];
-      const f = kvload(bin, "kv", fixed, args, false);
-      const x = kvload(bin, "kv", txkv, args, false);
+      const f = await kvload(bin, "kv", fixed, args, false);
+      const x = await kvload(bin, "kv", txkv, args, false);
       ratios.push(x.opsPerSec / f.opsPerSec);
     }
     const interval = describeInterval(medianInterval(ratios));
@@ -263,8 +299,8 @@ async function main() {
     const txkv = await startTxkv(["--in-memory"], dir);
     const redis = await startRedis(["--save", "", "--appendonly", "no"], dir);
     const before = { txkv: rssBytes(txkv.pid), redis: rssBytes(redis.pid) };
-    kvload(bin, "kv", txkv, ["--workload", "get", "--keys", "1000000", "--conns", "1"], true, 0.1);
-    kvload(bin, "resp", redis, ["--workload", "get", "--keys", "1000000", "--conns", "1"], true, 0.1);
+    await kvload(bin, "kv", txkv, ["--workload", "get", "--keys", "1000000", "--conns", "1"], true, 0.1);
+    await kvload(bin, "resp", redis, ["--workload", "get", "--keys", "1000000", "--conns", "1"], true, 0.1);
     await Bun.sleep(2000); // let the collector settle after the load
     const perKey = { txkv: (rssBytes(txkv.pid) - before.txkv) / 1e6, redis: (rssBytes(redis.pid) - before.redis) / 1e6 };
     say(`txkv ${perKey.txkv.toFixed(0)} bytes/key, Redis ${perKey.redis.toFixed(0)} bytes/key: ratio **${(perKey.txkv / perKey.redis).toFixed(2)}**`);
@@ -293,8 +329,8 @@ async function measureFloor(bin: string, say: (line: string) => void): Promise<v
   const txkv = await startTxkv(["--in-memory"], dir);
   const redis = await startRedis(["--save", "", "--appendonly", "no"], dir);
   const fixed = await startFixedReply();
-  kvload(bin, "kv", txkv, ["--workload", "get"], true, 0.2);
-  kvload(bin, "resp", redis, ["--workload", "get"], true, 0.2);
+  await kvload(bin, "kv", txkv, ["--workload", "get"], true, 0.2);
+  await kvload(bin, "resp", redis, ["--workload", "get"], true, 0.2);
   const withoutPipelining = (w: Workload) => w.args[w.args.indexOf("--pipeline") + 1] === "1";
   for (const workload of WORKLOADS.filter((w) => withoutPipelining(w) && w.name.includes(opts.workload!))) {
     const runs = [
@@ -302,7 +338,7 @@ async function measureFloor(bin: string, say: (line: string) => void): Promise<v
       (secs = SECS) => kvload(bin, "kv", txkv, workload.args, false, secs),
       (secs = SECS) => kvload(bin, "resp", redis, workload.args, false, secs),
     ];
-    for (const run of runs) run(WARMUP_SECS); // unmeasured, as for the cells above
+    for (const run of runs) await run(WARMUP_SECS); // unmeasured, as for the cells above
     const fixedToRedis: number[] = [];
     const txkvToFixed: number[] = [];
     const txkvToRedis: number[] = [];
@@ -310,7 +346,7 @@ async function measureFloor(bin: string, say: (line: string) => void): Promise<v
       const ops = [0, 0, 0];
       for (let k = 0; k < 3; k++) {
         const which = (round + k) % 3;
-        ops[which] = runs[which]!().opsPerSec;
+        ops[which] = (await runs[which]!()).opsPerSec;
       }
       const [f, t, r] = ops as [number, number, number];
       fixedToRedis.push(f / r);
@@ -326,4 +362,14 @@ async function measureFloor(bin: string, say: (line: string) => void): Promise<v
   rmSync(dir, { recursive: true, force: true });
 }
 
-await main();
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    killAll();
+    process.exit(signal === "SIGINT" ? 130 : 143);
+  });
+}
+try {
+  await main();
+} finally {
+  killAll();
+}
