@@ -114,15 +114,15 @@ const RECENT_SLOTS = 1 << 14;
 /** Longer values are not cached: the cache must stay small whatever is stored. */
 const RECENT_MAX_LENGTH = 256;
 
-/** Hash of a string's code units (the same whether it is stored narrow or wide). */
-function hashString(text: string): number {
+/** Hash of a string's code units (the same whether it is stored narrow or wide); DeferredReads filters with it too. */
+export function hashString(text: string): number {
   let h = HASH_SEED ^ text.length;
   for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
   return finalMix(h);
 }
 
 /** hashString of the string whose code units are bytes[start, end) (one per byte, as for ASCII). */
-function hashBytes(bytes: Uint8Array, start: number, end: number): number {
+export function hashBytes(bytes: Uint8Array, start: number, end: number): number {
   let h = HASH_SEED ^ (end - start);
   for (let i = start; i < end; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
   return finalMix(h);

@@ -4,14 +4,15 @@
  * would otherwise cost at every commit that follows it (issue 6).
  *
  * Owns: a small table of (reader, key bytes) with one fixed-size slot per
- * read, finding the readers of a key a commit changes (by a cheap hash, then
- * the bytes), and dropping a reader's entries when its transaction ends
+ * read, finding the readers of a key a commit changes (by the store's key
+ * hash, then the bytes), and dropping a reader's entries when its transaction ends
  * (the last entry moves into each hole, so the table holds only live reads
  * and a commit scans only those).
  * Must not: know about the data, the store's watch Map or commits: the
  * store decides when a read is noted here and when the table, once full,
  * becomes watches.
  */
+import { hashBytes, hashString } from "./compact-map.ts";
 import type { Watcher } from "./store.ts";
 import { latin1Text } from "./text.ts";
 
@@ -19,19 +20,6 @@ import { latin1Text } from "./text.ts";
 export const DEFERRED_READS_MAX = 256;
 /** Longest key noted here; a read of a longer one is watched at once. */
 export const DEFERRED_KEY_MAX_BYTES = 64;
-
-/** FNV-1a over code units: only a filter before the bytes are compared, so no seed is needed. */
-function hashBytes(src: Uint8Array, start: number, end: number): number {
-  let h = 0x811c9dc5 | 0;
-  for (let i = start; i < end; i++) h = Math.imul(h ^ src[i]!, 0x01000193);
-  return h;
-}
-
-function hashString(key: string): number {
-  let h = 0x811c9dc5 | 0;
-  for (let i = 0; i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x01000193);
-  return h;
-}
 
 export class DeferredReads {
   /** Entries [0, size) are in use. */

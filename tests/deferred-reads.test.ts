@@ -2,18 +2,34 @@
  * DeferredReads on its own: the table the store keeps the fast path's reads
  * in. A model check against a plain list of (reader, key) pairs under random
  * reads, drops, commits (by bytes and by string) and drains, including two
- * keys whose filter hashes collide, so that only the byte comparison tells
+ * keys whose filter hashes collide (found at run time: the hash is seeded), so that only the byte comparison tells
  * them apart. The store's use of it is tested in fast-path.test.ts.
  */
 import { describe, expect, test } from "bun:test";
+import { hashString } from "../lib/compact-map.ts";
 import { DEFERRED_KEY_MAX_BYTES, DEFERRED_READS_MAX, DeferredReads } from "../lib/deferred-reads.ts";
 import type { Watcher } from "../lib/store.ts";
 import { seededRandom } from "./helpers.ts";
 
 const encoder = new TextEncoder();
 
-/** Two keys of one length whose FNV-1a hashes (the table's filter) are equal. */
-const COLLIDING = ["key:002ya8", "key:00zki6"] as const;
+/**
+ * Two keys of one length whose hashes (the table's filter: the store's key
+ * hash, seeded per process) are equal, found by a birthday search (about
+ * 80,000 keys for 32 bits).
+ */
+const COLLIDING = collidingKeys();
+
+function collidingKeys(): readonly [string, string] {
+  const seen = new Map<number, string>();
+  for (let i = 0; ; i++) {
+    const key = `key:${i.toString(36).padStart(6, "0")}`;
+    const hash = hashString(key);
+    const other = seen.get(hash);
+    if (other !== undefined) return [other, key];
+    seen.set(hash, key);
+  }
+}
 
 function reader(): Watcher {
   return { conflicted: false, watchedKeys: [] };
@@ -27,6 +43,7 @@ function addKey(reads: DeferredReads, w: Watcher, key: string): void {
 
 describe("DeferredReads", () => {
   test("two keys whose filter hashes collide are told apart by their bytes, by string and by bytes", () => {
+    expect(hashString(COLLIDING[0])).toBe(hashString(COLLIDING[1]));
     for (const byBytes of [false, true]) {
       const reads = new DeferredReads();
       const [a, b] = [reader(), reader()];
