@@ -2,8 +2,9 @@
  * DeferredReads on its own: the table the store keeps the fast path's reads
  * in. A model check against a plain list of (reader, key) pairs under random
  * reads, drops, commits (by bytes and by string) and drains, including two
- * keys whose filter hashes collide (found at run time: the hash is seeded), so that only the byte comparison tells
- * them apart. The store's use of it is tested in fast-path.test.ts.
+ * keys whose filter hashes collide (found at run time: the hash is seeded),
+ * so that only the byte comparison tells them apart. The store's use of it
+ * is tested in fast-path.test.ts.
  */
 import { describe, expect, test } from "bun:test";
 import { hashString } from "../lib/compact-map.ts";
