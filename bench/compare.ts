@@ -112,9 +112,8 @@ interface Server {
 /** Processes started (servers, kvload runs) and not yet ended: killed if the run fails or is interrupted, so none outlives it. */
 const running = new Set<Subprocess>();
 
-/** Tracks proc until stop(), which ends it with SIGTERM and waits. */
+/** A server whose proc is already in `running` (added at spawn, before waiting for it to listen); stop() ends it with SIGTERM and waits. */
 function serverOf(proc: Subprocess, port: number): Server {
-  running.add(proc);
   return {
     port,
     pid: proc.pid,
@@ -137,7 +136,7 @@ async function startTxkv(args: string[], dataDir: string): Promise<Server> {
     stderr: "inherit",
     stdin: "ignore",
   });
-  running.add(proc); // before the wait: a server that never says it listens is killed too
+  running.add(proc);
   const match = await waitForLine(proc, /listening on [^\s]*:(\d+)/);
   return serverOf(proc, Number(match[1]));
 }
