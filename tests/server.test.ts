@@ -487,11 +487,16 @@ describe("transactions end to end", () => {
     expect(await conflictAfter(["KEYS ser:k:"], "DEL ser:k:own")).toBe("CONFLICT");
     // A commit that creates and deletes a key that was absent changes nothing, so a reader of it does not conflict.
     expect(await conflictAfter(["GET ser:never"], ["START", "PUT ser:never 1", "DEL ser:never", "COMMIT"])).toBe("OK");
-    // STATS counts an open transaction's reads as watched keys, before any commit (reads noted as bytes)
-    // and after one (made watches); what was kept is gone once no transaction is open.
+    // STATS counts an open transaction's reads as watched keys, plain-form reads (kept as bytes) and
+    // JSON-form ones (watches) alike, across other commits; a transaction that ends takes its reads
+    // with it, while others stay open; nothing is kept once no transaction is open.
     const watched = async () => ((await b.request("STATS")).result as { transactions: { open: number; watched_keys: number } }).transactions;
     await a.request("START");
-    await a.pipeline(["GET ser:w1", "GET ser:w2"]);
+    await a.pipeline(["GET ser:w1", 'GET {"key":"ser:w2"}']);
+    expect(await watched()).toMatchObject({ open: 1, watched_keys: 2 });
+    await b.pipeline(["START", "GET ser:w3"]);
+    expect(await watched()).toMatchObject({ open: 2, watched_keys: 3 });
+    await b.request("ROLLBACK");
     expect(await watched()).toMatchObject({ open: 1, watched_keys: 2 });
     await b.request("PUT ser:unrelated 1");
     expect(await watched()).toMatchObject({ open: 1, watched_keys: 2 });
