@@ -3,7 +3,8 @@
  *
  * Owns: building the store, commit log, executor and server from a Config;
  * protected mode; fitting --max-connections to the open-files limit;
- * reading the TLS files; the optional metrics endpoint; the
+ * reading the TLS files; the optional metrics endpoint; the timer that moves
+ * a growing store along when traffic does not; the
  * start-up and graceful shutdown sequence (index.ts maps signals to it).
  * Must not: parse arguments (config.ts) or implement commands (execute.ts).
  */
@@ -89,6 +90,14 @@ function openFilesLimit(): number | null {
   }
 }
 
+/**
+ * A growing store's move to its new arena or index also runs on a timer, 1 ms
+ * of every 100 (Redis's activerehashing): traffic moves it along, but an
+ * idle server would otherwise hold the old and the new buffers for good.
+ */
+const BACKGROUND_GROWTH_EVERY_MS = 100;
+const BACKGROUND_GROWTH_MS = 1;
+
 export async function startServer(config: Config, version: string, log: Logger): Promise<RunningServer> {
   refuseUnprotected(config);
   const tls = config.tls && { cert: readPem(config.tls.certPath, "--tls-cert"), key: readPem(config.tls.keyPath, "--tls-key") };
@@ -118,6 +127,8 @@ export async function startServer(config: Config, version: string, log: Logger):
   );
   const address = await listenOrClose(server, commitLog, config);
   const metrics = config.metricsPort === null ? null : await startMetricsOrClose(executor, version, config, server, commitLog);
+  const backgroundGrowth = setInterval(() => store.growInBackground(BACKGROUND_GROWTH_MS), BACKGROUND_GROWTH_EVERY_MS);
+  backgroundGrowth.unref();
   let stopping: Promise<ShutdownReport> | null = null;
   return {
     ...address,
@@ -127,6 +138,7 @@ export async function startServer(config: Config, version: string, log: Logger):
     server,
     executor,
     shutdown() {
+      clearInterval(backgroundGrowth);
       stopping ??= shutDownInOrder(server, commitLog, metrics?.server ?? null, stats, config.shutdownTimeoutMs);
       return stopping;
     },

@@ -296,6 +296,17 @@ export class CompactMap {
     return this.oldIndex !== null;
   }
 
+  /** True while a grown arena or index is being filled: until then the old one is held beside it. */
+  get growthRunning(): boolean {
+    return this.growing;
+  }
+
+  /** Moves a running growth along by one change's share without a change (for idle time); false once none runs. */
+  advanceGrowth(): boolean {
+    if (this.growing) this.growthStep(0);
+    return this.growing;
+  }
+
   /**
    * Ends a running migration and rehash at once (O(map)): for a loader
    * that has built the map, so that a store served mostly by reads does
@@ -505,7 +516,7 @@ export class CompactMap {
     return out;
   }
 
-  /** Bytes held by the typed arrays (arena, index, ids, cache ids), for tests and benchmarks. */
+  /** Bytes held by the typed arrays (arena, index, ids, cache ids), the old arena or index too while growing (STATS). */
   get allocatedBytes(): number {
     const old = this.oldArena === this.arena ? 0 : this.oldArena.words.byteLength;
     const oldIndex = this.oldIndex?.byteLength ?? 0;

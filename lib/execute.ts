@@ -443,6 +443,8 @@ export class Executor {
         heap_total: memory.heapTotal,
         client_buffers: s.clientBufferBytes(),
         data: this.store.dataBytes,
+        data_allocated: this.store.allocatedBytes,
+        data_growing: this.store.growing,
         data_limit: this.store.dataLimitBytes,
       },
       transactions,

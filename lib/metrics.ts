@@ -81,6 +81,8 @@ export function renderMetrics(executor: Executor, health: Health, version: strin
   out.single("txkv_memory_heap_total_bytes", "gauge", "JavaScript heap reserved", memory.heapTotal);
   out.single("txkv_data_bytes", "gauge", "bytes the stored keys and values take (live records with their headers), as --max-data-bytes counts them", executor.store.dataBytes);
   out.single("txkv_data_limit_bytes", "gauge", "--max-data-bytes: writes that would pass it answer TOO_LARGE", executor.store.dataLimitBytes);
+  out.single("txkv_data_allocated_bytes", "gauge", "bytes the store's buffers hold (records, free space, index), the old and new ones both while it grows", executor.store.allocatedBytes);
+  out.single("txkv_data_growing", "gauge", "1 while the store moves into a grown arena or index (both held), else 0", executor.store.growing ? 1 : 0);
   out.single("txkv_client_buffer_bytes", "gauge", "bytes buffered for clients: unsent replies and unprocessed requests", s.clientBufferBytes());
   renderPersistence(out, executor);
   return out.toString();

@@ -93,6 +93,27 @@ export class Store {
     return this.data.liveBytes;
   }
 
+  /** Bytes the store's buffers take, records and free space, with both old and new while a growth runs. */
+  get allocatedBytes(): number {
+    return this.data.allocatedBytes;
+  }
+
+  /** True while a grown arena or index is being filled beside the old one (changes and reads move it along). */
+  get growing(): boolean {
+    return this.data.growthRunning;
+  }
+
+  /**
+   * Moves a running growth along for up to budgetMs, for a timer to call
+   * (Redis's activerehashing: 1 ms of every 100): changes and reads move it
+   * too, but a server with no traffic would hold both buffers for good.
+   */
+  growInBackground(budgetMs: number): void {
+    if (!this.data.growthRunning) return;
+    const deadline = performance.now() + budgetMs;
+    while (this.data.advanceGrowth() && performance.now() < deadline);
+  }
+
   /** Whether a PUT of a key and an encoded value of these lengths (code units) fits under the limit. */
   hasRoomForPut(keyLength: number, valueLength: number): boolean {
     return this.data.hasRoomFor(CompactMap.recordWordsAtMost(keyLength, valueLength));

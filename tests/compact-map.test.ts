@@ -419,6 +419,33 @@ describe("CompactMap growth and reads", () => {
     }
   });
 
+  test("advanceGrowth alone (no change, no read) ends a migration or a rehash, and the old arena's and index's bytes are let go", () => {
+    const map = new CompactMap(0, { migrateWords: 64, rehashSlots: 16 });
+    let i = 0;
+    while (i < 2000 || !map.growthRunning) map.set(`k${i++}`, "v".repeat(40));
+    const whileGrowing = map.allocatedBytes;
+    let steps = 0;
+    while (map.advanceGrowth()) if (++steps > 1_000_000) throw new Error("advanceGrowth did not end the growth");
+    expect(steps).toBeGreaterThan(10);
+    expect(map.growthRunning as boolean).toBe(false);
+    expect(map.advanceGrowth()).toBe(false);
+    expect(map.allocatedBytes).toBeLessThan(whileGrowing);
+    for (let k = 0; k < i; k++) expect(map.get(`k${k}`)).toBe("v".repeat(40));
+  });
+
+  test("Store.growInBackground: a budget of 0 ms stops after a step, a long one ends the growth, and with none running it does nothing", () => {
+    const store = new Store(new CompactMap(0, { migrateWords: 64, rehashSlots: 16 }));
+    let i = 0;
+    while (i < 2000 || !store.growing) store.put(`k${i++}`, JSON.stringify("v".repeat(40)));
+    store.growInBackground(0);
+    expect(store.growing).toBe(true);
+    store.growInBackground(60_000);
+    expect(store.growing as boolean).toBe(false);
+    store.growInBackground(60_000);
+    expect(store.size).toBe(i);
+    for (let k = 0; k < i; k++) expect(store.get(`k${k}`)).toBe(JSON.stringify("v".repeat(40)));
+  });
+
   test("a Store adopting a map mid-growth finishes it (start-up: the loader's map is settled before serving)", () => {
     const map = new CompactMap(0, { migrateWords: 0, rehashSlots: 2 });
     let i = 0;

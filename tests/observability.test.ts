@@ -184,6 +184,8 @@ describe("metrics endpoint", () => {
       txkv_keys: "gauge",
       txkv_data_bytes: "gauge",
       txkv_data_limit_bytes: "gauge",
+      txkv_data_allocated_bytes: "gauge",
+      txkv_data_growing: "gauge",
       txkv_memory_rss_bytes: "gauge",
       txkv_memory_heap_used_bytes: "gauge",
       txkv_persistence_available: "gauge",
@@ -209,6 +211,9 @@ describe("metrics endpoint", () => {
     expect(sample(m, "txkv_data_bytes")).toBeGreaterThanOrEqual(3 * 20);
     expect(sample(m, "txkv_data_bytes")).toBeLessThan(3 * 200);
     expect(sample(m, "txkv_data_limit_bytes")).toBe(2 ** 31);
+    // The smallest arena, index and id page, held whatever the data: more than the records, and nothing growing.
+    expect(sample(m, "txkv_data_allocated_bytes")).toBeGreaterThan(sample(m, "txkv_data_bytes")!);
+    expect(sample(m, "txkv_data_growing")).toBe(0);
     expect(sample(m, "txkv_memory_rss_bytes")).toBeGreaterThan(sample(m, "txkv_memory_heap_used_bytes")!);
     expect(sample(m, "txkv_persistence_available")).toBe(1);
     expect(sample(m, "txkv_persistence_mode", { mode: "in-memory" })).toBe(1);
