@@ -139,6 +139,20 @@ describe("framing", () => {
     c.close();
   });
 
+  test("after TOO_LARGE a pause does not end the skipping: text sent later without LF is skipped as the rest of the line, up to its LF", async () => {
+    const c = await LineClient.connect(server.port);
+    c.write(`PUT big ${"v".repeat(2000)}`);
+    expect(await c.readReply()).toMatchObject({ status: "Error", code: "TOO_LARGE" });
+    // Pauses far longer than --partial-request-ms (10 ms) around an LF-less request.
+    await Bun.sleep(50);
+    c.write("GET key1");
+    await Bun.sleep(100);
+    c.write("\nPING\n");
+    expect(await c.readReply()).toEqual({ status: "Ok", result: "PONG" });
+    expect(c.unread).toBe("");
+    c.close();
+  });
+
   test("invalid UTF-8: BAD_REQUEST, the connection stays open", async () => {
     const c = await LineClient.connect(server.port);
     c.write(new Uint8Array([0x50, 0x55, 0x54, 0x20, 0x6b, 0x20, 0xc3, 0x28, 0x0a]));
