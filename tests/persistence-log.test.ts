@@ -632,6 +632,35 @@ describe("lock", () => {
     await closeLog(a);
   });
 
+  test("two processes trying to take the same lock at the same moment: exactly one gets it, every time (a lock is never seen empty)", async () => {
+    const dir = tempDir();
+    const count = 1000;
+    const startAt = Date.now() + 700;
+    const racers = [0, 1].map(() =>
+      Bun.spawn([process.execPath, path.join(import.meta.dir, "lock-racer.ts"), dir, String(count), String(startAt)], { stdout: "pipe" }),
+    );
+    const [a, b] = await Promise.all(racers.map(async (racer) => new Set(JSON.parse(await firstLine(racer.stdout)) as number[])));
+    await Promise.all(racers.map((racer) => racer.exited));
+    const takenByBoth = [...a!].filter((i) => b!.has(i));
+    expect(takenByBoth).toEqual([]);
+    expect(a!.size + b!.size).toBe(count);
+    // Nothing but the locks is left behind (the files their pids were written to first are gone).
+    expect(fs.readdirSync(dir).filter((name) => !/^lock\d+$/.test(name))).toEqual([]);
+  }, 20000);
+
+  test("an empty lock file counts as a server starting while it is young (refused) and as stale once older (taken over)", async () => {
+    const dir = tempDir();
+    const lock = path.join(dir, "data.json.lock");
+    fs.writeFileSync(lock, "");
+    await expect(open(dir)).rejects.toThrow("another server is starting on this data file");
+    expect(fs.readFileSync(lock, "utf8")).toBe("");
+    const old = new Date(Date.now() - 60_000);
+    fs.utimesSync(lock, old, old);
+    const a = await open(dir);
+    expect(fs.readFileSync(lock, "utf8").trim()).toBe(String(process.pid));
+    await closeLog(a);
+  });
+
   test("a lock left by a killed process that its parent has not reaped yet (a zombie) does not block the next start", async () => {
     const dir = tempDir();
     // The shell starts a child, prints its pid and becomes `sleep`, which never

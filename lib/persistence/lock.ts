@@ -5,27 +5,26 @@
  * start. A lock left by a killed server names a dead pid (or a zombie, killed
  * and not yet reaped) and is taken over.
  *
+ * The lock appears with its pid already in it: the pid is written to a file of
+ * this process's own, which is then hard-linked to the lock's name (link fails
+ * when the name exists, as an exclusive create does). Created empty and then
+ * written, a lock read in between looked stale, and of two servers started at
+ * the same moment both took it. An empty lock (a file system without hard
+ * links, or a server killed while creating one) counts as a server starting
+ * while it is young, and as stale after STARTING_LOCK_MS.
+ *
  * Owns: creating, checking and removing the lock file. Must not: read or
  * write any data file.
  */
 import fs from "node:fs";
 
+/** An empty lock younger than this is a server in the middle of creating it (only where hard links fail). */
+const STARTING_LOCK_MS = 2000;
+
 /** Takes the lock or throws an Error whose message names the file and the owner. */
 export function acquireLock(lockPath: string): void {
   for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      const fd = fs.openSync(lockPath, "wx");
-      try {
-        fs.writeSync(fd, `${process.pid}\n`);
-      } finally {
-        fs.closeSync(fd);
-      }
-      return;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") {
-        throw new Error(`${lockPath}: cannot create the lock file (${(err as Error).message})`);
-      }
-    }
+    if (createLock(lockPath)) return;
     const owner = readLockOwner(lockPath);
     if (owner !== null && owner !== process.pid && isAlive(owner)) {
       throw new Error(
@@ -33,7 +32,10 @@ export function acquireLock(lockPath: string): void {
           `if no txkv server runs with that pid, remove the lock file`,
       );
     }
-    // Stale: its owner is gone (killed) or the file is unreadable/empty (killed while creating it).
+    if (owner === null && isYoung(lockPath)) {
+      throw new Error(`${lockPath}: another server is starting on this data file (its lock file is still empty)`);
+    }
+    // Stale: its owner is gone (killed), or the file is unreadable or empty and old (killed while creating it).
     try {
       fs.unlinkSync(lockPath);
     } catch (err) {
@@ -43,6 +45,52 @@ export function acquireLock(lockPath: string): void {
     }
   }
   throw new Error(`${lockPath}: could not take the lock (another server keeps taking it)`);
+}
+
+/** Errors of link() on file systems that have no hard links. */
+const NO_HARD_LINKS = new Set(["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EXDEV"]);
+
+/** Creates the lock holding this pid; false when a lock file exists already. */
+function createLock(lockPath: string): boolean {
+  const own = `${lockPath}.${process.pid}`;
+  try {
+    fs.writeFileSync(own, `${process.pid}\n`);
+    fs.linkSync(own, lockPath);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? "";
+    if (code === "EEXIST") return false;
+    if (NO_HARD_LINKS.has(code)) return createLockInPlace(lockPath);
+    throw new Error(`${lockPath}: cannot create the lock file (${(err as Error).message})`);
+  } finally {
+    fs.rmSync(own, { force: true });
+  }
+}
+
+/** Exclusive create, then the pid: for file systems without hard links (an empty lock may be seen meanwhile). */
+function createLockInPlace(lockPath: string): boolean {
+  let fd: number;
+  try {
+    fd = fs.openSync(lockPath, "wx");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
+    throw new Error(`${lockPath}: cannot create the lock file (${(err as Error).message})`);
+  }
+  try {
+    fs.writeSync(fd, `${process.pid}\n`);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return true;
+}
+
+/** True when the file was modified less than STARTING_LOCK_MS ago (false when it is gone). */
+function isYoung(lockPath: string): boolean {
+  try {
+    return Date.now() - fs.statSync(lockPath).mtimeMs < STARTING_LOCK_MS;
+  } catch {
+    return false;
+  }
 }
 
 /** True when the lock file exists and names this process. */
