@@ -76,6 +76,29 @@ describe("snapshot format", () => {
     expect(() => decodeSnapshot(Buffer.from(bytes.toString().replace(',"seq":3}}\n', ',"seq":-1}}\n')))).toThrow(/closing line/);
   });
 
+  test("a byte flipped anywhere in the first or the last line (outside the checksum) is refused or changes nothing, never read as a plain JSON object", () => {
+    const bytes = encodeSnapshot(3, awkward);
+    const firstLineEnd = bytes.indexOf(10);
+    const lastLineStart = bytes.lastIndexOf(10, bytes.length - 2) + 1;
+    const positions = [...Array.from({ length: firstLineEnd }, (_, i) => i), ...Array.from({ length: bytes.length - 1 - lastLineStart }, (_, i) => lastLineStart + i)];
+    for (const at of positions) {
+      for (const mask of [0x01, 0x20]) {
+        const damaged = Buffer.from(bytes);
+        damaged[at]! ^= mask;
+        let outcome: string;
+        try {
+          const decoded = decodeSnapshot(damaged);
+          // Harmless only if nothing read differs: a flip in the closing line's optional "seq" name reads as an older file's.
+          const same = decoded.format === "txkv" && decoded.seq === 3 && Bun.deepEquals([...decoded.entries], awkward);
+          outcome = same ? "safe" : `loaded as ${decoded.format}, seq ${decoded.seq}, ${decoded.entries.size} keys`;
+        } catch (err) {
+          outcome = err instanceof SnapshotFormatError ? "safe" : `failed: ${String(err)}`;
+        }
+        expect(`byte ${at} ^ ${mask}: ${outcome}`).toBe(`byte ${at} ^ ${mask}: safe`);
+      }
+    }
+  });
+
   test("a truncated snapshot is refused", () => {
     const bytes = encodeSnapshot(3, awkward);
     expect(() => decodeSnapshot(bytes.subarray(0, bytes.length - 20))).toThrow(SnapshotFormatError);

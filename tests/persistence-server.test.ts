@@ -503,6 +503,21 @@ describe("start-up with damaged files", () => {
     expect(fileBytes(dir)).toEqual(before);
   });
 
+  test("a snapshot whose first line lost its format name (outside the checksum) after a clean stop: exit non-zero, not loaded as a plain JSON object of three keys", async () => {
+    const dir = dataDir();
+    const a = await start(dir);
+    await putMany(await client(a), [["a", "1"], ["b", "2"]]);
+    a.proc.kill("SIGTERM"); // a clean stop: everything in the snapshot, the journal empty
+    expect(await a.exited).toBe(0);
+    const file = path.join(dir, "data.json");
+    fs.writeFileSync(file, fs.readFileSync(file, "utf8").replace('"txkv-snapshot"', '"txkv-snapshOt"'));
+    const before = fileBytes(dir);
+    const run = await runIndex(["--port", "0", "--data", file]);
+    expect(run.code).not.toBe(0);
+    expect(run.stderr).toContain(`${file}: corrupt snapshot, line 1: damaged snapshot header`);
+    expect(fileBytes(dir)).toEqual(before);
+  });
+
   test("a corrupt journal: exit non-zero naming the file and the line, every file left as it was", async () => {
     const dir = await dirWithData();
     const journal = fs.readdirSync(dir).find((name) => name.includes(".journal."))!;

@@ -14,7 +14,8 @@
  * journal records (snapshots written before it was added have no second seq). Values are stored as the
  * JSON text the store already holds, so loading never re-encodes them.
  * A plain JSON object `{"key": value, ...}` (the original Python server's
- * data.json) is also accepted as a snapshot at seq 0.
+ * data.json) is also accepted as a snapshot at seq 0, unless the file has a
+ * txkv snapshot's first or last line (then it is a damaged one).
  *
  * Owns: encoding and decoding of snapshot bytes. Must not: touch files.
  */
@@ -25,6 +26,7 @@ const FORMAT = "txkv-snapshot";
 const VERSION = 1;
 const HEADER_PREFIX = `{"txkv":{"format":"${FORMAT}"`;
 const DATA_OPEN = `,"data":{`;
+const TRAILER_PREFIX = `},"end":{"keys":`;
 const BACKSLASH = 92;
 const QUOTE = 34;
 const COLON = 58;
@@ -42,7 +44,7 @@ export function snapshotEntry(first: boolean, key: string, value: string): strin
 
 /** The closing line; `crc32` covers every byte written between header and trailer; `seq` repeats the header's. */
 export function snapshotTrailer(keys: number, crc32: number, seq: number): string {
-  return `\n},"end":{"keys":${keys},"crc32":${crc32},"seq":${seq}}}\n`;
+  return `\n${TRAILER_PREFIX}${keys},"crc32":${crc32},"seq":${seq}}}\n`;
 }
 
 /**
@@ -68,8 +70,21 @@ export function decodeSnapshot(bytes: Uint8Array): DecodedSnapshot {
   if (bytes.length === 0) throw new SnapshotFormatError("the file is empty");
   const headerEnd = bytes.indexOf(10);
   const firstLine = utf8(bytes.subarray(0, headerEnd === -1 ? bytes.length : headerEnd));
-  if (!firstLine.startsWith(HEADER_PREFIX)) return decodePlainJson(bytes);
+  if (!hasTxkvLayout(bytes, firstLine)) return decodePlainJson(bytes);
   return decodeTxkvSnapshot(bytes, firstLine, headerEnd);
+}
+
+/**
+ * A txkv snapshot, possibly with a damaged first line: its header's start, its
+ * end, or the closing line mark it. The header is outside the checksum, so a
+ * byte flipped there must not turn the file into a "plain JSON object" whose
+ * three keys (txkv, data, end) would be loaded in place of the data.
+ */
+function hasTxkvLayout(bytes: Uint8Array, firstLine: string): boolean {
+  if (firstLine.startsWith(HEADER_PREFIX) || firstLine.endsWith(DATA_OPEN)) return true;
+  if (bytes.length < 2 || bytes[bytes.length - 1] !== 10) return false;
+  const lastLineStart = bytes.lastIndexOf(10, bytes.length - 2) + 1;
+  return utf8(bytes.subarray(lastLineStart, bytes.length - 1)).startsWith(TRAILER_PREFIX);
 }
 
 function decodeTxkvSnapshot(bytes: Uint8Array, headerLine: string, headerEnd: number): DecodedSnapshot {
@@ -105,8 +120,9 @@ function parseHeader(line: string): number {
   } catch {
     throw new SnapshotFormatError("line 1: unreadable snapshot header");
   }
-  const meta = (header as { txkv?: { version?: unknown; seq?: unknown } }).txkv;
-  if (meta?.version !== VERSION) throw new SnapshotFormatError(`line 1: unsupported snapshot version ${JSON.stringify(meta?.version)}`);
+  const meta = (header as { txkv?: { format?: unknown; version?: unknown; seq?: unknown } }).txkv;
+  if (meta?.format !== FORMAT) throw new SnapshotFormatError("line 1: damaged snapshot header (no txkv-snapshot format field)");
+  if (meta.version !== VERSION) throw new SnapshotFormatError(`line 1: unsupported snapshot version ${JSON.stringify(meta?.version)}`);
   if (!isSeq(meta.seq)) throw new SnapshotFormatError("line 1: the header has no valid seq");
   return meta.seq;
 }
