@@ -319,7 +319,10 @@ describe("ByteBuffer", () => {
   });
 
   test("decimal() appends an integer's digits as String() writes them, at every digit count and across a growth", () => {
-    const values = [0, 1, 9, 10, 99, 100, 12_345, 1_000_000, 2 ** 31, 2 ** 32 + 7, Number.MAX_SAFE_INTEGER];
+    // Around the nine-digit chunks too: 999,999,999 / 1,000,000,000, inner zeros padded, and a random sample.
+    const next = seededRandom(9);
+    const sample = Array.from({ length: 2000 }, () => Math.floor(next() * 2 ** (1 + Math.floor(next() * 53))));
+    const values = [0, 1, 9, 10, 99, 100, 12_345, 1_000_000, 999_999_999, 1_000_000_000, 1_000_000_001, 2 ** 31, 2 ** 32 - 1, 2 ** 32 + 7, 10 ** 15, 10 ** 15 + 5, Number.MAX_SAFE_INTEGER, ...sample];
     const out = new ByteBuffer(8); // small, so the digits also land across a growth of the buffer
     for (const value of values) {
       out.decimal(value);

@@ -194,6 +194,45 @@ describe("journal format", () => {
     }
   });
 
+  test("a record ends with the CRC-32 of its bytes before the field; records written before it existed (no crc32) are read as they are", () => {
+    const line = encodeRecord({ seq: 7, ops: [["ключ", '"x"'], ["gone", null]] });
+    const body = '{"seq":7,"ops":[["ключ","x"],["gone"]]';
+    expect(line).toBe(`${body},"crc32":${Bun.hash.crc32(Buffer.from(body))}}\n`);
+    expect(scan(line).seen).toEqual([[7, [["ключ", '"x"'], ["gone", null]]]]);
+    const older = '{"seq":1,"ops":[["a","1"]]}\n{"seq":2,"ops":[["b",{"c":1}],["d"]]}\n';
+    expect(scan(older).seen).toEqual([
+      [1, [["a", '"1"']]],
+      [2, [["b", '{"c":1}'], ["d", null]]],
+    ]);
+  });
+
+  test("a byte flipped anywhere in a record before the last is corruption, also where the line stays valid JSON (a value's letter)", () => {
+    const records = [
+      encodeRecord({ seq: 1, ops: [["k1", '"v1"']] }), // the fast path's shape
+      encodeRecord({ seq: 2, ops: [["k2", '{"a":[1,"ü"]}'], ["gone", null]] }), // the general one
+    ];
+    const last = encodeRecord({ seq: 3, ops: [["k3", '"v3"']] });
+    for (const [index, record] of records.entries()) {
+      const bytes = Buffer.from(record);
+      for (let at = 0; at < bytes.length - 1; at++) {
+        for (const mask of [0x01, 0x02, 0x20]) {
+          const damaged = Buffer.from(bytes);
+          damaged[at]! ^= mask;
+          if (damaged[at] === 0x0a) continue; // a new line end splits the record: another kind of damage
+          const before = records.slice(0, index).join("");
+          let outcome: string;
+          try {
+            scanJournal(Buffer.concat([Buffer.from(before), damaged, Buffer.from(last)]), 0, () => {});
+            outcome = "read";
+          } catch (err) {
+            outcome = err instanceof JournalFormatError ? "refused" : `failed: ${String(err)}`;
+          }
+          expect(`record ${index + 1}, byte ${at} ^ ${mask}: ${outcome}`).toBe(`record ${index + 1}, byte ${at} ^ ${mask}: refused`);
+        }
+      }
+    }
+  });
+
   test("a final record without its line end is a torn tail: dropped, earlier records kept", () => {
     const good = encodeRecord({ seq: 1, ops: [["a", "1"]] }) + encodeRecord({ seq: 2, ops: [["b", "2"]] });
     const torn = encodeRecord({ seq: 3, ops: [["c", "3"]] }).slice(0, 12);

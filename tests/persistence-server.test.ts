@@ -530,6 +530,20 @@ describe("start-up with damaged files", () => {
     expect(fileBytes(dir)).toEqual(before);
   });
 
+  test("a journal record whose value changed on disk but stays valid JSON: exit non-zero on its checksum, every file left as it was", async () => {
+    const dir = await dirWithData(); // the journal holds seq 3 (c = 3) and seq 4 (d = 4)
+    const journal = fs.readdirSync(dir).find((name) => name.includes(".journal."))!;
+    const file = path.join(dir, journal);
+    const text = fs.readFileSync(file, "utf8");
+    expect(text).toContain('["c","3"]');
+    fs.writeFileSync(file, text.replace('["c","3"]', '["c","8"]'));
+    const before = fileBytes(dir);
+    const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+    expect(run.code).not.toBe(0);
+    expect(run.stderr).toContain(`${file}: corrupt journal, line 1: checksum mismatch`);
+    expect(fileBytes(dir)).toEqual(before);
+  });
+
   test("records missing after the snapshot (a journal of seq 3-4 beside a snapshot of seq 0): exit non-zero naming the gap, files untouched", async () => {
     const dir = await dirWithData(); // snapshot at seq 2, a journal with seq 3 and 4
     fs.rmSync(path.join(dir, "data.json")); // as if an older snapshot (none) were put back

@@ -1,12 +1,16 @@
 /**
  * The journal file format: JSON lines, one committed transaction per line.
  *
- *   {"seq":7,"ops":[["key1","value1"],["key2",{"a":1}],["gone"]]}
+ *   {"seq":7,"ops":[["key1","value1"],["key2",{"a":1}],["gone"]],"crc32":1234567890}
  *
  * `[key, value]` is a put (value is the JSON value itself), `[key]` a delete
- * (so a put of JSON `null` stays distinct from a delete). A line is written
- * whole with its final LF, so a transaction is all or nothing on disk: a
- * crash mid-append leaves a final line without its LF, which recovery drops.
+ * (so a put of JSON `null` stays distinct from a delete). `crc32` is the
+ * CRC-32 of the line's bytes before `,"crc32":`, so a byte damaged on disk
+ * is found even where the line stays valid JSON (a value's letter changed);
+ * lines written before it was added have none and are read as they are. A
+ * line is written whole with its final LF, so a transaction is all or
+ * nothing on disk: a crash mid-append leaves a final line without its LF,
+ * which recovery drops.
  *
  * Owns: encoding and decoding of journal lines. Must not: touch files.
  */
@@ -24,7 +28,9 @@ export function encodeRecord(record: CommitRecord): string {
     if (i > 0) line += ",";
     line += value === null ? `[${jsonString(key)}]` : `[${jsonString(key)},${singleLine(value)}]`;
   }
-  return line + "]}\n";
+  line += "]";
+  // Bun.hash.crc32 of a string is that of its UTF-8 bytes: the bytes the line is written as.
+  return line + CRC_FIELD + Bun.hash.crc32(line) + "}\n";
 }
 
 /**
@@ -32,18 +38,26 @@ export function encodeRecord(record: CommitRecord): string {
  * the encoded value are ASCII needing no escaping (and so hold no line break).
  */
 export function writeAsciiPutRecord(out: ByteBuffer, seq: number, entry: AsciiEntry): void {
+  const start = out.length;
   out.constant(RECORD_START);
   out.decimal(seq);
   out.constant(OPS_START);
   out.range(entry.keySrc, entry.keyStart, entry.keyEnd);
   out.constant(KEY_END);
   out.range(entry.valueSrc, entry.valueStart, entry.valueEnd);
+  out.constant(OPS_END);
+  const crc = Bun.hash.crc32(out.bytes.subarray(start, out.length));
+  out.constant(CRC_FIELD_BYTES);
+  out.decimal(crc);
   out.constant(RECORD_END);
 }
+const CRC_FIELD = ',"crc32":';
 const RECORD_START = Buffer.from('{"seq":', "latin1");
 const OPS_START = Buffer.from(',"ops":[["', "latin1");
 const KEY_END = Buffer.from('",', "latin1");
-const RECORD_END = Buffer.from("]]}\n", "latin1");
+const OPS_END = Buffer.from("]]", "latin1");
+const CRC_FIELD_BYTES = Buffer.from(CRC_FIELD, "latin1");
+const RECORD_END = Buffer.from("}\n", "latin1");
 
 /** Thrown with the problem only; the caller adds the file name. */
 export class JournalFormatError extends Error {}
@@ -127,14 +141,27 @@ export function scanJournal(
  * JSON, and the value text kept as written (it is what JSON.stringify gives),
  * which halves the replay time of a long journal. Anything else: null.
  */
-const SIMPLE_PUT = /^\{"seq":([1-9][0-9]{0,15}),"ops":\[\["([^"\\\x00-\x1f]+)",("[^"\\\x00-\x1f]*"|true|false|null)\]\]\}$/;
+const SIMPLE_PUT = /^\{"seq":([1-9][0-9]{0,15}),"ops":\[\["([^"\\\x00-\x1f]+)",("[^"\\\x00-\x1f]*"|true|false|null)\]\](?:,"crc32":[0-9]{1,10})?\}$/;
 
 function decodeSimpleRecord(line: string): { seq: number; ops: CommitOp[] } | null {
   const match = SIMPLE_PUT.exec(line);
   if (match === null) return null;
   const seq = Number(match[1]);
   if (!Number.isSafeInteger(seq)) return null;
+  checkCrc(line);
   return { seq, ops: [[match[2]!, match[3]!]] };
+}
+
+/** The record's own checksum field, last in the line. */
+const CRC_AT_END = /,"crc32":([0-9]{1,10})\}$/;
+
+/** Throws when the line carries a crc32 that its bytes do not match (a line without one, written before it existed, passes). */
+function checkCrc(line: string): void {
+  const match = CRC_AT_END.exec(line);
+  if (match === null) return;
+  const stored = Number(match[1]);
+  const computed = Bun.hash.crc32(line.slice(0, match.index));
+  if (stored !== computed) throw new Error(`checksum mismatch (stored crc32 ${stored}, computed ${computed}): the record is damaged`);
 }
 
 function decodeRecord(line: string): { seq: number; ops: CommitOp[] } {
@@ -144,7 +171,13 @@ function decodeRecord(line: string): { seq: number; ops: CommitOp[] } {
   } catch {
     throw new Error("not valid JSON");
   }
-  const { seq, ops } = (parsed ?? {}) as { seq?: unknown; ops?: unknown };
+  const { seq, ops, crc32, ...unknownFields } = (parsed ?? {}) as { seq?: unknown; ops?: unknown; crc32?: unknown };
+  // A damaged field name (of crc32 above all) must not pass as a field nobody reads.
+  if (Object.keys(unknownFields).length > 0) throw new Error(`unknown field ${JSON.stringify(Object.keys(unknownFields)[0])}`);
+  if (crc32 !== undefined) {
+    if (!CRC_AT_END.test(line)) throw new Error("crc32 is not the last field");
+    checkCrc(line);
+  }
   if (!isSeq(seq) || seq === 0) throw new Error("no valid seq");
   if (!Array.isArray(ops)) throw new Error("no ops array");
   const decoded: CommitOp[] = [];
