@@ -544,13 +544,36 @@ describe("start-up with damaged files", () => {
     expect(fileBytes(dir)).toEqual(before);
   });
 
-  test("records missing after the snapshot (a journal of seq 3-4 beside a snapshot of seq 0): exit non-zero naming the gap, files untouched", async () => {
+  test("the snapshot deleted after a clean stop (the journal empty, its generation past 1): exit non-zero saying so, instead of starting empty", async () => {
+    const dir = dataDir();
+    const a = await start(dir);
+    await putMany(await client(a), [["a", "1"], ["b", "2"]]);
+    a.proc.kill("SIGTERM");
+    expect(await a.exited).toBe(0);
+    const file = path.join(dir, "data.json");
+    fs.rmSync(file);
+    const journal = fs.readdirSync(dir).find((name) => name.includes(".journal."))!;
+    expect(fs.statSync(path.join(dir, journal)).size).toBe(0);
+    const before = fileBytes(dir);
+    const run = await runIndex(["--port", "0", "--data", file]);
+    expect(run.code).not.toBe(0);
+    expect(run.stderr).toContain(`${file}: the snapshot is missing, but the journal ${path.join(dir, journal)} shows that one was written`);
+    expect(fileBytes(dir)).toEqual(before);
+    // Removing the journal as well is how to start afresh on purpose.
+    fs.rmSync(path.join(dir, journal));
+    const b = await start(dir);
+    expect(await (await client(b)).request("KEYS")).toEqual({ status: "Ok", result: [] });
+    b.proc.kill("SIGTERM");
+    expect(await b.exited).toBe(0);
+  });
+
+  test("the snapshot deleted while the journal holds the records after it (seq 3-4 without seq 1-2): exit non-zero, files untouched", async () => {
     const dir = await dirWithData(); // snapshot at seq 2, a journal with seq 3 and 4
-    fs.rmSync(path.join(dir, "data.json")); // as if an older snapshot (none) were put back
+    fs.rmSync(path.join(dir, "data.json"));
     const before = fileBytes(dir);
     const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
     expect(run.code).not.toBe(0);
-    expect(run.stderr).toContain("seq 3 where seq 1 was expected: records are missing");
+    expect(run.stderr).toContain("the snapshot is missing, but the journal");
     expect(fileBytes(dir)).toEqual(before);
   });
 

@@ -7,7 +7,7 @@
  * journal, or in the one before newer journals that are all empty (a crash
  * as a compaction or a rebuild switched journals). Records must follow the
  * snapshot with consecutive seqs: a gap (a journal file deleted) is
- * corruption too.
+ * corruption too, and so is a missing snapshot once journals show one was written.
  *
  * Owns: turning the files on disk into the initial key/value map and seq.
  * Must not: write, truncate or delete anything.
@@ -47,6 +47,7 @@ export function recover(files: DataFiles): Recovered {
   } catch (err) {
     throw new Error(`${files.dir}: cannot list the data directory (${(err as Error).message})`);
   }
+  refuseMissingSnapshot(files, snapshot.format, gens);
   let lastSeq = 0;
   let replayed = 0;
   let tornTail: TornTail | null = null;
@@ -92,6 +93,20 @@ export function recover(files: DataFiles): Recovered {
     journalRecordsReplayed: replayed,
     tornTail,
   };
+}
+
+/**
+ * Journal generations start at 1 and move on only once a snapshot is in
+ * place (a compaction, a rebuild, a graceful stop), so a later generation
+ * with no snapshot beside it means the snapshot was lost: starting empty
+ * would serve, and soon save, a store without its data.
+ */
+function refuseMissingSnapshot(files: DataFiles, snapshotFormat: string, gens: readonly number[]): void {
+  if (snapshotFormat !== "none" || gens.length === 0 || gens[0]! <= 1) return;
+  throw new Error(
+    `${files.snapshot}: the snapshot is missing, but the journal ${files.journal(gens[0]!)} ` +
+      `shows that one was written; put it back, or remove the journal files to start with an empty store`,
+  );
 }
 
 /**
