@@ -567,6 +567,15 @@ describe("start-up with damaged files", () => {
     expect(await b.exited).toBe(0);
   });
 
+  test("a directory where the snapshot's temporary file goes: exit non-zero saying what it is and what to do, nothing left behind", async () => {
+    const dir = dataDir();
+    fs.mkdirSync(path.join(dir, "data.json.tmp"));
+    const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+    expect(run.code).not.toBe(0);
+    expect(run.stderr).toContain("data.json.tmp: cannot remove the stale snapshot temporary file (it is a directory");
+    expect(fs.readdirSync(dir)).toEqual(["data.json.tmp"]);
+  });
+
   test("the snapshot deleted while the journal holds the records after it (seq 3-4 without seq 1-2): exit non-zero, files untouched", async () => {
     const dir = await dirWithData(); // snapshot at seq 2, a journal with seq 3 and 4
     fs.rmSync(path.join(dir, "data.json"));

@@ -58,6 +58,17 @@ export interface OpenedPersistence {
  * opens the journal for appending. Rejects, leaving every data file as it
  * was, with an Error naming the file and the problem.
  */
+/** A snapshot's temporary file left by an interrupted compaction: the next one would overwrite it anyway. */
+function removeStaleSnapshotTemp(file: string): void {
+  try {
+    fs.rmSync(file, { force: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const what = code === "EISDIR" || code === "ERR_FS_EISDIR" ? "it is a directory, where snapshots write their temporary file" : (err as Error).message;
+    throw new Error(`${file}: cannot remove the stale snapshot temporary file (${what}); move it away and start again`);
+  }
+}
+
 export async function openPersistence(opts: PersistenceOptions, log: Logger): Promise<OpenedPersistence> {
   const started = performance.now();
   const files = dataFiles(opts.path);
@@ -74,8 +85,7 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
       });
       cutFile(torn.file, torn.validBytes);
     }
-    // Left by a compaction that was interrupted; the next one would overwrite it anyway.
-    fs.rmSync(files.snapshotTemp, { force: true });
+    removeStaleSnapshotTemp(files.snapshotTemp);
     const lastGen = recovered.journalGens.at(-1);
     const journal = await openJournal(files, lastGen ?? 1);
     const settings: DurableLogOptions = {
