@@ -233,6 +233,24 @@ describe("journal format", () => {
     }
   });
 
+  test("the final record, complete with its line end but changed (still valid JSON), is corruption, not a torn tail", () => {
+    const good = encodeRecord({ seq: 1, ops: [["a", '"alpha"']] });
+    const last = encodeRecord({ seq: 2, ops: [["b", '"bravo"']] });
+    expect(() => scan(good + last.replace("bravo", "brawo"))).toThrow(/line 2: checksum mismatch/);
+    expect(() => scan(good + last.replace("bravo", "brawo").replace("\n", "\r\n"))).toThrow(/line 2: checksum mismatch/);
+    // Unfinished (no line end) it is still a crash's trace.
+    expect(scan(good + last.replace("bravo", "brawo").slice(0, -1)).result.tornTail).toMatch(/line 2: incomplete final record/);
+  });
+
+  test("line ends converted to CRLF still read, checksums and all", () => {
+    const text = encodeRecord({ seq: 1, ops: [["ключ", '"é"']] }) + encodeRecord({ seq: 2, ops: [["b", '{"c":1}'], ["d", null]] }) + '{"seq":3,"ops":[["old","1"]]}\n';
+    expect(scan(text.replaceAll("\n", "\r\n")).seen).toEqual([
+      [1, [["ключ", '"é"']]],
+      [2, [["b", '{"c":1}'], ["d", null]]],
+      [3, [["old", '"1"']]],
+    ]);
+  });
+
   test("a final record without its line end is a torn tail: dropped, earlier records kept", () => {
     const good = encodeRecord({ seq: 1, ops: [["a", "1"]] }) + encodeRecord({ seq: 2, ops: [["b", "2"]] });
     const torn = encodeRecord({ seq: 3, ops: [["c", "3"]] }).slice(0, 12);

@@ -530,18 +530,20 @@ describe("start-up with damaged files", () => {
     expect(fileBytes(dir)).toEqual(before);
   });
 
-  test("a journal record whose value changed on disk but stays valid JSON: exit non-zero on its checksum, every file left as it was", async () => {
-    const dir = await dirWithData(); // the journal holds seq 3 (c = 3) and seq 4 (d = 4)
-    const journal = fs.readdirSync(dir).find((name) => name.includes(".journal."))!;
-    const file = path.join(dir, journal);
-    const text = fs.readFileSync(file, "utf8");
-    expect(text).toContain('["c","3"]');
-    fs.writeFileSync(file, text.replace('["c","3"]', '["c","8"]'));
-    const before = fileBytes(dir);
-    const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
-    expect(run.code).not.toBe(0);
-    expect(run.stderr).toContain(`${file}: corrupt journal, line 1: checksum mismatch`);
-    expect(fileBytes(dir)).toEqual(before);
+  test("a journal record whose value changed on disk but stays valid JSON, the last one too: exit non-zero on its checksum, every file left as it was", async () => {
+    for (const [line, record, changed] of [[1, '["c","3"]', '["c","8"]'], [2, '["d","4"]', '["d","9"]']] as const) {
+      const dir = await dirWithData(); // the journal holds seq 3 (c = 3) and seq 4 (d = 4)
+      const journal = fs.readdirSync(dir).find((name) => name.includes(".journal."))!;
+      const file = path.join(dir, journal);
+      const text = fs.readFileSync(file, "utf8");
+      expect(text).toContain(record);
+      fs.writeFileSync(file, text.replace(record, changed));
+      const before = fileBytes(dir);
+      const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+      expect(run.code).not.toBe(0);
+      expect(run.stderr).toContain(`${file}: corrupt journal, line ${line}: checksum mismatch`);
+      expect(fileBytes(dir)).toEqual(before);
+    }
   });
 
   test("the snapshot deleted after a clean stop (the journal empty, its generation past 1): exit non-zero saying so, instead of starting empty", async () => {

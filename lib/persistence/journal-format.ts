@@ -91,6 +91,8 @@ function firstLineNotUtf8(bytes: Uint8Array): number {
  * `afterSeq`: seqs must be strictly greater than the previous one (across files).
  * A final line without its line end, or unreadable, is a torn tail (reported,
  * the records before it kept); a bad line before the final one is corruption.
+ * A complete record whose checksum does not match is corruption wherever it
+ * is: a crash leaves a line unfinished, not finished and wrong.
  */
 export function scanJournal(
   bytes: Uint8Array,
@@ -103,26 +105,32 @@ export function scanJournal(
   let lastSeq = afterSeq;
   let records = 0;
   let start = 0;
+  // The same line's start in bytes: each LF of the text is an LF byte, in the same order.
+  let byteStart = 0;
   let lineNo = 0;
   while (start < text.length) {
     lineNo++;
     const newline = text.indexOf("\n", start);
     const isFinal = newline === -1 || newline === text.length - 1;
-    const line = text.slice(start, newline === -1 ? text.length : newline);
-    const torn = (reason: string): JournalScan => ({
-      validBytes: Buffer.byteLength(text.slice(0, start)),
-      tornTail: `line ${lineNo}: ${reason}`,
-      records,
-      lastSeq,
-    });
+    const torn = (reason: string): JournalScan => ({ validBytes: byteStart, tornTail: `line ${lineNo}: ${reason}`, records, lastSeq });
     if (newline === -1) return torn("incomplete final record (no line end)");
-    let decoded: { seq: number; ops: CommitOp[] };
+    const byteNewline = bytes.indexOf(LF_BYTE, byteStart);
+    // A CR before the LF (a file whose line ends were converted) is not part of the record.
+    const crlf = newline > start && text.charCodeAt(newline - 1) === CR;
+    const line = text.slice(start, crlf ? newline - 1 : newline);
+    let decoded: DecodedRecord;
     try {
       if (lineNo === badUtf8Line) throw new Error("not valid UTF-8");
       decoded = decodeSimpleRecord(line) ?? decodeRecord(line);
     } catch (err) {
       if (isFinal) return torn(`unreadable final record (${(err as Error).message})`);
       throw new JournalFormatError(`line ${lineNo}: ${(err as Error).message}`);
+    }
+    if (decoded.crc !== null) {
+      const computed = Bun.hash.crc32(bytes.subarray(byteStart, byteNewline - (crlf ? 1 : 0) - decoded.crcSuffixLength));
+      if (computed !== decoded.crc) {
+        throw new JournalFormatError(`line ${lineNo}: checksum mismatch (stored crc32 ${decoded.crc}, computed ${computed}): the record is damaged`);
+      }
     }
     if (decoded.seq <= lastSeq) {
       throw new JournalFormatError(`line ${lineNo}: seq ${decoded.seq} does not follow seq ${lastSeq}`);
@@ -131,8 +139,20 @@ export function scanJournal(
     records++;
     onRecord(decoded.seq, decoded.ops);
     start = newline + 1;
+    byteStart = byteNewline + 1;
   }
   return { validBytes: bytes.length, tornTail: null, records, lastSeq };
+}
+
+const LF_BYTE = 0x0a;
+const CR = 0x0d;
+
+/** A decoded line; crc: its crc32 field (null in a line written before it existed), which takes the line's last crcSuffixLength characters. */
+interface DecodedRecord {
+  readonly seq: number;
+  readonly ops: CommitOp[];
+  readonly crc: number | null;
+  readonly crcSuffixLength: number;
 }
 
 /**
@@ -141,43 +161,41 @@ export function scanJournal(
  * JSON, and the value text kept as written (it is what JSON.stringify gives),
  * which halves the replay time of a long journal. Anything else: null.
  */
-const SIMPLE_PUT = /^\{"seq":([1-9][0-9]{0,15}),"ops":\[\["([^"\\\x00-\x1f]+)",("[^"\\\x00-\x1f]*"|true|false|null)\]\](?:,"crc32":[0-9]{1,10})?\}$/;
+const SIMPLE_PUT = /^\{"seq":([1-9][0-9]{0,15}),"ops":\[\["([^"\\\x00-\x1f]+)",("[^"\\\x00-\x1f]*"|true|false|null)\]\](?:,"crc32":(0|[1-9][0-9]{0,9}))?\}$/;
 
-function decodeSimpleRecord(line: string): { seq: number; ops: CommitOp[] } | null {
+function decodeSimpleRecord(line: string): DecodedRecord | null {
   const match = SIMPLE_PUT.exec(line);
   if (match === null) return null;
   const seq = Number(match[1]);
   if (!Number.isSafeInteger(seq)) return null;
-  checkCrc(line);
-  return { seq, ops: [[match[2]!, match[3]!]] };
+  const crcDigits = match[4];
+  return {
+    seq,
+    ops: [[match[2]!, match[3]!]],
+    crc: crcDigits === undefined ? null : Number(crcDigits),
+    crcSuffixLength: crcDigits === undefined ? 0 : CRC_FIELD.length + crcDigits.length + 1,
+  };
 }
 
 /** The record's own checksum field, last in the line. */
-const CRC_AT_END = /,"crc32":([0-9]{1,10})\}$/;
+const CRC_AT_END = /,"crc32":(0|[1-9][0-9]{0,9})\}$/;
 
-/** Throws when the line carries a crc32 that its bytes do not match (a line without one, written before it existed, passes). */
-function checkCrc(line: string): void {
-  const match = CRC_AT_END.exec(line);
-  if (match === null) return;
-  const stored = Number(match[1]);
-  const computed = Bun.hash.crc32(line.slice(0, match.index));
-  if (stored !== computed) throw new Error(`checksum mismatch (stored crc32 ${stored}, computed ${computed}): the record is damaged`);
-}
-
-function decodeRecord(line: string): { seq: number; ops: CommitOp[] } {
+function decodeRecord(line: string): DecodedRecord {
+  // The checksum field is taken off before parsing: the parser need not read it, and any crc32 left is misplaced.
+  const crcField = CRC_AT_END.exec(line);
   let parsed: unknown;
   try {
-    parsed = parseJsonExact(line);
+    parsed = parseJsonExact(crcField === null ? line : line.slice(0, crcField.index) + "}");
   } catch {
     throw new Error("not valid JSON");
   }
-  const { seq, ops, crc32, ...unknownFields } = (parsed ?? {}) as { seq?: unknown; ops?: unknown; crc32?: unknown };
+  const record = (parsed ?? {}) as { seq?: unknown; ops?: unknown };
   // A damaged field name (of crc32 above all) must not pass as a field nobody reads.
-  if (Object.keys(unknownFields).length > 0) throw new Error(`unknown field ${JSON.stringify(Object.keys(unknownFields)[0])}`);
-  if (crc32 !== undefined) {
-    if (!CRC_AT_END.test(line)) throw new Error("crc32 is not the last field");
-    checkCrc(line);
+  for (const field in record) {
+    if (field === "crc32") throw new Error("crc32 is not the last field");
+    if (field !== "seq" && field !== "ops") throw new Error(`unknown field ${JSON.stringify(field)}`);
   }
+  const { seq, ops } = record;
   if (!isSeq(seq) || seq === 0) throw new Error("no valid seq");
   if (!Array.isArray(ops)) throw new Error("no ops array");
   const decoded: CommitOp[] = [];
@@ -187,5 +205,5 @@ function decodeRecord(line: string): { seq: number; ops: CommitOp[] } {
     }
     decoded.push(op.length === 1 ? [op[0], null] : [op[0], JSON.stringify(op[1])]);
   }
-  return { seq, ops: decoded };
+  return { seq, ops: decoded, crc: crcField === null ? null : Number(crcField[1]), crcSuffixLength: crcField === null ? 0 : crcField[0].length };
 }
