@@ -128,6 +128,19 @@ describe("snapshot format", () => {
     ]);
   });
 
+  test("a hand-formatted plain JSON object that has one line like a txkv snapshot's loads as a plain object", () => {
+    expect([...decodeSnapshot(Buffer.from('{"x":1,"data":{\n"a":1}}')).entries]).toEqual([
+      ["x", "1"],
+      ["data", '{"a":1}'],
+    ]);
+    const endLike = decodeSnapshot(Buffer.from('{"data":{\n"a":1\n},"end":{"keys":1}}\n'));
+    expect(endLike.format).toBe("plain-json");
+    expect([...endLike.entries]).toEqual([
+      ["data", '{"a":1}'],
+      ["end", '{"keys":1}'],
+    ]);
+  });
+
   test("a plain JSON object keeps integers beyond 2^53 exactly", () => {
     const decoded = decodeSnapshot(Buffer.from('{"id": 12345678901234567890, "o": {"ids": [-9007199254740993]}}'));
     expect([...decoded.entries]).toEqual([

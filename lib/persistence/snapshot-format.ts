@@ -15,7 +15,8 @@
  * JSON text the store already holds, so loading never re-encodes them.
  * A plain JSON object `{"key": value, ...}` (the original Python server's
  * data.json) is also accepted as a snapshot at seq 0, unless the file has a
- * txkv snapshot's first or last line (then it is a damaged one).
+ * txkv snapshot's first line, or the end of one and its last line (then it is
+ * a damaged one).
  *
  * Owns: encoding and decoding of snapshot bytes. Must not: touch files.
  */
@@ -75,14 +76,16 @@ export function decodeSnapshot(bytes: Uint8Array): DecodedSnapshot {
 }
 
 /**
- * A txkv snapshot, possibly with a damaged first line: its header's start, its
- * end, or the closing line mark it. The header is outside the checksum, so a
- * byte flipped there must not turn the file into a "plain JSON object" whose
- * three keys (txkv, data, end) would be loaded in place of the data.
+ * A txkv snapshot, possibly with a damaged first line: its header's start, or
+ * both its header's end and its closing line, mark it. The header is outside
+ * the checksum, so a byte flipped there must not turn the file into a "plain
+ * JSON object" whose three keys (txkv, data, end) would be loaded in place of
+ * the data; one byte cannot damage both marks. A hand-formatted plain object
+ * may have either mark alone, not both.
  */
 function hasTxkvLayout(bytes: Uint8Array, firstLine: string): boolean {
-  if (firstLine.startsWith(HEADER_PREFIX) || firstLine.endsWith(DATA_OPEN)) return true;
-  if (bytes.length < 2 || bytes[bytes.length - 1] !== 10) return false;
+  if (firstLine.startsWith(HEADER_PREFIX)) return true;
+  if (!firstLine.endsWith(DATA_OPEN) || bytes.length < 2 || bytes[bytes.length - 1] !== 10) return false;
   const lastLineStart = bytes.lastIndexOf(10, bytes.length - 2) + 1;
   return utf8(bytes.subarray(lastLineStart, bytes.length - 1)).startsWith(TRAILER_PREFIX);
 }
