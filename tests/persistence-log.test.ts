@@ -622,6 +622,20 @@ describe("lock", () => {
     expect(a.store.size).toBe(0);
   });
 
+  test("a lock held by a live process is named as such even when this process cannot write its own lock file there", async () => {
+    const dir = tempDir();
+    const owner = Bun.spawn(["sleep", "30"]);
+    try {
+      fs.writeFileSync(path.join(dir, "data.json.lock"), `${owner.pid}\n`);
+      // What this process would write its pid to first is in the way (as in a directory it may not write).
+      fs.mkdirSync(path.join(dir, `data.json.lock.${process.pid}`));
+      await expect(open(dir)).rejects.toThrow(`locked by another running server (pid ${owner.pid})`);
+    } finally {
+      owner.kill("SIGKILL");
+      await owner.exited;
+    }
+  });
+
   test("a lock left by a dead process does not block the next start", async () => {
     const dir = tempDir();
     const dead = Bun.spawn(["true"]);
@@ -632,9 +646,17 @@ describe("lock", () => {
     await closeLog(a);
   });
 
-  test("two processes trying to take the same lock at the same moment: exactly one gets it, every time (a lock is never seen empty)", async () => {
+  test.each([
+    ["no lock there before", false],
+    ["a stale lock (a dead pid) there before", true],
+  ])("two processes trying to take the same lock at the same moment, %s: exactly one gets it, every time", async (_name, stale) => {
     const dir = tempDir();
     const count = 1000;
+    if (stale) {
+      const dead = Bun.spawn(["true"]);
+      await dead.exited;
+      for (let i = 0; i < count; i++) fs.writeFileSync(path.join(dir, `lock${i}`), `${dead.pid}\n`);
+    }
     const startAt = Date.now() + 700;
     const racers = [0, 1].map(() =>
       Bun.spawn([process.execPath, path.join(import.meta.dir, "lock-racer.ts"), dir, String(count), String(startAt)], { stdout: "pipe" }),

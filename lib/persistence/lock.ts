@@ -11,7 +11,8 @@
  * written, a lock read in between looked stale, and of two servers started at
  * the same moment both took it. An empty lock (a file system without hard
  * links, or a server killed while creating one) counts as a server starting
- * while it is young, and as stale after STARTING_LOCK_MS.
+ * while it is young, and as stale after STARTING_LOCK_MS. A stale lock is
+ * taken over by moving it aside, not unlinking it (see removeStaleLock).
  *
  * Owns: creating, checking and removing the lock file. Must not: read or
  * write any data file.
@@ -24,27 +25,59 @@ const STARTING_LOCK_MS = 2000;
 /** Takes the lock or throws an Error whose message names the file and the owner. */
 export function acquireLock(lockPath: string): void {
   for (let attempt = 0; attempt < 3; attempt++) {
-    if (createLock(lockPath)) return;
+    if (createLockUnlessLive(lockPath)) return;
     const owner = readLockOwner(lockPath);
-    if (owner !== null && owner !== process.pid && isAlive(owner)) {
-      throw new Error(
-        `${lockPath}: the data file is locked by another running server (pid ${owner}); ` +
-          `if no txkv server runs with that pid, remove the lock file`,
-      );
-    }
-    if (owner === null && isYoung(lockPath)) {
-      throw new Error(`${lockPath}: another server is starting on this data file (its lock file is still empty)`);
-    }
+    refuseIfLive(lockPath, owner);
     // Stale: its owner is gone (killed), or the file is unreadable or empty and old (killed while creating it).
-    try {
-      fs.unlinkSync(lockPath);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
-        throw new Error(`${lockPath}: cannot remove the stale lock file (${(err as Error).message})`);
-      }
-    }
+    removeStaleLock(lockPath, owner);
   }
   throw new Error(`${lockPath}: could not take the lock (another server keeps taking it)`);
+}
+
+function refuseIfLive(lockPath: string, owner: number | null): void {
+  if (owner !== null && owner !== process.pid && isAlive(owner)) {
+    throw new Error(
+      `${lockPath}: the data file is locked by another running server (pid ${owner}); ` +
+        `if no txkv server runs with that pid, remove the lock file`,
+    );
+  }
+  if (owner === null && isYoung(lockPath)) {
+    throw new Error(`${lockPath}: another server is starting on this data file (its lock file is still empty)`);
+  }
+}
+
+/** createLock, but a lock held by a live server is named as such even when this process cannot write the directory. */
+function createLockUnlessLive(lockPath: string): boolean {
+  try {
+    return createLock(lockPath);
+  } catch (err) {
+    refuseIfLive(lockPath, readLockOwner(lockPath));
+    throw err;
+  }
+}
+
+/**
+ * Removes a lock seen naming `stale` (a dead pid, or null). Moved aside
+ * first, not unlinked: another server may have taken it over meanwhile, and
+ * unlinking would remove that server's fresh lock, so both would run. If what
+ * was moved names someone else, it is put back.
+ */
+function removeStaleLock(lockPath: string, stale: number | null): void {
+  const aside = `${lockPath}.stale.${process.pid}`;
+  try {
+    fs.renameSync(lockPath, aside);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return; // taken away already: try again
+    throw new Error(`${lockPath}: cannot remove the stale lock file (${(err as Error).message})`);
+  }
+  try {
+    const moved = readLockOwner(aside);
+    if (moved !== stale) fs.linkSync(aside, lockPath); // another server's fresh lock: put back (the next look finds it live)
+  } catch {
+    // A third server's lock is in place already: the next look finds it.
+  } finally {
+    fs.rmSync(aside, { force: true });
+  }
 }
 
 /** Errors of link() on file systems that have no hard links. */
@@ -87,7 +120,8 @@ function createLockInPlace(lockPath: string): boolean {
 /** True when the file was modified less than STARTING_LOCK_MS ago (false when it is gone). */
 function isYoung(lockPath: string): boolean {
   try {
-    return Date.now() - fs.statSync(lockPath).mtimeMs < STARTING_LOCK_MS;
+    // Either way: a clock that differs from a network file system's must not make an old lock young for hours.
+    return Math.abs(Date.now() - fs.statSync(lockPath).mtimeMs) < STARTING_LOCK_MS;
   } catch {
     return false;
   }
