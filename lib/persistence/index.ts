@@ -58,23 +58,14 @@ export interface OpenedPersistence {
  * opens the journal for appending. Rejects, leaving every data file as it
  * was, with an Error naming the file and the problem.
  */
-/** A snapshot's temporary file left by an interrupted compaction: the next one would overwrite it anyway. */
-function removeStaleSnapshotTemp(file: string): void {
-  try {
-    fs.rmSync(file, { force: true });
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const what = code === "EISDIR" || code === "ERR_FS_EISDIR" ? "it is a directory, where snapshots write their temporary file" : (err as Error).message;
-    throw new Error(`${file}: cannot remove the stale snapshot temporary file (${what}); move it away and start again`);
-  }
-}
-
 export async function openPersistence(opts: PersistenceOptions, log: Logger): Promise<OpenedPersistence> {
   const started = performance.now();
   const files = dataFiles(opts.path);
   refuseJournalsBesideLink(path.resolve(opts.path), files.snapshot);
   acquireLock(files.lock);
   try {
+    // Checked first: a start it refuses must not have cut a torn record already.
+    refuseDirectoryAtSnapshotTemp(files.snapshotTemp);
     const recovered = recover(files);
     const torn = recovered.tornTail;
     if (torn !== null) {
@@ -85,7 +76,8 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
       });
       cutFile(torn.file, torn.validBytes);
     }
-    removeStaleSnapshotTemp(files.snapshotTemp);
+    // Left by a compaction that was interrupted; the next one would overwrite it anyway.
+    fs.rmSync(files.snapshotTemp, { force: true });
     const lastGen = recovered.journalGens.at(-1);
     const journal = await openJournal(files, lastGen ?? 1);
     const settings: DurableLogOptions = {
@@ -142,6 +134,13 @@ function refuseJournalsBesideLink(given: string, resolved: string): void {
       `${given}: is a link to ${resolved}, and journal files sit beside the link (${names.join(", ")}); ` +
         `move them beside ${resolved}, renamed to ${path.basename(resolved)}.journal.<n>`,
     );
+  }
+}
+
+/** A directory where snapshots write their temporary file would fail every compaction: refuse to start, saying so. */
+function refuseDirectoryAtSnapshotTemp(file: string): void {
+  if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new Error(`${file}: a directory is where snapshots write their temporary file; move it away and start again`);
   }
 }
 
