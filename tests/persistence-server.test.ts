@@ -559,7 +559,7 @@ describe("start-up with damaged files", () => {
     const before = fileBytes(dir);
     const run = await runIndex(["--port", "0", "--data", file]);
     expect(run.code).not.toBe(0);
-    expect(run.stderr).toContain(`${file}: the snapshot is missing, but the journal ${path.join(dir, journal)} shows that one was written`);
+    expect(run.stderr).toContain(`${file}: no snapshot, but the oldest journal is ${path.join(dir, journal)}, which follows one`);
     expect(fileBytes(dir)).toEqual(before);
     // Removing the journal as well is how to start afresh on purpose.
     fs.rmSync(path.join(dir, journal));
@@ -584,7 +584,7 @@ describe("start-up with damaged files", () => {
     const before = fileBytes(dir);
     const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
     expect(run.code).not.toBe(0);
-    expect(run.stderr).toContain("the snapshot is missing, but the journal");
+    expect(run.stderr).toContain("no snapshot, but the oldest journal is");
     expect(fileBytes(dir)).toEqual(before);
   });
 

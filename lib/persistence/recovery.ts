@@ -96,16 +96,19 @@ export function recover(files: DataFiles): Recovered {
 }
 
 /**
- * Journal generations start at 1 and move on only once a snapshot is in
- * place (a compaction, a rebuild, a graceful stop), so a later generation
- * with no snapshot beside it means the snapshot was lost: starting empty
- * would serve, and soon save, a store without its data.
+ * Journal generations start at 1. A later one is opened by a compaction
+ * (whose snapshot is in place before the older journals go) or by a rebuild
+ * after a disk failure (which opens it, then writes a snapshot of memory).
+ * So with no snapshot beside it, the data before it is not on disk: the
+ * snapshot was lost, or a rebuild never finished. Starting empty would
+ * serve, and soon save, a store without that data.
  */
 function refuseMissingSnapshot(files: DataFiles, snapshotFormat: string, gens: readonly number[]): void {
   if (snapshotFormat !== "none" || gens.length === 0 || gens[0]! <= 1) return;
   throw new Error(
-    `${files.snapshot}: the snapshot is missing, but the journal ${files.journal(gens[0]!)} ` +
-      `shows that one was written; put it back, or remove the journal files to start with an empty store`,
+    `${files.snapshot}: no snapshot, but the oldest journal is ${files.journal(gens[0]!)}, which follows one ` +
+      `(or a rebuild that was writing one): the data before it is not here. Put the snapshot back, ` +
+      `or remove the journal files to start with an empty store`,
   );
 }
 
