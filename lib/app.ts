@@ -93,10 +93,37 @@ function openFilesLimit(): number | null {
 /**
  * A growing store's move to its new arena or index also runs on a timer, 1 ms
  * of every 100 (Redis's activerehashing): traffic moves it along, but an
- * idle server would otherwise hold the old and the new buffers for good.
+ * idle server would otherwise hold the old and the new buffers for good. A
+ * look once a second starts that timer; it stops when the move is done, so
+ * an idle server does not wake ten times a second for nothing.
  */
 const BACKGROUND_GROWTH_EVERY_MS = 100;
 const BACKGROUND_GROWTH_MS = 1;
+const GROWTH_CHECK_EVERY_MS = 1000;
+
+/** Runs the timer above while the store grows; stop() ends both timers. */
+function moveGrowthInBackground(store: Store): { stop(): void } {
+  let stepping: Timer | null = null;
+  const stopStepping = () => {
+    if (stepping !== null) clearInterval(stepping);
+    stepping = null;
+  };
+  const check = setInterval(() => {
+    if (stepping !== null || !store.growing) return;
+    stepping = setInterval(() => {
+      store.growInBackground(BACKGROUND_GROWTH_MS);
+      if (!store.growing) stopStepping();
+    }, BACKGROUND_GROWTH_EVERY_MS);
+    stepping.unref();
+  }, GROWTH_CHECK_EVERY_MS);
+  check.unref();
+  return {
+    stop() {
+      clearInterval(check);
+      stopStepping();
+    },
+  };
+}
 
 export async function startServer(config: Config, version: string, log: Logger): Promise<RunningServer> {
   refuseUnprotected(config);
@@ -127,8 +154,7 @@ export async function startServer(config: Config, version: string, log: Logger):
   );
   const address = await listenOrClose(server, commitLog, config);
   const metrics = config.metricsPort === null ? null : await startMetricsOrClose(executor, version, config, server, commitLog);
-  const backgroundGrowth = setInterval(() => store.growInBackground(BACKGROUND_GROWTH_MS), BACKGROUND_GROWTH_EVERY_MS);
-  backgroundGrowth.unref();
+  const backgroundGrowth = moveGrowthInBackground(store);
   let stopping: Promise<ShutdownReport> | null = null;
   return {
     ...address,
@@ -138,7 +164,7 @@ export async function startServer(config: Config, version: string, log: Logger):
     server,
     executor,
     shutdown() {
-      clearInterval(backgroundGrowth);
+      backgroundGrowth.stop();
       stopping ??= shutDownInOrder(server, commitLog, metrics?.server ?? null, stats, config.shutdownTimeoutMs);
       return stopping;
     },
