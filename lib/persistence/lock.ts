@@ -12,7 +12,8 @@
  * the same moment both took it. An empty lock (a file system without hard
  * links, or a server killed while creating one) counts as a server starting
  * while it is young, and as stale after STARTING_LOCK_MS. A stale lock is
- * taken over by moving it aside, not unlinking it (see removeStaleLock).
+ * removed only under a second lock, so that two servers never both take it
+ * over (see takeOverStaleLock).
  *
  * Owns: creating, checking and removing the lock file. Must not: read or
  * write any data file.
@@ -22,14 +23,20 @@ import fs from "node:fs";
 /** An empty lock younger than this is a server in the middle of creating it (only where hard links fail). */
 const STARTING_LOCK_MS = 2000;
 
+/** While another server takes over a stale lock, look again this often, this many times (2 s in all). */
+const TAKEOVER_WAIT_MS = 5;
+const TAKEOVER_LOOKS = 400;
+
 /** Takes the lock or throws an Error whose message names the file and the owner. */
 export function acquireLock(lockPath: string): void {
-  for (let attempt = 0; attempt < 3; attempt++) {
+  if (fs.statSync(lockPath, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new Error(`${lockPath}: a directory is where the lock file goes; move it away and start again`);
+  }
+  for (let look = 0; look < TAKEOVER_LOOKS; look++) {
     if (createLockUnlessLive(lockPath)) return;
-    const owner = readLockOwner(lockPath);
-    refuseIfLive(lockPath, owner);
+    refuseIfLive(lockPath, readLockOwner(lockPath));
     // Stale: its owner is gone (killed), or the file is unreadable or empty and old (killed while creating it).
-    removeStaleLock(lockPath, owner);
+    if (!takeOverStaleLock(lockPath)) sleepSync(TAKEOVER_WAIT_MS);
   }
   throw new Error(`${lockPath}: could not take the lock (another server keeps taking it)`);
 }
@@ -57,27 +64,40 @@ function createLockUnlessLive(lockPath: string): boolean {
 }
 
 /**
- * Removes a lock seen naming `stale` (a dead pid, or null). Moved aside
- * first, not unlinked: another server may have taken it over meanwhile, and
- * unlinking would remove that server's fresh lock, so both would run. If what
- * was moved names someone else, it is put back.
+ * Removes the lock if it is still stale, holding the takeover lock
+ * (`<lock>.takeover`, made the same way) meanwhile. Under it the lock file
+ * cannot change: a new lock is only ever linked where none is, a stale one's
+ * owner is gone, and no other server is taking it over. Without it, a server
+ * that had seen the lock stale could remove another's fresh one, and both
+ * would run. False when another server is taking it over: look again later.
  */
-function removeStaleLock(lockPath: string, stale: number | null): void {
-  const aside = `${lockPath}.stale.${process.pid}`;
-  try {
-    fs.renameSync(lockPath, aside);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return; // taken away already: try again
-    throw new Error(`${lockPath}: cannot remove the stale lock file (${(err as Error).message})`);
+function takeOverStaleLock(lockPath: string): boolean {
+  const takeover = `${lockPath}.takeover`;
+  if (!createLock(takeover)) {
+    const holder = readLockOwner(takeover);
+    if ((holder !== null && holder !== process.pid && isAlive(holder)) || (holder === null && isYoung(takeover))) return false;
+    // Left by a server killed while taking over (two such servers racing here needs that crash first).
+    fs.rmSync(takeover, { force: true });
+    return true;
   }
   try {
-    const moved = readLockOwner(aside);
-    if (moved !== stale) fs.linkSync(aside, lockPath); // another server's fresh lock: put back (the next look finds it live)
-  } catch {
-    // A third server's lock is in place already: the next look finds it.
+    if (isStale(lockPath)) fs.rmSync(lockPath, { force: true });
   } finally {
-    fs.rmSync(aside, { force: true });
+    fs.rmSync(takeover, { force: true });
   }
+  return true;
+}
+
+/** The lock exists and names a dead pid or this one (a former process's), or is empty or unreadable and old. */
+function isStale(lockPath: string): boolean {
+  if (!fs.existsSync(lockPath)) return false;
+  const owner = readLockOwner(lockPath);
+  return owner === null ? !isYoung(lockPath) : owner === process.pid || !isAlive(owner);
+}
+
+/** Blocks this thread for ms: start-up only, while another server finishes a takeover. */
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /** Errors of link() on file systems that have no hard links. */
