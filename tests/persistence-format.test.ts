@@ -6,6 +6,8 @@
 import { describe, expect, test } from "bun:test";
 import { encodeRecord, JournalFormatError, scanJournal, writeAsciiPutRecord } from "../lib/persistence/journal-format.ts";
 import { ByteBuffer } from "../lib/byte-buffer.ts";
+import { crc32 } from "../lib/crc32.ts";
+import { seededRandom } from "./helpers.ts";
 import {
   decodeSnapshot,
   snapshotEntry,
@@ -159,6 +161,20 @@ describe("snapshot format", () => {
     expect(() => decodeSnapshot(plain)).toThrow(/not valid UTF-8/);
     // A real U+FFFD is a character like any other.
     expect([...decodeSnapshot(Buffer.from('{"k": "a\uFFFDb"}')).entries]).toEqual([["k", '"a\uFFFDb"']]);
+  });
+});
+
+describe("crc32 (the journal's PUT path)", () => {
+  test("agrees with Bun.hash.crc32 on every length 0-300 and offset 0-8, and on random bytes", () => {
+    const next = seededRandom(24);
+    const bytes = new Uint8Array(4096).map(() => Math.floor(next() * 256));
+    for (let start = 0; start <= 8; start++) {
+      for (let length = 0; length <= 300; length++) {
+        expect(crc32(bytes, start, start + length)).toBe(Bun.hash.crc32(bytes.subarray(start, start + length)));
+      }
+    }
+    expect(crc32(bytes, 0, bytes.length)).toBe(Bun.hash.crc32(bytes));
+    expect(crc32(Buffer.from("123456789"), 0, 9)).toBe(0xcbf43926); // the standard check value
   });
 });
 

@@ -17,6 +17,7 @@
 import type { CommitOp, CommitRecord } from "../commit-log.ts";
 import type { ByteBuffer } from "../byte-buffer.ts";
 import type { AsciiEntry } from "../compact-map.ts";
+import { crc32 } from "../crc32.ts";
 import { parseJsonExact } from "../exact-json.ts";
 import { jsonString, strictUtf8 } from "../text.ts";
 import { isSeq, singleLine } from "./snapshot-format.ts";
@@ -46,7 +47,7 @@ export function writeAsciiPutRecord(out: ByteBuffer, seq: number, entry: AsciiEn
   out.constant(KEY_END);
   out.range(entry.valueSrc, entry.valueStart, entry.valueEnd);
   out.constant(OPS_END);
-  const crc = Bun.hash.crc32(out.bytes.subarray(start, out.length));
+  const crc = crc32(out.bytes, start, out.length); // not Bun.hash.crc32 here: see crc32.ts
   out.constant(CRC_FIELD_BYTES);
   out.decimal(crc);
   out.constant(RECORD_END);
