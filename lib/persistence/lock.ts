@@ -41,16 +41,24 @@ export function acquireLock(lockPath: string): void {
   throw new Error(`${lockPath}: could not take the lock (another server keeps taking it)`);
 }
 
+/**
+ * Another server holds the lock (or takeover lock) at lockPath, which names
+ * `owner`: a live process other than this one, or nobody yet while the file
+ * is young (being created). Otherwise it is stale: a dead pid, this pid (a
+ * former process's), or empty and old.
+ */
+function heldByAnother(lockPath: string, owner: number | null): boolean {
+  return owner === null ? isYoung(lockPath) : owner !== process.pid && isAlive(owner);
+}
+
 function refuseIfLive(lockPath: string, owner: number | null): void {
-  if (owner !== null && owner !== process.pid && isAlive(owner)) {
-    throw new Error(
-      `${lockPath}: the data file is locked by another running server (pid ${owner}); ` +
-        `if no txkv server runs with that pid, remove the lock file`,
-    );
-  }
-  if (owner === null && isYoung(lockPath)) {
-    throw new Error(`${lockPath}: another server is starting on this data file (its lock file is still empty)`);
-  }
+  if (!heldByAnother(lockPath, owner)) return;
+  throw new Error(
+    owner === null
+      ? `${lockPath}: another server is starting on this data file (its lock file is still empty)`
+      : `${lockPath}: the data file is locked by another running server (pid ${owner}); ` +
+          `if no txkv server runs with that pid, remove the lock file`,
+  );
 }
 
 /** createLock, but a lock held by a live server is named as such even when this process cannot write the directory. */
@@ -74,25 +82,17 @@ function createLockUnlessLive(lockPath: string): boolean {
 function takeOverStaleLock(lockPath: string): boolean {
   const takeover = `${lockPath}.takeover`;
   if (!createLock(takeover)) {
-    const holder = readLockOwner(takeover);
-    if ((holder !== null && holder !== process.pid && isAlive(holder)) || (holder === null && isYoung(takeover))) return false;
+    if (heldByAnother(takeover, readLockOwner(takeover))) return false;
     // Left by a server killed while taking over (two such servers racing here needs that crash first).
     fs.rmSync(takeover, { force: true });
     return true;
   }
   try {
-    if (isStale(lockPath)) fs.rmSync(lockPath, { force: true });
+    if (fs.existsSync(lockPath) && !heldByAnother(lockPath, readLockOwner(lockPath))) fs.rmSync(lockPath, { force: true });
   } finally {
     fs.rmSync(takeover, { force: true });
   }
   return true;
-}
-
-/** The lock exists and names a dead pid or this one (a former process's), or is empty or unreadable and old. */
-function isStale(lockPath: string): boolean {
-  if (!fs.existsSync(lockPath)) return false;
-  const owner = readLockOwner(lockPath);
-  return owner === null ? !isYoung(lockPath) : owner === process.pid || !isAlive(owner);
 }
 
 /** Blocks this thread for ms: start-up only, while another server finishes a takeover. */
