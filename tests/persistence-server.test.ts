@@ -574,7 +574,7 @@ describe("start-up with damaged files", () => {
     fs.mkdirSync(path.join(dir, "data.json.tmp"));
     const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
     expect(run.code).not.toBe(0);
-    expect(run.stderr).toContain("data.json.tmp: a directory is where snapshots write their temporary file; move it away");
+    expect(run.stderr).toContain("data.json.tmp: a directory is where a snapshot's temporary file goes; move it away");
     expect(fs.readdirSync(dir)).toEqual(["data.json.tmp"]);
   });
 

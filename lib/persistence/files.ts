@@ -115,6 +115,22 @@ export function stillAtPath(fd: number, filePath: string): boolean {
   }
 }
 
+/**
+ * Refuses to start when a directory sits where the server writes a file of
+ * its own (the lock, or a snapshot's temporary file): every lock attempt or
+ * compaction would fail on it, with a bare EISDIR.
+ */
+export function refuseDirectoriesInPlaceOfFiles(files: DataFiles): void {
+  for (const [file, what] of [
+    [files.lock, "the lock file"],
+    [files.snapshotTemp, "a snapshot's temporary file"],
+  ] as const) {
+    if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) {
+      throw new Error(`${file}: a directory is where ${what} goes; move it away and start again`);
+    }
+  }
+}
+
 /** A short human-readable reason for a file-system error: "ENOSPC: no space left on device, write". */
 export function describeError(err: unknown): string {
   if (err instanceof Error) return err.message;

@@ -16,7 +16,7 @@ import path from "node:path";
 import type { CompactMap } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
 import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode, type StoreView } from "./durable-log.ts";
-import { dataFiles } from "./files.ts";
+import { dataFiles, refuseDirectoriesInPlaceOfFiles } from "./files.ts";
 import { acquireLock, releaseLock } from "./lock.ts";
 import { recover } from "./recovery.ts";
 
@@ -62,10 +62,9 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
   const started = performance.now();
   const files = dataFiles(opts.path);
   refuseJournalsBesideLink(path.resolve(opts.path), files.snapshot);
+  refuseDirectoriesInPlaceOfFiles(files);
   acquireLock(files.lock);
   try {
-    // Checked first: a start it refuses must not have cut a torn record already.
-    refuseDirectoryAtSnapshotTemp(files.snapshotTemp);
     const recovered = recover(files);
     const torn = recovered.tornTail;
     if (torn !== null) {
@@ -134,13 +133,6 @@ function refuseJournalsBesideLink(given: string, resolved: string): void {
       `${given}: is a link to ${resolved}, and journal files sit beside the link (${names.join(", ")}); ` +
         `move them beside ${resolved}, renamed to ${path.basename(resolved)}.journal.<n>`,
     );
-  }
-}
-
-/** A directory where snapshots write their temporary file would fail every compaction: refuse to start, saying so. */
-function refuseDirectoryAtSnapshotTemp(file: string): void {
-  if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) {
-    throw new Error(`${file}: a directory is where snapshots write their temporary file; move it away and start again`);
   }
 }
 

@@ -29,9 +29,6 @@ const TAKEOVER_LOOKS = 400;
 
 /** Takes the lock or throws an Error whose message names the file and the owner. */
 export function acquireLock(lockPath: string): void {
-  if (fs.statSync(lockPath, { throwIfNoEntry: false })?.isDirectory()) {
-    throw new Error(`${lockPath}: a directory is where the lock file goes; move it away and start again`);
-  }
   for (let look = 0; look < TAKEOVER_LOOKS; look++) {
     if (createLockUnlessLive(lockPath)) return;
     refuseIfLive(lockPath, readLockOwner(lockPath));
