@@ -128,7 +128,7 @@ export function scanJournal(
       throw new JournalFormatError(`line ${lineNo}: ${(err as Error).message}`);
     }
     if (decoded.crc !== null) {
-      const computed = Bun.hash.crc32(bytes.subarray(byteStart, byteNewline - (crlf ? 1 : 0) - decoded.crcSuffixLength));
+      const computed = crc32(bytes, byteStart, byteNewline - (crlf ? 1 : 0) - decoded.crcSuffixLength);
       if (computed !== decoded.crc) {
         throw new JournalFormatError(`line ${lineNo}: checksum mismatch (stored crc32 ${decoded.crc}, computed ${computed}): the record is damaged`);
       }
