@@ -33,7 +33,8 @@ export function acquireLock(lockPath: string): void {
     if (createLockUnlessLive(lockPath)) return;
     refuseIfLive(lockPath, readLockOwner(lockPath));
     // Stale: its owner is gone (killed), or the file is unreadable or empty and old (killed while creating it).
-    if (!takeOverStaleLock(lockPath)) sleepSync(TAKEOVER_WAIT_MS);
+    // Blocking is fine here: start-up, or a rebuild that holds up writes anyway.
+    if (!takeOverStaleLock(lockPath)) Bun.sleepSync(TAKEOVER_WAIT_MS);
   }
   throw new Error(`${lockPath}: could not take the lock (another server keeps taking it)`);
 }
@@ -90,11 +91,6 @@ function takeOverStaleLock(lockPath: string): boolean {
     fs.rmSync(takeover, { force: true });
   }
   return true;
-}
-
-/** Blocks this thread for ms: start-up only, while another server finishes a takeover. */
-function sleepSync(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /** Errors of link() on file systems that have no hard links. */
