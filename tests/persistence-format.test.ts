@@ -235,7 +235,7 @@ describe("journal format", () => {
     ]);
   });
 
-  test("a byte flipped anywhere in a record before the last is corruption, also where the line stays valid JSON (a value's letter)", () => {
+  test("a byte flipped anywhere in a complete record is corruption, the final one included, also where the line stays valid JSON (a value's letter)", () => {
     const records = [
       encodeRecord({ seq: 1, ops: [["k1", '"v1"']] }), // the fast path's shape
       encodeRecord({ seq: 2, ops: [["k2", '{"a":[1,"ü"]}'], ["gone", null]] }), // the general one
@@ -247,16 +247,19 @@ describe("journal format", () => {
         for (const mask of [0x01, 0x02, 0x20]) {
           const damaged = Buffer.from(bytes);
           damaged[at]! ^= mask;
-          if (damaged[at] === 0x0a) continue; // a new line end splits the record: another kind of damage
-          const before = records.slice(0, index).join("");
-          let outcome: string;
-          try {
-            scanJournal(Buffer.concat([Buffer.from(before), damaged, Buffer.from(last)]), 0, () => {});
-            outcome = "read";
-          } catch (err) {
-            outcome = err instanceof JournalFormatError ? "refused" : `failed: ${String(err)}`;
+          if (damaged[at] === 0x0a || damaged[at] === 0) continue; // a new line end splits the record; a zero is a power cut's trace
+          const before = Buffer.from(records.slice(0, index).join(""));
+          for (const [where, after] of [["before the last", Buffer.from(last)], ["last", Buffer.alloc(0)]] as const) {
+            let outcome: string;
+            try {
+              scanJournal(Buffer.concat([before, damaged, after]), 0, () => {});
+              outcome = "read";
+            } catch (err) {
+              outcome = err instanceof JournalFormatError ? "refused" : `failed: ${String(err)}`;
+            }
+            const label = `record ${index + 1} (${where}), byte ${at} ^ ${mask}`;
+            expect(`${label}: ${outcome}`).toBe(`${label}: refused`);
           }
-          expect(`record ${index + 1}, byte ${at} ^ ${mask}: ${outcome}`).toBe(`record ${index + 1}, byte ${at} ^ ${mask}: refused`);
         }
       }
     }
@@ -289,11 +292,18 @@ describe("journal format", () => {
     expect(result.validBytes).toBe(Buffer.byteLength(good));
   });
 
-  test("an unreadable final line is dropped as torn", () => {
+  test("a final line unreadable because of zero bytes (a power cut's trace) is dropped as torn; unreadable without them it is corruption", () => {
     const good = encodeRecord({ seq: 1, ops: [["ключ", "1"]] });
-    const { result } = scan(good + "\u0000\u0000garbage\n");
-    expect(result.tornTail).toMatch(/unreadable final record/);
-    expect(result.validBytes).toBe(Buffer.byteLength(good));
+    const zeroed = Buffer.from(encodeRecord({ seq: 2, ops: [["k", '"value"']] }));
+    zeroed.fill(0, 10, 20);
+    for (const last of ["\u0000\u0000garbage\n", zeroed.toString("latin1")]) {
+      const { result, seen } = scan(good + last);
+      expect(result.tornTail).toMatch(/line 2: unreadable final record with zero bytes/);
+      expect(result.validBytes).toBe(Buffer.byteLength(good));
+      expect(seen.map(([seq]) => seq)).toEqual([1]);
+    }
+    expect(() => scan(good + "garbage\n")).toThrow(/line 2: not valid JSON/);
+    expect(() => scan(good + encodeRecord({ seq: 2, ops: [["k", '"v"']] }).replace('"ops"', '"opz"'))).toThrow(/line 2: unknown field "opz"/);
   });
 
   test("a damaged line before the end is corruption", () => {
@@ -302,7 +312,7 @@ describe("journal format", () => {
     expect(() => scan(text)).toThrow(/line 2: not valid JSON/);
   });
 
-  test("a record that is not UTF-8 is corruption before the end, a torn tail at the end; a real U+FFFD is data", () => {
+  test("a record that is not UTF-8 is corruption, at the end too; a real U+FFFD is data", () => {
     const bad = Buffer.concat([Buffer.from('{"seq":2,"ops":[["b","\\"x'), Buffer.from([0xff]), Buffer.from('\\""]]}\n')]);
     const good = (seq: number) => Buffer.from(encodeRecord({ seq, ops: [["k", '"\uFFFD"']] }));
     const scanBytes = (bytes: Buffer) => {
@@ -310,9 +320,7 @@ describe("journal format", () => {
       return { result: scanJournal(bytes, 0, (seq) => seen.push(seq)), seen };
     };
     expect(() => scanBytes(Buffer.concat([good(1), bad, good(3)]))).toThrow(/line 2: not valid UTF-8/);
-    const { result, seen } = scanBytes(Buffer.concat([good(1), bad]));
-    expect(result.tornTail).toMatch(/line 2: unreadable final record \(not valid UTF-8\)/);
-    expect(seen).toEqual([1]);
+    expect(() => scanBytes(Buffer.concat([good(1), bad]))).toThrow(/line 2: not valid UTF-8/);
     expect(scanBytes(Buffer.concat([good(1), good(2)])).seen).toEqual([1, 2]);
   });
 

@@ -546,6 +546,23 @@ describe("start-up with damaged files", () => {
     }
   });
 
+  test("the last journal record complete but unreadable (a field name changed, a byte that is not UTF-8): exit non-zero, every file left as it was; not dropped as torn", async () => {
+    for (const [damage, problem] of [
+      [(text: Buffer) => Buffer.from(text.toString("latin1").replace(/"ops"(?![\s\S]*"ops")/, '"opz"'), "latin1"), 'line 2: unknown field "opz"'],
+      [(text: Buffer) => Buffer.concat([text.subarray(0, text.length - 6), Buffer.from([0xff]), text.subarray(text.length - 5)]), "line 2: not valid UTF-8"],
+    ] as const) {
+      const dir = await dirWithData(); // the journal holds seq 3 and seq 4, the acknowledged writes c and d
+      const journal = fs.readdirSync(dir).find((name) => name.includes(".journal."))!;
+      const file = path.join(dir, journal);
+      fs.writeFileSync(file, damage(fs.readFileSync(file)));
+      const before = fileBytes(dir);
+      const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+      expect(run.code).not.toBe(0);
+      expect(run.stderr).toContain(`${file}: corrupt journal, ${problem}`);
+      expect(fileBytes(dir)).toEqual(before);
+    }
+  });
+
   test("the snapshot deleted after a clean stop (the journal empty, its generation past 1): exit non-zero saying so, instead of starting empty", async () => {
     const dir = dataDir();
     const a = await start(dir);

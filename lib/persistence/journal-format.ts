@@ -9,8 +9,8 @@
  * is found even where the line stays valid JSON (a value's letter changed);
  * lines written before it was added have none and are read as they are. A
  * line is written whole with its final LF, so a transaction is all or
- * nothing on disk: a crash mid-append leaves a final line without its LF,
- * which recovery drops.
+ * nothing on disk: a crash mid-append leaves a final line without its LF
+ * (or, after a power cut, zero bytes in it), which recovery drops.
  *
  * Owns: encoding and decoding of journal lines. Must not: touch files.
  */
@@ -90,10 +90,13 @@ function firstLineNotUtf8(bytes: Uint8Array): number {
 /**
  * Decodes every record of one journal file, in order, calling `onRecord`.
  * `afterSeq`: seqs must be strictly greater than the previous one (across files).
- * A final line without its line end, or unreadable, is a torn tail (reported,
- * the records before it kept); a bad line before the final one is corruption.
- * A complete record whose checksum does not match is corruption wherever it
- * is: a crash leaves a line unfinished, not finished and wrong.
+ * A final line without its line end is a torn tail (reported, the records
+ * before it kept), and so is a final line that is unreadable because it holds
+ * zero bytes (what a power cut leaves where data never reached the disk).
+ * Any other bad line, final or not, is corruption (a record that does not
+ * parse, is not UTF-8, has a damaged field, or fails its checksum): one
+ * write() puts a whole line with its LF, so a crash leaves a line unfinished
+ * or zeroed, not finished and wrong.
  */
 export function scanJournal(
   bytes: Uint8Array,
@@ -124,7 +127,7 @@ export function scanJournal(
       if (lineNo === badUtf8Line) throw new Error("not valid UTF-8");
       decoded = decodeSimpleRecord(line) ?? decodeRecord(line);
     } catch (err) {
-      if (isFinal) return torn(`unreadable final record (${(err as Error).message})`);
+      if (isFinal && line.includes("\u0000")) return torn(`unreadable final record with zero bytes (${(err as Error).message})`);
       throw new JournalFormatError(`line ${lineNo}: ${(err as Error).message}`);
     }
     if (decoded.crc !== null) {
