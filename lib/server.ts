@@ -240,7 +240,6 @@ export class TxkvServer {
     const stats = this.executor.stats;
     if (this.connections.size >= this.options.maxConnections) {
       stats.connectionsRejected++;
-      stats.countError("BUSY");
       socket.data = null;
       // Read the address before end(): afterwards the socket no longer has one.
       this.log.limited("warn", "connection-refused", "connection refused", {
@@ -287,7 +286,9 @@ export class TxkvServer {
     this.log.debug("connection opened", { conn: conn.id, remote: conn.remote });
   }
 
+  /** The BUSY reply is counted here, where it is sent: a refused TLS client dropped in its handshake gets none. */
   private refuseBusy(socket: Socket<SocketData>): void {
+    this.executor.stats.countError("BUSY");
     socket.write(error("BUSY", `Too many connections (the limit is ${this.options.maxConnections}); try again later`));
     socket.end();
   }

@@ -297,6 +297,10 @@ describe("TLS", () => {
     const b = await LineClient.connect(small.port, "127.0.0.1", { ca, serverName: "localhost" });
     await b.closed;
     expect(b.unread).toBe("");
+    // All 41 were refused; none was sent a BUSY reply, so none counts as one.
+    const stats = (await a.request("STATS")).result as { clients: { rejected: number }; stats: { errors_by_code: Record<string, number> } };
+    expect(stats.clients.rejected).toBe(41);
+    expect(stats.stats.errors_by_code.BUSY).toBeUndefined();
     for (const c of silent) c.close();
     a.close();
     await small.shutdown();
