@@ -4,17 +4,22 @@
  *
  * Owns: the bench options, the request mix, the per-connection send/receive
  * loop, latency percentiles and the report (text, or one JSON line).
- * Must not: parse replies beyond counting lines and spotting Error statuses:
- * the generator has to stay cheaper than the server it measures.
+ * Must not: parse replies beyond counting lines and spotting Error statuses
+ * (and the first Error's code, once, to report it): the generator has to
+ * stay cheaper than the server it measures.
  *
  * Each connection sends a batch of `--pipeline` requests, waits for all their
  * replies, records the batch's latency and sends the next batch. Requests are
  * plain-form (`GET key:00000042`, `PUT key:00000042 xxx…`); `tx` sends
- * `START`, `GET`, `PUT`, `COMMIT` as one request and counts a transaction as one op.
+ * `START`, `GET`, `PUT`, `COMMIT` in one write and counts a transaction as one
+ * op: pipelined transactions, which the server runs back to back, so they
+ * never conflict; not interactive ones, whose client waits between requests.
+ * A run in which every reply was an Error measured nothing: exit status 1.
  */
 
 import { parseArgs } from "node:util";
 import * as v from "valibot";
+import { formatAddress } from "./client.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 import { optionErrorMessage, positiveNumber, wholeNumber } from "./option-schemas.ts";
 
@@ -102,10 +107,12 @@ export async function runBench(argv: string[]): Promise<number> {
   try {
     const progress = process.stdout.isTTY && !config.json ? new Progress() : null;
     if (!config.json) process.stdout.write(describe(config) + "\n");
-    const result = await bench(config, progress);
+    const { result, firstError } = await bench(config, progress);
     progress?.clear();
     process.stdout.write((config.json ? JSON.stringify(result) : report(result)) + "\n");
-    return 0;
+    if (!everyReplyWasAnError(result)) return 0;
+    process.stderr.write(`txkv bench: every reply was an Error, so the run measured nothing${firstError ? ` (the first: ${firstError})` : ""}\n`);
+    return 1;
   } catch (error) {
     process.stderr.write(`txkv bench: ${error instanceof Error ? error.message : String(error)}\n`);
     return 1;
@@ -131,10 +138,20 @@ function toConfig(values: Record<string, string | boolean | undefined>): BenchCo
   };
 }
 
+/** Replies each op gets: tx sends four requests per op. */
+function repliesPerOp(workload: Workload): number {
+  return workload === "tx" ? 4 : 1;
+}
+
+/** Nothing succeeded (a value over the server's request limit: every PUT a TOO_LARGE). */
+function everyReplyWasAnError(result: BenchResult): boolean {
+  return result.ops > 0 && result.errors >= result.ops * repliesPerOp(result.workload);
+}
+
 function describe(config: BenchConfig): string {
   const limit = config.requests !== undefined ? `${config.requests} ops` : `${config.secs} s`;
   return (
-    `txkv bench ${config.server.host}:${config.server.port}: workload ${config.workload}, ${config.conns} connections, ` +
+    `txkv bench ${formatAddress(config.server.host, config.server.port)}: workload ${config.workload}, ${config.conns} connections, ` +
     `pipeline ${config.pipeline}, ${config.workload === "ping" ? "" : `${config.keys} keys, ${config.vsize}-byte values, `}${limit}`
   );
 }
@@ -172,8 +189,8 @@ class Latencies {
 
 type Totals = { ops: number; errors: number; latencies: Latencies; stop: boolean; issued: number };
 
-/** Runs the load and resolves with the measurements. Exported for tests. */
-export async function bench(config: BenchConfig, progress: Progress | null = null): Promise<BenchResult> {
+/** Runs the load and resolves with the measurements, and the first Error reply seen (`CODE: message`), if any. Exported for tests. */
+export async function bench(config: BenchConfig, progress: Progress | null = null): Promise<{ result: BenchResult; firstError: string | null }> {
   const value = "x".repeat(config.vsize);
   if (config.preload) await preload(config, value);
   const connections = await openAll(config);
@@ -192,7 +209,7 @@ export async function bench(config: BenchConfig, progress: Progress | null = nul
   const secs = (performance.now() - started) / 1000;
   const sorted = totals.latencies.sorted();
   const pct = (p: number) => (sorted.length === 0 ? 0 : sorted[Math.floor((sorted.length - 1) * p)]!);
-  return {
+  const result = {
     workload: config.workload,
     conns: config.conns,
     pipeline: config.pipeline,
@@ -205,6 +222,7 @@ export async function bench(config: BenchConfig, progress: Progress | null = nul
     p999_us: pct(0.999),
     max_us: sorted.length === 0 ? 0 : sorted[sorted.length - 1]!,
   };
+  return { result, firstError: connections.map((connection) => connection.firstError).find((error) => error !== null) ?? null };
 }
 
 /** Opens every connection, or none: a failure closes the ones already open. */
@@ -222,7 +240,7 @@ async function openAll(config: BenchConfig): Promise<LineConnection[]> {
 /** One connection's closed loop: send a batch, wait for all its replies, record, repeat. */
 function drive(connection: LineConnection, config: BenchConfig, value: string, totals: Totals, seed: number): Promise<void> {
   const next = rng(seed);
-  const repliesPerOp = config.workload === "tx" ? 4 : 1;
+  const replies = repliesPerOp(config.workload);
   const request = (): string => {
     const key = keyName(next() % config.keys);
     const kind = config.workload === "mix" ? (next() % 10 < 8 ? "get" : "put") : config.workload;
@@ -254,7 +272,7 @@ function drive(connection: LineConnection, config: BenchConfig, value: string, t
       let text = "";
       for (let i = 0; i < batchOps; i++) text += request();
       batchStart = performance.now();
-      connection.send(text, batchOps * repliesPerOp, batchDone);
+      connection.send(text, batchOps * replies, batchDone);
     };
     connection.onLost = reject;
     sendBatch();
@@ -294,6 +312,48 @@ function keyName(n: number): string {
 
 const encoder = new TextEncoder();
 const ERROR_MARK = Buffer.from('"status":"Error"');
+const LF = 10;
+
+/**
+ * Counts Error replies in reply bytes that arrive in pieces cut anywhere,
+ * found natively by their status mark; only the first one seen whole is
+ * parsed, once, for the `CODE: message` that says why a run failed.
+ * Exported for tests.
+ */
+export class ErrorCounter {
+  /** `CODE: message` of the first Error reply seen whole, or null. */
+  firstError: string | null = null;
+  /** The end of the bytes scanned so far, when it may hold the start of a mark. */
+  private carry: Buffer | null = null;
+
+  /** The Error replies whose mark ends in this piece. */
+  count(piece: Buffer): number {
+    // Without a carry the bytes begin a line: the piece before ended with LF (or this is the first).
+    const linesStart = this.carry === null;
+    const scanned = linesStart ? piece : Buffer.concat([this.carry!, piece]);
+    let errors = 0;
+    for (let at = scanned.indexOf(ERROR_MARK); at !== -1; at = scanned.indexOf(ERROR_MARK, at + ERROR_MARK.length)) {
+      errors++;
+      if (this.firstError === null) this.firstError = errorAt(scanned, at, linesStart);
+    }
+    // From what was scanned, the carry included, not from this piece alone: a mark may span three pieces or more.
+    this.carry = piece[piece.length - 1] === LF ? null : Buffer.from(scanned.subarray(-(ERROR_MARK.length - 1)));
+    return errors;
+  }
+}
+
+/** `CODE: message` of the Error reply whose mark is at `at`, when its line is whole in `bytes` (else null: a later one is taken). */
+function errorAt(bytes: Buffer, at: number, linesStart: boolean): string | null {
+  const start = bytes.lastIndexOf(LF, at) + 1;
+  const end = bytes.indexOf(LF, at);
+  if ((start === 0 && !linesStart) || end === -1) return null; // cut: the line began in an earlier piece, or ends in a later one
+  try {
+    const { code, message } = JSON.parse(bytes.subarray(start, end).toString()) as { code: string; message: string };
+    return `${code}: ${message}`;
+  } catch {
+    return null;
+  }
+}
 
 /**
  * A connection that sends a batch of request lines and reports when the same
@@ -306,7 +366,7 @@ class LineConnection {
   private socket!: Bun.Socket<undefined>;
   private expected = 0;
   private batchErrors = 0;
-  private carry: Buffer | null = null;
+  private readonly errors = new ErrorCounter();
   /** While not null, the replies' text is kept here (checkedRoundTrip reads the Error it got). */
   private transcript: string | null = null;
   private outQueue: Uint8Array | null = null;
@@ -318,7 +378,7 @@ class LineConnection {
   static async open(config: BenchConfig): Promise<LineConnection> {
     const connection = new LineConnection();
     const { host, port, password, tls } = config.server;
-    const where = `${host}:${port}`;
+    const where = formatAddress(host, port);
     connection.socket = await Bun.connect({
       hostname: host,
       port,
@@ -384,6 +444,11 @@ class LineConnection {
     });
   }
 
+  /** `CODE: message` of the first Error reply this connection got, or null. */
+  get firstError(): string | null {
+    return this.errors.firstError;
+  }
+
   close(): void {
     this.closing = true;
     this.socket.end();
@@ -398,13 +463,8 @@ class LineConnection {
   /** One chunk holds replies of the current batch only (the next is sent after it completes). */
   private onData(chunk: Buffer): void {
     if (this.transcript !== null) this.transcript += chunk.toString();
-    const scanned = this.carry === null ? chunk : Buffer.concat([this.carry, chunk]);
-    for (let at = scanned.indexOf(ERROR_MARK); at !== -1; at = scanned.indexOf(ERROR_MARK, at + ERROR_MARK.length)) {
-      this.batchErrors++;
-    }
-    // A mark split between two chunks is found with the end of this one prepended to the next.
-    this.carry = chunk[chunk.length - 1] === 10 ? null : Buffer.from(chunk.subarray(-(ERROR_MARK.length - 1)));
-    for (let at = chunk.indexOf(10); at !== -1; at = chunk.indexOf(10, at + 1)) {
+    this.batchErrors += this.errors.count(chunk);
+    for (let at = chunk.indexOf(LF); at !== -1; at = chunk.indexOf(LF, at + 1)) {
       if (--this.expected === 0) {
         const done = this.done!;
         this.done = null;

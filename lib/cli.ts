@@ -4,11 +4,14 @@
  * Owns: the cli's options, its three modes and how replies are shown.
  *   - one-shot  `txkv cli GET key1`: prints the reply; exit 1 on an Error reply
  *     (the error goes to stderr).
- *   - REPL      stdin is a terminal: prompt `host:port> `, history, QUIT,
- *     EXIT or Ctrl-D leaves; reconnects when the server went away.
+ *   - REPL      stdin is a terminal: prompt `host:port> `, history (AUTH
+ *     lines left out), QUIT, EXIT, Ctrl-D or Ctrl-C leaves (Ctrl-C while a
+ *     command waits drops the connection, exit 130); reconnects when the
+ *     server went away, sending again the AUTH typed before.
  *   - scripted  stdin is a file or pipe: every non-blank line is one request,
  *     pipelined; one reply line per request, in order; exit 1 if any reply was
- *     an Error.
+ *     an Error. Reads on only while the reader of its output keeps up, and
+ *     stops reading once the connection is lost.
  * Must not: know command semantics beyond choosing how to display a reply;
  * all protocol work goes through lib/client.ts.
  */
@@ -18,7 +21,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as readline from "node:readline";
 import { parseArgs } from "node:util";
-import { connect, isBlankLine, TxkvClient, type ClientOptions, type Reply } from "./client.ts";
+import { connect, formatAddress, isBlankLine, TxkvClient, TxkvError, type ClientOptions, type Reply } from "./client.ts";
 import { stringifyJson } from "./exact-json.ts";
 import { strictUtf8 } from "./text.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
@@ -33,7 +36,7 @@ const CLI_OPTIONS = {
 const CLI_HELP = `Usage: txkv cli [options] [command ...]
 
   With a command: send it, print the reply, exit 1 on an Error reply.
-  With stdin a terminal: interactive prompt (QUIT, EXIT or Ctrl-D leaves).
+  With stdin a terminal: interactive prompt (QUIT, EXIT, Ctrl-D or Ctrl-C leaves).
   With stdin a file or pipe: one request per line, one reply line per request.
 
 Options:
@@ -122,106 +125,222 @@ async function oneShot(settings: CliSettings, line: string): Promise<number> {
   }
 }
 
-/** Every line is a request; replies are printed as they come, in order. */
+/** Every line of stdin is a request; replies are printed as they come, in order. */
 async function scripted(settings: CliSettings): Promise<number> {
   const client = await connectOrReport(settings.client);
   if (!client) return 1;
   const style = { json: settings.json, color: false, multiline: false, quoteStrings: false };
-  const maxInFlight = 4096;
-  let sawError = false;
-  let lost: unknown = null;
-  let last: Promise<void> = Promise.resolve();
-  let inFlight = 0;
-  const output = new LineWriter(process.stdout);
-  for await (const line of requestLines(process.stdin)) {
-    if (output.closed) break; // the reader went away (`| head`): stop quietly
+  const outcome = await runScript(client, process.stdin, new LineWriter(process.stdout), style);
+  // A producer that never ends (`while :; do echo PING; done | txkv cli`) must not keep the cli alive.
+  process.stdin.destroy();
+  await client.close();
+  if (outcome.failure !== null) {
+    process.stderr.write(`txkv cli: ${outcome.failure}\n`);
+    return 1;
+  }
+  return outcome.sawError ? 1 : 0;
+}
+
+/** What runScript needs of a client (tests give a stand-in). */
+export type ScriptClient = Pick<TxkvClient, "send" | "closed" | "closeReason">;
+
+/** sawError: some reply was an Error; failure: why the script stopped early (for stderr), or null. */
+export type ScriptOutcome = { sawError: boolean; failure: string | null };
+
+/** Requests sent and not yet printed, at most; then reading waits for replies. */
+const MAX_IN_FLIGHT = 4096;
+
+const CONNECTION_LOST = Symbol("connection lost");
+
+/**
+ * The scripted mode's loop: sends each request line of `input`, prints the
+ * replies to `output` in order. Reads the next line only when fewer than
+ * MAX_IN_FLIGHT replies are awaited and the output's reader keeps up, so a
+ * stalled reader (`| less`) holds the cli's memory bounded; stops reading
+ * as soon as the connection is lost. Exported for tests.
+ */
+export async function runScript(client: ScriptClient, input: AsyncIterable<unknown>, output: LineWriter, style: Style): Promise<ScriptOutcome> {
+  const replies = new RepliesInOrder(output, style);
+  const lines = requestLines(input)[Symbol.asyncIterator]();
+  const connectionLost = client.closed.then((): typeof CONNECTION_LOST => CONNECTION_LOST);
+  let unreadable: string | null = null;
+  for (;;) {
+    const pulling = lines.next();
+    let next: IteratorResult<string | typeof NOT_UTF8> | typeof CONNECTION_LOST;
+    try {
+      next = await Promise.race([connectionLost, pulling]);
+    } catch (error) {
+      unreadable = `cannot read the script from stdin: ${errorText(error)}`; // a directory, say
+      break;
+    }
+    if (next === CONNECTION_LOST) {
+      pulling.catch(() => {}); // it settles when stdin is closed, or never
+      replies.lost ??= client.closeReason;
+      break;
+    }
+    if (next.done || output.closed) break; // output closed: the reader went away (`| head`), stop quietly
+    const line = next.value;
     if (line !== NOT_UTF8 && isBlankLine(line)) continue;
-    if (lost) continue;
-    inFlight++;
-    const request = line === NOT_UTF8 ? null : line;
-    const answer = request === null ? Promise.reject(new TypeError("the line is not valid UTF-8")) : client.send(request);
+    // A line the protocol cannot carry is refused here, and gets its error line in its place.
+    replies.add(line === NOT_UTF8 ? null : line, line === NOT_UTF8 ? Promise.reject(new TypeError("the line is not valid UTF-8")) : client.send(line));
+    if (line !== NOT_UTF8 && commandName(line) === "QUIT") break;
+    if (replies.inFlight >= MAX_IN_FLIGHT) await replies.printed();
+    await output.ready();
+  }
+  await replies.printed();
+  await output.flushed();
+  return { sawError: replies.sawError, failure: unreadable ?? (replies.lost ? errorText(replies.lost) : null) };
+}
+
+/** Prints each reply after the one before it, also when a request fails at once; notes Errors and a lost connection. */
+class RepliesInOrder {
+  sawError = false;
+  /** The connection error that ended the script, if one did. */
+  lost: unknown = null;
+  /** Requests added and not yet printed. */
+  inFlight = 0;
+  private last: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly output: LineWriter,
+    private readonly style: Style,
+  ) {}
+
+  add(request: string | null, answer: Promise<Reply>): void {
+    this.inFlight++;
     const outcome = answer.then(
       (reply) => ({ reply }),
       (error: unknown) => ({ error }),
     );
-    // Printed after the line before it, also when this one fails at once (a line the client refuses).
-    last = last.then(async () => {
+    this.last = this.last.then(async () => {
       const result = await outcome;
-      inFlight--;
+      this.inFlight--;
       if ("reply" in result) {
-        if (result.reply.status === "Error") sawError = true;
-        output.write(formatReply(request ?? "", result.reply, style));
+        if (result.reply.status === "Error") this.sawError = true;
+        this.output.write(formatReply(request ?? "", result.reply, this.style));
       } else if (result.error instanceof TypeError) {
         // A line the protocol cannot carry (not UTF-8, or ending in CR): its own error line, and the script goes on.
-        sawError = true;
-        output.write(`(error) ${result.error.message}`);
+        this.sawError = true;
+        this.output.write(`(error) ${result.error.message}`);
       } else {
-        lost ??= result.error;
+        this.lost ??= result.error;
       }
     });
-    if (request !== null && commandName(request) === "QUIT") break;
-    if (inFlight >= maxInFlight) await last;
   }
-  await last;
-  await output.flushed();
-  await client.close();
-  if (lost) {
-    process.stderr.write(`txkv cli: ${errorText(lost)}\n`);
-    return 1;
+
+  /** Resolves once every reply added so far is printed. */
+  printed(): Promise<void> {
+    return this.last;
   }
-  return sawError ? 1 : 0;
 }
 
 async function repl(settings: CliSettings): Promise<number> {
-  const address = `${settings.client.host}:${settings.client.port}`;
-  const historyFile = historyPath();
-  const history = loadHistory(historyFile);
-  const rl = readline.createInterface({
-    input: process.stdin,
-    output: process.stdout,
-    history,
-    historySize: 1000,
-    removeHistoryDuplicates: true,
-  });
-  const style = { json: settings.json, color: colorFor(process.stdout), multiline: true, quoteStrings: true };
-  let client: TxkvClient | null = null;
+  return new Repl(settings).run();
+}
+
+/** Exit status of a prompt left with Ctrl-C while a command waited: 128 + SIGINT, as shells report it. */
+const INTERRUPTED = 130;
+
+/** The interactive prompt: one connection, made again when lost. */
+class Repl {
+  private readonly address: string;
+  private readonly historyFile = historyPath();
+  private readonly rl: readline.Interface;
+  private readonly style: Style;
+  private client: TxkvClient | null = null;
   /** A connection was made before: a new one must say that its transaction state is gone. */
-  let hadConnection = false;
-  const reconnect = async (): Promise<TxkvClient | null> => {
-    if (client?.isOpen) return client;
-    const lostOne = hadConnection;
-    client = await connectOrReport(settings.client);
-    rl.setPrompt(client ? `${address}> ` : "not connected> ");
-    if (client) hadConnection = true;
-    if (client && lostOne) {
-      // A new connection starts outside any transaction: say so, or the next PUT would commit at once unnoticed.
-      process.stdout.write(`(reconnected to ${address}: the previous connection was lost; a transaction open on it was rolled back)\n`);
-    }
-    return client;
-  };
-  rl.on("SIGINT", () => rl.close());
-  await reconnect();
-  rl.prompt();
-  for await (const line of rl) {
-    const name = commandName(line);
-    if (name === "QUIT" || name === "EXIT") break;
-    if (!isBlankLine(line)) {
-      const connected = await reconnect();
-      if (connected) {
-        try {
-          process.stdout.write(formatReply(line, await connected.send(line), style) + "\n");
-        } catch (error) {
-          process.stdout.write(paint(`(error) ${errorText(error)}`, RED, style.color) + "\n");
-          rl.setPrompt("not connected> ");
-        }
-      }
-    }
-    rl.prompt();
+  private hadConnection = false;
+  /** The last AUTH line typed that the server accepted: sent again on a new connection (kept in memory only). */
+  private typedAuth: string | null = null;
+  /** A command (or a reconnect) is waiting: Ctrl-C then drops the connection and leaves. */
+  private busy = false;
+  private interrupted = false;
+
+  constructor(private readonly settings: CliSettings) {
+    this.address = formatAddress(settings.client.host ?? "127.0.0.1", settings.client.port ?? 8080);
+    this.rl = readline.createInterface({
+      input: process.stdin,
+      output: process.stdout,
+      history: loadHistory(this.historyFile),
+      historySize: 1000,
+      removeHistoryDuplicates: true,
+    });
+    this.style = { json: settings.json, color: colorFor(process.stdout), multiline: true, quoteStrings: true };
+    // A password typed as AUTH stays out of the history, as in redis-cli (readline lets this listener edit it).
+    this.rl.on("history", (entries: string[]) => {
+      if (entries[0] !== undefined && isAuthLine(entries[0])) entries.shift();
+    });
+    this.rl.on("SIGINT", () => this.onInterrupt());
   }
-  rl.close();
-  await (client as TxkvClient | null)?.close();
-  saveHistory(historyFile, rl);
-  return 0;
+
+  async run(): Promise<number> {
+    await this.reconnect();
+    this.rl.prompt();
+    for await (const line of this.rl) {
+      const name = commandName(line);
+      if (name === "QUIT" || name === "EXIT") break;
+      if (!isBlankLine(line)) await this.runCommand(line);
+      if (this.interrupted) break;
+      this.rl.prompt();
+    }
+    this.rl.close();
+    if (this.interrupted) this.client?.destroy("interrupted (Ctrl-C)"); // also one made while Ctrl-C was typed
+    else await this.client?.close();
+    saveHistory(this.historyFile, this.rl);
+    return this.interrupted ? INTERRUPTED : 0;
+  }
+
+  /** Ctrl-C: at the prompt it leaves; while a command waits for a reply that may never come, it drops the connection too. */
+  private onInterrupt(): void {
+    if (this.busy) {
+      this.interrupted = true;
+      this.client?.destroy("interrupted (Ctrl-C)");
+    }
+    this.rl.close();
+  }
+
+  private async runCommand(line: string): Promise<void> {
+    this.busy = true;
+    try {
+      const connected = await this.reconnect();
+      if (!connected || this.interrupted) return;
+      const reply = await connected.send(line);
+      if (isAuthLine(line) && reply.status === "Ok") this.typedAuth = line;
+      process.stdout.write(formatReply(line, reply, this.style) + "\n");
+    } catch (error) {
+      if (this.interrupted) return;
+      process.stdout.write(paint(`(error) ${errorText(error)}`, RED, this.style.color) + "\n");
+      this.rl.setPrompt("not connected> ");
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async reconnect(): Promise<TxkvClient | null> {
+    if (this.client?.isOpen) return this.client;
+    const lostOne = this.hadConnection;
+    this.client = await connectOrReport(this.settings.client);
+    if (this.client) this.hadConnection = true;
+    if (this.client && lostOne) {
+      // A new connection starts outside any transaction: say so, or the next PUT would commit at once unnoticed.
+      const auth = this.typedAuth === null ? "" : await this.sendTypedAuthAgain(this.client);
+      process.stdout.write(`(reconnected to ${this.address}: the previous connection was lost; a transaction open on it was rolled back${auth})\n`);
+    }
+    this.rl.setPrompt(this.client?.isOpen ? `${this.address}> ` : "not connected> ");
+    return this.client;
+  }
+
+  /** The AUTH typed on the lost connection, on the new one (redis-cli does the same); the notice's words about it. */
+  private async sendTypedAuthAgain(client: TxkvClient): Promise<string> {
+    try {
+      const reply = await client.send(this.typedAuth!);
+      if (reply.status === "Ok") return "; the AUTH you typed was sent again";
+      this.typedAuth = null;
+      return `; the AUTH you typed was sent again and refused: ${reply.code}: ${escapeUnsafe(reply.message)}`;
+    } catch (error) {
+      return `; sending the AUTH you typed again failed: ${errorText(error)}`;
+    }
+  }
 }
 
 // ---- reply display ------------------------------------------------------
@@ -362,9 +481,15 @@ function commandName(line: string): string {
   return line.trimStart().split(/[ \t]/, 1)[0]!.toUpperCase();
 }
 
+/** An Error reply's code goes before its message, as in `(error) CODE: message`; a connection error's message already says why (BUSY included). */
 function errorText(error: unknown): string {
-  if (error instanceof Error && "code" in error) return `${String(error.code)}: ${error.message}`;
+  if (error instanceof TxkvError) return `${error.code}: ${error.message}`;
   return error instanceof Error ? error.message : String(error);
+}
+
+/** `AUTH …` in any case, after any blanks: a line that holds a password. */
+function isAuthLine(line: string): boolean {
+  return commandName(line) === "AUTH";
 }
 
 function historyPath(): string | null {
@@ -387,7 +512,8 @@ function saveHistory(file: string | null, rl: readline.Interface): void {
   const entries = (rl as unknown as { history?: string[] }).history;
   if (!file || !entries) return;
   try {
-    fs.writeFileSync(file, [...entries].reverse().join("\n") + "\n", { mode: 0o600 });
+    const kept = [...entries].reverse().filter((line) => !isAuthLine(line));
+    fs.writeFileSync(file, kept.map((line) => line + "\n").join(""), { mode: 0o600 });
   } catch {
     // History is a convenience: a read-only home must not break the cli.
   }
@@ -444,16 +570,27 @@ function withoutFinalCr(line: string): string {
   return line.endsWith("\r") ? line.slice(0, -1) : line;
 }
 
-/** Collects output lines and writes them in one go per tick, respecting backpressure. */
-class LineWriter {
+/** What LineWriter writes to: process.stdout, or a stand-in in tests. */
+export interface OutputStream {
+  write(text: string): boolean;
+  on(event: "error", listener: () => void): unknown;
+  once(event: "drain", listener: () => void): unknown;
+}
+
+/** Output held before the script reads on (characters buffered here; beyond them, the reader must catch up first). */
+const OUTPUT_BACKLOG_CHARS = 64 * 1024;
+
+/** Collects output lines and writes them in one go per tick, respecting backpressure. Exported for tests. */
+export class LineWriter {
   /** The reader went away (EPIPE, as with `| head -1`): later output is dropped. */
   closed = false;
   private buffered = "";
   private scheduled = false;
   private writing: Promise<void> = Promise.resolve();
+  /** Set while a write the stream did not take at once waits for "drain". */
   private wakeWriter: (() => void) | null = null;
 
-  constructor(private readonly stream: NodeJS.WriteStream) {
+  constructor(private readonly stream: OutputStream) {
     stream.on("error", () => {
       this.closed = true;
       this.wakeWriter?.();
@@ -469,6 +606,11 @@ class LineWriter {
     }
   }
 
+  /** Resolves at once while the reader keeps up; when it falls behind, once everything is written. */
+  async ready(): Promise<void> {
+    if (this.buffered.length >= OUTPUT_BACKLOG_CHARS || this.wakeWriter !== null) await this.flushed();
+  }
+
   private flush(): void {
     this.scheduled = false;
     const text = this.buffered;
@@ -479,8 +621,11 @@ class LineWriter {
         new Promise<void>((resolve) => {
           if (this.closed || this.stream.write(text)) return resolve();
           // Woken by "drain", or by an error: an errored stream never drains.
-          this.wakeWriter = resolve;
-          this.stream.once("drain", resolve);
+          this.wakeWriter = () => {
+            this.wakeWriter = null;
+            resolve();
+          };
+          this.stream.once("drain", this.wakeWriter);
         }),
     );
   }

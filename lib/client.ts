@@ -19,10 +19,12 @@
  *   exist (the server's `NOT_FOUND`); JSON `null` is a value like any other.
  * - Every other Error reply rejects with a `TxkvError` carrying the reply's
  *   `code` and `message`.
- * - When the connection closes (server gone, network error, `close()`), every
- *   request still waiting for its reply rejects with `TxkvConnectionError`,
- *   and so does every later call. The client does not reconnect by itself:
- *   make a new one.
+ * - When the connection closes (server gone, network error, `close()`,
+ *   `destroy()`), every request still waiting for its reply rejects with
+ *   `TxkvConnectionError`, and so does every later call. The client does not
+ *   reconnect by itself: make a new one.
+ * - `connect()` gives up after `connectTimeoutMs` (TCP, TLS handshake and
+ *   AUTH together); calls have no timeout: `destroy()` ends waiting ones.
  * - `transaction(fn)` holds the connection for the whole transaction: calls
  *   made on the client meanwhile wait and are sent after it ends, so they
  *   never interleave into it. Inside `fn`, use the `tx` handle it receives;
@@ -57,7 +59,22 @@ export type ClientOptions = {
   password?: string;
   /** `true` for TLS with the system's trusted CAs, or TLS options. Default: plain TCP. */
   tls?: boolean | TlsClientOptions;
+  /**
+   * How long `connect()` may take, TCP connect, TLS handshake and AUTH
+   * together, before it rejects with `TxkvConnectionError`. Default 10000 ms
+   * (as ioredis); at most 2147483647, what a timer can wait.
+   */
+  connectTimeoutMs?: number;
 };
+
+const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+
+/** A timer waits at most 2^31 - 1 ms; a longer delay would fire at once. */
+const ConnectTimeoutSchema = v.pipe(
+  v.number("connectTimeoutMs: expected a number"),
+  v.gtValue(0, "connectTimeoutMs: expected more than 0"),
+  v.maxValue(2_147_483_647, "connectTimeoutMs: expected at most 2147483647"),
+);
 
 export type TransactionOptions = {
   /** How many times to run the function again after a `CONFLICT`. Default 10. */
@@ -153,7 +170,7 @@ const IN_FLIGHT_BYTES = 8 * 1024;
 
 const encoder = new TextEncoder();
 
-/** Connects, authenticates when a password is given, and resolves with a ready client. */
+/** Connects, authenticates when a password is given, and resolves with a ready client (see ClientOptions.connectTimeoutMs). */
 export function connect(options: ClientOptions = {}): Promise<TxkvClient> {
   return TxkvClient.connect(options);
 }
@@ -194,8 +211,17 @@ export class TxkvClient {
 
   /** Connects, authenticates when a password is given, and resolves with a ready client. */
   static async connect(options: ClientOptions = {}): Promise<TxkvClient> {
+    const checked = v.safeParse(ConnectTimeoutSchema, options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS);
+    if (!checked.success) throw new TypeError(`connect options: ${checked.issues[0].message}`);
+    const timeoutMs = checked.output;
     const client = new TxkvClient(options);
-    await client.open(options);
+    // No client object exists yet for the caller to destroy: a handshake or an AUTH never answered would wait forever.
+    const timer = setTimeout(() => client.drop(`cannot connect to ${client.address}: not ready within ${timeoutMs} ms (connectTimeoutMs)`), timeoutMs);
+    try {
+      await client.open(options);
+    } finally {
+      clearTimeout(timer);
+    }
     return client;
   }
 
@@ -203,6 +229,11 @@ export class TxkvClient {
     this.host = options.host ?? "127.0.0.1";
     this.port = options.port ?? 8080;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+  }
+
+  /** `host:port`, an IPv6 host in brackets (`[::1]:8080`), as messages name the server. */
+  get address(): string {
+    return formatAddress(this.host, this.port);
   }
 
   // ---- public commands -------------------------------------------------
@@ -253,7 +284,9 @@ export class TxkvClient {
    * - `CONFLICT` at COMMIT: nothing was applied; after a backoff the whole
    *   function runs again (up to `retries` more times, then the `TxkvError`
    *   with code `CONFLICT` is thrown). `fn` must therefore be safe to re-run.
-   * - `fn` throws: the transaction is rolled back and the error rethrown.
+   * - `fn` throws: the transaction is rolled back and the error rethrown, a
+   *   `CONFLICT` too (from another transaction `fn` ran): only this
+   *   transaction's own COMMIT answering `CONFLICT` is retried.
    * - Other COMMIT errors (`ABORTED`, `PERSISTENCE`): nothing was applied; thrown.
    * - The connection drops before COMMIT is sent: nothing was applied
    *   (`TxkvConnectionError`). It drops after COMMIT is sent and before the
@@ -271,12 +304,9 @@ export class TxkvClient {
     this.runningTransactions++;
     try {
       for (let attempt = 0; ; attempt++) {
-        try {
-          return await this.runTransactionOnce(fn);
-        } catch (error) {
-          const conflict = error instanceof TxkvError && error.code === "CONFLICT";
-          if (!conflict || attempt >= retries) throw error;
-        }
+        const outcome = await this.runTransactionOnce(fn);
+        if (outcome.committed) return outcome.result;
+        if (attempt >= retries) throw outcome.conflict;
         const ceiling = Math.min(maxBackoff, baseBackoff * 2 ** attempt);
         await Bun.sleep(ceiling / 2 + (Math.random() * ceiling) / 2);
       }
@@ -305,6 +335,18 @@ export class TxkvClient {
     await this.closed;
   }
 
+  /**
+   * Drops the connection now, without waiting for anything: every request
+   * still waiting (those queued behind a transaction, and the transaction's
+   * own) rejects with `TxkvConnectionError`, and `closed` resolves. The way
+   * to end a call the server never answers; what such a request did on the
+   * server is unknown. `reason` is added to the error's message.
+   */
+  destroy(reason?: string | Error): void {
+    const why = reason === undefined ? "" : `: ${reason instanceof Error ? reason.message : reason}`;
+    this.drop(`connection destroyed by the client${why}`);
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
@@ -314,9 +356,17 @@ export class TxkvClient {
     return !this.isClosed;
   }
 
+  /** Why the connection closed (the error later calls reject with); null while it is open. */
+  get closeReason(): TxkvConnectionError | null {
+    return this.isClosed ? this.closeError : null;
+  }
+
   // ---- transactions ----------------------------------------------------
 
-  private async runTransactionOnce<T>(fn: (tx: Transaction) => Promise<T> | T): Promise<T> {
+  /** One attempt: committed with fn's result, or refused by its COMMIT with CONFLICT (anything else throws). */
+  private async runTransactionOnce<T>(
+    fn: (tx: Transaction) => Promise<T> | T,
+  ): Promise<{ committed: true; result: T } | { committed: false; conflict: TxkvError }> {
     await this.hold();
     let active = true;
     const direct = (line: string): Promise<Reply> => {
@@ -352,8 +402,12 @@ export class TxkvClient {
         }
         throw error;
       }
+      // Told apart here, not by the error's code: fn may throw a CONFLICT of another transaction.
+      if (commitReply.status === "Error" && commitReply.code === "CONFLICT") {
+        return { committed: false, conflict: new TxkvError(commitReply.code, commitReply.message) };
+      }
       checkOk(commitReply);
-      return result;
+      return { committed: true, result };
     } finally {
       active = false;
       this.release();
@@ -533,6 +587,14 @@ export class TxkvClient {
     if (this.endWhenFlushed) this.endIfIdle();
   }
 
+  /** Ends the connection at once (destroy(), connect timeout), with this message for every waiting request. */
+  private drop(message: string): void {
+    if (this.isClosed) return;
+    this.closeError = new TxkvConnectionError(message);
+    this.socket?.terminate();
+    this.fail(this.closeError);
+  }
+
   /** Marks the client closed and rejects every request still waiting. */
   private fail(error: TxkvConnectionError): void {
     if (!this.isClosed) {
@@ -552,37 +614,24 @@ export class TxkvClient {
   }
 
   private async open(options: ClientOptions): Promise<void> {
-    const where = `${this.host}:${this.port}`;
     const tls = tlsConfig(options.tls);
     let handshakeDone!: () => void;
     const handshake = new Promise<void>((resolve) => (handshakeDone = resolve));
+    const connecting = this.startConnecting(options, handshakeDone);
+    let socket: Bun.Socket<undefined> | null;
     try {
-      this.socket = await Bun.connect({
-        hostname: this.host,
-        port: this.port,
-        tls,
-        socket: {
-          // With this handler Bun reports why verification failed; it still closes the socket itself.
-          handshake: tls
-            ? (_socket, success, authorizationError) => {
-                if (success) return handshakeDone();
-                const reason = authorizationError?.message ?? "handshake failed";
-                this.closeError ??= new TxkvConnectionError(`TLS connection to ${where} refused: ${reason}`);
-              }
-            : undefined,
-          data: (_socket, chunk) => this.onData(chunk),
-          drain: () => this.flush(),
-          close: (_socket, error) =>
-            this.fail(new TxkvConnectionError(`connection to ${where} closed${error ? `: ${error.message}` : ""}`)),
-          error: (_socket, error) => this.fail(new TxkvConnectionError(`connection to ${where} failed: ${error.message}`)),
-          connectError: () => {},
-        },
-      });
+      // Given up (connect timeout) while the TCP connect is still pending: stop waiting for it.
+      socket = await Promise.race([connecting, this.closed.then(() => null)]);
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
-      this.fail(new TxkvConnectionError(`cannot connect to ${where}: ${reason}`));
+      this.fail(new TxkvConnectionError(`cannot connect to ${this.address}: ${reason}`));
       throw this.closeError;
     }
+    if (socket === null) {
+      connecting.then((late) => late.terminate(), () => {});
+      throw this.closeError;
+    }
+    this.socket = socket;
     if (tls) {
       await Promise.race([handshake, this.closed]);
       if (this.isClosed) throw this.closeError;
@@ -595,6 +644,35 @@ export class TxkvClient {
         throw new TxkvError(reply.code, reply.message);
       }
     }
+  }
+
+  /** The TCP (or TLS) connect, with this client's handlers; async, so that a bad argument rejects rather than throws. */
+  private async startConnecting(options: ClientOptions, handshakeDone: () => void): Promise<Bun.Socket<undefined>> {
+    const where = this.address;
+    const tls = tlsConfig(options.tls);
+    // Without verification a certificate that fails it is no reason to stop: Bun then keeps the connection open.
+    const verifies = !(typeof options.tls === "object" && options.tls.rejectUnauthorized === false);
+    return Bun.connect({
+      hostname: this.host,
+      port: this.port,
+      tls,
+      socket: {
+        // With this handler Bun reports why verification failed; it still closes the socket itself.
+        handshake: tls
+          ? (_socket, success, authorizationError) => {
+              if (success || !verifies) return handshakeDone();
+              const reason = authorizationError?.message ?? "handshake failed";
+              this.closeError ??= new TxkvConnectionError(`TLS connection to ${where} refused: ${reason}`);
+            }
+          : undefined,
+        data: (_socket, chunk) => this.onData(chunk),
+        drain: () => this.flush(),
+        close: (_socket, error) =>
+          this.fail(new TxkvConnectionError(`connection to ${where} closed${error ? `: ${error.message}` : ""}`)),
+        error: (_socket, error) => this.fail(new TxkvConnectionError(`connection to ${where} failed: ${error.message}`)),
+        connectError: () => {},
+      },
+    });
   }
 }
 
@@ -621,6 +699,11 @@ function checkRequestLine(line: string): void {
   if (isBlankLine(line)) throw new TypeError("a blank line is not a request (the server would not reply)");
   // UTF-8 cannot carry a lone surrogate: encoding would silently store U+FFFD in its place.
   if (!line.isWellFormed()) throw new TypeError("a request line must not hold a lone surrogate (use the JSON form's \\u escapes)");
+}
+
+/** `host:port` as messages show it; an IPv6 address in brackets (`[::1]:8080`), as in a URL. */
+export function formatAddress(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /** Not a request, as the server frames lines: empty, or only spaces and tabs (it gets no reply). */

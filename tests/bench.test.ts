@@ -3,6 +3,7 @@
  * shape of the report (text and --json), request counting and option errors.
  */
 import { expect, test } from "bun:test";
+import { ErrorCounter } from "../lib/bench.ts";
 import { connect } from "../lib/client.ts";
 import { BUN, INDEX, runTxkv, sharedServer, spawnServer } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
@@ -64,9 +65,11 @@ test("Error replies are counted; no password or a wrong one stops the run at onc
     expect(denied.stdout).toBe("");
     expect(denied.stderr).toContain("refused the run: AUTH_REQUIRED");
     expect(denied.stderr).toContain("--password");
-    // Keys never written (the server is new): each GET is a NOT_FOUND Error reply, counted.
+    // Keys never written (the server is new): each GET is a NOT_FOUND Error reply, counted; nothing succeeded, so status 1.
     const missing = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--workload", "get", "--no-preload", "--keys", "10", "--requests", "50", "--json"]);
     expect(JSON.parse(missing.stdout)).toMatchObject({ ops: 50, errors: 50 });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("every reply was an Error");
     const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--requests", "50", "--json"]);
     expect(JSON.parse(allowed.stdout)).toMatchObject({ ops: 50, errors: 0 });
     const wrong = await runTxkv(["bench", "-p", String(guarded.port), "-a", "nope", "--requests", "50", "--conns", "3"]);
@@ -75,6 +78,45 @@ test("Error replies are counted; no password or a wrong one stops the run at onc
   } finally {
     await guarded.kill();
   }
+});
+
+test("a run in which every reply was an Error (values over the request limit) prints its report, then exits 1 saying why", async () => {
+  const run = await bench(["--requests", "20", "--conns", "2", "--workload", "put", "--vsize", "2000"]);
+  expect(run.code).toBe(1);
+  expect(run.stdout).toContain("20 ops in");
+  expect(run.stdout).toContain("20 error replies");
+  expect(run.stderr).toBe("txkv bench: every reply was an Error, so the run measured nothing (the first: TOO_LARGE: Request too large: the limit is 1024 bytes)\n");
+  // Some replies Ok is a measurement: status 0 (one key of two exists; the generator's keys are the same each run).
+  await runTxkv(["cli", "-p", shared.port, "PUT", "key:00000000", "x"]);
+  await runTxkv(["cli", "-p", shared.port, "DEL", "key:00000001"]);
+  const some = await bench(["--requests", "50", "--conns", "1", "--workload", "get", "--no-preload", "--keys", "2", "--json"]);
+  const { errors } = JSON.parse(some.stdout);
+  expect(errors).toBeGreaterThan(0);
+  expect(errors).toBeLessThan(50);
+  expect(some.code).toBe(0);
+});
+
+test("Error replies are counted whatever pieces they arrive in, the status mark split over two, three or more", () => {
+  const replies = Buffer.from(
+    '{"status":"Ok","result":"PONG"}\n{"status":"Error","code":"NOT_FOUND","message":"Key not found"}\n' +
+      '{"status":"Error","code":"TOO_LARGE","message":"Request too large"}\n{"status":"Ok","result":{"key":"k","value":"\\"status\\":\\"Error\\""}}\n',
+  );
+  for (let size = 1; size <= replies.length; size++) {
+    const counter = new ErrorCounter();
+    let errors = 0;
+    for (let at = 0; at < replies.length; at += size) errors += counter.count(replies.subarray(at, at + size));
+    expect({ size, errors }).toEqual({ size, errors: 2 });
+  }
+  // The first Error reply seen whole is kept, to say why a run failed.
+  const whole = new ErrorCounter();
+  whole.count(replies);
+  expect(whole.firstError).toBe("NOT_FOUND: Key not found");
+});
+
+test("an IPv6 server address is shown in brackets", async () => {
+  const run = await runTxkv(["bench", "-h", "::1", "-p", "1", "--requests", "1", "--workload", "ping"]);
+  expect(run.stdout).toStartWith("txkv bench [::1]:1: workload ping");
+  expect(run.stderr).toContain("cannot connect to [::1]:1");
 });
 
 test("a full server (BUSY) stops the run at once with status 1, naming the code", async () => {

@@ -3,11 +3,13 @@
  * pseudo-terminal), run as a subprocess against a real server subprocess.
  */
 import { describe, expect, test } from "bun:test";
+import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { NOT_UTF8, requestLines } from "../lib/cli.ts";
-import { runTxkv, sharedServer, spawnServer } from "./helpers.ts";
+import { LineWriter, NOT_UTF8, requestLines, runScript, type ScriptClient } from "../lib/cli.ts";
+import { connect } from "../lib/client.ts";
+import { BUN, INDEX, runTxkv, sharedServer, spawnServer } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 const shared = sharedServer();
@@ -203,6 +205,109 @@ describe("scripted (stdin not a terminal)", () => {
     const run = await cli([], "PING\nQUIT\nPING\n");
     expect(run).toMatchObject({ code: 0, stdout: "PONG\nBye\n" });
   });
+
+  test("when the server goes away, the cli says why and exits 1 at once, though its input never ends", async () => {
+    const doomed = await spawnServer(["--in-memory"]);
+    const proc = Bun.spawn([BUN, "run", INDEX, "cli", "-p", String(doomed.port)], {
+      stdin: "pipe", // left open: a producer that has more to say later, or never stops
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, TXKV_HISTFILE: "", NO_COLOR: "1" },
+    });
+    proc.stdin.write("PING\n");
+    await proc.stdin.flush();
+    const stdout = proc.stdout.getReader();
+    expect(new TextDecoder().decode((await stdout.read()).value)).toBe("PONG\n");
+    await doomed.kill("SIGKILL");
+    expect(await proc.exited).toBe(1);
+    expect(await new Response(proc.stderr).text()).toBe(`txkv cli: connection to 127.0.0.1:${doomed.port} closed\n`);
+  });
+
+  test("a full server's refusal (BUSY) is said once, with its code once", async () => {
+    const full = await spawnServer(["--in-memory", "--max-connections", "1"]);
+    const holder = await connect({ port: full.port });
+    await holder.ping();
+    try {
+      const proc = Bun.spawn([BUN, "run", INDEX, "cli", "-p", String(full.port)], {
+        stdin: "pipe", // nothing sent: the refusal alone ends the script
+        stdout: "pipe",
+        stderr: "pipe",
+        env: { ...process.env, TXKV_HISTFILE: "", NO_COLOR: "1" },
+      });
+      expect(await proc.exited).toBe(1);
+      expect(await new Response(proc.stderr).text()).toMatch(/^txkv cli: BUSY: Too many connections[^\n]*\n$/);
+    } finally {
+      await holder.close();
+      await full.kill();
+    }
+  });
+
+  test("stdin that cannot be read (a directory): one line saying so, exit 1", async () => {
+    const proc = Bun.spawn(["sh", "-c", `"$0" run "$1" cli -p "$2" < /`, BUN, INDEX, shared.port], {
+      stdout: "pipe",
+      stderr: "pipe",
+      env: { ...process.env, TXKV_HISTFILE: "", NO_COLOR: "1" },
+    });
+    expect(await proc.exited).toBe(1);
+    const stderr = await new Response(proc.stderr).text();
+    expect(stderr).toStartWith("txkv cli: cannot read the script from stdin: EISDIR");
+    expect(stderr.trimEnd().split("\n")).toHaveLength(1);
+  });
+});
+
+/** A reader that takes no output until told: write() hands back false, "drain" comes on release(). */
+class StalledReader extends EventEmitter {
+  text = "";
+  private wrote: (() => void) | null = null;
+
+  write(text: string): boolean {
+    this.text += text;
+    this.wrote?.();
+    return false;
+  }
+
+  /** Resolves at the next write. */
+  nextWrite(): Promise<void> {
+    return new Promise((resolve) => (this.wrote = resolve));
+  }
+
+  release(): void {
+    this.emit("drain");
+  }
+}
+
+describe("scripted mode's loop (runScript) with a reader that stalls", () => {
+  test("it stops reading the script until the reader catches up, so what it holds stays bounded; then every reply comes, in order", async () => {
+    // A stand-in client answering at once: nothing but the reader can hold the loop back.
+    const client: ScriptClient = {
+      send: async () => ({ status: "Ok", result: "PONG" }),
+      closed: new Promise<void>(() => {}),
+      closeReason: null,
+    };
+    const lines = 200_000;
+    let read = 0;
+    async function* script() {
+      for (let i = 0; i < lines; i++) {
+        read++;
+        yield Buffer.from("PING\n");
+      }
+    }
+    const reader = new StalledReader();
+    const firstWrite = reader.nextWrite();
+    const running = runScript(client, script(), new LineWriter(reader), { json: false, color: false, multiline: false, quoteStrings: false });
+    await firstWrite;
+    // Before the fix the whole script had been read, and its replies held, by the first write.
+    expect(read).toBeLessThan(lines / 4);
+    let finished = false;
+    void running.then(() => (finished = true));
+    while (!finished) {
+      const written = reader.nextWrite();
+      reader.release();
+      await Promise.race([written, running]);
+    }
+    expect(await running).toEqual({ sawError: false, failure: null });
+    expect(reader.text).toBe("PONG\n".repeat(lines));
+  });
 });
 
 describe("options and failures", () => {
@@ -221,13 +326,22 @@ describe("options and failures", () => {
     await guarded.kill();
   });
 
-  test("no server on the port: exit 1 with a message naming the address", async () => {
+  test("no server on the port: exit 1 with a message naming the address (an IPv6 one in brackets)", async () => {
     const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
     const closedPort = listener.port;
     listener.stop(true);
     const run = await runTxkv(["cli", "-p", String(closedPort), "PING"]);
     expect(run.code).toBe(1);
-    expect(run.stderr).toContain(`127.0.0.1:${closedPort}`);
+    expect(run.stderr).toStartWith(`txkv cli: cannot connect to 127.0.0.1:${closedPort}: `);
+    const ipv6 = await runTxkv(["cli", "-h", "::1", "-p", String(closedPort), "PING"]);
+    expect(ipv6.code).toBe(1);
+    expect(ipv6.stderr).toStartWith(`txkv cli: cannot connect to [::1]:${closedPort}: `);
+  });
+
+  test("--help names every way out of the prompt, Ctrl-C included", async () => {
+    const help = await runTxkv(["cli", "--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("QUIT, EXIT, Ctrl-D or Ctrl-C leaves");
   });
 
   test("--tls-ca trusts the given CA; --tls alone refuses an unknown certificate (TLS stand-in server)", async () => {
@@ -266,25 +380,26 @@ describe("options and failures", () => {
 });
 
 describe("interactive REPL (on a pseudo-terminal)", () => {
-  /** Spawns the cli on a PTY; `until(text)` waits for output containing text. */
+  /** Spawns the cli on a PTY; `until(text, from)` waits for output (from a mark on) containing text. */
   function startRepl(env: Record<string, string> = {}, replPort = shared.port) {
     let output = "";
-    let waiter: { text: string; resolve: () => void } | null = null;
+    let waiter: { text: string; from: number; resolve: () => void } | null = null;
     const proc = Bun.spawn([process.execPath, "run", path.resolve(import.meta.dir, "../index.ts"), "cli", "-p", replPort], {
       env: { ...process.env, TXKV_HISTFILE: "", ...env },
       terminal: {
         cols: 200,
         data(_terminal, data) {
           output += new TextDecoder().decode(data);
-          if (waiter && output.includes(waiter.text)) {
+          if (waiter && output.includes(waiter.text, waiter.from)) {
             waiter.resolve();
             waiter = null;
           }
         },
       },
     });
-    const until = (text: string) =>
-      output.includes(text) ? Promise.resolve() : new Promise<void>((resolve) => (waiter = { text, resolve }));
+    /** Resolves once the output from `from` on holds text. */
+    const until = (text: string, from = 0) =>
+      output.includes(text, from) ? Promise.resolve() : new Promise<void>((resolve) => (waiter = { text, from, resolve }));
     return {
       proc,
       until,
@@ -336,6 +451,73 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     repl.proc.terminal!.close();
     expect(fs.readFileSync(historyFile, "utf8")).toBe("PING\n");
     fs.rmSync(path.dirname(historyFile), { recursive: true, force: true });
+  });
+
+  test("Ctrl-C while a command waits for a reply that never comes: the history is saved and the cli leaves with status 130", async () => {
+    let received = "";
+    let requestArrived!: () => void;
+    const arrived = new Promise<void>((resolve) => (requestArrived = resolve));
+    const silent = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        data(_socket, chunk) {
+          received += chunk.toString();
+          if (received.includes("PING\n")) requestArrived();
+        },
+      },
+    });
+    const historyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-")), "history");
+    const repl = startRepl({ TXKV_HISTFILE: historyFile }, String(silent.port));
+    await repl.until(`127.0.0.1:${silent.port}> `);
+    repl.type("PING\r");
+    await arrived;
+    repl.type("\x03");
+    expect(await repl.proc.exited).toBe(130);
+    repl.proc.terminal!.close();
+    expect(fs.readFileSync(historyFile, "utf8")).toBe("PING\n");
+    fs.rmSync(path.dirname(historyFile), { recursive: true, force: true });
+    silent.stop(true);
+  });
+
+  test("AUTH lines stay out of the history, in the file and for arrow up (any case, leading blanks too)", async () => {
+    const guarded = await spawnServer(["--in-memory", "--password", "sekret"]);
+    const historyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-")), "history");
+    const repl = startRepl({ TXKV_HISTFILE: historyFile }, String(guarded.port));
+    await repl.until(`127.0.0.1:${guarded.port}> `);
+    repl.type("  auth sekret\r");
+    await repl.until("Authenticated");
+    repl.type("PING\r");
+    await repl.until("PONG");
+    let mark = repl.length;
+    repl.type("AUTH sekret\r");
+    await repl.until("Authenticated", mark);
+    // Arrow up: with the AUTH lines left out, the newest entry is PING, which runs again.
+    mark = repl.length;
+    repl.type("\x1b[A\r");
+    await repl.until("PONG", mark);
+    expect(repl.since(mark)).not.toContain("sekret");
+    await repl.quit();
+    expect(fs.readFileSync(historyFile, "utf8")).toBe("PING\nQUIT\n");
+    fs.rmSync(path.dirname(historyFile), { recursive: true, force: true });
+    await guarded.kill();
+  });
+
+  test("after a reconnect, the AUTH typed before is sent again, and the notice says so", async () => {
+    const first = await spawnServer(["--in-memory", "--password", "sekret"]);
+    const port = String(first.port);
+    const repl = startRepl({}, port);
+    await repl.until(`127.0.0.1:${port}> `);
+    repl.type("AUTH sekret\r");
+    await repl.until("Authenticated");
+    await first.kill("SIGKILL");
+    const second = await spawnServer(["--in-memory", "--password", "sekret", "--port", port]);
+    const mark = repl.length;
+    repl.type("PING\r");
+    await repl.until("PONG");
+    expect(repl.since(mark)).toContain("the AUTH you typed was sent again");
+    await repl.quit();
+    await second.kill();
   });
 
   test("a lost connection is reconnected by the next command, which says an open transaction was rolled back", async () => {

@@ -428,6 +428,36 @@ describe("transaction()", () => {
     expect(await client.get("iso:inside")).toBeUndefined();
   });
 
+  test("a CONFLICT that fn itself throws (another transaction that gave up) is rethrown, not retried: fn ran once", async () => {
+    const other = await connect({ port: server.port });
+    const meddler = await connect({ port: server.port });
+    let runs = 0;
+    const error = await client
+      .transaction(
+        async (tx) => {
+          runs++;
+          await tx.put("nested:outer", runs);
+          // Another client's transaction loses its COMMIT to a write made after its read, and gives up.
+          await other.transaction(
+            async (inner) => {
+              await inner.get("nested:inner");
+              await meddler.put("nested:inner", "overtaken");
+              await inner.put("nested:inner", "mine");
+            },
+            { retries: 0 },
+          );
+        },
+        { retries: 3, backoffMs: 0 },
+      )
+      .catch((e) => e);
+    expect(error).toBeInstanceOf(TxkvError);
+    expect(error.code).toBe("CONFLICT");
+    expect(runs).toBe(1);
+    expect(await client.get("nested:outer")).toBeUndefined(); // rolled back: its COMMIT was never sent
+    await other.close();
+    await meddler.close();
+  });
+
   test("the tx handle refuses use after its transaction ended", async () => {
     let leaked: { get(key: string): Promise<unknown> } | null = null;
     await client.transaction(async (tx) => {
@@ -612,6 +642,61 @@ describe("when the connection goes away", () => {
   });
 });
 
+describe("bounds: destroy() and connectTimeoutMs", () => {
+  test("destroy() ends calls the server never answers: each rejects with TxkvConnectionError, closed resolves", async () => {
+    const silent = fakeServer((line) => (line === "START" ? ok("Transaction started") : null));
+    const c = await connect({ port: silent.port });
+    let queued: Promise<unknown> | null = null;
+    let transactionStarted!: () => void;
+    const started = new Promise<void>((resolve) => (transactionStarted = resolve));
+    const transaction = c
+      .transaction(async (tx) => {
+        queued = c.ping().catch((e) => e); // waits behind the transaction
+        const unanswered = tx.get("a");
+        transactionStarted();
+        await unanswered;
+      })
+      .catch((e) => e);
+    await started;
+    c.destroy("gave up waiting");
+    for (const error of [await transaction, await queued]) {
+      expect(error).toBeInstanceOf(TxkvConnectionError);
+      expect((error as Error).message).toBe("connection destroyed by the client: gave up waiting");
+    }
+    await c.closed;
+    expect(c.isOpen).toBe(false);
+    expect(c.closeReason).toBeInstanceOf(TxkvConnectionError);
+    await expect(c.ping()).rejects.toBeInstanceOf(TxkvConnectionError);
+    await c.close(); // after destroy(): resolves at once
+    silent.stop(true);
+  });
+
+  test("connect() rejects with TxkvConnectionError after connectTimeoutMs: a TLS handshake never answered, an AUTH never answered", async () => {
+    const silent = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    for (const options of [{ tls: true }, { password: "pw" }]) {
+      const error = await connect({ port: silent.port, connectTimeoutMs: 50, ...options }).catch((e) => e);
+      expect(error).toBeInstanceOf(TxkvConnectionError);
+      expect(error.message).toBe(`cannot connect to 127.0.0.1:${silent.port}: not ready within 50 ms (connectTimeoutMs)`);
+    }
+    silent.stop(true);
+  });
+
+  test("connectTimeoutMs that a timer cannot wait (0, negative, NaN, over 2^31 - 1 ms) is refused with a TypeError", async () => {
+    for (const connectTimeoutMs of [0, -1, NaN, 2 ** 31]) {
+      await expect(connect({ port: server.port, connectTimeoutMs })).rejects.toBeInstanceOf(TypeError);
+    }
+  });
+
+  test("an IPv6 address is named in brackets", async () => {
+    const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const port = listener.port;
+    listener.stop(true);
+    const error = await connect({ host: "::1", port }).catch((e) => e);
+    expect(error).toBeInstanceOf(TxkvConnectionError);
+    expect(error.message).toStartWith(`cannot connect to [::1]:${port}: `);
+  });
+});
+
 describe("TLS", () => {
   // The client side alone: a TLS stand-in server answers PONG (txkv's own TLS listener: security.test.ts).
   test("connects with a custom CA; refuses a server whose certificate it cannot verify", async () => {
@@ -633,6 +718,22 @@ describe("TLS", () => {
       .then(async (c) => c.ping())
       .catch((e) => e);
     expect(plain).toBeInstanceOf(TxkvConnectionError);
+    fake.stop(true);
+    certs.remove();
+  });
+
+  test("rejectUnauthorized: false connects even when verification fails (a name the certificate does not hold, an unknown CA)", async () => {
+    const certs = makeTestCertificates();
+    const fake = tlsPongServer(certs);
+    for (const tls of [
+      { rejectUnauthorized: false, serverName: "db.example.com" },
+      { ca: certs.ca, serverName: "db.example.com", rejectUnauthorized: false },
+      { rejectUnauthorized: false },
+    ]) {
+      const c = await connect({ port: fake.port, tls });
+      expect(await c.ping()).toBe("PONG");
+      await c.close();
+    }
     fake.stop(true);
     certs.remove();
   });
