@@ -283,6 +283,15 @@ async function runConnection(port: number, id: number, run: Run): Promise<void> 
     unexpected(line, reply);
     return undefined;
   };
+  /** Ends the innermost nested level: COMMIT with probability commitChance, else ROLLBACK. */
+  const endNestedLevel = async (model: TxModel, commitChance: number) => {
+    const commit = rng() < commitChance;
+    const line = commit ? "COMMIT" : "ROLLBACK";
+    const reply = await send(line);
+    if (reply.status !== "Ok") unexpected(line, reply);
+    if (commit) model.commitNested();
+    else model.rollbackNested();
+  };
   const keysOf = (line: string, reply: { status: string; result?: unknown }): string[] | undefined => {
     if (reply.status !== "Ok" || !Array.isArray(reply.result)) {
       unexpected(line, reply);
@@ -400,12 +409,7 @@ async function runConnection(port: number, id: number, run: Run): Promise<void> 
         if (reply.status !== "Ok") unexpected("START", reply);
         model.begin();
       } else if (kind === "end") {
-        const commit = rng() < 0.6;
-        const line = commit ? "COMMIT" : "ROLLBACK";
-        const reply = await send(line);
-        if (reply.status !== "Ok") unexpected(line, reply);
-        if (commit) model.commitNested();
-        else model.rollbackNested();
+        await endNestedLevel(model, 0.6);
       } else if (kind === "fail") {
         // A malformed request fails the level (PROTOCOL §4): what follows answers ABORTED, without effect,
         // until ROLLBACK ends the level, or COMMIT discards the whole transaction.
@@ -438,14 +442,7 @@ async function runConnection(port: number, id: number, run: Run): Promise<void> 
       }
     }
     if (unit.outcome !== "pending") continue;
-    while (model.depth > 1) {
-      const commit = rng() < 0.7;
-      const line = commit ? "COMMIT" : "ROLLBACK";
-      const reply = await send(line);
-      if (reply.status !== "Ok") unexpected(line, reply);
-      if (commit) model.commitNested();
-      else model.rollbackNested();
-    }
+    while (model.depth > 1) await endNestedLevel(model, 0.7);
     const net = model.levels[0]!;
     if (net.size > 0 && ![...net.values()].some((v) => v !== null)) {
       // Only deletes: a blind PUT of a key of this connection's own names the journal record.
