@@ -164,15 +164,27 @@ class ShutdownOnSignal {
   }
 }
 
+/**
+ * A client tool is done: exit once stdout has taken its output. Not by
+ * letting the loop run dry: a connect abandoned at its timeout or by Ctrl-C
+ * cannot be cancelled (Bun.connect) and would hold the process until the
+ * kernel gives up on it, minutes later against a host that drops packets.
+ */
+async function exitWhenFlushed(code: number): Promise<never> {
+  const { stdoutFlushed } = await import("./lib/stdout.ts");
+  await stdoutFlushed();
+  process.exit(code);
+}
+
 /** `txkv cli …` and `txkv bench …` are the client tools; anything else serves. */
 async function main(argv: string[]): Promise<void> {
   const [job, ...rest] = argv;
   if (job === "cli") {
     const { runCli } = await import("./lib/cli.ts");
-    process.exitCode = await runCli(rest);
+    await exitWhenFlushed(await runCli(rest));
   } else if (job === "bench") {
     const { runBench } = await import("./lib/bench.ts");
-    process.exitCode = await runBench(rest);
+    await exitWhenFlushed(await runBench(rest));
   } else {
     await serve(argv);
   }

@@ -22,6 +22,7 @@ import * as v from "valibot";
 import { formatAddress } from "./client.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 import { optionErrorMessage, positiveNumber, wholeNumber } from "./option-schemas.ts";
+import { writeStdout } from "./stdout.ts";
 
 const BENCH_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -96,7 +97,7 @@ export async function runBench(argv: string[]): Promise<number> {
   try {
     const parsed = parseArgs({ args: argv, options: BENCH_OPTIONS, strict: true, allowPositionals: false });
     if (parsed.values.help) {
-      process.stdout.write(BENCH_HELP);
+      writeStdout(BENCH_HELP);
       return 0;
     }
     config = toConfig(parsed.values);
@@ -106,10 +107,10 @@ export async function runBench(argv: string[]): Promise<number> {
   }
   try {
     const progress = process.stdout.isTTY && !config.json ? new Progress() : null;
-    if (!config.json) process.stdout.write(describe(config) + "\n");
+    if (!config.json) writeStdout(describe(config) + "\n");
     const { result, firstError } = await bench(config, progress);
     progress?.clear();
-    process.stdout.write((config.json ? JSON.stringify(result) : report(result)) + "\n");
+    writeStdout((config.json ? JSON.stringify(result) : report(result)) + "\n");
     if (!everyReplyWasAnError(result)) return 0;
     process.stderr.write(`txkv bench: every reply was an Error, so the run measured nothing${firstError ? ` (the first: ${firstError})` : ""}\n`);
     return 1;
@@ -484,10 +485,10 @@ class LineConnection {
 export class Progress {
   show(totals: Totals, elapsedMs: number): void {
     const rate = Math.round(totals.ops / (elapsedMs / 1000));
-    process.stdout.write(`\r\x1b[K${(elapsedMs / 1000).toFixed(1)} s: ${totals.ops} ops, ${rate} ops/s, ${totals.errors} errors`);
+    writeStdout(`\r\x1b[K${(elapsedMs / 1000).toFixed(1)} s: ${totals.ops} ops, ${rate} ops/s, ${totals.errors} errors`);
   }
 
   clear(): void {
-    process.stdout.write("\r\x1b[K");
+    writeStdout("\r\x1b[K");
   }
 }

@@ -26,6 +26,7 @@ import { stringifyJson } from "./exact-json.ts";
 import { strictUtf8 } from "./text.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 import { optionErrorMessage } from "./option-schemas.ts";
+import { writeStdout } from "./stdout.ts";
 
 const CLI_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -55,7 +56,7 @@ export async function runCli(argv: string[]): Promise<number> {
     words = split.words;
     const parsed = parseArgs({ args: split.optionArgs, options: CLI_OPTIONS, strict: true, allowPositionals: false });
     if (parsed.values.help) {
-      process.stdout.write(CLI_HELP);
+      writeStdout(CLI_HELP);
       return 0;
     }
     settings = toSettings(parsed.values);
@@ -115,7 +116,7 @@ async function oneShot(settings: CliSettings, line: string): Promise<number> {
       process.stderr.write(formatReply(line, reply, style) + "\n");
       return 1;
     }
-    process.stdout.write(formatReply(line, reply, { ...style, color: colorFor(process.stdout) }) + "\n");
+    writeStdout(formatReply(line, reply, { ...style, color: colorFor(process.stdout) }) + "\n");
     return reply.status === "Error" ? 1 : 0;
   } catch (error) {
     process.stderr.write(`txkv cli: ${errorText(error)}\n`);
@@ -241,6 +242,9 @@ async function repl(settings: CliSettings): Promise<number> {
 /** Exit status of a prompt left with Ctrl-C while a command waited: 128 + SIGINT, as shells report it. */
 const INTERRUPTED = 130;
 
+/** What a wait abandoned by Ctrl-C gives instead of its result. */
+const CTRL_C = Symbol("Ctrl-C");
+
 /** The interactive prompt: one connection, made again when lost. */
 class Repl {
   private readonly address: string;
@@ -252,9 +256,12 @@ class Repl {
   private hadConnection = false;
   /** The last AUTH line typed that the server accepted: sent again on a new connection (kept in memory only). */
   private typedAuth: string | null = null;
-  /** A command (or a reconnect) is waiting: Ctrl-C then drops the connection and leaves. */
+  /** A command or a connect is waiting: Ctrl-C then abandons it, drops the connection and leaves. */
   private busy = false;
   private interrupted = false;
+  /** Resolves at that Ctrl-C. */
+  private readonly interruption: Promise<typeof CTRL_C>;
+  private interrupt!: () => void;
 
   constructor(private readonly settings: CliSettings) {
     this.address = formatAddress(settings.client.host ?? "127.0.0.1", settings.client.port ?? 8080);
@@ -271,17 +278,20 @@ class Repl {
       if (entries[0] !== undefined && isAuthLine(entries[0])) entries.shift();
     });
     this.rl.on("SIGINT", () => this.onInterrupt());
+    this.interruption = new Promise((resolve) => (this.interrupt = () => resolve(CTRL_C)));
   }
 
   async run(): Promise<number> {
-    await this.reconnect();
-    this.rl.prompt();
-    for await (const line of this.rl) {
-      const name = commandName(line);
-      if (name === "QUIT" || name === "EXIT") break;
-      if (!isBlankLine(line)) await this.runCommand(line);
-      if (this.interrupted) break;
+    await this.unlessInterrupted(this.reconnect());
+    if (!this.interrupted) {
       this.rl.prompt();
+      for await (const line of this.rl) {
+        const name = commandName(line);
+        if (name === "QUIT" || name === "EXIT") break;
+        if (!isBlankLine(line)) await this.runCommand(line);
+        if (this.interrupted) break;
+        this.rl.prompt();
+      }
     }
     this.rl.close();
     if (this.interrupted) this.client?.destroy("interrupted (Ctrl-C)"); // also one made while Ctrl-C was typed
@@ -294,25 +304,38 @@ class Repl {
   private onInterrupt(): void {
     if (this.busy) {
       this.interrupted = true;
+      this.interrupt();
       this.client?.destroy("interrupted (Ctrl-C)");
     }
     this.rl.close();
   }
 
-  private async runCommand(line: string): Promise<void> {
+  /**
+   * Waits for work unless Ctrl-C comes first. A connect cannot be cancelled
+   * (Bun.connect): one abandoned this way is left behind, and the process
+   * exits without waiting for it (index.ts).
+   */
+  private async unlessInterrupted<T>(work: Promise<T>): Promise<T | typeof CTRL_C> {
     this.busy = true;
     try {
-      const connected = await this.reconnect();
-      if (!connected || this.interrupted) return;
-      const reply = await connected.send(line);
-      if (isAuthLine(line) && reply.status === "Ok") this.typedAuth = line;
-      process.stdout.write(formatReply(line, reply, this.style) + "\n");
-    } catch (error) {
-      if (this.interrupted) return;
-      process.stdout.write(paint(`(error) ${errorText(error)}`, RED, this.style.color) + "\n");
-      this.rl.setPrompt("not connected> ");
+      return await Promise.race([work, this.interruption]);
     } finally {
       this.busy = false;
+    }
+  }
+
+  private async runCommand(line: string): Promise<void> {
+    try {
+      const connected = await this.unlessInterrupted(this.reconnect());
+      if (connected === CTRL_C || connected === null) return;
+      const reply = await this.unlessInterrupted(connected.send(line));
+      if (reply === CTRL_C) return;
+      if (isAuthLine(line) && reply.status === "Ok") this.typedAuth = line;
+      writeStdout(formatReply(line, reply, this.style) + "\n");
+    } catch (error) {
+      if (this.interrupted) return;
+      writeStdout(paint(`(error) ${errorText(error)}`, RED, this.style.color) + "\n");
+      this.rl.setPrompt("not connected> ");
     }
   }
 
@@ -324,7 +347,7 @@ class Repl {
     if (this.client && lostOne) {
       // A new connection starts outside any transaction: say so, or the next PUT would commit at once unnoticed.
       const auth = this.typedAuth === null ? "" : await this.sendTypedAuthAgain(this.client);
-      process.stdout.write(`(reconnected to ${this.address}: the previous connection was lost; a transaction open on it was rolled back${auth})\n`);
+      writeStdout(`(reconnected to ${this.address}: the previous connection was lost; a transaction open on it was rolled back${auth})\n`);
     }
     this.rl.setPrompt(this.client?.isOpen ? `${this.address}> ` : "not connected> ");
     return this.client;

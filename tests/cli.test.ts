@@ -480,6 +480,27 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     silent.stop(true);
   });
 
+  test("Ctrl-C while the first connection waits (its AUTH never answered): the cli leaves with status 130, not after the connect timeout, and does not crash", async () => {
+    let authArrived!: () => void;
+    const arrived = new Promise<void>((resolve) => (authArrived = resolve));
+    const silent = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        data(_socket, chunk) {
+          if (chunk.toString().includes("AUTH")) authArrived();
+        },
+      },
+    });
+    const repl = startRepl({ TXKV_PASSWORD: "pw" }, String(silent.port));
+    await arrived;
+    repl.type("\x03");
+    expect(await repl.proc.exited).toBe(130);
+    repl.proc.terminal!.close();
+    expect(repl.since(0)).not.toContain("ERR_USE_AFTER_CLOSE");
+    silent.stop(true);
+  });
+
   test("AUTH lines stay out of the history, in the file and for arrow up (any case, leading blanks too)", async () => {
     const guarded = await spawnServer(["--in-memory", "--password", "sekret"]);
     const historyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-")), "history");
