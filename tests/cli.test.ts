@@ -381,6 +381,24 @@ describe("options and failures", () => {
 
 describe("interactive REPL (on a pseudo-terminal)", () => {
   /** Spawns the cli on a PTY; `until(text, from)` waits for output (from a mark on) containing text. */
+  /** A server that reads and never answers; `arrived` resolves once what it was sent holds `text`. */
+  function silentServer(text: string) {
+    let received = "";
+    let textArrived!: () => void;
+    const arrived = new Promise<void>((resolve) => (textArrived = resolve));
+    const silent = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        data(_socket, chunk) {
+          received += chunk.toString();
+          if (received.includes(text)) textArrived();
+        },
+      },
+    });
+    return { silent, arrived };
+  }
+
   function startRepl(env: Record<string, string> = {}, replPort = shared.port) {
     let output = "";
     let waiter: { text: string; from: number; resolve: () => void } | null = null;
@@ -454,19 +472,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
   });
 
   test("Ctrl-C while a command waits for a reply that never comes: the history is saved and the cli leaves with status 130", async () => {
-    let received = "";
-    let requestArrived!: () => void;
-    const arrived = new Promise<void>((resolve) => (requestArrived = resolve));
-    const silent = Bun.listen({
-      hostname: "127.0.0.1",
-      port: 0,
-      socket: {
-        data(_socket, chunk) {
-          received += chunk.toString();
-          if (received.includes("PING\n")) requestArrived();
-        },
-      },
-    });
+    const { silent, arrived } = silentServer("PING\n");
     const historyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-")), "history");
     const repl = startRepl({ TXKV_HISTFILE: historyFile }, String(silent.port));
     await repl.until(`127.0.0.1:${silent.port}> `);
@@ -481,17 +487,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
   });
 
   test("Ctrl-C while the first connection waits (its AUTH never answered): the cli leaves with status 130, not after the connect timeout, and does not crash", async () => {
-    let authArrived!: () => void;
-    const arrived = new Promise<void>((resolve) => (authArrived = resolve));
-    const silent = Bun.listen({
-      hostname: "127.0.0.1",
-      port: 0,
-      socket: {
-        data(_socket, chunk) {
-          if (chunk.toString().includes("AUTH")) authArrived();
-        },
-      },
-    });
+    const { silent, arrived } = silentServer("AUTH");
     const repl = startRepl({ TXKV_PASSWORD: "pw" }, String(silent.port));
     await arrived;
     repl.type("\x03");
