@@ -14,7 +14,8 @@
  * `START`, `GET`, `PUT`, `COMMIT` in one write and counts a transaction as one
  * op: pipelined transactions, which the server runs back to back, so they
  * never conflict; not interactive ones, whose client waits between requests.
- * A run in which every reply was an Error measured nothing: exit status 1.
+ * A run in which no operation succeeded (every reply an Error, NOT_FOUND aside;
+ * for tx, no COMMIT Ok) measured nothing: exit status 1.
  */
 
 import { parseArgs } from "node:util";
@@ -108,11 +109,11 @@ export async function runBench(argv: string[]): Promise<number> {
   try {
     const progress = process.stdout.isTTY && !config.json ? new Progress() : null;
     if (!config.json) writeStdout(describe(config) + "\n");
-    const { result, firstError } = await bench(config, progress);
+    const { result, firstError, succeeded } = await bench(config, progress);
     progress?.clear();
     writeStdout((config.json ? JSON.stringify(result) : report(result)) + "\n");
-    if (!everyReplyWasAnError(result)) return 0;
-    process.stderr.write(`txkv bench: every reply was an Error, so the run measured nothing${firstError ? ` (the first: ${firstError})` : ""}\n`);
+    if (result.ops === 0 || succeeded > 0) return 0;
+    process.stderr.write(`txkv bench: no operation succeeded, so the run measured nothing${firstError ? ` (the first Error: ${firstError})` : ""}\n`);
     return 1;
   } catch (error) {
     process.stderr.write(`txkv bench: ${error instanceof Error ? error.message : String(error)}\n`);
@@ -144,9 +145,13 @@ function repliesPerOp(workload: Workload): number {
   return workload === "tx" ? 4 : 1;
 }
 
-/** Nothing succeeded (a value over the server's request limit: every PUT a TOO_LARGE). */
-function everyReplyWasAnError(result: BenchResult): boolean {
-  return result.ops > 0 && result.errors >= result.ops * repliesPerOp(result.workload);
+/**
+ * The operations of a batch that did their work: for `tx`, those whose COMMIT
+ * answered Ok; for the others, those not answered with an Error, NOT_FOUND
+ * aside (a GET of an absent key is an answer).
+ */
+function succeededOps(workload: Workload, ops: number, batch: BatchReplies): number {
+  return workload === "tx" ? batch.committed : ops - batch.errors + batch.notFound;
 }
 
 function describe(config: BenchConfig): string {
@@ -188,14 +193,18 @@ class Latencies {
   }
 }
 
-type Totals = { ops: number; errors: number; latencies: Latencies; stop: boolean; issued: number };
+/** succeeded: operations that did their work (see succeededOps). */
+type Totals = { ops: number; errors: number; succeeded: number; latencies: Latencies; stop: boolean; issued: number };
 
 /** Runs the load and resolves with the measurements, and the first Error reply seen (`CODE: message`), if any. Exported for tests. */
-export async function bench(config: BenchConfig, progress: Progress | null = null): Promise<{ result: BenchResult; firstError: string | null }> {
+export async function bench(
+  config: BenchConfig,
+  progress: Progress | null = null,
+): Promise<{ result: BenchResult; firstError: string | null; succeeded: number }> {
   const value = "x".repeat(config.vsize);
   if (config.preload) await preload(config, value);
   const connections = await openAll(config);
-  const totals: Totals = { ops: 0, errors: 0, latencies: new Latencies(), stop: false, issued: 0 };
+  const totals: Totals = { ops: 0, errors: 0, succeeded: 0, latencies: new Latencies(), stop: false, issued: 0 };
   const started = performance.now();
   const ticker = progress ? setInterval(() => progress.show(totals, performance.now() - started), 250) : null;
   const timer = config.secs !== undefined ? setTimeout(() => (totals.stop = true), config.secs * 1000) : null;
@@ -223,7 +232,8 @@ export async function bench(config: BenchConfig, progress: Progress | null = nul
     p999_us: pct(0.999),
     max_us: sorted.length === 0 ? 0 : sorted[sorted.length - 1]!,
   };
-  return { result, firstError: connections.map((connection) => connection.firstError).find((error) => error !== null) ?? null };
+  const firstError = connections.map((connection) => connection.firstError).find((error) => error !== null) ?? null;
+  return { result, firstError, succeeded: totals.succeeded };
 }
 
 /** Opens every connection, or none: a failure closes the ones already open. */
@@ -259,10 +269,11 @@ function drive(connection: LineConnection, config: BenchConfig, value: string, t
   return new Promise((resolve, reject) => {
     let batchOps = 0;
     let batchStart = 0;
-    const batchDone = (errors: number) => {
+    const batchDone = (batch: BatchReplies) => {
       totals.latencies.add(Math.round((performance.now() - batchStart) * 1000));
       totals.ops += batchOps;
-      totals.errors += errors;
+      totals.errors += batch.errors;
+      totals.succeeded += succeededOps(config.workload, batchOps, batch);
       sendBatch();
     };
     const sendBatch = () => {
@@ -315,33 +326,59 @@ const encoder = new TextEncoder();
 const ERROR_MARK = Buffer.from('"status":"Error"');
 const LF = 10;
 
+/** A NOT_FOUND reply: an answer (the key is absent), not a failed operation. */
+const NOT_FOUND_MARK = Buffer.from('"code":"NOT_FOUND"');
+/** COMMIT's Ok reply: a `tx` operation that succeeded. */
+const COMMITTED_MARK = Buffer.from('"result":"Transaction committed"');
+
 /**
- * Counts Error replies in reply bytes that arrive in pieces cut anywhere,
- * found natively by their status mark; only the first one seen whole is
+ * Counts the replies holding a mark, in reply bytes that arrive in pieces
+ * cut anywhere, found natively. A mark cannot match inside a JSON string
+ * (its quotes would be escaped there). Exported for tests.
+ */
+export class MarkCounter {
+  /** The end of the bytes scanned so far, when it may hold the start of a mark. */
+  private carry: Buffer | null = null;
+
+  constructor(private readonly mark: Buffer) {}
+
+  /** The marks that end in this piece; onMark gets each one's position in `scanned` (the carry, then the piece). */
+  count(piece: Buffer, onMark?: (scanned: Buffer, at: number, linesStart: boolean) => void): number {
+    // Without a carry the bytes begin a line: the piece before ended with LF (or this is the first).
+    const linesStart = this.carry === null;
+    const scanned = linesStart ? piece : Buffer.concat([this.carry!, piece]);
+    const mark = this.mark;
+    let marks = 0;
+    for (let at = scanned.indexOf(mark); at !== -1; at = scanned.indexOf(mark, at + mark.length)) {
+      marks++;
+      onMark?.(scanned, at, linesStart);
+    }
+    // From what was scanned, the carry included, not from this piece alone: a mark may span three pieces or more.
+    this.carry = piece[piece.length - 1] === LF ? null : Buffer.from(scanned.subarray(-(mark.length - 1)));
+    return marks;
+  }
+}
+
+/**
+ * Counts Error replies (see MarkCounter); only the first one seen whole is
  * parsed, once, for the `CODE: message` that says why a run failed.
  * Exported for tests.
  */
 export class ErrorCounter {
   /** `CODE: message` of the first Error reply seen whole, or null. */
   firstError: string | null = null;
-  /** The end of the bytes scanned so far, when it may hold the start of a mark. */
-  private carry: Buffer | null = null;
+  private readonly marks = new MarkCounter(ERROR_MARK);
 
   /** The Error replies whose mark ends in this piece. */
   count(piece: Buffer): number {
-    // Without a carry the bytes begin a line: the piece before ended with LF (or this is the first).
-    const linesStart = this.carry === null;
-    const scanned = linesStart ? piece : Buffer.concat([this.carry!, piece]);
-    let errors = 0;
-    for (let at = scanned.indexOf(ERROR_MARK); at !== -1; at = scanned.indexOf(ERROR_MARK, at + ERROR_MARK.length)) {
-      errors++;
+    return this.marks.count(piece, (scanned, at, linesStart) => {
       if (this.firstError === null) this.firstError = errorAt(scanned, at, linesStart);
-    }
-    // From what was scanned, the carry included, not from this piece alone: a mark may span three pieces or more.
-    this.carry = piece[piece.length - 1] === LF ? null : Buffer.from(scanned.subarray(-(ERROR_MARK.length - 1)));
-    return errors;
+    });
   }
 }
+
+/** What one batch's replies held. */
+type BatchReplies = { errors: number; notFound: number; committed: number };
 
 /** `CODE: message` of the Error reply whose mark is at `at`, when its line is whole in `bytes` (else null: a later one is taken). */
 function errorAt(bytes: Buffer, at: number, linesStart: boolean): string | null {
@@ -366,12 +403,14 @@ class LineConnection {
   onLost: (error: Error) => void = () => {};
   private socket!: Bun.Socket<undefined>;
   private expected = 0;
-  private batchErrors = 0;
+  private batch: BatchReplies = { errors: 0, notFound: 0, committed: 0 };
   private readonly errors = new ErrorCounter();
+  private readonly notFound = new MarkCounter(NOT_FOUND_MARK);
+  private readonly committed = new MarkCounter(COMMITTED_MARK);
   /** While not null, the replies' text is kept here (checkedRoundTrip reads the Error it got). */
   private transcript: string | null = null;
   private outQueue: Uint8Array | null = null;
-  private done: ((errors: number) => void) | null = null;
+  private done: ((replies: BatchReplies) => void) | null = null;
   private closing = false;
   /** Why the TLS handshake refused the server (its certificate), reported instead of a bare "closed". */
   private tlsError: Error | null = null;
@@ -422,9 +461,9 @@ class LineConnection {
     throw new Error(`${code === "BUSY" ? refused : failure}: ${code}: ${message}${hint}`);
   }
 
-  send(text: string, replies: number, done: (errors: number) => void): void {
+  send(text: string, replies: number, done: (replies: BatchReplies) => void): void {
     this.expected = replies;
-    this.batchErrors = 0;
+    this.batch = { errors: 0, notFound: 0, committed: 0 };
     this.done = done;
     const bytes = encoder.encode(text);
     if (this.outQueue !== null) {
@@ -438,10 +477,11 @@ class LineConnection {
     }
   }
 
+  /** Sends text and resolves with how many of its replies were Errors. */
   roundTrip(text: string, replies: number): Promise<number> {
     return new Promise((resolve, reject) => {
       this.onLost = reject;
-      this.send(text, replies, resolve);
+      this.send(text, replies, (batch) => resolve(batch.errors));
     });
   }
 
@@ -464,12 +504,14 @@ class LineConnection {
   /** One chunk holds replies of the current batch only (the next is sent after it completes). */
   private onData(chunk: Buffer): void {
     if (this.transcript !== null) this.transcript += chunk.toString();
-    this.batchErrors += this.errors.count(chunk);
+    this.batch.errors += this.errors.count(chunk);
+    this.batch.notFound += this.notFound.count(chunk);
+    this.batch.committed += this.committed.count(chunk);
     for (let at = chunk.indexOf(LF); at !== -1; at = chunk.indexOf(LF, at + 1)) {
       if (--this.expected === 0) {
         const done = this.done!;
         this.done = null;
-        done(this.batchErrors);
+        done(this.batch);
       }
     }
   }

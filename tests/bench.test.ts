@@ -3,7 +3,7 @@
  * shape of the report (text and --json), request counting and option errors.
  */
 import { expect, test } from "bun:test";
-import { ErrorCounter } from "../lib/bench.ts";
+import { ErrorCounter, MarkCounter } from "../lib/bench.ts";
 import { connect } from "../lib/client.ts";
 import { BUN, INDEX, runTxkv, sharedServer, spawnServer } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
@@ -65,11 +65,11 @@ test("Error replies are counted; no password or a wrong one stops the run at onc
     expect(denied.stdout).toBe("");
     expect(denied.stderr).toContain("refused the run: AUTH_REQUIRED");
     expect(denied.stderr).toContain("--password");
-    // Keys never written (the server is new): each GET is a NOT_FOUND Error reply, counted; nothing succeeded, so status 1.
+    // Keys never written (the server is new): each GET is a NOT_FOUND Error reply, counted, but an answer: status 0.
     const missing = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--workload", "get", "--no-preload", "--keys", "10", "--requests", "50", "--json"]);
     expect(JSON.parse(missing.stdout)).toMatchObject({ ops: 50, errors: 50 });
-    expect(missing.code).toBe(1);
-    expect(missing.stderr).toContain("every reply was an Error");
+    expect(missing.code).toBe(0);
+    expect(missing.stderr).toBe("");
     const allowed = await runTxkv(["bench", "-p", String(guarded.port), "-a", "{p w}", "--requests", "50", "--json"]);
     expect(JSON.parse(allowed.stdout)).toMatchObject({ ops: 50, errors: 0 });
     const wrong = await runTxkv(["bench", "-p", String(guarded.port), "-a", "nope", "--requests", "50", "--conns", "3"]);
@@ -80,12 +80,17 @@ test("Error replies are counted; no password or a wrong one stops the run at onc
   }
 });
 
-test("a run in which every reply was an Error (values over the request limit) prints its report, then exits 1 saying why", async () => {
+test("a run in which no operation succeeded (values over the request limit: every PUT, every transaction) prints its report, then exits 1 saying why", async () => {
   const run = await bench(["--requests", "20", "--conns", "2", "--workload", "put", "--vsize", "2000"]);
   expect(run.code).toBe(1);
   expect(run.stdout).toContain("20 ops in");
   expect(run.stdout).toContain("20 error replies");
-  expect(run.stderr).toBe("txkv bench: every reply was an Error, so the run measured nothing (the first: TOO_LARGE: Request too large: the limit is 1024 bytes)\n");
+  expect(run.stderr).toBe("txkv bench: no operation succeeded, so the run measured nothing (the first Error: TOO_LARGE: Request too large: the limit is 1024 bytes)\n");
+  // A transaction's START is never an Error, but with its PUT refused its COMMIT is ABORTED: nothing committed.
+  const tx = await bench(["--requests", "20", "--conns", "2", "--workload", "tx", "--vsize", "2000", "--no-preload", "--json"]);
+  expect(JSON.parse(tx.stdout)).toMatchObject({ ops: 20, errors: 40 });
+  expect(tx.code).toBe(1);
+  expect(tx.stderr).toContain("no operation succeeded");
   // Some replies Ok is a measurement: status 0 (one key of two exists; the generator's keys are the same each run).
   await runTxkv(["cli", "-p", shared.port, "PUT", "key:00000000", "x"]);
   await runTxkv(["cli", "-p", shared.port, "DEL", "key:00000001"]);
@@ -106,6 +111,21 @@ test("Error replies are counted whatever pieces they arrive in, the status mark 
     let errors = 0;
     for (let at = 0; at < replies.length; at += size) errors += counter.count(replies.subarray(at, at + size));
     expect({ size, errors }).toEqual({ size, errors: 2 });
+  }
+  // The same for any mark: NOT_FOUND replies (answers, not failures) and committed transactions.
+  const mixed = Buffer.from(
+    '{"status":"Ok","result":"Transaction committed"}\n{"status":"Error","code":"NOT_FOUND","message":"Key not found"}\n' +
+      '{"status":"Ok","result":{"key":"k","value":"\\"result\\":\\"Transaction committed\\""}}\n{"status":"Ok","result":"Transaction committed"}\n',
+  );
+  for (let size = 1; size <= mixed.length; size++) {
+    const notFound = new MarkCounter(Buffer.from('"code":"NOT_FOUND"'));
+    const committed = new MarkCounter(Buffer.from('"result":"Transaction committed"'));
+    const counts = { size, notFound: 0, committed: 0 };
+    for (let at = 0; at < mixed.length; at += size) {
+      counts.notFound += notFound.count(mixed.subarray(at, at + size));
+      counts.committed += committed.count(mixed.subarray(at, at + size));
+    }
+    expect(counts).toEqual({ size, notFound: 1, committed: 2 });
   }
   // The first Error reply seen whole is kept, to say why a run failed.
   const whole = new ErrorCounter();
