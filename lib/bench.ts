@@ -148,10 +148,16 @@ function repliesPerOp(workload: Workload): number {
 /**
  * The operations of a batch that did their work: for `tx`, those whose COMMIT
  * answered Ok; for the others, those not answered with an Error, NOT_FOUND
- * aside (a GET of an absent key is an answer).
+ * aside (a GET of an absent key is an answer). `batch.marked` counts the
+ * replies with the workload's outcomeMark.
  */
 function succeededOps(workload: Workload, ops: number, batch: BatchReplies): number {
-  return workload === "tx" ? batch.committed : ops - batch.errors + batch.notFound;
+  return workload === "tx" ? batch.marked : ops - batch.errors + batch.marked;
+}
+
+/** The reply mark succeededOps needs besides the Error status: a COMMIT's Ok for `tx`, a NOT_FOUND for the others. */
+function outcomeMark(workload: Workload): Buffer {
+  return workload === "tx" ? COMMITTED_MARK : NOT_FOUND_MARK;
 }
 
 function describe(config: BenchConfig): string {
@@ -378,7 +384,7 @@ export class ErrorCounter {
 }
 
 /** What one batch's replies held. */
-type BatchReplies = { errors: number; notFound: number; committed: number };
+type BatchReplies = { errors: number; marked: number };
 
 /** `CODE: message` of the Error reply whose mark is at `at`, when its line is whole in `bytes` (else null: a later one is taken). */
 function errorAt(bytes: Buffer, at: number, linesStart: boolean): string | null {
@@ -395,18 +401,18 @@ function errorAt(bytes: Buffer, at: number, linesStart: boolean): string | null 
 
 /**
  * A connection that sends a batch of request lines and reports when the same
- * number of reply lines came back, with how many were Error replies. Replies
- * are searched natively for newlines and the Error status, never decoded or parsed.
+ * number of reply lines came back, with how many were Error replies and how
+ * many held the workload's outcome mark (see succeededOps). Replies are
+ * searched natively for newlines and these marks, never decoded or parsed.
  */
 class LineConnection {
   /** Called when the connection closes while a batch waits for replies. */
   onLost: (error: Error) => void = () => {};
   private socket!: Bun.Socket<undefined>;
   private expected = 0;
-  private batch: BatchReplies = { errors: 0, notFound: 0, committed: 0 };
+  private batch: BatchReplies = { errors: 0, marked: 0 };
   private readonly errors = new ErrorCounter();
-  private readonly notFound = new MarkCounter(NOT_FOUND_MARK);
-  private readonly committed = new MarkCounter(COMMITTED_MARK);
+  private readonly outcomes: MarkCounter;
   /** While not null, the replies' text is kept here (checkedRoundTrip reads the Error it got). */
   private transcript: string | null = null;
   private outQueue: Uint8Array | null = null;
@@ -415,8 +421,12 @@ class LineConnection {
   /** Why the TLS handshake refused the server (its certificate), reported instead of a bare "closed". */
   private tlsError: Error | null = null;
 
+  private constructor(workload: Workload) {
+    this.outcomes = new MarkCounter(outcomeMark(workload));
+  }
+
   static async open(config: BenchConfig): Promise<LineConnection> {
-    const connection = new LineConnection();
+    const connection = new LineConnection(config.workload);
     const { host, port, password, tls } = config.server;
     const where = formatAddress(host, port);
     connection.socket = await Bun.connect({
@@ -463,7 +473,7 @@ class LineConnection {
 
   send(text: string, replies: number, done: (replies: BatchReplies) => void): void {
     this.expected = replies;
-    this.batch = { errors: 0, notFound: 0, committed: 0 };
+    this.batch = { errors: 0, marked: 0 };
     this.done = done;
     const bytes = encoder.encode(text);
     if (this.outQueue !== null) {
@@ -505,8 +515,7 @@ class LineConnection {
   private onData(chunk: Buffer): void {
     if (this.transcript !== null) this.transcript += chunk.toString();
     this.batch.errors += this.errors.count(chunk);
-    this.batch.notFound += this.notFound.count(chunk);
-    this.batch.committed += this.committed.count(chunk);
+    this.batch.marked += this.outcomes.count(chunk);
     for (let at = chunk.indexOf(LF); at !== -1; at = chunk.indexOf(LF, at + 1)) {
       if (--this.expected === 0) {
         const done = this.done!;

@@ -617,7 +617,7 @@ export class TxkvClient {
     const tls = tlsConfig(options.tls);
     let handshakeDone!: () => void;
     const handshake = new Promise<void>((resolve) => (handshakeDone = resolve));
-    const connecting = this.startConnecting(options, handshakeDone);
+    const connecting = this.startConnecting(tls, handshakeDone);
     let socket: Bun.Socket<undefined> | null;
     try {
       // Given up (connect timeout) while the TCP connect is still pending: stop waiting for it.
@@ -647,11 +647,10 @@ export class TxkvClient {
   }
 
   /** The TCP (or TLS) connect, with this client's handlers; async, so that a bad argument rejects rather than throws. */
-  private async startConnecting(options: ClientOptions, handshakeDone: () => void): Promise<Bun.Socket<undefined>> {
+  private async startConnecting(tls: ReturnType<typeof tlsConfig>, handshakeDone: () => void): Promise<Bun.Socket<undefined>> {
     const where = this.address;
-    const tls = tlsConfig(options.tls);
     // Without verification a certificate that fails it is no reason to stop: Bun then keeps the connection open.
-    const verifies = !(typeof options.tls === "object" && options.tls.rejectUnauthorized === false);
+    const verifies = !(typeof tls === "object" && tls.rejectUnauthorized === false);
     return Bun.connect({
       hostname: this.host,
       port: this.port,
