@@ -520,15 +520,21 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     await guarded.kill();
   });
 
-  test("after a reconnect, the AUTH typed before is sent again, and the notice says so", async () => {
-    const first = await spawnServer(["--in-memory", "--password", "sekret"]);
+  /** A REPL types `line` and sees `answer`; then its server is killed and a new one started on the same port. */
+  async function replAcrossRestart(serverArgs: string[], line: string, answer: string) {
+    const first = await spawnServer(serverArgs);
     const port = String(first.port);
     const repl = startRepl({}, port);
     await repl.until(`127.0.0.1:${port}> `);
-    repl.type("AUTH sekret\r");
-    await repl.until("Authenticated");
+    repl.type(`${line}\r`);
+    await repl.until(answer);
     await first.kill("SIGKILL");
-    const second = await spawnServer(["--in-memory", "--password", "sekret", "--port", port]);
+    const second = await spawnServer([...serverArgs, "--port", port]);
+    return { repl, second };
+  }
+
+  test("after a reconnect, the AUTH typed before is sent again, and the notice says so", async () => {
+    const { repl, second } = await replAcrossRestart(["--in-memory", "--password", "sekret"], "AUTH sekret", "Authenticated");
     const mark = repl.length;
     repl.type("PING\r");
     await repl.until("PONG");
@@ -538,14 +544,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
   });
 
   test("a lost connection is reconnected by the next command, which says an open transaction was rolled back", async () => {
-    const first = await spawnServer(["--in-memory"]);
-    const port = String(first.port);
-    const repl = startRepl({}, port);
-    await repl.until(`127.0.0.1:${port}> `);
-    repl.type("START\r");
-    await repl.until("Transaction started");
-    await first.kill("SIGKILL");
-    const second = await spawnServer(["--in-memory", "--port", port]);
+    const { repl, second } = await replAcrossRestart(["--in-memory"], "START", "Transaction started");
     const mark = repl.length;
     repl.type("PUT r:after 1\r");
     await repl.until("OK");
