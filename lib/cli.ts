@@ -26,7 +26,7 @@ import { stringifyJson } from "./exact-json.ts";
 import { strictUtf8 } from "./text.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 import { optionErrorMessage } from "./option-schemas.ts";
-import { writeStdout } from "./stdout.ts";
+import { untilDrained, writeStdout, type OutputStream } from "./stdout.ts";
 
 const CLI_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -594,10 +594,8 @@ function withoutFinalCr(line: string): string {
 }
 
 /** What LineWriter writes to: process.stdout, or a stand-in in tests. */
-export interface OutputStream {
-  write(text: string): boolean;
+export interface LineOutput extends OutputStream {
   on(event: "error", listener: () => void): unknown;
-  once(event: "drain", listener: () => void): unknown;
 }
 
 /** Output held before the script reads on (characters buffered here; beyond them, the reader must catch up first). */
@@ -610,14 +608,11 @@ export class LineWriter {
   private buffered = "";
   private scheduled = false;
   private writing: Promise<void> = Promise.resolve();
-  /** Set while a write the stream did not take at once waits for "drain". */
-  private wakeWriter: (() => void) | null = null;
+  /** True while a write the stream did not take at once waits for "drain". */
+  private waiting = false;
 
-  constructor(private readonly stream: OutputStream) {
-    stream.on("error", () => {
-      this.closed = true;
-      this.wakeWriter?.();
-    });
+  constructor(private readonly stream: LineOutput) {
+    stream.on("error", () => (this.closed = true));
   }
 
   write(line: string): void {
@@ -631,7 +626,7 @@ export class LineWriter {
 
   /** Resolves at once while the reader keeps up; when it falls behind, once everything is written. */
   async ready(): Promise<void> {
-    if (this.buffered.length >= OUTPUT_BACKLOG_CHARS || this.wakeWriter !== null) await this.flushed();
+    if (this.buffered.length >= OUTPUT_BACKLOG_CHARS || this.waiting) await this.flushed();
   }
 
   private flush(): void {
@@ -639,18 +634,12 @@ export class LineWriter {
     const text = this.buffered;
     this.buffered = "";
     if (text === "") return;
-    this.writing = this.writing.then(
-      () =>
-        new Promise<void>((resolve) => {
-          if (this.closed || this.stream.write(text)) return resolve();
-          // Woken by "drain", or by an error: an errored stream never drains.
-          this.wakeWriter = () => {
-            this.wakeWriter = null;
-            resolve();
-          };
-          this.stream.once("drain", this.wakeWriter);
-        }),
-    );
+    this.writing = this.writing.then(async () => {
+      if (this.closed || this.stream.write(text)) return;
+      this.waiting = true;
+      await untilDrained(this.stream);
+      this.waiting = false;
+    });
   }
 
   async flushed(): Promise<void> {
