@@ -605,11 +605,13 @@ describe("start-up with damaged files", () => {
     expect(fileBytes(dir)).toEqual(before);
   });
 
-  test("a torn final journal record is dropped with a warning and the rest loads, also in a journal followed by a newer, empty one (kill -9 as a compaction switched journals)", async () => {
-    for (const newerEmptyJournal of [false, true]) {
+  test("a torn final journal record (no line end, or zero bytes a power cut left in it) is dropped with a warning and the rest loads, also in a journal followed by a newer, empty one (kill -9 as a compaction switched journals)", async () => {
+    const unfinished = '{"seq":1000,"ops":[["e","' + "x".repeat(5000);
+    const zeroed = '{"seq":1000,"ops":[["e","' + "\u0000".repeat(4096) + '"]],"crc32":1}\n';
+    for (const [newerEmptyJournal, torn] of [[false, unfinished], [true, unfinished], [false, zeroed]] as const) {
       const dir = await dirWithData();
       const name = fs.readdirSync(dir).find((n) => n.includes(".journal."))!;
-      fs.appendFileSync(path.join(dir, name), '{"seq":1000,"ops":[["e","' + "x".repeat(5000));
+      fs.appendFileSync(path.join(dir, name), torn);
       const newer = path.join(dir, `data.json.journal.${Number(name.split(".").at(-1)) + 1}`);
       if (newerEmptyJournal) fs.writeFileSync(newer, "");
       const server = await start(dir);
