@@ -35,6 +35,7 @@ import { ByteBuffer, copyOf } from "./byte-buffer.ts";
 import { HeldReplies } from "./held-replies.ts";
 import { error } from "./replies.ts";
 import { Session } from "./session.ts";
+import { asError } from "./errors.ts";
 
 export interface ServerOptions {
   host: string;
@@ -327,7 +328,7 @@ export class TxkvServer {
         timeout_seconds: limit,
         in_transaction: conn.session.tx !== null,
       });
-      this.endConnection(socket, conn);
+      this.outsideHandler(socket, () => this.endConnection(socket, conn));
     }
   }
 
@@ -451,7 +452,7 @@ export class TxkvServer {
     conn.partialTimer = null;
     const dataEventsSeen = conn.dataEvents;
     setTimeout(() => {
-      if (conn.dataEvents === dataEventsSeen) this.runPartial(socket, conn);
+      if (conn.dataEvents === dataEventsSeen) this.outsideHandler(socket, () => this.runPartial(socket, conn));
     }, 0);
   }
 
@@ -513,14 +514,33 @@ export class TxkvServer {
   private awaitReply(socket: Socket<SocketData>, conn: Connection, reply: Promise<string>): void {
     conn.awaitingReply = true;
     socket.pause();
-    reply.then((text) => {
-      // Nothing was held after it meanwhile: no request ran while it was awaited.
-      const bytes = Buffer.from(text);
-      conn.held.hold(bytes, 0, bytes.length, 0);
-      conn.awaitingReply = false;
-      this.releaseHeld(socket, conn);
-      if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
-    });
+    reply.then(
+      (text) =>
+        this.outsideHandler(socket, () => {
+          // Nothing was held after it meanwhile: no request ran while it was awaited.
+          const bytes = Buffer.from(text);
+          conn.held.hold(bytes, 0, bytes.length, 0);
+          conn.awaitingReply = false;
+          this.releaseHeld(socket, conn);
+          if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
+        }),
+      (err: unknown) => this.onError(socket, asError(err)),
+    );
+  }
+
+  /**
+   * Runs work for one connection that starts outside its socket handlers (a
+   * timer, an awaited reply, a durable fsync). A throw inside a handler
+   * reaches onError, which drops only that connection; out here it would
+   * end the process (or, from onDurable, reach the persistence layer as if
+   * its fsync had failed). So a throw drops the connection the same way.
+   */
+  private outsideHandler(socket: Socket<SocketData>, work: () => void): void {
+    try {
+      work();
+    } catch (err) {
+      this.onError(socket, asError(err));
+    }
   }
 
   /**
@@ -545,7 +565,7 @@ export class TxkvServer {
     this.durableSeq = seq;
     for (const socket of this.waitingForDurability) {
       const conn = socket.data;
-      if (conn) this.releaseHeld(socket, conn);
+      if (conn) this.outsideHandler(socket, () => this.releaseHeld(socket, conn));
     }
   }
 

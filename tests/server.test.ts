@@ -3,8 +3,10 @@
  * backpressure, connection handling (PROTOCOL §1-3, §6).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { connect as netConnect } from "node:net";
-import type { RunningServer } from "../lib/app.ts";
+import { startServer, type RunningServer } from "../lib/app.ts";
+import type { Command } from "../lib/commands.ts";
+import { parseConfig } from "../lib/config.ts";
+import { Logger } from "../lib/log.ts";
 import { join } from "node:path";
 import { LineClient, pipelineAfterQuit, spawnServer, startInProcess, tempDir, waitFor, type Reply } from "./helpers.ts";
 
@@ -759,3 +761,76 @@ async function replyCounter(port: number): Promise<{ send(text: string, replies:
     close: () => socket.end(),
   };
 }
+
+/**
+ * Requests also run outside Bun's socket handlers: from the partial-request
+ * timer, when an awaited reply (SAVE, a failed AUTH) settles, and when an
+ * fsync makes held replies durable. A throw there would end the process (or
+ * reach the persistence layer as a failed fsync); it must drop only that
+ * connection, as a throw inside a handler does. The failure is injected: a
+ * PING that throws.
+ */
+describe("a failure in the server's own code outside a socket handler drops only that connection", () => {
+  const INJECTED = "injected failure";
+  const failingPing = (running: RunningServer, fail: () => string | Promise<string>) => {
+    const execute = running.executor.execute.bind(running.executor);
+    running.executor.execute = (cmd: Command, session) => (cmd.type === "PING" ? fail() : execute(cmd, session));
+  };
+  const throwing = () => {
+    throw new Error(INJECTED);
+  };
+
+  async function expectOnlyThatConnectionDropped(running: RunningServer & { logs: string[] }, victim: LineClient) {
+    await victim.closed;
+    await waitFor(() => running.logs.some((line) => line.includes("handler failed") && line.includes(INJECTED)), 5000, "the failure logged");
+    const other = await LineClient.connect(running.port);
+    expect(await other.request("PUT after ok")).toEqual({ status: "Ok", result: { key: "after", value: "ok" } });
+    expect(await other.request("GET after")).toEqual({ status: "Ok", result: { key: "after", value: "ok" } });
+    other.close();
+  }
+
+  test("from the partial-request timer (a request without LF, run after the pause)", async () => {
+    const running = await startInProcess(["--partial-request-ms", "20"]);
+    try {
+      failingPing(running, throwing);
+      const victim = await LineClient.connect(running.port);
+      victim.write("PING");
+      await expectOnlyThatConnectionDropped(running, victim);
+    } finally {
+      await running.shutdown();
+    }
+  });
+
+  test("from an awaited reply that fails", async () => {
+    const running = await startInProcess();
+    try {
+      failingPing(running, () => Promise.reject(new Error(INJECTED)));
+      const victim = await LineClient.connect(running.port);
+      victim.write("PING\n");
+      await expectOnlyThatConnectionDropped(running, victim);
+    } finally {
+      await running.shutdown();
+    }
+  });
+
+  test("from the fsync that releases held replies (--fsync always): no process exit, and writes are not refused as if the disk had failed", async () => {
+    const dir = tempDir();
+    const logs: string[] = [];
+    const parsed = parseConfig(
+      ["--port", "0", "--data", join(dir.path, "data.json"), "--fsync", "always", "--max-output-bytes", "1024"],
+      {},
+    );
+    if (parsed.kind !== "serve") throw new Error("unexpected --help/--version");
+    const running = Object.assign(await startServer(parsed.config, "test", new Logger("warn", (line) => logs.push(line))), { logs });
+    try {
+      failingPing(running, throwing);
+      const victim = await LineClient.connect(running.port);
+      // More held replies than --max-output-bytes: reading pauses, and the PING runs when the fsync releases them.
+      victim.write(Array.from({ length: 100 }, (_, i) => `PUT held${i} value\n`).join("") + "PING\n");
+      await expectOnlyThatConnectionDropped(running, victim);
+    } finally {
+      await running.shutdown();
+      dir.cleanup();
+    }
+  });
+});
