@@ -18,6 +18,7 @@ import { openPersistence } from "./persistence/index.ts";
 import { TxkvServer } from "./server.ts";
 import { ServerStats } from "./stats.ts";
 import { Store } from "./store.ts";
+import { errorMessage } from "./errors.ts";
 
 export class StartupError extends Error {}
 
@@ -186,7 +187,7 @@ async function listenOrClose(server: TxkvServer, commitLog: CommitLog, config: C
     return server.start();
   } catch (err) {
     await commitLog.close();
-    const reason = err instanceof Error ? err.message : String(err);
+    const reason = errorMessage(err);
     if (config.tls && /PEM|SSL|X509|KEY|CERT/i.test(reason)) {
       throw new StartupError(
         `cannot use the TLS certificate ${config.tls.certPath} with the key ${config.tls.keyPath} (--tls-cert, --tls-key): ${reason}`,
@@ -198,7 +199,7 @@ async function listenOrClose(server: TxkvServer, commitLog: CommitLog, config: C
 
 /** Why a listen failed, in words, for the errors a user can fix (Bun's own message names neither cause nor fix). */
 function listenFailure(err: unknown): string {
-  const reason = err instanceof Error ? err.message : String(err);
+  const reason = errorMessage(err);
   switch ((err as NodeJS.ErrnoException | null)?.code) {
     case "EADDRINUSE":
       return `the address is already in use (another server on that port?) (${reason})`;
@@ -268,7 +269,7 @@ function readPem(path: string, option: string): string {
   try {
     return readFileSync(path, "utf8");
   } catch (err) {
-    const reason = err instanceof Error ? err.message : String(err);
+    const reason = errorMessage(err);
     throw new StartupError(`cannot read the ${option} file ${path}: ${reason}`);
   }
 }
@@ -295,7 +296,7 @@ async function openState(config: Config, log: Logger): Promise<OpenedState> {
       log,
     );
   } catch (err) {
-    throw new StartupError(err instanceof Error ? err.message : String(err));
+    throw new StartupError(errorMessage(err));
   }
   const store = new Store(opened.initial, opened.seq);
   opened.log.attach(store);

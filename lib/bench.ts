@@ -24,6 +24,7 @@ import { formatAddress } from "./client.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 import { optionErrorMessage, positiveNumber, wholeNumber } from "./option-schemas.ts";
 import { writeStdout } from "./stdout.ts";
+import { errorMessage } from "./errors.ts";
 
 const BENCH_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -116,7 +117,7 @@ export async function runBench(argv: string[]): Promise<number> {
     process.stderr.write(`txkv bench: no operation succeeded, so the run measured nothing${firstError ? ` (the first Error: ${firstError})` : ""}\n`);
     return 1;
   } catch (error) {
-    process.stderr.write(`txkv bench: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.stderr.write(`txkv bench: ${errorMessage(error)}\n`);
     return 1;
   }
 }

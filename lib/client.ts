@@ -33,6 +33,7 @@
 
 import * as v from "valibot";
 import { parseJsonWithBigInts, stringifyJson } from "./exact-json.ts";
+import { errorMessage } from "./errors.ts";
 
 /**
  * Any value JSON can carry. An integer that a `number` would round is read
@@ -623,7 +624,7 @@ export class TxkvClient {
       // Given up (connect timeout) while the TCP connect is still pending: stop waiting for it.
       socket = await Promise.race([connecting, this.closed.then(() => null)]);
     } catch (error) {
-      const reason = error instanceof Error ? error.message : String(error);
+      const reason = errorMessage(error);
       this.fail(new TxkvConnectionError(`cannot connect to ${this.address}: ${reason}`));
       throw this.closeError;
     }

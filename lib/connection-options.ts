@@ -10,6 +10,7 @@
 import * as fs from "node:fs";
 import { parseOption, wholeNumber } from "./option-schemas.ts";
 import type { ClientOptions, TlsClientOptions } from "./client.ts";
+import { errorMessage } from "./errors.ts";
 
 export const CONNECTION_OPTIONS = {
   host: { type: "string", short: "h" },
@@ -51,6 +52,6 @@ function readCa(file: string): string {
   try {
     return fs.readFileSync(file, "utf8");
   } catch (error) {
-    throw new Error(`--tls-ca ${file}: ${(error as Error).message}`);
+    throw new Error(`--tls-ca ${file}: ${errorMessage(error)}`);
   }
 }

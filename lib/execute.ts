@@ -40,6 +40,7 @@ import type { ServerStats } from "./stats.ts";
 import type { Store } from "./store.ts";
 import { detach, latin1Text } from "./text.ts";
 import { DELETED, type Transaction, type Write } from "./transaction.ts";
+import { errorMessage } from "./errors.ts";
 
 /** Nested START levels beyond this are refused: each level costs memory. */
 export const MAX_TRANSACTION_DEPTH = 1000;
@@ -341,7 +342,7 @@ export class Executor {
   private save(): Promise<string> {
     return this.commitLog.save().then(
       () => REPLY.saved,
-      (err: unknown) => this.fail("PERSISTENCE", `SAVE failed: ${err instanceof Error ? err.message : String(err)}`),
+      (err: unknown) => this.fail("PERSISTENCE", `SAVE failed: ${errorMessage(err)}`),
     );
   }
 

@@ -9,6 +9,7 @@
  * environment, or exit.
  */
 import * as v from "valibot";
+import { errorMessage } from "./errors.ts";
 
 /** A whole number written in decimal digits, from min to max. */
 export function wholeNumber(min: number, max: number = Number.MAX_SAFE_INTEGER) {
@@ -45,6 +46,6 @@ export function parseOption<T>(name: string, text: string, schema: v.GenericSche
  * keeping only the first line dropped the part that says what to do.
  */
 export function optionErrorMessage(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
+  const message = errorMessage(error);
   return message.split("\n").map((line) => line.trim()).filter((line) => line !== "").join(" ");
 }

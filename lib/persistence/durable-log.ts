@@ -26,11 +26,12 @@ import type { FileHandle } from "node:fs/promises";
 import type { CommitLog, CommitRecord } from "../commit-log.ts";
 import type { AsciiEntry } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
-import { describeError, fsyncDir, stillAtPath, type DataFiles } from "./files.ts";
+import { fsyncDir, stillAtPath, type DataFiles } from "./files.ts";
 import { ByteBuffer } from "../byte-buffer.ts";
 import { encodeRecord, writeAsciiPutRecord } from "./journal-format.ts";
 import { acquireLock, holdsLock, releaseLock } from "./lock.ts";
 import { writeSnapshot } from "./snapshot-writer.ts";
+import { errorMessage, asError } from "../errors.ts";
 
 export type FsyncMode = "always" | "everysec" | "no";
 
@@ -374,7 +375,7 @@ export class DurableLog implements CommitLog {
         await this.syncRound();
         for (const waiter of waiters) waiter.resolve();
       } catch (err) {
-        const error = err instanceof Error ? err : new Error(String(err));
+        const error = asError(err);
         for (const waiter of [...waiters, ...this.syncWaiters]) waiter.reject(error);
         this.syncWaiters = [];
         this.syncWanted = false;
@@ -441,7 +442,7 @@ export class DurableLog implements CommitLog {
 
   /** Enters (or stays in) the failed state; returns the Error to throw. */
   private fail(err: unknown, journalIntact: boolean): Error {
-    const reason = err instanceof PersistenceFailure ? err.message : `persisting to ${this.files.dir} failed: ${describeError(err)}`;
+    const reason = err instanceof PersistenceFailure ? err.message : `persisting to ${this.files.dir} failed: ${errorMessage(err)}`;
     this.lastError = { at: new Date().toISOString(), message: reason };
     const wasFailing = this.failure !== null;
     this.failure = { reason, journalIntact: journalIntact && (this.failure?.journalIntact ?? true) };
@@ -555,7 +556,7 @@ export class DurableLog implements CommitLog {
     try {
       await this.compact("shutdown", by);
     } catch (err) {
-      this.log.warn("final snapshot failed; the journal holds every change", { reason: describeError(err) });
+      this.log.warn("final snapshot failed; the journal holds every change", { reason: errorMessage(err) });
     }
   }
 
@@ -635,7 +636,7 @@ export class DurableLog implements CommitLog {
       };
       this.log.info("snapshot written", { trigger, ...this.lastCompaction });
     } catch (err) {
-      const reason = `snapshot failed: ${describeError(err)}`;
+      const reason = `snapshot failed: ${errorMessage(err)}`;
       this.lastError = { at: new Date().toISOString(), message: reason };
       this.nextAutoCompactionAt = Date.now() + COMPACTION_RETRY_MS;
       if (!this.closing) this.log.warn("snapshot failed; the journal still holds every change", { trigger, reason });

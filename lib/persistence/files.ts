@@ -130,9 +130,3 @@ export function refuseDirectoriesInPlaceOfFiles(files: DataFiles): void {
     }
   }
 }
-
-/** A short human-readable reason for a file-system error: "ENOSPC: no space left on device, write". */
-export function describeError(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  return String(err);
-}

@@ -19,6 +19,7 @@ import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode, type S
 import { dataFiles, refuseDirectoriesInPlaceOfFiles } from "./files.ts";
 import { acquireLock, releaseLock } from "./lock.ts";
 import { recover } from "./recovery.ts";
+import { errorMessage } from "../errors.ts";
 
 export type { FsyncMode, StoreView } from "./durable-log.ts";
 export { DurableLog } from "./durable-log.ts";
@@ -147,6 +148,6 @@ function cutFile(file: string, length: number): void {
       fs.closeSync(fd);
     }
   } catch (err) {
-    throw new Error(`${file}: cannot cut off the torn final record (${(err as Error).message})`);
+    throw new Error(`${file}: cannot cut off the torn final record (${errorMessage(err)})`);
   }
 }

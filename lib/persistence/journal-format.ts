@@ -21,6 +21,7 @@ import { crc32 } from "../crc32.ts";
 import { parseJsonExact } from "../exact-json.ts";
 import { jsonString, strictUtf8 } from "../text.ts";
 import { isSeq, singleLine } from "./snapshot-format.ts";
+import { errorMessage } from "../errors.ts";
 
 export function encodeRecord(record: CommitRecord): string {
   let line = `{"seq":${record.seq},"ops":[`;
@@ -127,8 +128,8 @@ export function scanJournal(
       if (lineNo === badUtf8Line) throw new Error("not valid UTF-8");
       decoded = decodeSimpleRecord(line) ?? decodeRecord(line);
     } catch (err) {
-      if (isFinal && line.includes("\u0000")) return torn(`unreadable final record with zero bytes (${(err as Error).message})`);
-      throw new JournalFormatError(`line ${lineNo}: ${(err as Error).message}`);
+      if (isFinal && line.includes("\u0000")) return torn(`unreadable final record with zero bytes (${errorMessage(err)})`);
+      throw new JournalFormatError(`line ${lineNo}: ${errorMessage(err)}`);
     }
     if (decoded.crc !== null) {
       const computed = crc32(bytes, byteStart, byteNewline - (crlf ? 1 : 0) - decoded.crcSuffixLength);

@@ -19,6 +19,7 @@
  * write any data file.
  */
 import fs from "node:fs";
+import { errorMessage } from "../errors.ts";
 
 /** An empty lock younger than this is a server in the middle of creating it (only where hard links fail). */
 const STARTING_LOCK_MS = 2000;
@@ -107,7 +108,7 @@ function createLock(lockPath: string): boolean {
     const code = (err as NodeJS.ErrnoException).code ?? "";
     if (code === "EEXIST") return false;
     if (NO_HARD_LINKS.has(code)) return createLockInPlace(lockPath);
-    throw new Error(`${lockPath}: cannot create the lock file (${(err as Error).message})`);
+    throw new Error(`${lockPath}: cannot create the lock file (${errorMessage(err)})`);
   } finally {
     fs.rmSync(own, { force: true });
   }
@@ -120,7 +121,7 @@ function createLockInPlace(lockPath: string): boolean {
     fd = fs.openSync(lockPath, "wx");
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
-    throw new Error(`${lockPath}: cannot create the lock file (${(err as Error).message})`);
+    throw new Error(`${lockPath}: cannot create the lock file (${errorMessage(err)})`);
   }
   try {
     fs.writeSync(fd, `${process.pid}\n`);

@@ -17,6 +17,7 @@ import { CompactMap } from "../compact-map.ts";
 import type { DataFiles } from "./files.ts";
 import { JournalFormatError, scanJournal, type JournalScan } from "./journal-format.ts";
 import { SnapshotFormatError, decodeSnapshot } from "./snapshot-format.ts";
+import { errorMessage } from "../errors.ts";
 
 export interface TornTail {
   readonly file: string;
@@ -45,7 +46,7 @@ export function recover(files: DataFiles): Recovered {
   try {
     gens = files.listJournalGens();
   } catch (err) {
-    throw new Error(`${files.dir}: cannot list the data directory (${(err as Error).message})`);
+    throw new Error(`${files.dir}: cannot list the data directory (${errorMessage(err)})`);
   }
   refuseMissingSnapshot(files, snapshot.format, gens);
   let lastSeq = 0;
@@ -129,7 +130,7 @@ function fileSize(file: string): number {
   try {
     return fs.statSync(file).size;
   } catch (err) {
-    throw new Error(`${file}: cannot read the journal (${(err as Error).message})`);
+    throw new Error(`${file}: cannot read the journal (${errorMessage(err)})`);
   }
 }
 
@@ -141,14 +142,14 @@ function readSnapshot(file: string) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") {
       return { seq: 0, entries: new CompactMap(), bytes: 0, format: "none" as const };
     }
-    throw new Error(`${file}: cannot read the snapshot (${(err as Error).message})`);
+    throw new Error(`${file}: cannot read the snapshot (${errorMessage(err)})`);
   }
   try {
     const decoded = decodeSnapshot(bytes);
     return { ...decoded, bytes: bytes.length };
   } catch (err) {
     if (err instanceof SnapshotFormatError) throw new Error(`${file}: corrupt snapshot, ${err.message}`);
-    throw new Error(`${file}: cannot load the snapshot (${(err as Error).message})`);
+    throw new Error(`${file}: cannot load the snapshot (${errorMessage(err)})`);
   }
 }
 
@@ -156,6 +157,6 @@ function readFile(file: string): Buffer {
   try {
     return fs.readFileSync(file);
   } catch (err) {
-    throw new Error(`${file}: cannot read the journal (${(err as Error).message})`);
+    throw new Error(`${file}: cannot read the journal (${errorMessage(err)})`);
   }
 }

@@ -22,6 +22,7 @@
  */
 import { CompactMap } from "../compact-map.ts";
 import { parseJsonExact } from "../exact-json.ts";
+import { errorMessage } from "../errors.ts";
 
 const FORMAT = "txkv-snapshot";
 const VERSION = 1;
@@ -198,7 +199,7 @@ function decodePlainJson(bytes: Uint8Array): DecodedSnapshot {
   try {
     parsed = parseJsonExact(utf8(bytes));
   } catch (err) {
-    throw new SnapshotFormatError(`not valid JSON (${err instanceof Error ? err.message : String(err)})`);
+    throw new SnapshotFormatError(`not valid JSON (${errorMessage(err)})`);
   }
   if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
     throw new SnapshotFormatError("not a txkv snapshot and not a JSON object of key/value pairs");
