@@ -27,6 +27,7 @@ import { strictUtf8 } from "./text.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 import { optionErrorMessage } from "./option-schemas.ts";
 import { untilDrained, writeStdout, type OutputStream } from "./stdout.ts";
+import { errorMessage } from "./errors.ts";
 
 const CLI_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -500,19 +501,26 @@ async function connectOrReport(options: ClientOptions): Promise<TxkvClient | nul
   }
 }
 
+/**
+ * The command word of a line as the server reads it: after spaces and tabs
+ * (no other blanks), up to the next one, ASCII letters in upper case. A word
+ * with any other character is returned as it is, so that it never equals a
+ * command name the server would not see in it ("\u00a0QUIT", "quıt").
+ */
 function commandName(line: string): string {
-  return line.trimStart().split(/[ \t]/, 1)[0]!.toUpperCase();
+  const word = line.replace(/^[ \t]+/, "").split(/[ \t]/, 1)[0]!;
+  return /^[a-z]+$/i.test(word) ? word.toUpperCase() : word;
 }
 
 /** An Error reply's code goes before its message, as in `(error) CODE: message`; a connection error's message already says why (BUSY included). */
 function errorText(error: unknown): string {
   if (error instanceof TxkvError) return `${error.code}: ${error.message}`;
-  return error instanceof Error ? error.message : String(error);
+  return errorMessage(error);
 }
 
-/** `AUTH …` in any case, after any blanks: a line that holds a password. */
+/** `AUTH …` in any case, after any blanks (Unicode ones too: such a line stays out of the history although the server would not take it for AUTH). */
 function isAuthLine(line: string): boolean {
-  return commandName(line) === "AUTH";
+  return commandName(line.trimStart()) === "AUTH";
 }
 
 function historyPath(): string | null {

@@ -103,7 +103,7 @@ export function parseCommand(line: string): Command {
     if (c0 === 0x64 && c1 === 0x65 && c2 === 0x6c) return named("DEL", parseGetOrDel("DEL", line, argStart)); // del
   }
   const rawName = line.slice(nameStart, nameEnd);
-  const name = rawName.toUpperCase();
+  const name = asciiUpperCase(rawName);
   switch (name) {
     case "KEYS":
       return named("KEYS", parseKeys(line, argStart));
@@ -115,6 +115,16 @@ export function parseCommand(line: string): Command {
     return argStart < line.length ? named(noArg.type as CommandName, invalid("BAD_REQUEST", `${name} takes no arguments`)) : noArg;
   }
   return invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName} (HELP lists the commands)`);
+}
+
+/**
+ * Command names compare case-insensitively in ASCII only, as Redis compares
+ * them: a name with any other character stays as it is and names no command
+ * (String's toUpperCase would read "quıt" and "ſtart" as QUIT and START).
+ */
+function asciiUpperCase(name: string): string {
+  for (let i = 0; i < name.length; i++) if (name.charCodeAt(i) > 0x7f) return name;
+  return name.toUpperCase();
 }
 
 /**

@@ -206,6 +206,13 @@ describe("scripted (stdin not a terminal)", () => {
     expect(run).toMatchObject({ code: 0, stdout: "PONG\nBye\n" });
   });
 
+  test("a line the server does not read as QUIT (other blanks before it, a non-ASCII letter) does not end the script", async () => {
+    const run = await cli([], "\u00a0QUIT\n\vQUIT\nqu\u0131t\nPING\n");
+    expect(run.code).toBe(1);
+    expect(run.stdout.split("\n").filter((line) => line.includes("UNKNOWN_COMMAND"))).toHaveLength(3);
+    expect(run.stdout).toEndWith("PONG\n");
+  });
+
   test("when the server goes away, the cli says why and exits 1 at once, though its input never ends", async () => {
     const doomed = await spawnServer(["--in-memory"]);
     const proc = Bun.spawn([BUN, "run", INDEX, "cli", "-p", String(doomed.port)], {

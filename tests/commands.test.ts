@@ -23,6 +23,12 @@ describe("parseCommand, plain form", () => {
     expect(parseCommand("start")).toEqual({ type: "START" });
   });
 
+  test("case folds in ASCII only: letters whose Unicode upper case is ASCII name no command", () => {
+    for (const line of ["qu\u0131t", "\u017ftart", "key\u017f a", "auth\u017f"]) {
+      expect(parseCommand(line)).toMatchObject({ type: "INVALID", code: "UNKNOWN_COMMAND" });
+    }
+  });
+
   test("missing arguments and extra words are BAD_REQUEST", () => {
     for (const line of ["PUT", "PUT key", "PUT key  ", "GET", "DEL", "GET a b", "DEL a b", "KEYS a b", "START now", "COMMIT x", "ROLLBACK x", "PING x", "STATS x", "SAVE x", "HELP x", "QUIT x", "AUTH"]) {
       expect(parseCommand(line)).toMatchObject({ type: "INVALID", code: "BAD_REQUEST" });
