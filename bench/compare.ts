@@ -10,28 +10,29 @@
  * against Redis on the workloads without pipelining (the floor any Bun
  * server pays per request), and bytes per key for 1,000,000 keys.
  *
- *   bun run bench/compare.ts [--secs 1] [--rounds 31] [--pairing in-memory] [--workload PUT] [--skip-floor] [--skip-memory]
+ *   bun run bench/compare.ts [--secs 1] [--rounds 31] [--pairing in-memory] [--workload PUT] [--skip-floor] [--skip-memory] [--kvload <dir>]
  *
  * Many short rounds rather than a few long ones: the machine's load drifts
  * over seconds, and the two halves of a short round see nearly the same load,
  * so 31 rounds of 1 s give a much tighter interval than 11 of 3 s in the same
- * quarter of an hour (BENCHMARKS.md, "Judging a cell").
+ * quarter of an hour (bench/BENCHMARKS.md, "Judging a cell").
  *
- * Needs cargo (to build kvload) and redis-server (apt-get install redis-server).
+ * Needs cargo (to build kvload from --kvload, by default ../shared/tools/kvload
+ * beside this repository) and redis-server (apt-get install redis-server).
  * Not a test: nothing here asserts a time. A run that fails or is stopped
  * (SIGINT, SIGTERM) kills the servers and kvload runs it started.
  */
 import { spawn, spawnSync, type Subprocess } from "bun";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { errorMessage } from "../lib/errors.ts";
 import { parseOption, positiveNumber, wholeNumber } from "../lib/option-schemas.ts";
 import { median, medianInterval, type MedianInterval } from "./median-interval.ts";
 
 const ROOT = join(import.meta.dir, "..");
-const KVLOAD_SRC = join(ROOT, "..", "shared", "tools", "kvload");
 const OUT = join(ROOT, "bench", "out");
 
 const { values: opts } = parseArgs({
@@ -45,8 +46,11 @@ const { values: opts } = parseArgs({
     pairing: { type: "string", default: "" },
     /** Run only the workloads whose name contains this text (e.g. "PUT", "transactions"). */
     workload: { type: "string", default: "" },
+    /** Where kvload's source is (its Cargo.toml): the team's copy beside this repository unless told. */
+    kvload: { type: "string", default: join(ROOT, "..", "shared", "tools", "kvload") },
   },
 });
+const KVLOAD_SRC = opts.kvload;
 const SECS = parseOption("secs", opts.secs, positiveNumber());
 /** Each workload runs this long, unmeasured, against both servers before its rounds. */
 const WARMUP_SECS = 1;
@@ -75,6 +79,10 @@ const PAIRINGS: Pairing[] = [
 ];
 
 function buildKvload(): string {
+  if (!existsSync(join(KVLOAD_SRC, "Cargo.toml"))) {
+    throw new Error(`no kvload source at ${KVLOAD_SRC} (no Cargo.toml there): give its directory with --kvload <dir>`);
+  }
+  if (Bun.which("cargo") === null) throw new Error("cargo is not on PATH: kvload is built with Rust's cargo (https://rustup.rs)");
   const target = join(OUT, "kvload-target");
   const build = spawnSync(["cargo", "build", "--release", "--quiet", "--manifest-path", join(KVLOAD_SRC, "Cargo.toml")], {
     env: { ...process.env, CARGO_TARGET_DIR: target },
@@ -131,7 +139,9 @@ function killAll(): void {
 }
 
 async function startTxkv(args: string[], dataDir: string): Promise<Server> {
-  const proc = spawn([process.execPath, "run", join(ROOT, "index.ts"), "--port", "0", "--data", join(dataDir, "data.json"), "--log-level", "warn", ...args], {
+  // --in-memory refuses a --data beside it.
+  const dataArgs = args.includes("--in-memory") ? [] : ["--data", join(dataDir, "data.json")];
+  const proc = spawn([process.execPath, "run", join(ROOT, "index.ts"), "--port", "0", ...dataArgs, "--log-level", "warn", ...args], {
     stdout: "pipe",
     stderr: "inherit",
     stdin: "ignore",
@@ -377,6 +387,9 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
 }
 try {
   await main();
+} catch (err) {
+  process.stderr.write(`bench/compare.ts: ${errorMessage(err)}\n`);
+  process.exitCode = 1;
 } finally {
   killAll();
 }

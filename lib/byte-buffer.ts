@@ -54,7 +54,7 @@ export class ByteBuffer {
    * Appends a non-negative integer's decimal digits without making a string
    * or a native call: the journal's seq, once per record (a template string
    * through utf8Write there cost far more in the server than its 40 ns in a
-   * micro-benchmark, BENCHMARKS.md item 20).
+   * micro-benchmark, bench/BENCHMARKS.md item 20).
    */
   decimal(value: number): void {
     if (value >= 1_000_000_000) {

@@ -5,7 +5,7 @@
  * Why not Bun.hash.crc32: on the journal's PUT path it needs a subarray and a
  * native call per record, and in the server that cost 6 % of the CPU of an
  * `everysec` PUT (11 alternating rounds of 3 s), against 2 % for this loop
- * and about 100 ns in a micro-benchmark: BENCHMARKS.md item 24, as item 20
+ * and about 100 ns in a micro-benchmark: bench/BENCHMARKS.md item 24, as item 20
  * saw for other native calls there. Recovery checks records over the file's
  * bytes with it too (no subarray per record; replay time unchanged). Only
  * the string encoder of other commits uses Bun.hash.crc32, which takes a

@@ -8,7 +8,7 @@
  * seq durable, every segment up to it is ready and leaves in one write.
  * The bytes live in one reused buffer per connection, so holding a batch
  * copies it once and allocates nothing (the list of separate arrays it
- * replaced cost about 0.6 µs more CPU per acknowledged write, BENCHMARKS.md
+ * replaced cost about 0.6 µs more CPU per acknowledged write, bench/BENCHMARKS.md
  * item 18).
  *
  * Owns: the held bytes and the seq each part waits for. Must not: touch
