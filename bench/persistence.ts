@@ -92,7 +92,9 @@ async function serverWith(loaded: boolean, args: string[]): Promise<{ server: Se
     fs.fsyncSync(fd);
     fs.closeSync(fd);
   }
-  const server = await spawnServer(["--data", path.join(dir, "data.json"), "--log-level", "info", ...args], {
+  // --in-memory refuses a --data beside it.
+  const dataArgs = args.includes("--in-memory") ? [] : ["--data", path.join(dir, "data.json")];
+  const server = await spawnServer([...dataArgs, "--log-level", "info", ...args], {
     timeoutMs: 60_000,
   });
   return { server, dir };

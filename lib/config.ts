@@ -143,13 +143,17 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
   if (raw.version) return { kind: "version" };
 
   const merged: Record<string, unknown> = {};
+  /** The options given on the command line or in the environment (not left at their defaults). */
+  const given = new Set<OptionName>();
   for (const [name, spec] of Object.entries(OPTIONS) as [OptionName, OptionSpec][]) {
     if (name === "help" || name === "version") continue;
     // An empty variable is an unset one (as in shells and compose files that pass ${VAR} through),
     // but for the security options: an empty password or certificate must not turn protection off.
     const envValue = spec.env ? env[spec.env] : undefined;
     const fromEnv = envValue === "" && !EMPTY_ENV_IS_AN_ERROR.has(name) ? undefined : envValue;
-    merged[name] = raw[name] ?? fromEnv ?? spec.default;
+    const value = raw[name] ?? fromEnv;
+    if (value !== undefined) given.add(name);
+    merged[name] = value ?? spec.default;
   }
   const result = v.safeParse(ConfigSchema, merged);
   if (!result.success) throw new ConfigError(describeIssue(result.issues[0], merged));
@@ -157,6 +161,7 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
   if ((c["tls-cert"] === undefined) !== (c["tls-key"] === undefined)) {
     throw new ConfigError("--tls-cert (TXKV_TLS_CERT) and --tls-key (TXKV_TLS_KEY) go together: give both or neither");
   }
+  refuseDiskOptionsInMemory(c["in-memory"], given);
   return {
     kind: "serve",
     config: {
@@ -184,6 +189,21 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
   };
 }
 
+/**
+ * --in-memory keeps nothing on disk: a --data or --fsync given with it
+ * would be silently ignored, and whoever gave it expects the data kept.
+ */
+function refuseDiskOptionsInMemory(inMemory: boolean, given: ReadonlySet<OptionName>): void {
+  if (!inMemory) return;
+  for (const name of ["data", "fsync"] as const) {
+    if (!given.has(name)) continue;
+    throw new ConfigError(
+      `--in-memory (TXKV_IN_MEMORY) keeps nothing on disk, so --${name} (${OPTIONS[name].env}) cannot go with it: ` +
+        `drop one of the two`,
+    );
+  }
+}
+
 function readArgs(argv: readonly string[]): Record<string, string | boolean | undefined> {
   const options: Record<string, { type: OptionKind }> = {};
   for (const [name, spec] of Object.entries(OPTIONS)) options[name] = { type: spec.kind };
@@ -191,8 +211,8 @@ function readArgs(argv: readonly string[]): Record<string, string | boolean | un
     const { values } = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false });
     return values;
   } catch (err) {
-    // parseArgs messages already name the option ("Unknown option '--x'").
-    throw new ConfigError(optionErrorMessage(err));
+    // parseArgs messages already name the option ("Unknown option '--x'"); say where the right ones are.
+    throw new ConfigError(`${optionErrorMessage(err)} (txkv --help lists the options and commands)`);
   }
 }
 

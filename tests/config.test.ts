@@ -93,6 +93,20 @@ describe("parseConfig", () => {
       expect(() => parseConfig(argv, env)).toThrow(fragment);
     }
   });
+
+  test("--in-memory with a --data or --fsync given (flag or variable) is refused, naming both; defaults and empty variables do not count", () => {
+    const conflicting: [string[], Record<string, string>, string][] = [
+      [["--in-memory", "--data", "x.json"], {}, "--data (TXKV_DATA)"],
+      [["--in-memory", "--fsync", "always"], {}, "--fsync (TXKV_FSYNC)"],
+      [["--data", "x.json"], { TXKV_IN_MEMORY: "1" }, "--data (TXKV_DATA)"],
+      [["--in-memory"], { TXKV_DATA: "x.json" }, "--data (TXKV_DATA)"],
+    ];
+    for (const [argv, env, fragment] of conflicting) {
+      expect(() => parseConfig(argv, env)).toThrow(ConfigError);
+      expect(() => parseConfig(argv, env)).toThrow(new RegExp(`--in-memory .*${fragment.replace(/[()]/g, "\\$&")}`));
+    }
+    expect(serveConfig(["--in-memory"], { TXKV_DATA: "", TXKV_FSYNC: "" }).inMemory).toBe(true);
+  });
 });
 
 describe("the process", () => {
@@ -113,6 +127,9 @@ describe("the process", () => {
       [[], { TXKV_IN_MEMORY: "banana" }, "--in-memory"],
       [["--data", "db.journal.7"], {}, "--data"],
       [["--frobnicate"], {}, "--frobnicate"],
+      [["-h"], {}, "txkv --help lists the options"],
+      [["help"], {}, "txkv --help lists the options"],
+      [["--in-memory", "--data", "kept.json"], {}, "--in-memory (TXKV_IN_MEMORY) keeps nothing on disk, so --data"],
     ] as [string[], Record<string, string>, string][]) {
       const run = await runIndex(args, { env });
       expect(run.code).toBe(2);

@@ -595,6 +595,18 @@ describe("start-up with damaged files", () => {
     expect(fs.readdirSync(dir)).toEqual(["data.json.tmp"]);
   });
 
+  test("--data in a directory that does not exist, or under a file: exit 1 saying so, nothing created", async () => {
+    const dir = dataDir();
+    const missing = await runIndex(["--port", "0", "--data", path.join(dir, "nowhere", "data.json")]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain(`${path.join(dir, "nowhere")}: the data file's directory does not exist; create it`);
+    fs.writeFileSync(path.join(dir, "plain"), "");
+    const underFile = await runIndex(["--port", "0", "--data", path.join(dir, "plain", "data.json")]);
+    expect(underFile.code).toBe(1);
+    expect(underFile.stderr).toContain(`${path.join(dir, "plain")}: not a directory`);
+    expect(fs.readdirSync(dir)).toEqual(["plain"]);
+  });
+
   test("the snapshot deleted while the journal holds the records after it (seq 3-4 without seq 1-2): exit non-zero, files untouched", async () => {
     const dir = await dirWithData(); // snapshot at seq 2, a journal with seq 3 and 4
     fs.rmSync(path.join(dir, "data.json"));

@@ -115,6 +115,15 @@ export function stillAtPath(fd: number, filePath: string): boolean {
   }
 }
 
+/** The data file's directory must exist (as Redis's `dir` must): a missing one is a typo more often than a wish. */
+export function refuseMissingDirectory(files: DataFiles): void {
+  const stat = fs.statSync(files.dir, { throwIfNoEntry: false });
+  if (stat === undefined) {
+    throw new Error(`${files.dir}: the data file's directory does not exist; create it, or give --data a path in an existing one`);
+  }
+  if (!stat.isDirectory()) throw new Error(`${files.dir}: not a directory, so the data file cannot go in it (--data)`);
+}
+
 /**
  * Refuses to start when a directory sits where the server writes a file of
  * its own (the lock, or a snapshot's temporary file): every lock attempt or

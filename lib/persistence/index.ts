@@ -16,7 +16,7 @@ import path from "node:path";
 import type { CompactMap } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
 import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode, type StoreView } from "./durable-log.ts";
-import { dataFiles, refuseDirectoriesInPlaceOfFiles } from "./files.ts";
+import { dataFiles, refuseDirectoriesInPlaceOfFiles, refuseMissingDirectory } from "./files.ts";
 import { acquireLock, releaseLock } from "./lock.ts";
 import { recover } from "./recovery.ts";
 import { errorMessage } from "../errors.ts";
@@ -62,6 +62,7 @@ export interface OpenedPersistence {
 export async function openPersistence(opts: PersistenceOptions, log: Logger): Promise<OpenedPersistence> {
   const started = performance.now();
   const files = dataFiles(opts.path);
+  refuseMissingDirectory(files);
   refuseJournalsBesideLink(path.resolve(opts.path), files.snapshot);
   refuseDirectoriesInPlaceOfFiles(files);
   acquireLock(files.lock);
