@@ -103,8 +103,9 @@ async function freePort(): Promise<number> {
 
 async function waitForLine(proc: Subprocess<"ignore", "pipe", "inherit">, pattern: RegExp): Promise<RegExpExecArray> {
   let text = "";
+  const decoder = new TextDecoder();
   for await (const chunk of proc.stdout) {
-    text += new TextDecoder().decode(chunk);
+    text += decoder.decode(chunk, { stream: true });
     const match = pattern.exec(text);
     if (match) return match;
   }

@@ -78,14 +78,17 @@ export async function spawnServer(
   });
   let stderrText = "";
   void (async () => {
-    for await (const chunk of proc.stderr as ReadableStream<Uint8Array>) stderrText += new TextDecoder().decode(chunk);
+    // One decoder per stream, streaming: a character split between two chunks stays whole.
+    const decoder = new TextDecoder();
+    for await (const chunk of proc.stderr as ReadableStream<Uint8Array>) stderrText += decoder.decode(chunk, { stream: true });
   })();
   let stdoutText = "";
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`server did not start: ${stderrText}`)), options.timeoutMs ?? 15000);
     void (async () => {
+      const decoder = new TextDecoder();
       for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) {
-        stdoutText += new TextDecoder().decode(chunk);
+        stdoutText += decoder.decode(chunk, { stream: true });
         const match = /listening on [^\s]*:(\d+)/.exec(stdoutText);
         if (match) {
           clearTimeout(timer);
@@ -341,7 +344,8 @@ export async function pipelineAfterQuit(
   const proc = Bun.spawn(["python3", script, ...args], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
   let out = "";
   const reading = (async () => {
-    for await (const chunk of proc.stdout) out += new TextDecoder().decode(chunk);
+    const decoder = new TextDecoder();
+    for await (const chunk of proc.stdout) out += decoder.decode(chunk, { stream: true });
   })();
   await waitFor(
     () => out.startsWith("sent\n") && (server.executor.stats.commandsByType.QUIT ?? 0) > quitsBefore,

@@ -130,7 +130,7 @@ describe("STATS", () => {
     expect(stats.clients).toEqual({ connected: 3, total: 3, rejected: 1 });
     expect(stats.memory.rss).toBeGreaterThan(stats.memory.heap_used);
     expect(stats.memory.heap_used).toBeGreaterThan(0);
-    expect(stats.memory.client_buffers).toBeGreaterThanOrEqual(0);
+    expect(Number.isInteger(stats.memory.client_buffers)).toBe(true); // its growth is checked in lifecycle and abuse tests
     expect(stats.persistence).toEqual({ mode: "in-memory" });
     expect(stats.transactions).toEqual({ open: 1, committed: 1, rolled_back: 1, conflicted: 1, aborted: 0, watched_keys: 0, watched_prefixes: 0 });
     expect(stats.stats).toMatchObject({

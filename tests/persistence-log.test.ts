@@ -6,7 +6,6 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import type { CommitOp } from "../lib/commit-log.ts";
 import { Logger } from "../lib/log.ts";
@@ -14,7 +13,7 @@ import { DurableLog, openPersistence, type FsyncMode } from "../lib/persistence/
 import { dataFiles } from "../lib/persistence/files.ts";
 import { acquireLock } from "../lib/persistence/lock.ts";
 import { Store } from "../lib/store.ts";
-import { waitFor } from "./helpers.ts";
+import { tempDir as newTempDir, waitFor } from "./helpers.ts";
 
 const dirs: string[] = [];
 const openLogs: DurableLog[] = [];
@@ -29,10 +28,11 @@ afterEach(async () => {
   for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
 });
 
+/** A temporary directory, removed after the test. */
 function tempDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-"));
-  dirs.push(dir);
-  return dir;
+  const dir = newTempDir();
+  dirs.push(dir.path);
+  return dir.path;
 }
 
 interface Opened {
@@ -103,20 +103,12 @@ async function openAlwaysPastFirstRound(dir: string): Promise<Opened & { durable
   let durable = 0;
   a.log.onDurable = (seq) => (durable = seq);
   const first = a.put("first", 1);
-  await until(() => durable >= first, "the first round");
+  await waitFor(() => durable >= first, 5000, "the first round");
   return { ...a, durable: () => durable };
 }
 
 function nextImmediate(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
-}
-
-async function until(condition: () => boolean, what: string, timeoutMs = 4000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
-  }
 }
 
 describe("restart", () => {
@@ -181,7 +173,7 @@ describe("durability", () => {
     a.log.onDurable = (seq) => (durable = seq);
     const wait = a.put("k", "v");
     expect(wait).toBe(a.store.seq);
-    await until(() => durable >= wait, "onDurable");
+    await waitFor(() => durable >= wait, 5000, "onDurable");
     expect(a.log.stats().pendingRecords).toBe(0);
   });
 
@@ -191,7 +183,7 @@ describe("durability", () => {
     a.log.onDurable = (seq) => calls.push(seq);
     let last = 0;
     for (let i = 0; i < 500; i++) last = a.put(`k${i}`, i);
-    await until(() => calls.at(-1) === last, "the last seq to be durable");
+    await waitFor(() => calls.at(-1) === last, 5000, "the last seq to be durable");
     expect(calls.length).toBe(1);
   });
 
@@ -238,7 +230,7 @@ describe("durability", () => {
       expect(calls).toBe(1);
       expect(a.durable()).toBeLessThan(wait);
       expect(a.log.unavailableReason).toContain("EIO");
-      await until(() => a.durable() >= wait && a.log.unavailableReason === null, "durable after the rebuild");
+      await waitFor(() => a.durable() >= wait && a.log.unavailableReason === null, 5000, "durable after the rebuild");
     } finally {
       fs.fdatasyncSync = original;
     }
@@ -252,7 +244,7 @@ describe("durability", () => {
       const a = await open(dir, { fsync });
       expect(a.put("k", "v")).toBe(0);
       const journal = String(a.log.stats().journalFile);
-      await until(() => fs.readFileSync(journal, "utf8").includes('"k"'), `the ${fsync} journal write`);
+      await waitFor(() => fs.readFileSync(journal, "utf8").includes('"k"'), 5000, `the ${fsync} journal write`);
     }
   });
 });
@@ -355,13 +347,13 @@ describe("compaction", () => {
     }) as typeof fs.fdatasyncSync;
     try {
       const save = a.log.save();
-      await until(() => flushStarted, "SAVE's flush of the old journal");
+      await waitFor(() => flushStarted, 5000, "SAVE's flush of the old journal");
       const wait = a.put("k", "v"); // its on-loop fsync fails meanwhile
-      await until(() => a.log.unavailableReason !== null, "the journal failure");
+      await waitFor(() => a.log.unavailableReason !== null, 5000, "the journal failure");
       releaseFlush();
       await expect(save).rejects.toThrow("EIO");
       expect(storeWalks).toBe(0); // it stopped before writing a snapshot the failure would void
-      await until(() => a.durable() >= wait && a.log.unavailableReason === null, "durable after the rebuild");
+      await waitFor(() => a.durable() >= wait && a.log.unavailableReason === null, 5000, "durable after the rebuild");
     } finally {
       fs.fdatasyncSync = original;
       releaseFlush();
@@ -428,7 +420,7 @@ describe("compaction", () => {
       a.put(`k${i % 20}`, "x".repeat(50));
       await nextImmediate();
     }
-    await until(() => a.log.stats().lastCompaction !== null, "an automatic compaction");
+    await waitFor(() => a.log.stats().lastCompaction !== null, 5000, "an automatic compaction");
     expect(fs.existsSync(path.join(dir, "data.json"))).toBe(true);
     const expected = contents(a.store);
     await closeLog(a);
@@ -755,14 +747,14 @@ describe("failures while running", () => {
     const dir = tempDir();
     const a = await openAlwaysPastFirstRound(dir);
     fs.rmSync(dir, { recursive: true });
-    await until(() => a.log.unavailableReason !== null, "the removal to be noticed");
+    await waitFor(() => a.log.unavailableReason !== null, 5000, "the removal to be noticed");
     expect(a.log.unavailableReason).toMatch(/removed|ENOENT/);
     expect(a.log.stats().available).toBe(false);
     expect(a.store.get("first")).toBe("1");
     fs.mkdirSync(dir);
-    await until(() => a.log.unavailableReason === null, "persistence to resume");
+    await waitFor(() => a.log.unavailableReason === null, 5000, "persistence to resume");
     const second = a.put("after", 2);
-    await until(() => a.durable() >= second, "the write after resuming to be durable");
+    await waitFor(() => a.durable() >= second, 5000, "the write after resuming to be durable");
     expect(fs.readFileSync(path.join(dir, "data.json.lock"), "utf8").trim()).toBe(String(process.pid));
     const expected = contents(a.store);
     await closeLog(a);
@@ -773,12 +765,12 @@ describe("failures while running", () => {
     const dir = tempDir();
     const a = await openAlwaysPastFirstRound(dir);
     fs.rmSync(dir, { recursive: true });
-    await until(() => a.log.unavailableReason !== null, "the removal to be noticed");
+    await waitFor(() => a.log.unavailableReason !== null, 5000, "the removal to be noticed");
     fs.mkdirSync(dir);
     const b = await open(dir); // the lock went with the old directory: a second server starts there
     b.put("from-b", 1);
     await closeLog(b); // and stops cleanly, releasing the lock
-    await until(() => JSON.stringify(a.log.stats().lastError).includes("came back holding other data files"), "a refusal to take over");
+    await waitFor(() => JSON.stringify(a.log.stats().lastError).includes("came back holding other data files"), 5000, "a refusal to take over");
     expect(a.log.unavailableReason).toContain("not overwriting them");
     expect(contents((await open(dir)).store)).toEqual([["from-b", "1"]]);
   });
@@ -790,18 +782,18 @@ describe("failures while running", () => {
     log.onDurable = (seq) => (durable = seq);
     put("k1", "1");
     const held = put("k2", "2");
-    await until(() => log.unavailableReason !== null, "the write error");
+    await waitFor(() => log.unavailableReason !== null, 5000, "the write error");
     expect(log.unavailableReason).toMatch(/ENOSPC|no space left/i);
     // Several retries, all failing: each failure records a new lastError.
     const failures = new Set<unknown>();
-    await until(() => failures.add(log.stats().lastError).size >= 3, "three failed retries");
+    await waitFor(() => failures.add(log.stats().lastError).size >= 3, 5000, "three failed retries");
     expect(log.unavailableReason).not.toBeNull();
     expect(durable).toBe(0);
     expect(log.stats().pendingRecords).toBe(2);
     // The disk "works again": the full file is replaced by a real directory entry.
     fs.rmSync(files.journal(1));
-    await until(() => log.unavailableReason === null, "persistence to resume");
-    await until(() => durable >= held, "the held writes to become durable");
+    await waitFor(() => log.unavailableReason === null, 5000, "persistence to resume");
+    await waitFor(() => durable >= held, 5000, "the held writes to become durable");
     expect(log.stats().lastError).not.toBeNull();
     await log.close();
     openLogs.splice(openLogs.indexOf(log), 1);
@@ -816,11 +808,11 @@ describe("failures while running", () => {
     const dir = tempDir();
     const { files, log, put } = await logOnFullDisk(dir, { retryMs: 20, fsync: "everysec" });
     put("acked", '"1"'); // everysec: acknowledged at once, written later
-    await until(() => log.unavailableReason !== null, "the write error");
+    await waitFor(() => log.unavailableReason !== null, 5000, "the write error");
     const failedAt = () => JSON.stringify(log.stats().lastError);
     const before = failedAt();
     const closing = log.close();
-    await until(() => failedAt() !== before, "the shutdown's first attempt to fail");
+    await waitFor(() => failedAt() !== before, 5000, "the shutdown's first attempt to fail");
     fs.rmSync(files.journal(1), { force: true }); // the disk has room again (unless a rebuild moved off it first)
     await closing;
     openLogs.splice(openLogs.indexOf(log), 1);
@@ -841,10 +833,10 @@ describe("failures while running", () => {
     const held = put("k2", '"2"');
     // The write fails (ENOSPC); the retries write the journal again until one of them rebuilds:
     // it switches to a new journal (generation 2), and its snapshot fails on the full temp file.
-    await until(() => fs.existsSync(files.journal(2)), "a rebuild");
+    await waitFor(() => fs.existsSync(files.journal(2)), 5000, "a rebuild");
     // That failed snapshot removed its temp file, so the next rebuild succeeds. Before the fix the
     // next retry instead fsynced the new, empty journal and acknowledged k1 and k2, which were on no disk.
-    await until(() => durable >= held, "the held writes to become durable");
+    await waitFor(() => durable >= held, 5000, "the held writes to become durable");
     expect(snapshotWhenDurable).toContain('"k2"');
     await log.close();
     openLogs.splice(openLogs.indexOf(log), 1);
