@@ -5,7 +5,8 @@
  * `listening on host:port` line (and `metrics on host:port` before it when
  * the metrics endpoint is on), and maps SIGINT/SIGTERM to the graceful
  * shutdown: exit 0 when it completes, 128+signal on a second signal, 1 when
- * it fails or overruns its hard deadline.
+ * it fails or overruns its hard deadline. SIGHUP is logged and ignored (no
+ * configuration is reloaded), so a closed terminal does not stop the server.
  * Must not: hold protocol or storage logic (lib/ does).
  */
 import { constants } from "node:os";

@@ -59,14 +59,14 @@ export function isLoopback(host: string): boolean {
  * 32 too): stdio, the listeners, the data files, metrics scrapes, refused
  * connections on their way out.
  */
-export const RESERVED_FDS = 32;
+const RESERVED_FDS = 32;
 
 /**
  * Like Redis, a --max-connections the process cannot open files for is
  * lowered, with a warning, rather than left to fail at accept(): past the
  * limit Bun neither accepts nor refuses, and spins on the listening socket.
  */
-export function connectionsThatFit(requested: number, openFiles: number | null, log: Logger): number {
+function connectionsThatFit(requested: number, openFiles: number | null, log: Logger): number {
   if (openFiles === null || requested + RESERVED_FDS <= openFiles) return requested;
   const fitted = Math.max(1, openFiles - RESERVED_FDS);
   log.warn("--max-connections lowered to fit the open-files limit", {

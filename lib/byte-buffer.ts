@@ -2,12 +2,12 @@
  * ByteBuffer: bytes built in place in one growable buffer.
  *
  * Owns: appending text (as UTF-8), decimal integers, constant byte strings and ranges copied
- * from other buffers (copyBytes, also used by the compact store), and reuse: the same buffer serves batch after batch,
- * so that building output allocates nothing.
+ * from other buffers (copyBytes, also used by the compact store; copyOf, a fresh copy of a range), and reuse:
+ * the same buffer serves batch after batch, so that building output allocates nothing.
  * Used for a batch of replies (the server fills it from one data event,
  * writes it to the socket, and copies out only what the kernel did not take),
- * for a connection's held replies, and for journal records not yet written
- * (persistence).
+ * for a connection's held replies, for journal records not yet written
+ * (persistence), and for a transaction's PUT kept as bytes (transaction.ts).
  * Must not: know about sockets, files, commands or reply shapes.
  */
 

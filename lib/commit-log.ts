@@ -1,8 +1,10 @@
 /**
  * The seam between the executor and durability.
  *
- * Owns: the `CommitLog` interface that every commit goes through, and the
- * no-op log used by `--in-memory`. The journal/snapshot implementation lives
+ * Owns: the `CommitLog` interface that every commit goes through, the
+ * shapes of what it carries (EncodedValue, CommitOp, CommitRecord, and
+ * asciiPutRecord for a PUT given as bytes), and the no-op log used by
+ * `--in-memory`. The journal/snapshot implementation lives
  * in `lib/persistence/`; the executor only ever sees this interface.
  * Must not: touch sockets or the disk.
  */

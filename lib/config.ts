@@ -131,7 +131,7 @@ export type Config = {
   shutdownTimeoutMs: number;
 };
 
-export type ParsedArgs =
+type ParsedArgs =
   | { kind: "help"; text: string }
   | { kind: "version" }
   | { kind: "serve"; config: Config };
@@ -224,7 +224,7 @@ function describeIssue(issue: v.BaseIssue<unknown> | undefined, merged: Record<s
   return `invalid value for --${name}${envNote}: ${JSON.stringify(merged[name])}: ${issue.message}`;
 }
 
-export function helpText(): string {
+function helpText(): string {
   const lines = [
     "Usage: txkv [options]            serve",
     "       txkv cli [options] [COMMAND ...]",

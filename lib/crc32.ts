@@ -7,9 +7,10 @@
  * `everysec` PUT (11 alternating rounds of 3 s), against 2 % for this loop
  * and about 100 ns in a micro-benchmark: bench/BENCHMARKS.md item 24, as item 20
  * saw for other native calls there. Recovery checks records over the file's
- * bytes with it too (no subarray per record; replay time unchanged). Only
- * the string encoder of other commits uses Bun.hash.crc32, which takes a
- * string; a test checks that both agree.
+ * bytes with it too (no subarray per record; replay time unchanged).
+ * Bun.hash.crc32 stays where a whole string or buffer is at hand: the
+ * encoder of other commits' records and the snapshot's writer and check; a
+ * test checks that both agree.
  *
  * Owns: the checksum arithmetic. Must not: know what the bytes are.
  */

@@ -43,12 +43,12 @@ import { DELETED, type Transaction, type Write } from "./transaction.ts";
 import { errorMessage } from "./errors.ts";
 
 /** Nested START levels beyond this are refused: each level costs memory. */
-export const MAX_TRANSACTION_DEPTH = 1000;
+const MAX_TRANSACTION_DEPTH = 1000;
 /** Delay before answering the first failed AUTH; it doubles with each further failure. */
 const AUTH_FAILURE_BASE_DELAY_MS = 50;
 const AUTH_FAILURE_MAX_DELAY_MS = 5000;
 
-export interface ExecutorOptions {
+interface ExecutorOptions {
   maxTransactionBytes: number;
   password: string | undefined;
   version: string;
@@ -92,9 +92,9 @@ export class Executor {
       case "GET":
         return tx === null ? this.get(cmd.key) : this.getInTx(tx, cmd.key);
       case "PUT":
-        return tx === null ? this.put(session, cmd.key, cmd.value) : this.putInTx(session, tx, cmd.key, cmd.value, cmd.line);
+        return tx === null ? this.put(session, cmd.key, cmd.value) : this.putInTx(tx, cmd.key, cmd.value, cmd.line);
       case "DEL":
-        return tx === null ? this.del(session, cmd.key) : this.delInTx(session, tx, cmd.key, cmd.line);
+        return tx === null ? this.del(session, cmd.key) : this.delInTx(tx, cmd.key, cmd.line);
       case "KEYS":
         return this.keys(tx, cmd.prefix);
       case "START":
@@ -227,9 +227,9 @@ export class Executor {
     return okEntry(key, value);
   }
 
-  private putInTx(session: Session, tx: Transaction, key: string, value: EncodedValue, line: string): string {
+  private putInTx(tx: Transaction, key: string, value: EncodedValue, line: string): string {
     const bytes = Buffer.byteLength(line);
-    if (tx.bytes + bytes > this.options.maxTransactionBytes) return this.overBudget(session, tx);
+    if (tx.bytes + bytes > this.options.maxTransactionBytes) return this.overBudget(tx);
     // The key is a slice of the request line, which holds the value too: copy it before the transaction keeps it.
     tx.write(detach(key), value, bytes);
     return okEntry(key, value);
@@ -245,9 +245,9 @@ export class Executor {
     return okEntry(key, value);
   }
 
-  private delInTx(session: Session, tx: Transaction, key: string, line: string): string {
+  private delInTx(tx: Transaction, key: string, line: string): string {
     const bytes = Buffer.byteLength(line);
-    if (tx.bytes + bytes > this.options.maxTransactionBytes) return this.overBudget(session, tx);
+    if (tx.bytes + bytes > this.options.maxTransactionBytes) return this.overBudget(tx);
     let value = tx.ownWrite(key);
     if (value === undefined) {
       this.watch(tx, key);
@@ -368,7 +368,7 @@ export class Executor {
     return this.fail(cmd.code, cmd.message);
   }
 
-  private overBudget(session: Session, tx: Transaction): string {
+  private overBudget(tx: Transaction): string {
     tx.markFailed();
     return this.fail(
       "TOO_LARGE",

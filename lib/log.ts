@@ -23,7 +23,7 @@ export interface StormLimits {
   readonly burst: number;
 }
 
-export const DEFAULT_STORM_LIMITS: StormLimits = { windowMs: 10_000, burst: 3 };
+const DEFAULT_STORM_LIMITS: StormLimits = { windowMs: 10_000, burst: 3 };
 
 /** One kind of event inside its current window. */
 interface Storm {
@@ -35,7 +35,7 @@ interface Storm {
 }
 
 export class Logger {
-  private minRank: number;
+  private readonly minRank: number;
   private readonly storms = new Map<string, Storm>();
 
   constructor(
@@ -43,10 +43,6 @@ export class Logger {
     private readonly sink: (line: string) => void = (line) => process.stderr.write(line),
     private readonly stormLimits: StormLimits = DEFAULT_STORM_LIMITS,
   ) {
-    this.minRank = RANK[level];
-  }
-
-  setLevel(level: LogLevel): void {
     this.minRank = RANK[level];
   }
 

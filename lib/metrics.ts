@@ -11,9 +11,9 @@
 import type { Server } from "bun";
 import type { Executor } from "./execute.ts";
 
-export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 
-export interface Health {
+interface Health {
   readonly ok: boolean;
   /** Why the server is not healthy; null when it is. */
   readonly reason: string | null;

@@ -23,8 +23,10 @@
  * A request whose reply is asynchronous (SAVE, a failed AUTH) also holds the
  * connection's later requests: they run once it is answered, so a client
  * cannot pipeline password guesses past the failure delay.
- * Must not: parse commands or know what they mean (execute.ts does), or touch
- * the disk.
+ * Must not: parse request text itself (it calls commands.ts on the framer's
+ * lines) or decide what a command does (execute.ts does; the server acts
+ * only on what the connection needs: QUIT's close, the cross-protocol
+ * guard, a reply that comes later), or touch the disk.
  */
 import type { Socket, TCPSocketListener } from "bun";
 import { commandFromFrame, newPlainRequest, noArgCommandOf, parsePlainRequest, type Command } from "./commands.ts";
@@ -387,7 +389,7 @@ export class TxkvServer {
         }
         session.waitSeq = 0;
         if (!(found === LINE && this.runPlain(conn, out))) {
-          const reply = this.run(socket, conn, this.commandOfLine(framer, found));
+          const reply = this.run(conn, this.commandOfLine(framer, found));
           if (typeof reply === "string") {
             out.text(reply);
           } else {
@@ -470,7 +472,7 @@ export class TxkvServer {
     const out = this.replies;
     out.clear();
     conn.session.waitSeq = 0;
-    const reply = this.run(socket, conn, commandFromFrame(frame, this.options.maxRequestBytes));
+    const reply = this.run(conn, commandFromFrame(frame, this.options.maxRequestBytes));
     if (typeof reply !== "string") {
       this.awaitReply(socket, conn, reply);
       return;
@@ -484,7 +486,7 @@ export class TxkvServer {
    * cross-protocol guard closes the connection), or a Promise for a reply
    * that comes later (SAVE, a failed AUTH).
    */
-  private run(socket: Socket<SocketData>, conn: Connection, cmd: Command): string | Promise<string> {
+  private run(conn: Connection, cmd: Command): string | Promise<string> {
     if (cmd.type === "INVALID" && cmd.crossProtocol) {
       this.log.limited("warn", "cross-protocol-guard", "connection closed by the cross-protocol guard", {
         reason: "an HTTP request (POST or Host:) was sent to the txkv port",

@@ -3,7 +3,8 @@
  *
  * Owns: encoding a string as JSON without the native call when nothing needs
  * escaping, `detach`, which copies a string that will be kept, and
- * `latin1Text`, the cheapest exact decode of bytes known to be ASCII.
+ * `latin1Text`, the cheapest exact decode of bytes known to be ASCII, and
+ * `strictUtf8`, the decoder that refuses bytes that are not UTF-8.
  * Must not: know about commands or replies.
  *
  * Why detach: JavaScriptCore lets a slice share its parent's buffer. Request

@@ -56,14 +56,14 @@ export interface DurableLogOptions {
 }
 
 /** An open journal file: appended with writeSync on `fd`, fsynced through `handle` on the thread pool. */
-export interface JournalFile {
+interface JournalFile {
   readonly gen: number;
   readonly path: string;
   readonly handle: FileHandle;
   bytes: number;
 }
 
-export interface InitialDiskState {
+interface InitialDiskState {
   readonly journal: JournalFile;
   /** True when the journal file was just created (its directory entry is not durable yet). */
   readonly journalCreated: boolean;

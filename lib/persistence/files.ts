@@ -2,8 +2,11 @@
  * File names and small durable-file primitives of the persistence layer.
  *
  * Owns: how the snapshot, journal, temp and lock files are named next to the
- * `--data` path, directory fsync, and the "is this fd still the file at that
- * path" check that detects a removed data directory.
+ * `--data` path (its symbolic links resolved, so two names of one file share
+ * one lock), listing the journal generations, directory fsync, the "is this
+ * fd still the file at that path" check that detects a removed data
+ * directory, and the start-up refusals about the directory itself (missing,
+ * or a directory where a file of ours goes).
  * Must not: know the content of any file (see snapshot-format.ts and
  * journal-format.ts) or hold state.
  */

@@ -15,7 +15,7 @@ import fs from "node:fs";
 import path from "node:path";
 import type { CompactMap } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
-import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode, type StoreView } from "./durable-log.ts";
+import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode } from "./durable-log.ts";
 import { dataFiles, refuseDirectoriesInPlaceOfFiles, refuseMissingDirectory } from "./files.ts";
 import { acquireLock, releaseLock } from "./lock.ts";
 import { recover } from "./recovery.ts";
@@ -37,7 +37,7 @@ export interface PersistenceOptions {
   readonly sliceMs?: number;
 }
 
-export const PERSISTENCE_DEFAULTS = {
+const PERSISTENCE_DEFAULTS = {
   compactMinBytes: 16 * 1024 * 1024,
   compactPercent: 100,
   retryMs: 500,
