@@ -4,9 +4,10 @@
  *
  * Owns: the bench options, the request mix, the per-connection send/receive
  * loop, latency percentiles and the report (text, or one JSON line).
- * Must not: parse replies beyond counting lines and spotting Error statuses
- * (and the first Error's code, once, to report it): the generator has to
- * stay cheaper than the server it measures.
+ * Must not: parse replies beyond counting lines, spotting Error statuses
+ * and the marks of success it counts (a COMMIT's Ok, a NOT_FOUND answer),
+ * and reading the first Error's code, once, to report it: the generator has
+ * to stay cheaper than the server it measures.
  *
  * Each connection sends a batch of `--pipeline` requests, waits for all their
  * replies, records the batch's latency and sends the next batch. Requests are
@@ -25,6 +26,7 @@ import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connec
 import { optionErrorMessage, positiveNumber, wholeNumber } from "./option-schemas.ts";
 import { writeStdout } from "./stdout.ts";
 import { errorMessage } from "./errors.ts";
+import { LF } from "./ascii.ts";
 
 const BENCH_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -72,14 +74,14 @@ const BenchSchema = v.object({
   requests: v.optional(wholeNumber(1)),
 });
 
-export type BenchConfig = v.InferOutput<typeof BenchSchema> & {
+type BenchConfig = v.InferOutput<typeof BenchSchema> & {
   /** Where and how every connection connects (--host, --port, --password, --tls, --tls-ca). */
   server: ReturnType<typeof clientOptionsFrom>;
   preload: boolean;
   json: boolean;
 };
 
-export type BenchResult = {
+type BenchResult = {
   workload: Workload;
   conns: number;
   pipeline: number;
@@ -203,8 +205,8 @@ class Latencies {
 /** succeeded: operations that did their work (see succeededOps). */
 type Totals = { ops: number; errors: number; succeeded: number; latencies: Latencies; stop: boolean; issued: number };
 
-/** Runs the load and resolves with the measurements, and the first Error reply seen (`CODE: message`), if any. Exported for tests. */
-export async function bench(
+/** Runs the load and resolves with the measurements, and the first Error reply seen (`CODE: message`), if any. */
+async function bench(
   config: BenchConfig,
   progress: Progress | null = null,
 ): Promise<{ result: BenchResult; firstError: string | null; succeeded: number }> {
@@ -331,7 +333,6 @@ function keyName(n: number): string {
 
 const encoder = new TextEncoder();
 const ERROR_MARK = Buffer.from('"status":"Error"');
-const LF = 10;
 
 /** A NOT_FOUND reply: an answer (the key is absent), not a failed operation. */
 const NOT_FOUND_MARK = Buffer.from('"code":"NOT_FOUND"');
@@ -534,7 +535,7 @@ class LineConnection {
 }
 
 /** Live progress on a terminal: one line, rewritten in place. */
-export class Progress {
+class Progress {
   show(totals: Totals, elapsedMs: number): void {
     const rate = Math.round(totals.ops / (elapsedMs / 1000));
     writeStdout(`\r\x1b[K${(elapsedMs / 1000).toFixed(1)} s: ${totals.ops} ops, ${rate} ops/s, ${totals.errors} errors`);

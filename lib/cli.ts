@@ -28,6 +28,7 @@ import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connec
 import { optionErrorMessage } from "./option-schemas.ts";
 import { untilDrained, writeStdout, type OutputStream } from "./stdout.ts";
 import { errorMessage } from "./errors.ts";
+import { LF } from "./ascii.ts";
 
 const CLI_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -78,9 +79,9 @@ export async function runCli(argv: string[]): Promise<number> {
  * whole (an empty one, a key with a space, tab or line break, a PUT value
  * that begins with a space or tab or holds a line break): then the JSON form, which keeps each argument as the shell
  * passed it, as redis-cli does. A PUT value may span several words; an
- * argument that begins with `{` is the user's own JSON form. Exported for tests.
+ * argument that begins with `{` is the user's own JSON form.
  */
-export function oneShotRequest(words: string[]): string {
+function oneShotRequest(words: string[]): string {
   const [name = "", ...args] = words;
   const command = name.toUpperCase();
   if (args.length === 0 || args[0]!.startsWith("{")) return words.join(" ");
@@ -147,7 +148,7 @@ async function scripted(settings: CliSettings): Promise<number> {
 export type ScriptClient = Pick<TxkvClient, "send" | "closed" | "closeReason">;
 
 /** sawError: some reply was an Error; failure: why the script stopped early (for stderr), or null. */
-export type ScriptOutcome = { sawError: boolean; failure: string | null };
+type ScriptOutcome = { sawError: boolean; failure: string | null };
 
 /** Requests sent and not yet printed, at most; then reading waits for replies. */
 const MAX_IN_FLIGHT = 4096;
@@ -159,7 +160,7 @@ const CONNECTION_LOST = Symbol("connection lost");
  * replies to `output` in order. Reads the next line only when fewer than
  * MAX_IN_FLIGHT replies are awaited and the output's reader keeps up, so a
  * stalled reader (`| less`) holds the cli's memory bounded; stops reading
- * as soon as the connection is lost. Exported for tests.
+ * as soon as the connection is lost.
  */
 export async function runScript(client: ScriptClient, input: AsyncIterable<unknown>, output: LineWriter, style: Style): Promise<ScriptOutcome> {
   const replies = new RepliesInOrder(output, style);
@@ -382,8 +383,8 @@ type Style = {
 const RED = "\x1b[31m";
 const DIM = "\x1b[2m";
 
-/** How one reply is shown. Exported for tests. */
-export function formatReply(request: string, reply: Reply, style: Style): string {
+/** How one reply is shown. */
+function formatReply(request: string, reply: Reply, style: Style): string {
   if (style.json) return stringifyJson(reply);
   // A message may quote a key (NOT_FOUND): its line breaks and escapes are shown escaped, so the error stays one line.
   if (reply.status === "Error") return paint(`(error) ${reply.code}: ${escapeUnsafe(reply.message)}`, RED, style.color);
@@ -559,7 +560,7 @@ const BOM = "\ufeff";
  * Request lines of a script: split at LF only, a CR before it dropped, as
  * the server frames them. (readline also ends a line at a lone CR, which a
  * plain value may hold.) Bytes are split before decoding, so one line that
- * is not UTF-8 is reported alone. Exported for tests.
+ * is not UTF-8 is reported alone.
  */
 export async function* requestLines(input: AsyncIterable<unknown>): AsyncGenerator<string | typeof NOT_UTF8> {
   let first = true;
@@ -587,7 +588,6 @@ async function* splitAtLf(input: AsyncIterable<unknown>): AsyncGenerator<Uint8Ar
   if (partial.length > 0) yield Buffer.concat(partial);
 }
 
-const LF = 10;
 
 function decodeLine(bytes: Uint8Array): string | typeof NOT_UTF8 {
   try {

@@ -17,6 +17,7 @@ import * as v from "valibot";
 import type { EncodedValue } from "./commit-log.ts";
 import { isRawJsonText, parseJsonExact } from "./exact-json.ts";
 import { HTTP_REQUEST, INVALID_UTF8, TOO_LARGE, type Frame } from "./framing.ts";
+import { TAB, SPACE, OPEN_BRACE, CASE_BIT } from "./ascii.ts";
 
 export type NoArgCommandType = "START" | "COMMIT" | "ROLLBACK" | "PING" | "STATS" | "SAVE" | "HELP" | "QUIT";
 
@@ -73,12 +74,6 @@ for (const name of NO_ARG_COMMANDS) {
   });
 }
 
-const SPACE = 32;
-const TAB = 9;
-const OPEN_BRACE = 123;
-/** OR-ing an ASCII letter with this gives its lower case. */
-const LOWERCASE = 0x20;
-
 export function invalid(code: InvalidCode, message: string): Invalid {
   return { type: "INVALID", code, message };
 }
@@ -95,9 +90,9 @@ export function parseCommand(line: string): Command {
   const argStart = skipBlanks(line, nameEnd);
   // The data commands are recognised from char codes: no slice, no case conversion.
   if (nameEnd - nameStart === 3) {
-    const c0 = line.charCodeAt(nameStart) | LOWERCASE;
-    const c1 = line.charCodeAt(nameStart + 1) | LOWERCASE;
-    const c2 = line.charCodeAt(nameStart + 2) | LOWERCASE;
+    const c0 = line.charCodeAt(nameStart) | CASE_BIT;
+    const c1 = line.charCodeAt(nameStart + 1) | CASE_BIT;
+    const c2 = line.charCodeAt(nameStart + 2) | CASE_BIT;
     if (c0 === 0x67 && c1 === 0x65 && c2 === 0x74) return named("GET", parseGetOrDel("GET", line, argStart)); // get
     if (c0 === 0x70 && c1 === 0x75 && c2 === 0x74) return named("PUT", parsePut(line, argStart)); // put
     if (c0 === 0x64 && c1 === 0x65 && c2 === 0x6c) return named("DEL", parseGetOrDel("DEL", line, argStart)); // del
@@ -156,9 +151,9 @@ export function newPlainRequest(): PlainRequest {
 export function parsePlainRequest(bytes: Uint8Array, start: number, end: number, into: PlainRequest): boolean {
   let i = skipBlankBytes(bytes, start, end);
   if (end - i < 5) return false;
-  const c0 = bytes[i]! | LOWERCASE;
-  const c1 = bytes[i + 1]! | LOWERCASE;
-  const c2 = bytes[i + 2]! | LOWERCASE;
+  const c0 = bytes[i]! | CASE_BIT;
+  const c1 = bytes[i + 1]! | CASE_BIT;
+  const c2 = bytes[i + 2]! | CASE_BIT;
   const separator = bytes[i + 3];
   if (separator !== SPACE && separator !== TAB) return false;
   let type: "GET" | "PUT";
@@ -198,7 +193,7 @@ export function noArgCommandOf(bytes: Uint8Array, start: number, end: number): C
   if (candidates === undefined) return null;
   for (const { codes, command } of candidates) {
     let i = 0;
-    while (i < length && (bytes[start + i]! | LOWERCASE) === codes[i]) i++;
+    while (i < length && (bytes[start + i]! | CASE_BIT) === codes[i]) i++;
     if (i === length) return command;
   }
   return null;

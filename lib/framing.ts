@@ -10,8 +10,11 @@
  * incomplete request it holds at most about one limit; complete lines not yet
  * taken (the server stopped reading them: a slow reader, an asynchronous
  * reply) are copied out of the caller's chunk by `retain()`, up to one read.
- * Bytes it keeps go to a buffer of its own that grows by doubling (so it may
- * hold up to about two limits while a long request arrives).
+ * Bytes it keeps go to a buffer of its own that grows by doubling, but not
+ * past one limit and a read's worth (GROWTH_SLACK_BYTES) unless what it
+ * must hold needs more: a long request near the limit keeps about one limit
+ * of room, not the two a plain doubling could reach (while it grows, the old
+ * buffer and the new one are both alive for the copy).
  *
  * Two ways to take a line: `next()` gives its text; `nextLine()` only finds
  * it, leaving its bytes at `bytes[lineStart, lineEnd)` so the server's fast
@@ -20,6 +23,7 @@
  * Must not: parse commands, know about sockets or timers.
  */
 import { latin1Text, strictUtf8 } from "./text.ts";
+import { TAB, LF, CR, SPACE, CASE_BIT } from "./ascii.ts";
 
 /** A request that exceeded the size limit (already discarded). */
 export const TOO_LARGE = Symbol("TOO_LARGE");
@@ -37,18 +41,14 @@ export const LINE = Symbol("LINE");
 /** One framed request: its text, or why it could not be read. */
 export type Frame = string | typeof TOO_LARGE | typeof INVALID_UTF8 | typeof HTTP_REQUEST;
 
-const LF = 10;
-const CR = 13;
-const SPACE = 32;
-const TAB = 9;
 const ASCII_LIMIT = 0x80;
-/** OR-ing it into an ASCII letter gives the lower-case letter. */
-const CASE_BIT = 0x20;
 
 const EMPTY = new Uint8Array(0);
 
 /** An owned buffer grown past this for one long request is let go once it is consumed. */
 const KEEP_OWNED_BYTES = 1024;
+/** Doubling stops at the request limit plus this (a typical read): see the top. */
+const GROWTH_SLACK_BYTES = 64 * 1024;
 
 export class LineFramer {
   /** Unconsumed input bytes; `pos` is where the next request starts. */
@@ -111,7 +111,8 @@ export class LineFramer {
     const restLength = this.buf.length - this.pos;
     const oversized = this.ownedIsOversizedFor(capacity);
     if (capacity > this.owned.length || oversized) {
-      const fresh = new Uint8Array(oversized ? Math.max(capacity, 256) : Math.max(capacity, this.owned.length * 2, 256));
+      const doubled = Math.min(this.owned.length * 2, this.maxRequestBytes + GROWTH_SLACK_BYTES);
+      const fresh = new Uint8Array(oversized ? Math.max(capacity, 256) : Math.max(capacity, doubled, 256));
       fresh.set(this.buf.subarray(this.pos), 0);
       this.owned = fresh;
     } else if (!this.bufOwned) {

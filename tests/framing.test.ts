@@ -72,6 +72,25 @@ describe("LineFramer", () => {
     expect(f.bytes.length).toBe(0);
   });
 
+  test("a request growing to near the limit keeps about one limit of room, not the two doubling would reach", () => {
+    // The room is 4,102 bytes after the first chunk; plain doubling goes 1,050,112 then 2,100,224, twice this limit.
+    const limit = 1_060_352;
+    const f = new LineFramer(limit);
+    const chunk = enc.encode("x".repeat(4096));
+    f.push(enc.encode("PUT k "));
+    f.retain();
+    let sent = 6;
+    while (sent + chunk.length <= limit) {
+      f.push(chunk);
+      expect(f.nextLine()).toBeNull();
+      f.retain();
+      sent += chunk.length;
+    }
+    expect(f.bufferedBytes).toBe(sent);
+    expect(f.bytes.buffer.byteLength).toBeLessThanOrEqual(limit + 64 * 1024 + chunk.length);
+    expect(feed(f, "\n")).toEqual(["PUT k " + "x".repeat(sent - 6)]);
+  });
+
   test("between reads it keeps only about its leftover: reads ending mid-line, after a long request too, hold no read-sized room", () => {
     const f = new LineFramer(4 * 1024 * 1024);
     const heldAfterRetain = () => f.bytes.buffer.byteLength;

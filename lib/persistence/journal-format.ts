@@ -14,14 +14,16 @@
  *
  * Owns: encoding and decoding of journal lines. Must not: touch files.
  */
+import * as v from "valibot";
 import type { CommitOp, CommitRecord } from "../commit-log.ts";
 import type { ByteBuffer } from "../byte-buffer.ts";
 import type { AsciiEntry } from "../compact-map.ts";
 import { crc32 } from "../crc32.ts";
 import { parseJsonExact } from "../exact-json.ts";
 import { jsonString, strictUtf8 } from "../text.ts";
-import { isSeq, singleLine } from "./snapshot-format.ts";
+import { singleLine } from "./snapshot-format.ts";
 import { errorMessage } from "../errors.ts";
+import { CR } from "../ascii.ts";
 
 export function encodeRecord(record: CommitRecord): string {
   let line = `{"seq":${record.seq},"ops":[`;
@@ -150,7 +152,6 @@ export function scanJournal(
 }
 
 const LF_BYTE = 0x0a;
-const CR = 0x0d;
 
 /** A decoded line; crc: its crc32 field (null in a line written before it existed), which takes the line's last crcSuffixLength characters. */
 interface DecodedRecord {
@@ -185,6 +186,12 @@ function decodeSimpleRecord(line: string): DecodedRecord | null {
 /** The record's own checksum field, last in the line. */
 const CRC_AT_END = /,"crc32":(0|[1-9][0-9]{0,9})\}$/;
 
+/** A record's shape (the checksum field taken off first); see recordProblem for the words of a refusal. */
+const RecordSchema = v.strictObject({
+  seq: v.pipe(v.number(), v.safeInteger(), v.minValue(1)),
+  ops: v.array(v.union([v.strictTuple([v.string()]), v.strictTuple([v.string(), v.unknown()])])),
+});
+
 function decodeRecord(line: string): DecodedRecord {
   // The checksum field is taken off before parsing: the parser need not read it, and any crc32 left is misplaced.
   const crcField = CRC_AT_END.exec(line);
@@ -194,21 +201,28 @@ function decodeRecord(line: string): DecodedRecord {
   } catch {
     throw new Error("not valid JSON");
   }
-  const record = (parsed ?? {}) as { seq?: unknown; ops?: unknown };
-  // A damaged field name (of crc32 above all) must not pass as a field nobody reads.
-  for (const field in record) {
-    if (field === "crc32") throw new Error("crc32 is not the last field");
-    if (field !== "seq" && field !== "ops") throw new Error(`unknown field ${JSON.stringify(field)}`);
-  }
-  const { seq, ops } = record;
-  if (!isSeq(seq) || seq === 0) throw new Error("no valid seq");
-  if (!Array.isArray(ops)) throw new Error("no ops array");
-  const decoded: CommitOp[] = [];
-  for (const op of ops) {
-    if (!Array.isArray(op) || typeof op[0] !== "string" || (op.length !== 1 && op.length !== 2)) {
-      throw new Error("an op is not [key, value] or [key]");
-    }
-    decoded.push(op.length === 1 ? [op[0], null] : [op[0], JSON.stringify(op[1])]);
-  }
+  const result = v.safeParse(RecordSchema, parsed);
+  if (!result.success) throw new Error(recordProblem(result.issues));
+  const { seq, ops } = result.output;
+  const decoded: CommitOp[] = ops.map((op) => (op.length === 1 ? [op[0], null] : [op[0], JSON.stringify(op[1])]));
   return { seq, ops: decoded, crc: crcField === null ? null : Number(crcField[1]), crcSuffixLength: crcField === null ? 0 : crcField[0].length };
+}
+
+/**
+ * Why a parsed line is no record. A field of another name comes first: a
+ * damaged field name (of crc32 above all) must not pass as a field nobody
+ * reads, and "ops" damaged into "opz" is better named as such than as a
+ * missing ops.
+ */
+function recordProblem(issues: readonly v.BaseIssue<unknown>[]): string {
+  const unknown = issues.find((issue) => issue.type === "strict_object" && issue.expected === "never");
+  if (unknown !== undefined) {
+    const field = v.getDotPath(unknown);
+    return field === "crc32" ? "crc32 is not the last field" : `unknown field ${JSON.stringify(field)}`;
+  }
+  const path = v.getDotPath(issues[0]!);
+  if (path === null) return "not a JSON object";
+  if (path === "seq") return "no valid seq";
+  if (path === "ops") return "no ops array";
+  return "an op is not [key, value] or [key]";
 }
