@@ -21,7 +21,7 @@
 
 import { parseArgs } from "node:util";
 import * as v from "valibot";
-import { formatAddress } from "./client.ts";
+import { ErrorReplySchema, formatAddress } from "./client.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 import { optionErrorMessage, positiveNumber, wholeNumber } from "./option-schemas.ts";
 import { writeStdout } from "./stdout.ts";
@@ -388,14 +388,19 @@ export class ErrorCounter {
 /** What one batch's replies held. */
 type BatchReplies = { errors: number; marked: number };
 
+/** `CODE: message` of an Error reply line, or null when the line is no Error reply (throws when it is not JSON). */
+function errorReplyText(line: string): string | null {
+  const parsed = v.safeParse(ErrorReplySchema, JSON.parse(line));
+  return parsed.success ? `${parsed.output.code}: ${parsed.output.message}` : null;
+}
+
 /** `CODE: message` of the Error reply whose mark is at `at`, when its line is whole in `bytes` (else null: a later one is taken). */
 function errorAt(bytes: Buffer, at: number, linesStart: boolean): string | null {
   const start = bytes.lastIndexOf(LF, at) + 1;
   const end = bytes.indexOf(LF, at);
   if ((start === 0 && !linesStart) || end === -1) return null; // cut: the line began in an earlier piece, or ends in a later one
   try {
-    const { code, message } = JSON.parse(bytes.subarray(start, end).toString()) as { code: string; message: string };
-    return `${code}: ${message}`;
+    return errorReplyText(bytes.subarray(start, end).toString());
   } catch {
     return null;
   }
@@ -468,7 +473,15 @@ class LineConnection {
     this.transcript = null;
     if (errors === 0) return;
     this.close();
-    const { code, message } = JSON.parse(reply.slice(0, reply.indexOf("\n"))) as { code: string; message: string };
+    const replyLine = reply.slice(0, reply.indexOf("\n"));
+    let parsed: v.SafeParseResult<typeof ErrorReplySchema> | null = null;
+    try {
+      parsed = v.safeParse(ErrorReplySchema, JSON.parse(replyLine));
+    } catch {
+      // not JSON: said below
+    }
+    if (!parsed?.success) throw new Error(`${failure}: an unreadable reply ${JSON.stringify(replyLine)}`);
+    const { code, message } = parsed.output;
     const hint = code === "AUTH_REQUIRED" ? " (give --password, or set TXKV_PASSWORD)" : "";
     throw new Error(`${code === "BUSY" ? refused : failure}: ${code}: ${message}${hint}`);
   }

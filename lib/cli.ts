@@ -251,6 +251,8 @@ const CTRL_C = Symbol("Ctrl-C");
 class Repl {
   private readonly address: string;
   private readonly historyFile = historyPath();
+  /** readline's history, newest first, as its "history" event last gave it (null: nothing typed, nothing to save). */
+  private historyEntries: string[] | null = null;
   private readonly rl: readline.Interface;
   private readonly style: Style;
   private client: TxkvClient | null = null;
@@ -278,6 +280,7 @@ class Repl {
     // A password typed as AUTH stays out of the history, as in redis-cli (readline lets this listener edit it).
     this.rl.on("history", (entries: string[]) => {
       if (entries[0] !== undefined && isAuthLine(entries[0])) entries.shift();
+      this.historyEntries = entries;
     });
     this.rl.on("SIGINT", () => this.onInterrupt());
     this.interruption = new Promise((resolve) => (this.interrupt = () => resolve(CTRL_C)));
@@ -298,7 +301,7 @@ class Repl {
     this.rl.close();
     if (this.interrupted) this.client?.destroy("interrupted (Ctrl-C)"); // also one made while Ctrl-C was typed
     else await this.client?.close();
-    saveHistory(this.historyFile, this.rl);
+    if (this.historyEntries !== null) saveHistory(this.historyFile, this.historyEntries);
     return this.interrupted ? INTERRUPTED : 0;
   }
 
@@ -540,14 +543,17 @@ function loadHistory(file: string | null): string[] {
   }
 }
 
-function saveHistory(file: string | null, rl: readline.Interface): void {
-  const entries = (rl as unknown as { history?: string[] }).history;
-  if (!file || !entries) return;
+/** Replaces the history file whole (a temporary file renamed over it): a cli killed while saving leaves the old one. */
+function saveHistory(file: string | null, entries: readonly string[]): void {
+  if (!file) return;
+  const temporary = `${file}.${process.pid}.tmp`;
   try {
     const kept = [...entries].reverse().filter((line) => !isAuthLine(line));
-    fs.writeFileSync(file, kept.map((line) => line + "\n").join(""), { mode: 0o600 });
+    fs.writeFileSync(temporary, kept.map((line) => line + "\n").join(""), { mode: 0o600 });
+    fs.renameSync(temporary, file);
   } catch {
     // History is a convenience: a read-only home must not break the cli.
+    fs.rmSync(temporary, { force: true });
   }
 }
 

@@ -93,9 +93,12 @@ const TransactionOptionsSchema = v.object({
   maxBackoffMs: v.optional(v.pipe(v.number("maxBackoffMs: expected a number"), v.finite("maxBackoffMs: expected a finite number"), v.minValue(0, "maxBackoffMs: expected 0 or more"))),
 });
 
+/** An Error reply line's shape (also read by `txkv bench`). */
+export const ErrorReplySchema = v.object({ status: v.literal("Error"), code: v.string(), message: v.string() });
+
 const ReplySchema = v.variant("status", [
   v.object({ status: v.literal("Ok"), result: v.unknown(), message: v.optional(v.string()) }),
-  v.object({ status: v.literal("Error"), code: v.string(), message: v.string() }),
+  ErrorReplySchema,
 ]);
 
 /** One reply line, parsed. */

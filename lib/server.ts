@@ -215,10 +215,14 @@ export class TxkvServer {
     return forced;
   }
 
-  /** Closes every connection (open transactions roll back) and the listener. */
+  /**
+   * Closes every connection at once (open transactions roll back) and the
+   * listener: after drain(), or before any client came (the metrics port
+   * failed). Not end(): over TLS it would wait for each client's close_notify.
+   */
   stop(): void {
     this.stopListening();
-    for (const socket of this.connections) socket.end();
+    for (const socket of this.connections) socket.terminate();
     if (this.statsTimer) clearInterval(this.statsTimer);
     if (this.idleTimer) clearInterval(this.idleTimer);
     this.listener?.stop(true);

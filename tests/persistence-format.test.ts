@@ -116,7 +116,15 @@ describe("snapshot format", () => {
 
   test("an unknown version is refused", () => {
     const bad = encodeSnapshot(3, []).toString().replace('"version":1', '"version":9');
-    expect(() => decodeSnapshot(Buffer.from(bad))).toThrow(/version/);
+    expect(() => decodeSnapshot(Buffer.from(bad))).toThrow("line 1: unsupported snapshot version 9");
+  });
+
+  test("a header without a valid seq is refused, named", () => {
+    for (const seq of ['"3"', "-1", "1.5", "9007199254740993"]) {
+      const bad = encodeSnapshot(3, []).toString().replace('"seq":3},"data"', `"seq":${seq}},"data"`);
+      expect(bad).not.toBe(encodeSnapshot(3, []).toString());
+      expect(() => decodeSnapshot(Buffer.from(bad))).toThrow("line 1: the header has no valid seq");
+    }
   });
 
   test("a plain JSON object (the original server's data.json) loads at seq 0", () => {
@@ -332,8 +340,19 @@ describe("journal format", () => {
 
   test("a record of the wrong shape is corruption", () => {
     const ok = encodeRecord({ seq: 1, ops: [["a", "1"]] });
-    for (const bad of ['{"seq":2}', '{"seq":"2","ops":[]}', '{"seq":2,"ops":[[1,2]]}', '{"seq":2,"ops":[["a",1,2]]}']) {
-      expect(() => scan(ok + bad + "\n" + encodeRecord({ seq: 9, ops: [] }))).toThrow(JournalFormatError);
+    for (const [bad, problem] of [
+      ['{"seq":2}', "no ops array"],
+      ['{"seq":"2","ops":[]}', "no valid seq"],
+      ['{"seq":0,"ops":[]}', "no valid seq"],
+      ['{"seq":2,"ops":{}}', "no ops array"],
+      ['{"seq":2,"ops":[[1,2]]}', "an op is not [key, value] or [key]"],
+      ['{"seq":2,"ops":[["a",1,2]]}', "an op is not [key, value] or [key]"],
+      ['{"seq":2,"ops":[[]]}', "an op is not [key, value] or [key]"],
+      ['{"seq":2,"ops":[],"crc32":5,"x":1}', "crc32 is not the last field"],
+      ["null", "not a JSON object"],
+      ["5", "not a JSON object"],
+    ]) {
+      expect(() => scan(ok + bad + "\n" + encodeRecord({ seq: 9, ops: [] }))).toThrow(`line 2: ${problem}`);
     }
   });
 });

@@ -20,6 +20,7 @@
  *
  * Owns: encoding and decoding of snapshot bytes. Must not: touch files.
  */
+import * as v from "valibot";
 import { CompactMap } from "../compact-map.ts";
 import { parseJsonExact } from "../exact-json.ts";
 import { errorMessage } from "../errors.ts";
@@ -116,6 +117,28 @@ function decodeTxkvSnapshot(bytes: Uint8Array, headerLine: string, headerEnd: nu
   return { seq, entries, format: "txkv" };
 }
 
+const NO_FORMAT = "line 1: damaged snapshot header (no txkv-snapshot format field)";
+const NO_SEQ = "line 1: the header has no valid seq";
+/** Line 1 without its data section: `{"txkv":{"format":...,"version":1,"seq":N}}`, checked in that order. */
+const HeaderSchema = v.object(
+  {
+    txkv: v.object(
+      {
+        format: v.literal(FORMAT, NO_FORMAT),
+        version: v.literal(VERSION, (issue) => `line 1: unsupported snapshot version ${JSON.stringify(issue.input)}`),
+        seq: v.pipe(v.number(NO_SEQ), v.safeInteger(NO_SEQ), v.minValue(0, NO_SEQ)),
+      },
+      NO_FORMAT,
+    ),
+  },
+  NO_FORMAT,
+);
+const count = v.pipe(v.number(), v.safeInteger());
+/** The closing line after its `},`; seq is absent in a snapshot written before the closing line repeated it. */
+const TrailerSchema = v.object({
+  end: v.object({ keys: count, crc32: count, seq: v.optional(v.pipe(count, v.minValue(0))) }),
+});
+
 function parseHeader(line: string): number {
   let header: unknown;
   try {
@@ -124,22 +147,17 @@ function parseHeader(line: string): number {
   } catch {
     throw new SnapshotFormatError("line 1: unreadable snapshot header");
   }
-  const meta = (header as { txkv?: { format?: unknown; version?: unknown; seq?: unknown } }).txkv;
-  if (meta?.format !== FORMAT) throw new SnapshotFormatError("line 1: damaged snapshot header (no txkv-snapshot format field)");
-  if (meta.version !== VERSION) throw new SnapshotFormatError(`line 1: unsupported snapshot version ${JSON.stringify(meta?.version)}`);
-  if (!isSeq(meta.seq)) throw new SnapshotFormatError("line 1: the header has no valid seq");
-  return meta.seq;
+  const result = v.safeParse(HeaderSchema, header, { abortEarly: true });
+  if (!result.success) throw new SnapshotFormatError(result.issues[0].message);
+  return result.output.txkv.seq;
 }
 
 /** seq: null in a snapshot written before the closing line repeated it. */
 function parseTrailer(line: string): { keys: number; crc32: number; seq: number | null } {
   try {
     if (!line.startsWith("},")) throw new Error("no closing brace");
-    const end = (JSON.parse("{" + line.slice(2)) as { end?: { keys?: unknown; crc32?: unknown; seq?: unknown } }).end;
-    const seq = end?.seq === undefined ? null : isSeq(end.seq) ? end.seq : undefined;
-    if (end && Number.isSafeInteger(end.keys) && Number.isSafeInteger(end.crc32) && seq !== undefined) {
-      return { keys: end.keys as number, crc32: end.crc32 as number, seq };
-    }
+    const result = v.safeParse(TrailerSchema, JSON.parse("{" + line.slice(2)));
+    if (result.success) return { ...result.output.end, seq: result.output.end.seq ?? null };
   } catch {
     // reported below
   }
@@ -222,8 +240,4 @@ function utf8(bytes: Uint8Array): string {
   } catch {
     throw new SnapshotFormatError("not valid UTF-8");
   }
-}
-
-export function isSeq(value: unknown): value is number {
-  return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
 }
