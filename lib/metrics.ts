@@ -173,7 +173,12 @@ export class MetricsServer {
     this.server = Bun.serve({
       hostname: host,
       port,
-      fetch: (request) => this.handle(request),
+      // Bun answers HEAD from the GET handler; every other method and path comes to fetch.
+      routes: {
+        "/metrics": { GET: () => this.metrics() },
+        "/health": { GET: () => this.health() },
+      },
+      fetch: (request) => this.notRouted(request),
       error: () => new Response("internal error\n", { status: 500 }),
     });
     return this.server.port!;
@@ -184,19 +189,25 @@ export class MetricsServer {
     this.server = null;
   }
 
-  private handle(request: Request): Response {
-    const path = new URL(request.url).pathname;
-    if (path !== "/metrics" && path !== "/health") return new Response("not found: try /metrics or /health\n", { status: 404 });
-    if (request.method !== "GET" && request.method !== "HEAD") {
-      return new Response("method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
-    }
+  private health(): Response {
     const health = healthOf(this.executor, this.shuttingDown);
-    if (path === "/health") {
-      const body = health.ok ? { status: "ok" } : { status: "unavailable", reason: health.reason };
-      return Response.json(body, { status: health.ok ? 200 : 503, headers: { "cache-control": "no-store" } });
-    }
+    const body = health.ok ? { status: "ok" } : { status: "unavailable", reason: health.reason };
+    return Response.json(body, { status: health.ok ? 200 : 503, headers: { "cache-control": "no-store" } });
+  }
+
+  private metrics(): Response {
+    const health = healthOf(this.executor, this.shuttingDown);
     return new Response(renderMetrics(this.executor, health, this.version), {
       headers: { "content-type": METRICS_CONTENT_TYPE, "cache-control": "no-store" },
     });
+  }
+
+  /** What the routes did not take: another method on a known path (405), or an unknown path (404). */
+  private notRouted(request: Request): Response {
+    const path = new URL(request.url).pathname;
+    if (path === "/metrics" || path === "/health") {
+      return new Response("method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
+    }
+    return new Response("not found: try /metrics or /health\n", { status: 404 });
   }
 }

@@ -222,7 +222,13 @@ describe("metrics endpoint", () => {
     expect(health.status).toBe(200);
     expect(await health.json()).toEqual({ status: "ok" });
     expect((await fetch(`http://127.0.0.1:${fresh.metricsPort}/other`)).status).toBe(404);
-    expect((await fetch(`http://127.0.0.1:${fresh.metricsPort}/metrics`, { method: "POST" })).status).toBe(405);
+    const post = await fetch(`http://127.0.0.1:${fresh.metricsPort}/metrics`, { method: "POST" });
+    expect(post.status).toBe(405);
+    expect(post.headers.get("allow")).toBe("GET, HEAD");
+    const head = await fetch(`http://127.0.0.1:${fresh.metricsPort}/metrics`, { method: "HEAD" });
+    expect(head.status).toBe(200);
+    expect(head.headers.get("content-type")).toStartWith("text/plain");
+    expect(await head.text()).toBe("");
     a.close();
     b.close();
     await fresh.shutdown();
