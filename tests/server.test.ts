@@ -789,28 +789,25 @@ describe("a failure in the server's own code outside a socket handler drops only
     other.close();
   }
 
-  test("from the partial-request timer (a request without LF, run after the pause)", async () => {
-    const running = await startInProcess(["--partial-request-ms", "20"]);
+  /** A PING that fails as `fail` does, sent as `request` to a server started with `args`: only its connection drops. */
+  async function pingFailingOn(args: string[], fail: () => string | Promise<string>, request: string) {
+    const running = await startInProcess(args);
     try {
-      failingPing(running, throwing);
+      failingPing(running, fail);
       const victim = await LineClient.connect(running.port);
-      victim.write("PING");
+      victim.write(request);
       await expectOnlyThatConnectionDropped(running, victim);
     } finally {
       await running.shutdown();
     }
+  }
+
+  test("from the partial-request timer (a request without LF, run after the pause)", async () => {
+    await pingFailingOn(["--partial-request-ms", "20"], throwing, "PING");
   });
 
   test("from an awaited reply that fails", async () => {
-    const running = await startInProcess();
-    try {
-      failingPing(running, () => Promise.reject(new Error(INJECTED)));
-      const victim = await LineClient.connect(running.port);
-      victim.write("PING\n");
-      await expectOnlyThatConnectionDropped(running, victim);
-    } finally {
-      await running.shutdown();
-    }
+    await pingFailingOn([], () => Promise.reject(new Error(INJECTED)), "PING\n");
   });
 
   test("from the fsync that releases held replies (--fsync always): no process exit, and writes are not refused as if the disk had failed", async () => {
