@@ -18,10 +18,26 @@ import { Logger } from "./lib/log.ts";
 /** After the drain timeout, flushing gets this long before the process exits anyway. */
 const FLUSH_GRACE_MS = 5000;
 
+/**
+ * The log's sink: stderr, until a write there fails (its reader went away:
+ * `| head`, a log shipper restarting). The EPIPE comes as an 'error' event
+ * that would end the process, dropping every connection; the server goes on
+ * without its log instead, as Redis does.
+ */
+function stderrUntilItsReaderLeaves(): (line: string) => void {
+  let readerGone = false;
+  process.stderr.on("error", () => {
+    readerGone = true;
+  });
+  return (line) => {
+    if (!readerGone) process.stderr.write(line);
+  };
+}
+
 async function serve(argv: string[]): Promise<void> {
   const config = configOrExit(argv);
   if (config === null) return;
-  const log = new Logger(config.logLevel);
+  const log = new Logger(config.logLevel, stderrUntilItsReaderLeaves());
   // Before anything is opened, so that a SIGTERM during start-up (or right after
   // the listening line) is a graceful stop, not Bun's default of dying at once.
   const signals = new ShutdownOnSignal(config, log);

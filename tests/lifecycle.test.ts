@@ -5,7 +5,7 @@
  * and a second signal exiting at once.
  */
 import { describe, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
+import { closeSync, constants as fsConstants, existsSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
 import { BUN, INDEX, LineClient, spawnServer, startInProcess, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
@@ -110,6 +110,46 @@ describe("stdout gone, SIGHUP", () => {
       expect(entries().some((e) => e.msg === "stopped")).toBe(true);
     } finally {
       shell.kill("SIGKILL");
+      dir.cleanup();
+    }
+  });
+});
+
+describe("stderr gone", () => {
+  test("a stderr whose reader leaves does not stop the server: it serves on without its log, and SIGTERM still stops it cleanly", async () => {
+    const dir = tempDir();
+    const fifo = join(dir.path, "stderr.fifo");
+    expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
+    // The test is the log's reader: opened first (without waiting for a writer), closed when it leaves.
+    const reader = openSync(fifo, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+    const proc = Bun.spawn(
+      ["bash", "-c", 'exec "$0" run "$1" --port 0 --data "$2" --log-level debug 2>"$3"', BUN, INDEX, join(dir.path, "data.json"), fifo],
+      { stdout: "pipe" },
+    );
+    try {
+      let stdout = "";
+      const decoder = new TextDecoder();
+      for await (const chunk of proc.stdout) {
+        stdout += decoder.decode(chunk, { stream: true });
+        if (stdout.includes("\n")) break;
+      }
+      const port = Number(/listening on \S*:(\d+)/.exec(stdout)![1]);
+      closeSync(reader);
+      // Every connection and SAVE logs a line, each now a write to a pipe nobody reads (EPIPE).
+      for (let i = 0; i < 3; i++) {
+        const client = await LineClient.connect(port);
+        expect(await client.request(`PUT k${i} v`)).toMatchObject({ status: "Ok" });
+        expect(await client.request("SAVE")).toEqual({ status: "Ok", result: "Saved" });
+        client.close();
+        await client.closed;
+      }
+      const last = await LineClient.connect(port);
+      expect(await last.request("GET k2")).toEqual({ status: "Ok", result: { key: "k2", value: "v" } });
+      last.close();
+      proc.kill("SIGTERM");
+      expect(await proc.exited).toBe(0);
+    } finally {
+      proc.kill("SIGKILL");
       dir.cleanup();
     }
   });
