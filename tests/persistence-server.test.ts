@@ -595,6 +595,26 @@ describe("start-up with damaged files", () => {
     expect(fs.readdirSync(dir)).toEqual(["data.json.tmp"]);
   });
 
+  test("a FIFO or a device where a data file goes (the snapshot, a journal, the lock): exit 1 at once naming it, not a start that hangs", async () => {
+    const dir = dataDir();
+    const fifo = (name: string) => () => expect(Bun.spawnSync(["mkfifo", path.join(dir, name)]).exitCode).toBe(0);
+    /** What to put in the data directory, and the file the refusal must name. */
+    const cases: [() => void, string][] = [
+      [fifo("data.json"), path.join(dir, "data.json")],
+      [fifo("data.json.journal.1"), path.join(dir, "data.json.journal.1")],
+      [() => fs.mkdirSync(path.join(dir, "data.json.journal.2")), path.join(dir, "data.json.journal.2")],
+      [fifo("data.json.lock"), path.join(dir, "data.json.lock")],
+      [() => fs.symlinkSync("/dev/zero", path.join(dir, "data.json")), "/dev/zero"],
+    ];
+    for (const [make, named] of cases) {
+      make();
+      const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain(`${named}: not a regular file (a directory, FIFO, socket or device)`);
+      for (const entry of fs.readdirSync(dir)) fs.rmSync(path.join(dir, entry), { recursive: true });
+    }
+  });
+
   test("--data in a directory that does not exist, or under a file: exit 1 saying so, nothing created", async () => {
     const dir = dataDir();
     const missing = await runIndex(["--port", "0", "--data", path.join(dir, "nowhere", "data.json")]);

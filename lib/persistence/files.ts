@@ -128,17 +128,32 @@ export function refuseMissingDirectory(files: DataFiles): void {
 }
 
 /**
- * Refuses to start when a directory sits where the server writes a file of
- * its own (the lock, or a snapshot's temporary file): every lock attempt or
- * compaction would fail on it, with a bare EISDIR.
+ * Refuses to start when something other than a regular file sits where the
+ * server reads or writes a file of its own. A directory in place of the lock
+ * or a snapshot's temporary file would fail every lock attempt or compaction
+ * with a bare EISDIR; a FIFO or a device as the snapshot, a journal or the
+ * lock would hang the start in a read that never ends (/dev/zero: filling
+ * memory), deaf to SIGTERM.
  */
-export function refuseDirectoriesInPlaceOfFiles(files: DataFiles): void {
-  for (const [file, what] of [
+export function refuseSpecialFiles(files: DataFiles): void {
+  const ours: [string, string][] = [
     [files.lock, "the lock file"],
     [files.snapshotTemp, "a snapshot's temporary file"],
-  ] as const) {
+  ];
+  for (const [file, what] of ours) {
     if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) {
       throw new Error(`${file}: a directory is where ${what} goes; move it away and start again`);
     }
+  }
+  // A directory as the data file itself is refused where the snapshot is read, naming --data.
+  const read: [string, boolean][] = [
+    [files.snapshot, false],
+    [files.lock, false],
+    ...files.listJournalGens().map((gen): [string, boolean] => [files.journal(gen), true]),
+  ];
+  for (const [file, directoryRefusedHere] of read) {
+    const stat = fs.statSync(file, { throwIfNoEntry: false });
+    if (stat === undefined || stat.isFile() || (stat.isDirectory() && !directoryRefusedHere)) continue;
+    throw new Error(`${file}: not a regular file (a directory, FIFO, socket or device); txkv keeps its data in regular files`);
   }
 }

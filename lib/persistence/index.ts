@@ -16,7 +16,7 @@ import path from "node:path";
 import type { CompactMap } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
 import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode } from "./durable-log.ts";
-import { dataFiles, refuseDirectoriesInPlaceOfFiles, refuseMissingDirectory } from "./files.ts";
+import { dataFiles, refuseSpecialFiles, refuseMissingDirectory } from "./files.ts";
 import { acquireLock, releaseLock } from "./lock.ts";
 import { recover } from "./recovery.ts";
 import { errorMessage } from "../errors.ts";
@@ -64,7 +64,7 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
   const files = dataFiles(opts.path);
   refuseMissingDirectory(files);
   refuseJournalsBesideLink(path.resolve(opts.path), files.snapshot);
-  refuseDirectoriesInPlaceOfFiles(files);
+  refuseSpecialFiles(files);
   acquireLock(files.lock);
   try {
     const recovered = recover(files);
