@@ -143,17 +143,17 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
   if (raw.version) return { kind: "version" };
 
   const merged: Record<string, unknown> = {};
-  /** The options given on the command line or in the environment (not left at their defaults). */
-  const given = new Set<OptionName>();
+  /** Where each option not left at its default came from. */
+  const given = new Map<OptionName, "command line" | "environment">();
   for (const [name, spec] of Object.entries(OPTIONS) as [OptionName, OptionSpec][]) {
     if (name === "help" || name === "version") continue;
     // An empty variable is an unset one (as in shells and compose files that pass ${VAR} through),
     // but for the security options: an empty password or certificate must not turn protection off.
     const envValue = spec.env ? env[spec.env] : undefined;
     const fromEnv = envValue === "" && !EMPTY_ENV_IS_AN_ERROR.has(name) ? undefined : envValue;
-    const value = raw[name] ?? fromEnv;
-    if (value !== undefined) given.add(name);
-    merged[name] = value ?? spec.default;
+    if (raw[name] !== undefined) given.set(name, "command line");
+    else if (fromEnv !== undefined) given.set(name, "environment");
+    merged[name] = raw[name] ?? fromEnv ?? spec.default;
   }
   const result = v.safeParse(ConfigSchema, merged);
   if (!result.success) throw new ConfigError(describeIssue(result.issues[0], merged));
@@ -191,12 +191,15 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
 
 /**
  * --in-memory keeps nothing on disk: a --data or --fsync given with it
- * would be silently ignored, and whoever gave it expects the data kept.
+ * would be silently ignored, and whoever gave it expects the data kept. The
+ * one exception is the command line winning over the environment: a
+ * deployment's TXKV_DATA does not stop `--in-memory` on the command line.
  */
-function refuseDiskOptionsInMemory(inMemory: boolean, given: ReadonlySet<OptionName>): void {
+function refuseDiskOptionsInMemory(inMemory: boolean, given: ReadonlyMap<OptionName, "command line" | "environment">): void {
   if (!inMemory) return;
   for (const name of ["data", "fsync"] as const) {
-    if (!given.has(name)) continue;
+    const from = given.get(name);
+    if (from === undefined || (given.get("in-memory") === "command line" && from === "environment")) continue;
     throw new ConfigError(
       `--in-memory (TXKV_IN_MEMORY) keeps nothing on disk, so --${name} (${OPTIONS[name].env}) cannot go with it: ` +
         `drop one of the two`,

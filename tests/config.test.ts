@@ -94,18 +94,19 @@ describe("parseConfig", () => {
     }
   });
 
-  test("--in-memory with a --data or --fsync given (flag or variable) is refused, naming both; defaults and empty variables do not count", () => {
+  test("--in-memory with a --data or --fsync given is refused, naming both, unless only the disk option is in the environment and --in-memory on the command line (which wins); defaults and empty variables do not count", () => {
     const conflicting: [string[], Record<string, string>, string][] = [
       [["--in-memory", "--data", "x.json"], {}, "--data (TXKV_DATA)"],
       [["--in-memory", "--fsync", "always"], {}, "--fsync (TXKV_FSYNC)"],
       [["--data", "x.json"], { TXKV_IN_MEMORY: "1" }, "--data (TXKV_DATA)"],
-      [["--in-memory"], { TXKV_DATA: "x.json" }, "--data (TXKV_DATA)"],
+      [[], { TXKV_IN_MEMORY: "1", TXKV_DATA: "x.json" }, "--data (TXKV_DATA)"],
     ];
     for (const [argv, env, fragment] of conflicting) {
       expect(() => parseConfig(argv, env)).toThrow(ConfigError);
       expect(() => parseConfig(argv, env)).toThrow(new RegExp(`--in-memory .*${fragment.replace(/[()]/g, "\\$&")}`));
     }
     expect(serveConfig(["--in-memory"], { TXKV_DATA: "", TXKV_FSYNC: "" }).inMemory).toBe(true);
+    expect(serveConfig(["--in-memory"], { TXKV_DATA: "x.json", TXKV_FSYNC: "always" }).inMemory).toBe(true);
   });
 });
 
