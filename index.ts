@@ -13,6 +13,7 @@ import { constants } from "node:os";
 import pkg from "./package.json" with { type: "json" };
 import { startServer, StartupError, type RunningServer } from "./lib/app.ts";
 import { ConfigError, parseConfig, type Config } from "./lib/config.ts";
+import { formatAddress } from "./lib/client.ts";
 import { Logger } from "./lib/log.ts";
 
 /** After the drain timeout, flushing gets this long before the process exits anyway. */
@@ -92,8 +93,9 @@ async function startOrExit(config: Config, log: Logger): Promise<RunningServer> 
  * line read its "pid" as the port).
  */
 function announce(running: RunningServer, config: Config, log: Logger): void {
-  const address = `${running.host}:${running.port}`;
-  const metricsAddress = running.metricsPort === null ? null : `${running.host}:${running.metricsPort}`;
+  // An IPv6 address in brackets ([::1]:8080), as URLs and the cli write it: the port stays the text after the last colon.
+  const address = formatAddress(running.host, running.port);
+  const metricsAddress = running.metricsPort === null ? null : formatAddress(running.host, running.metricsPort);
   // A reader that already went away (`| head -0`) makes these writes fail with EPIPE, reported as an
   // 'error' event that would otherwise end the process: the server goes on (the log line below still
   // says it is up), as it does when the reader leaves after reading.

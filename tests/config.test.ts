@@ -175,6 +175,15 @@ describe("the process", () => {
     expect(await server.kill("SIGTERM")).toBe(0);
   });
 
+  test("an IPv6 address is printed in brackets: `listening on [::1]:<port>`", async () => {
+    const server = await spawnServer(["--in-memory", "--host", "::1"]);
+    expect(server.stdout()).toContain(`listening on [::1]:${server.port}\n`);
+    const c = await LineClient.connect(server.port, "::1");
+    expect(await c.request("PING")).toEqual({ status: "Ok", result: "PONG" });
+    c.close();
+    expect(await server.kill("SIGTERM")).toBe(0);
+  });
+
   test("the defaults through a real server: 1024-byte requests and transactions, everysec at 1 s, data.json in the working directory", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-defaults-"));
     const server = await spawnServer([], { cwd: dir });

@@ -54,7 +54,7 @@ function refuseIfLive(lockPath: string, owner: number | null): void {
   if (!heldByAnother(lockPath, owner)) return;
   throw new Error(
     owner === null
-      ? `${lockPath}: another server is starting on this data file (its lock file is still empty)`
+      ? `${lockPath}: another server may be starting on this data file (its lock file names no process yet; one left like that is taken over after ${STARTING_LOCK_MS / 1000} s)`
       : `${lockPath}: the data file is locked by another running server (pid ${owner}); ` +
           `if no txkv server runs with that pid, remove the lock file`,
   );
@@ -110,7 +110,16 @@ function createLock(lockPath: string): boolean {
     if (NO_HARD_LINKS.has(code)) return createLockInPlace(lockPath);
     throw new Error(`${lockPath}: cannot create the lock file (${errorMessage(err)})`);
   } finally {
-    fs.rmSync(own, { force: true });
+    removeQuietly(own);
+  }
+}
+
+/** Cleans up after an attempt: a failure here (a read-only file system refuses even to remove what is not there) must not hide the attempt's own error. */
+function removeQuietly(file: string): void {
+  try {
+    fs.rmSync(file, { force: true });
+  } catch {
+    // nothing of ours was left there to remove
   }
 }
 
