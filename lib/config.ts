@@ -73,7 +73,13 @@ const flag = v.pipe(
 );
 
 const ConfigSchema = v.object({
-  host: v.pipe(v.string(), v.minLength(1, "expected an address")),
+  host: v.pipe(
+    v.string(),
+    v.minLength(1, "expected an address"),
+    // An IPv6 address may come in the brackets of a URL ([::1]); listening takes it without them.
+    v.transform((host) => (/^\[[^\]]*\]$/.test(host) ? host.slice(1, -1) : host)),
+    v.check((host) => /^[A-Za-z0-9.:%_-]+$/.test(host), "expected an IP address or a host name"),
+  ),
   port: wholeNumber(0, 65535),
   data: v.pipe(
     v.string(),

@@ -85,6 +85,9 @@ describe("parseConfig", () => {
       [["--data", "/srv/db.journal.7"], {}, "--data"],
       [["--data", "db.lock"], {}, "--data"],
       [["--log-level", "loud"], {}, "--log-level"],
+      [["--host", "not a host"], {}, "--host"],
+      [["--host", "[::1"], {}, "--host"],
+      [[], { TXKV_HOST: "a/b" }, "--host (or TXKV_HOST)"],
       [["--nope"], {}, "--nope"],
       [["--port"], {}, "--port"],
     ];
@@ -92,6 +95,11 @@ describe("parseConfig", () => {
       expect(() => parseConfig(argv, env)).toThrow(ConfigError);
       expect(() => parseConfig(argv, env)).toThrow(fragment);
     }
+  });
+
+  test("an IPv6 --host may come in brackets, as in a URL: they are dropped", () => {
+    expect(serveConfig(["--host", "[::1]"], {}).host).toBe("::1");
+    expect(serveConfig(["--host", "::1"], {}).host).toBe("::1");
   });
 
   test("--in-memory with a --data or --fsync given is refused, naming both, unless only the disk option is in the environment and --in-memory on the command line (which wins); defaults and empty variables do not count", () => {
