@@ -571,7 +571,13 @@ export class TxkvServer {
     this.durableSeq = seq;
     for (const socket of this.waitingForDurability) {
       const conn = socket.data;
-      if (conn) this.outsideHandler(socket, () => this.releaseHeld(socket, conn));
+      if (!conn) continue;
+      // As outsideHandler does, without a closure per connection and fsync (this runs at every fsync under always).
+      try {
+        this.releaseHeld(socket, conn);
+      } catch (err) {
+        this.onError(socket, asError(err));
+      }
     }
   }
 
