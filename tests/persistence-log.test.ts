@@ -676,7 +676,7 @@ describe("lock", () => {
     const dir = tempDir();
     const lock = path.join(dir, "data.json.lock");
     fs.writeFileSync(lock, "");
-    await expect(open(dir)).rejects.toThrow("another server is starting on this data file");
+    await expect(open(dir)).rejects.toThrow("another server may be starting on this data file (its lock file names no process yet");
     expect(fs.readFileSync(lock, "utf8")).toBe("");
     const old = new Date(Date.now() - 60_000);
     fs.utimesSync(lock, old, old);
