@@ -543,9 +543,14 @@ function loadHistory(file: string | null): string[] {
   }
 }
 
-/** Replaces the history file whole (a temporary file renamed over it): a cli killed while saving leaves the old one. */
-function saveHistory(file: string | null, entries: readonly string[]): void {
-  if (!file) return;
+/**
+ * Replaces the history file whole (a temporary file renamed over it): a cli
+ * killed while saving leaves the old one. A history file that is a symbolic
+ * link (into a dotfiles repository, say) stays one: its target is replaced.
+ */
+function saveHistory(link: string | null, entries: readonly string[]): void {
+  if (!link) return;
+  const file = realPathOrItself(link);
   const temporary = `${file}.${process.pid}.tmp`;
   try {
     const kept = [...entries].reverse().filter((line) => !isAuthLine(line));
@@ -554,6 +559,14 @@ function saveHistory(file: string | null, entries: readonly string[]): void {
   } catch {
     // History is a convenience: a read-only home must not break the cli.
     fs.rmSync(temporary, { force: true });
+  }
+}
+
+function realPathOrItself(file: string): string {
+  try {
+    return fs.realpathSync(file);
+  } catch {
+    return file; // not there yet (or a dangling link: then the link itself is replaced)
   }
 }
 

@@ -196,19 +196,19 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
 }
 
 /**
- * --in-memory keeps nothing on disk: a --data or --fsync given with it
- * would be silently ignored, and whoever gave it expects the data kept. The
- * one exception is the command line winning over the environment: a
- * deployment's TXKV_DATA does not stop `--in-memory` on the command line.
+ * --in-memory keeps nothing on disk: a --data or --fsync typed on the
+ * command line would be silently ignored, and whoever typed it expects the
+ * data kept. From the environment such an option is left alone: an image's
+ * TXKV_DATA default under TXKV_IN_MEMORY=1 given at run time (or
+ * `--in-memory` typed over a TXKV_DATA) are a deployment's layers, and in
+ * memory it runs, as the start-up log line says.
  */
 function refuseDiskOptionsInMemory(inMemory: boolean, given: ReadonlyMap<OptionName, "command line" | "environment">): void {
   if (!inMemory) return;
   for (const name of ["data", "fsync"] as const) {
-    const from = given.get(name);
-    if (from === undefined || (given.get("in-memory") === "command line" && from === "environment")) continue;
+    if (given.get(name) !== "command line") continue;
     throw new ConfigError(
-      `--in-memory (TXKV_IN_MEMORY) keeps nothing on disk, so --${name} (${OPTIONS[name].env}) cannot go with it: ` +
-        `drop one of the two`,
+      `--in-memory (TXKV_IN_MEMORY) keeps nothing on disk, so --${name} cannot go with it on the command line: drop one of the two`,
     );
   }
 }

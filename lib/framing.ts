@@ -11,10 +11,10 @@
  * taken (the server stopped reading them: a slow reader, an asynchronous
  * reply) are copied out of the caller's chunk by `retain()`, up to one read.
  * Bytes it keeps go to a buffer of its own that grows by doubling, but not
- * past one limit and a read's worth (GROWTH_SLACK_BYTES) unless what it
- * must hold needs more: a long request near the limit keeps about one limit
- * of room, not the two a plain doubling could reach (while it grows, the old
- * buffer and the new one are both alive for the copy).
+ * past one limit and one read (GROWTH_SLACK_BYTES): a long request near the
+ * limit keeps about one limit of room, not the two a plain doubling could
+ * reach (while it grows, the old buffer and the new one are both alive for
+ * the copy).
  *
  * Two ways to take a line: `next()` gives its text; `nextLine()` only finds
  * it, leaving its bytes at `bytes[lineStart, lineEnd)` so the server's fast
@@ -47,8 +47,12 @@ const EMPTY = new Uint8Array(0);
 
 /** An owned buffer grown past this for one long request is let go once it is consumed. */
 const KEEP_OWNED_BYTES = 1024;
-/** Doubling stops at the request limit plus this (a typical read): see the top. */
-const GROWTH_SLACK_BYTES = 64 * 1024;
+/**
+ * Doubling stops at the request limit plus this, one read as Bun delivers
+ * them at most (see the top): with less, a read landing on a line near the
+ * limit would need one more copy of the whole line.
+ */
+const GROWTH_SLACK_BYTES = 512 * 1024;
 
 export class LineFramer {
   /** Unconsumed input bytes; `pos` is where the next request starts. */

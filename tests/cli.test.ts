@@ -478,6 +478,24 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     fs.rmSync(path.dirname(historyFile), { recursive: true, force: true });
   });
 
+  test("a history file that is a symbolic link stays one: the new lines go to its target, mode 0600", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-"));
+    const target = path.join(dir, "dotfiles-history");
+    const link = path.join(dir, "history");
+    fs.writeFileSync(target, "KEYS\n");
+    fs.symlinkSync(target, link);
+    const repl = startRepl({ TXKV_HISTFILE: link });
+    await repl.until(`127.0.0.1:${shared.port}> `);
+    repl.type("PING\r");
+    await repl.until("PONG");
+    await repl.quit();
+    expect(fs.lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(fs.readFileSync(target, "utf8")).toBe("KEYS\nPING\nQUIT\n");
+    expect(fs.statSync(target).mode & 0o777).toBe(0o600);
+    expect(fs.readdirSync(dir).sort()).toEqual(["dotfiles-history", "history"]);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   test("Ctrl-C while a command waits for a reply that never comes: the history is saved and the cli leaves with status 130", async () => {
     const { silent, arrived } = silentServer("PING\n");
     const historyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-")), "history");

@@ -102,20 +102,19 @@ describe("parseConfig", () => {
     expect(serveConfig(["--host", "::1"], {}).host).toBe("::1");
   });
 
-  test("--in-memory with a --data or --fsync given is refused, naming both, unless only the disk option is in the environment and --in-memory on the command line (which wins); defaults and empty variables do not count", () => {
-    const conflicting: [string[], Record<string, string>, string][] = [
-      [["--in-memory", "--data", "x.json"], {}, "--data (TXKV_DATA)"],
-      [["--in-memory", "--fsync", "always"], {}, "--fsync (TXKV_FSYNC)"],
-      [["--data", "x.json"], { TXKV_IN_MEMORY: "1" }, "--data (TXKV_DATA)"],
-      [[], { TXKV_IN_MEMORY: "1", TXKV_DATA: "x.json" }, "--data (TXKV_DATA)"],
-    ];
-    for (const [argv, env, fragment] of conflicting) {
+  test("in memory, a --data or --fsync typed on the command line is refused, naming both; one from the environment is left alone", () => {
+    for (const [argv, env, name] of [
+      [["--in-memory", "--data", "x.json"], {}, "--data"],
+      [["--fsync", "always", "--in-memory"], {}, "--fsync"],
+      [["--data", "x.json"], { TXKV_IN_MEMORY: "1" }, "--data"],
+    ] as [string[], Record<string, string>, string][]) {
       expect(() => parseConfig(argv, env)).toThrow(ConfigError);
-      expect(() => parseConfig(argv, env)).toThrow(new RegExp(`--in-memory .*${fragment.replace(/[()]/g, "\\$&")}`));
+      expect(() => parseConfig(argv, env)).toThrow(`keeps nothing on disk, so ${name} cannot go with it on the command line`);
     }
-    expect(serveConfig(["--in-memory"], { TXKV_DATA: "", TXKV_FSYNC: "" }).inMemory).toBe(true);
     expect(serveConfig(["--in-memory"], { TXKV_DATA: "x.json", TXKV_FSYNC: "always" }).inMemory).toBe(true);
+    expect(serveConfig([], { TXKV_IN_MEMORY: "1", TXKV_DATA: "x.json", TXKV_FSYNC: "no" }).inMemory).toBe(true);
   });
+
 });
 
 describe("the process", () => {

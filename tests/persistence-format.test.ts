@@ -119,6 +119,13 @@ describe("snapshot format", () => {
     expect(() => decodeSnapshot(Buffer.from(bad))).toThrow("line 1: unsupported snapshot version 9");
   });
 
+  test("a header missing its version or seq is refused, naming the missing field", () => {
+    const good = encodeSnapshot(3, []).toString();
+    expect(() => decodeSnapshot(Buffer.from(good.replace('"version":1,', "")))).toThrow("line 1: the header names no snapshot version");
+    expect(() => decodeSnapshot(Buffer.from(good.replace(',"seq":3},"data"', '},"data"')))).toThrow("line 1: the header has no valid seq");
+    expect(() => decodeSnapshot(Buffer.from(good.replace('"format":"txkv-snapshot",', "")))).toThrow("no txkv-snapshot format field");
+  });
+
   test("a header without a valid seq is refused, named", () => {
     for (const seq of ['"3"', "-1", "1.5", "9007199254740993"]) {
       const bad = encodeSnapshot(3, []).toString().replace('"seq":3},"data"', `"seq":${seq}},"data"`);

@@ -128,7 +128,11 @@ const HeaderSchema = v.object(
         version: v.literal(VERSION, (issue) => `line 1: unsupported snapshot version ${JSON.stringify(issue.input)}`),
         seq: v.pipe(v.number(NO_SEQ), v.safeInteger(NO_SEQ), v.minValue(0, NO_SEQ)),
       },
-      NO_FORMAT,
+      // Also the words for a field that is missing: name the one.
+      (issue) => {
+        const missing = issue.path?.at(-1)?.key;
+        return missing === "version" ? "line 1: the header names no snapshot version" : missing === "seq" ? NO_SEQ : NO_FORMAT;
+      },
     ),
   },
   NO_FORMAT,
