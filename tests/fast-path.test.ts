@@ -783,7 +783,7 @@ describe("Executor.executePlain does what execute does", () => {
       expect(h.store.get(key)).toBe(JSON.stringify(value));
       expect(h.run(s, `GET ${key}`)).toEqual({ reply: okEntry(key, JSON.stringify(value)), fast: true });
     }
-  });
+  }, 20_000); // about 1 s alone; a loaded machine has taken it past the 5 s default
 
   test("a GET of a missing key: NOT_FOUND bytes, counted as a GET and a NOT_FOUND error", () => {
     const h = new Harness();
