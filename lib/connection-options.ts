@@ -41,11 +41,16 @@ export function clientOptionsFrom(values: {
   const password = (values.password as string | undefined) ?? process.env.TXKV_PASSWORD;
   const caFile = values["tls-ca"] as string | undefined;
   return {
-    host: (values.host as string | undefined) ?? "127.0.0.1",
+    host: withoutBrackets((values.host as string | undefined) ?? "127.0.0.1"),
     port,
     ...(password !== undefined && password !== "" ? { password } : {}),
     tls: caFile !== undefined ? { ca: readCa(caFile) } : values.tls === true,
   };
+}
+
+/** An IPv6 address may be given as URLs and the server's start-up line write it, [::1]; connecting takes it bare. */
+function withoutBrackets(host: string): string {
+  return host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
 }
 
 function readCa(file: string): string {
