@@ -205,11 +205,10 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
  */
 function refuseDiskOptionsInMemory(inMemory: boolean, given: ReadonlyMap<OptionName, "command line" | "environment">): void {
   if (!inMemory) return;
+  const inMemoryBy = given.get("in-memory") === "environment" ? "TXKV_IN_MEMORY (in the environment)" : "--in-memory";
   for (const name of ["data", "fsync"] as const) {
     if (given.get(name) !== "command line") continue;
-    throw new ConfigError(
-      `--in-memory (TXKV_IN_MEMORY) keeps nothing on disk, so --${name} cannot go with it on the command line: drop one of the two`,
-    );
+    throw new ConfigError(`${inMemoryBy} keeps nothing on disk, so the --${name} typed on the command line would be ignored: drop one of the two`);
   }
 }
 

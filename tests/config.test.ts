@@ -103,13 +103,13 @@ describe("parseConfig", () => {
   });
 
   test("in memory, a --data or --fsync typed on the command line is refused, naming both; one from the environment is left alone", () => {
-    for (const [argv, env, name] of [
-      [["--in-memory", "--data", "x.json"], {}, "--data"],
-      [["--fsync", "always", "--in-memory"], {}, "--fsync"],
-      [["--data", "x.json"], { TXKV_IN_MEMORY: "1" }, "--data"],
+    for (const [argv, env, message] of [
+      [["--in-memory", "--data", "x.json"], {}, "--in-memory keeps nothing on disk, so the --data typed on the command line would be ignored"],
+      [["--fsync", "always", "--in-memory"], {}, "--in-memory keeps nothing on disk, so the --fsync typed"],
+      [["--data", "x.json"], { TXKV_IN_MEMORY: "1" }, "TXKV_IN_MEMORY (in the environment) keeps nothing on disk, so the --data typed"],
     ] as [string[], Record<string, string>, string][]) {
       expect(() => parseConfig(argv, env)).toThrow(ConfigError);
-      expect(() => parseConfig(argv, env)).toThrow(`keeps nothing on disk, so ${name} cannot go with it on the command line`);
+      expect(() => parseConfig(argv, env)).toThrow(message);
     }
     expect(serveConfig(["--in-memory"], { TXKV_DATA: "x.json", TXKV_FSYNC: "always" }).inMemory).toBe(true);
     expect(serveConfig([], { TXKV_IN_MEMORY: "1", TXKV_DATA: "x.json", TXKV_FSYNC: "no" }).inMemory).toBe(true);
@@ -137,7 +137,7 @@ describe("the process", () => {
       [["--frobnicate"], {}, "--frobnicate"],
       [["-h"], {}, "txkv --help lists the options"],
       [["help"], {}, "txkv --help lists the options"],
-      [["--in-memory", "--data", "kept.json"], {}, "--in-memory (TXKV_IN_MEMORY) keeps nothing on disk, so --data"],
+      [["--in-memory", "--data", "kept.json"], {}, "--in-memory keeps nothing on disk, so the --data typed on the command line"],
     ] as [string[], Record<string, string>, string][]) {
       const run = await runIndex(args, { env });
       expect(run.code).toBe(2);

@@ -685,6 +685,20 @@ describe("lock", () => {
     await closeLog(a);
   });
 
+  test("a lock holding anything but a pid (`1 hello`: not pid 1, which is alive; `12abc`) names no process: refused while young, taken over once old", async () => {
+    for (const text of ["1 hello\n", "12abc", "-5", "0"]) {
+      const dir = tempDir();
+      const lock = path.join(dir, "data.json.lock");
+      fs.writeFileSync(lock, text);
+      await expect(open(dir)).rejects.toThrow("its lock file names no process yet");
+      const old = new Date(Date.now() - 60_000);
+      fs.utimesSync(lock, old, old);
+      const a = await open(dir);
+      expect(fs.readFileSync(lock, "utf8").trim()).toBe(String(process.pid));
+      await closeLog(a);
+    }
+  });
+
   test("a lock left by a killed process that its parent has not reaped yet (a zombie) does not block the next start", async () => {
     const dir = tempDir();
     // The shell starts a child, prints its pid and becomes `sleep`, which never

@@ -165,13 +165,17 @@ export function releaseLock(lockPath: string): void {
   }
 }
 
+/** The pid a lock file names: its whole text a positive decimal number (with its line end), else null (`12abc` names no one). */
 function readLockOwner(lockPath: string): number | null {
+  let text: string;
   try {
-    const pid = Number.parseInt(fs.readFileSync(lockPath, "utf8").trim(), 10);
-    return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
+    text = fs.readFileSync(lockPath, "utf8").trim();
   } catch {
     return null;
   }
+  if (!/^[1-9][0-9]{0,15}$/.test(text)) return null;
+  const pid = Number(text);
+  return Number.isSafeInteger(pid) ? pid : null;
 }
 
 /**
