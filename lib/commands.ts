@@ -109,7 +109,21 @@ export function parseCommand(line: string): Command {
   if (noArg !== undefined) {
     return argStart < line.length ? named(noArg.type as CommandName, invalid("BAD_REQUEST", `${name} takes no arguments`)) : noArg;
   }
-  return invalid("UNKNOWN_COMMAND", `Unknown command: ${rawName} (HELP lists the commands)`);
+  return invalid("UNKNOWN_COMMAND", `Unknown command: ${shortened(rawName)} (HELP lists the commands)`);
+}
+
+/** Longest part of an unknown command's name quoted back (Redis quotes 128 bytes): a megabyte of junk must not come back whole. */
+const QUOTED_NAME_MAX = 128;
+
+function shortened(name: string): string {
+  if (name.length <= QUOTED_NAME_MAX) return name;
+  // Not between the two halves of a surrogate pair.
+  const end = isHighSurrogate(name.charCodeAt(QUOTED_NAME_MAX - 1)) ? QUOTED_NAME_MAX - 1 : QUOTED_NAME_MAX;
+  return `${name.slice(0, end)}... (${name.length} characters)`;
+}
+
+function isHighSurrogate(code: number): boolean {
+  return code >= 0xd800 && code <= 0xdbff;
 }
 
 /**

@@ -39,6 +39,16 @@ describe("parseCommand, plain form", () => {
     expect(parseCommand("FLUSHALL now")).toEqual({ type: "INVALID", code: "UNKNOWN_COMMAND", message: "Unknown command: FLUSHALL (HELP lists the commands)" });
   });
 
+  test("a long unknown name is quoted back only in part (128 characters, as Redis quotes), never half a character", () => {
+    expect(parseCommand("x".repeat(128))).toMatchObject({ message: `Unknown command: ${"x".repeat(128)} (HELP lists the commands)` });
+    expect(parseCommand("x".repeat(100_000))).toMatchObject({
+      code: "UNKNOWN_COMMAND",
+      message: `Unknown command: ${"x".repeat(128)}... (100000 characters) (HELP lists the commands)`,
+    });
+    const astral = "x".repeat(127) + "😀".repeat(10);
+    expect(parseCommand(astral)).toMatchObject({ message: `Unknown command: ${"x".repeat(127)}... (147 characters) (HELP lists the commands)` });
+  });
+
   test("KEYS with and without a prefix", () => {
     expect(parseCommand("KEYS")).toEqual({ type: "KEYS", prefix: "" });
     expect(parseCommand("KEYS user:")).toEqual({ type: "KEYS", prefix: "user:" });
