@@ -334,7 +334,7 @@ export class TxkvServer {
         timeout_seconds: limit,
         in_transaction: conn.session.tx !== null,
       });
-      this.outsideHandler(socket, () => this.endConnection(socket, conn));
+      this.outsideHandler(socket, conn, this.endConnection);
     }
   }
 
@@ -458,7 +458,7 @@ export class TxkvServer {
     conn.partialTimer = null;
     const dataEventsSeen = conn.dataEvents;
     setTimeout(() => {
-      if (conn.dataEvents === dataEventsSeen) this.outsideHandler(socket, () => this.runPartial(socket, conn));
+      if (conn.dataEvents === dataEventsSeen) this.outsideHandler(socket, conn, this.runPartial);
     }, 0);
   }
 
@@ -521,17 +521,19 @@ export class TxkvServer {
     conn.awaitingReply = true;
     socket.pause();
     reply.then(
-      (text) =>
-        this.outsideHandler(socket, () => {
-          // Nothing was held after it meanwhile: no request ran while it was awaited.
-          const bytes = Buffer.from(text);
-          conn.held.hold(bytes, 0, bytes.length, 0);
-          conn.awaitingReply = false;
-          this.releaseHeld(socket, conn);
-          if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
-        }),
+      (text) => this.outsideHandler(socket, conn, (s, c) => this.deliverAwaited(s, c, text)),
       (err: unknown) => this.onError(socket, asError(err)),
     );
+  }
+
+  /** The awaited reply resolved: it goes out, then the requests behind it run. */
+  private deliverAwaited(socket: Socket<SocketData>, conn: Connection, text: string): void {
+    // Nothing was held after it meanwhile: no request ran while it was awaited.
+    const bytes = Buffer.from(text);
+    conn.held.hold(bytes, 0, bytes.length, 0);
+    conn.awaitingReply = false;
+    this.releaseHeld(socket, conn);
+    if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
   }
 
   /**
@@ -541,9 +543,14 @@ export class TxkvServer {
    * end the process (or, from onDurable, reach the persistence layer as if
    * its fsync had failed). So a throw drops the connection the same way.
    */
-  private outsideHandler(socket: Socket<SocketData>, work: () => void): void {
+  private outsideHandler(
+    socket: Socket<SocketData>,
+    conn: Connection,
+    work: (this: TxkvServer, socket: Socket<SocketData>, conn: Connection) => void,
+  ): void {
     try {
-      work();
+      // A method and its arguments, not a closure: onDurable calls this for every connection at every fsync.
+      work.call(this, socket, conn);
     } catch (err) {
       this.onError(socket, asError(err));
     }
@@ -571,13 +578,7 @@ export class TxkvServer {
     this.durableSeq = seq;
     for (const socket of this.waitingForDurability) {
       const conn = socket.data;
-      if (!conn) continue;
-      // As outsideHandler does, without a closure per connection and fsync (this runs at every fsync under always).
-      try {
-        this.releaseHeld(socket, conn);
-      } catch (err) {
-        this.onError(socket, asError(err));
-      }
+      if (conn) this.outsideHandler(socket, conn, this.releaseHeld);
     }
   }
 
