@@ -13,7 +13,7 @@ import { constants } from "node:os";
 import pkg from "./package.json" with { type: "json" };
 import { startServer, StartupError, type RunningServer } from "./lib/app.ts";
 import { ConfigError, parseConfig, type Config } from "./lib/config.ts";
-import { formatAddress } from "./lib/client.ts";
+import { formatAddress } from "./lib/address.ts";
 import { Logger } from "./lib/log.ts";
 
 /** After the drain timeout, flushing gets this long before the process exits anyway. */

@@ -21,7 +21,8 @@
 
 import { parseArgs } from "node:util";
 import * as v from "valibot";
-import { ErrorReplySchema, formatAddress } from "./client.ts";
+import { formatAddress } from "./address.ts";
+import { ErrorReplySchema } from "./client.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
 import { optionErrorMessage, positiveNumber, wholeNumber } from "./option-schemas.ts";
 import { writeStdout } from "./stdout.ts";

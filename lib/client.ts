@@ -33,6 +33,7 @@
 
 import * as v from "valibot";
 import { parseJsonWithBigInts, stringifyJson } from "./exact-json.ts";
+import { formatAddress } from "./address.ts";
 import { errorMessage } from "./errors.ts";
 
 /**
@@ -347,7 +348,7 @@ export class TxkvClient {
    * server is unknown. `reason` is added to the error's message.
    */
   destroy(reason?: string | Error): void {
-    const why = reason === undefined ? "" : `: ${reason instanceof Error ? reason.message : reason}`;
+    const why = reason === undefined ? "" : `: ${errorMessage(reason)}`;
     this.drop(`connection destroyed by the client${why}`);
   }
 
@@ -702,11 +703,6 @@ function checkRequestLine(line: string): void {
   if (isBlankLine(line)) throw new TypeError("a blank line is not a request (the server would not reply)");
   // UTF-8 cannot carry a lone surrogate: encoding would silently store U+FFFD in its place.
   if (!line.isWellFormed()) throw new TypeError("a request line must not hold a lone surrogate (use the JSON form's \\u escapes)");
-}
-
-/** `host:port` as messages show it; an IPv6 address in brackets (`[::1]:8080`), as in a URL. */
-export function formatAddress(host: string, port: number): string {
-  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
 /** Not a request, as the server frames lines: empty, or only spaces and tabs (it gets no reply). */

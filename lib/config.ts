@@ -12,6 +12,7 @@
  */
 import { parseArgs } from "node:util";
 import * as v from "valibot";
+import { withoutBrackets } from "./address.ts";
 import { MAX_DATA_BYTES } from "./compact-map.ts";
 import { LOG_LEVELS } from "./log.ts";
 import { optionErrorMessage, wholeNumber } from "./option-schemas.ts";
@@ -76,8 +77,7 @@ const ConfigSchema = v.object({
   host: v.pipe(
     v.string(),
     v.minLength(1, "expected an address"),
-    // An IPv6 address may come in the brackets of a URL ([::1]); listening takes it without them.
-    v.transform((host) => (/^\[[^\]]*\]$/.test(host) ? host.slice(1, -1) : host)),
+    v.transform(withoutBrackets),
     v.check((host) => /^[A-Za-z0-9.:%_-]+$/.test(host), "expected an IP address or a host name"),
   ),
   port: wholeNumber(0, 65535),

@@ -10,6 +10,7 @@
 import * as fs from "node:fs";
 import { parseOption, wholeNumber } from "./option-schemas.ts";
 import type { ClientOptions, TlsClientOptions } from "./client.ts";
+import { withoutBrackets } from "./address.ts";
 import { errorMessage } from "./errors.ts";
 
 export const CONNECTION_OPTIONS = {
@@ -46,11 +47,6 @@ export function clientOptionsFrom(values: {
     ...(password !== undefined && password !== "" ? { password } : {}),
     tls: caFile !== undefined ? { ca: readCa(caFile) } : values.tls === true,
   };
-}
-
-/** An IPv6 address may be given as URLs and the server's start-up line write it, [::1]; connecting takes it bare. */
-function withoutBrackets(host: string): string {
-  return host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
 }
 
 function readCa(file: string): string {
