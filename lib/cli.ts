@@ -12,7 +12,8 @@
  *     pipelined; one reply line per request, in order; exit 1 if any reply was
  *     an Error. Reads on only while the reader of its output keeps up, and
  *     stops reading once the connection is lost.
- * Must not: know command semantics beyond choosing how to display a reply;
+ * Must not: know command semantics beyond choosing how to display a reply
+ * (a line's command name is read as the server reads it, commands.ts);
  * all protocol work goes through lib/client.ts.
  */
 
@@ -23,6 +24,7 @@ import * as readline from "node:readline";
 import { parseArgs } from "node:util";
 import { formatAddress } from "./address.ts";
 import { connect, isBlankLine, TxkvClient, TxkvError, type ClientOptions, type Reply } from "./client.ts";
+import { commandNameOf } from "./commands.ts";
 import { stringifyJson } from "./exact-json.ts";
 import { strictUtf8 } from "./text.ts";
 import { clientOptionsFrom, CONNECTION_HELP, CONNECTION_OPTIONS } from "./connection-options.ts";
@@ -187,7 +189,7 @@ export async function runScript(client: ScriptClient, input: AsyncIterable<unkno
     if (line !== NOT_UTF8 && isBlankLine(line)) continue;
     // A line the protocol cannot carry is refused here, and gets its error line in its place.
     replies.add(line === NOT_UTF8 ? null : line, line === NOT_UTF8 ? Promise.reject(new TypeError("the line is not valid UTF-8")) : client.send(line));
-    if (line !== NOT_UTF8 && commandName(line) === "QUIT") break;
+    if (line !== NOT_UTF8 && commandNameOf(line) === "QUIT") break;
     if (replies.inFlight >= MAX_IN_FLIGHT) await replies.printed();
     await output.ready();
   }
@@ -292,7 +294,7 @@ class Repl {
     if (!this.interrupted) {
       this.rl.prompt();
       for await (const line of this.rl) {
-        const name = commandName(line);
+        const name = commandNameOf(line);
         if (name === "QUIT" || name === "EXIT") break;
         if (!isBlankLine(line)) await this.runCommand(line);
         if (this.interrupted) break;
@@ -393,7 +395,7 @@ function formatReply(request: string, reply: Reply, style: Style): string {
   // A message may quote a key (NOT_FOUND): its line breaks and escapes are shown escaped, so the error stays one line.
   if (reply.status === "Error") return paint(`(error) ${reply.code}: ${escapeUnsafe(reply.message)}`, RED, style.color);
   const result = reply.result;
-  const name = commandName(request);
+  const name = commandNameOf(request);
   if ((name === "GET" || name === "DEL") && isKeyValue(result)) return formatValue(result.value, style);
   if (name === "PUT" && isKeyValue(result)) return "OK";
   if (typeof result === "string") return style.multiline ? result : oneLine(result);
@@ -506,17 +508,6 @@ async function connectOrReport(options: ClientOptions): Promise<TxkvClient | nul
   }
 }
 
-/**
- * The command word of a line as the server reads it: after spaces and tabs
- * (no other blanks), up to the next one, ASCII letters in upper case. A word
- * with any other character is returned as it is, so that it never equals a
- * command name the server would not see in it ("\u00a0QUIT", "quıt").
- */
-function commandName(line: string): string {
-  const word = line.replace(/^[ \t]+/, "").split(/[ \t]/, 1)[0]!;
-  return /^[a-z]+$/i.test(word) ? word.toUpperCase() : word;
-}
-
 /** An Error reply's code goes before its message, as in `(error) CODE: message`; a connection error's message already says why (BUSY included). */
 function errorText(error: unknown): string {
   if (error instanceof TxkvError) return `${error.code}: ${error.message}`;
@@ -525,7 +516,7 @@ function errorText(error: unknown): string {
 
 /** `AUTH …` in any case, after any blanks (Unicode ones too: such a line stays out of the history although the server would not take it for AUTH). */
 function isAuthLine(line: string): boolean {
-  return commandName(line.trimStart()) === "AUTH";
+  return commandNameOf(line.trimStart()) === "AUTH";
 }
 
 function historyPath(): string | null {

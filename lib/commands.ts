@@ -9,7 +9,8 @@
  * key and value need no JSON escaping) straight from the line's bytes, for
  * the server's fast path, and `noArgCommandOf` recognises the argument-less
  * commands (START, COMMIT, PING...) from the bytes too; every other line is
- * decoded and parsed as text.
+ * decoded and parsed as text. `commandNameOf` gives a line's command name
+ * as the parser reads it, for txkv cli.
  * Must not: look at the store, the session or the transaction state; a parse
  * failure is returned as an `Invalid` command, never thrown.
  */
@@ -124,6 +125,16 @@ function shortened(name: string): string {
 
 function isHighSurrogate(code: number): boolean {
   return code >= 0xd800 && code <= 0xdbff;
+}
+
+/**
+ * The command name a line starts with, as parseCommand reads it: its first
+ * word after spaces and tabs, upper case in ASCII (see asciiUpperCase). For
+ * a tool that must agree with the server about a line (txkv cli's QUIT).
+ */
+export function commandNameOf(line: string): string {
+  const start = skipBlanks(line, 0);
+  return asciiUpperCase(line.slice(start, wordEnd(line, start)));
 }
 
 /**
