@@ -610,7 +610,8 @@ describe("start-up with damaged files", () => {
       make();
       const run = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
       expect(run.code).toBe(1);
-      expect(run.stderr).toContain(`${named}: not a regular file (a directory, FIFO, socket or device)`);
+      const found = named.endsWith(".journal.2") ? "a directory" : "a FIFO, socket or device";
+      expect(run.stderr).toContain(`${named}: ${found} is where`);
       for (const entry of fs.readdirSync(dir)) fs.rmSync(path.join(dir, entry), { recursive: true });
     }
   });

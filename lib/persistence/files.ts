@@ -133,27 +133,20 @@ export function refuseMissingDirectory(files: DataFiles): void {
  * or a snapshot's temporary file would fail every lock attempt or compaction
  * with a bare EISDIR; a FIFO or a device as the snapshot, a journal or the
  * lock would hang the start in a read that never ends (/dev/zero: filling
- * memory), deaf to SIGTERM.
+ * memory), deaf to SIGTERM. (A directory as the data file itself is refused
+ * where the snapshot is read, naming --data.)
  */
 export function refuseSpecialFiles(files: DataFiles): void {
   const ours: [string, string][] = [
+    [files.snapshot, "the snapshot"],
     [files.lock, "the lock file"],
     [files.snapshotTemp, "a snapshot's temporary file"],
+    ...files.listJournalGens().map((gen): [string, string] => [files.journal(gen), "a journal"]),
   ];
   for (const [file, what] of ours) {
-    if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) {
-      throw new Error(`${file}: a directory is where ${what} goes; move it away and start again`);
-    }
-  }
-  // A directory as the data file itself is refused where the snapshot is read, naming --data.
-  const read: [string, boolean][] = [
-    [files.snapshot, false],
-    [files.lock, false],
-    ...files.listJournalGens().map((gen): [string, boolean] => [files.journal(gen), true]),
-  ];
-  for (const [file, directoryRefusedHere] of read) {
     const stat = fs.statSync(file, { throwIfNoEntry: false });
-    if (stat === undefined || stat.isFile() || (stat.isDirectory() && !directoryRefusedHere)) continue;
-    throw new Error(`${file}: not a regular file (a directory, FIFO, socket or device); txkv keeps its data in regular files`);
+    if (stat === undefined || stat.isFile() || (file === files.snapshot && stat.isDirectory())) continue;
+    const found = stat.isDirectory() ? "a directory" : "a FIFO, socket or device";
+    throw new Error(`${file}: ${found} is where ${what} goes; move it away and start again (txkv keeps its data in regular files)`);
   }
 }

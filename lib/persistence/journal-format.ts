@@ -23,7 +23,7 @@ import { parseJsonExact } from "../exact-json.ts";
 import { jsonString, strictUtf8 } from "../text.ts";
 import { singleLine } from "./snapshot-format.ts";
 import { errorMessage } from "../errors.ts";
-import { CR } from "../ascii.ts";
+import { CR, LF } from "../ascii.ts";
 
 export function encodeRecord(record: CommitRecord): string {
   let line = `{"seq":${record.seq},"ops":[`;
@@ -121,7 +121,7 @@ export function scanJournal(
     const isFinal = newline === -1 || newline === text.length - 1;
     const torn = (reason: string): JournalScan => ({ validBytes: byteStart, tornTail: `line ${lineNo}: ${reason}`, records, lastSeq });
     if (newline === -1) return torn("incomplete final record (no line end)");
-    const byteNewline = bytes.indexOf(LF_BYTE, byteStart);
+    const byteNewline = bytes.indexOf(LF, byteStart);
     // A CR before the LF (a file whose line ends were converted) is not part of the record.
     const crlf = newline > start && text.charCodeAt(newline - 1) === CR;
     const line = text.slice(start, crlf ? newline - 1 : newline);
@@ -151,7 +151,6 @@ export function scanJournal(
   return { validBytes: bytes.length, tornTail: null, records, lastSeq };
 }
 
-const LF_BYTE = 0x0a;
 
 /** A decoded line; crc: its crc32 field (null in a line written before it existed), which takes the line's last crcSuffixLength characters. */
 interface DecodedRecord {
