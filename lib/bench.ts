@@ -389,10 +389,16 @@ export class ErrorCounter {
 /** What one batch's replies held. */
 type BatchReplies = { errors: number; marked: number };
 
-/** `CODE: message` of an Error reply line, or null when the line is no Error reply (throws when it is not JSON). */
-function errorReplyText(line: string): string | null {
-  const parsed = v.safeParse(ErrorReplySchema, JSON.parse(line));
-  return parsed.success ? `${parsed.output.code}: ${parsed.output.message}` : null;
+/** The code and message of an Error reply line; null when the line is not JSON or no Error reply. */
+function errorReply(line: string): { code: string; message: string } | null {
+  let json: unknown;
+  try {
+    json = JSON.parse(line);
+  } catch {
+    return null;
+  }
+  const parsed = v.safeParse(ErrorReplySchema, json);
+  return parsed.success ? parsed.output : null;
 }
 
 /** `CODE: message` of the Error reply whose mark is at `at`, when its line is whole in `bytes` (else null: a later one is taken). */
@@ -400,11 +406,8 @@ function errorAt(bytes: Buffer, at: number, linesStart: boolean): string | null 
   const start = bytes.lastIndexOf(LF, at) + 1;
   const end = bytes.indexOf(LF, at);
   if ((start === 0 && !linesStart) || end === -1) return null; // cut: the line began in an earlier piece, or ends in a later one
-  try {
-    return errorReplyText(bytes.subarray(start, end).toString());
-  } catch {
-    return null;
-  }
+  const reply = errorReply(bytes.subarray(start, end).toString());
+  return reply === null ? null : `${reply.code}: ${reply.message}`;
 }
 
 /**
@@ -475,14 +478,9 @@ class LineConnection {
     if (errors === 0) return;
     this.close();
     const replyLine = reply.slice(0, reply.indexOf("\n"));
-    let parsed: v.SafeParseResult<typeof ErrorReplySchema> | null = null;
-    try {
-      parsed = v.safeParse(ErrorReplySchema, JSON.parse(replyLine));
-    } catch {
-      // not JSON: said below
-    }
-    if (!parsed?.success) throw new Error(`${failure}: an unreadable reply ${JSON.stringify(replyLine)}`);
-    const { code, message } = parsed.output;
+    const error = errorReply(replyLine);
+    if (error === null) throw new Error(`${failure}: an unreadable reply ${JSON.stringify(replyLine)}`);
+    const { code, message } = error;
     const hint = code === "AUTH_REQUIRED" ? " (give --password, or set TXKV_PASSWORD)" : "";
     throw new Error(`${code === "BUSY" ? refused : failure}: ${code}: ${message}${hint}`);
   }
