@@ -31,15 +31,13 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fc from "fast-check";
-import { startServer, type RunningServer } from "../lib/app.ts";
+import type { RunningServer } from "../lib/app.ts";
 import { MemoryOnlyLog, type CommitLog, type CommitOp, type CommitRecord } from "../lib/commit-log.ts";
 import { CompactMap } from "../lib/compact-map.ts";
 import { DEFERRED_KEY_MAX_BYTES, DEFERRED_READS_MAX } from "../lib/deferred-reads.ts";
 import { newPlainRequest, parseCommand, parsePlainRequest, type Command } from "../lib/commands.ts";
-import { parseConfig } from "../lib/config.ts";
 import { Executor } from "../lib/execute.ts";
 import { INVALID_UTF8, LINE, LineFramer, TOO_LARGE, type Frame } from "../lib/framing.ts";
-import { Logger } from "../lib/log.ts";
 import { ByteBuffer } from "../lib/byte-buffer.ts";
 import { entryHead, entryTail, notFound, notFoundBytes, okEntry, stringEntry } from "../lib/replies.ts";
 import { Session } from "../lib/session.ts";
@@ -1296,9 +1294,7 @@ describe("end to end through a real server", () => {
 
   test("under --fsync always, plain PUT replies wait for the fsync, the replies behind them keep their order, and a restart reads the writes back", async () => {
     const dir = tempDir();
-    const parsed = parseConfig(["--port", "0", "--data", `${dir.path}/data.json`, "--fsync", "always"], {});
-    if (parsed.kind !== "serve") throw new Error("unexpected --help/--version");
-    const start = () => startServer(parsed.config, "test", new Logger("warn", () => {}));
+    const start = () => startInProcess(["--data", `${dir.path}/data.json`, "--fsync", "always"]);
     let durable = await start();
     try {
       const c = await LineClient.connect(durable.port);

@@ -30,9 +30,10 @@ export function tempDir(): { path: string; cleanup(): void } {
   return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
 }
 
-/** Config for an in-process server: --in-memory on port 0 unless overridden. */
+/** Config for an in-process server on port 0: --in-memory, unless args give a --data (a server on disk). */
 export function testConfig(args: string[] = []): Config {
-  const parsed = parseConfig(["--port", "0", "--in-memory", ...args], {});
+  const storage = args.includes("--data") ? [] : ["--in-memory"];
+  const parsed = parseConfig(["--port", "0", ...storage, ...args], {});
   if (parsed.kind !== "serve") throw new Error("unexpected --help/--version");
   return parsed.config;
 }

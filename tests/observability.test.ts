@@ -13,7 +13,6 @@ import { healthOf, MetricsServer, renderMetrics } from "../lib/metrics.ts";
 import { ServerStats } from "../lib/stats.ts";
 import { Store } from "../lib/store.ts";
 import { join } from "node:path";
-import { parseConfig } from "../lib/config.ts";
 import { LineClient, spawnServer, startInProcess, tempDir, testConfig, waitFor } from "./helpers.ts";
 
 interface Sample {
@@ -130,7 +129,7 @@ describe("STATS", () => {
     expect(stats.clients).toEqual({ connected: 3, total: 3, rejected: 1 });
     expect(stats.memory.rss).toBeGreaterThan(stats.memory.heap_used);
     expect(stats.memory.heap_used).toBeGreaterThan(0);
-    expect(Number.isInteger(stats.memory.client_buffers)).toBe(true); // its growth is checked in lifecycle and abuse tests
+    expect(Number.isInteger(stats.memory.client_buffers) && stats.memory.client_buffers >= 0).toBe(true); // its growth: lifecycle and abuse tests
     expect(stats.persistence).toEqual({ mode: "in-memory" });
     expect(stats.transactions).toEqual({ open: 1, committed: 1, rolled_back: 1, conflicted: 1, aborted: 0, watched_keys: 0, watched_prefixes: 0 });
     expect(stats.stats).toMatchObject({
@@ -333,9 +332,7 @@ describe("health and persistence gauges", () => {
 
   test("a durable server's journal fsyncs are the counter txkv_persistence_fsyncs_total, equal to STATS persistence.fsyncs", async () => {
     const dir = tempDir();
-    const parsed = parseConfig(["--port", "0", "--metrics-port", "0", "--data", join(dir.path, "data.json"), "--fsync", "always"], {});
-    if (parsed.kind !== "serve") throw new Error("unexpected --help/--version");
-    const running = await startServer(parsed.config, "test", new Logger("warn", () => {}));
+    const running = await startInProcess(["--metrics-port", "0", "--data", join(dir.path, "data.json"), "--fsync", "always"]);
     try {
       const c = await LineClient.connect(running.port);
       // One at a time: under --fsync always each acknowledged PUT waited for an fsync of its own.

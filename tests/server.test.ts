@@ -3,10 +3,8 @@
  * backpressure, connection handling (PROTOCOL §1-3, §6).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { startServer, type RunningServer } from "../lib/app.ts";
+import type { RunningServer } from "../lib/app.ts";
 import type { Command } from "../lib/commands.ts";
-import { parseConfig } from "../lib/config.ts";
-import { Logger } from "../lib/log.ts";
 import { join } from "node:path";
 import { LineClient, pipelineAfterQuit, spawnServer, startInProcess, tempDir, waitFor, type Reply } from "./helpers.ts";
 
@@ -812,13 +810,7 @@ describe("a failure in the server's own code outside a socket handler drops only
 
   test("from the fsync that releases held replies (--fsync always): no process exit, and writes are not refused as if the disk had failed", async () => {
     const dir = tempDir();
-    const logs: string[] = [];
-    const parsed = parseConfig(
-      ["--port", "0", "--data", join(dir.path, "data.json"), "--fsync", "always", "--max-output-bytes", "1024"],
-      {},
-    );
-    if (parsed.kind !== "serve") throw new Error("unexpected --help/--version");
-    const running = Object.assign(await startServer(parsed.config, "test", new Logger("warn", (line) => logs.push(line))), { logs });
+    const running = await startInProcess(["--data", join(dir.path, "data.json"), "--fsync", "always", "--max-output-bytes", "1024"]);
     try {
       failingPing(running, throwing);
       const victim = await LineClient.connect(running.port);
