@@ -2,17 +2,28 @@
  * `txkv cli` in its three modes (one-shot, scripted, interactive REPL on a
  * pseudo-terminal), run as a subprocess against a real server subprocess.
  */
-import { describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { EventEmitter } from "node:events";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { LineWriter, NOT_UTF8, requestLines, runScript, type ScriptClient } from "../lib/cli.ts";
 import { connect } from "../lib/client.ts";
-import { BUN, INDEX, runTxkv, sharedServer, spawnServer } from "./helpers.ts";
+import { BUN, INDEX, runTxkv, sharedServer, spawnCli, spawnServer, tempDir, TOOL_ENV } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 const shared = sharedServer();
+
+/** Directories made by scratchDir, removed after each test however it ended. */
+const scratch: { cleanup(): void }[] = [];
+afterEach(() => {
+  for (const dir of scratch.splice(0)) dir.cleanup();
+});
+
+function scratchDir(): string {
+  const dir = tempDir();
+  scratch.push(dir);
+  return dir.path;
+}
 
 const cli = (args: string[], stdin: string | Uint8Array = "", env: Record<string, string> = {}) =>
   runTxkv(["cli", "-p", shared.port, ...args], stdin, env);
@@ -194,7 +205,7 @@ describe("scripted (stdin not a terminal)", () => {
     const script = Array.from({ length: 20000 }, (_, i) => `PUT pipe:${i} v${i}`).join("\n") + "\n";
     const proc = Bun.spawn(
       ["sh", "-c", `"$0" run "$1" cli -p "$2" | head -1`, process.execPath, path.resolve(import.meta.dir, "../index.ts"), shared.port],
-      { stdin: new TextEncoder().encode(script), stdout: "pipe", stderr: "pipe", env: { ...process.env, TXKV_HISTFILE: "", NO_COLOR: "1" } },
+      { stdin: new TextEncoder().encode(script), stdout: "pipe", stderr: "pipe", env: { ...process.env, ...TOOL_ENV } },
     );
     expect(await proc.exited).toBe(0);
     expect(await new Response(proc.stdout).text()).toBe("OK\n");
@@ -215,12 +226,7 @@ describe("scripted (stdin not a terminal)", () => {
 
   test("when the server goes away, the cli says why and exits 1 at once, though its input never ends", async () => {
     const doomed = await spawnServer(["--in-memory"]);
-    const proc = Bun.spawn([BUN, "run", INDEX, "cli", "-p", String(doomed.port)], {
-      stdin: "pipe", // left open: a producer that has more to say later, or never stops
-      stdout: "pipe",
-      stderr: "pipe",
-      env: { ...process.env, TXKV_HISTFILE: "", NO_COLOR: "1" },
-    });
+    const proc = spawnCli(["-p", String(doomed.port)]); // stdin left open: a producer that has more to say later, or never stops
     proc.stdin.write("PING\n");
     await proc.stdin.flush();
     const stdout = proc.stdout.getReader();
@@ -235,12 +241,7 @@ describe("scripted (stdin not a terminal)", () => {
     const holder = await connect({ port: full.port });
     await holder.ping();
     try {
-      const proc = Bun.spawn([BUN, "run", INDEX, "cli", "-p", String(full.port)], {
-        stdin: "pipe", // nothing sent: the refusal alone ends the script
-        stdout: "pipe",
-        stderr: "pipe",
-        env: { ...process.env, TXKV_HISTFILE: "", NO_COLOR: "1" },
-      });
+      const proc = spawnCli(["-p", String(full.port)]); // nothing sent: the refusal alone ends the script
       expect(await proc.exited).toBe(1);
       expect(await new Response(proc.stderr).text()).toMatch(/^txkv cli: BUSY: Too many connections[^\n]*\n$/);
     } finally {
@@ -253,7 +254,7 @@ describe("scripted (stdin not a terminal)", () => {
     const proc = Bun.spawn(["sh", "-c", `"$0" run "$1" cli -p "$2" < /`, BUN, INDEX, shared.port], {
       stdout: "pipe",
       stderr: "pipe",
-      env: { ...process.env, TXKV_HISTFILE: "", NO_COLOR: "1" },
+      env: { ...process.env, ...TOOL_ENV },
     });
     expect(await proc.exited).toBe(1);
     const stderr = await new Response(proc.stderr).text();
@@ -460,7 +461,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
   });
 
   test("Ctrl-D leaves; earlier lines are in the history (arrow up recalls them) and saved to the history file", async () => {
-    const historyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-")), "history");
+    const historyFile = path.join(scratchDir(), "history");
     const repl = startRepl({ TXKV_HISTFILE: historyFile });
     const prompt = `127.0.0.1:${shared.port}> `;
     await repl.until(prompt);
@@ -475,11 +476,10 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     expect(await repl.proc.exited).toBe(0);
     repl.proc.terminal!.close();
     expect(fs.readFileSync(historyFile, "utf8")).toBe("PING\n");
-    fs.rmSync(path.dirname(historyFile), { recursive: true, force: true });
   });
 
   test("a history file that is a symbolic link stays one: the new lines go to its target, mode 0600", async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-"));
+    const dir = scratchDir();
     const target = path.join(dir, "dotfiles-history");
     const link = path.join(dir, "history");
     fs.writeFileSync(target, "KEYS\n");
@@ -493,12 +493,11 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     expect(fs.readFileSync(target, "utf8")).toBe("KEYS\nPING\nQUIT\n");
     expect(fs.statSync(target).mode & 0o777).toBe(0o600);
     expect(fs.readdirSync(dir).sort()).toEqual(["dotfiles-history", "history"]);
-    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   test("Ctrl-C while a command waits for a reply that never comes: the history is saved and the cli leaves with status 130", async () => {
     const { silent, arrived } = silentServer("PING\n");
-    const historyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-")), "history");
+    const historyFile = path.join(scratchDir(), "history");
     const repl = startRepl({ TXKV_HISTFILE: historyFile }, String(silent.port));
     await repl.until(`127.0.0.1:${silent.port}> `);
     repl.type("PING\r");
@@ -507,7 +506,6 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     expect(await repl.proc.exited).toBe(130);
     repl.proc.terminal!.close();
     expect(fs.readFileSync(historyFile, "utf8")).toBe("PING\n");
-    fs.rmSync(path.dirname(historyFile), { recursive: true, force: true });
     silent.stop(true);
   });
 
@@ -524,7 +522,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
 
   test("AUTH lines stay out of the history, in the file and for arrow up (any case, leading blanks too)", async () => {
     const guarded = await spawnServer(["--in-memory", "--password", "sekret"]);
-    const historyFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-")), "history");
+    const historyFile = path.join(scratchDir(), "history");
     const repl = startRepl({ TXKV_HISTFILE: historyFile }, String(guarded.port));
     await repl.until(`127.0.0.1:${guarded.port}> `);
     repl.type("  auth sekret\r");
@@ -541,7 +539,6 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     expect(repl.since(mark)).not.toContain("sekret");
     await repl.quit();
     expect(fs.readFileSync(historyFile, "utf8")).toBe("PING\nQUIT\n");
-    fs.rmSync(path.dirname(historyFile), { recursive: true, force: true });
     await guarded.kill();
   });
 
@@ -558,25 +555,34 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     return { repl, second };
   }
 
-  test("after a reconnect, the AUTH typed before is sent again, and the notice says so", async () => {
-    const { repl, second } = await replAcrossRestart(["--in-memory", "--password", "sekret"], "AUTH sekret", "Authenticated");
-    const mark = repl.length;
-    repl.type("PING\r");
-    await repl.until("PONG");
-    expect(repl.since(mark)).toContain("the AUTH you typed was sent again");
-    await repl.quit();
-    await second.kill();
-  });
-
-  test("a lost connection is reconnected by the next command, which says an open transaction was rolled back", async () => {
-    const { repl, second } = await replAcrossRestart(["--in-memory"], "START", "Transaction started");
-    const mark = repl.length;
-    repl.type("PUT r:after 1\r");
-    await repl.until("OK");
-    expect(repl.since(mark)).toContain("a transaction open on it was rolled back");
-    await repl.quit();
-    await second.kill();
-  });
+  /** A REPL across a server restart: the line typed before, the line after, and what the reconnect notice must say. */
+  const reconnects: { name: string; serverArgs: string[]; before: [string, string]; after: [string, string]; notice: string }[] = [
+    {
+      name: "after a reconnect, the AUTH typed before is sent again, and the notice says so",
+      serverArgs: ["--in-memory", "--password", "sekret"],
+      before: ["AUTH sekret", "Authenticated"],
+      after: ["PING", "PONG"],
+      notice: "the AUTH you typed was sent again",
+    },
+    {
+      name: "a lost connection is reconnected by the next command, which says an open transaction was rolled back",
+      serverArgs: ["--in-memory"],
+      before: ["START", "Transaction started"],
+      after: ["PUT r:after 1", "OK"],
+      notice: "a transaction open on it was rolled back",
+    },
+  ];
+  for (const { name, serverArgs, before, after, notice } of reconnects) {
+    test(name, async () => {
+      const { repl, second } = await replAcrossRestart(serverArgs, ...before);
+      const mark = repl.length;
+      repl.type(`${after[0]}\r`);
+      await repl.until(after[1]);
+      expect(repl.since(mark)).toContain(notice);
+      await repl.quit();
+      await second.kill();
+    });
+  }
 
   test("when the server goes away: the error is shown, the prompt says not connected, the REPL stays usable", async () => {
     const doomed = await spawnServer(["--in-memory"]);

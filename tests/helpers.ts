@@ -133,9 +133,17 @@ export async function runIndex(
   return { code, stdout, stderr };
 }
 
-/** Runs `index.ts` (e.g. `cli ...`, `bench ...`) with stdin from a string or bytes; no history file, no colours. */
+/** The client tools' environment in tests: no history file, no colours. */
+export const TOOL_ENV = { TXKV_HISTFILE: "", NO_COLOR: "1" } as const;
+
+/** Runs `index.ts` (e.g. `cli ...`, `bench ...`) with stdin from a string or bytes, in TOOL_ENV. */
 export function runTxkv(args: string[], stdin: string | Uint8Array = "", env: Record<string, string> = {}) {
-  return runIndex(args, { stdin, env: { TXKV_HISTFILE: "", NO_COLOR: "1", ...env } });
+  return runIndex(args, { stdin, env: { ...TOOL_ENV, ...env } });
+}
+
+/** Starts `txkv cli ...args` in TOOL_ENV with its stdin left open (a producer that may never end), stdout and stderr piped. */
+export function spawnCli(args: string[]) {
+  return Bun.spawn([BUN, "run", INDEX, "cli", ...args], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...TOOL_ENV } });
 }
 
 /** One in-memory server subprocess for a whole test file: port as a string, for command lines. */

@@ -11,7 +11,7 @@ import { isLoopback } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
 import { connect } from "../lib/client.ts";
 import { authFailureDelayMs } from "../lib/execute.ts";
-import { LineClient, pipelineAfterQuit, runIndex, spawnServer, startInProcess, tempDir, waitFor } from "./helpers.ts";
+import { LineClient, pipelineAfterQuit, runIndex, runTxkv, spawnServer, startInProcess, tempDir, waitFor } from "./helpers.ts";
 
 const PASSWORD = "correct horse battery staple";
 
@@ -254,12 +254,12 @@ describe("TLS", () => {
     expect(await db.get("via-client")).toEqual({ tls: true });
     await db.close();
 
-    const env = { TXKV_HISTFILE: "", NO_COLOR: "1", TXKV_PASSWORD: PASSWORD };
+    const env = { TXKV_PASSWORD: PASSWORD };
     const port = String(secured.port);
-    expect(await runIndex(["cli", "-p", port, "--tls-ca", certPath, "PUT", "via-cli", "yes"], { env })).toMatchObject({ code: 0 });
-    expect(await runIndex(["cli", "-p", port, "--tls-ca", certPath, "GET", "via-cli"], { env })).toMatchObject({ code: 0, stdout: "yes\n" });
+    expect(await runTxkv(["cli", "-p", port, "--tls-ca", certPath, "PUT", "via-cli", "yes"], "", env)).toMatchObject({ code: 0 });
+    expect(await runTxkv(["cli", "-p", port, "--tls-ca", certPath, "GET", "via-cli"], "", env)).toMatchObject({ code: 0, stdout: "yes\n" });
     // Without trusting the certificate the CLI refuses to talk.
-    expect((await runIndex(["cli", "-p", port, "--tls", "PING"], { env })).code).not.toBe(0);
+    expect((await runTxkv(["cli", "-p", port, "--tls", "PING"], "", env)).code).not.toBe(0);
     await secured.shutdown();
   });
 
