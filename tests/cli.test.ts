@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { LineWriter, NOT_UTF8, requestLines, runScript, type ScriptClient } from "../lib/cli.ts";
 import { connect } from "../lib/client.ts";
-import { BUN, INDEX, runTxkv, sharedServer, spawnCli, spawnServer, tempDir, TOOL_ENV } from "./helpers.ts";
+import { BUN, closedPort, INDEX, runTxkv, sharedServer, spawnCli, spawnServer, tempDir, TOOL_ENV } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 const shared = sharedServer();
@@ -335,15 +335,13 @@ describe("options and failures", () => {
   });
 
   test("no server on the port: exit 1 with a message naming the address (an IPv6 one in brackets)", async () => {
-    const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    const closedPort = listener.port;
-    listener.stop(true);
-    const run = await runTxkv(["cli", "-p", String(closedPort), "PING"]);
+    const port = closedPort();
+    const run = await runTxkv(["cli", "-p", String(port), "PING"]);
     expect(run.code).toBe(1);
-    expect(run.stderr).toStartWith(`txkv cli: cannot connect to 127.0.0.1:${closedPort}: `);
-    const ipv6 = await runTxkv(["cli", "-h", "::1", "-p", String(closedPort), "PING"]);
+    expect(run.stderr).toStartWith(`txkv cli: cannot connect to 127.0.0.1:${port}: `);
+    const ipv6 = await runTxkv(["cli", "-h", "::1", "-p", String(port), "PING"]);
     expect(ipv6.code).toBe(1);
-    expect(ipv6.stderr).toStartWith(`txkv cli: cannot connect to [::1]:${closedPort}: `);
+    expect(ipv6.stderr).toStartWith(`txkv cli: cannot connect to [::1]:${port}: `);
   });
 
   test("--help names every way out of the prompt, Ctrl-C included", async () => {

@@ -14,7 +14,7 @@ import {
   TxkvOutcomeUnknownError,
   type JsonValue,
 } from "../lib/client.ts";
-import { spawnServer, startInProcess as inProcessServer, waitFor } from "./helpers.ts";
+import { closedPort, spawnServer, startInProcess as inProcessServer, waitFor } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 /**
@@ -487,13 +487,14 @@ describe("when the connection goes away", () => {
     }
   });
 
-  test("connecting to a closed port fails with TxkvConnectionError", async () => {
-    const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    const port = listener.port;
-    listener.stop(true);
+  test("connecting to a closed port fails with TxkvConnectionError naming the address (an IPv6 one in brackets)", async () => {
+    const port = closedPort();
     const error = await connect({ port }).catch((e) => e);
     expect(error).toBeInstanceOf(TxkvConnectionError);
     expect(error.message).toContain(`127.0.0.1:${port}`);
+    const ipv6 = await connect({ host: "::1", port }).catch((e) => e);
+    expect(ipv6).toBeInstanceOf(TxkvConnectionError);
+    expect(ipv6.message).toStartWith(`cannot connect to [::1]:${port}: `);
   });
 
   test("a killed server rejects the requests in flight and every later call", async () => {
@@ -685,15 +686,6 @@ describe("bounds: destroy() and connectTimeoutMs", () => {
     for (const connectTimeoutMs of [0, -1, NaN, 2 ** 31]) {
       await expect(connect({ port: server.port, connectTimeoutMs })).rejects.toBeInstanceOf(TypeError);
     }
-  });
-
-  test("an IPv6 address is named in brackets", async () => {
-    const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    const port = listener.port;
-    listener.stop(true);
-    const error = await connect({ host: "::1", port }).catch((e) => e);
-    expect(error).toBeInstanceOf(TxkvConnectionError);
-    expect(error.message).toStartWith(`cannot connect to [::1]:${port}: `);
   });
 });
 

@@ -296,6 +296,14 @@ export class LineClient {
   }
 }
 
+/** A local port nothing listens on now (one just listened on and closed); free for a test's own server, or refused. */
+export function closedPort(): number {
+  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = listener.port;
+  listener.stop(true);
+  return port;
+}
+
 /** Polls cond until true or the deadline passes: for states with no event to wait on. */
 export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 5000, what = "condition"): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -8,7 +8,7 @@ import { describe, expect, test } from "bun:test";
 import { closeSync, constants as fsConstants, existsSync, openSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
-import { BUN, INDEX, LineClient, spawnServer, startInProcess, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
+import { BUN, closedPort, INDEX, LineClient, spawnServer, startInProcess, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
 
 function logEntries(proc: ServerProcess): Array<Record<string, any>> {
   return proc
@@ -86,9 +86,7 @@ describe("start-up", () => {
 describe("stdout gone, SIGHUP", () => {
   test("a stdout whose reader already left (| head -0) does not stop the server; SIGHUP is logged and ignored; SIGTERM stops it cleanly", async () => {
     const dir = tempDir();
-    const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    const port = probe.port;
-    probe.stop(true);
+    const port = closedPort();
     const errFile = join(dir.path, "stderr.log");
     const shell = Bun.spawn(["sh", "-c", `'${BUN}' run '${INDEX}' --port ${port} --in-memory 2>'${errFile}' | head -0`]);
     const entries = () =>
