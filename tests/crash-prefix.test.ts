@@ -30,7 +30,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import path from "node:path";
 import { parseJsonExact } from "../lib/exact-json.ts";
-import { LineClient, seededRandom, spawnServer, tempDir, type Reply, type ServerProcess } from "./helpers.ts";
+import { LineClient, pick, seededRandom, spawnServer, tempDir, type Reply, type ServerProcess } from "./helpers.ts";
 
 const cleanups: (() => void | Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -77,7 +77,6 @@ interface History {
 }
 
 const canon = (jsonText: string) => JSON.stringify(parseJsonExact(jsonText));
-const pick = <T>(rng: Rng, items: readonly T[]): T => items[Math.floor(rng() * items.length)]!;
 const plainKey = (key: string) => /^[A-Za-z0-9_.:-]+$/.test(key);
 
 /** A PUT request and the canonical JSON text of the value it stores. */

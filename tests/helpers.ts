@@ -335,6 +335,11 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
+/** One of items, chosen by rng (a seededRandom). */
+export function pick<T>(rng: () => number, items: readonly T[]): T {
+  return items[Math.floor(rng() * items.length)]!;
+}
+
 /** What tests/quit-pipeliner.py saw: its replies, the last one, and how the connection ended ("eof" when cleanly). */
 export interface QuitPipelinerReport {
   replies: number;

@@ -65,7 +65,7 @@
 import { expect, test } from "bun:test";
 import { existsSync, linkSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { LineClient, seededRandom, spawnServer, tempDir, type ServerProcess } from "./helpers.ts";
+import { LineClient, pick, seededRandom, spawnServer, tempDir, type ServerProcess } from "./helpers.ts";
 
 function envInt(name: string, fallback: number): number {
   const text = process.env[name];
@@ -219,10 +219,6 @@ class TxModel {
   rollbackNested(): void {
     this.levels.pop();
   }
-}
-
-function pick<T>(rng: () => number, items: readonly T[]): T {
-  return items[Math.floor(rng() * items.length)]!;
 }
 
 function keyArg(rng: () => number, key: string, plain = 0.75): string {
