@@ -604,7 +604,7 @@ class History {
   keysAt(prefix: string, seq: number, exempt: ReadonlySet<string>): string[] {
     const keys: string[] = [];
     for (const key of this.keysUnder(prefix)) {
-      if (key.startsWith(prefix) && !exempt.has(key) && this.valueAt(key, seq) !== null) keys.push(key);
+      if (!exempt.has(key) && this.valueAt(key, seq) !== null) keys.push(key);
     }
     return keys.sort();
   }
@@ -667,12 +667,11 @@ function check(run: Run, records: JournalRecord[], serverSeq: number): { problem
   for (const rec of records) {
     const owners = new Set<Unit>();
     let unknown = false;
-    for (const [key, value] of rec.ops) {
+    for (const [, value] of rec.ops) {
       if (value === null) continue;
       const owner = run.valueOwner.get(value);
       if (owner) owners.add(owner);
       else unknown = true;
-      void key;
     }
     if (owners.size === 0 && !unknown && rec.ops.length === 1) {
       const [key] = rec.ops[0]!;
