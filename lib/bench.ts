@@ -38,6 +38,7 @@ const BENCH_OPTIONS = {
   vsize: { type: "string", default: "32" },
   secs: { type: "string" },
   requests: { type: "string", short: "n" },
+  timeout: { type: "string", default: "10" },
   "no-preload": { type: "boolean" },
   json: { type: "boolean" },
   help: { type: "boolean" },
@@ -53,6 +54,7 @@ ${CONNECTION_HELP}  -c, --conns <n>          connections (default 50)
       --vsize <n>          value size in bytes (default 32)
       --secs <s>           run this long (default 5)
   -n, --requests <n>       or: stop after this many ops
+      --timeout <s>        a batch with no reply for this long ends the run, exit 1 (default 10)
       --no-preload         do not write every key once before a get/mix/tx run
       --json               print one JSON line instead of the text report
       --help               this text
@@ -73,6 +75,8 @@ const BenchSchema = v.object({
   /** At most what a timer can wait (2^31 - 1 ms, about 24.8 days): a longer one fires at once. */
   secs: v.optional(positiveNumber(MAX_SECS)),
   requests: v.optional(wholeNumber(1)),
+  /** Seconds without a reply to a waiting batch before the run fails (see LineConnection.checkAnswering). */
+  timeout: positiveNumber(MAX_SECS),
 });
 
 type BenchConfig = v.InferOutput<typeof BenchSchema> & {
@@ -333,6 +337,9 @@ function keyName(n: number): string {
 }
 
 const encoder = new TextEncoder();
+
+/** How often each connection looks whether its waiting batch got a reply (--timeout's granularity). */
+const WATCHDOG_MS = 250;
 const ERROR_MARK = Buffer.from('"status":"Error"');
 
 /** A NOT_FOUND reply: an answer (the key is absent), not a failed operation. */
@@ -431,13 +438,26 @@ class LineConnection {
   private closing = false;
   /** Why the TLS handshake refused the server (its certificate), reported instead of a bare "closed". */
   private tlsError: Error | null = null;
+  /** Reply chunks received, and their count at the last check: no change while a batch waits is silence. */
+  private chunks = 0;
+  private chunksAtCheck = 0;
+  private silentMs = 0;
+  private watchdog: Timer | null = null;
 
-  private constructor(workload: Workload) {
+  /**
+   * `silenceLimitSecs`: a batch whose replies stop coming for this long fails
+   * the run. A server that stopped answering (stopped with SIGSTOP, its disk
+   * hung) would otherwise hold the run, even one of `--secs`, for ever.
+   */
+  private constructor(
+    workload: Workload,
+    private readonly silenceLimitSecs: number,
+  ) {
     this.outcomes = new MarkCounter(outcomeMark(workload));
   }
 
   static async open(config: BenchConfig): Promise<LineConnection> {
-    const connection = new LineConnection(config.workload);
+    const connection = new LineConnection(config.workload, config.timeout);
     const { host, port, password, tls } = config.server;
     const where = formatAddress(host, port);
     connection.socket = await Bun.connect({
@@ -457,6 +477,7 @@ class LineConnection {
     }).catch((error: Error) => {
       throw new Error(`cannot connect to ${where}: ${error.message}`);
     });
+    connection.watchdog = setInterval(() => connection.checkAnswering(where), WATCHDOG_MS);
     // The JSON form, as the client library sends it: any password, "{" or spaces first included.
     const refused = `${where} refused the run`;
     if (password !== undefined) await connection.checkedRoundTrip(`AUTH ${JSON.stringify({ password })}\n`, `AUTH to ${where} failed`, refused);
@@ -516,7 +537,27 @@ class LineConnection {
 
   close(): void {
     this.closing = true;
+    this.stopWatchdog();
     this.socket.end();
+  }
+
+  /** Every WATCHDOG_MS: a batch that got no reply chunk for silenceLimitSecs fails, and the connection is dropped. */
+  private checkAnswering(where: string): void {
+    if (this.done === null || this.chunks !== this.chunksAtCheck) {
+      this.chunksAtCheck = this.chunks;
+      this.silentMs = 0;
+      return;
+    }
+    this.silentMs += WATCHDOG_MS;
+    if (this.silentMs < this.silenceLimitSecs * 1000) return;
+    this.onClose(new Error(`${where} stopped answering: no reply for ${this.silenceLimitSecs} s (--timeout)`));
+    this.closing = true;
+    this.socket.terminate();
+  }
+
+  private stopWatchdog(): void {
+    if (this.watchdog !== null) clearInterval(this.watchdog);
+    this.watchdog = null;
   }
 
   private flush(): void {
@@ -527,6 +568,7 @@ class LineConnection {
 
   /** One chunk holds replies of the current batch only (the next is sent after it completes). */
   private onData(chunk: Buffer): void {
+    this.chunks++;
     if (this.transcript !== null) this.transcript += chunk.toString();
     this.batch.errors += this.errors.count(chunk);
     this.batch.marked += this.outcomes.count(chunk);
@@ -540,6 +582,7 @@ class LineConnection {
   }
 
   private onClose(error: Error): void {
+    this.stopWatchdog();
     if (this.closing || this.done === null) return;
     this.done = null;
     this.onLost(error);

@@ -32,6 +32,7 @@ import { optionErrorMessage } from "./option-schemas.ts";
 import { untilDrained, writeStdout, type OutputStream } from "./stdout.ts";
 import { errorMessage } from "./errors.ts";
 import { LF } from "./ascii.ts";
+import { RaceableEvent } from "./raceable-event.ts";
 
 const CLI_OPTIONS = {
   ...CONNECTION_OPTIONS,
@@ -168,19 +169,18 @@ const CONNECTION_LOST = Symbol("connection lost");
 export async function runScript(client: ScriptClient, input: AsyncIterable<unknown>, output: LineWriter, style: Style): Promise<ScriptOutcome> {
   const replies = new RepliesInOrder(output, style);
   const lines = requestLines(input)[Symbol.asyncIterator]();
-  const connectionLost = client.closed.then((): typeof CONNECTION_LOST => CONNECTION_LOST);
+  const connectionLost = new RaceableEvent(client.closed.then((): typeof CONNECTION_LOST => CONNECTION_LOST));
   let unreadable: string | null = null;
   for (;;) {
     const pulling = lines.next();
     let next: IteratorResult<string | typeof NOT_UTF8> | typeof CONNECTION_LOST;
     try {
-      next = await Promise.race([connectionLost, pulling]);
+      next = await connectionLost.race(pulling);
     } catch (error) {
       unreadable = `cannot read the script from stdin: ${errorText(error)}`; // a directory, say
       break;
     }
     if (next === CONNECTION_LOST) {
-      pulling.catch(() => {}); // it settles when stdin is closed, or never
       replies.lost ??= client.closeReason;
       break;
     }
@@ -267,7 +267,7 @@ class Repl {
   private busy = false;
   private interrupted = false;
   /** Resolves at that Ctrl-C. */
-  private readonly interruption: Promise<typeof CTRL_C>;
+  private readonly interruption: RaceableEvent<typeof CTRL_C>;
   private interrupt!: () => void;
 
   constructor(private readonly settings: CliSettings) {
@@ -286,7 +286,7 @@ class Repl {
       this.historyEntries = entries;
     });
     this.rl.on("SIGINT", () => this.onInterrupt());
-    this.interruption = new Promise((resolve) => (this.interrupt = () => resolve(CTRL_C)));
+    this.interruption = new RaceableEvent(new Promise((resolve) => (this.interrupt = () => resolve(CTRL_C))));
   }
 
   async run(): Promise<number> {
@@ -326,7 +326,7 @@ class Repl {
   private async unlessInterrupted<T>(work: Promise<T>): Promise<T | typeof CTRL_C> {
     this.busy = true;
     try {
-      return await Promise.race([work, this.interruption]);
+      return await this.interruption.race(work);
     } finally {
       this.busy = false;
     }

@@ -32,14 +32,15 @@
  */
 
 import * as v from "valibot";
-import { parseJsonWithBigInts, stringifyJson } from "./exact-json.ts";
+import { parseJsonWithBigInts, stringifyStoredValue } from "./exact-json.ts";
 import { formatAddress } from "./address.ts";
 import { errorMessage } from "./errors.ts";
 
 /**
  * Any value JSON can carry. An integer that a `number` would round is read
  * as a `bigint`, and a `bigint` is written as its digits. NaN and ±Infinity
- * are refused (TypeError): JSON has no such numbers.
+ * are refused (TypeError): JSON has no such numbers; so are values an untyped
+ * caller may pass that JSON.stringify would change (stringifyStoredValue).
  */
 export type JsonValue = null | boolean | number | bigint | string | JsonValue[] | { [key: string]: JsonValue };
 
@@ -248,7 +249,7 @@ export class TxkvClient {
   }
 
   async put(key: string, value: JsonValue): Promise<void> {
-    checkOk(await this.request(`PUT ${stringifyJson({ key, value })}`));
+    checkOk(await this.request(putLine(key, value)));
   }
 
   /** Deletes the key; resolves to the deleted value, or `undefined` when there was none. */
@@ -380,7 +381,7 @@ export class TxkvClient {
     };
     const tx: Transaction = {
       get: async (key) => valueOrUndefined(await direct(`GET ${JSON.stringify({ key })}`)),
-      put: async (key, value) => void checkOk(await direct(`PUT ${stringifyJson({ key, value })}`)),
+      put: async (key, value) => void checkOk(await direct(putLine(key, value))),
       del: async (key) => valueOrUndefined(await direct(`DEL ${JSON.stringify({ key })}`)),
       keys: async (prefix = "") => checkOk(await direct(keysLine(prefix))) as string[],
     };
@@ -693,11 +694,17 @@ function valueOrUndefined(reply: Reply): JsonValue | undefined {
   return (checkOk(reply) as { value: JsonValue }).value;
 }
 
+/** PUT in the JSON form; a value JSON would store changed (undefined, a Map, …) is refused with a TypeError. */
+function putLine(key: string, value: JsonValue): string {
+  return `PUT ${stringifyStoredValue({ key, value })}`;
+}
+
 function keysLine(prefix: string): string {
   return prefix === "" ? "KEYS" : `KEYS ${JSON.stringify({ prefix })}`;
 }
 
 function checkRequestLine(line: string): void {
+  if (typeof line !== "string") throw new TypeError(`a request line is a string, not ${line === null ? "null" : typeof line}`);
   // A CR inside the line is data (a plain value may hold one); one at its end the server would drop.
   if (line.includes("\n") || line.endsWith("\r")) throw new TypeError("a request line must not contain LF or end in CR");
   if (isBlankLine(line)) throw new TypeError("a blank line is not a request (the server would not reply)");

@@ -77,6 +77,29 @@ function exactNumbers(_key: string, value: unknown): unknown {
   return value;
 }
 
+/**
+ * stringifyJson for a value to store: also throws (TypeError) where
+ * `JSON.stringify` would change the value without a word. `undefined`, a
+ * function or a symbol would vanish from an object, turn into null in an
+ * array, or leave the request without its value. A Map or a Set would be
+ * stored as `{}`. (A Date, like anything with `toJSON`, is stored as what
+ * that gives: JSON's own rule.)
+ */
+export function stringifyStoredValue(value: unknown): string {
+  return JSON.stringify(value, strictlyJson);
+}
+
+function strictlyJson(key: string, value: unknown): unknown {
+  const what =
+    value === undefined || typeof value === "function" || typeof value === "symbol"
+      ? typeof value
+      : value instanceof Map || value instanceof Set
+        ? `a ${value.constructor.name}`
+        : null;
+  if (what !== null) throw new TypeError(`${what}${key === "" ? "" : ` (at "${key}")`} cannot be stored: JSON has no such value`);
+  return exactNumbers(key, value);
+}
+
 /** True when a number outside any string has more digits than a double always holds exactly. */
 function hasLongDigitRun(text: string): boolean {
   let run = 0;

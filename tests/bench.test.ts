@@ -156,6 +156,31 @@ test("a full server (BUSY) stops the run at once with status 1, naming the code"
   }
 });
 
+test("a server that stops answering mid-run ends the run after --timeout with status 1, for --secs and --requests runs alike", async () => {
+  // A stand-in that answers each connection's first line (the PING check) and then nothing, as a server stopped with SIGSTOP.
+  const silent = Bun.listen<{ answered: boolean }>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open: (socket) => void (socket.data = { answered: false }),
+      data: (socket) => {
+        if (socket.data.answered) return;
+        socket.data.answered = true;
+        socket.write('{"status":"Ok","result":"PONG"}\n');
+      },
+    },
+  });
+  try {
+    for (const limit of [["--secs", "1"], ["--requests", "100"]]) {
+      const run = await runTxkv(["bench", "-p", String(silent.port), "--workload", "ping", "--conns", "2", "--timeout", "0.5", ...limit]);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toContain(`txkv bench: 127.0.0.1:${silent.port} stopped answering: no reply for 0.5 s (--timeout)`);
+    }
+  } finally {
+    silent.stop(true);
+  }
+});
+
 test("--secs longer than a timer can wait (about 24.8 days) is refused, not cut to nothing", async () => {
   const run = await bench(["--secs", "2200000", "--workload", "ping"]);
   expect(run.code).toBe(2);
@@ -193,6 +218,9 @@ test("bad options exit 2 naming the option", async () => {
   const hex = await bench(["--conns", "0x10"]);
   expect(hex.code).toBe(2);
   expect(hex.stderr).toContain("--conns 0x10: expected a whole number");
+  const timeout = await bench(["--timeout", "0"]);
+  expect(timeout.code).toBe(2);
+  expect(timeout.stderr).toContain("--timeout 0: expected a positive number");
   const secs = await bench(["--secs", "1e0"]);
   expect(secs.code).toBe(2);
   expect(secs.stderr).toContain("--secs 1e0: expected a positive number");

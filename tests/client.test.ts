@@ -286,6 +286,24 @@ describe("typed errors", () => {
     }
     expect(await client.get("nan:1")).toBeUndefined();
   });
+
+  test("put refuses what JSON.stringify would store changed (undefined, a function, a symbol, a Map, a Set), anywhere in the value, also in a transaction", async () => {
+    const odd = [undefined, () => 1, Symbol("s"), { a: undefined }, [undefined], { deep: [new Map([["k", 1]])] }, new Set([1])];
+    for (const value of odd) {
+      const refused = client.put("odd:1", value as never);
+      await expect(refused).rejects.toBeInstanceOf(TypeError);
+      await expect(refused).rejects.toThrow("cannot be stored: JSON has no such value");
+      await expect(client.transaction((tx) => tx.put("odd:1", value as never))).rejects.toBeInstanceOf(TypeError);
+    }
+    expect(await client.get("odd:1")).toBeUndefined();
+    // A Date stores what its toJSON gives, as JSON.stringify has it.
+    await client.put("odd:date", new Date(0) as never);
+    expect(await client.get("odd:date")).toBe("1970-01-01T00:00:00.000Z");
+  });
+
+  test("send refuses a request that is not a string with a TypeError saying so", async () => {
+    await expect(client.send(42 as never)).rejects.toThrow("a request line is a string, not number");
+  });
 });
 
 describe("transaction()", () => {

@@ -673,6 +673,22 @@ describe("lock", () => {
     expect((await (await client(third)).request("PING")).result).toBe("PONG");
   });
 
+  test("a live server's lock holds even when the pid in it names no process here (a server in another container)", async () => {
+    // Seen from another PID namespace, the owner's pid names nobody (or this very process: both pid 1).
+    // The pid is rewritten in place, so the file the first server holds its flock on stays the same.
+    const dir = dataDir();
+    const first = await start(dir);
+    const lock = path.join(dir, "data.json.lock");
+    const gone = Bun.spawnSync(["true"]).pid; // exited and reaped
+    fs.writeFileSync(lock, `${gone}\n`);
+    const second = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+    expect(second.code).toBe(1);
+    expect(second.stderr).toContain(`data.json.lock: the data file is locked by another running server (pid ${gone} in its own PID namespace`);
+    expect((await (await client(first)).request("PING")).result).toBe("PONG");
+    expect(await first.kill("SIGTERM")).toBe(0);
+    expect(fs.existsSync(lock)).toBe(false);
+  });
+
   test("a second server given a symbolic link to the data file refuses too; snapshots go to the file, not the link", async () => {
     const dir = dataDir();
     const first = await start(dir);

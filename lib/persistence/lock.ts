@@ -1,13 +1,18 @@
 /**
  * The data-file lock: `<data>.lock`, created exclusively, holding the owner's pid.
  *
- * A second server on the same data file finds a live pid there and refuses to
- * start. A lock left by a killed server names a dead pid (or a zombie, killed
- * and not yet reaped) and is taken over.
+ * A second server on the same data file finds the lock held and refuses to
+ * start. The owner holds a kernel lock (flock, kernel-lock.ts) on the lock
+ * file for as long as it runs: that is what tells a live owner in another
+ * PID namespace (another container on the same volume, where the pid means
+ * nothing) from a dead one. The pid is the check where flock is missing, and
+ * what the messages name. A lock left by a killed server is free and names a
+ * dead pid (or a zombie, killed and not yet reaped), or this process's own
+ * pid (a container restarted: pid 1 again), and is taken over.
  *
  * The lock appears with its pid already in it: the pid is written to a file of
- * this process's own, which is then hard-linked to the lock's name (link fails
- * when the name exists, as an exclusive create does). Created empty and then
+ * this process's own, flocked, which is then hard-linked to the lock's name
+ * (link fails when the name exists, as an exclusive create does). Created empty and then
  * written, a lock read in between looked stale, and of two servers started at
  * the same moment both took it. An empty lock (a file system without hard
  * links, or a server killed while creating one) counts as a server starting
@@ -20,6 +25,7 @@
  */
 import fs from "node:fs";
 import { errorMessage } from "../errors.ts";
+import { flockNow } from "./kernel-lock.ts";
 
 /** An empty lock younger than this is a server in the middle of creating it (only where hard links fail). */
 const STARTING_LOCK_MS = 2000;
@@ -28,10 +34,19 @@ const STARTING_LOCK_MS = 2000;
 const TAKEOVER_WAIT_MS = 5;
 const TAKEOVER_LOOKS = 400;
 
-/** Takes the lock or throws an Error whose message names the file and the owner. */
+/** Each lock this process holds: its path, and the open file that holds the flock on it. */
+const held = new Map<string, number>();
+
+/** Takes the lock (if this process does not hold it already) or throws an Error whose message names the file and the owner. */
 export function acquireLock(lockPath: string): void {
+  if (holdsLock(lockPath)) return;
+  forgetHeld(lockPath); // a lock file of ours that is gone (its directory was removed)
   for (let look = 0; look < TAKEOVER_LOOKS; look++) {
-    if (createLockUnlessLive(lockPath)) return;
+    const fd = createLockUnlessLive(lockPath);
+    if (fd !== null) {
+      held.set(lockPath, fd);
+      return;
+    }
     refuseIfLive(lockPath, readLockOwner(lockPath));
     // Stale: its owner is gone (killed), or the file is unreadable or empty and old (killed while creating it).
     // Blocking is fine here: start-up, or a rebuild that holds up writes anyway.
@@ -42,26 +57,51 @@ export function acquireLock(lockPath: string): void {
 
 /**
  * Another server holds the lock (or takeover lock) at lockPath, which names
- * `owner`: a live process other than this one, or nobody yet while the file
- * is young (being created). Otherwise it is stale: a dead pid, this pid (a
- * former process's), or empty and old.
+ * `owner`: another process holds its flock, or it names a live process
+ * other than this one, or nobody yet while the file is young (being
+ * created). Otherwise it is stale: free, and a dead pid, this pid (a former
+ * process's), or empty and old.
  */
 function heldByAnother(lockPath: string, owner: number | null): boolean {
+  if (flockedElsewhere(lockPath)) return true;
   return owner === null ? isYoung(lockPath) : owner !== process.pid && isAlive(owner);
 }
 
 function refuseIfLive(lockPath: string, owner: number | null): void {
   if (!heldByAnother(lockPath, owner)) return;
+  if (owner === null) {
+    throw new Error(
+      `${lockPath}: another server may be starting on this data file (its lock file names no process yet; one left like that is taken over after ${STARTING_LOCK_MS / 1000} s)`,
+    );
+  }
+  const visible = owner !== process.pid && isAlive(owner);
   throw new Error(
-    owner === null
-      ? `${lockPath}: another server may be starting on this data file (its lock file names no process yet; one left like that is taken over after ${STARTING_LOCK_MS / 1000} s)`
-      : `${lockPath}: the data file is locked by another running server (pid ${owner}); ` +
-          `if no txkv server runs with that pid, remove the lock file`,
+    visible
+      ? `${lockPath}: the data file is locked by another running server (pid ${owner}); ` +
+          `if no txkv server runs with that pid, remove the lock file`
+      : `${lockPath}: the data file is locked by another running server (pid ${owner} in its own PID namespace: ` +
+          `another container, or another host on this file system); stop that server first`,
   );
 }
 
+/** True when a process other than this one holds a flock on the file at lockPath (any PID namespace). */
+function flockedElsewhere(lockPath: string): boolean {
+  let fd: number;
+  try {
+    fd = fs.openSync(lockPath, "r");
+  } catch {
+    return false; // gone, or unreadable: the pid decides
+  }
+  try {
+    // A shared lock is a look: two servers looking at once do not see each other as the owner.
+    return flockNow(fd, false) === "busy";
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /** createLock, but a lock held by a live server is named as such even when this process cannot write the directory. */
-function createLockUnlessLive(lockPath: string): boolean {
+function createLockUnlessLive(lockPath: string): number | null {
   try {
     return createLock(lockPath);
   } catch (err) {
@@ -80,7 +120,8 @@ function createLockUnlessLive(lockPath: string): boolean {
  */
 function takeOverStaleLock(lockPath: string): boolean {
   const takeover = `${lockPath}.takeover`;
-  if (!createLock(takeover)) {
+  const fd = createLock(takeover);
+  if (fd === null) {
     if (heldByAnother(takeover, readLockOwner(takeover))) return false;
     // Left by a server killed while taking over (two such servers racing here needs that crash first).
     fs.rmSync(takeover, { force: true });
@@ -90,6 +131,7 @@ function takeOverStaleLock(lockPath: string): boolean {
     if (fs.existsSync(lockPath) && !heldByAnother(lockPath, readLockOwner(lockPath))) fs.rmSync(lockPath, { force: true });
   } finally {
     fs.rmSync(takeover, { force: true });
+    fs.closeSync(fd);
   }
   return true;
 }
@@ -97,19 +139,29 @@ function takeOverStaleLock(lockPath: string): boolean {
 /** Errors of link() on file systems that have no hard links. */
 const NO_HARD_LINKS = new Set(["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EXDEV"]);
 
-/** Creates the lock holding this pid; false when a lock file exists already. */
-function createLock(lockPath: string): boolean {
+/**
+ * Creates the lock holding this pid, flocked before it appears under its
+ * name; returns the open file that holds the flock (closing it lets the
+ * lock go), or null when a lock file exists already.
+ */
+function createLock(lockPath: string): number | null {
   const own = `${lockPath}.${process.pid}`;
+  let fd: number | null = null;
   try {
-    fs.writeFileSync(own, `${process.pid}\n`);
+    fd = fs.openSync(own, "w");
+    fs.writeSync(fd, `${process.pid}\n`);
+    flockNow(fd, true); // a file nobody else has seen yet: "locked", or "unsupported" where flock is missing
     fs.linkSync(own, lockPath);
-    return true;
+    const linked = fd;
+    fd = null;
+    return linked;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? "";
-    if (code === "EEXIST") return false;
+    if (code === "EEXIST") return null;
     if (NO_HARD_LINKS.has(code)) return createLockInPlace(lockPath);
     throw new Error(`${lockPath}: cannot create the lock file (${errorMessage(err)})`);
   } finally {
+    if (fd !== null) fs.closeSync(fd);
     removeQuietly(own);
   }
 }
@@ -123,21 +175,23 @@ function removeQuietly(file: string): void {
   }
 }
 
-/** Exclusive create, then the pid: for file systems without hard links (an empty lock may be seen meanwhile). */
-function createLockInPlace(lockPath: string): boolean {
+/** Exclusive create, flock, then the pid: for file systems without hard links (an empty lock may be seen meanwhile). */
+function createLockInPlace(lockPath: string): number | null {
   let fd: number;
   try {
     fd = fs.openSync(lockPath, "wx");
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
+    if ((err as NodeJS.ErrnoException).code === "EEXIST") return null;
     throw new Error(`${lockPath}: cannot create the lock file (${errorMessage(err)})`);
   }
   try {
+    flockNow(fd, true);
     fs.writeSync(fd, `${process.pid}\n`);
-  } finally {
+  } catch (err) {
     fs.closeSync(fd);
+    throw err;
   }
-  return true;
+  return fd;
 }
 
 /** True when the file was modified less than STARTING_LOCK_MS ago (false when it is gone). */
@@ -150,18 +204,44 @@ function isYoung(lockPath: string): boolean {
   }
 }
 
-/** True when the lock file exists and names this process. */
+/**
+ * True when the lock file at lockPath is the one this process created and
+ * still holds open. Not its pid: a server in another container can be this
+ * same pid.
+ */
 export function holdsLock(lockPath: string): boolean {
-  return readLockOwner(lockPath) === process.pid;
+  const fd = held.get(lockPath);
+  if (fd === undefined) return false;
+  try {
+    const ours = fs.fstatSync(fd);
+    const there = fs.statSync(lockPath);
+    return ours.ino === there.ino && ours.dev === there.dev;
+  } catch {
+    return false;
+  }
 }
 
-/** Removes the lock file if (and only if) this process owns it. */
+/** Removes the lock file if (and only if) this process owns it, and lets its flock go. */
 export function releaseLock(lockPath: string): void {
-  if (!holdsLock(lockPath)) return;
+  if (holdsLock(lockPath)) {
+    try {
+      fs.unlinkSync(lockPath);
+    } catch {
+      // Already gone (data directory removed): nothing to release.
+    }
+  }
+  forgetHeld(lockPath);
+}
+
+/** Closes the open file that held the lock at lockPath, if any (the flock goes with it). */
+function forgetHeld(lockPath: string): void {
+  const fd = held.get(lockPath);
+  if (fd === undefined) return;
+  held.delete(lockPath);
   try {
-    fs.unlinkSync(lockPath);
+    fs.closeSync(fd);
   } catch {
-    // Already gone (data directory removed): nothing to release.
+    // closed already
   }
 }
 

@@ -1,0 +1,36 @@
+/** flockNow (lib/persistence/kernel-lock.ts): flock through bun:ffi, as the data-file lock uses it. */
+import { afterEach, describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { flockNow } from "../lib/persistence/kernel-lock.ts";
+
+const opened: number[] = [];
+afterEach(() => {
+  for (const fd of opened.splice(0)) fs.closeSync(fd);
+});
+
+function openFile(file: string): number {
+  const fd = fs.openSync(file, "a");
+  opened.push(fd);
+  return fd;
+}
+
+describe("flockNow", () => {
+  test("an exclusive lock keeps every other open file out until it is closed; shared looks do not block each other", () => {
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-flock-")), "lock");
+    const owner = openFile(file);
+    expect(flockNow(owner, true)).toBe("locked");
+    expect(flockNow(openFile(file), false)).toBe("busy");
+    expect(flockNow(openFile(file), true)).toBe("busy");
+    fs.closeSync(opened.shift()!); // the owner's file: its flock goes with it, as at a process's death
+    const look = openFile(file);
+    expect(flockNow(look, false)).toBe("locked");
+    expect(flockNow(openFile(file), false)).toBe("locked");
+    expect(flockNow(openFile(file), true)).toBe("busy");
+  });
+
+  test("a file that is not open is no lock, not a busy one", () => {
+    expect(flockNow(987_654, true)).toBe("unsupported");
+  });
+});
