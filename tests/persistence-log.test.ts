@@ -637,6 +637,12 @@ describe("lock", () => {
     expect(fs.readdirSync(dir)).toEqual(["data.json.lock"]);
   });
 
+  test("a lock file that cannot be read (here a directory; on a failing disk, EIO) is named as such, not as a server starting", () => {
+    const lock = path.join(tempDir(), "data.json.lock");
+    fs.mkdirSync(lock); // young: its read error is what must be said
+    expect(() => acquireLock(lock)).toThrow(`${lock}: cannot read the lock file (EISDIR`);
+  });
+
   test("a lock left by a dead process does not block the next start", async () => {
     const dir = tempDir();
     const dead = Bun.spawn(["true"]);

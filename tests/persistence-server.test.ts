@@ -710,6 +710,25 @@ describe("lock", () => {
 });
 
 describe("disk failure while running", () => {
+  test("a journal cut short under the server (truncated to free space): a new snapshot and journal replace it, and nothing acknowledged is lost", async () => {
+    const dir = dataDir();
+    const server = await start(dir, ["--fsync", "always"]);
+    const c = await client(server);
+    await putMany(c, [["a", "1"], ["b", "2"], ["c", "3"]]);
+    const journal = fs.readdirSync(dir).find((name) => name.startsWith("data.json.journal."))!;
+    fs.truncateSync(path.join(dir, journal), 0);
+    // Appends would land at the start of the cut file, after records that are gone: the next start would refuse it.
+    await putMany(c, [["d", "4"]]);
+    await waitFor(async () => (await persistenceStats(c)).available === true, 5000, "persistence to be back");
+    const { lastError } = (await persistenceStats(c)) as { lastError: { message: string } };
+    expect(lastError.message).toMatch(new RegExp(`${journal.replaceAll(".", "\\.")} was cut short \\(\\d+ bytes where this server had written \\d+\\)`));
+    await putMany(c, [["e", "5"]]);
+    server.proc.kill("SIGKILL");
+    await server.exited;
+    const again = await start(dir);
+    expect((await (await client(again)).request("KEYS")).result).toEqual(["a", "b", "c", "d", "e"]);
+  });
+
   test("data directory removed: writes (PUT, DEL, COMMIT) and SAVE answer PERSISTENCE, reads work, and it resumes when the directory is back", async () => {
     const parent = dataDir();
     const dir = path.join(parent, "data");

@@ -26,7 +26,7 @@ import type { FileHandle } from "node:fs/promises";
 import type { CommitLog, CommitRecord } from "../commit-log.ts";
 import type { AsciiEntry } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
-import { fsyncDir, stillAtPath, type DataFiles } from "./files.ts";
+import { fsyncDir, removeFile, removeFileInBackground, stillAtPath, type DataFiles } from "./files.ts";
 import { ByteBuffer } from "../byte-buffer.ts";
 import { encodeRecord, writeAsciiPutRecord } from "./journal-format.ts";
 import { acquireLock, holdsLock, releaseLock } from "./lock.ts";
@@ -245,7 +245,7 @@ export class DurableLog implements CommitLog {
     await this.journal.handle.close().catch(() => {});
     // A start that failed (a port in use, say) leaves the directory as it found it.
     if (this.journal === this.createdJournal && this.journal.bytes === 0 && this.appendedRecords === 0) {
-      fs.rmSync(this.journal.path, { force: true });
+      removeFile(this.journal.path);
     }
     releaseLock(this.files.lock);
   }
@@ -329,7 +329,7 @@ export class DurableLog implements CommitLog {
       return true;
     }
     this.fsyncs++;
-    if (!stillAtPath(journal.handle.fd, journal.path)) return false;
+    if (!stillAtPath(journal.handle.fd, journal.path, journal.bytes)) return false;
     this.markDurable(this.writtenSeq, this.writtenRecords);
     return true;
   }
@@ -413,9 +413,7 @@ export class DurableLog implements CommitLog {
       for (const old of retired) await old.handle.close().catch(() => {});
       throw this.fail(err, false);
     }
-    if (!stillAtPath(journal.handle.fd, journal.path)) {
-      throw this.fail(new Error(`${journal.path} was removed (is the data directory gone?)`), false);
-    }
+    if (!stillAtPath(journal.handle.fd, journal.path, journal.bytes)) throw this.fail(journalLost(journal), false);
     this.markDurable(seq, records);
   }
 
@@ -431,8 +429,8 @@ export class DurableLog implements CommitLog {
   /** Periodic: everysec fsync, and in every mode the check that the journal is still on disk. */
   private tick(): void {
     if (this.failure || this.closing) return;
-    if (!stillAtPath(this.journal.handle.fd, this.journal.path)) {
-      this.fail(new Error(`${this.journal.path} was removed (is the data directory gone?)`), false);
+    if (!stillAtPath(this.journal.handle.fd, this.journal.path, this.journal.bytes)) {
+      this.fail(journalLost(this.journal), false);
       return;
     }
     if (this.opts.fsync === "everysec" && this.appendedRecords > this.durableRecords) this.requestSyncRound();
@@ -470,7 +468,7 @@ export class DurableLog implements CommitLog {
     // Every few attempts, a rebuild even when the journal looked intact: its file handle may stay broken.
     const rebuildAnyway = ++this.resumeAttempts % REBUILD_EVERY_ATTEMPTS === 0;
     const retryJournal =
-      failure.journalIntact && !rebuildAnyway && stillAtPath(this.journal.handle.fd, this.journal.path);
+      failure.journalIntact && !rebuildAnyway && stillAtPath(this.journal.handle.fd, this.journal.path, this.journal.bytes);
     try {
       if (retryJournal) {
         await this.sync();
@@ -682,7 +680,7 @@ export class DurableLog implements CommitLog {
     this.snapshotBytes = written.bytes;
     // On the thread pool: unlinking a large journal frees its blocks, tens of ms.
     for (const gen of this.files.listJournalGens()) {
-      if (gen !== this.journal.gen) await fs.promises.rm(this.files.journal(gen), { force: true });
+      if (gen !== this.journal.gen) await removeFileInBackground(this.files.journal(gen));
     }
     return written;
   }
@@ -696,10 +694,25 @@ export async function openJournal(files: DataFiles, gen: number): Promise<Journa
   return { gen, path, handle, bytes };
 }
 
+/** Why stillAtPath said no of the journal: removed or replaced, or cut short. */
+function journalLost(journal: JournalFile): Error {
+  let size = journal.bytes;
+  try {
+    size = fs.fstatSync(journal.handle.fd).size; // the file this server writes to, wherever its name went
+  } catch {
+    // a handle that cannot even be looked at: say removed, the rebuild replaces it either way
+  }
+  return new Error(
+    size < journal.bytes
+      ? `${journal.path} was cut short (${size} bytes where this server had written ${journal.bytes}); a new snapshot and journal replace it`
+      : `${journal.path} was removed (is the data directory gone?)`,
+  );
+}
+
 /** Closes and removes a journal that never received a record (a compaction that stopped short). */
 async function discardJournal(journal: JournalFile): Promise<void> {
   await journal.handle.close().catch(() => {});
-  fs.rmSync(journal.path, { force: true });
+  removeFile(journal.path);
 }
 
 function writeErrorLeavesJournalIntact(err: unknown): boolean {

@@ -104,15 +104,40 @@ export async function fsyncDir(dir: string): Promise<void> {
 }
 
 /**
- * True when `filePath` still names the file open on `fd`. False when the file
- * (or its directory) was removed or replaced: writes to `fd` then "succeed"
- * into a file nobody will ever read.
+ * Removes the file at filePath if there is one. Not `fs.rm`: Bun's reports
+ * EPERM (an immutable or append-only file) as EFAULT, "bad address", and an
+ * operator reading that would look for the wrong problem.
  */
-export function stillAtPath(fd: number, filePath: string): boolean {
+export function removeFile(filePath: string): void {
+  try {
+    fs.unlinkSync(filePath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  }
+}
+
+/** removeFile off the event loop (a large journal's blocks take a while to free). */
+export async function removeFileInBackground(filePath: string): Promise<void> {
+  try {
+    await fs.promises.unlink(filePath);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  }
+}
+
+/**
+ * True when `filePath` still names the file open on `fd`, and that file holds
+ * at least the `written` bytes this server put there. False when the file
+ * (or its directory) was removed or replaced: writes to `fd` then "succeed"
+ * into a file nobody will ever read. False too when it was cut short (by
+ * hand, to free space): appends would then land at its start, after records
+ * that are gone, and the next start would refuse the journal.
+ */
+export function stillAtPath(fd: number, filePath: string, written = 0): boolean {
   try {
     const byPath = fs.statSync(filePath);
     const byFd = fs.fstatSync(fd);
-    return byPath.ino === byFd.ino && byPath.dev === byFd.dev;
+    return byPath.ino === byFd.ino && byPath.dev === byFd.dev && byFd.size >= written;
   } catch {
     return false;
   }

@@ -16,7 +16,7 @@ import path from "node:path";
 import type { CompactMap } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
 import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode } from "./durable-log.ts";
-import { dataFiles, refuseSpecialFiles, refuseMissingDirectory } from "./files.ts";
+import { dataFiles, refuseSpecialFiles, refuseMissingDirectory, removeFile } from "./files.ts";
 import { acquireLock, releaseLock } from "./lock.ts";
 import { recover } from "./recovery.ts";
 import { errorMessage } from "../errors.ts";
@@ -78,7 +78,7 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
       cutFile(torn.file, torn.validBytes);
     }
     // Left by a compaction that was interrupted; the next one would overwrite it anyway.
-    fs.rmSync(files.snapshotTemp, { force: true });
+    removeFile(files.snapshotTemp);
     const lastGen = recovered.journalGens.at(-1);
     const journal = await openJournal(files, lastGen ?? 1);
     const settings: DurableLogOptions = {

@@ -26,6 +26,7 @@
 import fs from "node:fs";
 import { errorMessage } from "../errors.ts";
 import { flockNow } from "./kernel-lock.ts";
+import { removeFile } from "./files.ts";
 
 /** An empty lock younger than this is a server in the middle of creating it (only where hard links fail). */
 const STARTING_LOCK_MS = 2000;
@@ -71,7 +72,8 @@ function refuseIfLive(lockPath: string, owner: number | null): void {
   if (!heldByAnother(lockPath, owner)) return;
   if (owner === null) {
     throw new Error(
-      `${lockPath}: another server may be starting on this data file (its lock file names no process yet; one left like that is taken over after ${STARTING_LOCK_MS / 1000} s)`,
+      unreadableLock(lockPath) ??
+        `${lockPath}: another server may be starting on this data file (its lock file names no process yet; one left like that is taken over after ${STARTING_LOCK_MS / 1000} s)`,
     );
   }
   const visible = owner !== process.pid && isAlive(owner);
@@ -124,13 +126,13 @@ function takeOverStaleLock(lockPath: string): boolean {
   if (fd === null) {
     if (heldByAnother(takeover, readLockOwner(takeover))) return false;
     // Left by a server killed while taking over (two such servers racing here needs that crash first).
-    fs.rmSync(takeover, { force: true });
+    removeFile(takeover);
     return true;
   }
   try {
-    if (fs.existsSync(lockPath) && !heldByAnother(lockPath, readLockOwner(lockPath))) fs.rmSync(lockPath, { force: true });
+    if (fs.existsSync(lockPath) && !heldByAnother(lockPath, readLockOwner(lockPath))) removeFile(lockPath);
   } finally {
-    fs.rmSync(takeover, { force: true });
+    removeFile(takeover);
     fs.closeSync(fd);
   }
   return true;
@@ -169,7 +171,7 @@ function createLock(lockPath: string): number | null {
 /** Cleans up after an attempt: a failure here (a read-only file system refuses even to remove what is not there) must not hide the attempt's own error. */
 function removeQuietly(file: string): void {
   try {
-    fs.rmSync(file, { force: true });
+    removeFile(file);
   } catch {
     // nothing of ours was left there to remove
   }
@@ -242,6 +244,16 @@ function forgetHeld(lockPath: string): void {
     fs.closeSync(fd);
   } catch {
     // closed already
+  }
+}
+
+/** Why the lock file cannot be read (an I/O error, say), or null when it can or is gone: not to be mistaken for an empty one. */
+function unreadableLock(lockPath: string): string | null {
+  try {
+    fs.readFileSync(lockPath);
+    return null;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "ENOENT" ? null : `${lockPath}: cannot read the lock file (${errorMessage(err)})`;
   }
 }
 
