@@ -82,6 +82,7 @@ export class Executor {
     this.stats.countCommand(cmd.type);
     // PROTOCOL §6: before AUTH every other command, QUIT included, answers AUTH_REQUIRED.
     if (!session.authenticated && cmd.type !== "AUTH") {
+      session.refusedBeforeAuth++;
       return this.fail("AUTH_REQUIRED", "Authentication required: send AUTH <password> first");
     }
     const tx = session.tx;

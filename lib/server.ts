@@ -61,6 +61,16 @@ export interface ServerOptions {
  */
 const FAIR_SHARE_BYTES = 64 * 1024;
 
+/**
+ * Requests a connection may send before AUTH (each answered AUTH_REQUIRED)
+ * before the server closes it. Without a bound, clients that never
+ * authenticate and never read their replies each made the server write
+ * megabytes of AUTH_REQUIRED (the kernel's send buffer, then this server's
+ * queue) and held the event loop for seconds while doing it; Redis closes
+ * such clients too, past a small output buffer (CVE-2025-21605).
+ */
+export const MAX_REQUESTS_BEFORE_AUTH = 1000;
+
 /** A TLS connection that never completes its handshake after being refused (BUSY) is dropped after this. */
 const REFUSED_HANDSHAKE_GRACE_MS = 5000;
 /**
@@ -502,7 +512,23 @@ export class TxkvServer {
     }
     const reply = this.executor.execute(cmd, conn.session);
     if (conn.session.quitting) conn.closing = true;
+    if (conn.session.refusedBeforeAuth >= MAX_REQUESTS_BEFORE_AUTH && !conn.closing) this.closeUnauthenticated(conn);
     return reply;
+  }
+
+  /**
+   * A connection that sent MAX_REQUESTS_BEFORE_AUTH requests without AUTH is
+   * closed after that one's reply: it is not a client that lacks a password
+   * (that one stops at the first AUTH_REQUIRED), and each of its requests
+   * costs the server a reply to write and keep.
+   */
+  private closeUnauthenticated(conn: Connection): void {
+    this.log.limited("warn", "requests-before-auth", "connection closed: too many requests without AUTH", {
+      requests: conn.session.refusedBeforeAuth,
+      conn: conn.id,
+      remote: conn.remote,
+    });
+    conn.closing = true;
   }
 
   /** The fast path for the line the framer just found, into out; false when it needs the general path. */

@@ -13,6 +13,8 @@ export class Session {
   authenticated: boolean;
   /** Failed AUTH attempts on this connection. */
   authFailures = 0;
+  /** Requests answered AUTH_REQUIRED on this connection (the server closes it past a bound). */
+  refusedBeforeAuth = 0;
   /** Set by the executor: the commit seq the last reply must wait for (0: none). */
   waitSeq = 0;
   /** Set by QUIT: the server closes the connection once the reply is out. */

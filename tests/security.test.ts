@@ -11,6 +11,7 @@ import { isLoopback } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
 import { connect } from "../lib/client.ts";
 import { authFailureDelayMs } from "../lib/execute.ts";
+import { MAX_REQUESTS_BEFORE_AUTH } from "../lib/server.ts";
 import { LineClient, pipelineAfterQuit, runIndex, runTxkv, spawnServer, startInProcess, tempDir, waitFor } from "./helpers.ts";
 
 const PASSWORD = "correct horse battery staple";
@@ -43,6 +44,22 @@ describe("AUTH", () => {
     expect(await q.request(`AUTH ${PASSWORD}`)).toEqual({ status: "Ok", result: "Authenticated" });
     expect(await q.request("QUIT")).toEqual({ status: "Ok", result: "Bye" });
     await q.closed;
+  });
+
+  test(`a connection that sends ${MAX_REQUESTS_BEFORE_AUTH} requests without AUTH gets their AUTH_REQUIRED replies, then is closed; one that authenticates before that is served`, async () => {
+    const flooder = await LineClient.connect(server.port);
+    flooder.write("PING\n".repeat(MAX_REQUESTS_BEFORE_AUTH + 500));
+    for (let i = 0; i < MAX_REQUESTS_BEFORE_AUTH; i++) expect(await flooder.readReply()).toMatchObject({ code: "AUTH_REQUIRED" });
+    await flooder.closed;
+    await expect(flooder.readLine()).rejects.toThrow(); // nothing after the last AUTH_REQUIRED
+
+    const late = await LineClient.connect(server.port);
+    late.write("PING\n".repeat(MAX_REQUESTS_BEFORE_AUTH - 1) + `AUTH ${PASSWORD}\nPING\n`);
+    for (let i = 0; i < MAX_REQUESTS_BEFORE_AUTH - 1; i++) expect(await late.readReply()).toMatchObject({ code: "AUTH_REQUIRED" });
+    expect(await late.readReply()).toMatchObject({ result: "Authenticated" });
+    expect(await late.readReply()).toMatchObject({ result: "PONG" });
+    expect(await late.request("STATS")).toMatchObject({ status: "Ok" });
+    late.close();
   });
 
   test("the failure delay grows: 50 ms, doubling, capped at 5 s", () => {
