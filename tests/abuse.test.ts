@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import { connect as netConnect, type Socket } from "node:net";
 import { join } from "node:path";
 import { BUN, LineClient, spawnServer, waitFor, type ServerProcess } from "./helpers.ts";
+import { MAX_REQUESTS_PER_TURN } from "../lib/server.ts";
 
 /** Generous: an idle server is about 40 MB; unbounded buffering of any of these abuses reaches gigabytes. */
 const RSS_LIMIT_BYTES = 300 * 1024 * 1024;
@@ -109,6 +110,31 @@ describe("memory stays bounded and others are served", () => {
     flooder.destroy();
     expect(ranBeforeOthers).toBeLessThan(requests / 4);
   }, 45000);
+
+  test(`a burst read in one go runs at most ${MAX_REQUESTS_PER_TURN} of its requests before another ready connection is served, and then all of them`, async () => {
+    const own = await spawnServer(["--in-memory", "--log-level", "warn"]);
+    try {
+      const burst = await LineClient.connect(own.port);
+      const other = await LineClient.connect(own.port);
+      const commands = async () => ((await other.readReply()).result as { commands: number }).commands;
+      other.write("STATS\n");
+      const before = await commands();
+      // Both wait in the kernel while the server is stopped, so that its next poll finds both ready, the burst first.
+      own.proc.kill("SIGSTOP");
+      const requests = 20_000;
+      burst.write("PING\n".repeat(requests));
+      other.write("STATS\n");
+      own.proc.kill("SIGCONT");
+      const ranBefore = (await commands()) - before - 1;
+      expect(ranBefore).toBeLessThanOrEqual(MAX_REQUESTS_PER_TURN);
+      for (let i = 0; i < requests; i++) expect(await burst.readLine()).toBe('{"status":"Ok","result":"PONG"}');
+      burst.close();
+      other.close();
+    } finally {
+      own.proc.kill("SIGCONT");
+      await own.kill();
+    }
+  });
 
   test("several clients pipelining multi-KB requests at once: no request is split by the server's own pauses (each gets its exact reply)", async () => {
     // Each client in a process of its own, so that only the server can pause inside a line.
