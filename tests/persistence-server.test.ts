@@ -710,6 +710,24 @@ describe("lock", () => {
 });
 
 describe("disk failure while running", () => {
+  test("SAVE whose snapshot is written but an old journal cannot be removed answers Ok and warns: the snapshot stands, the next start skips that journal's records", async () => {
+    const dir = dataDir();
+    const server = await start(dir);
+    const c = await client(server);
+    await putMany(c, [["a", "1"]]);
+    // Unremovable by unlink (EISDIR), as an append-only or immutable journal is (EPERM).
+    const stuck = path.join(dir, "data.json.journal.9");
+    fs.mkdirSync(stuck);
+    expect((await c.request("SAVE")).status).toBe("Ok");
+    await waitFor(() => server.stderr().includes("an old journal could not be removed"), 5000, "the warning");
+    expect(server.stderr()).toContain(stuck);
+    await putMany(c, [["b", "2"]]);
+    expect(await server.kill("SIGTERM")).toBe(0);
+    fs.rmdirSync(stuck);
+    const again = await start(dir);
+    expect((await (await client(again)).request("KEYS")).result).toEqual(["a", "b"]);
+  });
+
   test("a journal cut short under the server (truncated to free space): a new snapshot and journal replace it, and nothing acknowledged is lost", async () => {
     const dir = dataDir();
     const server = await start(dir, ["--fsync", "always"]);

@@ -680,9 +680,25 @@ export class DurableLog implements CommitLog {
     this.snapshotBytes = written.bytes;
     // On the thread pool: unlinking a large journal frees its blocks, tens of ms.
     for (const gen of this.files.listJournalGens()) {
-      if (gen !== this.journal.gen) await removeFileInBackground(this.files.journal(gen));
+      if (gen !== this.journal.gen) await this.removeOldJournal(this.files.journal(gen));
     }
     return written;
+  }
+
+  /**
+   * A journal the new snapshot covers is only in the way: if it cannot be
+   * removed (an append-only or immutable file), the snapshot still stands, a
+   * start skips the records it holds, and the next compaction tries again.
+   */
+  private async removeOldJournal(file: string): Promise<void> {
+    try {
+      await removeFileInBackground(file);
+    } catch (err) {
+      this.log.warn("an old journal could not be removed; the new snapshot holds its records, and the next compaction tries again", {
+        file,
+        reason: errorMessage(err),
+      });
+    }
   }
 }
 
