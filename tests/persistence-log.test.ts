@@ -618,10 +618,11 @@ describe("lock", () => {
     const dir = tempDir();
     const owner = Bun.spawn(["sleep", "30"]);
     try {
-      fs.writeFileSync(path.join(dir, "data.json.lock"), `${owner.pid}\n`);
-      // What this process would write its pid to first is in the way (as in a directory it may not write).
-      fs.mkdirSync(path.join(dir, `data.json.lock.${process.pid}`));
-      await expect(open(dir)).rejects.toThrow(`locked by another running server (pid ${owner.pid})`);
+      // A lock whose name leaves no room for the file this process writes its pid to first (`<lock>.<pid>.<random>`):
+      // creating that fails (ENAMETOOLONG), as in a directory this process may not write.
+      const lock = path.join(dir, "l".repeat(250));
+      fs.writeFileSync(lock, `${owner.pid}\n`);
+      expect(() => acquireLock(lock)).toThrow(`locked by another running server (pid ${owner.pid})`);
     } finally {
       owner.kill("SIGKILL");
       await owner.exited;

@@ -11,7 +11,7 @@
  * pid (a container restarted: pid 1 again), and is taken over.
  *
  * The lock appears with its pid already in it: the pid is written to a file of
- * this process's own, flocked, which is then hard-linked to the lock's name
+ * this process's own (`<lock>.<pid>.<random>`), flocked, which is then hard-linked to the lock's name
  * (link fails when the name exists, as an exclusive create does). Created empty and then
  * written, a lock read in between looked stale, and of two servers started at
  * the same moment both took it. An empty lock (a file system without hard
@@ -23,6 +23,7 @@
  * Owns: creating, checking and removing the lock file. Must not: read or
  * write any data file.
  */
+import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import { errorMessage } from "../errors.ts";
 import { flockNow } from "./kernel-lock.ts";
@@ -147,12 +148,15 @@ const NO_HARD_LINKS = new Set(["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EXDE
  * lock go), or null when a lock file exists already.
  */
 function createLock(lockPath: string): number | null {
-  const own = `${lockPath}.${process.pid}`;
+  // Not the pid alone: servers in two containers are both pid 1, and sharing this file they linked a lock
+  // neither held a flock on (and one removed it under the other).
+  const own = `${lockPath}.${process.pid}.${randomBytes(4).toString("hex")}`;
   let fd: number | null = null;
   try {
-    fd = fs.openSync(own, "w");
+    fd = fs.openSync(own, "wx");
     fs.writeSync(fd, `${process.pid}\n`);
-    flockNow(fd, true); // a file nobody else has seen yet: "locked", or "unsupported" where flock is missing
+    // A file nobody else has seen yet: "locked", or "unsupported" where flock is missing; never "busy".
+    if (flockNow(fd, true) === "busy") throw new Error(`${own} is flocked by another process`);
     fs.linkSync(own, lockPath);
     const linked = fd;
     fd = null;
@@ -187,7 +191,7 @@ function createLockInPlace(lockPath: string): number | null {
     throw new Error(`${lockPath}: cannot create the lock file (${errorMessage(err)})`);
   }
   try {
-    flockNow(fd, true);
+    if (flockNow(fd, true) === "busy") throw new Error(`${lockPath}: another process holds a flock on the lock file just created`);
     fs.writeSync(fd, `${process.pid}\n`);
   } catch (err) {
     fs.closeSync(fd);
