@@ -666,7 +666,8 @@ describe("lock", () => {
     const first = await start(dir);
     const second = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
     expect(second.code).not.toBe(0);
-    expect(second.stderr).toMatch(/data\.json\.lock: the data file is locked by another running server \(pid \d+\)/);
+    // Its flock proves a live owner: the advice is to stop it, never to remove the lock file.
+    expect(second.stderr).toMatch(/data\.json\.lock: the data file is locked by another running server \(pid \d+\); stop that server first/);
     first.proc.kill("SIGKILL");
     await first.exited;
     const third = await start(dir);

@@ -77,14 +77,20 @@ function refuseIfLive(lockPath: string, owner: number | null): void {
         `${lockPath}: another server may be starting on this data file (its lock file names no process yet; one left like that is taken over after ${STARTING_LOCK_MS / 1000} s)`,
     );
   }
+  throw new Error(`${lockPath}: the data file is locked by another running server ${ownerAndAdvice(lockPath, owner)}`);
+}
+
+/**
+ * How a refusal names the owner, and what to do. Only a lock held by its
+ * pid alone (no flock: a file system without it) may be a leftover whose pid
+ * was reused, so only then is removing it the advice; a flock proves a live
+ * holder, whatever the pid names here.
+ */
+function ownerAndAdvice(lockPath: string, owner: number): string {
   const visible = owner !== process.pid && isAlive(owner);
-  throw new Error(
-    visible
-      ? `${lockPath}: the data file is locked by another running server (pid ${owner}); ` +
-          `if no txkv server runs with that pid, remove the lock file`
-      : `${lockPath}: the data file is locked by another running server (pid ${owner} in its own PID namespace: ` +
-          `another container, or another host on this file system); stop that server first`,
-  );
+  if (!flockedElsewhere(lockPath)) return `(pid ${owner}); if no txkv server runs with that pid, remove the lock file`;
+  if (visible) return `(pid ${owner}); stop that server first`;
+  return `(pid ${owner} in its own PID namespace: another container, or another host on this file system); stop that server first`;
 }
 
 /** True when a process other than this one holds a flock on the file at lockPath (any PID namespace). */
