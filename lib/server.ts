@@ -64,9 +64,9 @@ const FAIR_SHARE_BYTES = 64 * 1024;
 /**
  * At most this many requests of one connection run in one turn; the rest
  * wait in its buffer until the other ready connections had theirs (then
- * the turn ends as after FAIR_SHARE_BYTES). One 512 KiB read holds some
- * 50,000 short pipelined requests, tens of milliseconds of work that every
- * other client waited through, per busy connection.
+ * the turn ends as after FAIR_SHARE_BYTES). One 512 KiB read holds tens of
+ * thousands of short pipelined requests, tens of milliseconds of work that
+ * every other client waited through, per busy connection.
  */
 export const MAX_REQUESTS_PER_TURN = 4096;
 
@@ -369,7 +369,6 @@ export class TxkvServer {
     conn.dataEvents++;
     this.clearPartialTimer(conn);
     conn.framer.push(chunk);
-    // While paused, Bun may still deliver what the kernel held: keep it for later.
     // While paused or yielding, Bun may still deliver what the kernel held: keep it for later.
     if (!conn.readPaused && !conn.yielding) this.processInput(socket, conn);
     conn.framer.retain();

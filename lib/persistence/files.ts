@@ -130,8 +130,8 @@ export async function removeFileInBackground(filePath: string): Promise<void> {
  * at least the `written` bytes this server put there. False when the file
  * (or its directory) was removed or replaced: writes to `fd` then "succeed"
  * into a file nobody will ever read. False too when it was cut short (by
- * hand, to free space): appends would then land at its start, after records
- * that are gone, and the next start would refuse the journal.
+ * hand, to free space): appends would then land right after records that
+ * are gone, and the next start would refuse the journal.
  */
 export function stillAtPath(fd: number, filePath: string, written = 0): boolean {
   try {

@@ -58,39 +58,43 @@ export function acquireLock(lockPath: string): void {
 }
 
 /**
- * Another server holds the lock (or takeover lock) at lockPath, which names
- * `owner`: another process holds its flock, or it names a live process
- * other than this one, or nobody yet while the file is young (being
- * created). Otherwise it is stale: free, and a dead pid, this pid (a former
- * process's), or empty and old.
+ * What holds the lock (or takeover lock) at lockPath, which names `owner`:
+ * another process's flock; else a live process other than this one (the
+ * pid's word alone: a file system without flock); else nobody yet, while
+ * the file is young (being created). null: it is stale, free and naming a
+ * dead pid, this pid (a former process's), or nobody and old.
  */
-function heldByAnother(lockPath: string, owner: number | null): boolean {
-  if (flockedElsewhere(lockPath)) return true;
-  return owner === null ? isYoung(lockPath) : owner !== process.pid && isAlive(owner);
+function holderOf(lockPath: string, owner: number | null): "flock" | "pid" | "starting" | null {
+  if (flockedElsewhere(lockPath)) return "flock";
+  if (owner === null) return isYoung(lockPath) ? "starting" : null;
+  return owner !== process.pid && isAlive(owner) ? "pid" : null;
 }
 
+function heldByAnother(lockPath: string, owner: number | null): boolean {
+  return holderOf(lockPath, owner) !== null;
+}
+
+/**
+ * Throws, naming the owner and what to do, unless the lock is stale. Only a
+ * lock held by its pid alone may be a leftover whose pid was reused, so only
+ * then is removing it the advice; a flock proves a live holder, whatever the
+ * pid names here.
+ */
 function refuseIfLive(lockPath: string, owner: number | null): void {
-  if (!heldByAnother(lockPath, owner)) return;
+  const holder = holderOf(lockPath, owner);
+  if (holder === null) return;
   if (owner === null) {
     throw new Error(
       unreadableLock(lockPath) ??
         `${lockPath}: another server may be starting on this data file (its lock file names no process yet; one left like that is taken over after ${STARTING_LOCK_MS / 1000} s)`,
     );
   }
-  throw new Error(`${lockPath}: the data file is locked by another running server ${ownerAndAdvice(lockPath, owner)}`);
-}
-
-/**
- * How a refusal names the owner, and what to do. Only a lock held by its
- * pid alone (no flock: a file system without it) may be a leftover whose pid
- * was reused, so only then is removing it the advice; a flock proves a live
- * holder, whatever the pid names here.
- */
-function ownerAndAdvice(lockPath: string, owner: number): string {
-  const visible = owner !== process.pid && isAlive(owner);
-  if (!flockedElsewhere(lockPath)) return `(pid ${owner}); if no txkv server runs with that pid, remove the lock file`;
-  if (visible) return `(pid ${owner}); stop that server first`;
-  return `(pid ${owner} in its own PID namespace: another container, or another host on this file system); stop that server first`;
+  const refused = `${lockPath}: the data file is locked by another running server`;
+  if (holder === "pid") throw new Error(`${refused} (pid ${owner}); if no txkv server runs with that pid, remove the lock file`);
+  if (owner !== process.pid && isAlive(owner)) throw new Error(`${refused} (pid ${owner}); stop that server first`);
+  throw new Error(
+    `${refused} (pid ${owner} in its own PID namespace: another container, or another host on this file system); stop that server first`,
+  );
 }
 
 /** True when a process other than this one holds a flock on the file at lockPath (any PID namespace). */
