@@ -173,6 +173,22 @@ export class LineFramer {
   }
 
   /**
+   * True when the unterminated request's first word is cut off where it could
+   * still become POST or Host: ("PO", "hos"): a pause must not run it alone,
+   * or the guard would miss the HTTP request whose rest comes next. A bare
+   * POST or a Host: already decided is not held (it runs, and is caught).
+   */
+  partialMayBecomeHttpRequest(): boolean {
+    if (this.discarding) return false;
+    const end = this.buf.length;
+    let first = this.pos;
+    while (first < end && (this.buf[first] === SPACE || this.buf[first] === TAB)) first++;
+    if (first === end) return false;
+    const trimmedEnd = this.buf[end - 1] === CR ? end - 1 : end; // as takePartial will see it
+    return mayBecomeHttpRequest(this.buf, first, end) && !startsHttpRequest(this.buf, first, trimmedEnd);
+  }
+
+  /**
    * Ends the unterminated request (pause or half-close): returns it as a frame,
    * or null when it is blank or was already answered as TOO_LARGE.
    * Only call when `next()` returned null.

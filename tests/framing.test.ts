@@ -38,6 +38,16 @@ describe("LineFramer", () => {
     expect(feed(f, "y".repeat(11) + "\nPING\n")).toEqual([TOO_LARGE, "PING"]);
   });
 
+  test("an unterminated first word that could still become POST or Host: is held from the pause rule; a decided one is not", () => {
+    const held = (text: string) => {
+      const f = new LineFramer(1024);
+      feed(f, text);
+      return f.partialMayBecomeHttpRequest();
+    };
+    for (const text of ["P", "po", "POS", " \tPo", "h", "HOS", "host"]) expect(held(text), text).toBe(true);
+    for (const text of ["POST", "post\r", "Host:", "PU", "PING", "GET a", "   ", "POSTAL", "hostx"]) expect(held(text), text).toBe(false);
+  });
+
   test("an unterminated request over the limit is answered at once and discarded up to its LF", () => {
     const f = new LineFramer(10);
     expect(feed(f, "z".repeat(12))).toEqual([TOO_LARGE]);

@@ -223,6 +223,16 @@ describe("the cross-protocol guard catches every form of an HTTP first line", ()
     await paused.closed;
     const d = await LineClient.connect(server.port);
     expect(await d.request("KEYS ran:")).toEqual({ status: "Ok", result: [] });
+    // An HTTP first line cut inside its first word by a pause longer than the unterminated-request rule's:
+    // the cut-off word waits for its next bytes instead of running alone, so the guard still sees POST / Host:.
+    for (const [head, tail] of [["PO", "ST / HTTP/1.1\r\n\r\nPUT ran:split-post 1\r\n"], ["  ho", "st: x\r\nPUT ran:split-host 1\n"]]) {
+      const split = await LineClient.connect(server.port);
+      split.write(head!);
+      await Bun.sleep(60); // six times the default 10 ms pause: before the fix "PO" ran alone here
+      split.write(tail!);
+      await split.closed;
+      expect(split.unread, head).toBe("");
+    }
     // Words that only start like POST or Host: are ordinary (unknown) commands.
     expect(await d.request("POSTAL code")).toMatchObject({ code: "UNKNOWN_COMMAND" });
     expect(await d.request("Hostname: x")).toMatchObject({ code: "UNKNOWN_COMMAND" });
