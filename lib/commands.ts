@@ -18,7 +18,7 @@ import * as v from "valibot";
 import type { EncodedValue } from "./commit-log.ts";
 import { isRawJsonText, parseJsonExact } from "./exact-json.ts";
 import { HTTP_REQUEST, INVALID_UTF8, TOO_LARGE, type Frame } from "./framing.ts";
-import { TAB, SPACE, OPEN_BRACE, CASE_BIT } from "./ascii.ts";
+import { TAB, SPACE, OPEN_BRACE, CASE_BIT, skipBlankBytes } from "./ascii.ts";
 
 export type NoArgCommandType = "START" | "COMMIT" | "ROLLBACK" | "PING" | "STATS" | "SAVE" | "HELP" | "QUIT";
 
@@ -227,11 +227,6 @@ export function noArgCommandOf(bytes: Uint8Array, start: number, end: number): C
 /** Printable ASCII other than quote and backslash: JSON.stringify leaves it as it is. */
 function isPlainJsonByte(c: number): boolean {
   return c >= 0x20 && c < 0x7f && c !== 0x22 && c !== 0x5c;
-}
-
-function skipBlankBytes(bytes: Uint8Array, i: number, end: number): number {
-  while (i < end && (bytes[i] === SPACE || bytes[i] === TAB)) i++;
-  return i;
 }
 
 function parseGetOrDel(type: "GET" | "DEL", line: string, argStart: number): Command {

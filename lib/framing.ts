@@ -23,7 +23,7 @@
  * Must not: parse commands, know about sockets or timers.
  */
 import { latin1Text, strictUtf8 } from "./text.ts";
-import { TAB, LF, CR, SPACE, CASE_BIT } from "./ascii.ts";
+import { TAB, LF, CR, SPACE, CASE_BIT, skipBlankBytes } from "./ascii.ts";
 
 /** A request that exceeded the size limit (already discarded). */
 export const TOO_LARGE = Symbol("TOO_LARGE");
@@ -181,8 +181,7 @@ export class LineFramer {
   partialMayBecomeHttpRequest(): boolean {
     if (this.discarding) return false;
     const end = this.buf.length;
-    let first = this.pos;
-    while (first < end && (this.buf[first] === SPACE || this.buf[first] === TAB)) first++;
+    const first = skipBlankBytes(this.buf, this.pos, end);
     if (first === end) return false;
     const trimmedEnd = this.buf[end - 1] === CR ? end - 1 : end; // as takePartial will see it
     return mayBecomeHttpRequest(this.buf, first, end) && !startsHttpRequest(this.buf, first, trimmedEnd);
@@ -278,8 +277,7 @@ export class LineFramer {
     // One extra byte may be the CR of a CRLF that has not fully arrived.
     const heldCr = this.buf[end - 1] === CR ? 1 : 0;
     if (this.droppedBlanks + end - heldCr - this.pos <= this.maxRequestBytes) return null;
-    let first = this.pos;
-    while (first < end - heldCr && (this.buf[first] === SPACE || this.buf[first] === TAB)) first++;
+    const first = skipBlankBytes(this.buf, this.pos, end - heldCr);
     if (first === end - heldCr || mayBecomeHttpRequest(this.buf, first, end)) {
       this.droppedBlanks += first - this.pos;
       this.pos = first;
@@ -303,8 +301,7 @@ export function startsHttpRequest(bytes: Uint8Array, start: number, end: number)
   const first = bytes[start]! | CASE_BIT;
   // Most lines are decided here: their first byte is no p, h, space or tab (TAB | CASE_BIT is ")").
   if (first !== 0x70 && first !== 0x68 && first !== SPACE && first !== (TAB | CASE_BIT)) return false;
-  let i = start;
-  while (i < end && (bytes[i] === SPACE || bytes[i] === TAB)) i++;
+  const i = skipBlankBytes(bytes, start, end);
   if (end - i < 4) return false;
   const c0 = bytes[i]! | CASE_BIT;
   if (c0 === 0x70 /* p */) {

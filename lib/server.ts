@@ -471,8 +471,8 @@ export class TxkvServer {
   /** Bytes without a final LF wait: they run as a request if the client then pauses for --partial-request-ms. */
   private armPartialTimer(socket: Socket<SocketData>, conn: Connection): void {
     if (this.options.partialRequestMs === 0 || !conn.framer.hasPartial()) return;
-    // "PO" or "Ho" waits for its next bytes: run alone, the rest of an HTTP request would pass the guard (§6).
     this.clearPartialTimer(conn);
+    // "PO" or "Ho" waits for its next bytes: run alone, the rest of an HTTP request would pass the guard (§6).
     if (conn.framer.partialMayBecomeHttpRequest()) return;
     conn.partialTimer = setTimeout(() => this.onPartialTimeout(socket, conn), this.options.partialRequestMs);
   }
