@@ -9,6 +9,7 @@
  * Must not: parse arguments (config.ts) or implement commands (execute.ts).
  */
 import { readFileSync } from "node:fs";
+import { withoutBrackets } from "./address.ts";
 import { MemoryOnlyLog, type CommitLog } from "./commit-log.ts";
 import type { Config } from "./config.ts";
 import { Executor } from "./execute.ts";
@@ -48,10 +49,26 @@ export interface ShutdownReport {
   readonly ms: number;
 }
 
-/** True for addresses only this machine can reach. */
+/**
+ * True for addresses only this machine can reach: localhost, 127.0.0.0/8 and
+ * ::1 (also IPv4-mapped), in any spelling the system takes (127.1,
+ * 0x7f.0.0.1, 0:0:0:0:0:0:0:1): the URL parser writes an IP literal the
+ * canonical way first, reading IPv4 as inet_aton does. Other names are not.
+ */
 export function isLoopback(host: string): boolean {
-  const h = host.toLowerCase();
-  return h === "localhost" || h === "::1" || h === "[::1]" || /^(::ffff:)?127(\.\d{1,3}){3}$/.test(h);
+  const bare = withoutBrackets(host);
+  let canonical: string;
+  try {
+    canonical = new URL(`http://${bare.includes(":") ? `[${bare}]` : bare}`).hostname;
+  } catch {
+    return false;
+  }
+  return (
+    canonical === "localhost" ||
+    canonical === "[::1]" ||
+    /^127\.\d+\.\d+\.\d+$/.test(canonical) ||
+    /^\[::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}\]$/.test(canonical)
+  );
 }
 
 /**

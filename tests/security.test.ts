@@ -149,12 +149,27 @@ describe("secrets stay out of logs and STATS", () => {
 });
 
 describe("protected mode", () => {
-  test("loopback addresses: localhost, ::1 and 127.0.0.0/8 (also IPv4-mapped)", () => {
-    for (const host of ["localhost", "LocalHost", "::1", "[::1]", "127.0.0.1", "127.1.2.3", "::ffff:127.0.0.1"]) {
+  test("loopback addresses: localhost, ::1 and 127.0.0.0/8 (also IPv4-mapped), however the address is spelt", () => {
+    for (const host of ["localhost", "LocalHost", "::1", "[::1]", "127.0.0.1", "127.1.2.3", "::ffff:127.0.0.1", "::ffff:7f00:1"]) {
       expect(isLoopback(host)).toBe(true);
     }
-    for (const host of ["0.0.0.0", "::", "10.0.0.1", "192.168.1.10", "example.com", "127.0.0.1.example.com", "1127.0.0.1"]) {
+    // Short, hexadecimal, octal and whole-number IPv4 forms, and IPv6 written out in full.
+    for (const host of ["127.1", "0x7f.0.0.1", "0177.0.0.1", "2130706433", "0:0:0:0:0:0:0:1", "[0:0::1]"]) {
+      expect(isLoopback(host)).toBe(true);
+    }
+    for (const host of ["0.0.0.0", "::", "10.0.0.1", "192.168.1.10", "example.com", "127.0.0.1.example.com", "1127.0.0.1", "127.256.0.1", "::2", "::ffff:10.0.0.1", "", "a b"]) {
       expect(isLoopback(host)).toBe(false);
+    }
+  });
+
+  test("a loopback address spelt another way starts without a password, and listens on loopback", async () => {
+    const server = await startInProcess(["--host", "127.1"]);
+    try {
+      const c = await LineClient.connect(server.port, "127.0.0.1");
+      expect(await c.request("PING")).toMatchObject({ status: "Ok" });
+      c.close();
+    } finally {
+      await server.shutdown();
     }
   });
 
