@@ -149,6 +149,7 @@ export async function startServer(config: Config, version: string, log: Logger):
   const { commitLog, store, keysLoaded, loadMs } = await openState(config, log);
   // Loading ignores the limit (as Redis loads past maxmemory): a smaller limit refuses writes until keys are deleted.
   store.dataLimitBytes = config.maxDataBytes;
+  store.maxWatchesPerTransaction = config.maxTransactionReads;
   const stats = new ServerStats();
   const executor = new Executor(store, commitLog, stats, {
     maxTransactionBytes: config.maxTransactionBytes,

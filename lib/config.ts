@@ -41,6 +41,7 @@ export const OPTIONS = {
   "compact-percent": { kind: "string", env: "TXKV_COMPACT_PERCENT", arg: "<n>", default: "100", help: "compact when the journal exceeds this % of the snapshot size" },
   "max-request-bytes": { kind: "string", env: "TXKV_MAX_REQUEST_BYTES", arg: "<n>", default: "1024", help: "longest request line (TOO_LARGE past it)" },
   "max-transaction-bytes": { kind: "string", env: "TXKV_MAX_TRANSACTION_BYTES", arg: "<n>", default: "1024", help: "PUT/DEL bytes one transaction may hold" },
+  "max-transaction-reads": { kind: "string", env: "TXKV_MAX_TRANSACTION_READS", arg: "<n>", default: "10000", help: "distinct keys and KEYS prefixes one transaction watches; past it, any commit conflicts with it" },
   "max-connections": { kind: "string", env: "TXKV_MAX_CONNECTIONS", arg: "<n>", default: "10000", help: "connections served at once (BUSY past it)" },
   "max-data-bytes": { kind: "string", env: "TXKV_MAX_DATA_BYTES", arg: "<n>", default: String(MAX_DATA_BYTES), help: "bytes the stored keys and values may take, 2 GiB at most (writes past it: TOO_LARGE)" },
   "max-output-bytes": { kind: "string", env: "TXKV_MAX_OUTPUT_BYTES", arg: "<n>", default: "1048576", help: "unsent reply bytes per connection before reading pauses" },
@@ -97,6 +98,7 @@ const ConfigSchema = v.object({
   "compact-percent": wholeNumber(1, 1_000_000),
   "max-request-bytes": wholeNumber(16, 64 * 1024 * 1024),
   "max-transaction-bytes": wholeNumber(16, 1024 * 1024 * 1024),
+  "max-transaction-reads": wholeNumber(1, 100_000_000),
   "max-connections": wholeNumber(1, 1_000_000),
   "max-data-bytes": wholeNumber(4096, MAX_DATA_BYTES),
   "max-output-bytes": wholeNumber(1024, 1024 * 1024 * 1024),
@@ -121,6 +123,8 @@ export type Config = {
   compactPercent: number;
   maxRequestBytes: number;
   maxTransactionBytes: number;
+  /** Distinct keys and prefixes one transaction watches before it watches the whole store (Store.maxWatchesPerTransaction). */
+  maxTransactionReads: number;
   maxConnections: number;
   /** Bytes the store's records may take (CompactMap.limitBytes). */
   maxDataBytes: number;
@@ -181,6 +185,7 @@ export function parseConfig(argv: readonly string[], env: Record<string, string 
       compactPercent: c["compact-percent"],
       maxRequestBytes: c["max-request-bytes"],
       maxTransactionBytes: c["max-transaction-bytes"],
+      maxTransactionReads: c["max-transaction-reads"],
       maxConnections: c["max-connections"],
       maxDataBytes: c["max-data-bytes"],
       maxOutputBytes: c["max-output-bytes"],

@@ -433,6 +433,7 @@ export class Executor {
       aborted: s.txAborted,
       watched_keys: watchedKeys(this.store),
       watched_prefixes: this.store.watchCounts.prefixes,
+      read_limit_reached: this.store.watchedEverythingTotal,
     };
     return {
       keys: this.store.size,

@@ -18,6 +18,14 @@
  * (a string in a Map) only when the table fills up. The common transaction
  * (START, GET, PUT, COMMIT) thus watches without a string or a Map entry,
  * however many other transactions commit while it is open.
+ * A bound on what one transaction watches (maxWatchesPerTransaction, the
+ * server's --max-transaction-reads): a transaction that has read more
+ * distinct keys and KEYS prefixes than that stops watching each of them and
+ * watches the whole store instead, so that any commit by another connection
+ * conflicts with it (PostgreSQL promotes its predicate locks to coarser ones
+ * past max_pred_locks_per_transaction the same way). It stays serializable,
+ * with more conflicts, and one client reading a million keys in a
+ * transaction cannot hold a million watches.
  * The data lives in a CompactMap (bytes in typed arrays, not JS strings): a
  * million keys cost tens of bytes each instead of hundreds (issue 6). The
  * fast path reads and writes it by bytes (findAscii, putAscii); a key becomes
@@ -34,6 +42,8 @@ export interface Watcher {
   conflicted: boolean;
   /** The keys it watches (kept by the store, unique), so that unwatch can drop them. */
   readonly watchedKeys: string[];
+  /** Set by the store: it read too much to watch each read, and any commit conflicts with it (see the top). */
+  watchesEverything: boolean;
 }
 
 /**
@@ -57,6 +67,12 @@ export class Store {
   private readonly prefixWatches = new PrefixWatches();
   /** Reads by the fast path inside transactions, not (yet) watches: see the top. */
   private readonly deferred = new DeferredReads();
+  /** Open transactions that watch the whole store and are not conflicted yet (see the top). */
+  private readonly everythingWatchers = new Set<Watcher>();
+  /** Distinct keys and prefixes one transaction may watch before it watches the whole store instead. */
+  maxWatchesPerTransaction = Number.MAX_SAFE_INTEGER;
+  /** Transactions that were made to watch the whole store, since the start (for STATS). */
+  watchedEverythingTotal = 0;
 
   /**
    * Starts from initial: a CompactMap is adopted as is (a loader can build
@@ -171,6 +187,7 @@ export class Store {
    */
   putAscii(entry: AsciiEntry): number {
     this.data.setAscii(entry);
+    if (this.everythingWatchers.size !== 0) this.markEverythingWatchers();
     if (this.deferred.size !== 0) this.deferred.markReadersOfBytes(entry.keySrc, entry.keyStart, entry.keyEnd);
     // The key is made a string only when a transaction watches something.
     if (this.keyWatchers.size !== 0 || !this.prefixWatches.isEmpty) {
@@ -206,13 +223,17 @@ export class Store {
 
   /** Marks w conflicted when another commit changes key (present or absent now). */
   watchKey(w: Watcher, key: string): void {
-    if (w.conflicted) return;
+    if (w.conflicted || w.watchesEverything) return;
     const current = this.keyWatchers.get(key);
     if (current === w) return;
+    if (current instanceof Set && current.has(w)) return;
+    if (this.watchesOf(w) >= this.maxWatchesPerTransaction) {
+      this.watchEverything(w);
+      return;
+    }
     if (current === undefined) {
       this.keyWatchers.set(key, w);
     } else if (current instanceof Set) {
-      if (current.has(w)) return;
       current.add(w);
     } else {
       this.keyWatchers.set(key, new Set([current, w]));
@@ -226,7 +247,7 @@ export class Store {
    * up (see the top). A key too long for the table is watched at once.
    */
   watchAscii(w: Watcher, src: Uint8Array, start: number, end: number): void {
-    if (w.conflicted) return;
+    if (w.conflicted || w.watchesEverything) return;
     if (end - start > DEFERRED_KEY_MAX_BYTES) {
       this.watchKey(w, latin1Text(src, start, end));
       return;
@@ -240,12 +261,21 @@ export class Store {
    * prefix, except the keys in ownKeys (answered from w's own writes).
    */
   watchPrefix(w: Watcher, prefix: string, ownKeys: OwnKeys | null): void {
-    if (!w.conflicted) this.prefixWatches.add(w, prefix, ownKeys);
+    if (w.conflicted || w.watchesEverything) return;
+    if (!this.prefixWatches.watches(w, prefix) && this.watchesOf(w) >= this.maxWatchesPerTransaction) {
+      this.watchEverything(w);
+      return;
+    }
+    this.prefixWatches.add(w, prefix, ownKeys);
   }
 
   /** Drops every watch of w: its keys, its prefixes and its deferred reads. */
   unwatch(w: Watcher): void {
     // Each step only when there is something to drop: most transactions have only deferred reads.
+    if (w.watchesEverything) {
+      w.watchesEverything = false;
+      this.everythingWatchers.delete(w);
+    }
     if (w.watchedKeys.length !== 0) this.unwatchKeys(w);
     if (!this.prefixWatches.isEmpty) this.prefixWatches.remove(w);
     if (this.deferred.size !== 0) this.deferred.drop(w);
@@ -265,8 +295,34 @@ export class Store {
   }
 
   /** Watch entries held (deferred reads included), for STATS and for tests that check bookkeeping is freed. */
-  get watchCounts(): { keys: number; prefixes: number; deferredReads: number } {
-    return { keys: this.keyWatchers.size, prefixes: this.prefixWatches.prefixCount, deferredReads: this.deferred.size };
+  get watchCounts(): { keys: number; prefixes: number; deferredReads: number; everything: number } {
+    return {
+      keys: this.keyWatchers.size,
+      prefixes: this.prefixWatches.prefixCount,
+      deferredReads: this.deferred.size,
+      everything: this.everythingWatchers.size,
+    };
+  }
+
+  /** Keys and prefixes w watches one by one (its deferred reads, at most a small table's worth, not counted). */
+  private watchesOf(w: Watcher): number {
+    return w.watchedKeys.length + (this.prefixWatches.isEmpty ? 0 : this.prefixWatches.countOf(w));
+  }
+
+  /** w read too much: its watches give way to one on the whole store (see the top). */
+  private watchEverything(w: Watcher): void {
+    this.unwatchKeys(w);
+    if (!this.prefixWatches.isEmpty) this.prefixWatches.remove(w);
+    // Its deferred reads stay until it ends: the table is small, and they only mark it conflicted, as any commit now does.
+    w.watchesEverything = true;
+    this.everythingWatchers.add(w);
+    this.watchedEverythingTotal++;
+  }
+
+  /** A commit changed something: every transaction watching the whole store conflicts, and needs watching no more. */
+  private markEverythingWatchers(): void {
+    for (const w of this.everythingWatchers) w.conflicted = true;
+    this.everythingWatchers.clear();
   }
 
   /** The table of deferred reads is full: they all become watches, which cost a commit nothing when they are not its keys. */
@@ -276,6 +332,7 @@ export class Store {
 
   /** Marks every transaction watching key, or a prefix of it, conflicted (less those whose own write it is). */
   private changed(key: string): void {
+    if (this.everythingWatchers.size !== 0) this.markEverythingWatchers();
     if (this.deferred.size !== 0) this.deferred.markReadersOf(key);
     this.markWatchers(key);
   }
@@ -306,6 +363,15 @@ class PrefixWatches {
 
   get isEmpty(): boolean {
     return this.byWatcher.size === 0;
+  }
+
+  /** Prefixes w watches. */
+  countOf(w: Watcher): number {
+    return this.byWatcher.get(w)?.size ?? 0;
+  }
+
+  watches(w: Watcher, prefix: string): boolean {
+    return this.byWatcher.get(w)?.has(prefix) === true;
   }
 
   /**

@@ -50,6 +50,8 @@ export class Transaction implements Watcher {
   conflicted = false;
   /** Keys this transaction watches (kept by the store, see Watcher). */
   readonly watchedKeys: string[] = [];
+  /** Set and cleared by the store (see Watcher). */
+  watchesEverything = false;
   /** levels[0, depth) are in use; the ones above are kept for reuse. */
   private readonly levels: Level[] = [newLevel()];
   private levelCount = 1;

@@ -64,7 +64,7 @@ test("20 raw connections × 30 plain-form increments (START, GET, PUT, COMMIT, o
   expect(await setup.request("GET plain-counter")).toEqual({ status: "Ok", result: { key: "plain-counter", value: "600" } });
   expect(server.executor.stats.txConflicted).toBeGreaterThan(conflictsBefore);
   // Every transaction ended: nothing is left in the table of pending reads, or as a watch.
-  expect(server.executor.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+  expect(server.executor.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
   for (const c of [...racers, setup]) c.close();
 }, 60000);
 

@@ -24,6 +24,7 @@ describe("parseConfig", () => {
       fsync: "everysec",
       maxRequestBytes: 1024,
       maxTransactionBytes: 1024,
+      maxTransactionReads: 10000,
       maxConnections: 10000,
       password: undefined,
       partialRequestMs: 10,

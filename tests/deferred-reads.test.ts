@@ -33,7 +33,7 @@ function collidingKeys(): readonly [string, string] {
 }
 
 function reader(): Watcher {
-  return { conflicted: false, watchedKeys: [] };
+  return { conflicted: false, watchedKeys: [], watchesEverything: false };
 }
 
 /** Adds key as DeferredReads.add gets it: bytes inside a larger buffer. */

@@ -338,9 +338,9 @@ describe("serializable conflicts", () => {
     a("START");
     for (let i = 0; i < 50; i++) a(`GET k${i}`);
     a("KEYS k");
-    expect(store.watchCounts).toEqual({ keys: 50, prefixes: 1, deferredReads: 0 });
+    expect(store.watchCounts).toEqual({ keys: 50, prefixes: 1, deferredReads: 0, everything: 0 });
     a("ROLLBACK");
-    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
     a("START");
     a("GET k1");
     b("START");
@@ -348,7 +348,76 @@ describe("serializable conflicts", () => {
     b("PUT k1 x");
     b("COMMIT");
     a("COMMIT");
-    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
+  });
+
+  describe("past the read limit (Store.maxWatchesPerTransaction) a transaction watches the whole store", () => {
+    function limited(limit: number) {
+      const s = setup();
+      s.store.maxWatchesPerTransaction = limit;
+      return s;
+    }
+
+    test("its watches give way to one on the whole store, and a commit of a key it never read conflicts it", () => {
+      const { session, store } = limited(3);
+      const [a, b] = [session(), session()];
+      a("START");
+      for (const key of ["k1", "k2", "k3"]) a(`GET ${key}`);
+      expect(store.watchCounts).toEqual({ keys: 3, prefixes: 0, deferredReads: 0, everything: 0 });
+      a("GET k4");
+      expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 1 });
+      expect(store.watchedEverythingTotal).toBe(1);
+      b("PUT unrelated x");
+      a("PUT k1 mine");
+      expect(a("COMMIT")).toEqual(err("CONFLICT"));
+      expect(store.get("k1")).toBeUndefined();
+      expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
+    });
+
+    test("with no other commit meanwhile it commits, and its own writes conflict with nothing", () => {
+      const { session, store } = limited(2);
+      const a = session();
+      a("START");
+      for (let i = 0; i < 10; i++) a(`GET k${i}`);
+      a("PUT k0 mine");
+      a("DEL k1");
+      expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+      expect(store.get("k0")).toBe('"mine"');
+      expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
+    });
+
+    test("rereading keys it already watches does not count; KEYS prefixes count with the keys", () => {
+      const { session, store } = limited(3);
+      const a = session();
+      a("START");
+      for (let round = 0; round < 5; round++) for (const key of ["k1", "k2"]) a(`GET ${key}`);
+      a("KEYS p");
+      // At the limit now: a key or prefix already watched is no new read.
+      a("KEYS p");
+      a("GET k1");
+      expect(store.watchCounts).toEqual({ keys: 2, prefixes: 1, deferredReads: 0, everything: 0 });
+      a("KEYS q");
+      expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 1 });
+      a("ROLLBACK");
+      expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
+    });
+
+    test("a delete of an absent key conflicts no one; a commit conflicts the one watching everything, not others' unrelated watches", () => {
+      const { session, store } = limited(2);
+      const [a, b, c] = [session(), session(), session()];
+      a("START");
+      for (let i = 0; i < 3; i++) a(`GET k${i}`);
+      c("START");
+      c("GET other");
+      b("DEL absent");
+      expect([a.session.tx!.conflicted, c.session.tx!.conflicted]).toEqual([false, false]);
+      b("PUT unrelated 1");
+      expect([a.session.tx!.conflicted, c.session.tx!.conflicted]).toEqual([true, false]);
+      c("PUT mine 1");
+      expect(c("COMMIT")).toEqual(ok("Transaction committed"));
+      expect(a("COMMIT")).toEqual(err("CONFLICT"));
+      expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
+    });
   });
 
   test("prefix watches (an index by prefix) mark exactly the transactions a brute-force check would, and leave nothing behind", () => {
@@ -363,7 +432,7 @@ describe("serializable conflicts", () => {
       for (let step = 0; step < 400; step++) {
         const roll = next();
         if (roll < 0.35 || open.length === 0) {
-          const m = open.length > 0 && next() < 0.5 ? pick(open) : { w: { conflicted: false, watchedKeys: [] }, prefixes: new Map() };
+          const m = open.length > 0 && next() < 0.5 ? pick(open) : { w: { conflicted: false, watchedKeys: [], watchesEverything: false }, prefixes: new Map() };
           if (!open.includes(m)) open.push(m);
           const prefix = word(3);
           const own = next() < 0.3 ? new Set([prefix + pick(alphabet)]) : null;
@@ -387,7 +456,7 @@ describe("serializable conflicts", () => {
         }
       }
       for (const { w } of open) store.unwatch(w);
-      expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+      expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
     }
   });
 
@@ -400,7 +469,7 @@ describe("serializable conflicts", () => {
     executor.closeSession(a.session);
     expect(a.session.tx).toBeNull();
     expect(b("GET k")).toEqual(err("NOT_FOUND"));
-    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+    expect(store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
   });
 });
 

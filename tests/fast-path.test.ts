@@ -921,13 +921,13 @@ describe("deferred watches and transaction writes held as bytes", () => {
     const [reader, writer] = [new Session(false), new Session(false)];
     h.run(reader, "START");
     expect(h.run(reader, "GET k")).toEqual({ reply: okEntry("k", '"1"'), fast: true });
-    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 1 });
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 1, everything: 0 });
     expect(h.run(writer, "PUT other 2").fast).toBe(true);
     // Nothing became a watch: the commit looked for its key among the deferred reads.
-    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 1 });
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 1, everything: 0 });
     expect(h.run(writer, "PUT k 2").fast).toBe(true);
     expect(codeOf(reply(h, reader, "COMMIT"))).toBe("CONFLICT");
-    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
   });
 
   test("a deferred read conflicts with every kind of commit of its key: plain PUT, general PUT, DEL, and a transaction's PUT or DEL", () => {
@@ -946,7 +946,7 @@ describe("deferred watches and transaction writes held as bytes", () => {
       expect(h.run(reader, "GET k").fast).toBe(true);
       for (const line of lines) h.run(writer, line);
       expect({ name, outcome: codeOf(reply(h, reader, "COMMIT")) }).toEqual({ name, outcome: "CONFLICT" });
-      expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+      expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
     }
   });
 
@@ -976,7 +976,7 @@ describe("deferred watches and transaction writes held as bytes", () => {
     h.run(a, "START");
     h.run(a, "GET x");
     expect(reply(h, a, "COMMIT")).toContain("Transaction committed");
-    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
   });
 
   test(`past ${DEFERRED_READS_MAX} deferred reads they become watches at once (bounded memory and commit scans), and still conflict`, () => {
@@ -993,7 +993,7 @@ describe("deferred watches and transaction writes held as bytes", () => {
     h.run(writer, "PUT kept 1");
     expect(codeOf(reply(h, reader, "COMMIT"))).toBe("CONFLICT");
     expect(codeOf(reply(h, other, "COMMIT"))).toBe("CONFLICT");
-    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
   });
 
   test(`a read of a key longer than ${DEFERRED_KEY_MAX_BYTES} bytes is watched at once, and conflicts`, () => {
@@ -1002,10 +1002,10 @@ describe("deferred watches and transaction writes held as bytes", () => {
     const [reader, writer] = [new Session(false), new Session(false)];
     h.run(reader, "START");
     expect(h.run(reader, `GET ${long}`).fast).toBe(true);
-    expect(h.store.watchCounts).toEqual({ keys: 1, prefixes: 0, deferredReads: 0 });
+    expect(h.store.watchCounts).toEqual({ keys: 1, prefixes: 0, deferredReads: 0, everything: 0 });
     h.run(writer, `PUT ${long} 2`);
     expect(codeOf(reply(h, reader, "COMMIT"))).toBe("CONFLICT");
-    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0 });
+    expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
   });
 
   test("a one-PUT transaction commits from its bytes: the same store, journal record and durability wait as the general path", () => {

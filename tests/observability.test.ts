@@ -131,7 +131,7 @@ describe("STATS", () => {
     expect(stats.memory.heap_used).toBeGreaterThan(0);
     expect(Number.isInteger(stats.memory.client_buffers) && stats.memory.client_buffers >= 0).toBe(true); // its growth: lifecycle and abuse tests
     expect(stats.persistence).toEqual({ mode: "in-memory" });
-    expect(stats.transactions).toEqual({ open: 1, committed: 1, rolled_back: 1, conflicted: 1, aborted: 0, watched_keys: 0, watched_prefixes: 0 });
+    expect(stats.transactions).toEqual({ open: 1, committed: 1, rolled_back: 1, conflicted: 1, aborted: 0, watched_keys: 0, watched_prefixes: 0, read_limit_reached: 0 });
     expect(stats.stats).toMatchObject({
       keys: 3,
       commands: 18,
@@ -180,6 +180,7 @@ describe("metrics endpoint", () => {
       txkv_errors_total: "counter",
       txkv_transactions_total: "counter",
       txkv_transactions_open: "gauge",
+      txkv_transactions_read_limit_reached_total: "counter",
       txkv_keys: "gauge",
       txkv_data_bytes: "gauge",
       txkv_data_limit_bytes: "gauge",
@@ -205,6 +206,7 @@ describe("metrics endpoint", () => {
     expect(sample(m, "txkv_transactions_total", { outcome: "conflicted" })).toBe(1);
     expect(sample(m, "txkv_transactions_total", { outcome: "aborted" })).toBe(0);
     expect(sample(m, "txkv_transactions_open")).toBe(1);
+    expect(sample(m, "txkv_transactions_read_limit_reached_total")).toBe(0);
     expect(sample(m, "txkv_keys")).toBe(3);
     // Three small records (a 16-byte header each, key and value padded to a word), and the default limit.
     expect(sample(m, "txkv_data_bytes")).toBeGreaterThanOrEqual(3 * 20);

@@ -39,6 +39,10 @@
  *    key under a KEYS prefix it read, less those its own writes answered) may
  *    have been changed between the read and the COMMIT: blind writes and
  *    reads answered from the transaction's own writes never conflict;
+ *    except that a transaction past the server's --max-transaction-reads
+ *    (READ_LIMIT distinct keys and KEYS prefixes read from the store) watches
+ *    the whole store, so any commit after its (READ_LIMIT+1)-th distinct
+ *    read justifies its CONFLICT (README "Transactions", "Big reads");
  *  - reads answered from the transaction's own writes show those writes;
  *  - the final state (KEYS + GET) equals the replay's, and so does the state
  *    after kill -9 and a restart (the last SAVE's snapshot plus the journal),
@@ -56,7 +60,9 @@
  * Environment, to hunt with other sizes: TXKV_SER_SEED (the script seed,
  * printed on failure), TXKV_SER_CONNS, TXKV_SER_TXS (transactions per
  * connection), TXKV_SER_KEYS (hot keys, 2-12), TXKV_SER_FSYNC
- * (always|everysec|no), TXKV_SER_CHURN_KEYS, TXKV_SER_CHURN_BATCHES,
+ * (always|everysec|no), TXKV_SER_READ_LIMIT (the server's
+ * --max-transaction-reads, small so that some transactions pass it; 0: the
+ * server's default), TXKV_SER_CHURN_KEYS, TXKV_SER_CHURN_BATCHES,
  * TXKV_SER_SAVES, TXKV_SER_PREFILL (keys written first, so that a SAVE's walk
  * spans many slices), TXKV_SER_VERBOSE=1 (counts and phase times). The
  * interleaving depends on timing, so a seed reproduces each connection's
@@ -87,6 +93,8 @@ const CHURN_BATCHES = envInt("TXKV_SER_CHURN_BATCHES", 20);
 const SAVES = envInt("TXKV_SER_SAVES", 2);
 /** Keys ("y...") written before the run, so that a SAVE's walk of the store spans many slices (then KEYS "" is not read). */
 const PREFILL = envInt("TXKV_SER_PREFILL", 0);
+/** The server's --max-transaction-reads: small, so that long transactions pass it and watch the whole store. */
+const READ_LIMIT = envInt("TXKV_SER_READ_LIMIT", 4);
 
 /**
  * The hot keys: two families under prefixes "a" and "b", with keys the fast path leaves to the general path
@@ -805,7 +813,10 @@ function check(run: Run, records: JournalRecord[], serverSeq: number): { problem
         }
       } else if (unit.outcome === "conflict") {
         const to = commit.hi;
-        const justified = unit.reads.some((read) => history.changeIn(read, readOf.get(read)!.lo, to) !== 0);
+        const wholeStore = readPastLimit(unit.reads);
+        const justified =
+          unit.reads.some((read) => history.changeIn(read, readOf.get(read)!.lo, to) !== 0) ||
+          (wholeStore !== undefined && to > readOf.get(wholeStore)!.lo);
         if (!justified) {
           const windows = unit.reads.map((read) => `${describeRead(read)} (read at seq >= ${readOf.get(read)!.lo})`);
           flag(unit, `CONFLICT, but nothing it read from the store was changed between its reads and its COMMIT (seq <= ${to}): ${windows.length === 0 ? "it read nothing from the store" : windows.join("; ")}`);
@@ -814,6 +825,22 @@ function check(run: Run, records: JournalRecord[], serverSeq: number): { problem
     }
   }
   return { problems, history };
+}
+
+/**
+ * The read after which the server may watch the whole store for this
+ * transaction: its (READ_LIMIT+1)-th distinct key or prefix (undefined: it
+ * read no more than READ_LIMIT). The server switches then, or later for
+ * plain-form reads still in its table of deferred reads.
+ */
+function readPastLimit(reads: readonly StoreRead[]): StoreRead | undefined {
+  if (READ_LIMIT === 0) return undefined;
+  const distinct = new Set<string>();
+  for (const read of reads) {
+    distinct.add(read.kind === "get" ? `key ${read.key}` : `prefix ${read.prefix}`);
+    if (distinct.size > READ_LIMIT) return read;
+  }
+  return undefined;
 }
 
 /** The server's whole state, by KEYS and a GET of each key. */
@@ -886,6 +913,7 @@ test(`${CONNS} connections × ${TXS} random transactions over ${KEY_COUNT} keys 
   const dir = tempDir();
   const dataPath = join(dir.path, "data.json");
   const args = ["--data", dataPath, "--fsync", FSYNC, "--compact-min-bytes", String(2 ** 40), "--max-transaction-bytes", "1000000"];
+  if (READ_LIMIT > 0) args.push("--max-transaction-reads", String(READ_LIMIT));
   const servers: ServerProcess[] = [];
   try {
     const phases: string[] = [];
@@ -941,15 +969,19 @@ test(`${CONNS} connections × ${TXS} random transactions over ${KEY_COUNT} keys 
     const count = (outcome: Unit["outcome"]) => units.filter((u) => !u.auto && u.outcome === outcome).length;
     if (problems.length > 0) {
       throw new Error(
-        `${problems.length} violation(s), seed ${SEED} (TXKV_SER_SEED=${SEED} TXKV_SER_CONNS=${CONNS} TXKV_SER_TXS=${TXS} TXKV_SER_KEYS=${KEY_COUNT} TXKV_SER_FSYNC=${FSYNC} TXKV_SER_CHURN_KEYS=${CHURN_KEYS} TXKV_SER_CHURN_BATCHES=${CHURN_BATCHES} TXKV_SER_SAVES=${SAVES} TXKV_SER_PREFILL=${PREFILL}):\n` +
+        `${problems.length} violation(s), seed ${SEED} (TXKV_SER_SEED=${SEED} TXKV_SER_CONNS=${CONNS} TXKV_SER_TXS=${TXS} TXKV_SER_KEYS=${KEY_COUNT} TXKV_SER_FSYNC=${FSYNC} TXKV_SER_CHURN_KEYS=${CHURN_KEYS} TXKV_SER_CHURN_BATCHES=${CHURN_BATCHES} TXKV_SER_SAVES=${SAVES} TXKV_SER_PREFILL=${PREFILL} TXKV_SER_READ_LIMIT=${READ_LIMIT}):\n` +
           problems.slice(0, 20).join("\n"),
       );
     }
     // The run raced for real: some transactions conflicted, some committed writes.
     expect(count("conflict")).toBeGreaterThan(0);
+    // Some transactions passed the read limit (so the whole-store watch was checked), and many did not.
+    const pastLimit = (stats.result as { transactions: { read_limit_reached: number } }).transactions.read_limit_reached;
+    if (READ_LIMIT > 0) expect(pastLimit).toBeGreaterThan(0);
+    expect(units.filter((u) => !u.auto && readPastLimit(u.reads) === undefined).length).toBeGreaterThan(units.length / 4);
     expect(units.filter((u) => !u.auto && u.seq > 0).length).toBeGreaterThan(0);
     if (process.env.TXKV_SER_VERBOSE) {
-      console.log(`seed ${SEED}: ${records.length} commits in ${new Set(records.map((r) => r.file)).size} journal file(s); transactions committed ${count("committed")}, conflicted ${count("conflict")}, rolled back ${count("rolledback")}, aborted ${count("aborted")}; ${phases.join(", ")}`);
+      console.log(`seed ${SEED}: ${records.length} commits in ${new Set(records.map((r) => r.file)).size} journal file(s); transactions committed ${count("committed")}, conflicted ${count("conflict")}, rolled back ${count("rolledback")}, aborted ${count("aborted")}; ${pastLimit} past the read limit; ${phases.join(", ")}`);
     }
   } catch (err) {
     console.error(`serializability test failed with seed ${SEED} (rerun with TXKV_SER_SEED=${SEED})`);

@@ -576,6 +576,36 @@ describe("transactions end to end", () => {
     b.close();
   });
 
+  test("--max-transaction-reads: past it a transaction holds no watch per read, and any other commit (of any key) conflicts it", async () => {
+    const limited = await startInProcess(["--max-transaction-reads", "300"]);
+    const a = await LineClient.connect(limited.port);
+    const b = await LineClient.connect(limited.port);
+    try {
+      const transactions = async () =>
+        ((await b.request("STATS")).result as { transactions: { watched_keys: number; watched_prefixes: number; read_limit_reached: number } })
+          .transactions;
+      const manyReads = (tag: string) => Array.from({ length: 2000 }, (_, i) => (i % 2 === 0 ? `GET ${tag}:${i}` : `GET {"key":"${tag}:${i}"}`));
+      // Under the limit: reads stay watches of their keys, and a commit of another key conflicts nothing.
+      await a.pipeline(["START", ...manyReads("few").slice(0, 200)]);
+      await b.request("PUT unrelated 1");
+      expect(await a.request("COMMIT")).toMatchObject({ result: "Transaction committed" });
+      // Past it (plain-form and JSON-form reads, and KEYS prefixes): the watches held stay bounded.
+      await a.pipeline(["START", ...manyReads("many"), ...Array.from({ length: 500 }, (_, i) => `KEYS p${i}:`)]);
+      const over = await transactions();
+      expect(over.read_limit_reached).toBe(1);
+      expect(over.watched_keys + over.watched_prefixes).toBeLessThanOrEqual(256);
+      await b.request("PUT unrelated 2");
+      expect(await a.pipeline(["PUT mine 1", "COMMIT", "GET mine"])).toMatchObject([{ status: "Ok" }, { code: "CONFLICT" }, { code: "NOT_FOUND" }]);
+      // With no other commit meanwhile, the same transaction commits.
+      expect(await a.pipeline(["START", ...manyReads("alone"), "PUT mine 2", "COMMIT"])).toMatchObject({ 2001: { status: "Ok" }, 2002: { result: "Transaction committed" } });
+      expect(await transactions()).toMatchObject({ watched_keys: 0, watched_prefixes: 0, read_limit_reached: 2 });
+    } finally {
+      a.close();
+      b.close();
+      await limited.shutdown();
+    }
+  });
+
   test("failed level, ABORTED and the transaction byte limit through the server", async () => {
     const a = await LineClient.connect(server.port);
     expect(await a.pipeline(["START", "PUT fl 1", "GET too many words", "PUT fl 2", "ROLLBACK", "START", "PUT fl 3", "x".repeat(1500), "COMMIT", "GET fl"])).toMatchObject([
