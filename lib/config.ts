@@ -41,7 +41,7 @@ export const OPTIONS = {
   "compact-percent": { kind: "string", env: "TXKV_COMPACT_PERCENT", arg: "<n>", default: "100", help: "compact when the journal exceeds this % of the snapshot size" },
   "max-request-bytes": { kind: "string", env: "TXKV_MAX_REQUEST_BYTES", arg: "<n>", default: "1024", help: "longest request line (TOO_LARGE past it)" },
   "max-transaction-bytes": { kind: "string", env: "TXKV_MAX_TRANSACTION_BYTES", arg: "<n>", default: "1024", help: "PUT/DEL bytes one transaction may hold" },
-  "max-transaction-reads": { kind: "string", env: "TXKV_MAX_TRANSACTION_READS", arg: "<n>", default: "10000", help: "distinct keys and KEYS prefixes one transaction watches; past it, any commit conflicts with it" },
+  "max-transaction-reads": { kind: "string", env: "TXKV_MAX_TRANSACTION_READS", arg: "<n>", default: "10000", help: "distinct keys and KEYS prefixes one transaction watches; past it, any other connection's commit that changes a key conflicts with it" },
   "max-connections": { kind: "string", env: "TXKV_MAX_CONNECTIONS", arg: "<n>", default: "10000", help: "connections served at once (BUSY past it)" },
   "max-data-bytes": { kind: "string", env: "TXKV_MAX_DATA_BYTES", arg: "<n>", default: String(MAX_DATA_BYTES), help: "bytes the stored keys and values may take, 2 GiB at most (writes past it: TOO_LARGE)" },
   "max-output-bytes": { kind: "string", env: "TXKV_MAX_OUTPUT_BYTES", arg: "<n>", default: "1048576", help: "unsent reply bytes per connection before reading pauses" },

@@ -44,6 +44,7 @@ import { errorMessage } from "./errors.ts";
 
 /** Nested START levels beyond this are refused: each level costs memory. */
 const MAX_TRANSACTION_DEPTH = 1000;
+const CONFLICT_MESSAGE = "Transaction conflicted: a key it read was changed by another commit; nothing was applied, retry it";
 /** Delay before answering the first failed AUTH; it doubles with each further failure. */
 const AUTH_FAILURE_BASE_DELAY_MS = 50;
 const AUTH_FAILURE_MAX_DELAY_MS = 5000;
@@ -298,8 +299,10 @@ export class Executor {
       return REPLY.committed;
     }
     if (tx.conflicted) {
+      // Read before endTransaction, whose unwatch clears it.
+      const pastReadLimit = tx.watchesEverything;
       this.endTransaction(session, tx, "conflicted");
-      return this.fail("CONFLICT", "Transaction conflicted: a key it read was changed by another commit; nothing was applied, retry it");
+      return this.fail("CONFLICT", pastReadLimit ? this.pastReadLimitMessage() : CONFLICT_MESSAGE);
     }
     const refusal = this.applyCommit(session, tx);
     if (refusal !== null) {
@@ -367,6 +370,15 @@ export class Executor {
   private invalid(session: Session, cmd: Invalid): string {
     session.tx?.markFailed();
     return this.fail(cmd.code, cmd.message);
+  }
+
+  /** The CONFLICT of a transaction that read too much to be watched key by key (Store.maxWatchesPerTransaction). */
+  private pastReadLimitMessage(): string {
+    return (
+      `Transaction conflicted: another commit changed the store after it had read more than ` +
+      `${this.store.maxWatchesPerTransaction} distinct keys and KEYS prefixes (--max-transaction-reads), ` +
+      `past which any change conflicts; nothing was applied, retry it or raise the limit`
+    );
   }
 
   private overBudget(tx: Transaction): string {

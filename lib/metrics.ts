@@ -74,7 +74,7 @@ export function renderMetrics(executor: Executor, health: Health, version: strin
     [{ outcome: "aborted" }, s.txAborted],
   ]);
   out.single("txkv_transactions_open", "gauge", "transactions open now", s.txOpen);
-  out.single("txkv_transactions_read_limit_reached_total", "counter", "transactions that read more than --max-transaction-reads keys and prefixes, and so conflicted with any commit", executor.store.watchedEverythingTotal);
+  out.single("txkv_transactions_read_limit_reached_total", "counter", "transactions that read more than --max-transaction-reads keys and prefixes (and from then on watched the whole store)", executor.store.watchedEverythingTotal);
   out.single("txkv_keys", "gauge", "keys in the store", executor.store.size);
   out.single("txkv_commit_seq", "gauge", "sequence number of the last commit", executor.store.seq);
   out.single("txkv_memory_rss_bytes", "gauge", "resident set size of the process", memory.rss);

@@ -21,8 +21,9 @@
  * A bound on what one transaction watches (maxWatchesPerTransaction, the
  * server's --max-transaction-reads): a transaction that has read more
  * distinct keys and KEYS prefixes than that stops watching each of them and
- * watches the whole store instead, so that any commit by another connection
- * conflicts with it (PostgreSQL promotes its predicate locks to coarser ones
+ * watches the whole store instead, so that any later commit that changes a
+ * key (another connection's: a committer drops its watches first) conflicts
+ * with it (PostgreSQL promotes its predicate locks to coarser ones
  * past max_pred_locks_per_transaction the same way). It stays serializable,
  * with more conflicts, and one client reading a million keys in a
  * transaction cannot hold a million watches.
@@ -252,7 +253,11 @@ export class Store {
       this.watchKey(w, latin1Text(src, start, end));
       return;
     }
-    if (this.deferred.isFull) this.watchDeferred();
+    if (this.deferred.isFull) {
+      this.watchDeferred();
+      // Those reads may have taken w past the read limit.
+      if (w.watchesEverything) return;
+    }
     this.deferred.add(w, src, start, end);
   }
 

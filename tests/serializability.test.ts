@@ -975,10 +975,11 @@ test(`${CONNS} connections × ${TXS} random transactions over ${KEY_COUNT} keys 
     }
     // The run raced for real: some transactions conflicted, some committed writes.
     expect(count("conflict")).toBeGreaterThan(0);
-    // Some transactions passed the read limit (so the whole-store watch was checked), and many did not.
+    // Some transactions passed the read limit (so the whole-store watch was checked), and some did not
+    // (so their CONFLICTs were checked key by key).
     const pastLimit = (stats.result as { transactions: { read_limit_reached: number } }).transactions.read_limit_reached;
     if (READ_LIMIT > 0) expect(pastLimit).toBeGreaterThan(0);
-    expect(units.filter((u) => !u.auto && readPastLimit(u.reads) === undefined).length).toBeGreaterThan(units.length / 4);
+    expect(units.filter((u) => !u.auto && u.outcome === "conflict" && readPastLimit(u.reads) === undefined).length).toBeGreaterThan(0);
     expect(units.filter((u) => !u.auto && u.seq > 0).length).toBeGreaterThan(0);
     if (process.env.TXKV_SER_VERBOSE) {
       console.log(`seed ${SEED}: ${records.length} commits in ${new Set(records.map((r) => r.file)).size} journal file(s); transactions committed ${count("committed")}, conflicted ${count("conflict")}, rolled back ${count("rolledback")}, aborted ${count("aborted")}; ${pastLimit} past the read limit; ${phases.join(", ")}`);
