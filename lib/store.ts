@@ -43,7 +43,7 @@ export interface Watcher {
   conflicted: boolean;
   /** The keys it watches (kept by the store, unique), so that unwatch can drop them. */
   readonly watchedKeys: string[];
-  /** Set by the store: it read too much to watch each read, and any commit conflicts with it (see the top). */
+  /** Set by the store: it read too much to watch each read, and any commit that changes a key conflicts with it (see the top). */
   watchesEverything: boolean;
 }
 
