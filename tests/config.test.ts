@@ -82,6 +82,8 @@ describe("parseConfig", () => {
       [["--port", "12x"], {}, "--port"],
       [["--fsync", "sometimes"], {}, "--fsync"],
       [[], { TXKV_MAX_CONNECTIONS: "-1" }, "--max-connections (or TXKV_MAX_CONNECTIONS)"],
+      [["--max-transaction-reads", "0"], {}, "--max-transaction-reads"],
+      [[], { TXKV_MAX_TRANSACTION_READS: "lots" }, "--max-transaction-reads (or TXKV_MAX_TRANSACTION_READS)"],
       [["--data", "db.tmp"], {}, "--data"],
       [["--data", "/srv/db.journal.7"], {}, "--data"],
       [["--data", "db.lock"], {}, "--data"],
@@ -228,7 +230,7 @@ describe("the process", () => {
     expect(refused.stderr).toContain("TXKV_PASSWORD");
   });
 
-  test("the TXKV_ environment variables configure a real server (host, port, data, fsync, limits, connections, password, in-memory)", async () => {
+  test("the TXKV_ environment variables configure a real server (host, port, data, fsync, limits, reads, connections, password, in-memory)", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "txkv-env-"));
     const env = {
       TXKV_PORT: "0",
@@ -237,6 +239,7 @@ describe("the process", () => {
       TXKV_FSYNC: "always",
       TXKV_MAX_REQUEST_BYTES: "64",
       TXKV_MAX_TRANSACTION_BYTES: "40",
+      TXKV_MAX_TRANSACTION_READS: "2",
       TXKV_MAX_CONNECTIONS: "1",
       TXKV_PASSWORD: "env-secret",
     };
@@ -250,8 +253,11 @@ describe("the process", () => {
       expect(await c.pipeline(["START", `PUT a ${"x".repeat(30)}`, `PUT b ${"x".repeat(30)}`, "ROLLBACK"])).toMatchObject([
         { status: "Ok" }, { status: "Ok" }, { code: "TOO_LARGE" }, { status: "Ok" },
       ]);
-      const stats = (await c.request("STATS")).result as { persistence: Record<string, unknown> };
+      // JSON-form reads are watched at once: the third distinct key passes the read limit of 2.
+      await c.pipeline(["START", 'GET {"key":"r1"}', 'GET {"key":"r2"}', 'GET {"key":"r3"}', "ROLLBACK"]);
+      const stats = (await c.request("STATS")).result as { persistence: Record<string, unknown>; transactions: Record<string, unknown> };
       expect(stats.persistence).toMatchObject({ mode: "always", dataFile: env.TXKV_DATA });
+      expect(stats.transactions).toMatchObject({ read_limit_reached: 1 });
       const second = await LineClient.connect(server.port, "127.0.0.2");
       expect(await second.readReply()).toMatchObject({ code: "BUSY" });
       c.close();
