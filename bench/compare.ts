@@ -210,6 +210,16 @@ async function kvload(
   return { opsPerSec: result.ops_per_s, cpuUs: (ticks * 10_000) / result.ops, clientCpuUs };
 }
 
+/** Runs a and b, a first in even rounds and b first in odd ones, so that drift in the machine's load evens out. */
+async function alternately<T>(round: number, a: () => Promise<T>, b: () => Promise<T>): Promise<[T, T]> {
+  if (round % 2 === 0) {
+    const first = await a();
+    return [first, await b()];
+  }
+  const first = await b();
+  return [await a(), first];
+}
+
 /** "0.94-1.06 (93 %)": an interval and how likely it holds the true median. */
 function describeInterval(interval: MedianInterval): string {
   return `${interval.lo.toFixed(2)}-${interval.hi.toFixed(2)} (${Math.round(interval.coverage * 100)} %)`;
@@ -257,11 +267,11 @@ async function main() {
       await kvload(bin, "kv", txkv, workload.args, false, WARMUP_SECS);
       await kvload(bin, "resp", redis, workload.args, false, WARMUP_SECS);
       for (let round = 0; round < ROUNDS; round++) {
-        // Alternate which server goes first so drift in the machine's load evens out.
-        const first = round % 2 === 0;
-        const a = first ? await kvload(bin, "kv", txkv, workload.args, false) : null;
-        const b = await kvload(bin, "resp", redis, workload.args, false);
-        const c = a ?? (await kvload(bin, "kv", txkv, workload.args, false));
+        const [c, b] = await alternately(
+          round,
+          () => kvload(bin, "kv", txkv, workload.args, false),
+          () => kvload(bin, "resp", redis, workload.args, false),
+        );
         t.push(c.opsPerSec);
         r.push(b.opsPerSec);
         ratios.push(c.opsPerSec / b.opsPerSec);
@@ -300,11 +310,12 @@ async function main() {
     await kvload(bin, "kv", fixed, args, false, WARMUP_SECS);
     const ratios: number[] = [];
     for (let round = 0; round < ROUNDS; round++) {
-      const fixedFirst = round % 2 === 0;
-      const f = fixedFirst ? await kvload(bin, "kv", fixed, args, false) : null;
-      const x = await kvload(bin, "kv", txkv, args, false);
-      const fixedRun = f ?? (await kvload(bin, "kv", fixed, args, false));
-      ratios.push(x.opsPerSec / fixedRun.opsPerSec);
+      const [x, f] = await alternately(
+        round,
+        () => kvload(bin, "kv", txkv, args, false),
+        () => kvload(bin, "kv", fixed, args, false),
+      );
+      ratios.push(x.opsPerSec / f.opsPerSec);
     }
     const interval = describeInterval(medianInterval(ratios));
     say(`txkv / fixed-reply server: **${median(ratios).toFixed(2)}**, interval ${interval} (rounds: ${ratios.map((x) => x.toFixed(2)).join(", ")})`);
