@@ -577,7 +577,7 @@ describe("transactions end to end", () => {
   });
 
   test("--max-transaction-reads: past it a transaction holds no watch per read, and any commit that changes a key conflicts it, with a message naming the limit", async () => {
-    const limited = await startInProcess(["--max-transaction-reads", "300"]);
+    const limited = await startInProcess(["--max-transaction-reads", "300", "--metrics-port", "0"]);
     const a = await LineClient.connect(limited.port);
     const b = await LineClient.connect(limited.port);
     try {
@@ -607,6 +607,8 @@ describe("transactions end to end", () => {
       await a.pipeline(["START", ...Array.from({ length: 2000 }, (_, i) => `GET plain:${i}`)]);
       expect(await transactions()).toMatchObject({ watched_keys: 0, watched_prefixes: 0, read_limit_reached: 3 });
       await a.request("ROLLBACK");
+      const metrics = await (await fetch(`http://127.0.0.1:${limited.metricsPort}/metrics`)).text();
+      expect(metrics).toContain("\ntxkv_transactions_read_limit_reached_total 3\n");
     } finally {
       a.close();
       b.close();
