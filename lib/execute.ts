@@ -38,7 +38,7 @@ import {
 import type { Session } from "./session.ts";
 import type { ServerStats } from "./stats.ts";
 import type { Store } from "./store.ts";
-import { detach, latin1Text } from "./text.ts";
+import { detach, latin1Text, sortByCodePoint } from "./text.ts";
 import { DELETED, type Transaction, type Write } from "./transaction.ts";
 import { errorMessage } from "./errors.ts";
 
@@ -271,8 +271,7 @@ export class Executor {
       this.store.watchPrefix(tx, prefix, own);
       if (own !== null) keys = withOwnWrites(keys, own);
     }
-    keys.sort();
-    return okJson(JSON.stringify(keys));
+    return okJson(JSON.stringify(sortByCodePoint(keys)));
   }
 
   private start(session: Session, tx: Transaction | null): string {

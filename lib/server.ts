@@ -35,6 +35,7 @@ import { LINE, LineFramer, type Frame } from "./framing.ts";
 import type { Logger } from "./log.ts";
 import { ByteBuffer, copyOf } from "./byte-buffer.ts";
 import { HeldReplies } from "./held-replies.ts";
+import { acknowledgeNow } from "./quick-ack.ts";
 import { error } from "./replies.ts";
 import { Session } from "./session.ts";
 import { asError } from "./errors.ts";
@@ -475,6 +476,8 @@ export class TxkvServer {
     // "PO" or "Ho" waits for its next bytes: run alone, the rest of an HTTP request would pass the guard (§6).
     if (conn.framer.partialMayBecomeHttpRequest()) return;
     conn.partialTimer = setTimeout(() => this.onPartialTimeout(socket, conn), this.options.partialRequestMs);
+    // The rest of the line may be held back by the client's Nagle until this is acknowledged.
+    acknowledgeNow(socket);
   }
 
   /**

@@ -4,7 +4,8 @@
  * Owns: encoding a string as JSON without the native call when nothing needs
  * escaping, `detach`, which copies a string that will be kept, and
  * `latin1Text`, the cheapest exact decode of bytes known to be ASCII, and
- * `strictUtf8`, the decoder that refuses bytes that are not UTF-8.
+ * `strictUtf8`, the decoder that refuses bytes that are not UTF-8, and
+ * `sortByCodePoint`, the order of KEYS.
  * Must not: know about commands or replies.
  *
  * Why detach: JavaScriptCore lets a slice share its parent's buffer. Request
@@ -53,4 +54,37 @@ const latin1Slice = (Buffer.prototype as unknown as { latin1Slice(this: Uint8Arr
  */
 export function latin1Text(bytes: Uint8Array, start: number, end: number): string {
   return latin1Slice.call(bytes, start, end);
+}
+
+const SURROGATE = /[\uD800-\uDFFF]/;
+
+/**
+ * Sorts in place by Unicode code point: the order of the strings' UTF-8
+ * bytes, as Python's `sorted`, Go, Rust and PostgreSQL's "C" collation
+ * order them. JavaScript's own sort compares UTF-16 code units, which puts
+ * a character beyond U+FFFF (a surrogate pair) before U+E000-U+FFFF; the
+ * two orders agree when no string holds a surrogate, the common case, so
+ * only then is the slower comparison needed.
+ */
+export function sortByCodePoint(strings: string[]): string[] {
+  strings.sort();
+  if (strings.some((text) => SURROGATE.test(text))) strings.sort(compareCodePoints);
+  return strings;
+}
+
+function compareCodePoints(a: string, b: string): number {
+  const shorter = Math.min(a.length, b.length);
+  for (let i = 0; i < shorter; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x !== y) return codePointRank(x) - codePointRank(y);
+  }
+  return a.length - b.length;
+}
+
+/** A code unit's place in code point order: surrogates (the code points past U+FFFF) after U+E000-U+FFFF. */
+function codePointRank(unit: number): number {
+  if (unit >= 0xe000) return unit - 0x800;
+  if (unit >= 0xd800) return unit + 0x2000;
+  return unit;
 }

@@ -67,6 +67,16 @@ describe("outside a transaction", () => {
     expect(a("KEYS a")).toEqual(ok(["a1", "a2"]));
     expect(a("KEYS zz")).toEqual(ok([]));
   });
+
+  test("KEYS sorts by code point (UTF-8 byte order), not by UTF-16 code unit", () => {
+    const a = setup().session();
+    // U+1F600 is a surrogate pair in UTF-16 (0xD83D...), which would sort it before U+FF61.
+    for (const k of ["\u{1F600}", "\uFF61", "z", "\uFFFF", "\u00E9"]) a(`PUT ${k} x`);
+    expect(a("KEYS")).toEqual(ok(["z", "\u00E9", "\uFF61", "\uFFFF", "\u{1F600}"]));
+    const utf8Order = (keys: string[]) => [...keys].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
+    const listed = (a("KEYS") as { result: string[] }).result;
+    expect(listed).toEqual(utf8Order(listed));
+  });
 });
 
 describe("transactions", () => {

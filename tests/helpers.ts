@@ -225,6 +225,15 @@ export class LineClient {
     return this.pendingOut.length === 0;
   }
 
+  /**
+   * Turns Nagle's algorithm on, as a Python or Node socket has it by default
+   * (Bun's sockets start with TCP_NODELAY): a write waits while an earlier
+   * one is unacknowledged.
+   */
+  useNagle(): void {
+    this.socket.setNoDelay(false);
+  }
+
   /** Stops reading replies (the server's writes back up); resumeReading() starts again. */
   pauseReading(): void {
     this.socket.pause();

@@ -108,6 +108,21 @@ describe("framing", () => {
     c.close();
   });
 
+  test("a request written in two pieces by a client with Nagle's algorithm on is one request, not two", async () => {
+    // The second piece leaves the client only once the first is acknowledged, and after a
+    // request and a reply Linux delays that ACK by about 40 ms: longer than the 10 ms pause.
+    const c = await LineClient.connect(server.port);
+    c.useNagle();
+    expect(await c.request("PING")).toEqual({ status: "Ok", result: "PONG" });
+    for (let i = 0; i < 5; i++) {
+      c.write("PUT nagle ");
+      c.write(`piece${i}\n`);
+      expect(await c.readReply()).toEqual({ status: "Ok", result: { key: "nagle", value: `piece${i}` } });
+    }
+    expect(await c.request("PING")).toEqual({ status: "Ok", result: "PONG" }); // and nothing else came back
+    c.close();
+  });
+
   test("an unterminated request is run when the client half-closes, then the server closes", async () => {
     const c = await LineClient.connect(server.port);
     c.write("PUT half a b c\nGET half");
@@ -220,6 +235,17 @@ describe("commands end to end", () => {
       { status: "Ok", result: { key: "sep1", value: "a  b " } },
       { status: "Ok", result: { key: "sep2", value: "é  b" } },
     ]);
+    c.close();
+  });
+
+  test("KEYS lists in code point order (UTF-8 byte order), inside a transaction with its own writes too", async () => {
+    const c = await LineClient.connect(server.port);
+    for (const k of ["cp\u{1F600}", "cp\uFF61", "cpz"]) expect(await c.request(`PUT ${k} x`)).toMatchObject({ status: "Ok" });
+    expect(await c.request("KEYS cp")).toEqual({ status: "Ok", result: ["cpz", "cp\uFF61", "cp\u{1F600}"] });
+    await c.pipeline(["START", "PUT cp\u{1F601} y", "DEL cpz"]);
+    expect(await c.request("KEYS cp")).toEqual({ status: "Ok", result: ["cp\uFF61", "cp\u{1F600}", "cp\u{1F601}"] });
+    expect(await c.request("ROLLBACK")).toMatchObject({ status: "Ok" });
+    for (const k of ["cp\u{1F600}", "cp\uFF61", "cpz"]) await c.request(`DEL ${k}`);
     c.close();
   });
 

@@ -9,13 +9,14 @@
  * (`kill -9` included), and every process on the same kernel sees it
  * (on NFS, Linux maps it to a lock the server sees, across hosts).
  *
- * Owns: calling flock through bun:ffi (Node has no binding for it). Where
+ * Owns: calling flock through the C library (lib/libc.ts; Node has no binding for it). Where
  * the C library cannot be loaded, or the file system has no such locks,
  * the answer is "unsupported" and the caller goes by pids alone.
  * Must not: open, create or remove files.
  */
-import { dlopen, FFIType, read } from "bun:ffi";
+import { FFIType } from "bun:ffi";
 import os from "node:os";
+import { openLibc, type Libc } from "../libc.ts";
 
 export type FlockResult = "locked" | "busy" | "unsupported";
 
@@ -24,10 +25,10 @@ const LOCK_EX = 2;
 const LOCK_NB = 4;
 const EWOULDBLOCK = os.constants.errno.EWOULDBLOCK;
 
-type Libc = { flock(fd: number, operation: number): number; errno(): number };
+const FLOCK = { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } } as const;
 
 /** Loaded on first use; null where no C library with flock loads. */
-let libc: Libc | null | undefined;
+let libc: Libc<typeof FLOCK> | null | undefined;
 
 /**
  * Takes a lock on the open file `fd` without waiting: exclusive (the
@@ -35,36 +36,8 @@ let libc: Libc | null | undefined;
  * holds it). "busy": another open file holds a conflicting lock.
  */
 export function flockNow(fd: number, exclusive: boolean): FlockResult {
-  const c = (libc ??= loadLibc());
+  const c = (libc ??= openLibc(FLOCK));
   if (c === null) return "unsupported";
-  if (c.flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) === 0) return "locked";
+  if (c.symbols.flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) === 0) return "locked";
   return c.errno() === EWOULDBLOCK ? "busy" : "unsupported";
-}
-
-/** glibc, then musl (Alpine); macOS keeps both calls in libSystem, errno behind `__error`. */
-function loadLibc(): Libc | null {
-  const candidates: Array<[string, string]> =
-    process.platform === "darwin"
-      ? [["libSystem.B.dylib", "__error"]]
-      : [
-          ["libc.so.6", "__errno_location"],
-          [`libc.musl-${process.arch === "arm64" ? "aarch64" : "x86_64"}.so.1`, "__errno_location"],
-        ];
-  for (const [name, errnoSymbol] of candidates) {
-    try {
-      const { symbols } = dlopen(name, {
-        flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
-        [errnoSymbol]: { args: [], returns: FFIType.ptr },
-      });
-      const errnoAt = symbols[errnoSymbol] as () => number | null;
-      return {
-        flock: (fd, operation) => symbols.flock(fd, operation) as number,
-        // Read right after the failed call, before anything else can run on this thread.
-        errno: () => read.i32(errnoAt()!, 0),
-      };
-    } catch {
-      // not this C library
-    }
-  }
-  return null;
 }
