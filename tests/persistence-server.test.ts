@@ -8,6 +8,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { LineClient, runIndex, spawnServer, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
 
@@ -672,6 +673,25 @@ describe("lock", () => {
     await first.exited;
     const third = await start(dir);
     expect((await (await client(third)).request("PING")).result).toBe("PONG");
+  });
+
+  test("a lock no one flocks that names a live process: refused when written since boot, taken over when written before it (a power cut, the pid reused)", async () => {
+    const dir = dataDir();
+    const lock = path.join(dir, "data.json.lock");
+    const unrelated = Bun.spawn(["sleep", "60"]); // alive, not a txkv server, holds no flock
+    try {
+      fs.writeFileSync(lock, `${unrelated.pid}\n`);
+      const refused = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toContain(`locked by another running server (pid ${unrelated.pid}); if no txkv server runs with that pid, remove the lock file`);
+      const bootedAt = Date.now() / 1000 - os.uptime();
+      fs.utimesSync(lock, bootedAt - 3600, bootedAt - 3600);
+      const server = await start(dir);
+      expect((await (await client(server)).request("PING")).result).toBe("PONG");
+      expect(fs.readFileSync(lock, "utf8")).toBe(`${server.proc.pid}\n`);
+    } finally {
+      unrelated.kill();
+    }
   });
 
   test("a live server's lock holds even when the pid in it names no process here (a server in another container)", async () => {

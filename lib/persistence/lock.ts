@@ -8,7 +8,9 @@
  * nothing) from a dead one. The pid is the check where flock is missing, and
  * what the messages name. A lock left by a killed server is free and names a
  * dead pid (or a zombie, killed and not yet reaped), or this process's own
- * pid (a container restarted: pid 1 again), and is taken over.
+ * pid (a container restarted: pid 1 again), or was written before the
+ * machine last booted (a power cut: its pid may name another process now),
+ * and is taken over.
  *
  * The lock appears with its pid already in it: the pid is written to a file of
  * this process's own (`<lock>.<pid>.<random>`), flocked, which is then hard-linked to the lock's name
@@ -25,12 +27,16 @@
  */
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
+import os from "node:os";
 import { errorMessage } from "../errors.ts";
 import { flockNow } from "./kernel-lock.ts";
 import { removeFile } from "./files.ts";
 
 /** An empty lock younger than this is a server in the middle of creating it (only where hard links fail). */
 const STARTING_LOCK_MS = 2000;
+
+/** How much earlier than the computed boot time a lock must be written to count as the boot before's. */
+const BOOT_MARGIN_MS = 60_000;
 
 /** While another server takes over a stale lock, look again this often, this many times (2 s in all). */
 const TAKEOVER_WAIT_MS = 5;
@@ -67,6 +73,8 @@ export function acquireLock(lockPath: string): void {
 function holderOf(lockPath: string, owner: number | null): "flock" | "pid" | "starting" | null {
   if (flockedElsewhere(lockPath)) return "flock";
   if (owner === null) return isYoung(lockPath) ? "starting" : null;
+  // Its pid was given out by an earlier boot: whatever runs under that number now is not the owner.
+  if (writtenBeforeBoot(lockPath)) return null;
   return owner !== process.pid && isAlive(owner) ? "pid" : null;
 }
 
@@ -215,6 +223,24 @@ function isYoung(lockPath: string): boolean {
   try {
     // Either way: a clock that differs from a network file system's must not make an old lock young for hours.
     return Math.abs(Date.now() - fs.statSync(lockPath).mtimeMs) < STARTING_LOCK_MS;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * True when the file was last written before this machine booted (false
+ * when it is gone). A lock left by a power cut or a reboot names a pid of
+ * the boot before, which the new boot's services (started in much the same
+ * order) often reuse: without this, a server started at boot refused to
+ * start until someone removed the lock. A live owner of this version holds
+ * its flock, checked first; the margin keeps a lock written right after
+ * boot (the clock stepped by NTP, the uptime's rounding) from looking older.
+ */
+function writtenBeforeBoot(lockPath: string): boolean {
+  const bootedAt = Date.now() - os.uptime() * 1000;
+  try {
+    return fs.statSync(lockPath).mtimeMs < bootedAt - BOOT_MARGIN_MS;
   } catch {
     return false;
   }
