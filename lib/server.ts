@@ -473,11 +473,11 @@ export class TxkvServer {
   private armPartialTimer(socket: Socket<SocketData>, conn: Connection): void {
     if (this.options.partialRequestMs === 0 || !conn.framer.hasPartial()) return;
     this.clearPartialTimer(conn);
+    // The rest of the line may be held back by the client's Nagle until this is acknowledged.
+    acknowledgeNow(socket);
     // "PO" or "Ho" waits for its next bytes: run alone, the rest of an HTTP request would pass the guard (§6).
     if (conn.framer.partialMayBecomeHttpRequest()) return;
     conn.partialTimer = setTimeout(() => this.onPartialTimeout(socket, conn), this.options.partialRequestMs);
-    // The rest of the line may be held back by the client's Nagle until this is acknowledged.
-    acknowledgeNow(socket);
   }
 
   /**
