@@ -399,6 +399,7 @@ export class Executor {
     outcome: "committed" | "rolledBack" | "conflicted" | "aborted",
   ): void {
     this.store.unwatch(tx);
+    tx.release();
     session.tx = null;
     this.stats.txOpen--;
     if (outcome === "committed") this.stats.txCommitted++;

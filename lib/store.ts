@@ -38,11 +38,14 @@ import { CompactMap, type AsciiEntry } from "./compact-map.ts";
 import { DEFERRED_KEY_MAX_BYTES, DeferredReads } from "./deferred-reads.ts";
 import { latin1Text } from "./text.ts";
 
+/** A watch list at most this long is emptied in place and reused; a longer one is replaced (see unwatchKeys). */
+const KEPT_WATCH_SLOTS = 64;
+
 /** Something that can be marked conflicted: an open transaction. */
 export interface Watcher {
   conflicted: boolean;
   /** The keys it watches (kept by the store, unique), so that unwatch can drop them. */
-  readonly watchedKeys: string[];
+  watchedKeys: string[];
   /** Set by the store: it read too much to watch each read, and any commit that changes a key conflicts with it (see the top). */
   watchesEverything: boolean;
 }
@@ -296,7 +299,10 @@ export class Store {
         if (current.size === 0) this.keyWatchers.delete(key);
       }
     }
-    w.watchedKeys.length = 0;
+    // Emptied in place for reuse, but an array keeps its storage after `length = 0`: a list as long as a big
+    // transaction's (up to --max-transaction-reads) would stay with its connection until it closed.
+    if (w.watchedKeys.length > KEPT_WATCH_SLOTS) w.watchedKeys = [];
+    else w.watchedKeys.length = 0;
   }
 
   /** Watch entries held (deferred reads included), for STATS and for tests that check bookkeeping is freed. */

@@ -514,6 +514,38 @@ describe("transactions end to end", () => {
     }
   });
 
+  test("an idle connection keeps nothing of the big transaction it ended: 30 connections × 1,000 nested levels and 9,000 distinct reads leave the heap as it was", async () => {
+    const { heapStats } = await import("bun:jsc");
+    const server = await startInProcess();
+    const heapBytes = () => (Bun.gc(true), heapStats().heapSize);
+    const CONNECTIONS = 30;
+    const bigTransaction = (c: number) => {
+      let lines = "START\n".repeat(1000) + "ROLLBACK\n".repeat(1000) + "START\n";
+      for (let i = 0; i < 9000; i++) lines += `GET idle:${c}:${i}\n`; // absent keys: each one watched
+      return { lines: lines + "ROLLBACK\n", replies: 2001 + 9000 + 1 };
+    };
+    const counters = await Promise.all(Array.from({ length: CONNECTIONS }, () => replyCounter(server.port)));
+    try {
+      // A first round on other connections, closed since, so that the server's shared buffers and the
+      // store's watch table have grown before the baseline: what the heap gains afterwards, the connections keep.
+      const warmers = await Promise.all(Array.from({ length: CONNECTIONS }, () => replyCounter(server.port)));
+      await Promise.all(warmers.map((counter, c) => counter.send(bigTransaction(c).lines, bigTransaction(c).replies)));
+      for (const counter of warmers) counter.close();
+      await waitFor(() => server.server.connectionCount === CONNECTIONS, 5000, "the first connections to close");
+      await Promise.all(counters.map((counter) => counter.send("START\nGET idle\nROLLBACK\n", 3)));
+      const before = heapBytes();
+      await Promise.all(counters.map((counter, c) => counter.send(bigTransaction(c).lines, bigTransaction(c).replies)));
+      expect(server.executor.stats.txOpen).toBe(0);
+      expect(server.executor.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
+      // Before the fix each connection kept its deepest transaction's levels (about 70 KB) and a watch list
+      // as long as its most-reading transaction's (about 70 KB here) until its next START or its close.
+      expect(heapBytes() - before).toBeLessThan(1024 * 1024);
+    } finally {
+      for (const counter of counters) counter.close();
+      await server.shutdown();
+    }
+  });
+
   test("isolation: uncommitted writes are invisible; the outermost COMMIT shows them all at once", async () => {
     const a = await LineClient.connect(server.port);
     const b = await LineClient.connect(server.port);
