@@ -81,6 +81,17 @@ export const MAX_REQUESTS_PER_TURN = 4096;
  */
 export const MAX_REQUESTS_BEFORE_AUTH = 1000;
 
+/**
+ * Wrong passwords one connection may try before the server closes it (after
+ * that one's AUTH_FAILED). Each failure's reply is delayed (50 ms doubling to
+ * 5 s) and the connection waits meanwhile, which --timeout rightly does not
+ * count as the client's silence: without a bound, a few kilobytes of
+ * pipelined guesses held a connection slot for hours. Five take 1.55 s;
+ * PostgreSQL allows one per connection, and a client that mistyped
+ * reconnects (txkv cli does so by itself).
+ */
+export const MAX_AUTH_FAILURES = 5;
+
 /** A TLS connection that never completes its handshake after being refused (BUSY) is dropped after this. */
 const REFUSED_HANDSHAKE_GRACE_MS = 5000;
 /**
@@ -581,8 +592,20 @@ export class TxkvServer {
     const bytes = Buffer.from(text);
     conn.held.hold(bytes, 0, bytes.length, 0);
     conn.awaitingReply = false;
+    if (conn.session.authFailures >= MAX_AUTH_FAILURES && !conn.closing) this.closeAfterAuthFailures(conn);
     this.releaseHeld(socket, conn);
-    if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
+    if (conn.closing) this.closeWhenFlushed(socket, conn);
+    else if (!conn.closed && !conn.readPaused) this.resumeInput(socket, conn);
+  }
+
+  /** MAX_AUTH_FAILURES wrong passwords: the connection is closed once this AUTH_FAILED is out. */
+  private closeAfterAuthFailures(conn: Connection): void {
+    this.log.limited("warn", "auth-failures", "connection closed: too many wrong passwords", {
+      failures: conn.session.authFailures,
+      conn: conn.id,
+      remote: conn.remote,
+    });
+    conn.closing = true;
   }
 
   /**

@@ -11,6 +11,7 @@ import { isLoopback } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
 import { connect } from "../lib/client.ts";
 import { authFailureDelayMs } from "../lib/execute.ts";
+import { MAX_AUTH_FAILURES } from "../lib/server.ts";
 import { MAX_REQUESTS_BEFORE_AUTH } from "../lib/server.ts";
 import { LineClient, pipelineAfterQuit, runIndex, runTxkv, spawnServer, startInProcess, tempDir, waitFor } from "./helpers.ts";
 
@@ -92,6 +93,20 @@ describe("AUTH", () => {
     expect(await attacker.readReply()).toMatchObject({ result: "Authenticated" });
     expect(await attacker.readReply()).toMatchObject({ result: { key: "guessed", value: "yes" } });
     attacker.close();
+    observer.close();
+  });
+
+  test("after MAX_AUTH_FAILURES wrong passwords the connection gets that AUTH_FAILED and is closed; nothing after it runs", async () => {
+    const c = await LineClient.connect(server.port);
+    const guesses = Array.from({ length: MAX_AUTH_FAILURES }, (_, i) => `AUTH guess${i}\n`).join("");
+    // Pipelined, as a password guesser sends them: the right one and a write come after the last allowed guess.
+    c.write(`${guesses}AUTH ${PASSWORD}\nPUT after-guesses yes\n`);
+    for (let failure = 0; failure < MAX_AUTH_FAILURES; failure++) expect(await c.readReply()).toMatchObject({ code: "AUTH_FAILED" });
+    await c.closed;
+    await expect(c.readLine(100)).rejects.toThrow();
+    const observer = await LineClient.connect(server.port);
+    await observer.request(`AUTH ${PASSWORD}`);
+    expect(await observer.request("GET after-guesses")).toMatchObject({ code: "NOT_FOUND" });
     observer.close();
   });
 
