@@ -420,7 +420,10 @@ export class TxkvServer {
       out.clear();
       /** The highest commit seq a reply of this batch waits for. */
       let batchSeq = 0;
-      while (out.length < limit && !conn.closing && !conn.awaitingReply) {
+      // Replies already waiting count against the limit: a full batch on top of them would hold up to twice it.
+      // At least one request runs, so a queue just at the limit still moves (and then pauses below).
+      const room = Math.max(limit - conn.queuedBytes - conn.held.length, 1);
+      while (out.length < room && !conn.closing && !conn.awaitingReply) {
         const found = framer.nextLine();
         if (found === null) {
           exhausted = true;
