@@ -595,10 +595,19 @@ export class TxkvServer {
     const bytes = Buffer.from(text);
     conn.held.hold(bytes, 0, bytes.length, 0);
     conn.awaitingReply = false;
-    if (conn.session.authFailures >= MAX_AUTH_FAILURES && !conn.closing) this.closeAfterAuthFailures(conn);
+    if (this.guessedTooOften(conn) && !conn.closing) this.closeAfterAuthFailures(conn);
     this.releaseHeld(socket, conn);
     if (conn.closing) this.closeWhenFlushed(socket, conn);
     else if (!conn.closed && !conn.readPaused) this.resumeInput(socket, conn);
+  }
+
+  /**
+   * MAX_AUTH_FAILURES wrong passwords before the right one. An authenticated
+   * connection that mistypes AUTH keeps its session: it has nothing left to
+   * guess, and closing it would roll back its transaction.
+   */
+  private guessedTooOften(conn: Connection): boolean {
+    return !conn.session.authenticated && conn.session.authFailures >= MAX_AUTH_FAILURES;
   }
 
   /** MAX_AUTH_FAILURES wrong passwords: the connection is closed once this AUTH_FAILED is out. */

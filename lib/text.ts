@@ -62,9 +62,10 @@ const SURROGATE = /[\uD800-\uDFFF]/;
  * Sorts in place by Unicode code point: the order of the strings' UTF-8
  * bytes, as Python's `sorted`, Go, Rust and PostgreSQL's "C" collation
  * order them. JavaScript's own sort compares UTF-16 code units, which puts
- * a character beyond U+FFFF (a surrogate pair) before U+E000-U+FFFF; the
- * two orders agree when no string holds a surrogate, the common case, so
- * only then is the slower comparison needed.
+ * a character beyond U+FFFF (a surrogate pair) before U+E000-U+FFFF. The
+ * two orders agree when no string holds a surrogate, the common case; only
+ * otherwise does the slower comparison run. A lone surrogate (the JSON form
+ * accepts one) sorts as its own code point, as Python orders it.
  */
 export function sortByCodePoint(strings: string[]): string[] {
   strings.sort();
@@ -73,18 +74,12 @@ export function sortByCodePoint(strings: string[]): string[] {
 }
 
 function compareCodePoints(a: string, b: string): number {
-  const shorter = Math.min(a.length, b.length);
-  for (let i = 0; i < shorter; i++) {
-    const x = a.charCodeAt(i);
-    const y = b.charCodeAt(i);
-    if (x !== y) return codePointRank(x) - codePointRank(y);
+  // Equal code points so far means equal code units so far: both strings are at the same index.
+  for (let i = 0; i < a.length && i < b.length; ) {
+    const x = a.codePointAt(i)!;
+    const y = b.codePointAt(i)!;
+    if (x !== y) return x - y;
+    i += x > 0xffff ? 2 : 1;
   }
   return a.length - b.length;
-}
-
-/** A code unit's place in code point order: surrogates (the code points past U+FFFF) after U+E000-U+FFFF. */
-function codePointRank(unit: number): number {
-  if (unit >= 0xe000) return unit - 0x800;
-  if (unit >= 0xd800) return unit + 0x2000;
-  return unit;
 }

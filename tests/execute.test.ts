@@ -76,6 +76,12 @@ describe("outside a transaction", () => {
     const utf8Order = (keys: string[]) => [...keys].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
     const listed = (a("KEYS") as { result: string[] }).result;
     expect(listed).toEqual(utf8Order(listed));
+    // Lone surrogates (accepted in the JSON form) sort as their own code points: before U+E000, and a lone
+    // high surrogate before the pair it begins.
+    a('PUT {"key":"\\ud800","value":1}');
+    a('PUT {"key":"\\ud800\\udc00x","value":1}');
+    a('PUT {"key":"\\udfff","value":1}');
+    expect(a("KEYS")).toEqual(ok(["z", "\u00E9", "\uD800", "\uDFFF", "\uFF61", "\uFFFF", "\u{10000}x", "\u{1F600}"]));
   });
 });
 

@@ -107,6 +107,11 @@ describe("AUTH", () => {
     const observer = await LineClient.connect(server.port);
     await observer.request(`AUTH ${PASSWORD}`);
     expect(await observer.request("GET after-guesses")).toMatchObject({ code: "NOT_FOUND" });
+    // An authenticated connection that mistypes AUTH has nothing to guess: it stays, with its transaction.
+    await observer.pipeline(["START", "PUT after-typos yes"]);
+    for (let typo = 0; typo < MAX_AUTH_FAILURES; typo++) expect(await observer.request(`AUTH typo${typo}`)).toMatchObject({ code: "AUTH_FAILED" });
+    expect(await observer.request("COMMIT")).toMatchObject({ result: "Transaction committed" });
+    expect(await observer.request("GET after-typos")).toMatchObject({ result: { key: "after-typos", value: "yes" } });
     observer.close();
   });
 

@@ -108,7 +108,8 @@ describe("framing", () => {
     c.close();
   });
 
-  test("a request written in two pieces by a client with Nagle's algorithm on is one request, not two", async () => {
+  // TCP_QUICKACK is Linux's (lib/quick-ack.ts); elsewhere the server cannot ask for the early ACK.
+  test.if(process.platform === "linux")("a request written in two pieces by a client with Nagle's algorithm on is one request, not two", async () => {
     // The second piece leaves the client only once the first is acknowledged, and after a
     // request and a reply Linux delays that ACK by about 40 ms: longer than the 10 ms pause.
     const c = await LineClient.connect(server.port);
