@@ -8,7 +8,6 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { LineClient, runIndex, spawnServer, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
 
@@ -675,20 +674,24 @@ describe("lock", () => {
     expect((await (await client(third)).request("PING")).result).toBe("PONG");
   });
 
-  test("a lock no one flocks that names a live process: refused when written since boot, taken over when written before it (a power cut, the pid reused)", async () => {
+  test.if(process.platform === "linux")("a lock no one flocks that names a live process: refused when written in this boot (or naming no boot), taken over when it names an earlier boot (a power cut, the pid reused)", async () => {
     const dir = dataDir();
     const lock = path.join(dir, "data.json.lock");
+    const thisBoot = fs.readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+    const earlierBoot = "00000000-0000-4000-8000-000000000000";
     const unrelated = Bun.spawn(["sleep", "60"]); // alive, not a txkv server, holds no flock
     try {
-      fs.writeFileSync(lock, `${unrelated.pid}\n`);
-      const refused = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
-      expect(refused.code).toBe(1);
-      expect(refused.stderr).toContain(`locked by another running server (pid ${unrelated.pid}); if no txkv server runs with that pid, remove the lock file`);
-      const bootedAt = Date.now() / 1000 - os.uptime();
-      fs.utimesSync(lock, bootedAt - 3600, bootedAt - 3600);
+      for (const text of [`${unrelated.pid}\n${thisBoot}\n`, `${unrelated.pid}\n`]) {
+        fs.writeFileSync(lock, text);
+        const refused = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+        expect(refused.code).toBe(1);
+        expect(refused.stderr).toContain(`locked by another running server (pid ${unrelated.pid}); if no txkv server runs with that pid, remove the lock file`);
+      }
+      fs.writeFileSync(lock, `${unrelated.pid}\n${earlierBoot}\n`);
       const server = await start(dir);
       expect((await (await client(server)).request("PING")).result).toBe("PONG");
-      expect(fs.readFileSync(lock, "utf8")).toBe(`${server.proc.pid}\n`);
+      // The new lock names the server and this boot.
+      expect(fs.readFileSync(lock, "utf8")).toBe(`${server.proc.pid}\n${thisBoot}\n`);
     } finally {
       unrelated.kill();
     }

@@ -8,9 +8,10 @@
  * nothing) from a dead one. The pid is the check where flock is missing, and
  * what the messages name. A lock left by a killed server is free and names a
  * dead pid (or a zombie, killed and not yet reaped), or this process's own
- * pid (a container restarted: pid 1 again), or was written before the
- * machine last booted (a power cut: its pid may name another process now),
- * and is taken over.
+ * pid (a container restarted: pid 1 again), or names an earlier boot of
+ * this machine (a power cut: its pid may name another process now), and is
+ * taken over. The lock holds the pid and, where the system has one, the
+ * boot id, a line each.
  *
  * The lock appears with its pid already in it: the pid is written to a file of
  * this process's own (`<lock>.<pid>.<random>`), flocked, which is then hard-linked to the lock's name
@@ -27,7 +28,6 @@
  */
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
-import os from "node:os";
 import { errorMessage } from "../errors.ts";
 import { flockNow } from "./kernel-lock.ts";
 import { removeFile } from "./files.ts";
@@ -35,8 +35,16 @@ import { removeFile } from "./files.ts";
 /** An empty lock younger than this is a server in the middle of creating it (only where hard links fail). */
 const STARTING_LOCK_MS = 2000;
 
-/** How much earlier than the computed boot time a lock must be written to count as the boot before's. */
-const BOOT_MARGIN_MS = 60_000;
+const UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}";
+const BOOT_ID = new RegExp(`^${UUID}$`);
+/** A pid (a positive decimal number), then optionally a boot id on its own line. */
+const LOCK_TEXT = new RegExp(`^([1-9][0-9]{0,15})(?:\\n(${UUID}))?$`);
+
+/**
+ * This boot's id (Linux: a random UUID the kernel makes at each boot), written
+ * into the lock after the pid; null where the system has none.
+ */
+const THIS_BOOT = readBootId();
 
 /** While another server takes over a stale lock, look again this often, this many times (2 s in all). */
 const TAKEOVER_WAIT_MS = 5;
@@ -74,7 +82,7 @@ function holderOf(lockPath: string, owner: number | null): "flock" | "pid" | "st
   if (flockedElsewhere(lockPath)) return "flock";
   if (owner === null) return isYoung(lockPath) ? "starting" : null;
   // Its pid was given out by an earlier boot: whatever runs under that number now is not the owner.
-  if (writtenBeforeBoot(lockPath)) return null;
+  if (writtenInAnotherBoot(lockPath)) return null;
   return owner !== process.pid && isAlive(owner) ? "pid" : null;
 }
 
@@ -172,7 +180,7 @@ function createLock(lockPath: string): number | null {
   let fd: number | null = null;
   try {
     fd = fs.openSync(own, "wx");
-    fs.writeSync(fd, `${process.pid}\n`);
+    fs.writeSync(fd, lockText());
     // A file nobody else has seen yet: "locked", or "unsupported" where flock is missing; never "busy".
     if (flockNow(fd, true) === "busy") throw new Error(`${own} is flocked by another process`);
     fs.linkSync(own, lockPath);
@@ -210,7 +218,7 @@ function createLockInPlace(lockPath: string): number | null {
   }
   try {
     if (flockNow(fd, true) === "busy") throw new Error(`${lockPath}: another process holds a flock on the lock file just created`);
-    fs.writeSync(fd, `${process.pid}\n`);
+    fs.writeSync(fd, lockText());
   } catch (err) {
     fs.closeSync(fd);
     throw err;
@@ -229,20 +237,28 @@ function isYoung(lockPath: string): boolean {
 }
 
 /**
- * True when the file was last written before this machine booted (false
- * when it is gone). A lock left by a power cut or a reboot names a pid of
- * the boot before, which the new boot's services (started in much the same
- * order) often reuse: without this, a server started at boot refused to
- * start until someone removed the lock. A live owner of this version holds
- * its flock, checked first; the margin keeps a lock written right after
- * boot (the clock stepped by NTP, the uptime's rounding) from looking older.
+ * True when the lock names a boot of this machine other than the current one.
+ * A lock left by a power cut or a reboot names a pid of the boot before,
+ * which the new boot's services (started in much the same order) often
+ * reuse: without this, a server started at boot refused to start until
+ * someone removed the lock. A boot id, not the clock: a clock stepped at boot
+ * (no real-time clock, a restored VM) would make a live owner's lock look
+ * older than the boot. A lock without one (written where there is no boot
+ * id, or by an older txkv) keeps the pid rule. A live owner of this version
+ * holds its flock, which is checked first.
  */
-function writtenBeforeBoot(lockPath: string): boolean {
-  const bootedAt = Date.now() - os.uptime() * 1000;
+function writtenInAnotherBoot(lockPath: string): boolean {
+  const boot = readLock(lockPath)?.boot ?? null;
+  return boot !== null && THIS_BOOT !== null && boot !== THIS_BOOT;
+}
+
+/** The kernel's id of this boot, or null (not Linux, or unreadable). */
+function readBootId(): string | null {
   try {
-    return fs.statSync(lockPath).mtimeMs < bootedAt - BOOT_MARGIN_MS;
+    const id = fs.readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+    return BOOT_ID.test(id) ? id : null;
   } catch {
-    return false;
+    return null;
   }
 }
 
@@ -297,17 +313,28 @@ function unreadableLock(lockPath: string): string | null {
   }
 }
 
-/** The pid a lock file names: its whole text a positive decimal number (with its line end), else null (`12abc` names no one). */
-function readLockOwner(lockPath: string): number | null {
+/** What this process writes into its lock: its pid, then this boot's id (when there is one), a line each. */
+function lockText(): string {
+  return THIS_BOOT === null ? `${process.pid}\n` : `${process.pid}\n${THIS_BOOT}\n`;
+}
+
+/** A lock file's pid and boot id (null: none given); null when it names no process (`12abc` names no one). */
+function readLock(lockPath: string): { pid: number; boot: string | null } | null {
   let text: string;
   try {
     text = fs.readFileSync(lockPath, "utf8").trim();
   } catch {
     return null;
   }
-  if (!/^[1-9][0-9]{0,15}$/.test(text)) return null;
-  const pid = Number(text);
-  return Number.isSafeInteger(pid) ? pid : null;
+  const match = LOCK_TEXT.exec(text);
+  if (match === null) return null;
+  const pid = Number(match[1]);
+  return Number.isSafeInteger(pid) ? { pid, boot: match[2] ?? null } : null;
+}
+
+/** The pid a lock file names, or null. */
+function readLockOwner(lockPath: string): number | null {
+  return readLock(lockPath)?.pid ?? null;
 }
 
 /**
