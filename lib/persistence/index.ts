@@ -5,7 +5,7 @@
  *   <path>             snapshot (JSON, see snapshot-format.ts)
  *   <path>.journal.N   journal generations (JSON lines, see journal-format.ts)
  *   <path>.tmp         snapshot being written (removed at start: an interrupted compaction's)
- *   <path>.lock        pid of the server owning the files
+ *   <path>.lock        pid of the server owning the files (and the boot id, a line each)
  *
  * Owns: start-up order (lock first, read everything, change nothing unless the
  * files are sound, then cut a torn tail). Must not: be imported by anything but
