@@ -704,10 +704,13 @@ describe("lock", () => {
     const first = await start(dir);
     const lock = path.join(dir, "data.json.lock");
     const gone = Bun.spawnSync(["true"]).pid; // exited and reaped
-    fs.writeFileSync(lock, `${gone}\n`);
-    const second = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
-    expect(second.code).toBe(1);
-    expect(second.stderr).toContain(`data.json.lock: the data file is locked by another running server (pid ${gone} in its own PID namespace`);
+    // Also when it names another boot: LXC gives each container a boot id of its own.
+    for (const text of [`${gone}\n`, `${gone}\n00000000-0000-4000-8000-000000000000\n`]) {
+      fs.writeFileSync(lock, text);
+      const second = await runIndex(["--port", "0", "--data", path.join(dir, "data.json")]);
+      expect(second.code).toBe(1);
+      expect(second.stderr).toContain(`data.json.lock: the data file is locked by another running server (pid ${gone} in its own PID namespace`);
+    }
     expect((await (await client(first)).request("PING")).result).toBe("PONG");
     expect(await first.kill("SIGTERM")).toBe(0);
     expect(fs.existsSync(lock)).toBe(false);

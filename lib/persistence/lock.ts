@@ -76,7 +76,8 @@ export function acquireLock(lockPath: string): void {
  * another process's flock; else a live process other than this one (the
  * pid's word alone: a file system without flock); else nobody yet, while
  * the file is young (being created). null: it is stale, free and naming a
- * dead pid, this pid (a former process's), or nobody and old.
+ * dead pid, this pid (a former process's), an earlier boot, or nobody and
+ * old. The flock comes first: a live owner is never judged by its text.
  */
 function holderOf(lockPath: string, owner: number | null): "flock" | "pid" | "starting" | null {
   if (flockedElsewhere(lockPath)) return "flock";
