@@ -32,7 +32,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import { commandFromFrame, newPlainRequest, noArgCommandOf, parsePlainRequest, type Command } from "./commands.ts";
 import type { Executor } from "./execute.ts";
 import { LINE, LineFramer, type Frame } from "./framing.ts";
-import type { Logger } from "./log.ts";
+import type { LogFields, Logger } from "./log.ts";
 import { ByteBuffer, copyOf } from "./byte-buffer.ts";
 import { HeldReplies } from "./held-replies.ts";
 import { acknowledgeNow } from "./quick-ack.ts";
@@ -560,11 +560,14 @@ export class TxkvServer {
    * costs the server a reply to write and keep.
    */
   private closeUnauthenticated(conn: Connection): void {
-    this.log.limited("warn", "requests-before-auth", "connection closed: too many requests without AUTH", {
+    this.closeWithWarning(conn, "requests-before-auth", "connection closed: too many requests without AUTH", {
       requests: conn.session.refusedBeforeAuth,
-      conn: conn.id,
-      remote: conn.remote,
     });
+  }
+
+  /** Closes the connection once the replies in hand are out, with a rate-limited warning saying why. */
+  private closeWithWarning(conn: Connection, key: string, msg: string, fields: LogFields): void {
+    this.log.limited("warn", key, msg, { ...fields, conn: conn.id, remote: conn.remote });
     conn.closing = true;
   }
 
@@ -612,12 +615,7 @@ export class TxkvServer {
 
   /** MAX_AUTH_FAILURES wrong passwords: the connection is closed once this AUTH_FAILED is out. */
   private closeAfterAuthFailures(conn: Connection): void {
-    this.log.limited("warn", "auth-failures", "connection closed: too many wrong passwords", {
-      failures: conn.session.authFailures,
-      conn: conn.id,
-      remote: conn.remote,
-    });
-    conn.closing = true;
+    this.closeWithWarning(conn, "auth-failures", "connection closed: too many wrong passwords", { failures: conn.session.authFailures });
   }
 
   /**
