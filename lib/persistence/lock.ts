@@ -63,7 +63,7 @@ export function acquireLock(lockPath: string): void {
       held.set(lockPath, fd);
       return;
     }
-    refuseIfLive(lockPath, readLockOwner(lockPath));
+    refuseIfLive(lockPath, readLock(lockPath));
     // Stale: its owner is gone (killed), or the file is unreadable or empty and old (killed while creating it).
     // Blocking is fine here: start-up, or a rebuild that holds up writes anyway.
     if (!takeOverStaleLock(lockPath)) Bun.sleepSync(TAKEOVER_WAIT_MS);
@@ -72,23 +72,23 @@ export function acquireLock(lockPath: string): void {
 }
 
 /**
- * What holds the lock (or takeover lock) at lockPath, which names `owner`:
+ * What holds the lock (or takeover lock) at lockPath, whose text is `lock`:
  * another process's flock; else a live process other than this one (the
  * pid's word alone: a file system without flock); else nobody yet, while
  * the file is young (being created). null: it is stale, free and naming a
  * dead pid, this pid (a former process's), an earlier boot, or nobody and
  * old. The flock comes first: a live owner is never judged by its text.
  */
-function holderOf(lockPath: string, owner: number | null): "flock" | "pid" | "starting" | null {
+function holderOf(lockPath: string, lock: LockText | null): "flock" | "pid" | "starting" | null {
   if (flockedElsewhere(lockPath)) return "flock";
-  if (owner === null) return isYoung(lockPath) ? "starting" : null;
+  if (lock === null) return isYoung(lockPath) ? "starting" : null;
   // Its pid was given out by an earlier boot: whatever runs under that number now is not the owner.
-  if (writtenInAnotherBoot(lockPath)) return null;
-  return owner !== process.pid && isAlive(owner) ? "pid" : null;
+  if (fromAnotherBoot(lock)) return null;
+  return lock.pid !== process.pid && isAlive(lock.pid) ? "pid" : null;
 }
 
-function heldByAnother(lockPath: string, owner: number | null): boolean {
-  return holderOf(lockPath, owner) !== null;
+function heldByAnother(lockPath: string, lock: LockText | null): boolean {
+  return holderOf(lockPath, lock) !== null;
 }
 
 /**
@@ -97,15 +97,16 @@ function heldByAnother(lockPath: string, owner: number | null): boolean {
  * then is removing it the advice; a flock proves a live holder, whatever the
  * pid names here.
  */
-function refuseIfLive(lockPath: string, owner: number | null): void {
-  const holder = holderOf(lockPath, owner);
+function refuseIfLive(lockPath: string, lock: LockText | null): void {
+  const holder = holderOf(lockPath, lock);
   if (holder === null) return;
-  if (owner === null) {
+  if (lock === null) {
     throw new Error(
       unreadableLock(lockPath) ??
         `${lockPath}: another server may be starting on this data file (its lock file names no process yet; one left like that is taken over after ${STARTING_LOCK_MS / 1000} s)`,
     );
   }
+  const owner = lock.pid;
   const refused = `${lockPath}: the data file is locked by another running server`;
   if (holder === "pid") throw new Error(`${refused} (pid ${owner}); if no txkv server runs with that pid, remove the lock file`);
   if (owner !== process.pid && isAlive(owner)) throw new Error(`${refused} (pid ${owner}); stop that server first`);
@@ -135,7 +136,7 @@ function createLockUnlessLive(lockPath: string): number | null {
   try {
     return createLock(lockPath);
   } catch (err) {
-    refuseIfLive(lockPath, readLockOwner(lockPath));
+    refuseIfLive(lockPath, readLock(lockPath));
     throw err;
   }
 }
@@ -152,13 +153,13 @@ function takeOverStaleLock(lockPath: string): boolean {
   const takeover = `${lockPath}.takeover`;
   const fd = createLock(takeover);
   if (fd === null) {
-    if (heldByAnother(takeover, readLockOwner(takeover))) return false;
+    if (heldByAnother(takeover, readLock(takeover))) return false;
     // Left by a server killed while taking over (two such servers racing here needs that crash first).
     removeFile(takeover);
     return true;
   }
   try {
-    if (fs.existsSync(lockPath) && !heldByAnother(lockPath, readLockOwner(lockPath))) removeFile(lockPath);
+    if (fs.existsSync(lockPath) && !heldByAnother(lockPath, readLock(lockPath))) removeFile(lockPath);
   } finally {
     removeFile(takeover);
     fs.closeSync(fd);
@@ -248,9 +249,8 @@ function isYoung(lockPath: string): boolean {
  * id, or by an older txkv) keeps the pid rule. A live owner of this version
  * holds its flock, which is checked first.
  */
-function writtenInAnotherBoot(lockPath: string): boolean {
-  const boot = readLock(lockPath)?.boot ?? null;
-  return boot !== null && THIS_BOOT !== null && boot !== THIS_BOOT;
+function fromAnotherBoot(lock: LockText): boolean {
+  return lock.boot !== null && THIS_BOOT !== null && lock.boot !== THIS_BOOT;
 }
 
 /** The kernel's id of this boot, or null (not Linux, or unreadable). */
@@ -319,8 +319,14 @@ function lockText(): string {
   return THIS_BOOT === null ? `${process.pid}\n` : `${process.pid}\n${THIS_BOOT}\n`;
 }
 
-/** A lock file's pid and boot id (null: none given); null when it names no process (`12abc` names no one). */
-function readLock(lockPath: string): { pid: number; boot: string | null } | null {
+/** What a lock file says: the owner's pid, and the boot it was written in (null: not given). */
+interface LockText {
+  readonly pid: number;
+  readonly boot: string | null;
+}
+
+/** A lock file's pid and boot id; null when it names no process (`12abc` names no one), or is gone. */
+function readLock(lockPath: string): LockText | null {
   let text: string;
   try {
     text = fs.readFileSync(lockPath, "utf8").trim();
@@ -331,11 +337,6 @@ function readLock(lockPath: string): { pid: number; boot: string | null } | null
   if (match === null) return null;
   const pid = Number(match[1]);
   return Number.isSafeInteger(pid) ? { pid, boot: match[2] ?? null } : null;
-}
-
-/** The pid a lock file names, or null. */
-function readLockOwner(lockPath: string): number | null {
-  return readLock(lockPath)?.pid ?? null;
 }
 
 /**
