@@ -550,6 +550,8 @@ export class TxkvServer {
     const reply = this.executor.execute(cmd, conn.session);
     if (conn.session.quitting) conn.closing = true;
     if (conn.session.refusedBeforeAuth >= MAX_REQUESTS_BEFORE_AUTH && !conn.closing) this.closeUnauthenticated(conn);
+    // Its AUTH_FAILED is still awaited: the close waits for it (closeWhenFlushed), the requests after it do not run.
+    if (this.guessedTooOften(conn) && !conn.closing) this.closeAfterAuthFailures(conn);
     return reply;
   }
 
@@ -598,10 +600,8 @@ export class TxkvServer {
     const bytes = Buffer.from(text);
     conn.held.hold(bytes, 0, bytes.length, 0);
     conn.awaitingReply = false;
-    if (this.guessedTooOften(conn) && !conn.closing) this.closeAfterAuthFailures(conn);
     this.releaseHeld(socket, conn);
-    if (conn.closing) this.closeWhenFlushed(socket, conn);
-    else if (!conn.closed && !conn.readPaused) this.resumeInput(socket, conn);
+    if (!conn.closed && !conn.readPaused && !conn.closing) this.resumeInput(socket, conn);
   }
 
   /**
