@@ -31,6 +31,6 @@ describe("flockNow", () => {
   });
 
   test("a file that is not open is no lock, not a busy one", () => {
-    expect(flockNow(987_654, true)).toBe("unsupported");
+    expect(flockNow(987_654, true)).toEqual({ unsupported: "flock(2) failed: EBADF" });
   });
 });

@@ -413,6 +413,43 @@ describe("compaction", () => {
     expect(contents((await open(moved)).store)).toEqual([["k", "1"]]);
   });
 
+  test("SAVEs that fail while the journal is still empty reuse it: failures over and over add no journal file each", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    a.put("k", 1);
+    // The snapshot's temp file cannot be created (a directory holds its name): every SAVE fails after the switch.
+    fs.mkdirSync(path.join(dir, "data.json.tmp"));
+    const files = dataFiles(path.join(dir, "data.json"));
+    for (let i = 0; i < 3; i++) await expect(a.log.save()).rejects.toThrow(/snapshot failed/);
+    // The first SAVE moved appends to journal 2; the next two found it empty and kept it.
+    expect(files.listJournalGens()).toEqual([1, 2]);
+    a.put("later", 2);
+    fs.rmdirSync(path.join(dir, "data.json.tmp"));
+    await a.log.save();
+    expect(files.listJournalGens()).toEqual([3]);
+    await closeLog(a);
+    expect(contents((await open(dir)).store)).toEqual([
+      ["k", "1"],
+      ["later", "2"],
+    ]);
+  });
+
+  test("a SAVE with nothing written since the last one keeps the empty journal, and writes after it come back", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    a.put("k", 1);
+    await a.log.save();
+    await a.log.save();
+    const files = dataFiles(path.join(dir, "data.json"));
+    expect(files.listJournalGens()).toEqual([2]);
+    a.put("after", 2);
+    await closeLog(a);
+    expect(contents((await open(dir)).store)).toEqual([
+      ["after", "2"],
+      ["k", "1"],
+    ]);
+  });
+
   test("the journal is compacted automatically past its size threshold", async () => {
     const dir = tempDir();
     const a = await open(dir, { compactMinBytes: 2000, compactPercent: 100 });
@@ -838,6 +875,50 @@ describe("failures while running", () => {
     await closing;
     openLogs.splice(openLogs.indexOf(log), 1);
     expect(contents((await open(dir)).store)).toEqual([["acked", '"1"']]);
+  });
+
+  test("a shutdown whose last flush is the first to fail (fsync EIO) retries: a rebuild makes the acknowledged write durable and close succeeds", async () => {
+    const dir = tempDir();
+    const a = await open(dir, { fsync: "everysec" });
+    a.put("acked", 1); // everysec: acknowledged at once, still in the queue
+    const journal = (a.log as unknown as { journal: { handle: { datasync: () => Promise<void> } } }).journal;
+    const realDatasync = journal.handle.datasync.bind(journal.handle);
+    let calls = 0;
+    journal.handle.datasync = async () => {
+      if (++calls === 1) throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+      return realDatasync();
+    };
+    expect(a.log.unavailableReason).toBeNull();
+    await closeLog(a); // before the fix: rejected at once with the EIO, no retry
+    expect(calls).toBe(1);
+    expect(a.logLines.join("\n")).toContain("persistence resumed");
+    expect(fs.readdirSync(dir)).not.toContain("data.json.lock");
+    expect(contents((await open(dir)).store)).toEqual([["acked", "1"]]);
+  });
+
+  test("a journal that cannot be looked at as it is opened at start (fstat EIO) fails the start cleanly: its handle is closed, the lock released", async () => {
+    const dir = tempDir();
+    const realOpen = fs.promises.open;
+    fs.promises.open = (async (...args: Parameters<typeof realOpen>) => {
+      const handle = await realOpen(...args);
+      if (String(args[0]).includes(".journal.")) {
+        handle.stat = (async () => {
+          throw Object.assign(new Error("EIO: i/o error, fstat"), { code: "EIO" });
+        }) as typeof handle.stat;
+      }
+      return handle;
+    }) as typeof realOpen;
+    try {
+      await expect(open(dir)).rejects.toThrow(/EIO/);
+    } finally {
+      fs.promises.open = realOpen;
+    }
+    // Left open, the collector would close the handle, which Bun reports as an uncaught error (the server exited).
+    Bun.gc(true);
+    await Bun.sleep(20);
+    Bun.gc(true);
+    expect(fs.readdirSync(dir)).not.toContain("data.json.lock");
+    expect((await open(dir)).keysLoaded).toBe(0);
   });
 
   test("disk full: a rebuild whose snapshot fails leaves the journal untrusted; a write is acknowledged only once a rebuild completes", async () => {

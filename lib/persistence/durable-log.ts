@@ -29,7 +29,7 @@ import type { Logger } from "../log.ts";
 import { fsyncDir, removeFile, removeFileInBackground, stillAtPath, type DataFiles } from "./files.ts";
 import { ByteBuffer } from "../byte-buffer.ts";
 import { encodeRecord, writeAsciiPutRecord } from "./journal-format.ts";
-import { acquireLock, holdsLock, releaseLock } from "./lock.ts";
+import { acquireLock, holdsLock, PID_ONLY_LOCK_WARNING, releaseLock } from "./lock.ts";
 import { writeSnapshot } from "./snapshot-writer.ts";
 import { errorMessage, asError } from "../errors.ts";
 
@@ -219,20 +219,9 @@ export class DurableLog implements CommitLog {
     clearInterval(this.tickTimer);
     if (this.compaction) await this.compaction.catch(() => {});
     if (this.resuming) await this.resuming;
-    if (this.failure) {
-      // Keep trying a while: a disk that was full a moment ago may have room again, and
-      // under everysec and no the records waiting here were already acknowledged.
-      const giveUpAt = Date.now() + CLOSE_RETRY_MS;
-      await this.tryResume();
-      while (this.failure && Date.now() < giveUpAt) {
-        await Bun.sleep(this.opts.retryMs);
-        await this.tryResume();
-      }
-    }
     if (this.retryTimer) clearInterval(this.retryTimer);
     try {
-      if (this.failure) throw new Error(`could not flush the journal before exit: ${this.failure.reason}`);
-      await this.sync();
+      await this.flushBeforeExit();
     } catch (err) {
       // Nothing more will be written: let go of the files (the lock stays, a dead pid's, for the next start to take).
       this.closed = true;
@@ -248,6 +237,31 @@ export class DurableLog implements CommitLog {
       removeFile(this.journal.path);
     }
     releaseLock(this.files.lock);
+  }
+
+  /**
+   * Makes every record appended so far durable. A failure, known before the
+   * shutdown or met by this last flush, is retried for a while: a disk that
+   * was full a moment ago may have room again, a failed fsync is undone by a
+   * rebuild, and under everysec and no the records waiting here were already
+   * acknowledged. Throws once CLOSE_RETRY_MS have passed without success.
+   */
+  private async flushBeforeExit(): Promise<void> {
+    const giveUpAt = Date.now() + CLOSE_RETRY_MS;
+    for (;;) {
+      if (this.failure === null) {
+        try {
+          await this.sync();
+          return;
+        } catch (err) {
+          // A failed round has entered the failed state (fail()): retried below. Anything else is not the disk's.
+          if (this.failure === null) throw err;
+        }
+      }
+      if (Date.now() >= giveUpAt) throw new Error(`could not flush the journal before exit: ${this.failure.reason}`);
+      await this.tryResume();
+      if (this.failure !== null) await Bun.sleep(this.opts.retryMs);
+    }
   }
 
   stats(): Record<string, unknown> {
@@ -507,7 +521,8 @@ export class DurableLog implements CommitLog {
             `not overwriting them: writes stay refused until this server restarts`,
         );
       }
-      acquireLock(this.files.lock);
+      const pidOnly = acquireLock(this.files.lock);
+      if (pidOnly !== null) this.log.warn(PID_ONLY_LOCK_WARNING, { file: this.files.lock, reason: pidOnly });
     }
     const seq = this.lastAppendedSeq;
     const records = this.appendedRecords;
@@ -519,7 +534,7 @@ export class DurableLog implements CommitLog {
       current.bytes === 0 &&
       this.retired.length === 0 &&
       stillAtPath(current.handle.fd, current.path);
-    const fresh = reuse ? current : await openJournal(this.files, this.nextJournalGen());
+    const fresh = reuse ? current : await createJournal(this.files, this.nextJournalGen());
     this.failedRebuildJournal = fresh;
     for (const old of [current, ...this.retired]) if (old !== fresh) await old.handle.close().catch(() => {});
     this.journal = fresh;
@@ -574,9 +589,10 @@ export class DurableLog implements CommitLog {
   }
 
   /**
-   * Switch appends to a new journal at S_start, write a fuzzy snapshot of the
-   * live store, make the journal durable up to the end of the walk, put the
-   * snapshot in place, then delete the journals it covers.
+   * Switch appends to a new journal at S_start (unless the current one is
+   * still empty), write a fuzzy snapshot of the live store, make the journal
+   * durable up to the end of the walk, put the snapshot in place, then delete
+   * the journals it covers.
    */
   private async compact(trigger: string, finalSnapshotBy?: number): Promise<void> {
     if (!this.view) throw new Error("persistence: no store attached, nothing to save");
@@ -587,40 +603,16 @@ export class DurableLog implements CommitLog {
     const started = performance.now();
     try {
       await this.preFlushJournal();
-      const fresh = await openJournal(this.files, this.nextJournalGen());
-      // The two awaits above let the loop run: a sync may have failed, or a shutdown begun.
-      const failedMeanwhile = this.unavailableReason;
-      const interrupted = failedMeanwhile !== null ? new PersistenceFailure(failedMeanwhile)
-        : cancelled() ? new Error("persistence: shutting down") : null;
-      if (interrupted !== null) {
-        await discardJournal(fresh);
-        throw interrupted;
+      let startSeq: number;
+      if (this.journal.bytes === 0 && this.unwritten.length === 0) {
+        // Nothing written since the last switch (a compaction that failed after it, say): this journal
+        // takes the records after the snapshot as well as a new one would, and compactions that fail
+        // again and again do not leave an empty journal each.
+        this.throwIfInterrupted(cancelled);
+        startSeq = this.lastAppendedSeq;
+      } else {
+        startSeq = await this.switchJournal(cancelled);
       }
-      // From here to the switch nothing awaits: no record can fall between the two journals.
-      // The old journal is made durable before any record goes to the new one, so a crash
-      // (a power cut too) can leave a torn record in it only while the new one is empty.
-      let failure: Error | null = null;
-      try {
-        this.writeQueue();
-      } catch (err) {
-        failure = this.fail(err, writeErrorLeavesJournalIntact(err));
-      }
-      if (failure === null) {
-        try {
-          fs.fdatasyncSync(this.journal.handle.fd);
-          this.fsyncs++;
-        } catch (err) {
-          failure = this.fail(err, false);
-        }
-      }
-      if (failure !== null) {
-        await discardJournal(fresh);
-        throw failure;
-      }
-      const startSeq = this.lastAppendedSeq;
-      this.retired.push(this.journal);
-      this.journal = fresh;
-      this.directoryDirty = true;
       const written = await this.writeSnapshotAndDropJournals(startSeq, () => this.sync(), cancelled);
       const ms = Math.round(performance.now() - started);
       this.lastCompaction = {
@@ -640,6 +632,46 @@ export class DurableLog implements CommitLog {
       if (!this.closing) this.log.warn("snapshot failed; the journal still holds every change", { trigger, reason });
       throw new Error(reason);
     }
+  }
+
+  /**
+   * Appends go to a new journal from here; returns the last seq of the old
+   * one (the snapshot's start). The old journal is made durable before any
+   * record goes to the new one, so a crash (a power cut too) can leave a torn
+   * record in it only while the new one is empty.
+   */
+  private async switchJournal(cancelled: () => boolean): Promise<number> {
+    const fresh = await createJournal(this.files, this.nextJournalGen());
+    try {
+      // The awaits before let the loop run: a sync may have failed, or a shutdown begun.
+      this.throwIfInterrupted(cancelled);
+      // From here to the switch nothing awaits: no record can fall between the two journals.
+      try {
+        this.writeQueue();
+      } catch (err) {
+        throw this.fail(err, writeErrorLeavesJournalIntact(err));
+      }
+      try {
+        fs.fdatasyncSync(this.journal.handle.fd);
+        this.fsyncs++;
+      } catch (err) {
+        throw this.fail(err, false);
+      }
+    } catch (err) {
+      await discardJournal(fresh);
+      throw err;
+    }
+    this.retired.push(this.journal);
+    this.journal = fresh;
+    this.directoryDirty = true;
+    return this.lastAppendedSeq;
+  }
+
+  /** A compaction stops when persistence failed or a shutdown cancelled it while it awaited. */
+  private throwIfInterrupted(cancelled: () => boolean): void {
+    const failed = this.unavailableReason;
+    if (failed !== null) throw new PersistenceFailure(failed);
+    if (cancelled()) throw new Error("persistence: shutting down");
   }
 
   /**
@@ -706,8 +738,19 @@ export class DurableLog implements CommitLog {
 export async function openJournal(files: DataFiles, gen: number): Promise<JournalFile> {
   const path = files.journal(gen);
   const handle = await fs.promises.open(path, "a");
-  const bytes = (await handle.stat()).size;
-  return { gen, path, handle, bytes };
+  try {
+    return { gen, path, handle, bytes: (await handle.stat()).size };
+  } catch (err) {
+    // Left open, the handle would be closed by the garbage collector, which Bun reports as an uncaught error: the process exits.
+    await handle.close().catch(() => {});
+    throw err;
+  }
+}
+
+/** Creates the journal of a generation above every file present (see nextJournalGen): empty, never an old file appended to. */
+function createJournal(files: DataFiles, gen: number): Promise<JournalFile> {
+  const path = files.journal(gen);
+  return fs.promises.open(path, "ax").then((handle) => ({ gen, path, handle, bytes: 0 }));
 }
 
 /** Why stillAtPath said no of the journal: removed or replaced, or cut short. */

@@ -17,7 +17,7 @@ import type { CompactMap } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
 import { DurableLog, openJournal, type DurableLogOptions, type FsyncMode } from "./durable-log.ts";
 import { dataFiles, refuseSpecialFiles, refuseMissingDirectory, removeFile } from "./files.ts";
-import { acquireLock, releaseLock } from "./lock.ts";
+import { acquireLock, PID_ONLY_LOCK_WARNING, releaseLock } from "./lock.ts";
 import { recover } from "./recovery.ts";
 import { errorMessage } from "../errors.ts";
 
@@ -65,7 +65,8 @@ export async function openPersistence(opts: PersistenceOptions, log: Logger): Pr
   refuseMissingDirectory(files);
   refuseJournalsBesideLink(path.resolve(opts.path), files.snapshot);
   refuseSpecialFiles(files);
-  acquireLock(files.lock);
+  const pidOnly = acquireLock(files.lock);
+  if (pidOnly !== null) log.warn(PID_ONLY_LOCK_WARNING, { file: files.lock, reason: pidOnly });
   try {
     const recovered = recover(files);
     const torn = recovered.tornTail;

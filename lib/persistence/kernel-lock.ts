@@ -18,12 +18,15 @@ import { FFIType } from "bun:ffi";
 import os from "node:os";
 import { openLibc, type Libc } from "../libc.ts";
 
-export type FlockResult = "locked" | "busy" | "unsupported";
+/** "unsupported": no lock was taken, and why (the caller goes by pids alone). */
+export type FlockResult = "locked" | "busy" | { readonly unsupported: string };
 
 const LOCK_SH = 1;
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 const EWOULDBLOCK = os.constants.errno.EWOULDBLOCK;
+const EINTR = os.constants.errno.EINTR;
+const NO_LIBC = { unsupported: "no C library with flock(2) could be loaded" } as const;
 
 const FLOCK = { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } } as const;
 
@@ -37,7 +40,18 @@ let libc: Libc<typeof FLOCK> | null | undefined;
  */
 export function flockNow(fd: number, exclusive: boolean): FlockResult {
   const c = (libc ??= openLibc(FLOCK));
-  if (c === null) return "unsupported";
-  if (c.symbols.flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) === 0) return "locked";
-  return c.errno() === EWOULDBLOCK ? "busy" : "unsupported";
+  if (c === null) return NO_LIBC;
+  for (;;) {
+    if (c.symbols.flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) === 0) return "locked";
+    const errno = c.errno();
+    if (errno === EINTR) continue; // a signal arrived during the call: it took nothing, ask again
+    if (errno === EWOULDBLOCK) return "busy";
+    // ENOLCK (NFS mounted nolock), EINVAL/EOPNOTSUPP (a file system without such locks), EIO ...
+    return { unsupported: `flock(2) failed: ${errnoName(errno)}` };
+  }
+}
+
+function errnoName(errno: number): string {
+  const name = Object.entries(os.constants.errno).find(([, value]) => value === errno)?.[0];
+  return name ?? `errno ${errno}`;
 }

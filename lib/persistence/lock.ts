@@ -53,15 +53,24 @@ const TAKEOVER_LOOKS = 400;
 /** Each lock this process holds: its path, and the open file that holds the flock on it. */
 const held = new Map<string, number>();
 
-/** Takes the lock (if this process does not hold it already) or throws an Error whose message names the file and the owner. */
-export function acquireLock(lockPath: string): void {
-  if (holdsLock(lockPath)) return;
+/** Logged (with the file and the reason) when acquireLock returns a reason. */
+export const PID_ONLY_LOCK_WARNING =
+  "no kernel lock (flock) holds the data file's lock: it stands on its pid alone, which a server in another PID namespace (container) or on another host sharing this directory cannot judge";
+
+/**
+ * Takes the lock (if this process does not hold it already) or throws an
+ * Error whose message names the file and the owner. Returns null, or why the
+ * lock stands on its pid alone (no flock holds it), for the caller to warn:
+ * then a server in another PID namespace or on another host cannot see it.
+ */
+export function acquireLock(lockPath: string): string | null {
+  if (holdsLock(lockPath)) return null;
   forgetHeld(lockPath); // a lock file of ours that is gone (its directory was removed)
   for (let look = 0; look < TAKEOVER_LOOKS; look++) {
     const fd = createLockUnlessLive(lockPath);
     if (fd !== null) {
       held.set(lockPath, fd);
-      return;
+      return withoutFlock(fd);
     }
     refuseIfLive(lockPath, readLock(lockPath));
     // Stale: its owner is gone (killed), or the file is unreadable or empty and old (killed while creating it).
@@ -165,6 +174,12 @@ function takeOverStaleLock(lockPath: string): boolean {
     fs.closeSync(fd);
   }
   return true;
+}
+
+/** Why no flock holds the lock open as fd, or null when one does (asking again on the owning file changes nothing). */
+function withoutFlock(fd: number): string | null {
+  const flock = flockNow(fd, true);
+  return typeof flock === "object" ? flock.unsupported : null;
 }
 
 /** Errors of link() on file systems that have no hard links. */
