@@ -54,8 +54,10 @@ describe("parseCommand, plain form", () => {
     expect(parseCommand("KEYS user:")).toEqual({ type: "KEYS", prefix: "user:" });
   });
 
-  test("AUTH takes the rest of the line", () => {
+  test("AUTH takes the rest of the line, trailing blanks included (kept verbatim)", () => {
     expect(parseCommand("AUTH my secret")).toEqual({ type: "AUTH", password: "my secret" });
+    expect(parseCommand("AUTH pw ")).toEqual({ type: "AUTH", password: "pw " });
+    expect(parseCommand("AUTH pw\t")).toEqual({ type: "AUTH", password: "pw\t" });
   });
 });
 

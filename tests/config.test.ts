@@ -134,6 +134,7 @@ describe("the process", () => {
     for (const [args, env, name] of [
       [["--port", "nope"], {}, "--port"],
       [["--max-request-bytes", "0"], {}, "--max-request-bytes"],
+      [["--max-request-bytes", "15"], {}, "--max-request-bytes"], // the documented minimum is 16
       [[], { TXKV_FSYNC: "maybe" }, "--fsync"],
       [[], { TXKV_IN_MEMORY: "banana" }, "--in-memory"],
       [["--data", "db.journal.7"], {}, "--data"],

@@ -531,6 +531,23 @@ describe("failed levels", () => {
     expect(b("GET k")).toEqual(err("NOT_FOUND"));
   });
 
+  test("a connection's next transaction starts clean after an aborted one and after a failed nested level was rolled back (level objects are reused)", () => {
+    const a = setup().session();
+    a("START");
+    expect(a("NOPE")).toEqual(err("UNKNOWN_COMMAND"));
+    expect(a("COMMIT")).toEqual(err("ABORTED"));
+    a("START");
+    expect(a("PUT k v")).toEqual(ok({ key: "k", value: "v" }));
+    a("START");
+    expect(a("GET")).toEqual(err("BAD_REQUEST"));
+    expect(a("ROLLBACK")).toEqual(ok("Transaction rolled back"));
+    a("START"); // the failed level's object again
+    expect(a("PUT j w")).toEqual(ok({ key: "j", value: "w" }));
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+    expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+    expect(a("GET j")).toEqual(ok({ key: "j", value: "w" }));
+  });
+
   test("NOT_FOUND is an answer, not a failure", () => {
     const a = setup().session();
     a("START");
@@ -565,10 +582,108 @@ describe("transaction byte limit", () => {
     expect(a("PUT j x")).toEqual(err("TOO_LARGE"));
   });
 
+  test("a nested COMMIT hands its bytes to the parent level: rolling the parent back gives them back", () => {
+    const a = setup({ maxTransactionBytes: 30 }).session();
+    a("START");
+    a("START");
+    a("START");
+    expect(a("PUT k 0123456789012345678")).toMatchObject({ status: "Ok" }); // 25 bytes
+    a("COMMIT"); // into the second level
+    a("ROLLBACK"); // the second level, with the 25 bytes
+    expect(a("PUT j 0123456789012345678")).toMatchObject({ status: "Ok" });
+    expect(a("PUT i 01234")).toEqual(err("TOO_LARGE")); // 25 + 11: the budget counts j, not k too
+  });
+
+  test("a level reused by a later START starts with no bytes of its own", () => {
+    const a = setup({ maxTransactionBytes: 30 }).session();
+    a("START");
+    a("START");
+    expect(a("PUT a 0123456789abcd")).toMatchObject({ status: "Ok" }); // 20 bytes
+    a("ROLLBACK");
+    a("START"); // the same level object
+    a("ROLLBACK"); // gives back only what this level took: nothing
+    expect(a("PUT b 01234567890123456789012")).toMatchObject({ status: "Ok" }); // 29 bytes
+    expect(a("PUT c 1")).toEqual(err("TOO_LARGE")); // 29 + 7
+  });
+
   test("reads are not limited", () => {
     const a = setup({ maxTransactionBytes: 20 }).session();
     a("START");
     for (let i = 0; i < 100; i++) expect(a(`GET some-long-key-name-${i}`)).toEqual(err("NOT_FOUND"));
     expect(a("COMMIT")).toEqual(ok("Transaction committed"));
+  });
+});
+
+describe("transaction nesting limit", () => {
+  test("1000 levels nest; START at the 1000th is TOO_LARGE and fails that level; ROLLBACK clears it", () => {
+    const a = setup().session();
+    for (let depth = 1; depth <= 1000; depth++) expect(a("START")).toEqual(ok("Transaction started"));
+    expect(a("START")).toEqual(err("TOO_LARGE"));
+    expect(a.session.tx!.depth).toBe(1000);
+    expect(a("PUT k v")).toEqual(err("ABORTED"));
+    expect(a("ROLLBACK")).toEqual(ok("Transaction rolled back"));
+    expect(a("PUT k v")).toMatchObject({ status: "Ok" });
+  });
+});
+
+describe("COMMIT refusals apply to every kind of commit", () => {
+  class SwitchableLog extends MemoryOnlyLog {
+    override readonly enabled = true;
+    set failing(reason: string | null) {
+      (this as { unavailableReason: string | null }).unavailableReason = reason;
+    }
+  }
+
+  test("while persistence is failing, COMMIT of one write and of several answers PERSISTENCE and applies nothing", () => {
+    const log = new SwitchableLog();
+    const { session, store } = setup({ log });
+    const a = session();
+    for (const writes of [["PUT x 1"], ["PUT x 1", "PUT y 2"], ["PUT x 1", "PUT y 2", "PUT x 3"]]) {
+      a("START");
+      for (const line of writes) expect(a(line)).toMatchObject({ status: "Ok" });
+      log.failing = "disk full (test)";
+      expect(a("COMMIT")).toMatchObject({ status: "Error", code: "PERSISTENCE", message: expect.stringContaining("disk full (test)") });
+      log.failing = null;
+      expect(a("COMMIT")).toEqual(err("NO_TRANSACTION"));
+      expect(store.get("x")).toBeUndefined();
+      expect(store.seq).toBe(0);
+    }
+  });
+
+  test("a COMMIT whose writes together would pass --max-data-bytes is TOO_LARGE and applies nothing, though each fits alone", () => {
+    const { session, store } = setup({ maxTransactionBytes: 1 << 20 });
+    store.dataLimitBytes = 4096;
+    const a = session();
+    const value = "v".repeat(1500);
+    a("START");
+    for (const key of ["a", "b", "c"]) expect(a(`PUT ${key} ${value}`)).toMatchObject({ status: "Ok" });
+    expect(a("COMMIT")).toMatchObject({ status: "Error", code: "TOO_LARGE", message: expect.stringContaining("Store full") });
+    expect(store.size).toBe(0);
+    expect(a(`PUT a ${value}`)).toMatchObject({ status: "Ok" });
+  });
+});
+
+describe("AUTH and STATS bookkeeping", () => {
+  test("a successful AUTH resets the failure count that sets the next wrong password's delay", async () => {
+    const executor = new Executor(new Store(), new MemoryOnlyLog(), new ServerStats(), {
+      maxTransactionBytes: 1024,
+      password: "secret",
+      version: "test",
+    });
+    const s = new Session(true);
+    for (let i = 0; i < 2; i++) expect(await executor.execute(parseCommand("AUTH wrong"), s)).toContain("AUTH_FAILED");
+    expect(s.authFailures).toBe(2);
+    expect(await executor.execute(parseCommand("AUTH secret"), s)).toContain("Authenticated");
+    expect(s.authFailures).toBe(0);
+  });
+
+  test("a GET of a missing key through the general path counts in errors_by_code.NOT_FOUND", () => {
+    const { session, executor } = setup();
+    const a = session();
+    a("GET missing");
+    a("START");
+    a('GET {"key":"missing"}');
+    a("DEL missing");
+    expect((executor.statsReport().stats as { errors_by_code: Record<string, number> }).errors_by_code.NOT_FOUND).toBe(3);
   });
 });

@@ -850,6 +850,41 @@ describe("Executor.executePlain does what execute does", () => {
     expect(h.run(s, "GET a")).toEqual({ reply: okEntry("a", '"1"'), fast: true });
   });
 
+  test("a PUT in a transaction is charged its whole request line, as the general path charges it: one at the budget passes, one byte over is refused", () => {
+    const h = new Harness(new RecordingLog(), { maxTransactionBytes: 30 });
+    const s = new Session(false);
+    h.run(s, "START");
+    expect(h.fast(s, "PUT k " + "x".repeat(24))).toBe(true); // 30 bytes
+    h.run(s, "ROLLBACK");
+    h.run(s, "START");
+    expect(h.fast(s, "PUT k " + "x".repeat(25))).toBe(false); // 31 bytes
+    expect(JSON.parse(h.run(s, "PUT k " + "x".repeat(25)).reply)).toMatchObject({ code: "TOO_LARGE" });
+  });
+
+  test("a fast-path PUT of any key conflicts a transaction past the read limit (it watches the whole store)", () => {
+    const h = new Harness(new RecordingLog());
+    h.store.maxWatchesPerTransaction = 2;
+    const [reader, writer] = [new Session(false), new Session(false)];
+    h.run(reader, "START");
+    // General-path reads count towards the limit (fast-path ones are deferred, a small table's worth, not counted).
+    for (const key of ["r1", "r2", "r3"]) h.run(reader, `GET {"key":"${key}"}`);
+    expect(h.store.watchCounts.everything).toBe(1);
+    expect(h.fast(writer, "PUT unrelated 1")).toBe(true);
+    h.run(reader, "PUT r1 mine");
+    expect(JSON.parse(h.run(reader, "COMMIT").reply)).toMatchObject({ code: "CONFLICT" });
+    expect(h.store.get("r1")).toBeUndefined();
+  });
+
+  test("STATS watched_keys counts reads noted as bytes (deferred) with the real watches", () => {
+    const h = new Harness(new RecordingLog(), { initial: [["a", '"1"']] });
+    const s = new Session(false);
+    h.run(s, "START");
+    expect(h.run(s, "GET a").fast).toBe(true);
+    expect(h.run(s, 'GET {"key":"b"}').fast).toBe(false);
+    expect(h.store.watchCounts).toMatchObject({ keys: 1, deferredReads: 1 });
+    expect((h.executor.statsReport().transactions as { watched_keys: number }).watched_keys).toBe(2);
+  });
+
   test("refuses a GET whose stored value is not ASCII (é, a wide character) and leaves earlier replies intact; an ASCII JSON value is copied", () => {
     const h = new Harness();
     const s = new Session(false);

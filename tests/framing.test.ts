@@ -122,6 +122,11 @@ describe("LineFramer", () => {
     expect(feed(new LineFramer(1024), bad, "GET é\n")).toEqual([INVALID_UTF8, "GET é"]);
   });
 
+  test("a lone continuation byte (0x80, the first byte that is not ASCII) is invalid UTF-8, alone or after ASCII", () => {
+    expect(feed(new LineFramer(1024), new Uint8Array([0x80, 0x0a]), "PING\n")).toEqual([INVALID_UTF8, "PING"]);
+    expect(feed(new LineFramer(1024), new Uint8Array([0x47, 0x45, 0x54, 0x20, 0x80, 0x0a]))).toEqual([INVALID_UTF8]);
+  });
+
   test("a multi-byte character split across chunks decodes", () => {
     const bytes = enc.encode("PUT k ü\n");
     expect(feed(new LineFramer(1024), bytes.subarray(0, 7), bytes.subarray(7))).toEqual(["PUT k ü"]);

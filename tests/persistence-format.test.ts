@@ -108,10 +108,12 @@ describe("snapshot format", () => {
     expect(() => decodeSnapshot(Buffer.alloc(0))).toThrow(/empty/);
   });
 
-  test("a wrong entry count is refused", () => {
+  test("a wrong entry count is refused, more entries than announced as well as fewer", () => {
     const good = encodeSnapshot(3, awkward).toString();
-    const bad = good.replace(`"keys":${awkward.length}`, `"keys":${awkward.length + 1}`);
-    expect(() => decodeSnapshot(Buffer.from(bad))).toThrow(/announces/);
+    for (const keys of [awkward.length + 1, awkward.length - 1, 0]) {
+      const bad = good.replace(`"keys":${awkward.length}`, `"keys":${keys}`);
+      expect(() => decodeSnapshot(Buffer.from(bad))).toThrow(/announces/);
+    }
   });
 
   test("an unknown version is refused", () => {
@@ -164,6 +166,10 @@ describe("snapshot format", () => {
       ["id", "12345678901234567890"],
       ["o", '{"ids":[-9007199254740993]}'],
     ]);
+  });
+
+  test("a plain JSON object with an empty key is refused (PROTOCOL: keys are non-empty), not loaded", () => {
+    expect(() => decodeSnapshot(Buffer.from('{"a": 1, "": 2}'))).toThrow(/empty key/);
   });
 
   test("invalid JSON and non-object JSON are refused", () => {
@@ -324,6 +330,13 @@ describe("journal format", () => {
   test("a damaged line before the end is corruption", () => {
     const text =
       encodeRecord({ seq: 1, ops: [["a", "1"]] }) + "not json\n" + encodeRecord({ seq: 3, ops: [["c", "3"]] });
+    expect(() => scan(text)).toThrow(/line 2: not valid JSON/);
+  });
+
+  test("zero bytes in a line before the end are corruption too, not a torn tail that would drop the records after it", () => {
+    const zeroed = Buffer.from(encodeRecord({ seq: 2, ops: [["k", '"value"']] }));
+    zeroed.fill(0, 10, 20);
+    const text = encodeRecord({ seq: 1, ops: [["a", "1"]] }) + zeroed.toString("latin1") + encodeRecord({ seq: 3, ops: [["c", "3"]] });
     expect(() => scan(text)).toThrow(/line 2: not valid JSON/);
   });
 

@@ -729,6 +729,29 @@ describe("lock", () => {
     await closeLog(a);
   });
 
+  test("an unheld lock naming this very pid (a container restarted after kill -9 is pid 1 again) is a former process's: taken over", async () => {
+    const dir = tempDir();
+    const lock = path.join(dir, "data.json.lock");
+    const boot = fs.readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+    fs.writeFileSync(lock, `${process.pid}\n${boot}\n`);
+    const old = new Date(Date.now() - 60_000);
+    fs.utimesSync(lock, old, old);
+    const a = await open(dir);
+    expect(fs.readFileSync(lock, "utf8").split("\n")[0]).toBe(String(process.pid));
+    await closeLog(a);
+  });
+
+  test("a lock naming no process whose time is in the future (a clock that differs from a file server's) is not young: taken over", async () => {
+    const dir = tempDir();
+    const lock = path.join(dir, "data.json.lock");
+    fs.writeFileSync(lock, "");
+    const future = new Date(Date.now() + 3_600_000);
+    fs.utimesSync(lock, future, future);
+    const a = await open(dir);
+    expect(fs.readFileSync(lock, "utf8").split("\n")[0]).toBe(String(process.pid));
+    await closeLog(a);
+  });
+
   test("a lock holding anything but a pid (`1 hello`: not pid 1, which is alive; `12abc`) names no process: refused while young, taken over once old", async () => {
     for (const text of ["1 hello\n", "12abc", "-5", "0"]) {
       const dir = tempDir();
