@@ -316,6 +316,56 @@ describe("compaction", () => {
     expect(fs.existsSync(path.join(dir, "data.json.tmp"))).toBe(false);
   });
 
+  test("a compaction makes the old journal durable after its last record and before any record goes to the new one (what a power cut needs)", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    a.put("k0", 0);
+    await nextImmediate();
+    // Every journal write and fdatasync, by file name, in order.
+    const events: string[] = [];
+    const nameOf = (fd: number) => path.basename(fs.readlinkSync(`/proc/self/fd/${fd}`));
+    const probe = await fs.promises.open(dir, "r");
+    const handleProto = Object.getPrototypeOf(probe) as { datasync(this: { fd: number }): Promise<void> };
+    await probe.close();
+    const [realWrite, realFdatasync, realDatasync] = [fs.writeSync, fs.fdatasyncSync, handleProto.datasync];
+    fs.writeSync = ((fd: number, ...rest: unknown[]) => {
+      events.push(`write ${nameOf(fd)}`);
+      return (realWrite as (...args: unknown[]) => number)(fd, ...rest);
+    }) as typeof fs.writeSync;
+    fs.fdatasyncSync = (fd: number) => {
+      events.push(`sync ${nameOf(fd)}`);
+      realFdatasync(fd);
+    };
+    handleProto.datasync = function () {
+      events.push(`sync ${nameOf(this.fd)}`);
+      return realDatasync.call(this);
+    };
+    try {
+      const saving = a.log.save();
+      // Writes all along: before the switch (into journal 1) and during the snapshot (into journal 2).
+      let writing = true;
+      const writer = (async () => {
+        for (let i = 0; writing; i++) {
+          a.put(`w${i}`, i);
+          await nextImmediate();
+        }
+      })();
+      await saving;
+      writing = false;
+      await writer;
+    } finally {
+      fs.writeSync = realWrite;
+      fs.fdatasyncSync = realFdatasync;
+      handleProto.datasync = realDatasync;
+    }
+    const lastToOld = events.lastIndexOf("write data.json.journal.1");
+    const firstToNew = events.indexOf("write data.json.journal.2");
+    expect(lastToOld).toBeGreaterThan(-1);
+    expect(firstToNew).toBeGreaterThan(lastToOld);
+    expect(events.slice(lastToOld, firstToNew)).toContain("sync data.json.journal.1");
+    await closeLog(a);
+  });
+
   test("a journal failure while SAVE flushes the old journal stops that SAVE before it writes a snapshot, and the rebuild then makes the write durable", async () => {
     const dir = tempDir();
     const a = await openAlwaysPastFirstRound(dir);
