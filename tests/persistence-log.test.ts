@@ -500,6 +500,27 @@ describe("compaction", () => {
     ]);
   });
 
+  test("a final snapshot that fails after switching journals leaves no journal open: close lets go of the old one too", async () => {
+    const dir = tempDir();
+    const a = await open(dir);
+    a.put("k", 1);
+    fs.mkdirSync(path.join(dir, "data.json.tmp")); // the snapshot's temp file cannot be created
+    await a.log.close(Date.now() + 60_000);
+    openLogs.splice(openLogs.indexOf(a.log), 1);
+    expect(a.logLines.join("\n")).toContain("final snapshot failed; the journal holds every change");
+    expect(dataFiles(path.join(dir, "data.json")).listJournalGens()).toEqual([1, 2]);
+    const openFiles = fs.readdirSync("/proc/self/fd").map((fd) => {
+      try {
+        return fs.readlinkSync(`/proc/self/fd/${fd}`);
+      } catch {
+        return ""; // the listing's own descriptor, closed by now
+      }
+    });
+    expect(openFiles.filter((file) => file.startsWith(dir))).toEqual([]);
+    fs.rmdirSync(path.join(dir, "data.json.tmp"));
+    expect(contents((await open(dir)).store)).toEqual([["k", "1"]]);
+  });
+
   test("the journal is compacted automatically past its size threshold", async () => {
     const dir = tempDir();
     const a = await open(dir, { compactMinBytes: 2000, compactPercent: 100 });

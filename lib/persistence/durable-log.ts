@@ -231,7 +231,10 @@ export class DurableLog implements CommitLog {
     if (finalSnapshotBy !== undefined) await this.snapshotAtShutdown(finalSnapshotBy);
     this.closed = true;
     if (this.syncLoop) await this.syncLoop;
-    await this.journal.handle.close().catch(() => {});
+    // A final snapshot that failed after its switch leaves the old journal retired, its records durable (the
+    // switch synced them) and its handle open: the garbage collector closing it would end the process.
+    for (const journal of [this.journal, ...this.retired]) await journal.handle.close().catch(() => {});
+    this.retired = [];
     // A start that failed (a port in use, say) leaves the directory as it found it.
     if (this.journal === this.createdJournal && this.journal.bytes === 0 && this.appendedRecords === 0) {
       removeFile(this.journal.path);
