@@ -193,6 +193,18 @@ describe("protected mode", () => {
     }
   });
 
+  test("a non-loopback address with a password starts, and asks for it", async () => {
+    const server = await startInProcess(["--host", "0.0.0.0", "--password", PASSWORD]);
+    try {
+      const c = await LineClient.connect(server.port, "127.0.0.1");
+      expect(await c.request("PING")).toMatchObject({ code: "AUTH_REQUIRED" });
+      expect(await c.request(`AUTH ${PASSWORD}`)).toMatchObject({ status: "Ok" });
+      c.close();
+    } finally {
+      await server.shutdown();
+    }
+  });
+
   test("a non-loopback address with no password refuses to start, naming --password and TXKV_PASSWORD", async () => {
     for (const host of ["0.0.0.0", "::"]) {
       const run = await runIndex(["--in-memory", "--host", host, "--port", "0"]);
