@@ -77,6 +77,10 @@ describe("one-shot", () => {
   test("--json prints the server's reply line unchanged", async () => {
     const run = await cli(["--json", "PING"]);
     expect(run).toMatchObject({ code: 0, stdout: '{"status":"Ok","result":"PONG"}\n' });
+    // An Error reply exits 1 with --json too.
+    const missing = await cli(["--json", "GET", "cli:json:missing"]);
+    expect(missing.code).toBe(1);
+    expect(JSON.parse(missing.stdout)).toMatchObject({ status: "Error", code: "NOT_FOUND" });
   });
 
   test("KEYS prints one key per line", async () => {

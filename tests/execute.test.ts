@@ -85,6 +85,12 @@ describe("outside a transaction", () => {
   });
 });
 
+test("KEYS lists a key before the longer keys it begins, also when a surrogate pair makes the code-point comparator run", () => {
+  const a = setup().session();
+  for (const k of ["ab", "a", "\u{1F600}"]) a(`PUT ${k} x`);
+  expect(a("KEYS")).toEqual(ok(["a", "ab", "\u{1F600}"]));
+});
+
 describe("transactions", () => {
   test("read-your-writes inside, invisible outside until the outermost COMMIT", () => {
     const { session } = setup();
