@@ -225,21 +225,27 @@ export class DurableLog implements CommitLog {
     } catch (err) {
       // Nothing more will be written: let go of the files (the lock stays, a dead pid's, for the next start to take).
       this.closed = true;
-      for (const journal of [this.journal, ...this.retired]) await journal.handle.close().catch(() => {});
+      await this.closeJournalHandles();
       throw err;
     }
     if (finalSnapshotBy !== undefined) await this.snapshotAtShutdown(finalSnapshotBy);
     this.closed = true;
     if (this.syncLoop) await this.syncLoop;
-    // A final snapshot that failed after its switch leaves the old journal retired, its records durable (the
-    // switch synced them) and its handle open: the garbage collector closing it would end the process.
-    for (const journal of [this.journal, ...this.retired]) await journal.handle.close().catch(() => {});
-    this.retired = [];
+    await this.closeJournalHandles();
     // A start that failed (a port in use, say) leaves the directory as it found it.
     if (this.journal === this.createdJournal && this.journal.bytes === 0 && this.appendedRecords === 0) {
       removeFile(this.journal.path);
     }
     releaseLock(this.files.lock);
+  }
+
+  /**
+   * Closes the current journal and any retired one (a final snapshot that failed after its switch leaves the
+   * old journal retired, its records already synced): a handle left to the garbage collector ends the process.
+   */
+  private async closeJournalHandles(): Promise<void> {
+    for (const journal of [this.journal, ...this.retired]) await journal.handle.close().catch(() => {});
+    this.retired = [];
   }
 
   /**
