@@ -3,7 +3,7 @@
  * subprocess for the server-killed case), plus scripted fake servers for the
  * failure timings a real server cannot be made to hit on cue.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, spyOn, test } from "bun:test";
 import type { Socket, TCPSocketListener } from "bun";
 import type { RunningServer } from "../lib/app.ts";
 import {
@@ -482,6 +482,59 @@ describe("transaction()", () => {
       leaked = tx;
     });
     await expect(leaked!.get("a")).rejects.toThrow("after its transaction ended");
+  });
+
+  test("COMMIT errors other than CONFLICT (ABORTED, PERSISTENCE) are thrown at once, not retried", async () => {
+    for (const code of ["ABORTED", "PERSISTENCE"]) {
+      let commits = 0;
+      const fake = fakeServer((line) => {
+        if (line === "COMMIT") {
+          commits++;
+          return { status: "Error", code, message: `refused: ${code}` };
+        }
+        return ok("x");
+      });
+      const c = await connect({ port: fake.port });
+      const error = await c.transaction(async (tx) => tx.put("k", 1), { retries: 5, backoffMs: 0 }).catch((e) => e);
+      expect(error).toBeInstanceOf(TxkvError);
+      expect(error.code).toBe(code);
+      expect(commits).toBe(1);
+      await c.close();
+      fake.stop(true);
+    }
+  });
+
+  test("backoff between CONFLICT retries: 10 retries by default, doubling from backoffMs, never over maxBackoffMs, jittered down to half", async () => {
+    // Bun.sleep and Math.random are replaced for this test: the waits are recorded, not waited, and
+    // the jitter is pinned to its ends (random 1: the full ceiling; random 0: half of it). No timing is asserted.
+    const sleep = spyOn(Bun, "sleep").mockImplementation(async () => {});
+    const random = spyOn(Math, "random").mockReturnValue(1);
+    try {
+      let commits = 0;
+      const fake = fakeServer((line) => {
+        if (line !== "COMMIT") return ok("x");
+        commits++;
+        return { status: "Error", code: "CONFLICT", message: "conflict" };
+      });
+      const c = await connect({ port: fake.port });
+      const byDefault = await c.transaction(async (tx) => tx.put("k", 1)).catch((e) => e);
+      expect(byDefault.code).toBe("CONFLICT");
+      expect(commits).toBe(11); // the first attempt and 10 retries
+      // Defaults: backoffMs 5, doubling per attempt, capped at maxBackoffMs 250.
+      expect(sleep.mock.calls.map(([ms]) => ms)).toEqual([5, 10, 20, 40, 80, 160, 250, 250, 250, 250]);
+
+      sleep.mockClear();
+      random.mockReturnValue(0);
+      commits = 0;
+      await c.transaction(async (tx) => tx.put("k", 1), { retries: 4, backoffMs: 1000, maxBackoffMs: 8 }).catch((e) => e);
+      expect(commits).toBe(5);
+      expect(sleep.mock.calls.map(([ms]) => ms)).toEqual([4, 4, 4, 4]);
+      await c.close();
+      fake.stop(true);
+    } finally {
+      sleep.mockRestore();
+      random.mockRestore();
+    }
   });
 });
 
