@@ -56,6 +56,10 @@ describe("one-shot", () => {
     expect(await cli(["PUT", "my key", "  two  words "])).toMatchObject({ code: 0, stdout: "OK\n" });
     expect((await cli(["GET", "my key"])).stdout).toBe("  two  words \n");
     expect((await cli(["KEYS", "my k"])).stdout).toBe("1) my key\n");
+    expect(await cli(["PUT", "lead", " x"])).toMatchObject({ code: 0, stdout: "OK\n" }); // a plain key, a value beginning with a space
+    expect((await cli(["--json", "GET", "lead"])).stdout).toBe('{"status":"Ok","result":{"key":"lead","value":" x"}}\n');
+    expect((await cli(["DEL", "my key"])).stdout).toBe("  two  words \n");
+    expect((await cli(["GET", "my key"])).code).toBe(1);
     expect((await cli(["PUT", "empty", ""])).code).toBe(0);
     expect((await cli(["--json", "GET", "empty"])).stdout).toBe('{"status":"Ok","result":{"key":"empty","value":""}}\n');
     expect((await cli(["PUT", "lines", "a\nb"])).code).toBe(0);
@@ -83,10 +87,11 @@ describe("one-shot", () => {
     expect(JSON.parse(missing.stdout)).toMatchObject({ status: "Error", code: "NOT_FOUND" });
   });
 
-  test("KEYS prints one key per line", async () => {
+  test("KEYS prints one key per line, and (empty list) when none match", async () => {
     await cli(["PUT", "list:b", "2"]);
     await cli(["PUT", "list:a", "1"]);
     expect((await cli(["KEYS", "list:"])).stdout).toBe("1) list:a\n2) list:b\n");
+    expect(await cli(["KEYS", "no-such-prefix:"])).toMatchObject({ code: 0, stdout: "(empty list)\n" });
   });
 
   test("KEYS: a key holding a line break or a terminal escape is printed quoted, so it cannot pose as more entries", async () => {
