@@ -369,6 +369,19 @@ describe("health and persistence gauges", () => {
     expect(m.samples.some((s) => s.name.includes("data_file") || s.name.includes("last_compaction"))).toBe(false);
   });
 
+  test("txkv_data_growing is 1 while the store moves into a grown arena or index, and 0 again once the move is done", () => {
+    const store = new Store();
+    const executor = new Executor(store, new FlakyLog(), new ServerStats(), { maxTransactionBytes: 1024, password: undefined, version: "v" });
+    const growingSample = () => sample(parseExposition(renderMetrics(executor, healthOf(executor, false), "v")), "txkv_data_growing");
+    expect(growingSample()).toBe(0);
+    let puts = 0;
+    while (!store.growing && puts < 100_000) store.put(`grow:${puts++}`, JSON.stringify("v".repeat(200)));
+    expect(store.growing).toBe(true); // some put started a growth
+    expect(growingSample()).toBe(1);
+    while (store.growing) store.growInBackground(1000);
+    expect(growingSample()).toBe(0);
+  });
+
   test("label values are escaped", () => {
     const stats = new ServerStats();
     stats.countCommand('we"ird\\na\nme');

@@ -433,6 +433,35 @@ describe("--max-data-bytes: a full store refuses writes, as Redis does past maxm
     }
   });
 
+  test("a write counted at exactly the limit is stored, one character more is refused (each form, and in a COMMIT)", async () => {
+    // With 4096 bytes and an empty store: a record is a 16-byte header and, counted at its most, two bytes
+    // per character of the key and the encoded value, padded to 4. Key "a" and a 2037-character value
+    // (2039 encoded, with its quotes) count 16 + 4080 = 4096 bytes; one character more counts 4100.
+    const server = await startInProcess(["--max-data-bytes", "4096", "--max-request-bytes", "8192", "--max-transaction-bytes", "8192"]);
+    try {
+      const c = await LineClient.connect(server.port);
+      const fits = "v".repeat(2037);
+      const over = fits + "v";
+      const requests: [string, string][] = [
+        [`PUT a ${over}`, `PUT a ${fits}`],
+        [`PUT {"key":"a","value":"${over}"}`, `PUT {"key":"a","value":"${fits}"}`],
+      ];
+      for (const [refused, accepted] of requests) {
+        expect((await c.request(refused)).code).toBe("TOO_LARGE");
+        expect((await c.request(accepted)).status).toBe("Ok");
+        expect((await c.request("DEL a")).status).toBe("Ok");
+      }
+      const overCommit = await c.pipeline(["START", `PUT a ${over}`, "COMMIT"]);
+      expect(overCommit[2]!.code).toBe("TOO_LARGE");
+      const fitCommit = await c.pipeline(["START", `PUT a ${fits}`, "COMMIT"]);
+      expect(fitCommit[2]!.status).toBe("Ok");
+      expect(await c.request("GET a")).toEqual({ status: "Ok", result: { key: "a", value: fits } });
+      c.close();
+    } finally {
+      await server.shutdown();
+    }
+  });
+
   test("a restart with a lower limit than the data loads every key and refuses writes until keys are deleted", async () => {
     const dir = tempDir();
     const data = join(dir.path, "data.json");
