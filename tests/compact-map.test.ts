@@ -114,13 +114,16 @@ describe("CompactMap against a Map", () => {
     expect(map.size).toBe(2);
   });
 
-  test("a value read (and so cached) is never answered stale: after set, after delete, after its id is reused", () => {
+  test("a value read (and so cached) is never answered stale: after set, after setAscii, after delete, after its id is reused", () => {
     const map = new CompactMap();
     map.set("a", "1");
     expect(map.get("a")).toBe("1");
     map.set("a", "2");
     expect(map.get("a")).toBe("2");
     expect(map.get("a")).toBe("2");
+    const line = new TextEncoder().encode("a 5"); // the fast path's PUT: key and value as bytes of a request line
+    map.setAscii({ keySrc: line, keyStart: 0, keyEnd: 1, valueSrc: line, valueStart: 2, valueEnd: 3 });
+    expect(map.get("a")).toBe("5");
     map.delete("a");
     expect(map.get("a")).toBeUndefined();
     map.set("b", "3"); // takes the id "a" had
