@@ -171,7 +171,7 @@ function outcomeMark(workload: Workload): Buffer {
 function describe(config: BenchConfig): string {
   const limit = config.requests !== undefined ? `${config.requests} ops` : `${config.secs} s`;
   return (
-    `txkv bench ${formatAddress(config.server.host, config.server.port)}: workload ${config.workload}, ${config.conns} connections, ` +
+    `txkv bench ${formatAddress(config.server.host, config.server.port)}: workload ${config.workload}, ${config.conns} connection${config.conns === 1 ? "" : "s"}, ` +
     `pipeline ${config.pipeline}, ${config.workload === "ping" ? "" : `${config.keys} keys, ${config.vsize}-byte values, `}${limit}`
   );
 }
@@ -188,8 +188,8 @@ function report(result: BenchResult): string {
 
 // ---- the load loop ----------------------------------------------------------
 
-/** Latencies in microseconds, one per batch, in a growable typed array. */
-class Latencies {
+/** Latencies in microseconds, one per batch, in a growable typed array. Exported for tests. */
+export class Latencies {
   private values = new Uint32Array(1 << 16);
   length = 0;
 
@@ -202,8 +202,11 @@ class Latencies {
     this.values[this.length++] = us;
   }
 
-  sorted(): Uint32Array {
-    return this.values.subarray(0, this.length).sort();
+  /** The report's percentiles (nearest rank, rounding down) and the largest; all 0 when there are none. */
+  summary(): { p50_us: number; p99_us: number; p999_us: number; max_us: number } {
+    const sorted = this.values.subarray(0, this.length).sort();
+    const pct = (p: number) => (sorted.length === 0 ? 0 : sorted[Math.floor((sorted.length - 1) * p)]!);
+    return { p50_us: pct(0.5), p99_us: pct(0.99), p999_us: pct(0.999), max_us: pct(1) };
   }
 }
 
@@ -231,8 +234,6 @@ async function bench(
     for (const connection of connections) connection.close();
   }
   const secs = (performance.now() - started) / 1000;
-  const sorted = totals.latencies.sorted();
-  const pct = (p: number) => (sorted.length === 0 ? 0 : sorted[Math.floor((sorted.length - 1) * p)]!);
   const result = {
     workload: config.workload,
     conns: config.conns,
@@ -241,10 +242,7 @@ async function bench(
     secs,
     ops_per_s: totals.ops / secs,
     errors: totals.errors,
-    p50_us: pct(0.5),
-    p99_us: pct(0.99),
-    p999_us: pct(0.999),
-    max_us: sorted.length === 0 ? 0 : sorted[sorted.length - 1]!,
+    ...totals.latencies.summary(),
   };
   const firstError = connections.map((connection) => connection.firstError).find((error) => error !== null) ?? null;
   return { result, firstError, succeeded: totals.succeeded };

@@ -2,8 +2,8 @@
  * `txkv bench`: short real runs against a server subprocess, checking the
  * shape of the report (text and --json), request counting and option errors.
  */
-import { expect, test } from "bun:test";
-import { ErrorCounter, MarkCounter } from "../lib/bench.ts";
+import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { ErrorCounter, Latencies, MarkCounter } from "../lib/bench.ts";
 import { connect } from "../lib/client.ts";
 import { BUN, INDEX, runTxkv, sharedServer, spawnServer } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
@@ -240,4 +240,105 @@ test("on a terminal, a progress line is rewritten in place while it runs, then t
   proc.terminal!.close();
   expect(output).toMatch(/\r\x1b\[K\d+\.\d s: \d+ ops, \d+ ops\/s, 0 errors/);
   expect(output).toMatch(/\r\x1b\[K\d+ ops in \d+\.\d\d s, 0 error replies\r\nthroughput: /);
+});
+
+test("on a terminal with --json, no progress line: only the JSON line", async () => {
+  let output = "";
+  const proc = Bun.spawn([BUN, "run", INDEX, "bench", "-p", shared.port, "--secs", "0.7", "--conns", "2", "--keys", "100", "--json"], {
+    terminal: {
+      cols: 200,
+      data(_terminal, data) {
+        output += new TextDecoder().decode(data);
+      },
+    },
+  });
+  expect(await proc.exited).toBe(0);
+  proc.terminal!.close();
+  expect(output).not.toContain("\x1b[K");
+  expect(JSON.parse(output.trim())).toMatchObject({ workload: "mix", conns: 2, errors: 0 });
+});
+
+test("latency percentiles are nearest-rank (rounding down) over every batch, past the first 65,536 too; all 0 with none", () => {
+  expect(new Latencies().summary()).toEqual({ p50_us: 0, p99_us: 0, p999_us: 0, max_us: 0 });
+  const latencies = new Latencies();
+  for (let us = 100_000; us >= 1; us--) latencies.add(us); // in descending order: the summary sorts
+  expect(latencies.summary()).toEqual({ p50_us: 50_000, p99_us: 99_000, p999_us: 99_900, max_us: 100_000 });
+});
+
+test("the settings line leaves keys and values out for ping; with --pipeline over 1 the latency reported is a batch's", async () => {
+  const ping = await bench(["--requests", "40", "--conns", "2", "--workload", "ping"]);
+  expect(ping.stdout.split("\n")[0]).toBe(`txkv bench 127.0.0.1:${shared.port}: workload ping, 2 connections, pipeline 1, 40 ops`);
+  const pipelined = await bench(["--requests", "40", "--conns", "2", "--pipeline", "4", "--workload", "ping"]);
+  expect(pipelined.stdout.split("\n")[3]).toStartWith("batch latency (ms): p50 ");
+});
+
+test("without --secs or --requests a run lasts 5 s, as its settings line says", async () => {
+  const proc = Bun.spawn([BUN, "run", INDEX, "bench", "-p", shared.port, "--workload", "ping", "--conns", "1"], { stdout: "pipe", stderr: "pipe" });
+  try {
+    // The settings line is printed before the run starts: read it, then stop the run.
+    const reader = proc.stdout.getReader();
+    let text = "";
+    while (!text.includes("\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    expect(text.split("\n")[0]).toBe(`txkv bench 127.0.0.1:${shared.port}: workload ping, 1 connection, pipeline 1, 5 s`);
+  } finally {
+    proc.kill();
+    await proc.exited;
+  }
+});
+
+describe("against a fresh server, counted by its STATS", () => {
+  let fresh: Awaited<ReturnType<typeof spawnServer>>;
+  beforeEach(async () => {
+    fresh = await spawnServer(["--in-memory"]);
+  });
+  afterEach(async () => {
+    await fresh.kill();
+  });
+  const commandCounts = async () => {
+    const c = await connect({ port: fresh.port });
+    const stats = (await c.stats()) as { stats: { commands_by_type: Record<string, number> } };
+    await c.close();
+    return stats.stats.commands_by_type;
+  };
+
+  test("--requests is exact when it is not a multiple of --pipeline: the last batch is short", async () => {
+    const run = await runTxkv(["bench", "-p", String(fresh.port), "--requests", "10", "--conns", "3", "--pipeline", "4", "--workload", "get", "--no-preload", "--json"]);
+    expect(JSON.parse(run.stdout)).toMatchObject({ ops: 10 });
+    expect((await commandCounts()).GET).toBe(10);
+  });
+
+  test("the preload writes every key once, the last one too, before the run", async () => {
+    const run = await runTxkv(["bench", "-p", String(fresh.port), "--keys", "1001", "--requests", "50", "--conns", "2", "--workload", "get", "--json"]);
+    expect(JSON.parse(run.stdout)).toMatchObject({ ops: 50, errors: 0 });
+    expect((await commandCounts()).PUT).toBe(1001);
+    const c = await connect({ port: fresh.port });
+    expect(await c.get("key:00001000")).toBe("x".repeat(32));
+    expect(await c.get("key:00001001")).toBeUndefined();
+    await c.close();
+  });
+
+  test("mix sends about 80 % GETs and 20 % PUTs", async () => {
+    const run = await runTxkv(["bench", "-p", String(fresh.port), "--requests", "4000", "--conns", "4", "--workload", "mix", "--no-preload", "--json"]);
+    expect(run.code).toBe(0);
+    const { GET = 0, PUT = 0 } = await commandCounts();
+    expect(GET + PUT).toBe(4000);
+    // Each request is a GET with probability 0.8: 4000 of them land within these bounds but for odds below 1e-9.
+    expect(GET).toBeGreaterThan(3000);
+    expect(GET).toBeLessThan(3400);
+  });
+
+  test("a preload whose PUTs are refused stops the run before it starts, with status 1", async () => {
+    const full = await spawnServer(["--in-memory", "--max-data-bytes", "4096"]);
+    try {
+      const run = await runTxkv(["bench", "-p", String(full.port), "--keys", "200", "--requests", "10", "--workload", "get"]);
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(/^txkv bench: preload: \d+ PUT requests failed\n$/);
+    } finally {
+      await full.kill();
+    }
+  });
 });
