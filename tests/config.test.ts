@@ -31,6 +31,48 @@ describe("parseConfig", () => {
     });
   });
 
+  test("every numeric option: its default, and its bounds as README's option table gives them (the least and most accepted, one past each refused)", () => {
+    const MAX_DATA = 2 ** 31;
+    // option, Config field, default, least, most
+    const numeric: [string, string, number | null, number, number][] = [
+      ["port", "port", 8080, 0, 65535],
+      ["fsync-interval-ms", "fsyncIntervalMs", 1000, 1, 60_000],
+      ["compact-min-bytes", "compactMinBytes", 16_777_216, 0, Number.MAX_SAFE_INTEGER],
+      ["compact-percent", "compactPercent", 100, 1, 1_000_000],
+      ["max-request-bytes", "maxRequestBytes", 1024, 16, 67_108_864],
+      ["max-transaction-bytes", "maxTransactionBytes", 1024, 16, 1_073_741_824],
+      ["max-transaction-reads", "maxTransactionReads", 10_000, 1, 100_000_000],
+      ["max-connections", "maxConnections", 10_000, 1, 1_000_000],
+      ["max-data-bytes", "maxDataBytes", MAX_DATA, 4096, MAX_DATA],
+      ["max-output-bytes", "maxOutputBytes", 1_048_576, 1024, 1_073_741_824],
+      ["partial-request-ms", "partialRequestMs", 10, 0, 60_000],
+      ["timeout", "idleTimeoutSeconds", 0, 0, 604_800],
+      ["metrics-port", "metricsPort", null, 0, 65535],
+      ["shutdown-timeout-ms", "shutdownTimeoutMs", 10_000, 0, 3_600_000],
+    ];
+    const defaults = serveConfig([]) as unknown as Record<string, unknown>;
+    for (const [option, field, byDefault, least, most] of numeric) {
+      expect({ option, value: defaults[field] }).toEqual({ option, value: byDefault });
+      for (const accepted of [least, most]) {
+        expect({ option, value: (serveConfig([`--${option}`, String(accepted)]) as unknown as Record<string, unknown>)[field] }).toEqual({ option, value: accepted });
+      }
+      for (const refused of [least - 1, most + 1]) {
+        if (refused < 0) continue; // "-1" is refused by parseArgs as an option, tested elsewhere
+        expect(() => serveConfig([`--${option}`, String(refused)])).toThrow(`invalid value for --${option}`);
+      }
+    }
+    // Every numeric option of the server is in the table above.
+    const listed = new Set(numeric.map(([option]) => option));
+    for (const [name, spec] of Object.entries(OPTIONS)) {
+      if (spec.kind === "string" && /^<(n|ms|seconds)>$/.test(spec.arg)) expect({ name, listed: listed.has(name) }).toEqual({ name, listed: true });
+    }
+  });
+
+  test("a host name may hold letters, digits, dots, dashes and underscores (as Docker's service names do)", () => {
+    expect(serveConfig(["--host", "my_db-1.internal", "--password", "pw"]).host).toBe("my_db-1.internal");
+    expect(() => serveConfig(["--host", "bad host"])).toThrow("invalid value for --host");
+  });
+
   test("every option has a TXKV_ environment variable; the command line wins over it", () => {
     for (const [name, spec] of Object.entries(OPTIONS)) {
       if (name === "help" || name === "version") continue;
