@@ -5,7 +5,7 @@
  * and a second signal exiting at once.
  */
 import { describe, expect, test } from "bun:test";
-import { closeSync, constants as fsConstants, existsSync, openSync, readFileSync } from "node:fs";
+import { closeSync, constants as fsConstants, existsSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
 import { BUN, closedPort, INDEX, LineClient, spawnServer, startInProcess, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
@@ -275,16 +275,21 @@ describe("graceful shutdown", () => {
     expect((await flooded.shutdown()).connectionsForced).toBe(1);
   });
 
-  test("SIGTERM while it starts (at its first log line, before it listens) is a graceful stop once started: exit 0, lock released", async () => {
+  test("SIGTERM while it loads its data (lock taken, before it listens) is a graceful stop once started: exit 0, lock released", async () => {
     const dir = tempDir();
     try {
+      // A data file that takes a while to load (the seed's plain JSON object), so that the signal comes
+      // while loading, after the lock is taken: the handler is in place by then, the server not up yet.
+      const data: Record<string, string> = {};
+      for (let i = 0; i < 300_000; i++) data[`key:${i}`] = "value";
+      writeFileSync(join(dir.path, "data.json"), JSON.stringify(data));
       const proc = Bun.spawn([BUN, "run", INDEX, "--port", "0", "--data", join(dir.path, "data.json")], { stdout: "pipe", stderr: "pipe" });
       let stderr = "";
       const decoder = new TextDecoder();
       void (async () => {
         for await (const chunk of proc.stderr) stderr += decoder.decode(chunk);
       })();
-      await waitFor(() => stderr.includes("loaded 0 keys"), 10000, "the start-up's first log line");
+      await waitFor(() => existsSync(join(dir.path, "data.json.lock")), 10000, "the data file's lock to be taken");
       proc.kill("SIGTERM");
       expect(await proc.exited).toBe(0);
       expect(stderr).toContain('"msg":"stopped"');
