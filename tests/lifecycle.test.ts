@@ -310,15 +310,33 @@ describe("graceful shutdown", () => {
     }
   });
 
-  test("a second signal during the shutdown exits at once with 128 + the signal number", async () => {
-    const proc = await spawnServer(["--in-memory", "--shutdown-timeout-ms", "60000"]);
-    const flooder = await floodWithoutReading(proc);
-    proc.proc.kill("SIGTERM");
-    await waitFor(() => logged(proc, "shutting down") !== undefined, 10000, "the shutdown to begin");
-    expect(proc.proc.exitCode).toBeNull(); // still draining: the flooder's replies cannot go out
-    expect(await proc.kill("SIGINT")).toBe(130);
-    expect(logged(proc, "second signal: exiting at once, without waiting for the shutdown")).toMatchObject({ signal: "SIGINT" });
-    expect(logged(proc, "stopped")).toBeUndefined();
-    await flooder.closed;
+  test("a second signal during the shutdown exits at once with 128 + the signal number (SIGINT 130, SIGTERM 143)", async () => {
+    for (const [second, status] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+      const proc = await spawnServer(["--in-memory", "--shutdown-timeout-ms", "60000"]);
+      const flooder = await floodWithoutReading(proc);
+      proc.proc.kill("SIGTERM");
+      await waitFor(() => logged(proc, "shutting down") !== undefined, 10000, "the shutdown to begin");
+      expect(proc.proc.exitCode).toBeNull(); // still draining: the flooder's replies cannot go out
+      expect(await proc.kill(second)).toBe(status);
+      expect(logged(proc, "second signal: exiting at once, without waiting for the shutdown")).toMatchObject({ signal: second });
+      expect(logged(proc, "stopped")).toBeUndefined();
+      await flooder.closed;
+    }
   });
+
+  test("a disk that stays broken through the shutdown (the data directory removed): the flush is retried, then exit 1 saying why", async () => {
+    const dir = tempDir();
+    try {
+      const proc = await spawnServer(["--data", join(dir.path, "data.json"), "--fsync", "no"]);
+      const c = await LineClient.connect(proc.port);
+      expect((await c.request("PUT k v")).status).toBe("Ok");
+      c.close();
+      dir.cleanup(); // the journal can no longer be made durable where it was: a rebuild there fails too
+      expect(await proc.kill("SIGTERM")).toBe(1);
+      expect(logged(proc, "shutdown failed")?.reason).toContain("could not flush the journal before exit");
+      expect(logged(proc, "stopped")).toBeUndefined();
+    } finally {
+      dir.cleanup();
+    }
+  }, 20_000);
 });
