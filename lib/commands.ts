@@ -116,15 +116,36 @@ export function parseCommand(line: string): Command {
 /** Longest part of an unknown command's name quoted back (Redis quotes 128 bytes): a megabyte of junk must not come back whole. */
 const QUOTED_NAME_MAX = 128;
 
+/** The name, or its first QUOTED_NAME_MAX characters (code points: an emoji is one, as a reader counts) and how many it has. */
 function shortened(name: string): string {
   if (name.length <= QUOTED_NAME_MAX) return name;
-  // Not between the two halves of a surrogate pair.
-  const end = isHighSurrogate(name.charCodeAt(QUOTED_NAME_MAX - 1)) ? QUOTED_NAME_MAX - 1 : QUOTED_NAME_MAX;
-  return `${name.slice(0, end)}... (${name.length} characters)`;
+  const end = codeUnitsOfFirstCharacters(name, QUOTED_NAME_MAX);
+  if (end === name.length) return name;
+  return `${name.slice(0, end)}... (${characterCount(name)} characters)`;
 }
 
-function isHighSurrogate(code: number): boolean {
-  return code >= 0xd800 && code <= 0xdbff;
+/** Code units that the first `characters` characters of text take (all of it when it has fewer). */
+function codeUnitsOfFirstCharacters(text: string, characters: number): number {
+  let end = 0;
+  for (let counted = 0; counted < characters && end < text.length; counted++) end += isSurrogatePairAt(text, end) ? 2 : 1;
+  return end;
+}
+
+function characterCount(text: string): number {
+  let count = text.length;
+  for (let i = 0; i < text.length - 1; i++) {
+    if (isSurrogatePairAt(text, i)) {
+      count--;
+      i++;
+    }
+  }
+  return count;
+}
+
+/** A well-formed pair (a line is valid UTF-8, so any high surrogate in it is one's first half). */
+function isSurrogatePairAt(text: string, i: number): boolean {
+  const code = text.charCodeAt(i);
+  return code >= 0xd800 && code <= 0xdbff && i + 1 < text.length;
 }
 
 /**

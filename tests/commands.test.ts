@@ -45,8 +45,12 @@ describe("parseCommand, plain form", () => {
       code: "UNKNOWN_COMMAND",
       message: `Unknown command: ${"x".repeat(128)}... (100000 characters) (HELP lists the commands)`,
     });
+    // Characters are counted as a reader counts them: an emoji (two UTF-16 code units) is one.
     const astral = "x".repeat(127) + "😀".repeat(10);
-    expect(parseCommand(astral)).toMatchObject({ message: `Unknown command: ${"x".repeat(127)}... (147 characters) (HELP lists the commands)` });
+    expect(parseCommand(astral)).toMatchObject({ message: `Unknown command: ${"x".repeat(127)}😀... (137 characters) (HELP lists the commands)` });
+    expect(parseCommand("😀".repeat(128))).toMatchObject({ message: `Unknown command: ${"😀".repeat(128)} (HELP lists the commands)` });
+    expect(parseCommand("😀".repeat(129))).toMatchObject({ message: `Unknown command: ${"😀".repeat(128)}... (129 characters) (HELP lists the commands)` });
+    expect(parseCommand("a".repeat(127) + "😀")).toMatchObject({ message: `Unknown command: ${"a".repeat(127)}😀 (HELP lists the commands)` });
   });
 
   test("KEYS with and without a prefix", () => {

@@ -192,6 +192,7 @@ describe("commands end to end", () => {
     expect(await c.request("GET missing9")).toEqual({ status: "Error", code: "NOT_FOUND", message: "Key not found: missing9" });
     expect(await c.request("DEL missing9")).toMatchObject({ code: "NOT_FOUND" });
     expect(await c.request("BOGUS 1")).toMatchObject({ code: "UNKNOWN_COMMAND", message: expect.stringContaining("BOGUS") });
+    expect(await c.request("😀".repeat(129))).toMatchObject({ code: "UNKNOWN_COMMAND", message: `Unknown command: ${"😀".repeat(128)}... (129 characters) (HELP lists the commands)` });
     expect(await c.request("PUT onlykey")).toMatchObject({ code: "BAD_REQUEST" });
     expect(await c.request('PUT {"key":"k","value":1,"extra":1}')).toMatchObject({ code: "BAD_REQUEST" });
     expect(await c.request("COMMIT")).toMatchObject({ code: "NO_TRANSACTION" });
