@@ -10,6 +10,7 @@
  * (an empty one counts as unset, but for the password and TLS files), then
  * the default.
  */
+import { isIP } from "node:net";
 import { parseArgs } from "node:util";
 import * as v from "valibot";
 import { withoutBrackets } from "./address.ts";
@@ -79,7 +80,11 @@ const ConfigSchema = v.object({
     v.string(),
     v.minLength(1, "expected an address"),
     v.transform(withoutBrackets),
-    v.check((host) => /^[A-Za-z0-9.:%_-]+$/.test(host), "expected an IP address or a host name"),
+    v.check(isAddressOrHostName, (issue) =>
+      /:\d+$/.test(String(issue.input)) && isAddressOrHostName(String(issue.input).replace(/:\d+$/, ""))
+        ? "expected an IP address or a host name, without a port (the port goes in --port)"
+        : "expected an IP address or a host name",
+    ),
   ),
   port: wholeNumber(0, 65535),
   data: v.pipe(
@@ -215,6 +220,30 @@ function refuseDiskOptionsInMemory(inMemory: boolean, given: ReadonlyMap<OptionN
     if (given.get(name) !== "command line") continue;
     throw new ConfigError(`${inMemoryBy} keeps nothing on disk, so the --${name} typed on the command line would be ignored: drop one of the two`);
   }
+}
+
+/** A host name label (RFC 1123, and underscores, as Docker service names have): 1 to 63 characters, no dash at either end. */
+const HOST_LABEL = /^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
+
+/**
+ * An IPv4 or IPv6 address (a zone such as `%eth0` included), or a host name
+ * of dot-separated labels, 253 characters at most. A name whose last label is
+ * a number is read as IPv4, as URLs and getaddrinfo read it: the short forms
+ * `127.1` and `0x7f000001` are addresses, `1.2.3.4.5` and `999.1.1.1` are
+ * malformed ones.
+ */
+function isAddressOrHostName(host: string): boolean {
+  if (isIP(host) !== 0) return true;
+  if (host.length > 253 || !/^[A-Za-z0-9_.-]+$/.test(host)) return false;
+  const labels = (host.endsWith(".") ? host.slice(0, -1) : host).split(".");
+  if (/^(\d+|0[xX][0-9A-Fa-f]*)$/.test(labels.at(-1)!)) {
+    try {
+      return isIP(new URL(`http://${host}`).hostname) === 4;
+    } catch {
+      return false;
+    }
+  }
+  return labels.every((label) => HOST_LABEL.test(label));
 }
 
 function readArgs(argv: readonly string[]): Record<string, string | boolean | undefined> {

@@ -68,9 +68,17 @@ describe("parseConfig", () => {
     }
   });
 
-  test("a host name may hold letters, digits, dots, dashes and underscores (as Docker's service names do)", () => {
-    expect(serveConfig(["--host", "my_db-1.internal", "--password", "pw"]).host).toBe("my_db-1.internal");
-    expect(() => serveConfig(["--host", "bad host"])).toThrow("invalid value for --host");
+  test("--host takes an IPv4 or IPv6 address or a host name (letters, digits, dashes and underscores, as Docker's service names, in dotted labels); anything else exits 2", () => {
+    for (const host of ["127.0.0.1", "0.0.0.0", "::1", "::", "fe80::1%lo", "::ffff:127.0.0.1", "localhost", "my_db-1.internal", "db.example.com.", "host-2", "127.1", "0x7f000001"]) {
+      expect(serveConfig(["--host", host, "--password", "pw"]).host).toBe(host);
+    }
+    for (const host of ["bad host", "1.2.3.4.5", "999.999.1.1", "%%", "-db", "db-", "a..b", "x".repeat(64), "ex@mple"]) {
+      expect(() => serveConfig([`--host=${host}`])).toThrow(`invalid value for --host (or TXKV_HOST): ${JSON.stringify(host)}: expected an IP address or a host name`);
+    }
+    // host:port, the usual slip, is told where the port goes.
+    for (const host of ["localhost:6379", "127.0.0.1:6379"]) {
+      expect(() => serveConfig(["--host", host])).toThrow("expected an IP address or a host name, without a port (the port goes in --port)");
+    }
   });
 
   test("every option has a TXKV_ environment variable; the command line wins over it", () => {
@@ -180,6 +188,7 @@ describe("the process", () => {
       [[], { TXKV_FSYNC: "maybe" }, "--fsync"],
       [[], { TXKV_IN_MEMORY: "banana" }, "--in-memory"],
       [["--data", "db.journal.7"], {}, "--data"],
+      [["--host", "localhost:6379", "--in-memory"], {}, "--host"], // not protected mode's exit 1, nor a lookup of "localhost:6379"
       [["--frobnicate"], {}, "--frobnicate"],
       [["-h"], {}, "txkv --help lists the options"],
       [["help"], {}, "txkv --help lists the options"],
