@@ -312,7 +312,7 @@ async function preload(config: BenchConfig, value: string): Promise<void> {
       let text = "";
       for (let n = first; n < last; n++) text += `PUT ${keyName(n)} ${value}\n`;
       const errors = await loader.roundTrip(text, last - first);
-      if (errors > 0) throw new Error(`preload: ${errors} PUT requests failed`);
+      if (errors > 0) throw new Error(`preload: ${errors} PUT requests failed${loader.firstError ? ` (the first Error: ${loader.firstError})` : ""}`);
     }
   } finally {
     loader.close();
@@ -406,11 +406,17 @@ function errorReply(line: string): { code: string; message: string } | null {
   return parsed.success ? parsed.output : null;
 }
 
-/** `CODE: message` of the Error reply whose mark is at `at`, when its line is whole in `bytes` (else null: a later one is taken). */
+/**
+ * `CODE: message` of the Error reply whose mark is at `at`, when its line is
+ * whole in `bytes` and not a NOT_FOUND (an answer, not a failure); else null:
+ * a later one is taken.
+ */
 function errorAt(bytes: Buffer, at: number, linesStart: boolean): string | null {
   const start = bytes.lastIndexOf(LF, at) + 1;
   const end = bytes.indexOf(LF, at);
   if ((start === 0 && !linesStart) || end === -1) return null; // cut: the line began in an earlier piece, or ends in a later one
+  const notFound = bytes.indexOf(NOT_FOUND_MARK, at);
+  if (notFound !== -1 && notFound < end) return null;
   const reply = errorReply(bytes.subarray(start, end).toString());
   return reply === null ? null : `${reply.code}: ${reply.message}`;
 }

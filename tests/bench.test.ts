@@ -127,10 +127,13 @@ test("Error replies are counted whatever pieces they arrive in, the status mark 
     }
     expect(counts).toEqual({ size, notFound: 1, committed: 2 });
   }
-  // The first Error reply seen whole is kept, to say why a run failed.
+  // The first Error reply seen whole, NOT_FOUND aside (an answer), is kept to say why a run failed: in one piece, or a line a piece.
   const whole = new ErrorCounter();
   whole.count(replies);
-  expect(whole.firstError).toBe("NOT_FOUND: Key not found");
+  expect(whole.firstError).toBe("TOO_LARGE: Request too large");
+  const byLine = new ErrorCounter();
+  for (const line of replies.toString().split(/(?<=\n)/)) byLine.count(Buffer.from(line));
+  expect(byLine.firstError).toBe("TOO_LARGE: Request too large");
 });
 
 test("an IPv6 server address is shown in brackets", async () => {
@@ -331,12 +334,18 @@ describe("against a fresh server, counted by its STATS", () => {
     expect(GET).toBeLessThan(3400);
   });
 
-  test("a preload whose PUTs are refused stops the run before it starts, with status 1", async () => {
+  test("the first Error a failed run names is not a NOT_FOUND (an answer): tx against keys never written, every PUT too large", async () => {
+    const run = await runTxkv(["bench", "-p", String(fresh.port), "--requests", "20", "--conns", "2", "--workload", "tx", "--vsize", "2000", "--no-preload"]);
+    expect(run.code).toBe(1);
+    expect(run.stderr).toBe("txkv bench: no operation succeeded, so the run measured nothing (the first Error: TOO_LARGE: Request too large: the limit is 1024 bytes)\n");
+  });
+
+  test("a preload whose PUTs are refused stops the run before it starts, with status 1, naming the first Error", async () => {
     const full = await spawnServer(["--in-memory", "--max-data-bytes", "4096"]);
     try {
       const run = await runTxkv(["bench", "-p", String(full.port), "--keys", "200", "--requests", "10", "--workload", "get"]);
       expect(run.code).toBe(1);
-      expect(run.stderr).toMatch(/^txkv bench: preload: \d+ PUT requests failed\n$/);
+      expect(run.stderr).toMatch(/^txkv bench: preload: \d+ PUT requests failed \(the first Error: TOO_LARGE: Store full: .*\)\n$/);
     } finally {
       await full.kill();
     }
