@@ -194,6 +194,8 @@ export class TxkvServer {
         error: (socket, err) => this.onError(socket, err),
       },
     });
+    // A sample as it starts listening: in the first seconds the rate is over the time since, not 0 until two ticks.
+    this.executor.stats.tick();
     this.statsTimer = setInterval(() => this.executor.stats.tick(), 1000);
     this.statsTimer.unref();
     if (this.options.idleTimeoutSeconds > 0) {

@@ -42,7 +42,7 @@ export class ServerStats {
     if (this.samples.length > OPS_WINDOW_SECONDS + 1) this.samples.shift();
   }
 
-  /** Commands per second over the last few seconds. */
+  /** Commands per second over the last OPS_WINDOW_SECONDS ticks (fewer, since the first, until there are that many). */
   opsPerSecond(): number {
     if (this.samples.length < 2) return 0;
     const first = this.samples[0]!;

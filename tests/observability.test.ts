@@ -145,6 +145,21 @@ describe("STATS", () => {
     await fresh.shutdown();
   });
 
+  test("ops/s counts from when the server started listening: a burst in the first second shows at the first tick", async () => {
+    const fresh = await startInProcess();
+    try {
+      const c = await LineClient.connect(fresh.port);
+      await c.pipeline(Array.from({ length: 500 }, () => "PING"));
+      fresh.executor.stats.tick(); // the once-a-second timer's tick, taken here so no second need pass
+      const stats = (await c.request("STATS")).result as { stats: { ops_per_sec: number } };
+      // 500 PINGs since the start, over one second (or, had the real timer ticked too, over two at most).
+      expect(stats.stats.ops_per_sec).toBeGreaterThanOrEqual(250);
+      c.close();
+    } finally {
+      await fresh.shutdown();
+    }
+  });
+
   test("ops/s is the command rate over the last seconds' ticks", () => {
     const stats = new ServerStats();
     expect(stats.opsPerSecond()).toBe(0);
