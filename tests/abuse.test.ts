@@ -225,4 +225,13 @@ describe("the open-files limit", () => {
       await limited.kill("SIGKILL");
     }
   }, 30000);
+
+  test("a --max-connections that fits the open-files limit with 32 to spare is kept, without a warning", async () => {
+    const fitting = await spawnServer(["--in-memory", "--max-connections", "68"], { openFiles: 100 });
+    try {
+      expect(fitting.stderr()).not.toContain("--max-connections lowered");
+    } finally {
+      await fitting.kill("SIGKILL");
+    }
+  });
 });

@@ -83,6 +83,17 @@ describe("start-up", () => {
   });
 });
 
+describe("other signals", () => {
+  test("SIGUSR1, SIGUSR2 and SIGQUIT keep their default action: the process ends at once, by the signal, without a shutdown", async () => {
+    for (const signal of ["SIGUSR1", "SIGUSR2", "SIGQUIT"] as const) {
+      const proc = await spawnServer(["--in-memory"]);
+      await proc.kill(signal);
+      expect({ signal, ended: proc.proc.signalCode }).toEqual({ signal, ended: signal });
+      expect(logged(proc, "shutting down")).toBeUndefined();
+    }
+  });
+});
+
 describe("stdout gone, SIGHUP", () => {
   test("a stdout whose reader already left (| head -0) does not stop the server; SIGHUP is logged and ignored; SIGTERM stops it cleanly", async () => {
     const dir = tempDir();

@@ -195,6 +195,9 @@ describe("commands end to end", () => {
     expect(await c.request("😀".repeat(129))).toMatchObject({ code: "UNKNOWN_COMMAND", message: `Unknown command: ${"😀".repeat(128)}... (129 characters) (HELP lists the commands)` });
     expect(await c.request("PUT onlykey")).toMatchObject({ code: "BAD_REQUEST" });
     expect(await c.request('PUT {"key":"k","value":1,"extra":1}')).toMatchObject({ code: "BAD_REQUEST" });
+    // A field given twice takes its last value, as JavaScript's and Python's JSON parsers do.
+    expect(await c.request('PUT {"key":"twice:a","value":1,"key":"twice:b"}')).toEqual({ status: "Ok", result: { key: "twice:b", value: 1 } });
+    expect(await c.request('GET {"key":"twice:a"}')).toMatchObject({ code: "NOT_FOUND" });
     expect(await c.request("COMMIT")).toMatchObject({ code: "NO_TRANSACTION" });
     expect(await c.request("ROLLBACK")).toMatchObject({ code: "NO_TRANSACTION" });
     const help = await c.request("HELP");
