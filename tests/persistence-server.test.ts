@@ -221,6 +221,30 @@ describe("what a snapshot holds", () => {
   });
 });
 
+describe("the README's file examples", () => {
+  /** The code block after `lead` in README.md, with its final line end. */
+  function readmeBlock(lead: string): string {
+    const readme = fs.readFileSync(path.join(import.meta.dir, "..", "README.md"), "utf8");
+    const at = readme.indexOf(lead);
+    expect(at).toBeGreaterThan(-1);
+    const open = readme.indexOf("```\n", at) + 4;
+    return readme.slice(open, readme.indexOf("```", open));
+  }
+
+  test("the example snapshot and journal line load as printed (their checksums are right): key1 new, key2 deleted, key3 3, at seq 43", async () => {
+    const dir = dataDir();
+    fs.writeFileSync(path.join(dir, "data.json"), readmeBlock("so damage is found without parsing every value:"));
+    fs.writeFileSync(path.join(dir, "data.json.journal.1"), readmeBlock("transaction is all or nothing:"));
+    const server = await start(dir);
+    const c = await client(server);
+    expect(await c.request("GET key1")).toEqual({ status: "Ok", result: { key: "key1", value: "new" } });
+    expect(await c.request("GET key2")).toMatchObject({ code: "NOT_FOUND" });
+    expect(await c.request("GET key3")).toEqual({ status: "Ok", result: { key: "key3", value: 3 } });
+    expect(await c.request("KEYS")).toEqual({ status: "Ok", result: ["key1", "key3"] });
+    expect(((await c.request("STATS")).result as { stats: { commit_seq: number } }).stats.commit_seq).toBe(43);
+  });
+});
+
 describe("--fsync always: group commit", () => {
   test("writes from many connections at once share fsyncs, and each is acknowledged only once durable", async () => {
     const dir = dataDir();
