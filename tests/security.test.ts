@@ -17,6 +17,11 @@ import { LineClient, pipelineAfterQuit, runIndex, runTxkv, spawnServer, startInP
 
 const PASSWORD = "correct horse battery staple";
 
+/** The JSON log lines with this message. */
+function logsNamed(logs: string[], msg: string): Record<string, unknown>[] {
+  return logs.map((line) => JSON.parse(line) as Record<string, unknown>).filter((entry) => entry.msg === msg);
+}
+
 describe("AUTH", () => {
   let server: Awaited<ReturnType<typeof startInProcess>>;
   beforeAll(async () => {
@@ -53,6 +58,9 @@ describe("AUTH", () => {
     for (let i = 0; i < MAX_REQUESTS_BEFORE_AUTH; i++) expect(await flooder.readReply()).toMatchObject({ code: "AUTH_REQUIRED" });
     await flooder.closed;
     await expect(flooder.readLine()).rejects.toThrow(); // nothing after the last AUTH_REQUIRED
+    expect(logsNamed(server.logs, "connection closed: too many requests without AUTH")).toEqual([
+      expect.objectContaining({ level: "warn", requests: MAX_REQUESTS_BEFORE_AUTH, conn: expect.any(Number), remote: expect.stringContaining("127.0.0.1") }),
+    ]);
 
     const late = await LineClient.connect(server.port);
     late.write("PING\n".repeat(MAX_REQUESTS_BEFORE_AUTH - 1) + `AUTH ${PASSWORD}\nPING\n`);
@@ -104,6 +112,9 @@ describe("AUTH", () => {
     for (let failure = 0; failure < MAX_AUTH_FAILURES; failure++) expect(await c.readReply()).toMatchObject({ code: "AUTH_FAILED" });
     await c.closed;
     await expect(c.readLine(100)).rejects.toThrow();
+    expect(logsNamed(server.logs, "connection closed: too many wrong passwords")).toEqual([
+      expect.objectContaining({ level: "warn", failures: MAX_AUTH_FAILURES, conn: expect.any(Number), remote: expect.stringContaining("127.0.0.1") }),
+    ]);
     const observer = await LineClient.connect(server.port);
     await observer.request(`AUTH ${PASSWORD}`);
     expect(await observer.request("GET after-guesses")).toMatchObject({ code: "NOT_FOUND" });
@@ -492,7 +503,10 @@ describe("idle timeout", () => {
     expect(pings).toBeGreaterThan(0); // it kept talking through at least the whole timeout
     expect(active.isClosed).toBe(false);
     expect(await active.request("GET idle-tx")).toMatchObject({ code: "NOT_FOUND" });
-    expect(server.logs.filter((l) => l.includes("idle timeout")).length).toBeGreaterThanOrEqual(2);
+    // One debug line each, saying whether a transaction was open (and so rolled back).
+    const idleCloses = logsNamed(server.logs, "connection closed: idle timeout");
+    expect(idleCloses.map((e) => e.in_transaction).sort()).toEqual([false, true]);
+    expect(idleCloses.every((e) => e.level === "debug" && e.timeout_seconds === 1)).toBe(true);
     active.close();
     await server.shutdown();
   }, 15000);
