@@ -183,6 +183,34 @@ describe("restart", () => {
   });
 });
 
+describe("the snapshot written log line", () => {
+  test("each compaction logs `snapshot written` with its trigger (journal size, SAVE, shutdown) and what it wrote", async () => {
+    const dir = dataDir();
+    const server = await start(dir, ["--compact-min-bytes", "4096"]);
+    const written = () =>
+      server
+        .stderr()
+        .split("\n")
+        .filter((line) => line.includes('"msg":"snapshot written"'))
+        .map((line) => JSON.parse(line) as Record<string, unknown>);
+    const c = await client(server);
+    // 50 records of about 120 bytes: past 4096 bytes of journal with no snapshot yet, an automatic compaction.
+    await putMany(c, Array.from({ length: 50 }, (_, i): [string, string] => [`k${i}`, "v".repeat(80)]));
+    await waitFor(() => written().length === 1, 10_000, "the automatic compaction");
+    expect(written()[0]).toMatchObject({ level: "info", trigger: "journal size", keys: 50, seq: 50 });
+    expect(await c.request("SAVE")).toMatchObject({ status: "Ok" });
+    await putMany(c, [["after", "1"]]);
+    expect(await server.kill("SIGTERM")).toBe(0);
+    const [auto, save, shutdown] = written();
+    expect(save).toMatchObject({ trigger: "SAVE", keys: 50, seq: 50 });
+    expect(shutdown).toMatchObject({ trigger: "shutdown", keys: 51, seq: 51, bytes: fs.statSync(path.join(dir, "data.json")).size });
+    for (const entry of [auto, save, shutdown]) {
+      expect(Object.keys(entry!)).toEqual(expect.arrayContaining(["at", "ms", "keys", "bytes", "seq", "slices", "longestSliceMs"]));
+      expect(Number.isNaN(Date.parse(entry!.at as string))).toBe(false);
+    }
+  });
+});
+
 describe("what a snapshot holds", () => {
   test("SAVE inside an open transaction writes the committed state only: the transaction's writes reach the files at its COMMIT", async () => {
     const dir = dataDir();
