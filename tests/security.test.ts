@@ -526,6 +526,21 @@ describe("idle timeout", () => {
     await server.shutdown();
   }, 15000);
 
+  test("time spent waiting for the server's delayed AUTH replies is not silence: six wrong passwords (3.15 s of delays) all get their replies under --timeout 1", async () => {
+    const server = await startInProcess(["--timeout", "1", "--password", PASSWORD]);
+    try {
+      const c = await LineClient.connect(server.port);
+      expect(await c.request(`AUTH ${PASSWORD}`)).toMatchObject({ result: "Authenticated" });
+      // Authenticated, so the typos do not close it; their delays (50 ms doubling) add up to 3.15 s.
+      c.write("AUTH typo\n".repeat(6) + "PING\n");
+      for (let i = 0; i < 6; i++) expect(await c.readReply(6000)).toMatchObject({ code: "AUTH_FAILED" });
+      expect(await c.readReply()).toEqual({ status: "Ok", result: "PONG" });
+      c.close();
+    } finally {
+      await server.shutdown();
+    }
+  }, 15000);
+
   test("bad --timeout values exit 2 naming the option", () => {
     expect(() => parseConfig(["--timeout", "-1"], {})).toThrow("--timeout");
     expect(() => parseConfig([], { TXKV_TIMEOUT: "soon" })).toThrow("--timeout (or TXKV_TIMEOUT)");
