@@ -94,6 +94,26 @@ describe("one-shot", () => {
     expect(await cli(["KEYS", "no-such-prefix:"])).toMatchObject({ code: 0, stdout: "(empty list)\n" });
   });
 
+  test("a reply larger than a pipe holds is printed whole before the cli exits (1 MB of KEYS)", async () => {
+    const c = await connect({ port: Number(shared.port) });
+    const keys = Array.from({ length: 30_000 }, (_, i) => `many:${String(i).padStart(6, "0")}:${"k".repeat(20)}`);
+    await Promise.all(keys.map((key) => c.put(key, 1)));
+    await c.close();
+    // A slow reader: what the pipe did not take yet waits in the cli, which must not exit before it is out.
+    const proc = spawnCli(["-p", shared.port, "KEYS", "many:"]);
+    proc.stdin.end();
+    let stdout = "";
+    const decoder = new TextDecoder();
+    for await (const chunk of proc.stdout) {
+      stdout += decoder.decode(chunk, { stream: true });
+      await Bun.sleep(5);
+    }
+    expect(await proc.exited).toBe(0);
+    const lines = stdout.split("\n");
+    expect(lines.length).toBe(30_001);
+    expect(lines[29_999]).toBe(`30000) ${keys[29_999]}`);
+  });
+
   test("KEYS: a key holding a line break or a terminal escape is printed quoted, so it cannot pose as more entries", async () => {
     await cli(["PUT", '{"key":"evil:a\\n2) fake","value":1}']);
     await cli(["PUT", '{"key":"evil:b\\u001b[31mred","value":1}']);
