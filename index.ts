@@ -4,20 +4,17 @@
  * client tools. Parses the configuration, starts the server, prints the
  * `listening on host:port` line (and `metrics on host:port` before it when
  * the metrics endpoint is on), and maps SIGINT/SIGTERM to the graceful
- * shutdown: exit 0 when it completes, 128+signal on a second signal, 1 when
- * it fails or overruns its hard deadline. SIGHUP is logged and ignored (no
- * configuration is reloaded), so a closed terminal does not stop the server.
+ * shutdown (lib/signals.ts: exit 0 when it completes, 128+signal on a
+ * second signal, 1 when it fails or overruns its hard deadline; SIGHUP
+ * logged and ignored).
  * Must not: hold protocol or storage logic (lib/ does).
  */
-import { constants } from "node:os";
 import pkg from "./package.json" with { type: "json" };
 import { startServer, StartupError, type RunningServer } from "./lib/app.ts";
 import { ConfigError, parseConfig, type Config } from "./lib/config.ts";
 import { formatAddress } from "./lib/address.ts";
 import { Logger } from "./lib/log.ts";
-
-/** After the drain timeout, flushing gets this long before the process exits anyway. */
-const FLUSH_GRACE_MS = 5000;
+import { ShutdownOnSignal } from "./lib/signals.ts";
 
 /**
  * The log's sink: stderr, until a write there fails (its reader went away:
@@ -41,7 +38,8 @@ async function serve(argv: string[]): Promise<void> {
   const log = new Logger(config.logLevel, stderrUntilItsReaderLeaves());
   // Before anything is opened, so that a SIGTERM during start-up (or right after
   // the listening line) is a graceful stop, not Bun's default of dying at once.
-  const signals = new ShutdownOnSignal(config, log);
+  const signals = new ShutdownOnSignal(config, log, (code) => process.exit(code));
+  signals.listen();
   const running = await startOrExit(config, log);
   announce(running, config, log);
   signals.serverIsUp(running);
@@ -113,74 +111,6 @@ function announce(running: RunningServer, config: Config, log: Logger): void {
     pid: process.pid,
     tls: config.tls !== undefined,
   });
-}
-
-/**
- * SIGINT/SIGTERM: the first starts the graceful shutdown (once the server is
- * up, when it came during start-up: the data files are open by then); a
- * second exits at once with 128+signal.
- */
-class ShutdownOnSignal {
-  private running: RunningServer | null = null;
-  private signalWhileStarting: NodeJS.Signals | null = null;
-  private signals = 0;
-
-  constructor(
-    private readonly config: Config,
-    private readonly log: Logger,
-  ) {
-    process.on("SIGINT", (signal) => this.onSignal(signal));
-    process.on("SIGTERM", (signal) => this.onSignal(signal));
-    // As Redis does: there is no configuration to reload, and a closed terminal must not kill the
-    // server without its flush (SIGHUP's default action would, losing up to a second under everysec).
-    process.on("SIGHUP", () => this.log.warn("SIGHUP ignored: txkv has nothing to reload (SIGTERM stops it)"));
-  }
-
-  serverIsUp(running: RunningServer): void {
-    this.running = running;
-    if (this.signalWhileStarting !== null) this.shutDown(running, this.signalWhileStarting);
-  }
-
-  private onSignal(signal: NodeJS.Signals): void {
-    this.signals++;
-    if (this.signals > 1) {
-      // Shell convention for "terminated by a signal": the supervisor sees that no clean shutdown happened.
-      this.log.warn("second signal: exiting at once, without waiting for the shutdown", { signal });
-      this.exit(128 + (constants.signals[signal] ?? 15));
-    }
-    if (this.running === null) this.signalWhileStarting = signal;
-    else this.shutDown(this.running, signal);
-  }
-
-  private shutDown(server: RunningServer, signal: NodeJS.Signals): void {
-    const { log, config } = this;
-    log.info("shutting down", { signal, timeout_ms: config.shutdownTimeoutMs });
-    setTimeout(() => {
-      log.error("shutdown did not finish in time: exiting without it", { deadline_ms: config.shutdownTimeoutMs + FLUSH_GRACE_MS });
-      this.exit(1);
-    }, config.shutdownTimeoutMs + FLUSH_GRACE_MS).unref();
-    server.shutdown().then(
-      (report) => {
-        log.flushSuppressed();
-        log.info("stopped", {
-          ms: report.ms,
-          connections_closed: report.connectionsClosed,
-          connections_forced: report.connectionsForced,
-          transactions_rolled_back: report.transactionsRolledBack,
-        });
-        this.exit(0);
-      },
-      (err) => {
-        log.error("shutdown failed", { reason: err });
-        this.exit(1);
-      },
-    );
-  }
-
-  private exit(code: number): never {
-    this.log.flushSuppressed();
-    return process.exit(code);
-  }
 }
 
 /**
