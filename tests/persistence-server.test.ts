@@ -827,6 +827,31 @@ describe("lock", () => {
 });
 
 describe("disk failure while running", () => {
+  test("compactions that fail (a directory where the snapshot's temporary file goes) keep no journal open but the current one, under --fsync no too", async () => {
+    const dir = dataDir();
+    const server = await start(dir, ["--fsync", "no"]);
+    const c = await client(server);
+    fs.mkdirSync(path.join(dir, "data.json.tmp"));
+    for (let i = 0; i < 5; i++) {
+      await putMany(c, [[`k${i}`, "v"]]); // a write since the last switch: each SAVE retires a journal
+      expect(await c.request("SAVE")).toMatchObject({ code: "PERSISTENCE" });
+    }
+    const openJournals = () =>
+      fs.readdirSync(`/proc/${server.proc.pid}/fd`).filter((fd) => {
+        try {
+          return /data\.json\.journal\.\d+$/.test(fs.readlinkSync(`/proc/${server.proc.pid}/fd/${fd}`));
+        } catch {
+          return false; // closed meanwhile
+        }
+      });
+    await waitFor(() => openJournals().length === 1, 5000, "the retired journals to be closed");
+    fs.rmdirSync(path.join(dir, "data.json.tmp"));
+    expect(await c.request("SAVE")).toMatchObject({ status: "Ok" });
+    expect(fs.readdirSync(dir).filter((name) => name.includes("journal"))).toHaveLength(1);
+    expect(openJournals()).toHaveLength(1);
+    expect(await c.request("GET k4")).toMatchObject({ result: { value: "v" } });
+  });
+
   test("SAVE whose snapshot is written but an old journal cannot be removed answers Ok and warns: the snapshot stands, the next start skips that journal's records", async () => {
     const dir = dataDir();
     const server = await start(dir);

@@ -639,6 +639,7 @@ export class DurableLog implements CommitLog {
       this.lastError = { at: new Date().toISOString(), message: reason };
       this.nextAutoCompactionAt = Date.now() + COMPACTION_RETRY_MS;
       if (!this.closing) this.log.warn("snapshot failed; the journal still holds every change", { trigger, reason });
+      await this.closeRetiredJournals();
       throw new Error(reason);
     }
   }
@@ -674,6 +675,18 @@ export class DurableLog implements CommitLog {
     this.journal = fresh;
     this.directoryDirty = true;
     return this.lastAppendedSeq;
+  }
+
+  /**
+   * After a failed compaction: the journals it retired were made durable at
+   * the switch and take no more records, so their handles can go. A sync
+   * round closes them too, but under --fsync no none runs: each failed
+   * compaction kept one more file open until the next one succeeded.
+   */
+  private async closeRetiredJournals(): Promise<void> {
+    const retired = this.retired;
+    this.retired = [];
+    for (const old of retired) await old.handle.close().catch(() => {});
   }
 
   /** A compaction stops when persistence failed or a shutdown cancelled it while it awaited. */
