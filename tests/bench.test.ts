@@ -229,9 +229,10 @@ test("bad options exit 2 naming the option", async () => {
   expect(secs.stderr).toContain("--secs 1e0: expected a positive number");
 });
 
-test("on a terminal, a progress line is rewritten in place while it runs, then the report", async () => {
+/** A short bench run on a pseudo-terminal; resolves with everything it printed there. */
+async function benchOnTerminal(extra: string[] = []): Promise<string> {
   let output = "";
-  const proc = Bun.spawn([BUN, "run", INDEX, "bench", "-p", shared.port, "--secs", "0.7", "--conns", "2", "--keys", "100"], {
+  const proc = Bun.spawn([BUN, "run", INDEX, "bench", "-p", shared.port, "--secs", "0.7", "--conns", "2", "--keys", "100", ...extra], {
     terminal: {
       cols: 200,
       data(_terminal, data) {
@@ -241,22 +242,17 @@ test("on a terminal, a progress line is rewritten in place while it runs, then t
   });
   expect(await proc.exited).toBe(0);
   proc.terminal!.close();
+  return output;
+}
+
+test("on a terminal, a progress line is rewritten in place while it runs, then the report", async () => {
+  const output = await benchOnTerminal();
   expect(output).toMatch(/\r\x1b\[K\d+\.\d s: \d+ ops, \d+ ops\/s, 0 errors/);
   expect(output).toMatch(/\r\x1b\[K\d+ ops in \d+\.\d\d s, 0 error replies\r\nthroughput: /);
 });
 
 test("on a terminal with --json, no progress line: only the JSON line", async () => {
-  let output = "";
-  const proc = Bun.spawn([BUN, "run", INDEX, "bench", "-p", shared.port, "--secs", "0.7", "--conns", "2", "--keys", "100", "--json"], {
-    terminal: {
-      cols: 200,
-      data(_terminal, data) {
-        output += new TextDecoder().decode(data);
-      },
-    },
-  });
-  expect(await proc.exited).toBe(0);
-  proc.terminal!.close();
+  const output = await benchOnTerminal(["--json"]);
   expect(output).not.toContain("\x1b[K");
   expect(JSON.parse(output.trim())).toMatchObject({ workload: "mix", conns: 2, errors: 0 });
 });
