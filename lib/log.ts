@@ -107,7 +107,9 @@ export class Logger {
   private write(level: LogLevel, msg: string, fields?: LogFields): void {
     if (RANK[level] < this.minRank) return;
     try {
-      const entry = { time: new Date().toISOString(), level, msg, ...fields };
+      // time, level and msg come first in every line, and a field of the same name cannot replace them.
+      const head = { time: new Date().toISOString(), level, msg };
+      const entry = { ...head, ...fields, ...head };
       this.sink(JSON.stringify(entry, errorReplacer) + "\n");
     } catch {
       // A log line that cannot be written or encoded is dropped, never thrown.

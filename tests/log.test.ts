@@ -26,6 +26,23 @@ describe("log lines", () => {
     expect(Number.isNaN(Date.parse(entry.time as string))).toBe(false);
   });
 
+  test("time, level and msg lead every line, and a field of the same name does not replace them", () => {
+    const { log, lines, entries } = collecting("debug");
+    log.warn("real message", { msg: "a field", level: "debug", time: "then", other: 1 });
+    expect(lines[0]).toStartWith('{"time":"');
+    expect(Object.keys(entries()[0]!)).toEqual(["time", "level", "msg", "other"]);
+    expect(entries()[0]).toMatchObject({ level: "warn", msg: "real message", other: 1 });
+    expect(Number.isNaN(Date.parse(entries()[0]!.time as string))).toBe(false);
+  });
+
+  test("by default the first 3 of a kind in a 10-second window are logged (as the README says)", () => {
+    const { log, entries } = collecting("info");
+    for (let i = 0; i < 5; i++) log.limited("warn", "kind", "storm");
+    log.flushSuppressed();
+    expect(entries().map((e) => e.msg)).toEqual(["storm", "storm", "storm", "storm: 2 similar events suppressed"]);
+    expect(entries()[3]).toMatchObject({ event: "kind", suppressed: 2, window_ms: 10_000 });
+  });
+
   test("the level filter drops less severe events", () => {
     const { log, entries } = collecting("warn");
     log.debug("d");
