@@ -145,6 +145,32 @@ describe("STATS", () => {
     await fresh.shutdown();
   });
 
+  test("README's STATS example is what a server answers after the same session: the same fields in the same order, the same counts", async () => {
+    const readme = await Bun.file(join(import.meta.dir, "..", "README.md")).text();
+    const lead = readme.indexOf("`STATS` on the txkv port");
+    const open = readme.indexOf("```json\n", lead) + "```json\n".length;
+    const example = JSON.parse(readme.slice(open, readme.indexOf("```", open)));
+    const fresh = await startInProcess();
+    try {
+      const c = await LineClient.connect(fresh.port);
+      const replies = await c.pipeline(["START", "PUT key1 value1", "PUT key2 value2", "GET key1", "COMMIT", "GET nope", "STATS"]);
+      const stats = replies[6]!.result as Record<string, any>;
+      /** Field names, nested, in order (the persistence layer's own fields aside: the example elides them). */
+      const shape = (value: unknown, path = ""): unknown =>
+        value !== null && typeof value === "object" && !Array.isArray(value) && path !== ".persistence"
+          ? Object.entries(value).map(([k, v]) => [k, shape(v, `${path}.${k}`)])
+          : null;
+      expect(shape(stats)).toEqual(shape(example));
+      for (const section of ["transactions", "clients"]) expect(stats[section]).toEqual(example[section]);
+      expect({ ...stats.stats, ops_per_sec: 0 }).toEqual(example.stats);
+      expect(stats.memory.data).toBe(example.memory.data);
+      expect(stats.persistence.mode).toBe("in-memory");
+      c.close();
+    } finally {
+      await fresh.shutdown();
+    }
+  });
+
   test("ops/s counts from when the server started listening: a burst in the first second shows at the first tick", async () => {
     const fresh = await startInProcess();
     try {
