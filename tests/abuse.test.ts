@@ -229,6 +229,8 @@ describe("the open-files limit", () => {
   test("a --max-connections that fits the open-files limit with 32 to spare is kept, without a warning", async () => {
     const fitting = await spawnServer(["--in-memory", "--max-connections", "68"], { openFiles: 100 });
     try {
+      // The warning would come before this line; stderr is read apart from the stdout line spawnServer waited for.
+      await waitFor(() => fitting.stderr().includes("ready to accept connections"), 10000, "the start-up log line");
       expect(fitting.stderr()).not.toContain("--max-connections lowered");
     } finally {
       await fitting.kill("SIGKILL");

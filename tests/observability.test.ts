@@ -342,6 +342,42 @@ class FlakyLog implements CommitLog {
   }
 }
 
+describe("metrics that read distinct counters", () => {
+  test("each gauge and counter reads its own figure (uptime in seconds, rejected connections, rollbacks apart from conflicts, open against total, commit seq, buffered bytes); both endpoints say no-store; POST /health is 405", async () => {
+    const fresh = await startInProcess(["--metrics-port", "0", "--max-connections", "2", "--max-request-bytes", "65536", "--shutdown-timeout-ms", "0"]);
+    try {
+      const a = await LineClient.connect(fresh.port);
+      await a.pipeline(["PUT big " + "b".repeat(60_000), "PUT k1 1", "PUT k2 2", "START", "PUT x 1", "ROLLBACK", "START", "ROLLBACK"]);
+      const reader = await LineClient.connect(fresh.port);
+      const refused = await LineClient.connect(fresh.port); // a third connection: BUSY
+      expect(await refused.readReply()).toMatchObject({ code: "BUSY" });
+      await refused.closed;
+      reader.pauseReading();
+      reader.write("GET big\n".repeat(200)); // replies it does not read back up in the server
+      await waitFor(() => fresh.server.bufferedBytes() > 256 * 1024, 10000, "replies to back up");
+      a.close();
+      await waitFor(() => fresh.server.connectionCount === 1, 10000, "the first connection to close");
+      const m = await scrape(fresh.metricsPort!);
+      expect(sample(m, "txkv_uptime_seconds")).toBeLessThan(60);
+      expect(sample(m, "txkv_connections_rejected_total")).toBe(1);
+      expect(sample(m, "txkv_transactions_total", { outcome: "rolled_back" })).toBe(2);
+      expect(sample(m, "txkv_transactions_total", { outcome: "conflicted" })).toBe(0);
+      expect(sample(m, "txkv_connections")).toBe(1);
+      expect(sample(m, "txkv_connections_total")).toBe(2); // the refused one is counted apart
+      expect(sample(m, "txkv_commit_seq")).toBe(3);
+      expect(sample(m, "txkv_client_buffer_bytes")).toBeGreaterThan(256 * 1024);
+      for (const path of ["/metrics", "/health"]) {
+        expect((await fetch(`http://127.0.0.1:${fresh.metricsPort}${path}`)).headers.get("cache-control")).toBe("no-store");
+      }
+      const post = await fetch(`http://127.0.0.1:${fresh.metricsPort}/health`, { method: "POST" });
+      expect(post.status).toBe(405);
+      reader.close();
+    } finally {
+      await fresh.shutdown();
+    }
+  }, 20000);
+});
+
 describe("health and persistence gauges", () => {
   test("/health is 503 with the reason while persistence fails, 200 again once it resumes, 503 while shutting down", async () => {
     const commitLog = new FlakyLog();
