@@ -715,6 +715,54 @@ describe("when the connection goes away", () => {
 });
 
 describe("bounds: destroy() and connectTimeoutMs", () => {
+  test("connectTimeoutMs bounds only the connect: a client that connected in time stays usable after it", async () => {
+    const c = await connect({ port: server.port, connectTimeoutMs: 50 });
+    await Bun.sleep(150); // three times the bound: a timer left running would have dropped the connection
+    expect(await c.ping()).toBe("PONG");
+    expect(c.isOpen).toBe(true);
+    await c.close();
+  });
+
+  test("keys() and stats() reject an Error reply (AUTH_REQUIRED) instead of resolving with it; a line of blanks and tabs is a TypeError", async () => {
+    const guarded = await inProcessServer(["--password", "pw"]);
+    try {
+      const c = await connect({ port: guarded.port });
+      for (const call of [() => c.keys(), () => c.stats()]) {
+        const error = await call().catch((e) => e);
+        expect(error).toBeInstanceOf(TxkvError);
+        expect(error.code).toBe("AUTH_REQUIRED");
+      }
+      for (const blank of ["\t", " \t ", ""]) await expect(c.send(blank)).rejects.toBeInstanceOf(TypeError);
+      await c.close();
+    } finally {
+      await guarded.shutdown();
+    }
+  });
+
+  test("every call queued behind a transaction is sent when it ends, not only the first", async () => {
+    const c = await connect({ port: server.port });
+    let queued: Promise<unknown>[] = [];
+    await c.transaction(async (tx) => {
+      queued = [c.put("queued:a", 1), c.put("queued:b", 2), c.ping()];
+      await tx.put("queued:tx", 0);
+    });
+    expect(await Promise.all(queued)).toEqual([undefined, undefined, "PONG"]);
+    expect(await c.get("queued:b")).toBe(2);
+    await c.close();
+  });
+
+  test("after close() is called inside a transaction, new calls and transactions reject with TxkvConnectionError", async () => {
+    const c = await connect({ port: server.port });
+    const late: unknown[] = [];
+    await c.transaction(async (tx) => {
+      void c.close();
+      late.push(await c.get("x").catch((e) => e), await c.transaction(async () => {}).catch((e) => e));
+      await tx.put("closing:tx", 1);
+    });
+    for (const error of late) expect(error).toBeInstanceOf(TxkvConnectionError);
+    await c.closed;
+  });
+
   test("destroy() ends calls the server never answers: each rejects with TxkvConnectionError, closed resolves", async () => {
     const silent = fakeServer((line) => (line === "START" ? ok("Transaction started") : null));
     const c = await connect({ port: silent.port });
