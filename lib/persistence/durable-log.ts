@@ -244,8 +244,8 @@ export class DurableLog implements CommitLog {
    * old journal retired, its records already synced): a handle left to the garbage collector ends the process.
    */
   private async closeJournalHandles(): Promise<void> {
-    for (const journal of [this.journal, ...this.retired]) await journal.handle.close().catch(() => {});
-    this.retired = [];
+    await this.journal.handle.close().catch(() => {});
+    await this.closeRetiredJournals();
   }
 
   /**
@@ -678,10 +678,10 @@ export class DurableLog implements CommitLog {
   }
 
   /**
-   * After a failed compaction: the journals it retired were made durable at
-   * the switch and take no more records, so their handles can go. A sync
+   * Closes the retired journals: made durable at their switch, they take no
+   * more records. Called at close() and after a failed compaction (a sync
    * round closes them too, but under --fsync no none runs: each failed
-   * compaction kept one more file open until the next one succeeded.
+   * compaction kept one more file open until the next one succeeded).
    */
   private async closeRetiredJournals(): Promise<void> {
     const retired = this.retired;
