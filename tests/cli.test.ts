@@ -122,6 +122,44 @@ describe("one-shot", () => {
   });
 });
 
+describe("one-shot: the request as sent, and what is printed", () => {
+  test("an argument beginning with { is the user's own JSON form, sent as typed", async () => {
+    expect((await cli(["PUT", '{"key":"typed json","value":"as typed"}'])).code).toBe(0);
+    expect(await cli(["GET", '{"key":"typed json"}'])).toMatchObject({ code: 0, stdout: "as typed\n" });
+  });
+
+  test("a lowercase command name takes the JSON form too, so a key with a space comes through whole", async () => {
+    expect((await cli(["put", "lower case", "v"])).code).toBe(0);
+    expect(await cli(["get", "lower case"])).toMatchObject({ code: 0, stdout: "v\n" });
+    expect(await cli(["keys", "lower c"])).toMatchObject({ code: 0, stdout: "1) lower case\n" });
+    expect(await cli(["del", "lower case"])).toMatchObject({ code: 0, stdout: "v\n" });
+  });
+
+  test("a string value with a line break prints raw, over two lines (one-shot output is not one line per reply)", async () => {
+    expect((await cli(["PUT", "two lines", "a\nb"])).code).toBe(0);
+    expect((await cli(["GET", "two lines"])).stdout).toBe("a\nb\n");
+  });
+
+  test("STATS prints its JSON indented, one field per line", async () => {
+    const run = await cli(["STATS"]);
+    expect(run.code).toBe(0);
+    expect(run.stdout.startsWith("{\n  \"")).toBe(true);
+    expect(JSON.parse(run.stdout)).toHaveProperty("server");
+  });
+
+  test("a connection closed while the request waits for its reply: exit 1, saying the connection closed", async () => {
+    const closer = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: (socket) => void socket.end() } });
+    try {
+      const run = await runTxkv(["cli", "-p", String(closer.port), "PING"]);
+      expect(run.code).toBe(1);
+      expect(run.stdout).toBe("");
+      expect(run.stderr).toContain(`127.0.0.1:${closer.port} closed`);
+    } finally {
+      closer.stop(true);
+    }
+  });
+});
+
 describe("script lines (requestLines), as stdin delivers them in chunks", () => {
   async function linesOf(chunks: (string | number[])[]): Promise<(string | typeof NOT_UTF8)[]> {
     async function* stream() {
@@ -487,6 +525,75 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     await repl.quit();
   });
 
+  test("EXIT leaves with status 0, as QUIT does", async () => {
+    const repl = startRepl();
+    await repl.until(`127.0.0.1:${shared.port}> `);
+    repl.type("exit\r");
+    expect(await repl.proc.exited).toBe(0);
+    repl.proc.terminal!.close();
+  });
+
+  test("Ctrl-C at an idle prompt leaves with status 0 (nothing was waiting)", async () => {
+    const repl = startRepl();
+    await repl.until(`127.0.0.1:${shared.port}> `);
+    repl.type("\x03");
+    expect(await repl.proc.exited).toBe(0);
+    repl.proc.terminal!.close();
+  });
+
+  test("blank lines are not sent: no error for them, just the prompt again", async () => {
+    const repl = startRepl();
+    await repl.until(`127.0.0.1:${shared.port}> `);
+    const mark = repl.length;
+    repl.type("\r \t \rPING\r");
+    await repl.until("PONG", mark);
+    expect(repl.since(mark)).not.toContain("(error)");
+    await repl.quit();
+  });
+
+  test("one connection for the whole session: START, PUT, COMMIT commit together, and nothing says reconnected", async () => {
+    const repl = startRepl();
+    await repl.until(`127.0.0.1:${shared.port}> `);
+    repl.type("START\r");
+    await repl.until("Transaction started");
+    repl.type("PUT r:tx in-transaction\r");
+    repl.type("GET r:tx\r");
+    await repl.until('"in-transaction"');
+    expect((await cli(["GET", "r:tx"])).code).toBe(1); // not visible outside the transaction yet
+    const mark = repl.length;
+    repl.type("COMMIT\r");
+    await repl.until("Transaction committed", mark);
+    expect((await cli(["GET", "r:tx"])).stdout).toBe("in-transaction\n");
+    expect(repl.since(0)).not.toContain("reconnected");
+    await repl.quit();
+  });
+
+  test("strings are shown quoted so their type shows: GET values and KEYS entries; NO_COLOR turns the colour off", async () => {
+    await cli(["PUT", "rk:1", "x"]);
+    const repl = startRepl({ NO_COLOR: "1" });
+    await repl.until(`127.0.0.1:${shared.port}> `);
+    repl.type("KEYS rk:\r");
+    await repl.until('1) "rk:1"');
+    repl.type("GET rk:1\r");
+    await repl.until('"x"');
+    const mark = repl.length;
+    repl.type("GET rk:missing\r");
+    await repl.until("(error) NOT_FOUND", mark);
+    expect(repl.since(0)).not.toContain("\x1b[31m");
+    await repl.quit();
+  });
+
+  test("arrow up recalls the newest line of the history file first", async () => {
+    const historyFile = path.join(scratchDir(), "history");
+    fs.writeFileSync(historyFile, "KEYS\nPING\n");
+    const repl = startRepl({ TXKV_HISTFILE: historyFile });
+    await repl.until(`127.0.0.1:${shared.port}> `);
+    const mark = repl.length;
+    repl.type("\x1b[A\r");
+    await repl.until("PONG", mark);
+    await repl.quit();
+  });
+
   test("Ctrl-D leaves; earlier lines are in the history (arrow up recalls them) and saved to the history file", async () => {
     const historyFile = path.join(scratchDir(), "history");
     const repl = startRepl({ TXKV_HISTFILE: historyFile });
@@ -610,6 +717,18 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
       await second.kill();
     });
   }
+
+  test("an AUTH the server refused is not sent again after a reconnect", async () => {
+    const { repl, second } = await replAcrossRestart(["--in-memory", "--password", "sekret"], "AUTH wrong", "(error)");
+    const mark = repl.length;
+    repl.type("PING\r");
+    await repl.until("(reconnected", mark);
+    await repl.until("(error)", mark);
+    expect(repl.since(mark)).not.toContain("AUTH you typed");
+    expect(repl.since(mark)).not.toContain("PONG");
+    await repl.quit();
+    await second.kill();
+  });
 
   test("when the server goes away: the error is shown, the prompt says not connected, the REPL stays usable", async () => {
     const doomed = await spawnServer(["--in-memory"]);
