@@ -259,6 +259,19 @@ describe("typed errors", () => {
     await guarded.shutdown();
   });
 
+  test("a refused AUTH at connect rejects with AUTH_FAILED and closes the connection: the server's client count goes back to 0", async () => {
+    const guarded = await inProcessServer(["--password", "s3cret"]);
+    try {
+      const wrong = await connect({ port: guarded.port, password: "nope" }).catch((e) => e);
+      expect(wrong).toBeInstanceOf(TxkvError);
+      expect(wrong.code).toBe("AUTH_FAILED");
+      await waitFor(() => guarded.executor.stats.connectionsCurrent === 0, 3000, "the refused client's connection to close");
+      expect(guarded.executor.stats.connectionsTotal).toBe(1);
+    } finally {
+      await guarded.shutdown();
+    }
+  });
+
   test("passwords that begin with { or a space, or hold any character, authenticate (AUTH goes in the JSON form)", async () => {
     for (const password of ['{"not":"json form"}', " leading space", "tab\there"]) {
       const guarded = await inProcessServer(["--password", password]);
@@ -568,6 +581,20 @@ describe("when the connection goes away", () => {
     expect(ipv6.message).toStartWith(`cannot connect to [::1]:${port}: `);
   });
 
+  test("with no port given the client dials port 8080, and the connect error names 127.0.0.1:8080", async () => {
+    // Bun.connect is stubbed: what (if anything) listens on this machine's port 8080 cannot change the outcome.
+    const dial = spyOn(Bun, "connect").mockImplementation((() => Promise.reject(new Error("refused by the test"))) as unknown as typeof Bun.connect);
+    try {
+      const error = await connect({ host: "127.0.0.1" }).catch((e) => e);
+      expect(error).toBeInstanceOf(TxkvConnectionError);
+      expect(error.message).toBe("cannot connect to 127.0.0.1:8080: refused by the test");
+      expect(dial).toHaveBeenCalledTimes(1);
+      expect(dial.mock.calls[0]![0]).toMatchObject({ hostname: "127.0.0.1", port: 8080 });
+    } finally {
+      dial.mockRestore();
+    }
+  });
+
   test("a killed server rejects the requests in flight and every later call", async () => {
     const proc = await spawnServer(["--in-memory"]);
     const c = await connect({ port: proc.port });
@@ -712,6 +739,63 @@ describe("when the connection goes away", () => {
     expect(await d.get("close:b")).toBe(2);
     await d.close();
   });
+
+  test("closeReason is null while close() waits for a reply, then the error later calls reject with: 'connection closed by the client'", async () => {
+    let answer!: () => void;
+    let lineArrived!: () => void;
+    const arrived = new Promise<void>((resolve) => (lineArrived = resolve));
+    const held = Bun.listen<{ buffered: string }>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open(socket) {
+          socket.data = { buffered: "" };
+        },
+        data(socket, chunk) {
+          socket.data.buffered += chunk.toString();
+          if (!socket.data.buffered.endsWith("\n")) return;
+          answer = () => socket.write(JSON.stringify(ok("PONG")) + "\n");
+          lineArrived();
+        },
+        end(socket) {
+          socket.end();
+        },
+      },
+    });
+    try {
+      const c = await connect({ port: held.port });
+      const ping = c.ping();
+      await arrived; // the PING is on the server, unanswered
+      const closing = c.close();
+      expect(c.closeReason).toBeNull();
+      const late = await c.ping().catch((e) => e); // refused at once: close() was called
+      expect(late).toBeInstanceOf(TxkvConnectionError);
+      expect(c.closeReason).toBeNull(); // still closing: the PING waits for its reply
+      expect(c.isOpen).toBe(true);
+      answer();
+      expect(await ping).toBe("PONG");
+      await closing;
+      expect(c.isOpen).toBe(false);
+      expect(c.closeReason).toBeInstanceOf(TxkvConnectionError);
+      expect(c.closeReason!.message).toBe("connection closed by the client");
+      expect(await c.get("x").catch((e) => e)).toBe(c.closeReason!);
+    } finally {
+      held.stop(true);
+    }
+  });
+
+  test("await using closes the client as close() does, not destroy(): a request made in the block still gets its reply", async () => {
+    let disposed!: TxkvClient;
+    let reply!: Promise<string>;
+    {
+      await using c = await connect({ port: server.port });
+      disposed = c;
+      reply = c.ping();
+    }
+    expect(disposed.isOpen).toBe(false); // the block's end waited for the close
+    expect(await reply).toBe("PONG");
+    expect(disposed.closeReason!.message).toBe("connection closed by the client");
+  });
 });
 
 describe("bounds: destroy() and connectTimeoutMs", () => {
@@ -799,6 +883,31 @@ describe("bounds: destroy() and connectTimeoutMs", () => {
       expect(error.message).toBe(`cannot connect to 127.0.0.1:${silent.port}: not ready within 50 ms (connectTimeoutMs)`);
     }
     silent.stop(true);
+  });
+
+  test("connectTimeoutMs defaults to 10 s: connect() arms one 10000 ms timer, and when it fires the error says 10000 ms", async () => {
+    let authArrived!: () => void;
+    const arrived = new Promise<void>((resolve) => (authArrived = resolve));
+    const silent = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: () => authArrived() } });
+    const timers = spyOn(globalThis, "setTimeout");
+    let connecting: Promise<unknown>;
+    let armed: Array<[unknown, unknown]>;
+    try {
+      connecting = connect({ port: silent.port, password: "pw" }).catch((e) => e);
+      armed = timers.mock.calls.map(([callback, ms]) => [callback, ms]);
+    } finally {
+      timers.mockRestore();
+    }
+    try {
+      expect(armed.map(([, ms]) => ms)).toEqual([10_000]);
+      await arrived; // connected, the AUTH sent and never answered
+      (armed[0]![0] as () => void)(); // what the timer does after 10 s, now
+      const error = await connecting;
+      expect(error).toBeInstanceOf(TxkvConnectionError);
+      expect((error as Error).message).toBe(`cannot connect to 127.0.0.1:${silent.port}: not ready within 10000 ms (connectTimeoutMs)`);
+    } finally {
+      silent.stop(true);
+    }
   });
 
   test("connectTimeoutMs that a timer cannot wait (0, negative, NaN, over 2^31 - 1 ms) is refused with a TypeError", async () => {

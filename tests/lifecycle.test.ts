@@ -286,6 +286,36 @@ describe("graceful shutdown", () => {
     expect((await flooded.shutdown()).connectionsForced).toBe(1);
   });
 
+  test("shutdown() is idempotent: a second call, during or after the first, returns the same promise and the first run's report", async () => {
+    const server = await startInProcess(["--in-memory"]);
+    const idle = await LineClient.connect(server.port);
+    expect(await idle.request("PING")).toMatchObject({ result: "PONG" });
+    const first = server.shutdown();
+    const second = server.shutdown();
+    expect(second).toBe(first);
+    const report = await first;
+    // A second run would have found no connection left to close.
+    expect(report).toMatchObject({ connectionsClosed: 1, connectionsForced: 0 });
+    expect(server.shutdown()).toBe(first);
+    expect(await server.shutdown()).toBe(report);
+    await idle.closed;
+  });
+
+  test("the shutdown report counts only the transactions the shutdown rolled back: not one the client rolled back, nor one it committed", async () => {
+    const server = await startInProcess(["--in-memory"]);
+    const rolledBack = await LineClient.connect(server.port);
+    expect(await rolledBack.pipeline(["START", "PUT a 1", "ROLLBACK"])).toMatchObject([{ status: "Ok" }, { status: "Ok" }, { status: "Ok" }]);
+    const committed = await LineClient.connect(server.port);
+    expect(await committed.pipeline(["START", "PUT b 2", "COMMIT"])).toMatchObject([{ status: "Ok" }, { status: "Ok" }, { status: "Ok" }]);
+    const open = await LineClient.connect(server.port);
+    expect(await open.pipeline(["START", "PUT c 3"])).toMatchObject([{ status: "Ok" }, { status: "Ok" }]);
+    expect(server.executor.stats.txRolledBack).toBe(1); // the client's own ROLLBACK, before the shutdown
+    const report = await server.shutdown();
+    expect(report).toMatchObject({ connectionsClosed: 3, transactionsRolledBack: 1 });
+    expect(server.executor.stats.txRolledBack).toBe(2);
+    await Promise.all([rolledBack.closed, committed.closed, open.closed]);
+  });
+
   test("SIGTERM while it loads its data (lock taken, before it listens) is a graceful stop once started: exit 0, lock released", async () => {
     const dir = tempDir();
     try {

@@ -13,7 +13,7 @@ import { healthOf, MetricsServer, renderMetrics } from "../lib/metrics.ts";
 import { ServerStats } from "../lib/stats.ts";
 import { Store } from "../lib/store.ts";
 import { join } from "node:path";
-import { LineClient, spawnServer, startInProcess, tempDir, testConfig, waitFor } from "./helpers.ts";
+import { closedPort, LineClient, spawnServer, startInProcess, tempDir, testConfig, waitFor } from "./helpers.ts";
 
 interface Sample {
   name: string;
@@ -297,6 +297,25 @@ describe("metrics endpoint", () => {
     );
   });
 
+  test("when the metrics port is in use, start-up also closes the protocol listener it had opened: nothing listens on that port afterwards", async () => {
+    const taken = server.metricsPort!;
+    const port = closedPort();
+    const log = new Logger("error", () => {});
+    await expect(startServer(testConfig(["--port", String(port), "--metrics-port", String(taken)]), "test", log)).rejects.toThrow(
+      `cannot serve metrics on 127.0.0.1:${taken}`,
+    );
+    const refused = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } }).then(
+      (socket) => {
+        socket.end();
+        return null;
+      },
+      (err: { code?: string }) => err.code,
+    );
+    expect(refused).toBe("ECONNREFUSED");
+    // And the port is free for another listener.
+    Bun.listen({ hostname: "127.0.0.1", port, socket: { data() {} } }).stop(true);
+  });
+
   test("--metrics-port in a subprocess prints `metrics on host:port` and reads TXKV_METRICS_PORT", async () => {
     const proc = await spawnServer(["--in-memory"], { env: { TXKV_METRICS_PORT: "0" } });
     try {
@@ -311,6 +330,20 @@ describe("metrics endpoint", () => {
         .filter((l) => l.includes('"msg":"ready to accept connections"'))
         .map((l) => JSON.parse(l))[0];
       expect(startLine).toMatchObject({ metrics: `127.0.0.1:${match![1]}` });
+    } finally {
+      expect(await proc.kill("SIGTERM")).toBe(0);
+    }
+  });
+
+  test("stdout has the `metrics on host:port` line first, then the `listening on host:port` line, and nothing else", async () => {
+    const proc = await spawnServer(["--in-memory", "--metrics-port", "0"]);
+    try {
+      await waitFor(() => /metrics on [^\n]*\n/.test(proc.stdout()) && /listening on [^\n]*\n/.test(proc.stdout()), 5000, "both stdout lines");
+      const lines = proc.stdout().split("\n");
+      expect(lines).toHaveLength(3);
+      expect(lines[0]).toMatch(/^txkv \S+ metrics on 127\.0\.0\.1:\d+$/);
+      expect(lines[1]).toBe(`txkv ${lines[0]!.split(" ")[1]} listening on 127.0.0.1:${proc.port}`);
+      expect(lines[2]).toBe("");
     } finally {
       expect(await proc.kill("SIGTERM")).toBe(0);
     }
