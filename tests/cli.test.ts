@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { LineWriter, NOT_UTF8, requestLines, runScript, type ScriptClient } from "../lib/cli.ts";
 import { connect } from "../lib/client.ts";
-import { BUN, closedPort, INDEX, runTxkv, sharedServer, spawnCli, spawnServer, tempDir, TOOL_ENV } from "./helpers.ts";
+import { BUN, closedPort, INDEX, runTxkv, sharedServer, spawnCli, spawnServer, tempDir, TOOL_ENV, tracked } from "./helpers.ts";
 import { makeTestCertificates, tlsPongServer } from "./tls-certs.ts";
 
 const shared = sharedServer();
@@ -475,7 +475,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
   function startRepl(env: Record<string, string> = {}, replPort = shared.port) {
     let output = "";
     let waiter: { text: string; from: number; resolve: () => void } | null = null;
-    const proc = Bun.spawn([process.execPath, "run", path.resolve(import.meta.dir, "../index.ts"), "cli", "-p", replPort], {
+    const proc = tracked(Bun.spawn([process.execPath, "run", path.resolve(import.meta.dir, "../index.ts"), "cli", "-p", replPort], {
       env: { ...process.env, TXKV_HISTFILE: "", ...env },
       terminal: {
         cols: 200,
@@ -487,7 +487,7 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
           }
         },
       },
-    });
+    }));
     /** Resolves once the output from `from` on holds text. */
     const until = (text: string, from = 0) =>
       output.includes(text, from) ? Promise.resolve() : new Promise<void>((resolve) => (waiter = { text, from, resolve }));

@@ -4,7 +4,7 @@
  * Must not: be imported by lib/ code.
  */
 import { afterAll, beforeAll } from "bun:test";
-import type { Socket } from "bun";
+import type { Socket, Subprocess } from "bun";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -49,6 +49,20 @@ export async function startInProcess(
   return Object.assign(running, { logs });
 }
 
+/** Subprocesses of this run still alive: tests/leftovers.ts (preloaded) kills them when the run ends. */
+export const liveSubprocesses = new Set<Subprocess>();
+
+/**
+ * Registers a long-lived subprocess (a server, a cli waiting on its input):
+ * a test that fails before it stops its processes leaves none running after
+ * the run.
+ */
+export function tracked<P extends Subprocess>(proc: P): P {
+  liveSubprocesses.add(proc);
+  void proc.exited.then(() => liveSubprocesses.delete(proc));
+  return proc;
+}
+
 export interface ServerProcess {
   readonly proc: ReturnType<typeof Bun.spawn>;
   readonly port: number;
@@ -70,13 +84,15 @@ export async function spawnServer(
 ): Promise<ServerProcess> {
   const command = [BUN, "run", INDEX, ...(options.portFromEnv ? [] : ["--port", "0"]), ...args];
   const limited = options.openFiles === undefined ? command : ["bash", "-c", 'ulimit -n "$0" && exec "$@"', String(options.openFiles), ...command];
-  const proc = Bun.spawn(limited, {
-    cwd: options.cwd ?? ROOT,
-    env: { ...process.env, ...options.env },
-    stdout: "pipe",
-    stderr: "pipe",
-    stdin: "ignore",
-  });
+  const proc = tracked(
+    Bun.spawn(limited, {
+      cwd: options.cwd ?? ROOT,
+      env: { ...process.env, ...options.env },
+      stdout: "pipe",
+      stderr: "pipe",
+      stdin: "ignore",
+    }),
+  );
   let stderrText = "";
   void (async () => {
     // One decoder per stream, streaming: a character split between two chunks stays whole.
@@ -143,7 +159,7 @@ export function runTxkv(args: string[], stdin: string | Uint8Array = "", env: Re
 
 /** Starts `txkv cli ...args` in TOOL_ENV with its stdin left open (a producer that may never end), stdout and stderr piped. */
 export function spawnCli(args: string[]) {
-  return Bun.spawn([BUN, "run", INDEX, "cli", ...args], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...TOOL_ENV } });
+  return tracked(Bun.spawn([BUN, "run", INDEX, "cli", ...args], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...TOOL_ENV } }));
 }
 
 /** One in-memory server subprocess for a whole test file: port as a string, for command lines. */
