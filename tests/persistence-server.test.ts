@@ -165,6 +165,36 @@ describe("restart", () => {
     expect((await d.request("GET k499")).result).toEqual({ key: "k499", value: "v499" });
   });
 
+  test("everysec: a write is fsynced by the periodic flush with no further traffic (STATS durableSeq reaches lastSeq)", async () => {
+    const dir = dataDir();
+    const a = await start(dir, ["--fsync", "everysec"]); // --fsync-interval-ms 50
+    const c = await client(a);
+    expect((await c.request("PUT k v")).status).toBe("Ok");
+    await waitFor(async () => {
+      const stats = await persistenceStats(c);
+      return stats.durableSeq === stats.lastSeq;
+    }, 5000, "the periodic fsync");
+    const stats = await persistenceStats(c);
+    expect(stats).toMatchObject({ mode: "everysec", pendingRecords: 0 });
+    expect(stats.fsyncs).toBeGreaterThanOrEqual(1);
+    expect(typeof stats.lastSuccessfulFlush).toBe("string");
+  });
+
+  test("a graceful stop with nothing new still writes data.json when it was deleted while the server ran", async () => {
+    const dir = dataDir();
+    const file = path.join(dir, "data.json");
+    const a = await start(dir);
+    await putMany(await client(a), [["k1", "one"], ["k2", "two"]]);
+    expect(await a.kill("SIGTERM")).toBe(0);
+    const b = await start(dir);
+    expect((await (await client(b)).request("GET k2")).result).toEqual({ key: "k2", value: "two" });
+    fs.rmSync(file);
+    expect(await b.kill("SIGTERM")).toBe(0);
+    expect(JSON.parse(fs.readFileSync(file, "utf8")).data).toEqual({ k1: "one", k2: "two" });
+    const again = await start(dir);
+    expect((await (await client(again)).request("GET k1")).result).toEqual({ key: "k1", value: "one" });
+  });
+
   test("SAVE answers once the snapshot is on disk; STATS shows the persistence state", async () => {
     const dir = dataDir();
     const a = await start(dir, ["--fsync", "always"]);
@@ -804,6 +834,17 @@ describe("lock", () => {
     expect((await (await client(first)).request("PING")).result).toBe("PONG");
     expect(await first.kill("SIGTERM")).toBe(0);
     expect(fs.existsSync(lock)).toBe(false);
+  });
+
+  test("a lock file replaced while the server runs (someone else's now) is left in place when the server stops", async () => {
+    const dir = dataDir();
+    const lock = path.join(dir, "data.json.lock");
+    const a = await start(dir);
+    expect((await (await client(a)).request("PUT k v")).status).toBe("Ok");
+    fs.rmSync(lock);
+    fs.writeFileSync(lock, "4242\n");
+    expect(await a.kill("SIGTERM")).toBe(0);
+    expect(fs.readFileSync(lock, "utf8")).toBe("4242\n");
   });
 
   test("a second server given a symbolic link to the data file refuses too; snapshots go to the file, not the link", async () => {
