@@ -213,6 +213,64 @@ describe("durability", () => {
     expect(a.log.stats().fsyncs).toBe(fsyncsBefore + 1);
   });
 
+  test("a journal write that fails with EIO (a failing disk, not a full one) is not retried into that journal: recovery rebuilds (a snapshot, a new journal), then the write is durable", async () => {
+    const dir = tempDir();
+    const a = await openAlwaysPastFirstRound(dir);
+    const original = fs.writeSync;
+    let failures = 0;
+    fs.writeSync = ((...args: unknown[]) => {
+      if (failures++ === 0) throw Object.assign(new Error("EIO: i/o error, write"), { code: "EIO" });
+      return (original as (...rest: unknown[]) => number)(...args);
+    }) as typeof fs.writeSync;
+    try {
+      const wait = a.put("k", "v");
+      await waitFor(() => a.durable() >= wait && a.log.unavailableReason === null, 5000, "durable after the recovery");
+    } finally {
+      fs.writeSync = original;
+    }
+    expect(JSON.stringify(a.log.stats().lastError)).toContain("EIO");
+    // What the failed write left in journal 1 is not trusted: the whole state went to a snapshot instead.
+    expect(JSON.parse(fs.readFileSync(path.join(dir, "data.json"), "utf8")).data).toEqual({ first: 1, k: "v" });
+    expect(fs.readdirSync(dir).filter((name) => name.includes(".journal."))).toEqual(["data.json.journal.2"]);
+    await closeLog(a);
+    expect(contents((await open(dir)).store)).toEqual([["first", "1"], ["k", '"v"']]);
+  });
+
+  test("the directory is fsynced after a new journal's first write and after a snapshot's rename, so neither can be lost in a power cut", async () => {
+    const dir = tempDir();
+    const realDir = fs.realpathSync(dir);
+    const events: string[] = [];
+    const probe = await fs.promises.open(dir, "r");
+    const handleProto = Object.getPrototypeOf(probe) as { sync(this: { fd: number }): Promise<void> };
+    await probe.close();
+    const [realSync, realRename] = [handleProto.sync, fs.promises.rename];
+    handleProto.sync = function () {
+      if (fs.readlinkSync(`/proc/self/fd/${this.fd}`) === realDir) events.push("sync the directory");
+      return realSync.call(this);
+    };
+    fs.promises.rename = (from: fs.PathLike, to: fs.PathLike) => {
+      events.push(`rename to ${path.basename(String(to))}`);
+      return realRename(from, to);
+    };
+    try {
+      const a = await open(dir, { fsync: "always" });
+      let durable = 0;
+      a.log.onDurable = (seq) => (durable = seq);
+      expect(events).toEqual([]); // the new journal is empty: nothing to lose yet
+      const first = a.put("k", 1);
+      await waitFor(() => durable >= first, 5000, "the first write");
+      expect(events).toEqual(["sync the directory"]);
+      await a.log.save();
+      // The new journal SAVE switched to (its records are the snapshot's followers), before the snapshot's rename.
+      expect(events.slice(1).indexOf("sync the directory")).toBeLessThan(events.slice(1).indexOf("rename to data.json"));
+      expect(events.slice(-2)).toEqual(["rename to data.json", "sync the directory"]);
+      await closeLog(a);
+    } finally {
+      handleProto.sync = realSync;
+      fs.promises.rename = realRename;
+    }
+  });
+
   test("always: a failed on-loop fsync is a persistence failure, and the write is acknowledged only once a rebuild made it durable", async () => {
     const dir = tempDir();
     const a = await openAlwaysPastFirstRound(dir);
