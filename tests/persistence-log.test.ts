@@ -472,6 +472,53 @@ describe("compaction", () => {
     expect(reopened.store.get("first")).toBe("1");
   });
 
+  test("a journal fsync that fails while SAVE walks the store voids that SAVE: its last flush does not report the failed write durable, the rebuild does", async () => {
+    const dir = tempDir();
+    const a = await openAlwaysPastFirstRound(dir);
+    // A walk that goes on (filler entries, a slice at a time) until the test has seen the failure.
+    let walking = false;
+    let released = false;
+    a.log.attach({
+      *entries() {
+        yield* a.store.entries();
+        for (let i = 0; !released; i++) {
+          walking = true;
+          yield [`filler${i}`, "0"];
+        }
+      },
+      get size() { return a.store.size; },
+      get seq() { return a.store.seq; },
+    });
+    // The new journal's first fsync fails (EIO), as a failing disk gives; later ones "succeed", proving nothing.
+    const probe = await fs.promises.open(dir, "r");
+    const handleProto = Object.getPrototypeOf(probe) as { datasync(this: { fd: number }): Promise<void> };
+    await probe.close();
+    const realDatasync = handleProto.datasync;
+    let failedOnce = false;
+    handleProto.datasync = function () {
+      if (!failedOnce && fs.readlinkSync(`/proc/self/fd/${this.fd}`).endsWith("data.json.journal.2")) {
+        failedOnce = true;
+        return Promise.reject(Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" }));
+      }
+      return realDatasync.call(this);
+    };
+    try {
+      const save = a.log.save();
+      await waitFor(() => walking, 5000, "SAVE's walk of the store");
+      const wait = a.put("k", "v"); // into the new journal, whose fsync fails
+      await waitFor(() => a.log.unavailableReason !== null, 5000, "the journal failure");
+      released = true;
+      await expect(save).rejects.toThrow("EIO");
+      expect(a.durable()).toBeLessThan(wait);
+      await waitFor(() => a.durable() >= wait && a.log.unavailableReason === null, 5000, "durable after the rebuild");
+    } finally {
+      handleProto.datasync = realDatasync;
+      released = true;
+    }
+    await closeLog(a);
+    expect(contents((await open(dir, { fsync: "always" })).store)).toEqual([["first", "1"], ["k", '"v"']]);
+  });
+
   test("a graceful close writes a final snapshot with every commit, unless its deadline has passed (then the journal keeps them)", async () => {
     for (const deadlinePassed of [false, true]) {
       const dir = tempDir();
