@@ -3,6 +3,7 @@
  * backpressure, connection handling (PROTOCOL §1-3, §6).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import type { Socket } from "bun";
 import type { RunningServer } from "../lib/app.ts";
 import type { Command } from "../lib/commands.ts";
 import { heapStats } from "bun:jsc";
@@ -785,6 +786,58 @@ describe("backpressure and output", () => {
     }
   }, 30000);
 
+  test("QUIT from a client that stopped reading: once it reads, every queued reply and Bye arrive, then the server closes", async () => {
+    // An output limit far above the replies: QUIT runs while most of them still wait in the server's queue.
+    const roomy = await startInProcess(["--max-output-bytes", String(64 * 1024 * 1024), "--max-request-bytes", "16384"]);
+    try {
+      const value = "v".repeat(9000);
+      const c = await LineClient.connect(roomy.port);
+      await c.request(`PUT slowquit ${value}`);
+      c.pauseReading();
+      const gets = 2000; // ≈ 18 MB of replies, more than the kernel's buffers hold
+      c.write("GET slowquit\n".repeat(gets) + "QUIT\n");
+      await waitFor(() => (roomy.executor.stats.commandsByType.QUIT ?? 0) === 1, 10000, "the QUIT to run");
+      expect(roomy.server.bufferedBytes()).toBeGreaterThan(0); // replies still queued when QUIT ran
+      c.resumeReading();
+      const expected = `{"status":"Ok","result":{"key":"slowquit","value":"${value}"}}`;
+      for (let i = 0; i < gets; i++) expect(await c.readLine()).toBe(expected);
+      expect(await c.readReply()).toEqual({ status: "Ok", result: "Bye" });
+      await waitFor(() => c.isClosed, 2000, "the server to close the connection");
+    } finally {
+      await roomy.shutdown();
+    }
+  }, 15000);
+
+  test("a slow reader that keeps taking reply bytes is not idle: --timeout leaves it open while it reads, however long its replies take", async () => {
+    const running = await startInProcess(["--timeout", "10"]);
+    // The once-a-second idle sweep, run here instead of waiting for its timer: 11 sweeps without activity are past --timeout 10.
+    const sweep = (times: number) => {
+      for (let i = 0; i < times; i++) (running.server as unknown as { closeIdleConnections(): void }).closeIdleConnections();
+    };
+    try {
+      const value = "v".repeat(900);
+      const expected = `{"status":"Ok","result":{"key":"slowreader","value":"${value}"}}`;
+      const c = await LineClient.connect(running.port);
+      await c.request(`PUT slowreader ${value}`);
+      c.pauseReading();
+      const gets = 10000; // ≈ 9.5 MB of replies
+      c.write("GET slowreader\n".repeat(gets));
+      await waitFor(() => running.server.bufferedBytes() > 512 * 1024, 10000, "the replies to queue up");
+      sweep(5);
+      // More than the kernel's buffers held: the server wrote more as the client took bytes (its drain).
+      c.resumeReading();
+      for (let i = 0; i < 6000; i++) expect(await c.readLine()).toBe(expected);
+      c.pauseReading();
+      sweep(6);
+      c.resumeReading();
+      for (let i = 6000; i < gets; i++) expect(await c.readLine()).toBe(expected);
+      expect(await c.request("PING")).toEqual({ status: "Ok", result: "PONG" });
+      c.close();
+    } finally {
+      await running.shutdown();
+    }
+  }, 15000);
+
   test("a large reply (KEYS over many keys) is written in full to a slow reader", async () => {
     const c = await LineClient.connect(bulkServer.port);
     const lines: string[] = [];
@@ -854,6 +907,59 @@ describe("connections", () => {
     expect(await d.request("GET quitlinger")).toMatchObject({ code: "NOT_FOUND" });
     d.close();
   });
+
+  test("QUIT run once a client that did not read starts reading (reading was paused), with input still arriving after it: every reply up to Bye, then a clean close, not a reset", async () => {
+    const small = await startInProcess(["--max-output-bytes", "65536"], "debug");
+    try {
+      const value = "v".repeat(900);
+      const setup = await LineClient.connect(small.port);
+      await setup.request(`PUT pausedquit ${value}`);
+      setup.close();
+      // ≈ 5.7 MB of replies, past the kernel's buffers and the output limit: reading pauses before QUIT runs.
+      // After QUIT, 16 MB more than the kernel's buffers hold: the client is still sending when the server ends.
+      const gets = 6000;
+      const out = Buffer.from("GET pausedquit\n".repeat(gets) + "QUIT\n" + "PING\n".repeat(3_200_000));
+      let offset = 0;
+      const send = (socket: Socket) => {
+        while (offset < out.length) {
+          const written = socket.write(out.subarray(offset));
+          if (written <= 0) return;
+          offset += written;
+        }
+        socket.end(); // all sent: the client half-closes, and reads on
+      };
+      let received = "";
+      const ended = Promise.withResolvers<string>();
+      const client = await Bun.connect({
+        hostname: "127.0.0.1",
+        port: small.port,
+        // The client does not close at the server's FIN: it sends everything, then half-closes.
+        allowHalfOpen: true,
+        socket: {
+          end: () => {},
+          open: (socket) => {
+            socket.pause();
+            send(socket);
+          },
+          drain: send,
+          data: (_socket, chunk) => void (received += Buffer.from(chunk).toString()),
+          close: (_socket, err) => ended.resolve(err ? `error: ${err.message}` : "closed"),
+          error: (_socket, err) => ended.resolve(`error: ${err.message}`),
+        },
+      });
+      await waitFor(() => small.logs.some((line) => line.includes("reading paused")), 10000, "the server to pause reading");
+      client.resume();
+      // The server must read (and drop) what still arrives after QUIT: a close with it unread would reset the connection.
+      expect(await ended.promise).toBe("closed");
+      const lines = received.split("\n");
+      expect(lines.length).toBe(gets + 2);
+      expect(lines[gets]).toBe('{"status":"Ok","result":"Bye"}');
+      expect(lines[gets + 1]).toBe("");
+      expect(small.executor.stats.commandsByType.PING ?? 0).toBe(0);
+    } finally {
+      await small.shutdown();
+    }
+  }, 15000);
 
   test("lines after a POST line in the same packet are not run", async () => {
     const c = await LineClient.connect(server.port);
