@@ -321,6 +321,54 @@ export class LineClient {
   }
 }
 
+/**
+ * A raw client that does not close its side at the server's FIN
+ * (allowHalfOpen): it can go on sending after it, as a client that has not
+ * read the FIN yet does. It keeps everything it receives, as text, and how
+ * the connection ended. open and drain, when given, are its socket's.
+ */
+export interface HalfOpenClient {
+  readonly socket: Socket<undefined>;
+  /** Everything received so far. */
+  received(): string;
+  readonly isClosed: boolean;
+  /** Resolves at the close: "closed", or "error: <message>" (a reset, say). */
+  readonly closed: Promise<string>;
+}
+
+export async function connectHalfOpen(
+  port: number,
+  handlers: { open?: (socket: Socket<undefined>) => void; drain?: (socket: Socket<undefined>) => void } = {},
+): Promise<HalfOpenClient> {
+  let received = "";
+  let isClosed = false;
+  const closed = Promise.withResolvers<string>();
+  const ended = (outcome: string) => {
+    isClosed = true;
+    closed.resolve(outcome);
+  };
+  const socket = await Bun.connect({
+    hostname: "127.0.0.1",
+    port,
+    allowHalfOpen: true,
+    socket: {
+      ...handlers,
+      data: (_socket, chunk) => void (received += Buffer.from(chunk).toString()),
+      end: () => {},
+      close: (_socket, err) => ended(err ? `error: ${err.message}` : "closed"),
+      error: (_socket, err) => ended(`error: ${err.message}`),
+    },
+  });
+  return {
+    socket,
+    received: () => received,
+    get isClosed() {
+      return isClosed;
+    },
+    closed: closed.promise,
+  };
+}
+
 /** A local port nothing listens on now (one just listened on and closed); free for a test's own server, or refused. */
 export function closedPort(): number {
   const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });

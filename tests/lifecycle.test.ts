@@ -8,7 +8,7 @@ import { describe, expect, test } from "bun:test";
 import { closeSync, constants as fsConstants, existsSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
-import { BUN, closedPort, INDEX, LineClient, spawnServer, startInProcess, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
+import { BUN, closedPort, connectHalfOpen, INDEX, LineClient, spawnServer, startInProcess, tempDir, waitFor, type ServerProcess } from "./helpers.ts";
 
 function logEntries(proc: ServerProcess): Array<Record<string, any>> {
   return proc
@@ -258,25 +258,15 @@ describe("graceful shutdown", () => {
 
   test("past a shutdown timeout shorter than the lingering close, an idle client that never closes still counts as not forced", async () => {
     const server = await startInProcess(["--in-memory", "--shutdown-timeout-ms", "0"]);
-    // A client that never closes its side (allowHalfOpen, nothing done at the server's FIN).
-    const closed = Promise.withResolvers<void>();
-    let replies = "";
-    const idle = await Bun.connect({
-      hostname: "127.0.0.1",
-      port: server.port,
-      allowHalfOpen: true,
-      socket: {
-        data: (_socket, chunk) => void (replies += Buffer.from(chunk).toString()),
-        end: () => {},
-        close: () => closed.resolve(),
-      },
-    });
+    // A client that never closes its side (nothing done at the server's FIN).
+    const client = await connectHalfOpen(server.port);
+    const idle = client.socket;
     idle.write("PING\n");
-    await waitFor(() => replies.includes("PONG"), 5000, "PONG");
+    await waitFor(() => client.received().includes("PONG"), 5000, "PONG");
     // Its replies were all out when the shutdown ended it; only its wait for the client is cut short.
     expect((await server.shutdown()).connectionsForced).toBe(0);
     idle.end();
-    await closed.promise;
+    await client.closed;
     const flooded = await startInProcess(["--in-memory", "--shutdown-timeout-ms", "0"]);
     const flooder = await LineClient.connect(flooded.port);
     await flooder.request(`PUT big ${"v".repeat(900)}`);

@@ -8,7 +8,7 @@ import type { RunningServer } from "../lib/app.ts";
 import type { Command } from "../lib/commands.ts";
 import { heapStats } from "bun:jsc";
 import { join } from "node:path";
-import { LineClient, pipelineAfterQuit, spawnServer, startInProcess, tempDir, waitFor, type Reply } from "./helpers.ts";
+import { connectHalfOpen, LineClient, pipelineAfterQuit, spawnServer, startInProcess, tempDir, waitFor, type Reply } from "./helpers.ts";
 
 let server: RunningServer & { logs: string[] };
 /**
@@ -870,39 +870,28 @@ describe("connections", () => {
 
   test("QUIT rolls an open transaction back at once, not when the lingering connection closes; a client that keeps sending is still cut off by the linger's cap", async () => {
     const stats = server.executor.stats;
-    // A client that does not close its side at the server's FIN (allowHalfOpen) and keeps sending after QUIT.
-    let replies = "";
-    let closed = false;
-    const c = await Bun.connect({
-      hostname: "127.0.0.1",
-      port: server.port,
-      allowHalfOpen: true,
-      socket: {
-        data: (_socket, chunk) => void (replies += Buffer.from(chunk).toString()),
-        end: () => {},
-        close: () => void (closed = true),
-        error: () => {},
-      },
-    });
+    // A client that does not close its side at the server's FIN and keeps sending after QUIT.
+    const client = await connectHalfOpen(server.port);
+    const c = client.socket;
     const rolledBackBefore = stats.txRolledBack;
     c.write("START\nPUT quitlinger 1\n");
-    await waitFor(() => replies.split("\n").length === 3, 5000, "START and PUT answered");
+    await waitFor(() => client.received().split("\n").length === 3, 5000, "START and PUT answered");
     const openWithIt = stats.txOpen;
     const connectionsWithIt = server.server.connectionCount;
     c.write("QUIT\n");
-    await waitFor(() => replies.includes("Bye"), 5000, "Bye");
-    const sender = setInterval(() => closed || c.write("PING\n"), 20);
+    await waitFor(() => client.received().includes("Bye"), 5000, "Bye");
+    const sender = setInterval(() => client.isClosed || c.write("PING\n"), 20);
     try {
       await waitFor(() => stats.txRolledBack === rolledBackBefore + 1, 5000, "the rollback");
       expect(stats.txOpen).toBe(openWithIt - 1);
       // Still lingering: the rollback did not wait for the close.
       expect(server.server.connectionCount).toBe(connectionsWithIt);
-      expect(closed).toBe(false);
-      await waitFor(() => closed, 10000, "the close at the linger's cap");
+      expect(client.isClosed).toBe(false);
+      await waitFor(() => client.isClosed, 10000, "the close at the linger's cap");
     } finally {
       clearInterval(sender);
     }
-    expect(replies).not.toContain("PONG"); // nothing after QUIT ran
+    expect(client.received()).not.toContain("PONG"); // nothing after QUIT ran
     const d = await LineClient.connect(server.port);
     expect(await d.request("GET quitlinger")).toMatchObject({ code: "NOT_FOUND" });
     d.close();
@@ -920,7 +909,7 @@ describe("connections", () => {
       const gets = 6000;
       const out = Buffer.from("GET pausedquit\n".repeat(gets) + "QUIT\n" + "PING\n".repeat(3_200_000));
       let offset = 0;
-      const send = (socket: Socket) => {
+      const send = (socket: Socket<undefined>) => {
         while (offset < out.length) {
           const written = socket.write(out.subarray(offset));
           if (written <= 0) return;
@@ -928,30 +917,19 @@ describe("connections", () => {
         }
         socket.end(); // all sent: the client half-closes, and reads on
       };
-      let received = "";
-      const ended = Promise.withResolvers<string>();
-      const client = await Bun.connect({
-        hostname: "127.0.0.1",
-        port: small.port,
-        // The client does not close at the server's FIN: it sends everything, then half-closes.
-        allowHalfOpen: true,
-        socket: {
-          end: () => {},
-          open: (socket) => {
-            socket.pause();
-            send(socket);
-          },
-          drain: send,
-          data: (_socket, chunk) => void (received += Buffer.from(chunk).toString()),
-          close: (_socket, err) => ended.resolve(err ? `error: ${err.message}` : "closed"),
-          error: (_socket, err) => ended.resolve(`error: ${err.message}`),
+      // The client does not close at the server's FIN: it sends everything, then half-closes.
+      const client = await connectHalfOpen(small.port, {
+        open: (socket) => {
+          socket.pause();
+          send(socket);
         },
+        drain: send,
       });
       await waitFor(() => small.logs.some((line) => line.includes("reading paused")), 10000, "the server to pause reading");
-      client.resume();
+      client.socket.resume();
       // The server must read (and drop) what still arrives after QUIT: a close with it unread would reset the connection.
-      expect(await ended.promise).toBe("closed");
-      const lines = received.split("\n");
+      expect(await client.closed).toBe("closed");
+      const lines = client.received().split("\n");
       expect(lines.length).toBe(gets + 2);
       expect(lines[gets]).toBe('{"status":"Ok","result":"Bye"}');
       expect(lines[gets + 1]).toBe("");
