@@ -525,18 +525,13 @@ describe("interactive REPL (on a pseudo-terminal)", () => {
     await repl.quit();
   });
 
-  test("EXIT leaves with status 0, as QUIT does", async () => {
+  test.each([
+    ["EXIT leaves with status 0, as QUIT does", "exit\r"],
+    ["Ctrl-C at an idle prompt leaves with status 0 (nothing was waiting)", "\x03"],
+  ])("%s", async (_name, keys) => {
     const repl = startRepl();
     await repl.until(`127.0.0.1:${shared.port}> `);
-    repl.type("exit\r");
-    expect(await repl.proc.exited).toBe(0);
-    repl.proc.terminal!.close();
-  });
-
-  test("Ctrl-C at an idle prompt leaves with status 0 (nothing was waiting)", async () => {
-    const repl = startRepl();
-    await repl.until(`127.0.0.1:${shared.port}> `);
-    repl.type("\x03");
+    repl.type(keys);
     expect(await repl.proc.exited).toBe(0);
     repl.proc.terminal!.close();
   });
