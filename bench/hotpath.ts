@@ -27,7 +27,8 @@ const executor = new Executor(store, new MemoryOnlyLog(), new ServerStats(), {
 const value = "x".repeat(32);
 for (let i = 0; i < 10000; i++) store.put(`key:${String(i).padStart(8, "0")}`, JSON.stringify(value));
 
-type Kind = "get" | "mix" | "tx";
+/** tx: START, GET, PUT, COMMIT as kvload sends them; tx-put-first: the PUT before the GET (of another key). */
+type Kind = "get" | "mix" | "tx" | "tx-put-first";
 
 function batch(kind: Kind, n: number, seed: number): Uint8Array {
   let text = "";
@@ -35,6 +36,7 @@ function batch(kind: Kind, n: number, seed: number): Uint8Array {
     const key = `key:${String((seed * 7919 + i * 104729) % 10000).padStart(8, "0")}`;
     const key2 = `key:${String((seed * 7907 + i * 7) % 10000).padStart(8, "0")}`;
     if (kind === "tx") text += `START\nGET ${key}\nPUT ${key2} ${value}\nCOMMIT\n`;
+    else if (kind === "tx-put-first") text += `START\nPUT ${key2} ${value}\nGET ${key}\nCOMMIT\n`;
     else text += kind === "get" || i % 5 !== 0 ? `GET ${key}\n` : `PUT ${key} ${value}\n`;
   }
   return new TextEncoder().encode(text);
@@ -105,10 +107,10 @@ function runInterleaved(rounds: number): number {
   return ns / (rounds * conns.length);
 }
 
-for (const [kind, pipeline] of [["get", 1], ["get", 16], ["mix", 16], ["tx", 1]] as const) {
+for (const [kind, pipeline] of [["get", 1], ["get", 16], ["mix", 16], ["tx", 1], ["tx-put-first", 1]] as const) {
   run(kind, pipeline, 20000); // warm up
   const results = [0, 1, 2].map(() => run(kind, pipeline, Math.floor(400000 / pipeline)));
-  const unit = kind === "tx" ? "transaction (START GET PUT COMMIT)" : "request";
+  const unit = kind === "tx" ? "transaction (START GET PUT COMMIT)" : kind === "tx-put-first" ? "transaction (START PUT GET COMMIT)" : "request";
   console.log(`${kind} pipeline ${pipeline}: ${Math.min(...results).toFixed(0)} ns/${unit} (best of 3)`);
 }
 runInterleaved(400); // warm up

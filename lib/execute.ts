@@ -169,7 +169,9 @@ export class Executor {
    * transaction has writes of its own to look in.
    */
   private getPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ByteBuffer): boolean {
-    if (tx.hasWrites && tx.ownWrite(latin1Text(src, req.keyStart, req.keyEnd)) !== undefined) return false;
+    // hasWrites first: a transaction that has written nothing (kvload's START GET PUT COMMIT) pays what it did before.
+    const mayBeOwn = tx.hasWrites && tx.mayHaveWritten(src, req.keyStart, req.keyEnd);
+    if (mayBeOwn && tx.ownWrite(latin1Text(src, req.keyStart, req.keyEnd)) !== undefined) return false;
     this.store.watchAscii(tx, src, req.keyStart, req.keyEnd);
     return this.getPlain(req, src, out);
   }

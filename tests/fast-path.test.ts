@@ -1043,6 +1043,28 @@ describe("deferred watches and transaction writes held as bytes", () => {
     expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
   });
 
+  test("a read of another key after a PUT held as bytes leaves that write as bytes (the COMMIT still commits from them) and is watched; its own key reads back", () => {
+    const h = new Harness(new RecordingLog(), { initial: [["k1", '"1"'], ["k2", '"2"']] });
+    const [tx, writer] = [new Session(false), new Session(false)];
+    h.run(tx, "START");
+    expect(h.run(tx, "PUT k3 v").fast).toBe(true);
+    for (const other of ["GET k1", "GET k2", "GET k", "GET k30"]) expect(h.run(tx, other).fast).toBe(true);
+    expect(tx.tx!.soleAsciiWrite()).not.toBeNull();
+    // Its own key: the general path reads the write back (and only then is it turned into strings).
+    expect(h.run(tx, "GET k3")).toEqual({ reply: okEntry("k3", '"v"'), fast: false });
+    expect(tx.tx!.soleAsciiWrite()).toBeNull();
+    h.run(writer, "PUT k2 changed");
+    expect(codeOf(reply(h, tx, "COMMIT"))).toBe("CONFLICT");
+    expect(h.store.get("k3")).toBeUndefined();
+    // Without the conflict, the write held as bytes commits.
+    h.run(tx, "START");
+    h.run(tx, "PUT k3 w");
+    h.run(tx, "GET k1");
+    expect(tx.tx!.soleAsciiWrite()).not.toBeNull();
+    expect(reply(h, tx, "COMMIT")).toContain("Transaction committed");
+    expect(h.store.get("k3")).toBe('"w"');
+  });
+
   test("a one-PUT transaction commits from its bytes: the same store, journal record and durability wait as the general path", () => {
     const fast = new Harness(new RecordingLog((seq) => seq), { initial: [["k", '"0"']] });
     const general = new Harness(new RecordingLog((seq) => seq), { initial: [["k", '"0"']] });
@@ -1244,6 +1266,25 @@ describe("end to end through a real server", () => {
     expect(await other.request("PUT c:later now")).toEqual(ok("c:later", "now"));
     expect(await tx.request("PUT c:x 1")).toEqual(ok("c:x", "1"));
     expect(await tx.request("COMMIT")).toMatchObject({ code: "CONFLICT" });
+
+    // A PUT first, then a read of another key (the write stays bytes): that read is watched, and its own key reads back.
+    expect(await tx.pipeline(["START", "PUT c:w first", "GET c:k", "GET c:w"])).toEqual([
+      { status: "Ok", result: "Transaction started" },
+      ok("c:w", "first"),
+      ok("c:k", "changed"),
+      ok("c:w", "first"),
+    ]);
+    expect(await other.request("PUT c:k again")).toEqual(ok("c:k", "again"));
+    expect(await tx.request("COMMIT")).toMatchObject({ code: "CONFLICT" });
+    expect(await other.request("GET c:w")).toMatchObject({ code: "NOT_FOUND" });
+    expect(await tx.pipeline(["START", "PUT c:w second", "GET c:k", "COMMIT"])).toEqual([
+      { status: "Ok", result: "Transaction started" },
+      ok("c:w", "second"),
+      ok("c:k", "again"),
+      { status: "Ok", result: "Transaction committed" },
+    ]);
+    expect(await other.request("GET c:w")).toEqual(ok("c:w", "second"));
+    expect(await other.request("PUT c:k changed")).toEqual(ok("c:k", "changed"));
 
     // Untouched by others: the transaction commits and plain GETs see it.
     expect(await tx.pipeline(["START", "GET c:k", "PUT c:k mine", "COMMIT", "GET c:k"])).toEqual([

@@ -107,6 +107,29 @@ describe("Transaction", () => {
     expect(tx.changes()).toEqual([["key:1", '"hello"']]);
   });
 
+  test("mayHaveWritten compares a key's bytes with the write held as bytes, leaving it bytes; any write as strings answers true", () => {
+    const tx = fresh();
+    const key = (text: string) => [bytes(`GET ${text}`), 4, 4 + text.length] as const;
+    expect(tx.mayHaveWritten(...key("key:1"))).toBe(false);
+    putAscii(tx, "key:1", "hello");
+    expect(tx.mayHaveWritten(...key("key:1"))).toBe(true);
+    for (const other of ["key:2", "key:", "key:10", "Key:1"]) expect({ other, may: tx.mayHaveWritten(...key(other)) }).toEqual({ other, may: false });
+    expect(tx.soleAsciiWrite()).not.toBeNull();
+    // Any write as strings (this one also turns the held write into strings) may be of any key: ownWrite must be asked.
+    tx.write("other", '"1"', 10);
+    expect(tx.soleAsciiWrite()).toBeNull();
+    expect(tx.mayHaveWritten(...key("key:2"))).toBe(true);
+    const stringsOnly = fresh();
+    stringsOnly.write("other", '"1"', 10);
+    expect(stringsOnly.mayHaveWritten(...key("key:2"))).toBe(true);
+    // Rolled back with its level, the held write is gone.
+    const nested = fresh();
+    nested.begin();
+    putAscii(nested, "key:1", "hello");
+    nested.rollbackLevel();
+    expect(nested.mayHaveWritten(...key("key:1"))).toBe(false);
+  });
+
   test("the bytes a PUT was kept from may be reused afterwards: the transaction copied them", () => {
     const tx = fresh();
     const request = bytes("PUT k v1");
