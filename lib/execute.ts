@@ -166,7 +166,8 @@ export class Executor {
   /**
    * getInTx() for the fast path: the read is watched by its bytes (a deferred
    * watch, see Store.watchAscii); the key becomes a string only when the
-   * transaction has writes of its own to look in.
+   * transaction may have written it (Transaction.mayHaveWritten), to look
+   * among its own writes.
    */
   private getPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ByteBuffer): boolean {
     // hasWrites first: a transaction that has written nothing (kvload's START GET PUT COMMIT) pays what it did before.
