@@ -2,7 +2,8 @@
  * ByteBuffer: bytes built in place in one growable buffer.
  *
  * Owns: appending text (as UTF-8), decimal integers, constant byte strings and ranges copied
- * from other buffers (copyBytes, also used by the compact store; copyOf, a fresh copy of a range), and reuse:
+ * from other buffers (copyBytes, also used by the compact store; copyOf, a fresh copy of a range;
+ * bytesEqual, comparing two ranges), and reuse:
  * the same buffer serves batch after batch, so that building output allocates nothing.
  * Used for a batch of replies (the server fills it from one data event,
  * writes it to the socket, and copies out only what the kernel did not take),
@@ -117,6 +118,12 @@ export function copyBytes(src: Uint8Array, start: number, end: number, dest: Uin
   // Short ranges (keys, small values, reply constants) copy faster in a loop than through subarray + set.
   if (end - start > 128) dest.set(src.subarray(start, end), pos);
   else for (let i = start; i < end; i++) dest[pos++] = src[i]!;
+}
+
+/** True when a[aStart, aStart + length) and b[bStart, bStart + length) hold the same bytes. */
+export function bytesEqual(a: Uint8Array, aStart: number, b: Uint8Array, bStart: number, length: number): boolean {
+  for (let i = 0; i < length; i++) if (a[aStart + i] !== b[bStart + i]) return false;
+  return true;
 }
 
 /**

@@ -12,6 +12,7 @@
  * store decides when a read is noted here and when the table, once full,
  * becomes watches.
  */
+import { bytesEqual } from "./byte-buffer.ts";
 import { hashBytes, hashString } from "./compact-map.ts";
 import type { Watcher } from "./store.ts";
 import { latin1Text } from "./text.ts";
@@ -117,10 +118,7 @@ export class DeferredReads {
   }
 
   private keyEqualsBytes(i: number, src: Uint8Array, start: number): boolean {
-    const keys = this.keys;
-    const at = i * DEFERRED_KEY_MAX_BYTES;
-    for (let k = 0; k < this.lengths[i]!; k++) if (keys[at + k] !== src[start + k]) return false;
-    return true;
+    return bytesEqual(this.keys, i * DEFERRED_KEY_MAX_BYTES, src, start, this.lengths[i]!);
   }
 
   private keyEqualsString(i: number, key: string): boolean {

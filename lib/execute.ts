@@ -170,9 +170,9 @@ export class Executor {
    * among its own writes.
    */
   private getPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ByteBuffer): boolean {
-    // hasWrites first: a transaction that has written nothing (kvload's START GET PUT COMMIT) pays what it did before.
-    const mayBeOwn = tx.hasWrites && tx.mayHaveWritten(src, req.keyStart, req.keyEnd);
-    if (mayBeOwn && tx.ownWrite(latin1Text(src, req.keyStart, req.keyEnd)) !== undefined) return false;
+    if (tx.mayHaveWritten(src, req.keyStart, req.keyEnd) && tx.ownWrite(latin1Text(src, req.keyStart, req.keyEnd)) !== undefined) {
+      return false;
+    }
     this.store.watchAscii(tx, src, req.keyStart, req.keyEnd);
     return this.getPlain(req, src, out);
   }

@@ -16,7 +16,7 @@
  * Must not: touch the store (the executor decides what is read from it and
  * when to watch), build replies, or know about sockets.
  */
-import { ByteBuffer } from "./byte-buffer.ts";
+import { ByteBuffer, bytesEqual } from "./byte-buffer.ts";
 import type { CommitOp, EncodedValue } from "./commit-log.ts";
 import type { AsciiEntry } from "./compact-map.ts";
 import type { Watcher } from "./store.ts";
@@ -143,10 +143,7 @@ export class Transaction implements Watcher {
     if (this.asciiLevel < 0) return false;
     const entry = this.asciiWrite;
     const length = end - start;
-    if (entry.keyEnd - entry.keyStart !== length) return false;
-    const key = entry.keySrc;
-    for (let i = 0; i < length; i++) if (key[entry.keyStart + i] !== src[start + i]) return false;
-    return true;
+    return entry.keyEnd - entry.keyStart === length && bytesEqual(entry.keySrc, entry.keyStart, src, start, length);
   }
 
   /** Buffers a PUT (value) or DEL (DELETED) in the innermost level, charging its request bytes. */

@@ -38,7 +38,7 @@ import { DEFERRED_KEY_MAX_BYTES, DEFERRED_READS_MAX } from "../lib/deferred-read
 import { newPlainRequest, parseCommand, parsePlainRequest, type Command } from "../lib/commands.ts";
 import { Executor } from "../lib/execute.ts";
 import { INVALID_UTF8, LINE, LineFramer, TOO_LARGE, type Frame } from "../lib/framing.ts";
-import { ByteBuffer } from "../lib/byte-buffer.ts";
+import { ByteBuffer, bytesEqual } from "../lib/byte-buffer.ts";
 import { entryHead, entryTail, notFound, notFoundBytes, okEntry, stringEntry } from "../lib/replies.ts";
 import { Session } from "../lib/session.ts";
 import { ServerStats } from "../lib/stats.ts";
@@ -327,6 +327,15 @@ describe("ByteBuffer", () => {
       out.byte(0x2c);
     }
     expect(out.bytes.toString("latin1", 0, out.length)).toBe(values.map((v) => `${v},`).join(""));
+  });
+
+  test("bytesEqual compares two ranges at their offsets: equal, one byte apart, and empty", () => {
+    const a = encoder.encode("xxkey:1yy");
+    const b = encoder.encode("key:1");
+    expect(bytesEqual(a, 2, b, 0, 5)).toBe(true);
+    expect(bytesEqual(a, 1, b, 0, 5)).toBe(false);
+    expect(bytesEqual(a, 2, encoder.encode("key:2"), 0, 5)).toBe(false);
+    expect(bytesEqual(a, 0, b, 0, 0)).toBe(true);
   });
 
   test("reserve(n) gives room for n more bytes after the current length", () => {
