@@ -27,16 +27,26 @@ const executor = new Executor(store, new MemoryOnlyLog(), new ServerStats(), {
 const value = "x".repeat(32);
 for (let i = 0; i < 10000; i++) store.put(`key:${String(i).padStart(8, "0")}`, JSON.stringify(value));
 
-/** tx: START, GET, PUT, COMMIT as kvload sends them; tx-put-first: the PUT before the GET (of another key). */
-type Kind = "get" | "mix" | "tx" | "tx-put-first";
+/**
+ * The transactions measured, each sent as one batch, given its two keys a and b:
+ * tx is kvload's (START, GET, PUT, COMMIT); the others are shapes a user's
+ * transactions take (a transfer between two keys, reading back its own write).
+ */
+const TRANSACTIONS = {
+  tx: (a: string, b: string) => `START\nGET ${a}\nPUT ${b} ${value}\nCOMMIT\n`,
+  "tx-put-first": (a: string, b: string) => `START\nPUT ${b} ${value}\nGET ${a}\nCOMMIT\n`,
+  "tx-two-puts": (a: string, b: string) => `START\nGET ${a}\nGET ${b}\nPUT ${a} ${value}\nPUT ${b} ${value}\nCOMMIT\n`,
+  "tx-read-own-write": (a: string, b: string) => `START\nGET ${a}\nPUT ${b} ${value}\nGET ${b}\nCOMMIT\n`,
+};
+type TransactionKind = keyof typeof TRANSACTIONS;
+type Kind = "get" | "mix" | TransactionKind;
 
 function batch(kind: Kind, n: number, seed: number): Uint8Array {
   let text = "";
   for (let i = 0; i < n; i++) {
     const key = `key:${String((seed * 7919 + i * 104729) % 10000).padStart(8, "0")}`;
     const key2 = `key:${String((seed * 7907 + i * 7) % 10000).padStart(8, "0")}`;
-    if (kind === "tx") text += `START\nGET ${key}\nPUT ${key2} ${value}\nCOMMIT\n`;
-    else if (kind === "tx-put-first") text += `START\nPUT ${key2} ${value}\nGET ${key}\nCOMMIT\n`;
+    if (kind in TRANSACTIONS) text += TRANSACTIONS[kind as TransactionKind](key, key2);
     else text += kind === "get" || i % 5 !== 0 ? `GET ${key}\n` : `PUT ${key} ${value}\n`;
   }
   return new TextEncoder().encode(text);
@@ -107,10 +117,12 @@ function runInterleaved(rounds: number): number {
   return ns / (rounds * conns.length);
 }
 
-for (const [kind, pipeline] of [["get", 1], ["get", 16], ["mix", 16], ["tx", 1], ["tx-put-first", 1]] as const) {
+const kinds: [Kind, number][] = [["get", 1], ["get", 16], ["mix", 16]];
+for (const kind of Object.keys(TRANSACTIONS) as TransactionKind[]) kinds.push([kind, 1]);
+for (const [kind, pipeline] of kinds) {
   run(kind, pipeline, 20000); // warm up
   const results = [0, 1, 2].map(() => run(kind, pipeline, Math.floor(400000 / pipeline)));
-  const unit = kind === "tx" ? "transaction (START GET PUT COMMIT)" : kind === "tx-put-first" ? "transaction (START PUT GET COMMIT)" : "request";
+  const unit = kind in TRANSACTIONS ? `transaction (${TRANSACTIONS[kind as TransactionKind]("a", "b").trim().replaceAll("\n", " ").replaceAll(` ${value}`, " v")})` : "request";
   console.log(`${kind} pipeline ${pipeline}: ${Math.min(...results).toFixed(0)} ns/${unit} (best of 3)`);
 }
 runInterleaved(400); // warm up

@@ -3,7 +3,7 @@
  *
  * Owns: the `CommitLog` interface that every commit goes through, the
  * shapes of what it carries (EncodedValue, CommitOp, CommitRecord, and
- * asciiPutRecord for a PUT given as bytes), and the no-op log used by
+ * asciiPutsRecord for PUTs given as bytes), and the no-op log used by
  * `--in-memory`. The journal/snapshot implementation lives
  * in `lib/persistence/`; the executor only ever sees this interface.
  * Must not: touch sockets or the disk.
@@ -38,10 +38,11 @@ export interface CommitLog {
    */
   append(record: CommitRecord): number;
   /**
-   * append() of an auto-committed PUT given as bytes (the server's fast
-   * path): a key and an encoded value that need no JSON escaping.
+   * append() of a commit whose changes are all PUTs given as bytes,
+   * entries[0, count) (the server's fast path: an auto-committed PUT, or a
+   * transaction of them): keys and encoded values that need no JSON escaping.
    */
-  appendAsciiPut(seq: number, entry: AsciiEntry): number;
+  appendAsciiPuts(seq: number, entries: readonly AsciiEntry[], count: number): number;
   /** The server subscribes here: called with the highest seq now durable. */
   onDurable: ((durableSeq: number) => void) | null;
   /** SAVE: compact now; resolves when the snapshot is durable. Rejects with the reason on failure. */
@@ -56,10 +57,14 @@ export interface CommitLog {
   stats(): Record<string, unknown>;
 }
 
-/** The CommitRecord of an appendAsciiPut() call, for logs that work with records. */
-export function asciiPutRecord(seq: number, entry: AsciiEntry): CommitRecord {
-  const key = latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd);
-  return { seq, ops: [[key, latin1Text(entry.valueSrc, entry.valueStart, entry.valueEnd)]] };
+/** The CommitRecord of an appendAsciiPuts() call, for logs that work with records. */
+export function asciiPutsRecord(seq: number, entries: readonly AsciiEntry[], count: number): CommitRecord {
+  const ops: CommitOp[] = [];
+  for (let i = 0; i < count; i++) {
+    const entry = entries[i]!;
+    ops.push([latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd), latin1Text(entry.valueSrc, entry.valueStart, entry.valueEnd)]);
+  }
+  return { seq, ops };
 }
 
 /** `--in-memory`: nothing is written, every reply may leave at once. */
@@ -71,8 +76,8 @@ export class MemoryOnlyLog implements CommitLog {
     return 0;
   }
   /** Through append(), so that a subclass recording append() sees these too. */
-  appendAsciiPut(seq: number, entry: AsciiEntry): number {
-    return this.append(asciiPutRecord(seq, entry));
+  appendAsciiPuts(seq: number, entries: readonly AsciiEntry[], count: number): number {
+    return this.append(asciiPutsRecord(seq, entries, count));
   }
   save(): Promise<void> {
     return Promise.reject(new Error("persistence is off (--in-memory): nothing to save"));

@@ -10,8 +10,9 @@
  * `executePlain` is the fast path for plain GET/PUT, in and outside
  * transactions: same meaning, but read from the request's bytes and
  * answered as bytes. Inside a transaction its reads are watched as bytes
- * (Store.watchAscii) and its PUT kept as bytes (Transaction.writeAscii), so
- * a START/GET/PUT/COMMIT makes no string when nothing else interleaves.
+ * (Store.watchAscii) and its PUTs kept as bytes (Transaction.writeAscii), so
+ * a transaction of plain GETs and PUTs (START, GET a, GET b, PUT a, PUT b,
+ * COMMIT) makes no string when nothing else interleaves.
  * Where a command lives: `execute` switches on the command type (PUT: `put`
  * and `putInTx`); plain GET and PUT come through `executePlain` instead
  * (`getPlain`, `putPlain`), and tests/fast-path.test.ts checks both paths agree.
@@ -60,7 +61,7 @@ const EMPTY_BYTES = new Uint8Array(0);
 
 export class Executor {
   private readonly passwordDigest: Buffer | null;
-  /** The fast path's PUT as bytes, reused (see putPlain). */
+  /** The fast path's PUT as bytes, reused (see putPlain); in a list of one for CommitLog.appendAsciiPuts. */
   private readonly plainEntry: AsciiEntry = {
     keySrc: EMPTY_BYTES,
     keyStart: 0,
@@ -69,6 +70,7 @@ export class Executor {
     valueStart: 0,
     valueEnd: 0,
   };
+  private readonly plainEntries: readonly AsciiEntry[] = [this.plainEntry];
 
   constructor(
     readonly store: Store,
@@ -165,13 +167,22 @@ export class Executor {
 
   /**
    * getInTx() for the fast path: the read is watched by its bytes (a deferred
-   * watch, see Store.watchAscii); the key becomes a string only when the
-   * transaction may have written it (Transaction.mayHaveWritten), to look
-   * among its own writes.
+   * watch, see Store.watchAscii), or answered from the transaction's own
+   * write when that is held as bytes; the key becomes a string only when the
+   * transaction has writes held as strings (Transaction.mayHaveWritten), to
+   * look among them.
    */
   private getPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ByteBuffer): boolean {
-    if (tx.mayHaveWritten(src, req.keyStart, req.keyEnd) && tx.ownWrite(latin1Text(src, req.keyStart, req.keyEnd)) !== undefined) {
-      return false;
+    if (tx.mayHaveWritten(src, req.keyStart, req.keyEnd)) {
+      const own = tx.ownAsciiWrite(src, req.keyStart, req.keyEnd);
+      if (own !== null) {
+        this.stats.countCommand("GET");
+        entryHead(out, src, req.keyStart, req.keyEnd);
+        out.range(own.valueSrc, own.valueStart, own.valueEnd);
+        entryTail(out);
+        return true;
+      }
+      if (tx.ownWrite(latin1Text(src, req.keyStart, req.keyEnd)) !== undefined) return false;
     }
     this.store.watchAscii(tx, src, req.keyStart, req.keyEnd);
     return this.getPlain(req, src, out);
@@ -192,7 +203,7 @@ export class Executor {
     entry.valueStart = valueAt;
     entry.valueEnd = valueAt + 2 + req.valueEnd - req.valueStart;
     const seq = this.store.putAscii(entry);
-    if (this.commitLog.enabled) session.waitSeq = this.commitLog.appendAsciiPut(seq, entry);
+    if (this.commitLog.enabled) session.waitSeq = this.commitLog.appendAsciiPuts(seq, this.plainEntries, 1);
     return true;
   }
 
@@ -319,15 +330,14 @@ export class Executor {
   private applyCommit(session: Session, tx: Transaction): string | null {
     // The conflict check is done: the watches are dropped first, so the store need not skip the committer's.
     this.store.unwatch(tx);
-    const sole = tx.soleAsciiWrite();
-    if (sole !== null) {
-      // The common one-PUT transaction of the fast path: from its bytes, as an auto-committed plain PUT.
-      const refusal =
-        this.persistenceRefusal() ??
-        this.storeFullRefusal(this.store.hasRoomForPut(sole.keyEnd - sole.keyStart, sole.valueEnd - sole.valueStart));
+    const asciiCount = tx.asciiChangeCount();
+    if (asciiCount !== 0) {
+      // The common transaction of fast-path PUTs: from their bytes, as an auto-committed plain PUT is.
+      const entries = tx.heldChanges;
+      const refusal = this.persistenceRefusal() ?? this.storeFullRefusal(this.store.hasRoomForAscii(entries, asciiCount));
       if (refusal !== null) return refusal;
-      const seq = this.store.putAscii(sole);
-      if (this.commitLog.enabled) session.waitSeq = this.commitLog.appendAsciiPut(seq, sole);
+      const seq = this.store.applyAscii(entries, asciiCount);
+      if (this.commitLog.enabled) session.waitSeq = this.commitLog.appendAsciiPuts(seq, entries, asciiCount);
       return null;
     }
     const ops = tx.changes();

@@ -146,6 +146,16 @@ export class Store {
     return this.data.hasRoomFor(words);
   }
 
+  /** Whether the PUTs entries[0, count) fit under the limit (each counted as a new record: the most it can take). */
+  hasRoomForAscii(entries: readonly AsciiEntry[], count: number): boolean {
+    let words = 0;
+    for (let i = 0; i < count; i++) {
+      const entry = entries[i]!;
+      words += CompactMap.recordWordsAtMost(entry.keyEnd - entry.keyStart, entry.valueEnd - entry.valueStart);
+    }
+    return this.data.hasRoomFor(words);
+  }
+
   get(key: string): EncodedValue | undefined {
     return this.data.get(key);
   }
@@ -186,17 +196,21 @@ export class Store {
   }
 
   /**
-   * put() for a key and an encoded value given as ASCII bytes (the fast path,
-   * and a transaction whose only change that is). Returns the commit's seq.
+   * put() for a key and an encoded value given as ASCII bytes (the fast
+   * path). Returns the commit's seq.
    */
   putAscii(entry: AsciiEntry): number {
-    this.data.setAscii(entry);
-    if (this.everythingWatchers.size !== 0) this.markEverythingWatchers();
-    if (this.deferred.size !== 0) this.deferred.markReadersOfBytes(entry.keySrc, entry.keyStart, entry.keyEnd);
-    // The key is made a string only when a transaction watches something.
-    if (this.keyWatchers.size !== 0 || !this.prefixWatches.isEmpty) {
-      this.markWatchers(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd));
-    }
+    this.setAscii(entry);
+    return ++this.seq;
+  }
+
+  /**
+   * apply() of a transaction whose changes are all PUTs given as ASCII bytes,
+   * of distinct keys: entries[0, count). Returns the commit's seq. The
+   * committing transaction must have dropped its own watches (unwatch) first.
+   */
+  applyAscii(entries: readonly AsciiEntry[], count: number): number {
+    for (let i = 0; i < count; i++) this.setAscii(entries[i]!);
     return ++this.seq;
   }
 
@@ -339,6 +353,17 @@ export class Store {
   /** The table of deferred reads is full: they all become watches, which cost a commit nothing when they are not its keys. */
   private watchDeferred(): void {
     this.deferred.drain((reader, key) => this.watchKey(reader, key));
+  }
+
+  /** Stores one PUT given as bytes and marks the transactions watching its key. */
+  private setAscii(entry: AsciiEntry): void {
+    this.data.setAscii(entry);
+    if (this.everythingWatchers.size !== 0) this.markEverythingWatchers();
+    if (this.deferred.size !== 0) this.deferred.markReadersOfBytes(entry.keySrc, entry.keyStart, entry.keyEnd);
+    // The key is made a string only when a transaction watches something.
+    if (this.keyWatchers.size !== 0 || !this.prefixWatches.isEmpty) {
+      this.markWatchers(latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd));
+    }
   }
 
   /** Marks every transaction watching key, or a prefix of it, conflicted (less those whose own write it is). */

@@ -9,10 +9,13 @@
  * watch list and its levels are reused rather than allocated per transaction,
  * and a level's first write is kept in two fields: a Map is made only for a
  * level that writes a second key (most transactions write one).
- * The transaction's latest write may also be held as bytes (a plain PUT from
- * the server's fast path): a transaction whose only change it is commits
- * straight from those bytes (soleAsciiWrite), making no string at all; any
- * other use of the writes first turns it into strings (settle).
+ * The plain PUTs of the server's fast path are held as bytes instead (up to
+ * MAX_HELD_WRITES of them, of distinct keys, all in the innermost level that
+ * has writes): reads compare their keys as bytes and answer from them, and a
+ * transaction whose changes they all are commits straight from them
+ * (asciiChanges), making no string at all. Anything else that needs the
+ * writes as strings (a DEL, a PUT in JSON form or at another level, a second
+ * PUT of a held key, a nested COMMIT, KEYS) first turns them into strings (settle).
  * Must not: touch the store (the executor decides what is read from it and
  * when to watch), build replies, or know about sockets.
  */
@@ -37,8 +40,13 @@ interface Level {
   failed: boolean;
 }
 
-/** Room for a typical key and value; the buffer grows for longer ones. */
-const ASCII_WRITE_INITIAL_BYTES = 256;
+/** Room for a few typical keys and values; the buffer grows for longer ones. */
+const HELD_WRITES_INITIAL_BYTES = 256;
+/**
+ * Writes held as bytes at most; a transaction writing more keys holds them as
+ * strings (a read compares its key with every held one, so the list stays short).
+ */
+export const MAX_HELD_WRITES = 32;
 /** Levels a connection keeps for reuse after its transaction ends; deeper ones are made again when needed. */
 const KEPT_LEVELS = 8;
 
@@ -56,26 +64,22 @@ export class Transaction implements Watcher {
   private readonly levels: Level[] = [newLevel()];
   private levelCount = 1;
   private totalBytes = 0;
-  /** The level whose latest write is held as bytes in asciiWrite (see writeAscii), or -1. */
-  private asciiLevel = -1;
-  /** That write: key and encoded value, pointing into asciiBytes. */
-  private readonly asciiWrite: AsciiEntry = {
-    keySrc: new Uint8Array(0),
-    keyStart: 0,
-    keyEnd: 0,
-    valueSrc: new Uint8Array(0),
-    valueStart: 0,
-    valueEnd: 0,
-  };
-  /** Made at the first such write, then reused. */
-  private asciiBytes: ByteBuffer | null = null;
+  /** The level whose writes are held as bytes (see writeAscii), or -1 when none are. */
+  private heldLevel = -1;
+  /** How many writes are held as bytes: heldWrites[0, heldCount), each pointing into heldBytes. */
+  private heldCount = 0;
+  /** Reused from transaction to transaction; grows to MAX_HELD_WRITES at most. */
+  private readonly heldWrites: AsciiEntry[] = [];
+  /** The held keys and values, one after the other. Made at the first such write, then reused. */
+  private heldBytes: ByteBuffer | null = null;
 
   /** Makes this a fresh transaction of one level (the previous one must have ended: unwatch left watchedKeys empty). */
   reset(): void {
     this.conflicted = false;
     this.totalBytes = 0;
     this.levelCount = 0;
-    this.asciiLevel = -1;
+    this.heldLevel = -1;
+    this.heldCount = 0;
     this.begin();
   }
 
@@ -115,12 +119,17 @@ export class Transaction implements Watcher {
 
   /** True when some level has buffered a write. */
   get hasWrites(): boolean {
-    return this.asciiLevel >= 0 || this.hasWritesAsStrings();
+    return this.heldCount !== 0 || this.hasWritesAsStrings();
   }
 
   /** This transaction's own latest write of key: a value, DELETED, or undefined when it never wrote it. */
   ownWrite(key: string): Write | undefined {
-    this.settle();
+    // A held write is the latest of its key: any write after it, at any level, would have settled it.
+    const held = this.heldIndexOfText(key);
+    if (held >= 0) {
+      const entry = this.heldWrites[held]!;
+      return latin1Text(entry.valueSrc, entry.valueStart, entry.valueEnd);
+    }
     for (let i = this.levelCount - 1; i >= 0; i--) {
       const level = this.levels[i]!;
       if (level.firstKey === key) return level.firstValue;
@@ -132,18 +141,20 @@ export class Transaction implements Watcher {
 
   /**
    * For a read of the ASCII key src[start, end): false when this transaction
-   * surely never wrote that key, true when it may have (then ask ownWrite).
-   * When its only write is the one held as bytes, the key bytes are compared
-   * and that write stays bytes: ownWrite would turn it into strings, and the
-   * COMMIT would lose soleAsciiWrite's path (a PUT then a GET of another key
-   * cost about 300 ns more per transaction in bench/hotpath.ts terms).
+   * surely never wrote that key, true when it may have (then ask
+   * ownAsciiWrite, and ownWrite). The held writes' keys are compared as
+   * bytes and stay bytes: turning them into strings here would cost the
+   * COMMIT its path from bytes (a PUT then a GET of another key cost about
+   * 300 ns more per transaction in bench/hotpath.ts terms).
    */
   mayHaveWritten(src: Uint8Array, start: number, end: number): boolean {
-    if (this.hasWritesAsStrings()) return true;
-    if (this.asciiLevel < 0) return false;
-    const entry = this.asciiWrite;
-    const length = end - start;
-    return entry.keyEnd - entry.keyStart === length && bytesEqual(entry.keySrc, entry.keyStart, src, start, length);
+    return this.hasWritesAsStrings() || this.heldIndexOf(src, start, end) >= 0;
+  }
+
+  /** This transaction's write of the ASCII key src[start, end) when it is held as bytes (then its latest), else null. */
+  ownAsciiWrite(src: Uint8Array, start: number, end: number): AsciiEntry | null {
+    const held = this.heldIndexOf(src, start, end);
+    return held < 0 ? null : this.heldWrites[held]!;
   }
 
   /** Buffers a PUT (value) or DEL (DELETED) in the innermost level, charging its request bytes. */
@@ -157,6 +168,9 @@ export class Transaction implements Watcher {
    * write() of a PUT given as bytes: the key keySrc[keyStart, keyEnd) and the
    * value's JSON text valueSrc[valueStart, valueEnd), both ASCII needing no
    * JSON escaping. They are copied: the sources may be reused afterwards.
+   * Held as bytes alongside the writes held already, unless those are of
+   * another level, of the same key, or MAX_HELD_WRITES many: then they are
+   * settled into strings first, and this one starts a new list.
    */
   writeAscii(
     keySrc: Uint8Array,
@@ -167,27 +181,45 @@ export class Transaction implements Watcher {
     valueEnd: number,
     requestBytes: number,
   ): void {
-    this.settle();
-    const buffer = (this.asciiBytes ??= new ByteBuffer(ASCII_WRITE_INITIAL_BYTES));
-    buffer.clear();
+    const buffer = (this.heldBytes ??= new ByteBuffer(HELD_WRITES_INITIAL_BYTES));
+    if (this.heldCount === 0) {
+      buffer.clear();
+    } else if (
+      this.heldLevel !== this.levelCount - 1 ||
+      this.heldCount === MAX_HELD_WRITES ||
+      this.heldIndexOf(keySrc, keyStart, keyEnd) >= 0
+    ) {
+      this.settle();
+      buffer.clear();
+    }
+    const before = buffer.bytes;
+    const keyAt = buffer.length;
     buffer.range(keySrc, keyStart, keyEnd);
     buffer.range(valueSrc, valueStart, valueEnd);
-    const entry = this.asciiWrite;
-    entry.keySrc = entry.valueSrc = buffer.bytes;
-    entry.keyStart = 0;
-    entry.keyEnd = entry.valueStart = keyEnd - keyStart;
+    // The buffer grew into new memory: the entries held so far must point there too.
+    if (buffer.bytes !== before) for (let i = 0; i < this.heldCount; i++) pointInto(this.heldWrites[i]!, buffer.bytes);
+    const entry = (this.heldWrites[this.heldCount] ??= emptyEntry());
+    pointInto(entry, buffer.bytes);
+    entry.keyStart = keyAt;
+    entry.keyEnd = entry.valueStart = keyAt + keyEnd - keyStart;
     entry.valueEnd = buffer.length;
-    this.asciiLevel = this.levelCount - 1;
+    this.heldCount++;
+    this.heldLevel = this.levelCount - 1;
     this.charge(requestBytes);
   }
 
   /**
-   * The transaction's only change, when it is a write held as bytes (the
-   * common one-PUT transaction of the fast path): commit it from these. Else null.
-   * Only at the outermost level.
+   * When the transaction's changes are all writes held as bytes (the common
+   * transaction of plain PUTs, at the outermost level): how many, to commit
+   * from heldChanges[0, n). Else 0 (commit changes() instead).
    */
-  soleAsciiWrite(): AsciiEntry | null {
-    return this.asciiLevel === 0 && !levelHasWrites(this.levels[0]!) ? this.asciiWrite : null;
+  asciiChangeCount(): number {
+    return this.heldLevel === 0 && !levelHasWrites(this.levels[0]!) ? this.heldCount : 0;
+  }
+
+  /** The writes held as bytes, of distinct keys; only the first asciiChangeCount() are this transaction's. */
+  get heldChanges(): readonly AsciiEntry[] {
+    return this.heldWrites;
   }
 
   /** Charges request bytes without a write (a DEL that found nothing). */
@@ -208,7 +240,10 @@ export class Transaction implements Watcher {
 
   /** Discards the innermost level. Returns true when that was the outermost (the transaction is over). */
   rollbackLevel(): boolean {
-    if (this.asciiLevel === this.levelCount - 1) this.asciiLevel = -1;
+    if (this.heldLevel === this.levelCount - 1) {
+      this.heldLevel = -1;
+      this.heldCount = 0;
+    }
     const level = this.levels[--this.levelCount]!;
     this.totalBytes -= level.bytes;
     // Level objects are reused: a discarded level's writes must not stay reachable until that depth is reached
@@ -244,14 +279,35 @@ export class Transaction implements Watcher {
     return writes;
   }
 
-  /** Turns the write held as bytes into strings in its level (it is that level's latest write). */
+  /** Turns the writes held as bytes into strings in their level (they are its latest writes, in order). */
   private settle(): void {
-    if (this.asciiLevel < 0) return;
-    const level = this.levels[this.asciiLevel]!;
-    this.asciiLevel = -1;
-    const entry = this.asciiWrite;
-    const key = latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd);
-    addWrite(level, key, latin1Text(entry.valueSrc, entry.valueStart, entry.valueEnd));
+    if (this.heldCount === 0) return;
+    const level = this.levels[this.heldLevel]!;
+    for (let i = 0; i < this.heldCount; i++) {
+      const entry = this.heldWrites[i]!;
+      addWrite(level, latin1Text(entry.keySrc, entry.keyStart, entry.keyEnd), latin1Text(entry.valueSrc, entry.valueStart, entry.valueEnd));
+    }
+    this.heldLevel = -1;
+    this.heldCount = 0;
+  }
+
+  /** The index of the held write of the ASCII key src[start, end), or -1. */
+  private heldIndexOf(src: Uint8Array, start: number, end: number): number {
+    const length = end - start;
+    for (let i = 0; i < this.heldCount; i++) {
+      const entry = this.heldWrites[i]!;
+      if (entry.keyEnd - entry.keyStart === length && bytesEqual(entry.keySrc, entry.keyStart, src, start, length)) return i;
+    }
+    return -1;
+  }
+
+  /** heldIndexOf() for a key given as a string (held keys are ASCII: one byte per code unit). */
+  private heldIndexOfText(key: string): number {
+    for (let i = 0; i < this.heldCount; i++) {
+      const entry = this.heldWrites[i]!;
+      if (entry.keyEnd - entry.keyStart === key.length && textEqualsBytes(key, entry.keySrc, entry.keyStart)) return i;
+    }
+    return -1;
   }
 
   /** True when some level holds a write as strings (the write held as bytes not counted). */
@@ -263,6 +319,21 @@ export class Transaction implements Watcher {
   private innermost(): Level {
     return this.levels[this.levelCount - 1]!;
   }
+}
+
+function emptyEntry(): AsciiEntry {
+  const none = new Uint8Array(0);
+  return { keySrc: none, keyStart: 0, keyEnd: 0, valueSrc: none, valueStart: 0, valueEnd: 0 };
+}
+
+function pointInto(entry: AsciiEntry, bytes: Uint8Array): void {
+  entry.keySrc = entry.valueSrc = bytes;
+}
+
+/** True when bytes from start hold text's code units (text.length of them). */
+function textEqualsBytes(text: string, bytes: Uint8Array, start: number): boolean {
+  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) !== bytes[start + i]) return false;
+  return true;
 }
 
 function levelHasWrites(level: Level): boolean {

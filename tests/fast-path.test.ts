@@ -841,13 +841,13 @@ describe("Executor.executePlain does what execute does", () => {
     expect(JSON.parse(reply(s, "COMMIT"))).toMatchObject({ code: "CONFLICT" });
   });
 
-  test("refuses, writing and changing nothing, where a transaction needs the general path: its own write read back, a failed level, the byte budget exceeded", () => {
+  test("refuses, writing and changing nothing, where a transaction needs the general path: its own write held as strings read back, a failed level, the byte budget exceeded", () => {
     const h = new Harness(new RecordingLog(), { initial: [["a", '"1"']], maxTransactionBytes: 30 });
     const s = new Session(false);
     h.run(s, "START");
-    expect(h.run(s, "PUT a 2").reply).toBe(okEntry("a", '"2"'));
+    expect(h.run(s, 'PUT {"key":"a","value":2}')).toEqual({ reply: okEntry("a", "2"), fast: false });
     expect(h.fast(s, "GET a")).toBe(false);
-    expect(h.run(s, "GET a").reply).toBe(okEntry("a", '"2"'));
+    expect(h.run(s, "GET a").reply).toBe(okEntry("a", "2"));
     expect(h.fast(s, "PUT b " + "x".repeat(40))).toBe(false);
     expect(JSON.parse(h.run(s, "PUT b " + "x".repeat(40)).reply)).toMatchObject({ code: "TOO_LARGE" });
     // The level failed: GET and PUT are ABORTED until ROLLBACK.
@@ -914,6 +914,26 @@ describe("Executor.executePlain does what execute does", () => {
     expect(h.fast(s, "PUT a 2")).toBe(false);
     expect(JSON.parse(h.run(s, "PUT a 2").reply)).toMatchObject({ code: "PERSISTENCE" });
     expect(h.run(s, "GET a")).toEqual({ reply: okEntry("a", '"1"'), fast: true });
+  });
+
+  test("a COMMIT of several plain PUTs held as bytes is refused as the general path refuses it, applying nothing: past --max-data-bytes, or while persistence fails", () => {
+    const value = "v".repeat(1500);
+    for (const useFastPath of [true, false]) {
+      const log = new RecordingLog();
+      const h = new Harness(log);
+      h.store.dataLimitBytes = 4096;
+      const s = new Session(false);
+      h.run(s, "START", useFastPath);
+      // Each fits alone; together they do not.
+      for (const key of ["a", "b", "c"]) expect(h.run(s, `PUT ${key} ${value}`, useFastPath).fast).toBe(useFastPath);
+      expect(JSON.parse(h.run(s, "COMMIT").reply)).toMatchObject({ code: "TOO_LARGE", message: expect.stringContaining("Store full") });
+      expect([h.store.size, h.store.seq, log.records.length]).toEqual([0, 0, 0]);
+      h.run(s, "START", useFastPath);
+      for (const key of ["a", "b"]) h.run(s, `PUT ${key} 1`, useFastPath);
+      (log as { unavailableReason: string | null }).unavailableReason = "disk full (test)";
+      expect(JSON.parse(h.run(s, "COMMIT").reply)).toMatchObject({ code: "PERSISTENCE", message: expect.stringContaining("disk full (test)") });
+      expect([h.store.size, h.store.seq, log.records.length, s.tx]).toEqual([0, 0, 0, null]);
+    }
   });
 
   test("a fast-path PUT sets the durability wait and journals the record exactly as the general path does", () => {
@@ -1052,16 +1072,16 @@ describe("deferred watches and transaction writes held as bytes", () => {
     expect(h.store.watchCounts).toEqual({ keys: 0, prefixes: 0, deferredReads: 0, everything: 0 });
   });
 
-  test("a read of another key after a PUT held as bytes leaves that write as bytes (the COMMIT still commits from them) and is watched; its own key reads back", () => {
+  test("a read of another key after a PUT held as bytes leaves that write as bytes (the COMMIT still commits from them) and is watched; its own key reads back from the bytes", () => {
     const h = new Harness(new RecordingLog(), { initial: [["k1", '"1"'], ["k2", '"2"']] });
     const [tx, writer] = [new Session(false), new Session(false)];
     h.run(tx, "START");
     expect(h.run(tx, "PUT k3 v").fast).toBe(true);
     for (const other of ["GET k1", "GET k2", "GET k", "GET k30"]) expect(h.run(tx, other).fast).toBe(true);
-    expect(tx.tx!.soleAsciiWrite()).not.toBeNull();
-    // Its own key: the general path reads the write back (and only then is it turned into strings).
-    expect(h.run(tx, "GET k3")).toEqual({ reply: okEntry("k3", '"v"'), fast: false });
-    expect(tx.tx!.soleAsciiWrite()).toBeNull();
+    expect(tx.tx!.asciiChangeCount()).toBe(1);
+    // Its own key: answered from the write's bytes, unwatched (a commit of k3 by another would not conflict it).
+    expect(h.run(tx, "GET k3")).toEqual({ reply: okEntry("k3", '"v"'), fast: true });
+    expect(tx.tx!.asciiChangeCount()).toBe(1);
     h.run(writer, "PUT k2 changed");
     expect(codeOf(reply(h, tx, "COMMIT"))).toBe("CONFLICT");
     expect(h.store.get("k3")).toBeUndefined();
@@ -1069,24 +1089,35 @@ describe("deferred watches and transaction writes held as bytes", () => {
     h.run(tx, "START");
     h.run(tx, "PUT k3 w");
     h.run(tx, "GET k1");
-    expect(tx.tx!.soleAsciiWrite()).not.toBeNull();
+    expect(tx.tx!.asciiChangeCount()).toBe(1);
     expect(reply(h, tx, "COMMIT")).toContain("Transaction committed");
     expect(h.store.get("k3")).toBe('"w"');
   });
 
-  test("a one-PUT transaction commits from its bytes: the same store, journal record and durability wait as the general path", () => {
+  test("a transaction of plain PUTs commits from their bytes: the same store, journal record and durability wait as the general path", () => {
     const fast = new Harness(new RecordingLog((seq) => seq), { initial: [["k", '"0"']] });
     const general = new Harness(new RecordingLog((seq) => seq), { initial: [["k", '"0"']] });
     const [a, b] = [new Session(false), new Session(false)];
     for (const [h, s, useFastPath] of [[fast, a, true], [general, b, false]] as const) {
-      for (const line of ["START", "GET k", "PUT k {v} w", "COMMIT", "START", "PUT new 1", "COMMIT"]) h.run(s, line, useFastPath);
+      const lines = ["START", "GET k", "PUT k {v} w", "COMMIT", "START", "PUT new 1", "COMMIT"];
+      // Several PUTs, one read back from its bytes: one commit, one record, its ops in the order written.
+      lines.push("START", "GET a", "PUT b 2", "PUT a 1", "GET b", "PUT c 3", "COMMIT");
+      for (const line of lines) h.run(s, line, useFastPath);
     }
-    expect(a.waitSeq).toBe(2);
-    expect(b.waitSeq).toBe(2);
+    expect(a.waitSeq).toBe(3);
+    expect(b.waitSeq).toBe(3);
     expect(fast.batch).toBe(general.batch);
     expect((fast.log as RecordingLog).records).toEqual([
       { seq: 1, ops: [["k", '"{v} w"']] },
       { seq: 2, ops: [["new", '"1"']] },
+      {
+        seq: 3,
+        ops: [
+          ["b", '"2"'],
+          ["a", '"1"'],
+          ["c", '"3"'],
+        ],
+      },
     ]);
     expect((fast.log as RecordingLog).records).toEqual((general.log as RecordingLog).records);
     expect(new Map(fast.store.entries())).toEqual(new Map(general.store.entries()));
@@ -1304,6 +1335,40 @@ describe("end to end through a real server", () => {
       ok("c:k", "mine"),
     ]);
     expect(await other.request("GET c:k")).toEqual(ok("c:k", "mine"));
+    tx.close();
+    other.close();
+  });
+
+  test("a transfer of plain GETs and PUTs commits both writes at once, reads its own writes, and applies neither when another connection changed a key it read", async () => {
+    const tx = await LineClient.connect(server.port);
+    const other = await LineClient.connect(server.port);
+    const started: Reply = { status: "Ok", result: "Transaction started" };
+    const committed: Reply = { status: "Ok", result: "Transaction committed" };
+    expect(await other.pipeline(["PUT x:a 100", "PUT x:b 0"])).toEqual([ok("x:a", "100"), ok("x:b", "0")]);
+    for (const changed of ["x:a", "x:b"]) {
+      expect(await tx.pipeline(["START", "GET x:a", "GET x:b", "PUT x:a 70", "PUT x:b 30", "GET x:b", "GET x:a"])).toEqual([
+        started,
+        ok("x:a", "100"),
+        ok("x:b", "0"),
+        ok("x:a", "70"),
+        ok("x:b", "30"),
+        ok("x:b", "30"),
+        ok("x:a", "70"),
+      ]);
+      expect(await other.request("GET x:a")).toEqual(ok("x:a", "100"));
+      expect(await other.request(`PUT ${changed} ${changed === "x:a" ? 100 : 0}`)).toMatchObject({ status: "Ok" });
+      expect(await tx.request("COMMIT")).toMatchObject({ status: "Error", code: "CONFLICT" });
+      expect(await other.pipeline(["GET x:a", "GET x:b"])).toEqual([ok("x:a", "100"), ok("x:b", "0")]);
+    }
+    expect(await tx.pipeline(["START", "GET x:a", "GET x:b", "PUT x:a 70", "PUT x:b 30", "COMMIT"])).toEqual([
+      started,
+      ok("x:a", "100"),
+      ok("x:b", "0"),
+      ok("x:a", "70"),
+      ok("x:b", "30"),
+      committed,
+    ]);
+    expect(await other.pipeline(["GET x:a", "GET x:b"])).toEqual([ok("x:a", "70"), ok("x:b", "30")]);
     tx.close();
     other.close();
   });

@@ -358,7 +358,7 @@ class FlakyLog implements CommitLog {
   append(_record: CommitRecord): number {
     return 0;
   }
-  appendAsciiPut(): number {
+  appendAsciiPuts(): number {
     return 0;
   }
   async save(): Promise<void> {}

@@ -4,7 +4,7 @@
  * refuse or (journal tail only) drop.
  */
 import { describe, expect, test } from "bun:test";
-import { encodeRecord, JournalFormatError, scanJournal, writeAsciiPutRecord } from "../lib/persistence/journal-format.ts";
+import { encodeRecord, JournalFormatError, scanJournal, writeAsciiPutsRecord } from "../lib/persistence/journal-format.ts";
 import { ByteBuffer } from "../lib/byte-buffer.ts";
 import { crc32 } from "../lib/crc32.ts";
 import { seededRandom } from "./helpers.ts";
@@ -239,8 +239,30 @@ describe("journal format", () => {
       const keyBytes = Buffer.from(`..${key}..`, "latin1");
       const valueBytes = Buffer.from(`#${value}`, "latin1");
       const entry = { keySrc: keyBytes, keyStart: 2, keyEnd: 2 + key.length, valueSrc: valueBytes, valueStart: 1, valueEnd: 1 + value.length };
-      writeAsciiPutRecord(out, seq, entry);
+      writeAsciiPutsRecord(out, seq, [entry], 1);
       expect(out.bytes.toString("utf8", 0, out.length)).toBe("before|" + encodeRecord({ seq, ops: [[key, value]] }));
+    }
+  });
+
+  test("a record of several puts written from bytes (a transaction of them) is byte for byte encodeRecord's, only the first count of the entries in it", () => {
+    const ops: [string, string][] = [
+      ["a", '"1"'],
+      ["key:00001234", JSON.stringify("x".repeat(32))],
+      ["c", "true"],
+    ];
+    const held = Buffer.from(ops.map(([key, value]) => key + value).join(""), "latin1");
+    let at = 0;
+    const entries = ops.map(([key, value]) => {
+      const entry = { keySrc: held, keyStart: at, keyEnd: at + key.length, valueSrc: held, valueStart: at + key.length, valueEnd: at + key.length + value.length };
+      at = entry.valueEnd;
+      return entry;
+    });
+    for (const count of [1, 2, 3]) {
+      const out = new ByteBuffer();
+      writeAsciiPutsRecord(out, 77, entries, count);
+      const line = out.bytes.toString("utf8", 0, out.length);
+      expect(line).toBe(encodeRecord({ seq: 77, ops: ops.slice(0, count) }));
+      expect(scan(line).seen).toEqual([[77, ops.slice(0, count)]]);
     }
   });
 

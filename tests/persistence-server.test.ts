@@ -97,6 +97,28 @@ describe("restart", () => {
     expect((await d.request('GET {"key":"json key"}')).result).toEqual({ key: "json key", value: { n: [1, 2.5, null] } });
   });
 
+  test("a transaction of plain PUTs (committed from their bytes) is one journal record, all of it back after kill -9 under always", async () => {
+    const dir = dataDir();
+    const a = await start(dir, ["--fsync", "always"]);
+    const c = await client(a);
+    await putMany(c, [["acct:a", "100"], ["acct:b", "0"]]);
+    const transfer = await c.pipeline(["START", "GET acct:a", "GET acct:b", "PUT acct:a 70", "PUT acct:b 30", "GET acct:a", "PUT note moved 30", "COMMIT"]);
+    expect(transfer.map((r) => r.status)).toEqual(["Ok", "Ok", "Ok", "Ok", "Ok", "Ok", "Ok", "Ok"]);
+    expect(transfer[5]!.result).toEqual({ key: "acct:a", value: "70" });
+    const journal = fs.readdirSync(dir).find((name) => name.includes(".journal."))!;
+    const records = fs.readFileSync(path.join(dir, journal), "utf8").trimEnd().split("\n").map((line) => JSON.parse(line));
+    expect(records.at(-1)).toMatchObject({ ops: [["acct:a", "70"], ["acct:b", "30"], ["note", "moved 30"]] });
+    a.proc.kill("SIGKILL");
+    await a.exited;
+
+    const d = await client(await start(dir));
+    expect(await d.pipeline(["GET acct:a", "GET acct:b", "GET note"])).toEqual([
+      { status: "Ok", result: { key: "acct:a", value: "70" } },
+      { status: "Ok", result: { key: "acct:b", value: "30" } },
+      { status: "Ok", result: { key: "note", value: "moved 30" } },
+    ]);
+  });
+
   test("a graceful stop leaves the whole state in data.json and an empty journal; a stop with nothing new rewrites nothing", async () => {
     const dir = dataDir();
     const file = path.join(dir, "data.json");

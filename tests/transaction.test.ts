@@ -2,12 +2,13 @@
  * Unit tests of lib/transaction.ts, without a store or a server: a
  * connection's savepoint stack (levels), read-your-writes, merging a
  * nested COMMIT, discarding a ROLLBACK, the byte budget's accounting, the
- * write kept as bytes (the fast path's PUT) and the object's reuse.
+ * writes held as bytes (the fast path's PUTs) and the object's reuse.
  * The server-level behaviour (conflicts, ABORTED, replies) is in
  * concurrency.test.ts and execute.test.ts.
  */
 import { describe, expect, test } from "bun:test";
-import { DELETED, Transaction, type Write } from "../lib/transaction.ts";
+import type { AsciiEntry } from "../lib/compact-map.ts";
+import { DELETED, MAX_HELD_WRITES, Transaction, type Write } from "../lib/transaction.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
 
@@ -17,6 +18,16 @@ function putAscii(tx: Transaction, key: string, value: string): void {
   const json = bytes(JSON.stringify(value));
   tx.writeAscii(request, 4, 4 + key.length, json, 0, json.length, request.length);
 }
+
+/** The key and value text of the writes a transaction would commit from bytes (none: it would not). */
+function asciiChanges(tx: Transaction): [string, string][] {
+  const text = (src: Uint8Array, start: number, end: number) => new TextDecoder().decode(src.subarray(start, end));
+  const entries: readonly AsciiEntry[] = tx.heldChanges.slice(0, tx.asciiChangeCount());
+  return entries.map((e) => [text(e.keySrc, e.keyStart, e.keyEnd), text(e.valueSrc, e.valueStart, e.valueEnd)]);
+}
+
+/** The arguments of mayHaveWritten/ownAsciiWrite for a GET of key, its bytes in a request line. */
+const getKey = (key: string) => [bytes(`GET ${key}`), 4, 4 + key.length] as const;
 
 function fresh(): Transaction {
   const tx = new Transaction();
@@ -93,31 +104,101 @@ describe("Transaction", () => {
     expect(tx.hasWrites).toBe(false);
   });
 
-  test("a PUT kept as bytes is the sole write to commit from bytes; any other use turns it into strings first", () => {
+  test("a PUT held as bytes is committed from bytes; a write as strings turns it into strings first", () => {
     const tx = fresh();
     putAscii(tx, "key:1", "hello");
     expect(tx.hasWrites).toBe(true);
-    const sole = tx.soleAsciiWrite()!;
-    expect(new TextDecoder().decode(sole.keySrc.subarray(sole.keyStart, sole.keyEnd))).toBe("key:1");
-    expect(new TextDecoder().decode(sole.valueSrc.subarray(sole.valueStart, sole.valueEnd))).toBe('"hello"');
+    expect(asciiChanges(tx)).toEqual([["key:1", '"hello"']]);
     expect(tx.bytes).toBe("PUT key:1 hello".length);
-    // Reading it back settles it into the level as strings: it is no longer held as bytes.
+    // Reading it back answers from the bytes and leaves them bytes.
     expect(tx.ownWrite("key:1")).toBe('"hello"');
-    expect(tx.soleAsciiWrite()).toBeNull();
-    expect(tx.changes()).toEqual([["key:1", '"hello"']]);
+    expect(asciiChanges(tx)).toEqual([["key:1", '"hello"']]);
+    tx.write("other", DELETED, 9);
+    expect(asciiChanges(tx)).toEqual([]);
+    expect(tx.changes()).toEqual([
+      ["key:1", '"hello"'],
+      ["other", null],
+    ]);
+  });
+
+  test("several PUTs of distinct keys are all held as bytes, in order, and read back as bytes and as strings", () => {
+    const tx = fresh();
+    putAscii(tx, "a", "1");
+    putAscii(tx, "bb", "2");
+    putAscii(tx, "ccc", "3");
+    expect(asciiChanges(tx)).toEqual([
+      ["a", '"1"'],
+      ["bb", '"2"'],
+      ["ccc", '"3"'],
+    ]);
+    const own = tx.ownAsciiWrite(...getKey("bb"))!;
+    expect(new TextDecoder().decode(own.valueSrc.subarray(own.valueStart, own.valueEnd))).toBe('"2"');
+    expect(tx.ownAsciiWrite(...getKey("b"))).toBeNull();
+    expect(tx.ownWrite("ccc")).toBe('"3"');
+    expect(tx.ownWrite("cc")).toBeUndefined();
+    expect(tx.bytes).toBe("PUT a 1PUT bb 2PUT ccc 3".length);
+    expect(tx.changes()).toEqual([
+      ["a", '"1"'],
+      ["bb", '"2"'],
+      ["ccc", '"3"'],
+    ]);
+  });
+
+  test("a second PUT of a held key turns the held writes into strings, the later value winning", () => {
+    const tx = fresh();
+    putAscii(tx, "a", "1");
+    putAscii(tx, "b", "2");
+    putAscii(tx, "a", "3");
+    expect(asciiChanges(tx)).toEqual([]);
+    expect(tx.ownWrite("a")).toBe('"3"');
+    expect(new Map(tx.changes())).toEqual(
+      new Map([
+        ["a", '"3"'],
+        ["b", '"2"'],
+      ]),
+    );
+  });
+
+  test(`past ${MAX_HELD_WRITES} held writes the earlier ones become strings; every write is still committed`, () => {
+    const tx = fresh();
+    const count = MAX_HELD_WRITES + 3;
+    for (let i = 0; i < count; i++) putAscii(tx, `k${i}`, `v${i}`);
+    expect(asciiChanges(tx)).toEqual([]);
+    for (let i = 0; i < count; i++) expect(tx.ownWrite(`k${i}`)).toBe(`"v${i}"`);
+    expect(tx.changes().length).toBe(count);
+  });
+
+  test("held keys and values longer than the buffer's first size survive its growth", () => {
+    const tx = fresh();
+    const values = ["x".repeat(100), "y".repeat(300), "z".repeat(1000)];
+    values.forEach((value, i) => putAscii(tx, `long:${i}`, value));
+    expect(asciiChanges(tx)).toEqual(values.map((value, i): [string, string] => [`long:${i}`, JSON.stringify(value)]));
+  });
+
+  test("a PUT in a nested level turns the outer level's held writes into strings; rolling that level back drops its own", () => {
+    const tx = fresh();
+    putAscii(tx, "outer", "1");
+    tx.begin();
+    putAscii(tx, "inner", "2");
+    expect(asciiChanges(tx)).toEqual([]);
+    expect(tx.ownWrite("outer")).toBe('"1"');
+    expect(tx.ownWrite("inner")).toBe('"2"');
+    tx.rollbackLevel();
+    expect(tx.ownWrite("inner")).toBeUndefined();
+    expect(tx.changes()).toEqual([["outer", '"1"']]);
   });
 
   test("mayHaveWritten compares a key's bytes with the write held as bytes, leaving it bytes; any write as strings answers true", () => {
     const tx = fresh();
-    const key = (text: string) => [bytes(`GET ${text}`), 4, 4 + text.length] as const;
+    const key = getKey;
     expect(tx.mayHaveWritten(...key("key:1"))).toBe(false);
     putAscii(tx, "key:1", "hello");
     expect(tx.mayHaveWritten(...key("key:1"))).toBe(true);
     for (const other of ["key:2", "key:", "key:10", "Key:1"]) expect({ other, may: tx.mayHaveWritten(...key(other)) }).toEqual({ other, may: false });
-    expect(tx.soleAsciiWrite()).not.toBeNull();
+    expect(asciiChanges(tx)).toEqual([["key:1", '"hello"']]);
     // Any write as strings (this one also turns the held write into strings) may be of any key: ownWrite must be asked.
     tx.write("other", '"1"', 10);
-    expect(tx.soleAsciiWrite()).toBeNull();
+    expect(asciiChanges(tx)).toEqual([]);
     expect(tx.mayHaveWritten(...key("key:2"))).toBe(true);
     const stringsOnly = fresh();
     stringsOnly.write("other", '"1"', 10);
@@ -144,7 +225,7 @@ describe("Transaction", () => {
     const tx = fresh();
     tx.begin();
     putAscii(tx, "k", "v");
-    expect(tx.soleAsciiWrite()).toBeNull();
+    expect(asciiChanges(tx)).toEqual([]);
     tx.commitNested();
     expect(tx.changes()).toEqual([["k", '"v"']]);
   });

@@ -28,7 +28,7 @@ import type { AsciiEntry } from "../compact-map.ts";
 import type { Logger } from "../log.ts";
 import { fsyncDir, removeFile, removeFileInBackground, stillAtPath, type DataFiles } from "./files.ts";
 import { ByteBuffer } from "../byte-buffer.ts";
-import { encodeRecord, writeAsciiPutRecord } from "./journal-format.ts";
+import { encodeRecord, writeAsciiPutsRecord } from "./journal-format.ts";
 import { acquireLock, holdsLock, PID_ONLY_LOCK_WARNING, releaseLock } from "./lock.ts";
 import { writeSnapshot } from "./snapshot-writer.ts";
 import { errorMessage, asError } from "../errors.ts";
@@ -193,8 +193,8 @@ export class DurableLog implements CommitLog {
     return this.appended(record.seq);
   }
 
-  appendAsciiPut(seq: number, entry: AsciiEntry): number {
-    writeAsciiPutRecord(this.unwritten, seq, entry);
+  appendAsciiPuts(seq: number, entries: readonly AsciiEntry[], count: number): number {
+    writeAsciiPutsRecord(this.unwritten, seq, entries, count);
     return this.appended(seq);
   }
 

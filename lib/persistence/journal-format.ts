@@ -38,17 +38,22 @@ export function encodeRecord(record: CommitRecord): string {
 }
 
 /**
- * encodeRecord() of a one-put record, written as bytes into out: the key and
- * the encoded value are ASCII needing no escaping (and so hold no line break).
+ * encodeRecord() of a record of PUTs only, entries[0, count), written as
+ * bytes into out: the keys and the encoded values are ASCII needing no
+ * escaping (and so hold no line break).
  */
-export function writeAsciiPutRecord(out: ByteBuffer, seq: number, entry: AsciiEntry): void {
+export function writeAsciiPutsRecord(out: ByteBuffer, seq: number, entries: readonly AsciiEntry[], count: number): void {
   const start = out.length;
   out.constant(RECORD_START);
   out.decimal(seq);
   out.constant(OPS_START);
-  out.range(entry.keySrc, entry.keyStart, entry.keyEnd);
-  out.constant(KEY_END);
-  out.range(entry.valueSrc, entry.valueStart, entry.valueEnd);
+  for (let i = 0; i < count; i++) {
+    const entry = entries[i]!;
+    if (i > 0) out.constant(OP_BETWEEN);
+    out.range(entry.keySrc, entry.keyStart, entry.keyEnd);
+    out.constant(KEY_END);
+    out.range(entry.valueSrc, entry.valueStart, entry.valueEnd);
+  }
   out.constant(OPS_END);
   const crc = crc32(out.bytes, start, out.length); // not Bun.hash.crc32 here: see crc32.ts
   out.constant(CRC_FIELD_BYTES);
@@ -59,6 +64,7 @@ const CRC_FIELD = ',"crc32":';
 const RECORD_START = Buffer.from('{"seq":', "latin1");
 const OPS_START = Buffer.from(',"ops":[["', "latin1");
 const KEY_END = Buffer.from('",', "latin1");
+const OP_BETWEEN = Buffer.from('],["', "latin1");
 const OPS_END = Buffer.from("]]", "latin1");
 const CRC_FIELD_BYTES = Buffer.from(CRC_FIELD, "latin1");
 const RECORD_END = Buffer.from("}\n", "latin1");
