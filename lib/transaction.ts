@@ -13,7 +13,7 @@
  * MAX_HELD_WRITES of them, of distinct keys, all in the innermost level that
  * has writes): reads compare their keys as bytes and answer from them, and a
  * transaction whose changes they all are commits straight from them
- * (asciiChanges), making no string at all. Anything else that needs the
+ * (asciiChangeCount), making no string at all. Anything else that needs the
  * writes as strings (a DEL, a PUT in JSON form or at another level, a second
  * PUT of a held key, a nested COMMIT, KEYS) first turns them into strings (settle).
  * Must not: touch the store (the executor decides what is read from it and
