@@ -42,6 +42,9 @@ interface Level {
 
 /** Room for a few typical keys and values; the buffer grows for longer ones. */
 const HELD_WRITES_INITIAL_BYTES = 256;
+/** A held writes' buffer grown past this is let go when its transaction ends (as HeldReplies lets go of its own). */
+const HELD_WRITES_KEEP_BYTES = 4 * 1024;
+const NO_BYTES = new Uint8Array(0);
 /**
  * Writes held as bytes at most; a transaction writing more keys holds them as
  * strings (a read compares its key with every held one, so the list stays short).
@@ -85,11 +88,18 @@ export class Transaction implements Watcher {
 
   /**
    * The transaction ended: keep a few levels for reuse, not every level the
-   * deepest transaction opened (up to 1,000, about 70 bytes each), which an
-   * idle connection would otherwise hold until its next START.
+   * deepest transaction opened (up to 1,000, about 70 bytes each), and the
+   * held writes' buffer only while it is small (it grows to the largest
+   * PUTs a transaction held, up to --max-transaction-bytes), which an idle
+   * connection would otherwise hold until its next START.
    */
   release(): void {
     if (this.levels.length > KEPT_LEVELS) this.levels.length = KEPT_LEVELS;
+    if (this.heldBytes !== null && this.heldBytes.bytes.length > HELD_WRITES_KEEP_BYTES) {
+      this.heldBytes = null;
+      // The entries point into it too.
+      for (const entry of this.heldWrites) pointInto(entry, NO_BYTES);
+    }
   }
 
   get depth(): number {
@@ -322,8 +332,7 @@ export class Transaction implements Watcher {
 }
 
 function emptyEntry(): AsciiEntry {
-  const none = new Uint8Array(0);
-  return { keySrc: none, keyStart: 0, keyEnd: 0, valueSrc: none, valueStart: 0, valueEnd: 0 };
+  return { keySrc: NO_BYTES, keyStart: 0, keyEnd: 0, valueSrc: NO_BYTES, valueStart: 0, valueEnd: 0 };
 }
 
 function pointInto(entry: AsciiEntry, bytes: Uint8Array): void {

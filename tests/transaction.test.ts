@@ -175,6 +175,25 @@ describe("Transaction", () => {
     expect(asciiChanges(tx)).toEqual(values.map((value, i): [string, string] => [`long:${i}`, JSON.stringify(value)]));
   });
 
+  test("a transaction's end lets go of a held writes' buffer grown large (an idle connection keeps no big PUT), and keeps a small one", () => {
+    const tx = fresh();
+    putAscii(tx, "big", "x".repeat(100_000));
+    putAscii(tx, "small", "y");
+    const large = tx.heldChanges[0]!.keySrc;
+    expect(large.length).toBeGreaterThan(100_000);
+    tx.release();
+    for (const entry of tx.heldChanges) expect(entry.keySrc.length + entry.valueSrc.length).toBe(0);
+    tx.reset();
+    putAscii(tx, "k", "v");
+    expect(asciiChanges(tx)).toEqual([["k", '"v"']]);
+    const small = tx.heldChanges[0]!.keySrc;
+    expect(small).not.toBe(large);
+    tx.release();
+    tx.reset();
+    putAscii(tx, "k2", "v2");
+    expect(tx.heldChanges[0]!.keySrc).toBe(small);
+  });
+
   test("a PUT in a nested level turns the outer level's held writes into strings; rolling that level back drops its own", () => {
     const tx = fresh();
     putAscii(tx, "outer", "1");
