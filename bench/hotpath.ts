@@ -39,7 +39,7 @@ const TRANSACTIONS = {
   "tx-read-own-write": (a: string, b: string) => `START\nGET ${a}\nPUT ${b} ${value}\nGET ${b}\nCOMMIT\n`,
 };
 type TransactionKind = keyof typeof TRANSACTIONS;
-type Kind = "get" | "mix" | TransactionKind;
+type Kind = "get" | "put" | "mix" | TransactionKind;
 
 function batch(kind: Kind, n: number, seed: number): Uint8Array {
   let text = "";
@@ -47,6 +47,7 @@ function batch(kind: Kind, n: number, seed: number): Uint8Array {
     const key = `key:${String((seed * 7919 + i * 104729) % 10000).padStart(8, "0")}`;
     const key2 = `key:${String((seed * 7907 + i * 7) % 10000).padStart(8, "0")}`;
     if (kind in TRANSACTIONS) text += TRANSACTIONS[kind as TransactionKind](key, key2);
+    else if (kind === "put") text += `PUT ${key} ${value}\n`;
     else text += kind === "get" || i % 5 !== 0 ? `GET ${key}\n` : `PUT ${key} ${value}\n`;
   }
   return new TextEncoder().encode(text);
@@ -117,7 +118,7 @@ function runInterleaved(rounds: number): number {
   return ns / (rounds * conns.length);
 }
 
-const kinds: [Kind, number][] = [["get", 1], ["get", 16], ["mix", 16]];
+const kinds: [Kind, number][] = [["get", 1], ["get", 16], ["put", 1], ["mix", 16]];
 for (const kind of Object.keys(TRANSACTIONS) as TransactionKind[]) kinds.push([kind, 1]);
 for (const [kind, pipeline] of kinds) {
   run(kind, pipeline, 20000); // warm up

@@ -115,6 +115,18 @@ const simpleLine = fc.oneof(
 );
 
 describe("parsePlainRequest means what parseCommand means", () => {
+  test("each of the 256 byte values inside a PUT's value and a GET's key: accepted exactly when printable ASCII other than quote and backslash", () => {
+    const req = newPlainRequest();
+    for (let b = 0; b < 256; b++) {
+      const plain = b >= 0x20 && b < 0x7f && b !== 0x22 && b !== 0x5c;
+      const value = Buffer.from([...encoder.encode("PUT k x"), b, ...encoder.encode("y")]);
+      expect({ b, ok: parsePlainRequest(value, 0, value.length, req) }).toEqual({ b, ok: plain });
+      // In a key, a blank ends it: a GET then has a second word, which is no plain GET either.
+      const key = Buffer.from([...encoder.encode("GET k"), b, ...encoder.encode("y")]);
+      expect({ b, ok: parsePlainRequest(key, 0, key.length, req) }).toEqual({ b, ok: plain && b !== 0x20 });
+    }
+  });
+
   test(
     "random lines in random chunks: it accepts exactly the plain GET/PUT lines needing no escaping, with parseCommand's type, key and value",
     () => {
