@@ -24,6 +24,7 @@ import type { AsciiEntry } from "./compact-map.ts";
 import { COMMAND_HELP, type Command, type Invalid, type PlainRequest } from "./commands.ts";
 import type { ByteBuffer } from "./byte-buffer.ts";
 import {
+  encodedEntry,
   entryHead,
   entryTail,
   ENTRY_TAIL_BYTES,
@@ -166,24 +167,19 @@ export class Executor {
   }
 
   /**
-   * getInTx() for the fast path: the read is watched by its bytes (a deferred
-   * watch, see Store.watchAscii), or answered from the transaction's own
-   * write when that is held as bytes; the key becomes a string only when the
-   * transaction has writes held as strings (Transaction.mayHaveWritten), to
-   * look among them.
+   * getInTx() for the fast path: answered from the transaction's own write
+   * when that is held as bytes, else watched by its bytes (a deferred watch,
+   * see Store.watchAscii) and read from the store. The key becomes a string
+   * only when the transaction has writes held as strings, to look among them.
    */
   private getPlainInTx(tx: Transaction, req: PlainRequest, src: Uint8Array, out: ByteBuffer): boolean {
-    if (tx.mayHaveWritten(src, req.keyStart, req.keyEnd)) {
-      const own = tx.ownAsciiWrite(src, req.keyStart, req.keyEnd);
-      if (own !== null) {
-        this.stats.countCommand("GET");
-        entryHead(out, src, req.keyStart, req.keyEnd);
-        out.range(own.valueSrc, own.valueStart, own.valueEnd);
-        entryTail(out);
-        return true;
-      }
-      if (tx.ownWrite(latin1Text(src, req.keyStart, req.keyEnd)) !== undefined) return false;
+    const own = tx.ownAsciiWrite(src, req.keyStart, req.keyEnd);
+    if (own !== null) {
+      this.stats.countCommand("GET");
+      encodedEntry(out, src, req.keyStart, req.keyEnd, own.valueSrc, own.valueStart, own.valueEnd);
+      return true;
     }
+    if (tx.hasWritesAsStrings && tx.ownWrite(latin1Text(src, req.keyStart, req.keyEnd)) !== undefined) return false;
     this.store.watchAscii(tx, src, req.keyStart, req.keyEnd);
     return this.getPlain(req, src, out);
   }

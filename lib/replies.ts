@@ -101,6 +101,21 @@ export function stringEntry(
   return valueAt;
 }
 
+/** okEntry() of the key keySrc[keyStart, keyEnd) and the encoded value valueSrc[valueStart, valueEnd), bytes that need no JSON escaping. */
+export function encodedEntry(
+  out: ByteBuffer,
+  keySrc: Uint8Array,
+  keyStart: number,
+  keyEnd: number,
+  valueSrc: Uint8Array,
+  valueStart: number,
+  valueEnd: number,
+): void {
+  entryHead(out, keySrc, keyStart, keyEnd);
+  out.range(valueSrc, valueStart, valueEnd);
+  entryTail(out);
+}
+
 /** notFound() for the key src[keyStart, keyEnd) (bytes that need no JSON escaping). */
 export function notFoundBytes(out: ByteBuffer, src: Uint8Array, keyStart: number, keyEnd: number): void {
   out.constant(NOT_FOUND_HEAD);

@@ -129,7 +129,7 @@ export class Transaction implements Watcher {
 
   /** True when some level has buffered a write. */
   get hasWrites(): boolean {
-    return this.heldCount !== 0 || this.hasWritesAsStrings();
+    return this.heldCount !== 0 || this.hasWritesAsStrings;
   }
 
   /** This transaction's own latest write of key: a value, DELETED, or undefined when it never wrote it. */
@@ -150,21 +150,22 @@ export class Transaction implements Watcher {
   }
 
   /**
-   * For a read of the ASCII key src[start, end): false when this transaction
-   * surely never wrote that key, true when it may have (then ask
-   * ownAsciiWrite, and ownWrite). The held writes' keys are compared as
-   * bytes and stay bytes: turning them into strings here would cost the
-   * COMMIT its path from bytes (a PUT then a GET of another key cost about
-   * 300 ns more per transaction in bench/hotpath.ts terms).
+   * This transaction's write of the ASCII key src[start, end) when it is
+   * held as bytes (then its latest write of that key), else null. The keys
+   * are compared as bytes and the writes stay bytes: turning them into
+   * strings to look would cost the COMMIT its path from bytes (a PUT then a
+   * GET of another key cost about 300 ns more per transaction in
+   * bench/hotpath.ts terms).
    */
-  mayHaveWritten(src: Uint8Array, start: number, end: number): boolean {
-    return this.hasWritesAsStrings() || this.heldIndexOf(src, start, end) >= 0;
-  }
-
-  /** This transaction's write of the ASCII key src[start, end) when it is held as bytes (then its latest), else null. */
   ownAsciiWrite(src: Uint8Array, start: number, end: number): AsciiEntry | null {
     const held = this.heldIndexOf(src, start, end);
     return held < 0 ? null : this.heldWrites[held]!;
+  }
+
+  /** True when some level holds a write as strings (the writes held as bytes not counted): then ask ownWrite. */
+  get hasWritesAsStrings(): boolean {
+    for (let i = 0; i < this.levelCount; i++) if (levelHasWrites(this.levels[i]!)) return true;
+    return false;
   }
 
   /** Buffers a PUT (value) or DEL (DELETED) in the innermost level, charging its request bytes. */
@@ -318,12 +319,6 @@ export class Transaction implements Watcher {
       if (entry.keyEnd - entry.keyStart === key.length && textEqualsBytes(key, entry.keySrc, entry.keyStart)) return i;
     }
     return -1;
-  }
-
-  /** True when some level holds a write as strings (the write held as bytes not counted). */
-  private hasWritesAsStrings(): boolean {
-    for (let i = 0; i < this.levelCount; i++) if (levelHasWrites(this.levels[i]!)) return true;
-    return false;
   }
 
   private innermost(): Level {

@@ -6,7 +6,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { ByteBuffer } from "../lib/byte-buffer.ts";
-import { error, notFound, notFoundBytes, okEntry, okJson, REPLY, stringEntry } from "../lib/replies.ts";
+import { encodedEntry, error, notFound, notFoundBytes, okEntry, okJson, REPLY, stringEntry } from "../lib/replies.ts";
 
 const decode = (out: ByteBuffer) => new TextDecoder().decode(out.bytes.subarray(0, out.length));
 const ascii = (text: string) => new TextEncoder().encode(text);
@@ -57,5 +57,11 @@ describe("replies", () => {
     const miss = new ByteBuffer();
     notFoundBytes(miss, get, 4, get.length);
     expect(decode(miss)).toBe(notFound("missing:1"));
+
+    // A key and an encoded value from two different buffers (a transaction's own write held as bytes).
+    const held = ascii('xx"kept"yy');
+    const own = new ByteBuffer();
+    encodedEntry(own, get, 4, get.length, held, 2, 8);
+    expect(decode(own)).toBe(okEntry("missing:1", '"kept"'));
   });
 });

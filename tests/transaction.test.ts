@@ -26,7 +26,7 @@ function asciiChanges(tx: Transaction): [string, string][] {
   return entries.map((e) => [text(e.keySrc, e.keyStart, e.keyEnd), text(e.valueSrc, e.valueStart, e.valueEnd)]);
 }
 
-/** The arguments of mayHaveWritten/ownAsciiWrite for a GET of key, its bytes in a request line. */
+/** The arguments of ownAsciiWrite for a GET of key, its bytes in a request line. */
 const getKey = (key: string) => [bytes(`GET ${key}`), 4, 4 + key.length] as const;
 
 function fresh(): Transaction {
@@ -207,27 +207,28 @@ describe("Transaction", () => {
     expect(tx.changes()).toEqual([["outer", '"1"']]);
   });
 
-  test("mayHaveWritten compares a key's bytes with the write held as bytes, leaving it bytes; any write as strings answers true", () => {
+  test("ownAsciiWrite compares a key's bytes with the writes held as bytes, leaving them bytes; hasWritesAsStrings tells when ownWrite must be asked", () => {
     const tx = fresh();
-    const key = getKey;
-    expect(tx.mayHaveWritten(...key("key:1"))).toBe(false);
+    const has = (key: string) => tx.ownAsciiWrite(...getKey(key)) !== null;
+    expect(has("key:1")).toBe(false);
     putAscii(tx, "key:1", "hello");
-    expect(tx.mayHaveWritten(...key("key:1"))).toBe(true);
-    for (const other of ["key:2", "key:", "key:10", "Key:1"]) expect({ other, may: tx.mayHaveWritten(...key(other)) }).toEqual({ other, may: false });
+    expect(has("key:1")).toBe(true);
+    for (const other of ["key:2", "key:", "key:10", "Key:1"]) expect({ other, has: has(other) }).toEqual({ other, has: false });
+    expect(tx.hasWritesAsStrings).toBe(false);
     expect(asciiChanges(tx)).toEqual([["key:1", '"hello"']]);
-    // Any write as strings (this one also turns the held write into strings) may be of any key: ownWrite must be asked.
+    // A write as strings (this one also turns the held write into strings) may be of any key: ownWrite must be asked.
     tx.write("other", '"1"', 10);
     expect(asciiChanges(tx)).toEqual([]);
-    expect(tx.mayHaveWritten(...key("key:2"))).toBe(true);
-    const stringsOnly = fresh();
-    stringsOnly.write("other", '"1"', 10);
-    expect(stringsOnly.mayHaveWritten(...key("key:2"))).toBe(true);
+    expect(has("key:1")).toBe(false);
+    expect(tx.hasWritesAsStrings).toBe(true);
+    expect(tx.ownWrite("key:1")).toBe('"hello"');
     // Rolled back with its level, the held write is gone.
     const nested = fresh();
     nested.begin();
     putAscii(nested, "key:1", "hello");
     nested.rollbackLevel();
-    expect(nested.mayHaveWritten(...key("key:1"))).toBe(false);
+    expect(nested.ownAsciiWrite(...getKey("key:1"))).toBeNull();
+    expect(nested.hasWrites).toBe(false);
   });
 
   test("the bytes a PUT was kept from may be reused afterwards: the transaction copied them", () => {
