@@ -3,7 +3,7 @@
  *
  * Owns: appending text (as UTF-8), decimal integers, constant byte strings and ranges copied
  * from other buffers (copyBytes, also used by the compact store; copyOf, a fresh copy of a range;
- * bytesEqual, comparing two ranges), and reuse:
+ * bytesEqual and textEqualsBytes, comparing a range with another or with a string), and reuse:
  * the same buffer serves batch after batch, so that building output allocates nothing.
  * Used for a batch of replies (the server fills it from one data event,
  * writes it to the socket, and copies out only what the kernel did not take),
@@ -118,6 +118,12 @@ export function copyBytes(src: Uint8Array, start: number, end: number, dest: Uin
   // Short ranges (keys, small values, reply constants) copy faster in a loop than through subarray + set.
   if (end - start > 128) dest.set(src.subarray(start, end), pos);
   else for (let i = start; i < end; i++) dest[pos++] = src[i]!;
+}
+
+/** True when bytes from start hold text's code units, one byte each (text.length of them; text is Latin-1 or ASCII). */
+export function textEqualsBytes(text: string, bytes: Uint8Array, start: number): boolean {
+  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) !== bytes[start + i]) return false;
+  return true;
 }
 
 /** True when a[aStart, aStart + length) and b[bStart, bStart + length) hold the same bytes. */

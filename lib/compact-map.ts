@@ -56,7 +56,7 @@
  *   string, which may be a slice pinning a much larger one).
  */
 
-import { copyBytes } from "./byte-buffer.ts";
+import { copyBytes, textEqualsBytes } from "./byte-buffer.ts";
 
 /** The few Node Buffer methods used here that @types/node leaves out (Bun implements them). */
 interface RawBuffer extends Buffer {
@@ -150,6 +150,12 @@ export interface AsciiEntry {
   valueSrc: Uint8Array;
   valueStart: number;
   valueEnd: number;
+}
+
+/** An entry pointing at no bytes, for a holder that fills it in later. */
+export function emptyAsciiEntry(): AsciiEntry {
+  const none = new Uint8Array(0);
+  return { keySrc: none, keyStart: 0, keyEnd: 0, valueSrc: none, valueStart: 0, valueEnd: 0 };
 }
 
 /** 1 when text needs two bytes per code unit, else 0. */
@@ -757,8 +763,7 @@ export class CompactMap {
     const start = (at + HEADER_WORDS) << 2;
     const bytes = arena.bytes;
     if ((head & 1) !== 0) return wideEquals(bytes, start, prefix, length);
-    for (let i = 0; i < length; i++) if (bytes[start + i] !== prefix.charCodeAt(i)) return false;
-    return true;
+    return textEqualsBytes(prefix, bytes, start);
   }
 
   private keyAt(at: number): string {

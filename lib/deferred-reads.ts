@@ -12,7 +12,7 @@
  * store decides when a read is noted here and when the table, once full,
  * becomes watches.
  */
-import { bytesEqual } from "./byte-buffer.ts";
+import { bytesEqual, textEqualsBytes } from "./byte-buffer.ts";
 import { hashBytes, hashString } from "./compact-map.ts";
 import type { Watcher } from "./store.ts";
 import { latin1Text } from "./text.ts";
@@ -122,10 +122,7 @@ export class DeferredReads {
   }
 
   private keyEqualsString(i: number, key: string): boolean {
-    const keys = this.keys;
-    const at = i * DEFERRED_KEY_MAX_BYTES;
-    for (let k = 0; k < key.length; k++) if (keys[at + k] !== key.charCodeAt(k)) return false;
-    return true;
+    return textEqualsBytes(key, this.keys, i * DEFERRED_KEY_MAX_BYTES);
   }
 
   private keyText(i: number): string {

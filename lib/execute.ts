@@ -20,7 +20,7 @@
  */
 import { timingSafeEqual, createHash } from "node:crypto";
 import type { CommitLog, EncodedValue } from "./commit-log.ts";
-import type { AsciiEntry } from "./compact-map.ts";
+import { emptyAsciiEntry, type AsciiEntry } from "./compact-map.ts";
 import { COMMAND_HELP, type Command, type Invalid, type PlainRequest } from "./commands.ts";
 import type { ByteBuffer } from "./byte-buffer.ts";
 import {
@@ -58,19 +58,11 @@ interface ExecutorOptions {
 }
 
 const HELP_REPLY = okJson(JSON.stringify(COMMAND_HELP));
-const EMPTY_BYTES = new Uint8Array(0);
 
 export class Executor {
   private readonly passwordDigest: Buffer | null;
   /** The fast path's PUT as bytes, reused (see putPlain); in a list of one for CommitLog.appendAsciiPuts. */
-  private readonly plainEntry: AsciiEntry = {
-    keySrc: EMPTY_BYTES,
-    keyStart: 0,
-    keyEnd: 0,
-    valueSrc: EMPTY_BYTES,
-    valueStart: 0,
-    valueEnd: 0,
-  };
+  private readonly plainEntry: AsciiEntry = emptyAsciiEntry();
   private readonly plainEntries: readonly AsciiEntry[] = [this.plainEntry];
 
   constructor(

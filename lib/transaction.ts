@@ -19,9 +19,9 @@
  * Must not: touch the store (the executor decides what is read from it and
  * when to watch), build replies, or know about sockets.
  */
-import { ByteBuffer, bytesEqual } from "./byte-buffer.ts";
+import { ByteBuffer, bytesEqual, textEqualsBytes } from "./byte-buffer.ts";
 import type { CommitOp, EncodedValue } from "./commit-log.ts";
-import type { AsciiEntry } from "./compact-map.ts";
+import { emptyAsciiEntry, type AsciiEntry } from "./compact-map.ts";
 import type { Watcher } from "./store.ts";
 import { latin1Text } from "./text.ts";
 
@@ -209,7 +209,7 @@ export class Transaction implements Watcher {
     buffer.range(valueSrc, valueStart, valueEnd);
     // The buffer grew into new memory: the entries held so far must point there too.
     if (buffer.bytes !== before) for (let i = 0; i < this.heldCount; i++) pointInto(this.heldWrites[i]!, buffer.bytes);
-    const entry = (this.heldWrites[this.heldCount] ??= emptyEntry());
+    const entry = (this.heldWrites[this.heldCount] ??= emptyAsciiEntry());
     pointInto(entry, buffer.bytes);
     entry.keyStart = keyAt;
     entry.keyEnd = entry.valueStart = keyAt + keyEnd - keyStart;
@@ -326,18 +326,8 @@ export class Transaction implements Watcher {
   }
 }
 
-function emptyEntry(): AsciiEntry {
-  return { keySrc: NO_BYTES, keyStart: 0, keyEnd: 0, valueSrc: NO_BYTES, valueStart: 0, valueEnd: 0 };
-}
-
 function pointInto(entry: AsciiEntry, bytes: Uint8Array): void {
   entry.keySrc = entry.valueSrc = bytes;
-}
-
-/** True when bytes from start hold text's code units (text.length of them). */
-function textEqualsBytes(text: string, bytes: Uint8Array, start: number): boolean {
-  for (let i = 0; i < text.length; i++) if (text.charCodeAt(i) !== bytes[start + i]) return false;
-  return true;
 }
 
 function levelHasWrites(level: Level): boolean {

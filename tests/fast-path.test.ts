@@ -38,7 +38,7 @@ import { DEFERRED_KEY_MAX_BYTES, DEFERRED_READS_MAX } from "../lib/deferred-read
 import { newPlainRequest, parseCommand, parsePlainRequest, type Command } from "../lib/commands.ts";
 import { Executor } from "../lib/execute.ts";
 import { INVALID_UTF8, LINE, LineFramer, TOO_LARGE, type Frame } from "../lib/framing.ts";
-import { ByteBuffer, bytesEqual } from "../lib/byte-buffer.ts";
+import { ByteBuffer, bytesEqual, textEqualsBytes } from "../lib/byte-buffer.ts";
 import { entryHead, entryTail, notFound, notFoundBytes, okEntry, stringEntry } from "../lib/replies.ts";
 import { Session } from "../lib/session.ts";
 import { ServerStats } from "../lib/stats.ts";
@@ -348,6 +348,16 @@ describe("ByteBuffer", () => {
     expect(bytesEqual(a, 1, b, 0, 5)).toBe(false);
     expect(bytesEqual(a, 2, encoder.encode("key:2"), 0, 5)).toBe(false);
     expect(bytesEqual(a, 0, b, 0, 0)).toBe(true);
+  });
+
+  test("textEqualsBytes compares a string's code units with bytes at an offset, for the string's length", () => {
+    const bytes = encoder.encode("..key:1..");
+    expect(textEqualsBytes("key:1", bytes, 2)).toBe(true);
+    expect(textEqualsBytes("key:", bytes, 2)).toBe(true); // a prefix: only text.length bytes are compared
+    expect(textEqualsBytes("key:2", bytes, 2)).toBe(false);
+    expect(textEqualsBytes("key:1", bytes, 1)).toBe(false);
+    expect(textEqualsBytes("", bytes, 0)).toBe(true);
+    expect(textEqualsBytes("\u00e9", Uint8Array.of(0xe9), 0)).toBe(true); // Latin-1: one byte per code unit
   });
 
   test("reserve(n) gives room for n more bytes after the current length", () => {
