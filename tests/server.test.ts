@@ -459,6 +459,11 @@ describe("--max-data-bytes: a full store refuses writes, as Redis does past maxm
       }
       const overCommit = await c.pipeline(["START", `PUT a ${over}`, "COMMIT"]);
       expect(overCommit[2]!.code).toBe("TOO_LARGE");
+      // Plain PUTs of a transaction (committed from their bytes) that each fit alone but not together: none is written.
+      const half = "h".repeat(1300); // 16 + 2 × 1303, padded: 2624 bytes each
+      const together = await c.pipeline(["START", `PUT a ${half}`, `PUT b ${half}`, "GET a", "COMMIT", "GET a", "GET b"]);
+      expect(together.map((r) => r.code ?? r.status)).toEqual(["Ok", "Ok", "Ok", "Ok", "TOO_LARGE", "NOT_FOUND", "NOT_FOUND"]);
+      expect(together[4]!.message).toContain("Store full");
       const fitCommit = await c.pipeline(["START", `PUT a ${fits}`, "COMMIT"]);
       expect(fitCommit[2]!.status).toBe("Ok");
       expect(await c.request("GET a")).toEqual({ status: "Ok", result: { key: "a", value: fits } });
@@ -620,6 +625,9 @@ describe("transactions end to end", () => {
     // A read answered from the transaction's own write is not a read of the store.
     expect(await conflictAfter(["PUT ser:own x", "GET ser:own", "DEL ser:own"], "PUT ser:own y")).toBe("OK");
     expect(await b.request("GET ser:own")).toMatchObject({ code: "NOT_FOUND" });
+    // The same with the own write still held as bytes (read back by plain GET, committed from its bytes): the last commit wins.
+    expect(await conflictAfter(["PUT ser:own2 x", "GET ser:own2"], "PUT ser:own2 y")).toBe("OK");
+    expect(await b.request("GET ser:own2")).toMatchObject({ result: { value: "x" } });
     // Nor is a KEYS answer about a key the transaction wrote itself.
     expect(await conflictAfter(["PUT ser:k:own x", "KEYS ser:k:"], "PUT ser:k:own y")).toBe("OK");
     expect(await conflictAfter(["KEYS ser:k:"], "DEL ser:k:own")).toBe("CONFLICT");
