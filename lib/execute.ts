@@ -24,9 +24,9 @@ import { emptyAsciiEntry, type AsciiEntry } from "./compact-map.ts";
 import { COMMAND_HELP, type Command, type Invalid, type PlainRequest } from "./commands.ts";
 import type { ByteBuffer } from "./byte-buffer.ts";
 import {
-  encodedEntry,
   entryHead,
   entryTail,
+  entryWithValueOf,
   ENTRY_TAIL_BYTES,
   error,
   notFound,
@@ -168,7 +168,7 @@ export class Executor {
     const own = tx.ownAsciiWrite(src, req.keyStart, req.keyEnd);
     if (own !== null) {
       this.stats.countCommand("GET");
-      encodedEntry(out, src, req.keyStart, req.keyEnd, own.valueSrc, own.valueStart, own.valueEnd);
+      entryWithValueOf(out, src, req.keyStart, req.keyEnd, own);
       return true;
     }
     if (tx.hasWritesAsStrings && tx.ownWrite(latin1Text(src, req.keyStart, req.keyEnd)) !== undefined) return false;

@@ -12,6 +12,7 @@
  */
 import type { EncodedValue } from "./commit-log.ts";
 import type { ByteBuffer } from "./byte-buffer.ts";
+import type { AsciiEntry } from "./compact-map.ts";
 import { jsonString } from "./text.ts";
 
 export type ErrorCode =
@@ -101,18 +102,10 @@ export function stringEntry(
   return valueAt;
 }
 
-/** okEntry() of the key keySrc[keyStart, keyEnd) and the encoded value valueSrc[valueStart, valueEnd), bytes that need no JSON escaping. */
-export function encodedEntry(
-  out: ByteBuffer,
-  keySrc: Uint8Array,
-  keyStart: number,
-  keyEnd: number,
-  valueSrc: Uint8Array,
-  valueStart: number,
-  valueEnd: number,
-): void {
-  entryHead(out, keySrc, keyStart, keyEnd);
-  out.range(valueSrc, valueStart, valueEnd);
+/** okEntry() of the key src[keyStart, keyEnd) and the encoded value of entry (bytes that need no JSON escaping). */
+export function entryWithValueOf(out: ByteBuffer, src: Uint8Array, keyStart: number, keyEnd: number, entry: AsciiEntry): void {
+  entryHead(out, src, keyStart, keyEnd);
+  out.range(entry.valueSrc, entry.valueStart, entry.valueEnd);
   entryTail(out);
 }
 

@@ -6,7 +6,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { ByteBuffer } from "../lib/byte-buffer.ts";
-import { encodedEntry, error, notFound, notFoundBytes, okEntry, okJson, REPLY, stringEntry } from "../lib/replies.ts";
+import { entryWithValueOf, error, notFound, notFoundBytes, okEntry, okJson, REPLY, stringEntry } from "../lib/replies.ts";
 
 const decode = (out: ByteBuffer) => new TextDecoder().decode(out.bytes.subarray(0, out.length));
 const ascii = (text: string) => new TextEncoder().encode(text);
@@ -61,7 +61,7 @@ describe("replies", () => {
     // A key and an encoded value from two different buffers (a transaction's own write held as bytes).
     const held = ascii('xx"kept"yy');
     const own = new ByteBuffer();
-    encodedEntry(own, get, 4, get.length, held, 2, 8);
+    entryWithValueOf(own, get, 4, get.length, { keySrc: held, keyStart: 0, keyEnd: 0, valueSrc: held, valueStart: 2, valueEnd: 8 });
     expect(decode(own)).toBe(okEntry("missing:1", '"kept"'));
   });
 });
