@@ -1,13 +1,15 @@
 /** flockNow (lib/persistence/kernel-lock.ts): flock through bun:ffi, as the data-file lock uses it. */
 import { afterEach, describe, expect, test } from "bun:test";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { flockNow } from "../lib/persistence/kernel-lock.ts";
+import { tempDir } from "./helpers.ts";
 
 const opened: number[] = [];
+const dirs: { cleanup(): void }[] = [];
 afterEach(() => {
   for (const fd of opened.splice(0)) fs.closeSync(fd);
+  for (const dir of dirs.splice(0)) dir.cleanup();
 });
 
 function openFile(file: string): number {
@@ -18,7 +20,9 @@ function openFile(file: string): number {
 
 describe("flockNow", () => {
   test("an exclusive lock keeps every other open file out until it is closed; shared looks do not block each other", () => {
-    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "txkv-flock-")), "lock");
+    const dir = tempDir();
+    dirs.push(dir);
+    const file = path.join(dir.path, "lock");
     const owner = openFile(file);
     expect(flockNow(owner, true)).toBe("locked");
     expect(flockNow(openFile(file), false)).toBe("busy");
