@@ -38,7 +38,7 @@ import { DEFERRED_KEY_MAX_BYTES, DEFERRED_READS_MAX } from "../lib/deferred-read
 import { newPlainRequest, parseCommand, parsePlainRequest, type Command } from "../lib/commands.ts";
 import { Executor } from "../lib/execute.ts";
 import { INVALID_UTF8, LINE, LineFramer, TOO_LARGE, type Frame } from "../lib/framing.ts";
-import { ByteBuffer, bytesEqual, textEqualsBytes } from "../lib/byte-buffer.ts";
+import { ByteBuffer, bytesEqual, copyBytes, textEqualsBytes } from "../lib/byte-buffer.ts";
 import { entryHead, entryTail, notFound, notFoundBytes, okEntry, stringEntry } from "../lib/replies.ts";
 import { Session } from "../lib/session.ts";
 import { ServerStats } from "../lib/stats.ts";
@@ -348,6 +348,19 @@ describe("ByteBuffer", () => {
     expect(bytesEqual(a, 1, b, 0, 5)).toBe(false);
     expect(bytesEqual(a, 2, encoder.encode("key:2"), 0, 5)).toBe(false);
     expect(bytesEqual(a, 0, b, 0, 0)).toBe(true);
+  });
+
+  test("copyBytes copies exactly src[start, end) to dest at pos, for every length up to past the native copy's threshold, at any offsets", () => {
+    const src = Uint8Array.from({ length: 160 }, (_, i) => i + 1);
+    for (let length = 0; length <= 140; length++) {
+      for (const [start, pos] of [[0, 0], [1, 3], [3, 1], [7, 0], [0, 5]] as const) {
+        const dest = new Uint8Array(160).fill(0xee);
+        copyBytes(src, start, start + length, dest, pos);
+        const expected = new Uint8Array(160).fill(0xee);
+        expected.set(src.subarray(start, start + length), pos);
+        expect(dest).toEqual(expected); // nothing before pos or after pos + length is touched
+      }
+    }
   });
 
   test("textEqualsBytes compares a string's code units with bytes at an offset, for the string's length", () => {
