@@ -11,7 +11,11 @@
  * cross-protocol guard, the order of replies, the lingering close (see
  * endConnection), and the graceful drain at shutdown.
  * Per data event, all replies that are ready are built in one ByteBuffer
- * and go out in one socket write. A plain GET or PUT, in or outside a
+ * shared by every connection and queued as one range of it; when the
+ * event loop's turn ends (one setImmediate), each connection's queue goes
+ * out in one socket write, as Redis writes its replies before it polls
+ * again (flushTurn; a turn's replies past TURN_FLUSH_BYTES go at once).
+ * A plain GET or PUT, in or outside a
  * transaction, takes the fast path (parsePlainRequest +
  * Executor.executePlain), straight from the request's bytes into the reply
  * bytes; an argument-less command is recognised from its bytes too
@@ -109,6 +113,8 @@ const MAX_REFUSED_IN_HANDSHAKE = 16;
  * txkv's clients are near, and a shutdown waits on this.)
  */
 const LINGER_QUIET_MS = 200;
+/** This many bytes of one turn's replies are written at once instead of at the turn's end (see flushTurn). */
+const TURN_FLUSH_BYTES = 1024 * 1024;
 const LINGER_MS = 2000;
 
 interface Connection {
@@ -116,8 +122,10 @@ interface Connection {
   readonly remote: string;
   readonly framer: LineFramer;
   readonly session: Session;
-  /** Reply bytes the kernel has not accepted yet, in order. */
+  /** Reply bytes not written yet, in order: this turn's batches (views of the turn's replies) and what the kernel refused. */
   queue: Uint8Array[];
+  /** The connection is in flushList: its queue is written when the turn ends. */
+  flushPending: boolean;
   queuedBytes: number;
   /** Replies that may not leave yet (their writes are not durable, or an earlier reply is), in order. */
   readonly held: HeldReplies;
@@ -163,8 +171,16 @@ export class TxkvServer {
   private idleTimer: Timer | null = null;
   /** Set while draining: called when the last connection has closed. */
   private onAllClosed: (() => void) | null = null;
-  /** The batch being answered: one buffer for all connections, since one batch is built and sent at a time. */
+  /**
+   * The replies of this turn's batches, of all connections, one after
+   * another: each batch is queued as a view of its range and written when
+   * the turn ends (flushTurn), as Redis writes its replies before it polls.
+   */
   private readonly replies = new ByteBuffer();
+  /** Connections with batches queued this turn. */
+  private readonly flushList: Socket<SocketData>[] = [];
+  private flushArmed = false;
+  private flushing = false;
   /** The fast path's parsed request, reused. */
   private readonly plain = newPlainRequest();
 
@@ -303,6 +319,7 @@ export class TxkvServer {
       framer: new LineFramer(this.options.maxRequestBytes),
       session: new Session(this.options.password !== undefined),
       queue: [],
+      flushPending: false,
       queuedBytes: 0,
       held: new HeldReplies(),
       readPaused: false,
@@ -407,9 +424,10 @@ export class TxkvServer {
   }
 
   /**
-   * Runs buffered requests and writes their replies, one write per batch of
-   * up to about --max-output-bytes. Stops reading when more than that many
-   * reply bytes wait for the client; the drain resumes it.
+   * Runs buffered requests and queues their replies for the turn's end, one
+   * range per batch of up to about --max-output-bytes. Stops reading when
+   * more than that many reply bytes wait for the client; the turn's end or
+   * the drain resumes it once they are down to half.
    */
   private processInput(socket: Socket<SocketData>, conn: Connection): void {
     const limit = this.options.maxOutputBytes;
@@ -419,13 +437,13 @@ export class TxkvServer {
     let exhausted = false;
     let turnLeft = MAX_REQUESTS_PER_TURN;
     while (!conn.closing && !conn.awaitingReply) {
-      out.clear();
+      let batchStart = out.length;
       /** The highest commit seq a reply of this batch waits for. */
       let batchSeq = 0;
       // Replies already waiting count against the limit: a full batch on top of them would hold up to twice it.
       // At least one request runs, so a queue just at the limit still moves (and then pauses below).
       const room = Math.max(limit - conn.queuedBytes - conn.held.length, 1);
-      while (out.length < room && !conn.closing && !conn.awaitingReply) {
+      while (out.length - batchStart < room && !conn.closing && !conn.awaitingReply) {
         const found = framer.nextLine();
         if (found === null) {
           exhausted = true;
@@ -438,7 +456,8 @@ export class TxkvServer {
             out.text(reply);
           } else {
             // Replies before an asynchronous one go first (or are held first); later requests wait for it.
-            this.finishBatch(socket, conn, out, batchSeq);
+            this.finishBatch(socket, conn, out, batchStart, batchSeq);
+            batchStart = out.length;
             batchSeq = 0;
             this.awaitReply(socket, conn, reply);
           }
@@ -446,7 +465,7 @@ export class TxkvServer {
         if (session.waitSeq > batchSeq) batchSeq = session.waitSeq;
         if (--turnLeft === 0) break;
       }
-      this.finishBatch(socket, conn, out, batchSeq);
+      this.finishBatch(socket, conn, out, batchStart, batchSeq);
       if (conn.queuedBytes + conn.held.length > limit && !conn.closing) {
         this.pauseReading(socket, conn);
         return;
@@ -523,7 +542,7 @@ export class TxkvServer {
   /** Runs one decoded frame on its own (an unterminated request taken after a pause or half-close). */
   private runAlone(socket: Socket<SocketData>, conn: Connection, frame: Frame): void {
     const out = this.replies;
-    out.clear();
+    const start = out.length;
     conn.session.waitSeq = 0;
     const reply = this.run(conn, commandFromFrame(frame, this.options.maxRequestBytes));
     if (typeof reply !== "string") {
@@ -531,7 +550,7 @@ export class TxkvServer {
       return;
     }
     out.text(reply);
-    this.finishBatch(socket, conn, out, conn.session.waitSeq);
+    this.finishBatch(socket, conn, out, start, conn.session.waitSeq);
   }
 
   /**
@@ -646,15 +665,82 @@ export class TxkvServer {
    * together once it is durable, in one write (as Redis answers after its
    * fsync); when earlier replies are still held, the batch queues behind them.
    */
-  private finishBatch(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer, seq: number): void {
+  private finishBatch(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer, start: number, seq: number): void {
+    if (out.length === start) return;
     const waitSeq = seq > this.durableSeq ? seq : 0;
-    if (waitSeq === 0 && conn.held.isEmpty) {
-      this.sendRange(socket, conn, out.bytes, out.length);
-    } else {
-      conn.held.hold(out.bytes, 0, out.length, waitSeq);
+    if (waitSeq === 0 && conn.held.isEmpty && !conn.closed) {
+      this.queueForTurnEnd(socket, conn, out.bytes.subarray(start, out.length));
+      return;
+    }
+    if (!conn.closed) {
+      conn.held.hold(out.bytes, start, out.length, waitSeq);
       if (waitSeq !== 0) this.waitingForDurability.add(socket);
     }
-    out.length = 0;
+    out.length = start; // held as a copy (or dropped): the room is reused
+  }
+
+  /** Queues a batch's replies (a view of this turn's replies) to be written when the turn ends. */
+  private queueForTurnEnd(socket: Socket<SocketData>, conn: Connection, batch: Uint8Array): void {
+    this.enqueue(conn, batch);
+    if (!conn.flushPending) {
+      conn.flushPending = true;
+      this.flushList.push(socket);
+    }
+    // Many connections' batches in one turn: written now rather than all held in memory until its end.
+    if (this.replies.length >= TURN_FLUSH_BYTES && !this.flushing) this.flushTurn();
+    else if (!this.flushArmed) {
+      this.flushArmed = true;
+      setImmediate(this.flushTurn);
+    }
+  }
+
+  /**
+   * The turn's end: writes every queued connection's replies (the drain's
+   * work: a connection paused for them reads again, a closing one closes),
+   * then copies what the kernel did not take out of the turn's buffer,
+   * which the next turn reuses.
+   */
+  private readonly flushTurn = (): void => {
+    if (this.flushing) return;
+    this.flushing = true;
+    this.flushArmed = false;
+    try {
+      this.writeQueuedConnections();
+    } finally {
+      this.flushing = false;
+    }
+  };
+
+  private writeQueuedConnections(): void {
+    const list = this.flushList;
+    // A connection resumed here may queue more of the same buffer: it joins the list and is written in this pass.
+    for (let i = 0; i < list.length; i++) {
+      const socket = list[i]!;
+      const conn = socket.data;
+      if (conn === null) continue;
+      conn.flushPending = false;
+      this.outsideHandler(socket, conn, this.onDrainOf);
+    }
+    // What the kernel did not take is copied out of the buffer the next turn reuses.
+    const reused = this.replies.bytes.buffer;
+    for (const socket of list) {
+      const conn = socket.data;
+      if (conn === null) continue;
+      conn.flushPending = false;
+      if (conn.closed) {
+        conn.queue.length = 0;
+        conn.queuedBytes = 0;
+        continue;
+      }
+      const queue = conn.queue;
+      for (let j = 0; j < queue.length; j++) if (queue[j]!.buffer === reused) queue[j] = copyOf(queue[j]!, 0, queue[j]!.length);
+    }
+    list.length = 0;
+    this.replies.clear();
+  }
+
+  private onDrainOf(socket: Socket<SocketData>): void {
+    this.onDrain(socket);
   }
 
   private onDurable(seq: number): void {
@@ -707,7 +793,7 @@ export class TxkvServer {
       conn.queuedBytes -= written;
       if (written < bytes.length) {
         conn.queue[0] = bytes.subarray(written);
-        return;
+        break; // the rest waits for the next drain; reading may still resume below half the limit
       }
       conn.queue.shift();
     }
