@@ -5,8 +5,9 @@
  * from other buffers (copyBytes, also used by the compact store; copyOf, a fresh copy of a range;
  * bytesEqual and textEqualsBytes, comparing a range with another or with a string), and reuse:
  * the same buffer serves batch after batch, so that building output allocates nothing.
- * Used for a batch of replies (the server fills it from one data event,
- * writes it to the socket, and copies out only what the kernel did not take),
+ * Used for the replies of an event-loop turn (the server appends every
+ * connection's batches, writes each connection's range at the turn's end,
+ * and copies out only what the kernel did not take),
  * for a connection's held replies, for journal records not yet written
  * (persistence), and for a transaction's PUT kept as bytes (transaction.ts).
  * Must not: know about sockets, files, commands or reply shapes.

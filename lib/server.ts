@@ -667,16 +667,18 @@ export class TxkvServer {
    */
   private finishBatch(socket: Socket<SocketData>, conn: Connection, out: ByteBuffer, start: number, seq: number): void {
     if (out.length === start) return;
+    if (conn.closed) {
+      out.length = start; // nobody to send them to
+      return;
+    }
     const waitSeq = seq > this.durableSeq ? seq : 0;
-    if (waitSeq === 0 && conn.held.isEmpty && !conn.closed) {
+    if (waitSeq === 0 && conn.held.isEmpty) {
       this.queueForTurnEnd(socket, conn, out.bytes.subarray(start, out.length));
       return;
     }
-    if (!conn.closed) {
-      conn.held.hold(out.bytes, start, out.length, waitSeq);
-      if (waitSeq !== 0) this.waitingForDurability.add(socket);
-    }
-    out.length = start; // held as a copy (or dropped): the room is reused
+    conn.held.hold(out.bytes, start, out.length, waitSeq);
+    if (waitSeq !== 0) this.waitingForDurability.add(socket);
+    out.length = start; // held as a copy: the room is reused
   }
 
   /** Queues a batch's replies (a view of this turn's replies) to be written when the turn ends. */
@@ -719,7 +721,7 @@ export class TxkvServer {
       const conn = socket.data;
       if (conn === null) continue;
       conn.flushPending = false;
-      this.outsideHandler(socket, conn, this.onDrainOf);
+      this.outsideHandler(socket, conn, this.onDrain);
     }
     // What the kernel did not take is copied out of the buffer the next turn reuses.
     const reused = this.replies.bytes.buffer;
@@ -737,10 +739,6 @@ export class TxkvServer {
     }
     list.length = 0;
     this.replies.clear();
-  }
-
-  private onDrainOf(socket: Socket<SocketData>): void {
-    this.onDrain(socket);
   }
 
   private onDurable(seq: number): void {
