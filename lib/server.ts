@@ -122,9 +122,18 @@ interface Connection {
   readonly remote: string;
   readonly framer: LineFramer;
   readonly session: Session;
-  /** Reply bytes not written yet, in order: this turn's batches (views of the turn's replies) and what the kernel refused. */
+  /**
+   * This turn's replies while they are one range of the turn's buffer,
+   * [turnStart, turnEnd), as offsets (turnEnd 0: none): the common case, one
+   * batch or batches back to back, costs no view. Set only while queue is
+   * empty, so it always comes first; anything queued after it turns it into
+   * a view at the head of queue (see enqueue).
+   */
+  turnStart: number;
+  turnEnd: number;
+  /** Reply bytes not written yet, in order after the turn's range: batches (views of the turn's replies) and what the kernel refused. */
   queue: Uint8Array[];
-  /** The connection is in flushList: its queue is written when the turn ends. */
+  /** The connection is in flushConnections: its queue is written when the turn ends. */
   flushPending: boolean;
   queuedBytes: number;
   /** Replies that may not leave yet (their writes are not durable, or an earlier reply is), in order. */
@@ -173,12 +182,15 @@ export class TxkvServer {
   private onAllClosed: (() => void) | null = null;
   /**
    * The replies of this turn's batches, of all connections, one after
-   * another: each batch is queued as a view of its range and written when
-   * the turn ends (flushTurn), as Redis writes its replies before it polls.
+   * another: each batch is queued as its range (offsets while a
+   * connection's batches of the turn lie back to back, else a view; see
+   * Connection.turnStart) and written when the turn ends (flushTurn), as
+   * Redis writes its replies before it polls.
    */
   private readonly replies = new ByteBuffer();
-  /** Connections with batches queued this turn. */
-  private readonly flushList: Socket<SocketData>[] = [];
+  /** Connections with batches queued this turn, and their sockets (socket.data is a native getter: read once). */
+  private readonly flushConnections: Connection[] = [];
+  private readonly flushSockets: Socket<SocketData>[] = [];
   private flushArmed = false;
   private flushing = false;
   /** The fast path's parsed request, reused. */
@@ -318,6 +330,8 @@ export class TxkvServer {
       remote: `${socket.remoteAddress}:${socket.remotePort}`,
       framer: new LineFramer(this.options.maxRequestBytes),
       session: new Session(this.options.password !== undefined),
+      turnStart: 0,
+      turnEnd: 0,
       queue: [],
       flushPending: false,
       queuedBytes: 0,
@@ -673,7 +687,7 @@ export class TxkvServer {
     }
     const waitSeq = seq > this.durableSeq ? seq : 0;
     if (waitSeq === 0 && conn.held.isEmpty) {
-      this.queueForTurnEnd(socket, conn, out.bytes.subarray(start, out.length));
+      this.queueForTurnEnd(socket, conn, start, out.length);
       return;
     }
     conn.held.hold(out.bytes, start, out.length, waitSeq);
@@ -681,12 +695,22 @@ export class TxkvServer {
     out.length = start; // held as a copy: the room is reused
   }
 
-  /** Queues a batch's replies (a view of this turn's replies) to be written when the turn ends. */
-  private queueForTurnEnd(socket: Socket<SocketData>, conn: Connection, batch: Uint8Array): void {
-    this.enqueue(conn, batch);
+  /** Queues a batch's replies, this.replies[start, end), to be written when the turn ends. */
+  private queueForTurnEnd(socket: Socket<SocketData>, conn: Connection, start: number, end: number): void {
+    if (conn.turnEnd !== 0 && conn.turnEnd === start) {
+      conn.turnEnd = end; // right after the connection's last batch: one range still
+      conn.queuedBytes += end - start;
+    } else if (conn.turnEnd === 0 && conn.queue.length === 0) {
+      conn.turnStart = start;
+      conn.turnEnd = end;
+      conn.queuedBytes += end - start;
+    } else {
+      this.enqueue(conn, this.replies.bytes.subarray(start, end));
+    }
     if (!conn.flushPending) {
       conn.flushPending = true;
-      this.flushList.push(socket);
+      this.flushConnections.push(conn);
+      this.flushSockets.push(socket);
     }
     // Many connections' batches in one turn: written now rather than all held in memory until its end.
     if (this.replies.length >= TURN_FLUSH_BYTES && !this.flushing) this.flushTurn();
@@ -714,30 +738,32 @@ export class TxkvServer {
   };
 
   private writeQueuedConnections(): void {
-    const list = this.flushList;
+    const conns = this.flushConnections;
+    const sockets = this.flushSockets;
     // A connection resumed here may queue more of the same buffer: it joins the list and is written in this pass.
-    for (let i = 0; i < list.length; i++) {
-      const socket = list[i]!;
-      const conn = socket.data;
-      if (conn === null) continue;
+    for (let i = 0; i < conns.length; i++) {
+      const conn = conns[i]!;
       conn.flushPending = false;
-      this.outsideHandler(socket, conn, this.onDrain);
+      this.outsideHandler(sockets[i]!, conn, this.writeQueued);
     }
     // What the kernel did not take is copied out of the buffer the next turn reuses.
     const reused = this.replies.bytes.buffer;
-    for (const socket of list) {
-      const conn = socket.data;
-      if (conn === null) continue;
+    for (const conn of conns) {
       conn.flushPending = false;
       if (conn.closed) {
-        conn.queue.length = 0;
-        conn.queuedBytes = 0;
+        this.dropQueued(conn);
         continue;
+      }
+      if (conn.turnEnd !== 0) {
+        // The queue is empty behind a range (see Connection.turnStart): the copy takes the range's place.
+        conn.queue.push(copyOf(this.replies.bytes, conn.turnStart, conn.turnEnd));
+        conn.turnStart = conn.turnEnd = 0;
       }
       const queue = conn.queue;
       for (let j = 0; j < queue.length; j++) if (queue[j]!.buffer === reused) queue[j] = copyOf(queue[j]!, 0, queue[j]!.length);
     }
-    list.length = 0;
+    conns.length = 0;
+    sockets.length = 0;
     this.replies.clear();
   }
 
@@ -766,7 +792,7 @@ export class TxkvServer {
   /** Writes bytes[0, length) now, or queues a copy of what the kernel does not take (the caller reuses bytes). */
   private sendRange(socket: Socket<SocketData>, conn: Connection, bytes: Uint8Array, length: number): void {
     if (length === 0 || conn.closed) return;
-    if (conn.queue.length !== 0) {
+    if (conn.turnEnd !== 0 || conn.queue.length !== 0) {
       this.enqueue(conn, copyOf(bytes, 0, length));
       return;
     }
@@ -775,16 +801,39 @@ export class TxkvServer {
     this.enqueue(conn, copyOf(bytes, written, length));
   }
 
+  /** Queues bytes after everything the connection has queued (its turn's range first becomes a view, ahead of them). */
   private enqueue(conn: Connection, bytes: Uint8Array): void {
+    if (conn.turnEnd !== 0) {
+      conn.queue.push(this.replies.bytes.subarray(conn.turnStart, conn.turnEnd));
+      conn.turnStart = conn.turnEnd = 0;
+    }
     conn.queue.push(bytes);
     conn.queuedBytes += bytes.length;
   }
 
+  private dropQueued(conn: Connection): void {
+    conn.turnStart = conn.turnEnd = 0;
+    conn.queue.length = 0;
+    conn.queuedBytes = 0;
+  }
+
   private onDrain(socket: Socket<SocketData>): void {
     const conn = socket.data;
-    if (!conn) return;
+    if (conn) this.writeQueued(socket, conn);
+  }
+
+  /** The drain's work: writes what is queued, then a connection paused for it reads again, a closing one closes. */
+  private writeQueued(socket: Socket<SocketData>, conn: Connection): void {
     conn.idleSweeps = 0;
-    while (conn.queue.length !== 0) {
+    if (conn.turnEnd !== 0) {
+      const length = conn.turnEnd - conn.turnStart;
+      const written = socket.write(this.replies.bytes, conn.turnStart, length);
+      if (written < 0) return;
+      conn.queuedBytes -= written;
+      conn.turnStart += written; // what is left is copied out at the turn's end
+      if (written === length) conn.turnStart = conn.turnEnd = 0;
+    }
+    while (conn.turnEnd === 0 && conn.queue.length !== 0) {
       const bytes = conn.queue[0]!;
       const written = socket.write(bytes);
       if (written < 0) return;
@@ -837,7 +886,9 @@ export class TxkvServer {
   }
 
   private closeWhenFlushed(socket: Socket<SocketData>, conn: Connection): void {
-    if (conn.queue.length === 0 && conn.held.isEmpty && !conn.awaitingReply && !conn.closed) this.endConnection(socket, conn);
+    if (conn.turnEnd === 0 && conn.queue.length === 0 && conn.held.isEmpty && !conn.awaitingReply && !conn.closed) {
+      this.endConnection(socket, conn);
+    }
   }
 
   /**
@@ -857,8 +908,7 @@ export class TxkvServer {
     conn.closing = true;
     this.clearPartialTimer(conn);
     // Replies still queued here (an idle client that stopped reading) can no longer be sent after the FIN.
-    conn.queue.length = 0;
-    conn.queuedBytes = 0;
+    this.dropQueued(conn);
     this.executor.closeSession(conn.session);
     // shutdown() is the half-close (over TLS it sends close_notify). Not end(): over TCP that closes at once,
     // and over TLS it then waits for the client's close_notify, about 12 s when none comes, and cannot be cut short.
