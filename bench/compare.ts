@@ -284,7 +284,7 @@ async function main() {
       const client = `${median(tClient).toFixed(2)} / ${median(rClient).toFixed(2)}`;
       const cpu = `${median(tCpu).toFixed(2)} / ${median(rCpu).toFixed(2)} (ratio ${median(cpuRatios).toFixed(2)})`;
       const interval = medianInterval(ratios);
-      say(`| ${pairing.name} | ${workload.name} | ${median(t).toFixed(0)} | ${median(r).toFixed(0)} | **${median(ratios).toFixed(2)}** | ${describeInterval(interval)} | ${ratios.map((x) => x.toFixed(2)).join(", ")} | ${cpu} | ${client} |`);
+      say(`| ${pairing.name} | ${workload.name} | ${median(t).toFixed(0)} | ${median(r).toFixed(0)} | **${median(ratios).toFixed(3)}** | ${describeInterval(interval)} | ${ratios.map((x) => x.toFixed(2)).join(", ")} | ${cpu} | ${client} |`);
       verdicts.push(`${verdictOf(interval)}, interval ${describeInterval(interval)}: ${pairing.name}, ${workload.name}`);
     }
     await txkv.stop();
