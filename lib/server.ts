@@ -747,9 +747,7 @@ export class TxkvServer {
       this.outsideHandler(sockets[i]!, conn, this.writeQueued);
     }
     // What the kernel did not take is copied out of the buffer the next turn reuses.
-    const reused = this.replies.bytes.buffer;
     for (const conn of conns) {
-      conn.flushPending = false;
       if (conn.closed) {
         this.dropQueued(conn);
         continue;
@@ -758,13 +756,19 @@ export class TxkvServer {
         // The queue is empty behind a range (see Connection.turnStart): the copy takes the range's place.
         conn.queue.push(copyOf(this.replies.bytes, conn.turnStart, conn.turnEnd));
         conn.turnStart = conn.turnEnd = 0;
+      } else if (conn.queue.length !== 0) {
+        this.copyOutOfTurnBuffer(conn.queue);
       }
-      const queue = conn.queue;
-      for (let j = 0; j < queue.length; j++) if (queue[j]!.buffer === reused) queue[j] = copyOf(queue[j]!, 0, queue[j]!.length);
     }
     conns.length = 0;
     sockets.length = 0;
     this.replies.clear();
+  }
+
+  /** Replaces each view of the turn's buffer in queue by a copy (.buffer is a native getter: read only here). */
+  private copyOutOfTurnBuffer(queue: Uint8Array[]): void {
+    const reused = this.replies.bytes.buffer;
+    for (let j = 0; j < queue.length; j++) if (queue[j]!.buffer === reused) queue[j] = copyOf(queue[j]!, 0, queue[j]!.length);
   }
 
   private onDurable(seq: number): void {
